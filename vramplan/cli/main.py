@@ -1,0 +1,76 @@
+"""The ``vramplan`` command: a click group whose commands live one per module in this package.
+
+Errors the user can fix (:class:`~vramplan.errors.VramplanError`, click usage errors) become one line on
+stderr and exit code 2, never a traceback. Exit code 1 is reserved for "does not fit".
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from ..errors import VramplanError
+
+#: command name -> "module:attribute"; imported only when the command runs (keeps `--help` and `plan` fast).
+COMMANDS = {
+    "params": "vramplan.cli.params:params",
+    "models": "vramplan.cli.models:models",
+    "gpus": "vramplan.cli.gpus:gpus",
+}
+
+SHORT_HELP = {
+    "plan": "Estimate peak GPU memory of a fine-tuning or inference setup.",
+    "params": "Count total and LoRA-trainable parameters exactly as PEFT does.",
+    "models": "List the bundled model profiles.",
+    "gpus": "List the GPU catalogue, or which cards fit a setup.",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, SHORT_HELP.get(name, "")) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="vramplan")
+def cli() -> None:
+    """vramplan: exact GPU-memory planning for LoRA, QLoRA, full fine-tuning and inference of LLMs."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the group, turning user errors into one line and exit code 2."""
+    try:
+        rv = cli.main(args=argv, prog_name="vramplan", standalone_mode=False)
+    except VramplanError as exc:
+        click.echo(f"vramplan: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        sys.exit(2)
+    except click.ClickException as exc:
+        click.echo(f"vramplan: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("vramplan: aborted", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

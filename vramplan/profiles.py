@@ -1,0 +1,281 @@
+"""Bundled model and GPU profiles, and resolving what the user typed into a :class:`ModelSpec` / GPU.
+
+A model name resolves, in order, to: a bundled profile name or alias (case-insensitive), a local
+``config.json`` or model folder, a cached Hub config, or — when online — the Hub config fetched with
+``huggingface_hub`` and cached. Only ``config.json`` is ever fetched; never weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, UnknownGpuError, UnknownModelError, close_matches
+from .spec.from_config import FAMILIES, model_type_of, spec_from_config
+from .spec.model import ModelSpec
+from .units import MiB, SizeError, parse_size
+
+
+def profiles_dir() -> Path:
+    """``vramplan/profiles`` in an installed wheel, ``<repo>/profiles`` in a source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "profiles", here.parent / "profiles"):
+        if (candidate / "gpus.yaml").is_file() or (candidate / "models").is_dir():
+            return candidate
+    raise FileNotFoundError(f"vramplan's bundled profiles are missing (looked in {here / 'profiles'} and "
+                            f"{here.parent / 'profiles'}); reinstall vramplan")
+
+
+def _yaml_load(path: Path) -> Any:
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    with open(path, encoding="utf-8") as fh:
+        return yaml.load(fh, Loader=loader)  # noqa: S506 - a safe loader
+
+
+# ------------------------------------------------------------------------------------------------ models
+@dataclass(frozen=True)
+class ModelProfile:
+    """One bundled model: ``profiles/models/<name>.yaml``."""
+
+    name: str
+    hf_id: str
+    aliases: tuple[str, ...]
+    source: str
+    params_total: int
+    config: Mapping[str, Any]
+    path: Path
+
+
+@lru_cache(maxsize=1)
+def model_profiles() -> dict[str, ModelProfile]:
+    """All bundled model profiles by canonical name."""
+    out: dict[str, ModelProfile] = {}
+    for path in sorted((profiles_dir() / "models").glob("*.yaml")):
+        d = _yaml_load(path)
+        out[d["name"]] = ModelProfile(d["name"], d.get("hf_id", ""), tuple(d.get("aliases") or ()),
+                                      d.get("source", ""), int(d["params_total"]), d["config"], path)
+    return out
+
+
+@lru_cache(maxsize=1)
+def _alias_index() -> dict[str, str]:
+    index: dict[str, str] = {}
+    for p in model_profiles().values():
+        for key in (p.name, p.hf_id, *p.aliases):
+            if key:
+                index[key.lower()] = p.name
+    return index
+
+
+def bundled_model_names() -> list[str]:
+    return sorted(model_profiles())
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """What a model argument resolved to."""
+
+    name: str
+    spec: ModelSpec
+    origin: str              # "profile", "file", "hub-cache", "hub"
+    source: str              # file path or URL the config came from
+    profile: ModelProfile | None = None
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("VRAMPLAN_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vramplan")
+    return Path(root)
+
+
+def build_spec(config: Mapping[str, Any], name: str, source: str, *, trust_remote_code: bool = False) -> ModelSpec:
+    """Pure-Python builder for known families, the meta-device builder (imports torch) for the rest."""
+    if model_type_of(config) in FAMILIES:
+        return spec_from_config(config, name=name, source=source)
+    from .spec.from_meta import spec_from_meta
+
+    return spec_from_meta(config, name=name, source=source, trust_remote_code=trust_remote_code)
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object with the model's config, got {type(data).__name__}")
+    return data
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "VRAMPLAN_OFFLINE"))
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connection to the Hub endpoint, so that offline machines fail fast, not after retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def fetch_hub_config(repo_id: str) -> tuple[dict[str, Any], str, str]:
+    """``config.json`` of a Hub repo: from vramplan's cache, else downloaded (only that file) and cached.
+
+    Returns ``(config, origin, source)``. Raises :class:`UnknownModelError` offline or on failure, with the
+    one-line fix (download the config and pass its path).
+    """
+    cached = cache_dir() / "configs" / (repo_id.replace("/", "--") + ".json")
+    if cached.is_file():
+        return _read_config_file(cached), "hub-cache", str(cached)
+    how = (f"download https://huggingface.co/{repo_id}/resolve/main/config.json and pass its path "
+           f"(vramplan plan ./config.json ...) or the model folder")
+    if _offline() or not _hub_reachable():
+        raise UnknownModelError(f"model {repo_id!r} is not bundled and the Hugging Face Hub cannot be reached "
+                                f"(offline): {how}")
+    try:
+        import logging
+
+        from huggingface_hub import hf_hub_download
+
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+        path = hf_hub_download(repo_id, "config.json", etag_timeout=5)
+    except Exception as exc:  # network errors, 404, gated repos: all one line for the user
+        reason = type(exc).__name__
+        raise UnknownModelError(f"model {repo_id!r} is not bundled and its config.json could not be fetched "
+                                f"from the Hub ({reason}): {how}") from None
+    config = _read_config_file(Path(path))
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    from .io import atomic_write_text
+
+    atomic_write_text(cached, json.dumps(config, indent=2))
+    return config, "hub", f"https://huggingface.co/{repo_id}/blob/main/config.json"
+
+
+def resolve_model(name: str, *, trust_remote_code: bool = False) -> ResolvedModel:
+    """Resolve a model argument (profile, alias, path, Hub id) to a spec.
+
+    Raises:
+        UnknownModelError: nothing matches; the message lists close bundled names.
+        ConfigError: the config found is invalid.
+    """
+    key = name.strip()
+    hit = _alias_index().get(key.lower())
+    if hit is not None:
+        p = model_profiles()[hit]
+        spec = build_spec(p.config, p.name, str(p.path))
+        return ResolvedModel(p.name, spec, "profile", p.source, p)
+    path = Path(os.path.expanduser(key))
+    if path.is_dir():
+        cfg_path = path / "config.json"
+        if not cfg_path.is_file():
+            raise ConfigError(f"{path}: a folder without config.json; pass a model folder or its config.json")
+        config = _read_config_file(cfg_path)
+        config = _text_config(config)
+        if model_type_of(config) not in FAMILIES:
+            from .spec.from_meta import spec_from_meta
+
+            spec = spec_from_meta(str(path) if config.get("auto_map") else config, name=path.name,
+                                  trust_remote_code=trust_remote_code, source=str(cfg_path))
+        else:
+            spec = spec_from_config(config, name=path.name, source=str(cfg_path))
+        return ResolvedModel(path.name, spec, "file", str(cfg_path))
+    if path.is_file() or key.endswith(".json"):
+        config = _text_config(_read_config_file(path))
+        label = path.parent.name if path.name == "config.json" and path.parent.name else path.stem
+        return ResolvedModel(label, build_spec(config, label, str(path), trust_remote_code=trust_remote_code),
+                             "file", str(path))
+    if _looks_like_hub_id(key):
+        config, origin, source = fetch_hub_config(key)
+        config = _text_config(config)
+        return ResolvedModel(key, build_spec(config, key, source, trust_remote_code=trust_remote_code),
+                             origin, source)
+    raise UnknownModelError(
+        f"unknown model {name!r}{close_matches(key, list(_alias_index()))}: use a bundled name "
+        "(vramplan models), a Hugging Face id such as Qwen/Qwen3-14B, or a path to a config.json or model folder")
+
+
+def _text_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Multimodal wrappers (gemma3, ...) keep the language model under ``text_config``; plan that."""
+    text = config.get("text_config")
+    if isinstance(text, dict) and model_type_of(config) not in FAMILIES and text.get("model_type") in FAMILIES:
+        merged = dict(text)
+        merged.setdefault("architectures", config.get("architectures"))
+        return merged
+    return config
+
+
+# -------------------------------------------------------------------------------------------------- GPUs
+@dataclass(frozen=True)
+class Gpu:
+    """A card: memory as the driver reports it (what ``torch.cuda.mem_get_info`` calls total)."""
+
+    name: str
+    memory_bytes: int
+    vendor: str = ""
+    architecture: str = ""
+    compute_capability: str = ""
+    bf16: bool = True
+    marketing_gb: float | None = None
+    aliases: tuple[str, ...] = ()
+    source: str = ""
+    from_size: bool = False
+
+    @property
+    def memory_mib(self) -> int:
+        return self.memory_bytes // MiB
+
+
+@lru_cache(maxsize=1)
+def gpu_catalogue() -> tuple[Gpu, ...]:
+    data = _yaml_load(profiles_dir() / "gpus.yaml")
+    gpus = []
+    for g in data["gpus"]:
+        gpus.append(Gpu(
+            name=g["name"], memory_bytes=int(g["memory_mib"]) * MiB, vendor=g.get("vendor", ""),
+            architecture=g.get("architecture", ""), compute_capability=str(g.get("compute_capability", "")),
+            bf16=bool(g.get("bf16", True)), marketing_gb=g.get("marketing_gb"),
+            aliases=tuple(str(a) for a in g.get("aliases") or ()), source=g.get("source", "")))
+    return tuple(sorted(gpus, key=lambda g: (g.memory_bytes, g.name)))
+
+
+def resolve_gpu(name: str) -> Gpu:
+    """A catalogue card by name or alias (case-insensitive), or a plain size such as ``24GB``/``24GiB``/``80G``.
+
+    Raises:
+        UnknownGpuError: neither a known card nor a readable size.
+    """
+    key = str(name).strip().lower()
+    for g in gpu_catalogue():
+        if key == g.name or key in (a.lower() for a in g.aliases):
+            return g
+    if key and key[0].isdigit():
+        try:
+            size = parse_size(name)
+        except SizeError as exc:
+            raise UnknownGpuError(f"unknown GPU {name!r}: {exc}") from None
+        return Gpu(name=str(name).strip(), memory_bytes=size, from_size=True)
+    names = [g.name for g in gpu_catalogue()]
+    raise UnknownGpuError(f"unknown GPU {name!r}{close_matches(key, names)}: use a card from `vramplan gpus` "
+                          "or a size such as 24GB, 24GiB or 80G")
