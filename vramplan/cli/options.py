@@ -99,3 +99,70 @@ def lora_config_from(opts: dict[str, Any]):
 trust_option = click.option("--trust-remote-code", is_flag=True, default=False,
                             help="Allow a model folder's own modeling code (auto_map) for shapes.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+
+
+# --------------------------------------------------------------------------------------------- plan options
+def _choice(choices: tuple[str, ...]) -> click.Choice:
+    return click.Choice(choices, case_sensitive=False)
+
+
+def plan_option_specs() -> list[tuple[tuple[str, ...], dict[str, Any]]]:
+    """The plan options as data, so that ``sweep`` can declare the same names taking comma lists."""
+    from ..setup import ATTNS, LOSSES, METHODS, OFFLOADS, OPTIMS, PRECISIONS, QUANTS, STRATEGIES
+
+    return [
+        (("--method",), dict(type=_choice(METHODS), default="lora", show_default=True,
+                             help="Training method, or inference (prefill + decode).")),
+        (("--quant",), dict(type=_choice(QUANTS), default=None,
+                            help="Base-weight quantization (bitsandbytes); qlora defaults to nf4.")),
+        (("--double-quant/--no-double-quant",), dict(default=True, show_default=True,
+                                                     help="bnb_4bit_use_double_quant.")),
+        (("--quant-blocksize",), dict(type=int, default=64, show_default=True, help="4-bit quantization block size.")),
+        (("--precision",), dict(type=_choice(PRECISIONS), default="bf16-mixed", show_default=True,
+                                help="mixed = autocast with fp32 trainable weights (HF Trainer bf16=True); "
+                                     "true = everything in that dtype.")),
+        (("--batch",), dict(type=int, default=1, show_default=True, help="Sequences per step (per GPU).")),
+        (("--seq",), dict(type=int, default=2048, show_default=True,
+                          help="Tokens per sequence (inference: prompt + generated).")),
+        (("--grad-ckpt/--no-grad-ckpt",), dict(default=None,
+                                               help="Gradient checkpointing (default: on for qlora, as "
+                                                    "prepare_model_for_kbit_training does; off otherwise).")),
+        (("--attn",), dict(type=_choice(ATTNS), default="sdpa", show_default=True, help="Attention kernel.")),
+        (("--optim",), dict(type=_choice(OPTIMS), default="adamw", show_default=True,
+                            help="Optimizer (adamw = torch fused AdamW, the HF Trainer default).")),
+        (("--loss",), dict(type=_choice(LOSSES), default="standard", show_default=True,
+                           help="standard = full fp32 logits; chunked = fused linear cross-entropy.")),
+        (("--new-tokens",), dict(type=int, default=0, show_default=True,
+                                 help="Inference: tokens generated after the prompt (part of --seq).")),
+        (("--gpus",), dict(type=int, default=1, show_default=True, help="Number of GPUs (data parallel ranks).")),
+        (("--strategy",), dict(type=_choice(STRATEGIES), default="ddp", show_default=True,
+                               help="Multi-GPU strategy.")),
+        (("--offload",), dict(type=_choice(OFFLOADS), default="none", show_default=True,
+                              help="CPU offload (ZeRO / FSDP).")),
+    ]
+
+
+def plan_options(fn: Any) -> Any:
+    """The shared options of plan, fit, profile: setup options, LoRA options, --gpu, --trust-remote-code."""
+    opts = [click.option(*flags, **kw) for flags, kw in plan_option_specs()]
+    opts += LORA_OPTIONS
+    opts.append(click.option("--gpu", default=None,
+                             help="A card from `vramplan gpus` (rtx-4090, a100-80gb, ...) or a size (24GB, 24GiB, 80G)."))
+    opts.append(trust_option)
+    return apply(opts)(fn)
+
+
+SETUP_KEYS = ("method", "quant", "double_quant", "quant_blocksize", "precision", "batch", "seq", "grad_ckpt", "attn",
+              "optim", "loss", "new_tokens", "gpus", "strategy", "offload")
+
+
+def setup_from_options(opts: dict[str, Any]):
+    """A validated :class:`vramplan.setup.Setup` from the parsed plan options."""
+    from ..setup import Setup
+
+    kwargs = {k: opts[k] for k in SETUP_KEYS if k in opts and opts[k] is not None}
+    for k in ("method", "quant", "precision", "attn", "optim", "loss", "strategy", "offload"):
+        if isinstance(kwargs.get(k), str):
+            kwargs[k] = kwargs[k].lower()
+    lora = lora_config_from(opts)
+    return Setup.create(lora=lora, **kwargs)

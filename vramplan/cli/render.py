@@ -42,3 +42,67 @@ def mib(n: int) -> str:
 
 def warn(message: str) -> None:
     click.echo(f"vramplan: warning: {message}", err=True)
+
+
+COUNTERS = (
+    ("peak_allocated_bytes", "peak allocated", "torch.cuda.max_memory_allocated"),
+    ("peak_reserved_bytes", "peak reserved", "torch.cuda.max_memory_reserved"),
+    ("device_used_bytes", "device used", "nvidia-smi / NVML"),
+)
+
+
+def setup_line(d: dict) -> str:
+    """One line that names the setup, from an estimate's JSON ``setup``."""
+    s = d["setup"]
+    parts = [d["model"], s["method"]]
+    if s["quant"] != "none":
+        parts.append(s["quant"] + ("+DQ" if s["double_quant"] and s["quant"] in ("nf4", "fp4") else ""))
+    lora = s.get("lora")
+    if lora:
+        tg = lora["target_regex"] or ",".join(lora["targets"] or ["peft default"])
+        parts.append(f"r={lora['r']} {tg}" + (" dora" if lora["dora"] else ""))
+    parts.append(f"batch {s['batch']} × seq {s['seq']:,}")
+    if s["grad_ckpt"]:
+        parts.append("grad ckpt")
+    parts += [s["attn"], s["optim"], s["precision"]]
+    if s.get("gpus", 1) > 1:
+        parts.append(f"{s['gpus']} GPUs {s['strategy']}")
+    return " · ".join(parts)
+
+
+def plan_text(d: dict, explain: bool = False) -> str:
+    """The human view of an estimate (its JSON dict): components, the three counters, verdict, assumptions."""
+    lines = [setup_line(d)]
+    p = d["params"]
+    pct = 100 * p["trainable"] / p["total"] if p["total"] else 0.0
+    lines.append(f"params: total {p['total']:,} · trainable {p['trainable']:,} ({pct:.4f}%)")
+    lines.append("")
+    denom = d["device_used_bytes"] or 1
+    rows = [[name, gib(b), f"{100 * b / denom:.1f}", d["counters"].get(name, "")]
+            for name, b in d["breakdown_bytes"].items()]
+    lines.append(table(["component", "GiB", "% of device used", "counter"], rows, "lrrl"))
+    lines.append("")
+    for key, label, what in COUNTERS:
+        extra = f"   (phase: {d['peak_phase']})" if key == "peak_allocated_bytes" else ""
+        lines.append(f"{label:15s} {gib(d[key]):>9s} GiB  ← {what}{extra}")
+    f = d.get("fits")
+    if f:
+        verdict = "FITS" if f["fits"] else "DOES NOT FIT"
+        margin = f" with {f['margin']:.0%} margin" if f.get("margin") else ""
+        lines.append(f"{f['gpu']} ({gib(f['capacity_bytes'])} GiB): {verdict}{margin}, headroom "
+                     f"{gib(f['headroom_bytes'])} GiB")
+    if d.get("warnings"):
+        lines.append("")
+        lines += [f"warning: {w}" for w in d["warnings"]]
+    lines.append("")
+    lines.append("assumptions:")
+    lines += [f"  - {a}" for a in d["assumptions"]]
+    if explain:
+        lines.append("")
+        lines.append("formulas:")
+        for name, formula in d["formulas"].items():
+            lines.append(f"  {name} = {d['breakdown_bytes'][name]:,} B")
+            lines.append(f"      {formula}")
+    lines.append("")
+    lines.append("GiB = 2**30 bytes")
+    return "\n".join(lines)

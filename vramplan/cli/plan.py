@@ -1,0 +1,65 @@
+"""``vramplan plan``: estimate one setup."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .options import json_option, plan_options, setup_from_options
+from .render import echo_json, plan_text, warn
+
+
+@click.command(short_help="Estimate peak GPU memory of a fine-tuning or inference setup.")
+@click.argument("model")
+@plan_options
+@click.option("--margin", default="0%", show_default=True, help="Headroom kept free on --gpu, e.g. 10%.")
+@json_option
+@click.option("--explain", is_flag=True, help="Print every formula with its numbers and source.")
+@click.option("--html", "html_path", default=None, type=click.Path(dir_okay=False),
+              help="Also write the plan as a self-contained HTML page.")
+def plan(model: str, *, as_json: bool, explain: bool, html_path: str | None, gpu: str | None, margin: str,
+         trust_remote_code: bool, **opts) -> None:
+    """Estimate peak GPU memory for MODEL and say whether it fits on --gpu.
+
+    MODEL is a bundled name (vramplan models), a Hugging Face id, or a path to a config.json or model
+    folder. Exit code 0, or 1 when --gpu is given and the setup does not fit; 2 on bad input.
+    """
+    from ..estimate import estimate
+    from ..profiles import resolve_gpu, resolve_model
+
+    setup = setup_from_options(opts)
+    g = resolve_gpu(gpu) if gpu is not None else None
+    m = parse_margin(margin)
+    resolved = resolve_model(model, trust_remote_code=trust_remote_code)
+    est = estimate(resolved.spec, setup, g, m)
+    data = est.to_dict()
+    data["model"] = resolved.name
+    for w in est.warnings:
+        warn(w)
+    if html_path:
+        from ..planner import plan_page_data
+        from ..io import atomic_write_text
+        from ..report import plan_page
+
+        atomic_write_text(html_path, plan_page(plan_page_data(resolved.spec, setup, data, g)))
+    if as_json:
+        echo_json(data)
+    else:
+        click.echo(plan_text(data, explain=explain))
+    if est.fit is not None and not est.fit.fits:
+        sys.exit(1)
+
+
+def parse_margin(text: str) -> float:
+    """``"10%"`` or ``"0.1"`` -> 0.1."""
+    from ..errors import SetupError
+
+    t = str(text).strip()
+    try:
+        value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        raise SetupError(f"--margin {text!r} is not a percentage: write e.g. 10% or 0.1") from None
+    if not 0 <= value < 1:
+        raise SetupError(f"--margin {text!r} must be between 0% and 100%")
+    return value

@@ -1,0 +1,609 @@
+"""The analytic estimator: every byte of one training (or inference) step, and which counter shows it.
+
+``estimate(spec, setup)`` assembles, in this order:
+
+1. weights and adapters (``weights.py``), gradients and optimizer states (``optimizer.py``);
+2. per-layer saved activations and transients, from a symbolic replay of the layer's forward
+   (``layers.py`` on ``graph.py``), traced once per distinct layer and cached, so that sweeps are cheap;
+3. the head: final norm, ``lm_head``, logits and the loss (transformers ``loss/loss_utils.py::ForCausalLMLoss``);
+4. the step's timeline — load, forward, loss, backward (start, through the layers, end), optimizer step — and
+   the phase where the allocated total peaks;
+5. the three counters: ``peak_allocated_bytes`` (``torch.cuda.max_memory_allocated``),
+   ``peak_reserved_bytes`` (``max_memory_reserved``), ``device_used_bytes`` (NVML / nvidia-smi).
+
+No I/O and no printing here; renderers read the :class:`~vramplan.estimate.result.Estimate`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from functools import lru_cache
+
+from ..dtypes import BYTES, PAGED_MIN_NUMEL, adam8bit_state_parts, alloc
+from ..lora import LoraPlan, plan_lora
+from ..setup import Setup
+from ..spec.model import ModelSpec
+from ..units import GiB, ceil_div
+from . import overhead
+from .graph import Size, Storage, Tracer, max_candidate, prune, saved_bytes, tok
+from .layers import LayerInfo, Program, build_layers
+from .result import Component, Estimate, Fit
+from .weights import Placement, TrainableTensor, adapter_tensors, place_weights, trainable_tensors
+
+CATEGORY = {"attention": "activations/attention", "mlp": "activations/mlp", "norms": "activations/norms",
+            "lora_inputs": "activations/lora_inputs", "other": "activations/other"}
+
+
+def _fmt(n: int) -> str:
+    return f"{n:,} B ({n / GiB:.3f} GiB)"
+
+
+# ------------------------------------------------------------------------------------------ layer traces
+@dataclass(frozen=True)
+class LayerTrace:
+    """One traced layer, reusable at any batch and sequence length."""
+
+    saved: tuple[Storage, ...]                  # saved storages, including the layer input when saved
+    input_saved: bool                           # the layer input is among ``saved``
+    fwd_transients: tuple[tuple[Size, str], ...]
+    bwd_candidates: tuple[tuple[Size, str], ...]
+    constants: tuple[tuple[str, int], ...]      # dequantization buffers etc. (bytes, size-independent)
+    out_dtype: str
+
+    def saved_at(self, tokens: int, bss: int) -> int:
+        return saved_bytes(list(self.saved), tokens, bss)
+
+    def by_category(self, tokens: int, bss: int) -> dict[str, int]:
+        out: dict[str, int] = defaultdict(int)
+        for s in self.saved:
+            out[CATEGORY.get(s.category, "activations/other")] += alloc(s.nbytes(tokens, bss))
+        return out
+
+    @property
+    def max_constant(self) -> int:
+        return max((b for _, b in self.constants), default=0)
+
+
+def _layer_key(L: LayerInfo) -> tuple:
+    lin = tuple(sorted((r, l.in_f, l.out_f, l.wdtype, l.trainable, l.lora_r, l.lora_dtype, l.dropout, l.dora)
+                       for r, l in L.lin.items()))
+    norms = tuple(sorted((k, n.dim, n.wdtype, n.trainable) for k, n in L.norms.items()))
+    ex = None if L.experts is None else (L.experts.in_f, L.experts.out_f, L.experts.wdtype, L.experts.trainable)
+    return lin, norms, ex, None if L.router is None else (L.router.wdtype, L.router.trainable)
+
+
+def trace_layer(program: Program, L: LayerInfo, resid_dtype: str) -> LayerTrace:
+    tr = Tracer(program.setup.compute_dtype if program.setup.autocast else None)
+    x = tr.external("layer input (residual stream)", tok(program.spec.hidden_size), resid_dtype, True)
+    out = program.layer(tr, x, L)
+    saved = tuple(tr.saved_storages())
+    return LayerTrace(
+        saved=saved,
+        input_saved=any(s is x.storage for s in saved),
+        fwd_transients=tuple(prune(tr.transient_candidates(keep=(out.storage,)))),
+        bwd_candidates=tuple(prune(tr.backward_candidates())),
+        constants=tuple(tr.constants),
+        out_dtype=out.dtype,
+    )
+
+
+# ------------------------------------------------------------------------------------------- the model
+@dataclass(frozen=True)
+class _Static:
+    """Everything that does not depend on batch and sequence length (cached per spec and setup)."""
+
+    plan: LoraPlan | None
+    placements: tuple[Placement, ...]
+    adapters: tuple[TrainableTensor, ...]
+    trainables: tuple[TrainableTensor, ...]
+    layer_traces: tuple[LayerTrace, ...]        # one per layer (shared objects for identical layers)
+    resid_dtype: str
+    head: LayerTrace                            # final norm (+ lm_head weight cast)
+    logits_dtype: str
+
+
+def _resid_dtype(spec: ModelSpec, placements: list[Placement], setup: Setup) -> str:
+    """dtype of the residual stream = the embedding's dtype (fp32 after kbit prep or as a fp32 master)."""
+    for p in placements:
+        if p.tensor.role == "embedding":
+            return p.dtype
+    return setup.compute_dtype
+
+
+_STATIC_CACHE: dict[tuple[int, Setup], tuple[ModelSpec, _Static]] = {}
+
+
+def _static(spec: ModelSpec, setup: Setup) -> _Static:
+    """Cached per (spec object, structural setup): hashing a spec's tensors on every call would dominate sweeps."""
+    key = (id(spec), setup)
+    hit = _STATIC_CACHE.get(key)
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    if len(_STATIC_CACHE) > 512:
+        _STATIC_CACHE.clear()
+    value = _build_static(spec, setup)
+    _STATIC_CACHE[key] = (spec, value)
+    return value
+
+
+def _build_static(spec: ModelSpec, setup: Setup) -> _Static:
+    plan = plan_lora(spec, setup.lora) if setup.method in ("lora", "qlora") and setup.lora is not None else None
+    placements = place_weights(spec, setup)
+    adapters = adapter_tensors(plan, placements, setup)
+    trainables = trainable_tensors(placements, adapters)
+    resid = _resid_dtype(spec, placements, setup)
+    program = Program(spec, setup)
+    layers = build_layers(spec, placements, plan, setup)
+    cache: dict[tuple, LayerTrace] = {}
+    traces = []
+    for L in layers:
+        key = _layer_key(L)
+        if key not in cache:
+            cache[key] = trace_layer(program, L, resid)
+        traces.append(cache[key])
+    head = _trace_head(spec, setup, placements, program, resid)
+    logits_dtype = setup.compute_dtype if setup.autocast else _head_dtype(spec, placements, resid)
+    return _Static(plan, tuple(placements), tuple(adapters), tuple(trainables), tuple(traces), resid, head,
+                   logits_dtype)
+
+
+def _head_dtype(spec: ModelSpec, placements: list[Placement], resid: str) -> str:
+    for p in placements:
+        if p.tensor.role == "lm_head":
+            return p.dtype if p.quant == "none" else resid
+    for p in placements:
+        if p.tensor.role == "embedding":
+            return p.dtype
+    return resid
+
+
+def _trace_head(spec: ModelSpec, setup: Setup, placements: list[Placement], program: Program,
+                resid: str) -> LayerTrace:
+    """Final norm and the lm_head matmul input/weight saves (logits and loss are handled separately)."""
+    from .layers import Lin, Norm
+
+    tr = Tracer(setup.compute_dtype if setup.autocast else None)
+    x = tr.external("final hidden states", tok(spec.hidden_size), resid, True)
+    fn = None
+    for p in placements:
+        t = p.tensor
+        if t.layer is None and t.role == "norm" and t.param_name == "weight":
+            fn = Norm(t.module, t.shape[0], p.dtype, p.trainable)
+    h = program.norm(tr, x, fn, "final norm") if fn is not None else x
+    head = next((p for p in placements if p.tensor.role == "lm_head"), None)
+    if head is None:      # tied: the embedding matrix is the head
+        head = next(p for p in placements if p.tensor.role == "embedding")
+    lin = Lin("lm_head", spec.hidden_size, spec.vocab_size, head.dtype, head.trainable)
+    with tr.in_section("other"):
+        program.linear(tr, h, lin)
+    saved = tuple(tr.saved_storages())
+    return LayerTrace(saved, any(s is x.storage for s in saved), tuple(prune(tr.transient_candidates())),
+                      (), tuple(tr.constants), resid)
+
+
+# ----------------------------------------------------------------------------------------- optimizer
+def optimizer_states(trainables: tuple[TrainableTensor, ...], setup: Setup) -> tuple[int, int, str]:
+    """(bytes in the torch allocator, bytes in paged/unified memory, formula) of the optimizer states."""
+    o = setup.optim
+    gpu, paged = 0, 0
+    n_tensors = len(trainables)
+    numel = sum(t.numel for t in trainables)
+    if o == "adamw":
+        # torch.optim.AdamW(fused=True) (HF Trainer default adamw_torch_fused): exp_avg, exp_avg_sq in the
+        # param dtype, and a 0-dim fp32 'step' tensor per param on the device (torch/optim/adamw.py _init_group)
+        for t in trainables:
+            gpu += 2 * alloc(t.numel * BYTES[t.dtype]) + alloc(4)
+        formula = (f"AdamW (fused): 2 states × param dtype per trainable element ({numel:,} elements in "
+                   f"{n_tensors} tensors) + one fp32 step tensor each; torch/optim/adamw.py")
+    elif o in ("adamw-8bit", "paged-adamw-8bit"):
+        for t in trainables:
+            parts = adam8bit_state_parts(t.numel)
+            big = [b for k, b in parts.items() if k.startswith("state")]
+            small = [b for k, b in parts.items() if k.startswith("absmax")]
+            if o == "paged-adamw-8bit" and t.numel >= PAGED_MIN_NUMEL:
+                paged += sum(big)
+            else:
+                gpu += sum(alloc(b) for b in big)
+            gpu += sum(alloc(b) for b in small)
+        gpu += 2 * alloc(256 * 4)   # the shared dynamic/udynamic quantization maps
+        formula = ("bitsandbytes AdamW8bit: uint8 exp_avg/exp_avg_sq + fp32 absmax per 256 for tensors >= 4096 "
+                   "elements, fp32 states below (bitsandbytes/optim/optimizer.py Optimizer2State.init_state)"
+                   + ("; paged (cudaMallocManaged) for tensors >= 1e5 elements (get_state_buffer)"
+                      if o.startswith("paged") else ""))
+    elif o == "paged-adamw":
+        for t in trainables:
+            b = 2 * t.numel * 4
+            if t.numel >= PAGED_MIN_NUMEL:
+                paged += b
+            else:
+                gpu += 2 * alloc(t.numel * 4)
+        formula = ("bitsandbytes PagedAdamW (32-bit): two fp32 states; tensors >= 1e5 elements in paged unified "
+                   "memory (bitsandbytes/optim/optimizer.py get_state_buffer)")
+    elif o == "lion":
+        for t in trainables:
+            gpu += alloc(t.numel * 4)
+        formula = "bitsandbytes Lion (32-bit): one fp32 exp_avg per element (Optimizer1State)"
+    elif o == "adafactor":
+        for t in trainables:
+            if len(t.shape) >= 2:
+                rows = 1
+                for d in t.shape[:-1]:
+                    rows *= d
+                cols = t.shape[-1]
+                gpu += alloc(rows * BYTES[t.dtype]) + alloc(cols * BYTES[t.dtype] * (rows // max(t.shape[-2], 1)))
+            else:
+                gpu += alloc(t.numel * BYTES[t.dtype])
+        formula = ("transformers Adafactor (beta1=None): factored row/column second moments for matrices, a "
+                   "full one for vectors (transformers/optimization.py Adafactor.step)")
+    else:  # sgd
+        formula = "SGD without momentum (HF Trainer 'sgd'): no state"
+    return gpu, paged, formula
+
+
+def optimizer_step_transient(trainables: tuple[TrainableTensor, ...], setup: Setup) -> int:
+    """Temporaries of ``optimizer.step()``: fused AdamW and bitsandbytes kernels update in place; Adafactor
+    builds ``grad**2 + eps`` and the update per tensor (one tensor at a time)."""
+    if setup.optim == "adafactor" and trainables:
+        biggest = max(trainables, key=lambda t: t.numel)
+        return 2 * alloc(biggest.numel * BYTES[biggest.dtype])
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- estimate
+def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0) -> Estimate:
+    """Estimate the memory of one step of ``setup`` on ``spec``; ``gpu`` (a :class:`vramplan.profiles.Gpu`)
+    adds the fit verdict with ``margin`` (a fraction of capacity kept free)."""
+    st = _static(spec, _structural(setup))
+    b, s = setup.batch, setup.seq
+    T, bss = b * s, b * s * s
+    comps: dict[str, list] = {}
+
+    def add(name: str, n: int, formula: str, counter: str = "allocated") -> None:
+        if n:
+            if name in comps:
+                comps[name][0] += n
+            else:
+                comps[name] = [n, formula, counter]
+
+    # ---- weights
+    wsum: dict[str, int] = defaultdict(int)
+    for p in st.placements:
+        for comp, nb in p.parts:
+            wsum[comp] += alloc(nb)
+    for comp, nb in sorted(wsum.items()):
+        add(comp, nb, _weight_formula(comp, st, setup))
+    asum: dict[str, int] = defaultdict(int)
+    for t in st.adapters:
+        asum[t.component] += alloc(t.numel * BYTES[t.dtype])
+    for comp, nb in sorted(asum.items()):
+        add(comp, nb, _adapter_formula(comp, st, setup))
+    static_weights = sum(v[0] for v in comps.values())
+
+    if not setup.training:
+        return _inference(spec, setup, st, comps, static_weights, gpu, margin)
+
+    # ---- gradients and optimizer
+    grads = sum(alloc(t.numel * BYTES[t.dtype]) for t in st.trainables)
+    # the head's gradient is the first one backward produces (the embedding's, when tied)
+    head_comp = "weights/lm_head" if any(t.component == "weights/lm_head" for t in st.trainables) \
+        else "weights/embeddings"
+    grad_head = sum(alloc(t.numel * BYTES[t.dtype]) for t in st.trainables
+                    if t.component == head_comp and setup.method == "full")
+    opt_gpu, opt_paged, opt_formula = optimizer_states(st.trainables, setup)
+    opt_tmp = optimizer_step_transient(st.trainables, setup)
+    trainable_numel = sum(t.numel for t in st.trainables)
+
+    # ---- autocast weight copies (fp32 trainable weights under autocast: cached bf16 copies, saved)
+    casts = 0
+    if setup.autocast and setup.method == "full":
+        casts = sum(alloc(p.numel * 2) for p in st.placements
+                    if p.trainable and p.tensor.module_type in ("linear", "conv1d", "experts")
+                    and p.tensor.param_name != "bias")
+        for t in spec.tensors:   # a tied head is cast as the head weight
+            if t.tied_to is not None and t.role == "lm_head":
+                casts += alloc(t.numel * 2)
+
+    # ---- activations
+    L = spec.num_layers
+    per_layer = [tr.saved_at(T, bss) for tr in st.layer_traces]
+    resid_bytes = alloc(T * spec.hidden_size * BYTES[st.resid_dtype])
+    if setup.grad_ckpt:
+        layer_acts = L * resid_bytes
+        act_cat = {"activations/checkpoint_inputs": layer_acts}
+        act_formula = (f"gradient checkpointing saves each layer's input: {L} layers × tokens {T:,} × hidden "
+                       f"{spec.hidden_size} × {BYTES[st.resid_dtype]} B ({st.resid_dtype} residual stream) = "
+                       f"{_fmt(layer_acts)}; torch.utils.checkpoint (non-reentrant) via transformers "
+                       "GradientCheckpointingLayer")
+    else:
+        layer_acts = sum(per_layer)
+        act_cat = defaultdict(int)
+        for tr in st.layer_traces:
+            for k, v in tr.by_category(T, bss).items():
+                act_cat[k] += v
+        act_formula = ""
+    head_saved = st.head.saved_at(T, bss)
+    V = spec.vocab_size
+    lt = BYTES[st.logits_dtype]
+    if setup.loss == "chunked":
+        # Liger-Kernel fused linear cross entropy: chunks of ceil(BT / ceil(V/H)) rows (next power of two)
+        chunk = 1 << max(0, (ceil_div(T, ceil_div(V, spec.hidden_size)) - 1).bit_length())
+        chunk = min(chunk, T)
+        logits_saved = alloc(T * spec.hidden_size * BYTES[setup.compute_dtype])   # grad_input kept for backward
+        loss_fwd_tmp = alloc(chunk * V * 4) * 2 + alloc(chunk * V * lt)
+        loss_bwd_tmp = 0
+        logits_formula = (f"chunked loss (Liger-Kernel FusedLinearCrossEntropy): logits of {chunk:,} tokens at a "
+                          f"time × vocab {V:,} in fp32, never all {T:,}; the input gradient "
+                          f"(tokens × hidden × {BYTES[setup.compute_dtype]} B) is computed in forward and kept")
+    else:
+        upcast = st.logits_dtype != "fp32"
+        logits_saved = alloc(T * V * 4)                       # log_softmax output (fp32), saved
+        loss_fwd_tmp = alloc(T * V * lt) + (alloc(T * V * 4) if upcast else 0)
+        loss_bwd_tmp = 2 * alloc(T * V * 4)                   # grad of log-probs and grad of fp32 logits
+        logits_formula = (
+            f"tokens {T:,} × vocab {V:,}: logits in {st.logits_dtype} ({lt} B), logits.float() "
+            f"({'a new fp32 copy' if upcast else 'already fp32'}) and log_softmax's saved fp32 output "
+            "(transformers loss/loss_utils.py ForCausalLMLoss -> nn.functional.cross_entropy); backward adds "
+            "the fp32 gradient of the log-probs and of the logits")
+    acts_total = layer_acts + head_saved + logits_saved
+
+    # transients inside one layer: forward, recompute (checkpointing) and backward working set
+    fwd_tmp = max((max_candidate(list(tr.fwd_transients), T, bss)[0] for tr in st.layer_traces), default=0)
+    bwd_ws = max((max_candidate(list(tr.bwd_candidates), T, bss)[0] + tr.max_constant
+                  for tr in st.layer_traces), default=0)
+    recompute = max(per_layer, default=0) if setup.grad_ckpt else 0
+    dequant = max((tr.max_constant for tr in st.layer_traces), default=0)
+    cublas = overhead.CUBLAS_WORKSPACE_BYTES
+
+    base = static_weights + opt_gpu + cublas
+    first_layer_acts = per_layer[0] if per_layer else 0
+    grad_layers = grads - grad_head
+    candidates = {
+        # end of forward, while the loss is computed: all activations plus the loss temporaries
+        "forward": base + casts + acts_total + max(loss_fwd_tmp, fwd_tmp + dequant),
+        # first backward node (log_softmax): activations + two fp32 logits gradients
+        "backward": base + casts + acts_total + loss_bwd_tmp + (grad_head if setup.method == "full" else 0),
+        # through the layers: remaining activations + gradients so far + one layer's working set
+        "backward (layers)": base + max(
+            casts + acts_total - logits_saved + grad_head + (recompute + fwd_tmp if setup.grad_ckpt else 0)
+            + bwd_ws + (grad_layers // max(L, 1)),
+            # the autocast weight copies are freed layer by layer with the activations that saved them
+            (resid_bytes if setup.grad_ckpt else first_layer_acts) + recompute + grad_head + grad_layers + bwd_ws
+            + casts // max(L, 1)),
+        # optimizer.step(): gradients + states + temporaries (activations are gone)
+        "optimizer": base + grads + opt_tmp,
+    }
+    phase = max(candidates, key=lambda k: candidates[k])
+    peak = candidates[phase]
+
+    # ---- components live at the peak
+    add("optimizer/states", opt_gpu, opt_formula)
+    add("buffers/cublas_workspace", cublas, "cuBLAS workspace through the caching allocator: ':4096:8' = 32 MiB + "
+        "1 MiB cuBLASLt (aten/src/ATen/cuda/CublasHandlePool.cpp)")
+    start_side = True
+    if phase == "backward (layers)":
+        a1 = casts + acts_total - logits_saved + grad_head + (recompute + fwd_tmp if setup.grad_ckpt else 0) \
+            + bwd_ws + grad_layers // max(L, 1)
+        start_side = a1 >= candidates[phase] - base
+    if phase in ("forward", "backward") or (phase == "backward (layers)" and start_side):
+        if casts:
+            add("buffers/autocast_weight_casts", casts,
+                f"autocast caches a {setup.compute_dtype} copy of each fp32 trainable matmul weight for the whole "
+                "forward and autograd saves it for backward (aten/src/ATen/autocast_mode.cpp cached_cast): "
+                f"2 B × {sum(p.numel for p in st.placements if p.trainable):,} params")
+    if phase in ("forward", "backward"):
+        if setup.grad_ckpt:
+            add("activations/checkpoint_inputs", layer_acts, act_formula)
+        else:
+            for k, v in sorted(act_cat.items()):
+                add(k, v, _act_formula(k, st, T, bss, L))
+        add("activations/head", head_saved, _head_formula(st, T, bss, spec))
+        add("logits/log_softmax", logits_saved, logits_formula)
+        if phase == "forward":
+            tmp = max(loss_fwd_tmp, fwd_tmp + dequant)
+            add("logits/forward_temporaries" if tmp == loss_fwd_tmp else "buffers/layer_temporaries", tmp,
+                logits_formula if tmp == loss_fwd_tmp else "largest set of a layer's short-lived tensors in forward")
+        else:
+            add("logits/loss_gradients", loss_bwd_tmp, logits_formula)
+            if setup.method == "full":
+                add("gradients/head", grad_head, "gradient of the output head, first in backward")
+    elif phase == "backward (layers)":
+        if start_side:
+            if setup.grad_ckpt:
+                add("activations/checkpoint_inputs", layer_acts, act_formula)
+                add("activations/recomputed_layer", recompute + fwd_tmp,
+                    "one layer's activations recomputed in backward (checkpointing)")
+            else:
+                for k, v in sorted(act_cat.items()):
+                    add(k, v, _act_formula(k, st, T, bss, L))
+            add("activations/head", head_saved, _head_formula(st, T, bss, spec))
+            add("gradients/trainable", grad_head + grad_layers // max(L, 1), "gradients produced so far")
+        else:
+            add("activations/remaining", (resid_bytes if setup.grad_ckpt else first_layer_acts) + recompute,
+                "activations of the first layer, last to be freed")
+            add("buffers/autocast_weight_casts", casts // max(L, 1), "autocast copies of one layer's weights")
+            add("gradients/trainable", grad_head + grad_layers, _grad_formula(st, trainable_numel))
+        add("buffers/backward_working_set", bwd_ws,
+            "gradients of one op's outputs and inputs while it runs backward, plus a dequantized weight")
+    else:  # optimizer
+        add("gradients/trainable", grads, _grad_formula(st, trainable_numel))
+        add("buffers/optimizer_step", opt_tmp, "optimizer step temporaries")
+
+    total = sum(v[0] for v in comps.values())
+    if total != peak:   # keep the breakdown summing exactly to the predicted peak
+        add("buffers/other", peak - total, "difference between the phase total and its itemized parts")
+
+    phases = {"load": static_weights + cublas, **{k: v for k, v in candidates.items()}}
+    return _finish(spec, setup, st, comps, peak, phase, phases, opt_paged, gpu, margin)
+
+
+def _structural(setup: Setup) -> Setup:
+    """The setup with batch and sequence normalized: the cache key of :func:`_static`."""
+    return setup if (setup.batch, setup.seq) == (1, 1) else setup.with_(batch=1, seq=1, new_tokens=0)
+
+
+def _inference(spec: ModelSpec, setup: Setup, st: _Static, comps: dict, static_weights: int, gpu, margin: float):
+    """Prefill of ``seq - new_tokens`` prompt tokens and decoding to ``seq``: weights + KV cache + the prefill's
+    transient working set under ``torch.no_grad`` (nothing saved)."""
+    b, s = setup.batch, setup.seq
+    kv_dtype = setup.compute_dtype
+    layers = spec.num_layers
+    kv = 2 * layers * b * s * spec.num_kv_heads * spec.head_dim * BYTES[kv_dtype]
+    if spec.sliding_window and spec.model_type in ("mistral",):
+        kv = 2 * layers * b * min(s, spec.sliding_window) * spec.num_kv_heads * spec.head_dim * BYTES[kv_dtype]
+    prompt = s - setup.new_tokens
+    T = b * prompt
+    # no_grad: the largest layer transient (all of a layer's tensors alive at once, none saved)
+    tr = st.layer_traces[0] if st.layer_traces else None
+    work = 0
+    if tr is not None:
+        work = sum(alloc(x.nbytes(T, b * prompt * prompt)) for x in tr.saved)
+        work += max_candidate(list(tr.fwd_transients), T, b * prompt * prompt)[0] + tr.max_constant
+    logits = alloc(b * spec.vocab_size * 4) * 2   # generate keeps the last position only (logits_to_keep=1)
+    cublas = overhead.CUBLAS_WORKSPACE_BYTES
+    comps["kv_cache"] = [kv, f"2 (K,V) × {layers} layers × batch {b} × seq {s} × kv heads {spec.num_kv_heads} × "
+                             f"head_dim {spec.head_dim} × {BYTES[kv_dtype]} B (transformers DynamicCache)",
+                         "allocated"]
+    comps["activations/prefill_working_set"] = [work, "one layer's tensors during the prefill under no_grad "
+                                                      "(upper bound: all alive at once)", "allocated"]
+    comps["logits/last_token"] = [logits, "logits of the last position, fp32 upcast for sampling", "allocated"]
+    comps["buffers/cublas_workspace"] = [cublas, "cuBLAS workspace (CublasHandlePool.cpp)", "allocated"]
+    peak = sum(v[0] for v in comps.values())
+    phases = {"load": static_weights + cublas, "prefill": peak, "decode": peak - work}
+    return _finish(spec, setup, st, comps, peak, "prefill", phases, 0, gpu, margin)
+
+
+def _finish(spec: ModelSpec, setup: Setup, st: _Static, comps: dict, peak: int, phase: str, phases: dict,
+            paged: int, gpu, margin: float) -> Estimate:
+    frag = overhead.allocator_overhead_bytes(peak)
+    arch = getattr(gpu, "architecture", "") if gpu is not None else ""
+    uses_bnb = setup.quantized or setup.optim in ("adamw-8bit", "paged-adamw", "paged-adamw-8bit", "lion")
+    ctx = overhead.cuda_context_bytes(arch, uses_bnb)
+    components = [Component(k, v[0], v[1], v[2]) for k, v in comps.items()]
+    components.append(Component("overhead/allocator", frag,
+                                f"reserved beyond allocated: max(64 MiB, {overhead.ALLOCATOR_FRAGMENTATION:.0%} of "
+                                "peak allocated) — uncalibrated (segment rounding and fragmentation, "
+                                "c10/cuda/CUDACachingAllocator.cpp)", "reserved"))
+    components.append(Component("overhead/cuda_context", ctx,
+                                f"CUDA context + kernels ({arch or 'unknown architecture'})"
+                                + (" + bitsandbytes library" if uses_bnb else "")
+                                + " as nvidia-smi shows it — uncalibrated (vramplan/estimate/overhead.py)", "device"))
+    if paged:
+        components.append(Component("optimizer/paged_states", paged,
+                                    "paged optimizer states in CUDA unified memory: outside the torch allocator, "
+                                    "resident on the GPU while there is room (evicted to host RAM under pressure)",
+                                    "device"))
+    reserved = peak + frag
+    device = reserved + ctx + paged
+    trainable = st.plan.trainable if st.plan is not None else (spec.params_total if setup.method == "full" else 0)
+    total = st.plan.total if st.plan is not None else spec.params_total
+    fit = None
+    if gpu is not None:
+        cap = int(gpu.memory_bytes * (1 - margin))
+        fit = Fit(gpu.name, gpu.memory_bytes, cap - device, device <= cap, margin)
+    return Estimate(
+        model=spec.name, setup=setup, params_total=total, params_trainable=trainable,
+        components=tuple(sorted(components, key=lambda c: (c.group, -c.bytes))), peak_phase=phase,
+        peak_allocated_bytes=peak, peak_reserved_bytes=reserved, device_used_bytes=device,
+        phases=phases, assumptions=tuple(assumptions(spec, setup, st)), warnings=tuple(warnings_for(spec, setup)),
+        fit=fit, versions=_versions())
+
+
+# ----------------------------------------------------------------------------------------- explanations
+def _weight_formula(comp: str, st: _Static, setup: Setup) -> str:
+    ps = [p for p in st.placements if any(c == comp for c, _ in p.parts)]
+    n = sum(p.numel for p in ps)
+    dtypes = sorted({p.dtype for p in ps})
+    if comp == "weights/quantized":
+        if setup.quant == "int8":
+            return f"{n:,} int8 elements (bitsandbytes Int8Params), 1 B each, in {len(ps)} Linear weights"
+        return (f"{n:,} elements of {len(ps)} Linear weights packed two per byte: ceil(n/2) B each "
+                "(bitsandbytes/functional.py quantize_4bit)")
+    if comp == "weights/quant_constants":
+        if setup.quant == "int8":
+            return "one fp32 row scale (SCB) per output row (bitsandbytes Int8Params)"
+        blocks = sum(ceil_div(p.numel, setup.quant_blocksize) for p in ps)
+        if setup.double_quant:
+            return (f"{blocks:,} blocks of {setup.quant_blocksize}: uint8 absmax (1 B each) + fp32 nested absmax per "
+                    "256 blocks + 1 KiB nested code + 4 B offset + 64 B code per weight, each allocation rounded "
+                    "to 512 B (double quantization, QLoRA §2)")
+        return f"{blocks:,} blocks of {setup.quant_blocksize}: fp32 absmax (4 B each) + 64 B code per weight"
+    return f"{n:,} elements in {', '.join(dtypes)} ({len(ps)} tensors, each allocation rounded to 512 B)"
+
+
+def _adapter_formula(comp: str, st: _Static, setup: Setup) -> str:
+    ts = [t for t in st.adapters if t.component == comp]
+    n = sum(t.numel for t in ts)
+    dt = ", ".join(sorted({t.dtype for t in ts}))
+    if comp == "adapters/lora" and st.plan is not None:
+        return (f"r={st.plan.config.r} × (in + out) for {len(st.plan.adapters)} adapted modules = {n:,} params in "
+                f"{dt} (PEFT keeps adapters in fp32 on a 16-bit base: autocast_adapter_dtype)")
+    return f"{n:,} params in {dt}"
+
+
+def _grad_formula(st: _Static, numel: int) -> str:
+    dts = ", ".join(sorted({t.dtype for t in st.trainables}))
+    return f"one gradient per trainable element ({numel:,}) in the parameter's dtype ({dts})"
+
+
+def _act_formula(comp: str, st: _Static, T: int, bss: int, L: int) -> str:
+    cat = {v: k for k, v in CATEGORY.items()}.get(comp, "other")
+    tr = st.layer_traces[0] if st.layer_traces else None
+    if tr is None:
+        return ""
+    items = [f"{s.saved_by[0]} [{s.dtype}, {alloc(s.nbytes(T, bss)):,} B]" for s in tr.saved if s.category == cat]
+    return (f"Σ over {L} layers of tensors autograd saves in the {cat} part of a layer (tokens {T:,}); layer 0: "
+            + "; ".join(items))
+
+
+def _head_formula(st: _Static, T: int, bss: int, spec: ModelSpec) -> str:
+    items = [f"{s.saved_by[0]} [{s.dtype}, {alloc(s.nbytes(T, bss)):,} B]" for s in st.head.saved]
+    return "final norm and lm_head: " + ("; ".join(items) if items else "nothing saved")
+
+
+def assumptions(spec: ModelSpec, setup: Setup, st: _Static) -> list[str]:
+    a = [
+        f"precision {setup.precision}: "
+        + ("autocast to " + setup.compute_dtype + " with fp32 trainable weights (HF Trainer bf16/fp16=True)"
+           if setup.autocast else "no autocast; every tensor in " + setup.compute_dtype),
+        f"base weights loaded in {setup.base_dtype}" + (" (fp32 masters for full fine-tuning)"
+                                                        if setup.method == "full" and setup.mixed else ""),
+        "HF Trainer loop: model outputs (bf16 logits) are dropped before backward; zero_grad(set_to_none=True)",
+        f"attention: {setup.attn}" + (" (flash / memory-efficient kernel: O(seq) saved tensors)"
+                                      if setup.attn != "eager" else " (scores materialized: O(seq²))"),
+        "optimizer states counted from the second step on (they persist after the first step)",
+        "no padding (every sequence exactly --seq tokens), no packed-sequence masks",
+    ]
+    if setup.quantized and setup.training and setup.kbit_prep:
+        a.append("prepare_model_for_kbit_training: non-quantized parameters upcast to fp32 (embeddings, norms, "
+                 "lm_head), residual stream in fp32, gradient checkpointing on by default")
+    if spec.is_moe:
+        a.append("MoE: transformers >= 5 fused expert weights are not nn.Linear, so bitsandbytes leaves them "
+                 "unquantized; activations assume perfectly balanced routing (top-k rows per token)")
+    if setup.optim.startswith("paged"):
+        a.append("paged optimizer states live in CUDA unified memory: not in torch's allocated/reserved counters, "
+                 "counted in device_used while resident")
+    if spec.model_type in ("bloom",):
+        a.append("bloom's ALiBi attention materializes the scores (eager-like) whatever --attn says")
+    return a
+
+
+def warnings_for(spec: ModelSpec, setup: Setup) -> list[str]:
+    w = []
+    if spec.max_position_embeddings and setup.seq > spec.max_position_embeddings:
+        w.append(f"--seq {setup.seq} exceeds the model's max_position_embeddings {spec.max_position_embeddings}")
+    return w
+
+
+@lru_cache(maxsize=1)
+def _versions() -> dict[str, str]:
+    """Versions of the libraries whose behaviour the formulas follow (metadata only: no imports)."""
+    from importlib import metadata
+
+    out = {}
+    for pkg in ("vramplan", "torch", "transformers", "peft", "bitsandbytes"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out

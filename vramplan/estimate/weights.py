@@ -1,0 +1,153 @@
+"""Where every weight ends up and in which dtype: base weights, quantized data and constants, adapters.
+
+Rules, from the code that runs:
+
+* transformers ``from_pretrained(dtype="auto")`` loads the checkpoint dtype (bf16 for current models); the
+  estimate uses the compute dtype of ``--precision`` for the frozen base, fp32 masters for ``full`` under
+  mixed precision (HF Trainer ``bf16=True`` keeps fp32 weights and autocasts).
+* bitsandbytes via ``BitsAndBytesConfig`` (``transformers/integrations/bitsandbytes.py::replace_with_bnb_linear``)
+  swaps every ``nn.Linear`` except ``get_keys_to_not_convert`` (the output embedding, tied weights, the last
+  module: ``transformers/quantizers/base.py``) for ``Linear4bit``/``Linear8bitLt``. Fused MoE expert
+  parameters (transformers >= 5) and routers are not ``nn.Linear`` and stay unquantized.
+* ``peft.prepare_model_for_kbit_training`` casts every fp16/bf16 parameter that is not ``Params4bit`` to
+  fp32 (``peft/utils/other.py``): embeddings, norms, the head, biases, experts. ``Linear4bit.forward``
+  casts its bias back to the compute dtype on the first call (``bitsandbytes/nn/modules.py``).
+* PEFT creates LoRA weights in fp32 on a 16-bit base (``autocast_adapter_dtype=True``); ``modules_to_save``
+  wraps a deep copy in the module's own dtype (``peft/utils/other.py::ModulesToSaveWrapper``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..dtypes import BYTES, alloc, bnb_4bit_parts, bnb_int8_parts
+from ..lora import LoraPlan
+from ..setup import Setup
+from ..spec.model import ModelSpec, Tensor
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One weight tensor as it sits on the GPU: allocations by component, dtype, trainability."""
+
+    tensor: Tensor
+    dtype: str                         # storage dtype; "nf4"/"fp4"/"int8" for quantized weights
+    quant: str                         # "none", "nf4", "fp4", "int8"
+    trainable: bool
+    parts: tuple[tuple[str, int], ...]  # (component, bytes) per CUDA allocation
+
+    @property
+    def allocated(self) -> int:
+        return sum(alloc(b) for _, b in self.parts)
+
+    @property
+    def numel(self) -> int:
+        return self.tensor.numel
+
+    @property
+    def compute_dtype(self) -> str:
+        return self.dtype if self.quant == "none" else "bf16"
+
+
+@dataclass(frozen=True)
+class TrainableTensor:
+    """A tensor the optimizer updates: its gradient and states follow its dtype."""
+
+    name: str
+    numel: int
+    dtype: str
+    component: str                     # "adapters/lora", "adapters/modules_to_save", "weights/..."
+    shape: tuple[int, ...]
+
+
+def _component(t: Tensor) -> str:
+    if t.role in ("embedding", "position_embedding"):
+        return "weights/embeddings"
+    if t.role == "lm_head":
+        return "weights/lm_head"
+    if t.role == "norm":
+        return "weights/norms"
+    if t.role == "bias":
+        return "weights/biases"
+    if t.module_type == "experts" or t.role.startswith("moe_expert"):
+        return "weights/moe_experts"
+    if t.module_type in ("linear", "conv1d"):
+        return "weights/linear"
+    return "weights/other"
+
+
+def quantizable(t: Tensor, spec: ModelSpec) -> bool:
+    """``replace_with_bnb_linear`` converts this weight: an ``nn.Linear`` weight outside the skip list."""
+    return (t.module_type == "linear" and t.param_name == "weight" and t.role != "lm_head"
+            and t.tied_to is None and t.module != spec.output_head)
+
+
+def place_weights(spec: ModelSpec, setup: Setup) -> list[Placement]:
+    """Every non-tied weight tensor of the base model with its dtype and allocations."""
+    out: list[Placement] = []
+    quant = setup.quant if setup.quantized else "none"
+    kbit_prep = setup.quantized and setup.training and setup.kbit_prep
+    quantized_modules = set()
+    for t in spec.tensors:
+        if t.tied_to is not None:
+            continue
+        comp = _component(t)
+        if quant != "none" and quantizable(t, spec):
+            quantized_modules.add(t.module)
+            if quant in ("nf4", "fp4"):
+                p = bnb_4bit_parts(t.numel, setup.quant_blocksize, setup.double_quant)
+                parts = [("weights/quantized", p.pop("packed"))] + [("weights/quant_constants", b) for b in p.values()]
+            else:
+                p = bnb_int8_parts(t.shape[0], t.shape[1])
+                parts = [("weights/quantized", p["packed"]), ("weights/quant_constants", p["scb"])]
+            out.append(Placement(t, quant, quant, False, tuple(parts)))
+            continue
+        if setup.method == "full":
+            dtype, trainable = setup.trainable_dtype, True
+        else:
+            dtype, trainable = setup.base_dtype, False
+            if kbit_prep and dtype in ("bf16", "fp16"):
+                dtype = "fp32"
+            if quant in ("nf4", "fp4") and t.role == "bias" and t.module in quantized_modules:
+                dtype = setup.compute_dtype if setup.compute_dtype != "fp32" else "fp32"
+        out.append(Placement(t, dtype, "none", trainable, ((comp, t.numel * BYTES[dtype]),)))
+    return out
+
+
+def adapter_tensors(plan: LoraPlan | None, placements: list[Placement], setup: Setup) -> list[TrainableTensor]:
+    """LoRA A/B, DoRA magnitudes and ``modules_to_save`` copies, in the dtypes PEFT gives them."""
+    if plan is None:
+        return []
+    dtype = setup.trainable_dtype
+    out: list[TrainableTensor] = []
+    r = plan.config.r
+    for a in plan.adapters:
+        if a.module_type == "embedding":
+            out.append(TrainableTensor(f"{a.module}.lora_embedding_A", r * a.in_features, dtype, "adapters/lora",
+                                       (r, a.in_features)))
+            out.append(TrainableTensor(f"{a.module}.lora_embedding_B", a.out_features * r, dtype,
+                                       "adapters/lora", (a.out_features, r)))
+        else:
+            out.append(TrainableTensor(f"{a.module}.lora_A", r * a.in_features, dtype, "adapters/lora",
+                                       (r, a.in_features)))
+            out.append(TrainableTensor(f"{a.module}.lora_B", a.out_features * r, dtype, "adapters/lora",
+                                       (a.out_features, r)))
+        if a.dora_params:
+            out.append(TrainableTensor(f"{a.module}.lora_magnitude_vector", a.dora_params, dtype,
+                                       "adapters/dora_magnitude", (a.dora_params,)))
+    by_module: dict[str, list[Placement]] = {}
+    for p in placements:
+        by_module.setdefault(p.tensor.module, []).append(p)
+    for s in plan.saved:
+        for p in by_module.get(s.module, []):
+            d = p.dtype if p.quant == "none" else setup.compute_dtype
+            out.append(TrainableTensor(f"{s.module}.modules_to_save.{p.tensor.param_name}", p.numel, d,
+                                       "adapters/modules_to_save", p.tensor.shape))
+    return out
+
+
+def trainable_tensors(placements: list[Placement], adapters: list[TrainableTensor]) -> list[TrainableTensor]:
+    """Everything the optimizer steps: trainable base weights (full) and adapters."""
+    out = [TrainableTensor(p.tensor.name, p.numel, p.dtype, _component(p.tensor), p.tensor.shape)
+           for p in placements if p.trainable]
+    return out + adapters
