@@ -11,13 +11,16 @@ import sys
 
 import click
 
+from .. import __version__
 from ..errors import VramplanError
 
 #: command name -> "module:attribute"; imported only when the command runs (keeps `--help` and `plan` fast).
 COMMANDS = {
+    "plan": "vramplan.cli.plan:plan",
     "params": "vramplan.cli.params:params",
     "models": "vramplan.cli.models:models",
     "gpus": "vramplan.cli.gpus:gpus",
+    "profile": "vramplan.cli.profile:profile",
 }
 
 SHORT_HELP = {
@@ -25,6 +28,7 @@ SHORT_HELP = {
     "params": "Count total and LoRA-trainable parameters exactly as PEFT does.",
     "models": "List the bundled model profiles.",
     "gpus": "List the GPU catalogue, or which cards fit a setup.",
+    "profile": "Run real steps of a setup and record the memory they use.",
 }
 
 
@@ -46,7 +50,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.version_option(package_name="vramplan")
+@click.version_option(version=__version__, prog_name="vramplan")
 def cli() -> None:
     """vramplan: exact GPU-memory planning for LoRA, QLoRA, full fine-tuning and inference of LLMs."""
 

@@ -25,7 +25,14 @@ def hf_config(config: Mapping[str, Any] | str, *, trust_remote_code: bool = Fals
     import transformers
 
     if isinstance(config, str):
-        return transformers.AutoConfig.from_pretrained(config, trust_remote_code=trust_remote_code)
+        if not trust_remote_code:
+            raise ConfigError(f"{source}: this model folder ships its own modeling code (auto_map); "
+                              "pass --trust-remote-code to run it")
+        try:
+            return transformers.AutoConfig.from_pretrained(config, trust_remote_code=True)
+        except (OSError, ValueError, ImportError, AttributeError) as exc:
+            raise ConfigError(f"{source}: cannot load the folder's own config code: "
+                              f"{str(exc).splitlines()[0]}") from None
     # Drop bookkeeping keys (``_name_or_path``, ``_commit_hash``, ...) but keep the one underscored key that
     # shapes a model: OPT's ``_remove_final_layer_norm`` (``OPTDecoder.__init__``).
     kwargs = {k: v for k, v in config.items()
@@ -49,7 +56,7 @@ def meta_model(config: Mapping[str, Any] | str, *, trust_remote_code: bool = Fal
     with torch.device("meta"), contextlib.redirect_stderr(io.StringIO()):
         try:
             return transformers.AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code)
-        except ValueError as exc:
+        except (ValueError, OSError, ImportError, AttributeError, TypeError, AssertionError) as exc:
             raise ConfigError(f"{source}: transformers cannot build a causal LM for model_type "
                               f"{getattr(cfg, 'model_type', '?')!r}: {str(exc).splitlines()[0]}") from exc
 
