@@ -22,6 +22,7 @@ class Claim:
     claimed_bytes: tuple[int, int] | None = None      # a range in bytes (GB = 10**9 as the article writes)
     gpu: str | None = None
     params: int | None = None                          # a claimed trainable-parameter count
+    error_note: str = ""                               # what the failure means, for setups that cannot run
 
 
 CLAIMS: tuple[Claim, ...] = (
@@ -41,7 +42,8 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("Qwen3-14B LoRA r=8 all-linear trains ≈14M parameters", "seed 002", "qwen3-14b",
           dict(method="qlora", rank=8, targets="all-linear"), params=14_000_000),
     Claim("Baichuan-7B 8-bit LoRA with target_modules q_proj,v_proj", "seed 001 (its LoraConfig)", "baichuan-7b",
-          dict(method="qlora", quant="int8", rank=8, targets="q_proj,v_proj", batch=2, seq=512)),
+          dict(method="qlora", quant="int8", rank=8, targets="q_proj,v_proj", batch=2, seq=512),
+          error_note="cannot run: Baichuan fuses q/k/v into one W_pack Linear, so PEFT finds no q_proj/v_proj"),
 )
 
 
@@ -66,7 +68,7 @@ def evaluate(c: Claim) -> dict[str, Any]:
     try:
         est = plan(c.model, lora=lora, gpu=c.gpu, **o)
     except VramplanError as exc:
-        return {"verdict": f"error: {exc}".split(";")[0], "answer": "PEFT raises: target modules not found"}
+        return {"answer": f"exit 2: {type(exc).__name__}", "verdict": c.error_note or "cannot run"}
     if c.params is not None:
         return {"answer": f"{est.params_trainable:,} trainable parameters",
                 "verdict": f"off by {est.params_trainable / c.params:.1f}×"}
