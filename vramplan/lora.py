@@ -1,48 +1,122 @@
 """LoRA targeting exactly as PEFT does it, on a :class:`~vramplan.spec.ModelSpec`, without torch.
 
-Mirrors peft 0.21 (``peft/tuners/tuners_utils.py``):
+Mirrors peft 0.21.2 on transformers 5.23, step for step in ``BaseTuner.inject_adapter``
+(``peft/tuners/tuners_utils.py``):
 
-* ``check_target_module_exists``: a string ``target_modules`` is a ``re.fullmatch`` over the full module
-  name; a list matches a module whose name equals an entry or ends with ``"." + entry``;
-  ``layers_to_transform`` keeps modules whose first numbered segment (or ``layers_pattern``) is listed.
-* ``_maybe_include_all_linear_layers``: ``all-linear`` is every ``nn.Linear``/``Conv1D`` except the output
-  embedding (``model.get_output_embeddings()``).
-* ``peft/utils/other.py::_set_trainable``: ``modules_to_save`` wraps every module whose name ends with an
-  entry (plain ``str.endswith``) in a ``ModulesToSaveWrapper`` holding a trainable deep copy; modules it
-  matches are never LoRA targets.
-* Adapter sizes (``peft/tuners/lora/layer.py``): Linear/Conv1D ``lora_A`` (r, in) + ``lora_B`` (out, r);
-  Embedding ``lora_embedding_A`` (r, num) + ``lora_embedding_B`` (dim, r); DoRA adds a magnitude vector of
-  ``out_features`` (``peft/tuners/lora/dora.py``).
-* Counts as ``PeftModel.get_nb_trainable_parameters`` returns them.
+1. ``LoraConfig.__post_init__`` (``peft/tuners/lora/config.py``): a string ``target_modules`` (a regex or
+   ``all-linear``) cannot be combined with ``layers_to_transform``/``layers_pattern``, and ``layers_pattern``
+   needs ``layers_to_transform``.
+2. ``peft/utils/transformers_weight_conversion.py::convert_peft_config_for_transformers``: on MoE models whose
+   transformers-5 layout fused the experts (model types that transformers' ``_MODEL_TO_CONVERSION_PATTERN``
+   maps to ``mixtral`` or ``qwen2_moe``, plus ``mixtral`` itself; *not* ``qwen2_moe`` itself) the config is
+   rewritten before anything is matched. A string target is first reduced to the *leaf names* it matches
+   (``all-linear``: the leaf names of every ``nn.Linear`` except the head, plus the v4 expert and router names;
+   a regex: the leaf names of the module and parameter keys it full-matches, plus a v4 expert name whenever
+   ``<experts container>.<v4 name>`` would match). Then every target equal to (or ending in ``.`` +) a v4 name
+   moves to ``target_parameters``: mixtral ``gate``→``gate.weight``, ``w1``/``w3``→``gate_up_proj``,
+   ``w2``→``down_proj``; qwen2_moe family ``gate``→``gate.weight``, ``gate_proj``/``up_proj``→``gate_up_proj``,
+   ``down_proj``→``down_proj``. Naming only one half of a fused pair raises; naming both sets
+   ``rank_pattern[".*\\.gate_up_proj"] = 2r``. Consequences PEFT really has: ``targets=None`` adapts nothing
+   and raises (the default targets are never filled in); the remaining targets are leaf names, so a regex
+   such as ``.*layers\\.0\\.self_attn\\.q_proj`` adapts ``q_proj`` in every layer; dense ``gate_proj``/
+   ``up_proj``/``down_proj`` Linears (qwen3_moe ``mlp_only_layers``) lose their adapters; ``gate_up_proj``/
+   ``experts`` are not v4 names and stay module targets (``experts`` is not a Linear: PEFT raises).
+3. ``LoraModel._prepare_adapter_config``: ``target_modules=None`` takes
+   ``TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING[model_type]`` (even when ``target_parameters`` are
+   given), else raises unless ``target_parameters`` are given.
+4. ``_maybe_include_all_linear_layers``: ``all-linear`` is every ``nn.Linear``/``Conv1D`` except the output
+   embedding (``model.get_output_embeddings()``), as a set of full names.
+5. ``check_target_module_exists`` over ``named_modules``: modules covered by ``modules_to_save`` (regex
+   ``(^|.*\\.)m($|\\..*)``) are excluded; a string is ``re.fullmatch``-ed; a list matches a name equal to an
+   entry (which bypasses ``layers_to_transform``) or ending with ``"." + entry`` (then
+   ``layers_to_transform`` keeps the first numbered segment, or the one after ``layers_pattern``). A matched
+   module that is not Linear/Conv1D/Embedding raises (``LoraModel._create_new_module``).
+6. ``_inject_parameters``: a parameter whose ``module.param`` key equals or ends with ``"." + entry`` of
+   ``target_parameters`` is wrapped in ``lora.ParamWrapper`` (``peft/tuners/lora/layer.py``) --
+   ``layers_to_transform`` and ``modules_to_save`` are not consulted. A 3-D expert tensor ``(E, a, b)`` gets
+   ``lora_A`` ``(r*E, b)`` and ``lora_B`` ``(a, r*E)``; a 2-D one (the router ``gate.weight`` ``(E, H)``) gets
+   ``(r, H)`` and ``(E, r)``. ParamWrapper raises with DoRA, ``lora_dropout != 0``, a 1-D parameter, or a
+   module that is also a ``target_modules`` match.
+7. Nothing adapted raises ``NoMatchingPeftModuleError``.
+8. ``peft/utils/other.py::_set_trainable``: ``modules_to_save`` wraps every module whose name ends with an
+   entry (plain ``str.endswith``) in a ``ModulesToSaveWrapper`` holding a trainable deep copy (adapters inside
+   it included; the originals are frozen). Wrapping a LoRA layer, a ParamWrapper or a ModuleList raises.
+
+Adapter sizes (``peft/tuners/lora/layer.py``): Linear/Conv1D ``lora_A`` (r, in) + ``lora_B`` (out, r); Embedding
+``lora_embedding_A`` (r, num) + ``lora_embedding_B`` (dim, r); DoRA adds a magnitude vector of ``out_features``
+(``peft/tuners/lora/dora.py``). Counts are what ``PeftModel.get_nb_trainable_parameters`` returns.
+
+Not mirrored: modules that own no parameter (activations, rotary embeddings, dropout) are invisible to a
+``ModelSpec``; a regex that matches only such modules raises "matches no module" here, where PEFT raises
+"Target module ... is not supported" -- both refuse. A ``modules_to_save`` entry that matches nothing raises
+here; PEFT silently ignores it.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .errors import TargetError, close_matches
-from .spec.model import ModelSpec, Module
+from .spec.model import ModelSpec, Module, Tensor
 
-#: peft/utils/constants.py TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING (peft 0.21), our families.
+#: peft 0.21.2 ``peft/utils/constants.py`` TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING (list entries).
 DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
-    "gpt2": ("c_attn",), "bloom": ("query_key_value",), "opt": ("q_proj", "v_proj"),
-    "gpt_neox": ("query_key_value",), "llama": ("q_proj", "v_proj"), "falcon": ("query_key_value",),
-    "mistral": ("q_proj", "v_proj"), "mixtral": ("q_proj", "v_proj"), "phi": ("q_proj", "v_proj", "fc1", "fc2"),
+    "t5": ("q", "v"), "mt5": ("q", "v"), "bart": ("q_proj", "v_proj"), "gpt2": ("c_attn",),
+    "bloom": ("query_key_value",), "blip-2": ("q", "v", "q_proj", "v_proj"), "opt": ("q_proj", "v_proj"),
+    "gptj": ("q_proj", "v_proj"), "gpt_neox": ("query_key_value",), "gpt_neo": ("q_proj", "v_proj"),
+    "bert": ("query", "value"), "roberta": ("query", "value"), "xlm-roberta": ("query", "value"),
+    "electra": ("query", "value"), "deberta-v2": ("query_proj", "value_proj"), "deberta": ("in_proj",),
+    "layoutlm": ("query", "value"), "llama": ("q_proj", "v_proj"), "llama4": ("q_proj", "v_proj"),
+    "chatglm": ("query_key_value",), "gpt_bigcode": ("c_attn",), "mpt": ("Wqkv",),
+    "RefinedWebModel": ("query_key_value",), "RefinedWeb": ("query_key_value",), "falcon": ("query_key_value",),
+    "btlm": ("c_proj", "c_attn"), "codegen": ("qkv_proj",), "mistral": ("q_proj", "v_proj"),
+    "mixtral": ("q_proj", "v_proj"), "stablelm": ("q_proj", "v_proj"), "phi": ("q_proj", "v_proj", "fc1", "fc2"),
     "gemma": ("q_proj", "v_proj"), "gemma2": ("q_proj", "v_proj"), "gemma3_text": ("q_proj", "v_proj"),
-    "qwen2": ("q_proj", "v_proj"), "qwen3": ("q_proj", "v_proj"), "gptj": ("q_proj", "v_proj"),
-    "gpt_neo": ("q_proj", "v_proj"), "stablelm": ("q_proj", "v_proj"), "mpt": ("Wqkv",),
+    "qwen2": ("q_proj", "v_proj"), "qwen3": ("q_proj", "v_proj"),
+    "nemotron_h": ("q_proj", "k_proj", "v_proj", "o_proj"), "rwkv": ("key", "value", "receptance", "output"),
+    "rwkv7": ("r_proj", "k_proj", "v_proj", "o_proj", "key", "value"),
+}
+#: The same mapping's regex entries (a string default is used as a regex).
+DEFAULT_TARGET_REGEX: dict[str, str] = {"gemma4": r".*language_model\..*\.(q_proj|v_proj)"}
+
+#: transformers 5.23 ``conversion_mapping._MODEL_TO_CONVERSION_PATTERN`` entries whose base is an MoE layout
+#: PEFT converts, plus ``mixtral`` (added by peft's ``transformers_weight_conversion.py``). ``qwen2_moe`` is
+#: a base, not an entry, so PEFT leaves ``qwen2_moe`` models unconverted.
+MOE_CONVERSION_BASE: dict[str, str] = {
+    "mixtral": "mixtral", "minimax": "mixtral", "minimax_m2": "mixtral",
+    **{mt: "qwen2_moe" for mt in (
+        "Dots3NoteTextModel", "UnlimitedOcrTextModel", "afmoe", "beam", "cohere2_moe", "deepseek_v2",
+        "deepseek_v3", "deepseek_v32", "dots1", "ernie4_5_moe", "exaone_moe", "flex_olmo", "glm4_moe",
+        "glm4_moe_lite", "glm4v_moe", "glm_moe_dsa", "hunyuan_v1_moe", "longcat_flash", "mellum", "olmoe",
+        "qwen3_moe", "qwen3_next", "qwen3_omni_moe", "qwen3_omni_moe_text", "qwen3_omni_moe_thinker",
+        "solar_open")},
+}
+#: peft ``_MOE_TARGET_MODULE_MAPPING``: v4 module name -> v5 parameter target (order matters: first match wins).
+MOE_TARGET_MAPPING: dict[str, dict[str, str]] = {
+    "mixtral": {"gate": "gate.weight", "w1": "gate_up_proj", "w3": "gate_up_proj", "w2": "down_proj"},
+    "qwen2_moe": {"gate": "gate.weight", "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj",
+                  "down_proj": "down_proj"},
+}
+#: peft ``_MOE_FUSED_TARGETS``: v5 fused parameter -> the v4 names that must be targeted together.
+MOE_FUSED_TARGETS: dict[str, dict[str, tuple[str, ...]]] = {
+    "mixtral": {"gate_up_proj": ("w1", "w3")},
+    "qwen2_moe": {"gate_up_proj": ("gate_proj", "up_proj")},
 }
 
 ALL_LINEAR = "all-linear"
 _LORA_TYPES = ("linear", "conv1d", "embedding")
+_CONTAINER = "container"   # a module that owns no tensor itself (self_attn, mlp, layers, model)
 
 
 @dataclass(frozen=True)
 class LoraConfig:
     """The LoRA options that decide shapes (PEFT's ``LoraConfig`` defaults: r=8, alpha=8, dropout 0).
 
-    ``targets=None`` with no ``target_regex`` means PEFT's default targets for the model type.
+    ``targets=None`` with no ``target_regex`` means PEFT's default targets for the model type;
+    ``targets=("all-linear",)`` is PEFT's string ``"all-linear"``. ``target_parameters`` are
+    ``module.param`` suffixes wrapped with ``lora.ParamWrapper`` (e.g. ``("experts.gate_up_proj",)``).
     """
 
     r: int = 8
@@ -54,6 +128,7 @@ class LoraConfig:
     layers_pattern: str | None = None
     dora: bool = False
     dropout: float = 0.0
+    target_parameters: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
@@ -66,24 +141,61 @@ class LoraConfig:
                                   "write a Python regular expression matched against full module names") from None
         if not 0.0 <= float(self.dropout) < 1.0:
             raise TargetError(f"--lora-dropout must be in [0, 1), got {self.dropout!r}")
+        # peft/tuners/lora/config.py LoraConfig.__post_init__
+        if self._string_target is not None and self.layers_to_transform is not None:
+            raise TargetError(f"--layers-to-transform cannot be combined with {self._string_target_flag} (PEFT "
+                              "applies layer indices to a list of module names only); pass --targets names instead")
+        if self._string_target is not None and self.layers_pattern is not None:
+            raise TargetError(f"--layers-pattern cannot be combined with {self._string_target_flag} (PEFT rule); "
+                              "pass --targets names instead")
+        if self.layers_pattern and self.layers_to_transform is None:
+            raise TargetError(f"--layers-pattern {self.layers_pattern!r} needs --layers-to-transform (PEFT rule)")
 
     @property
     def all_linear(self) -> bool:
-        return self.targets is not None and len(self.targets) == 1 and self.targets[0].lower() == ALL_LINEAR
+        s = self._string_target
+        return s is not None and s.lower() == ALL_LINEAR
+
+    @property
+    def _string_target(self) -> str | None:
+        """What PEFT receives as a string ``target_modules`` (a regex or ``all-linear``), if anything."""
+        if self.target_regex is not None:
+            return self.target_regex
+        if self.targets is not None and len(self.targets) == 1 and self.targets[0].lower() == ALL_LINEAR:
+            return self.targets[0]
+        return None
+
+    @property
+    def _string_target_flag(self) -> str:
+        return (f"--target-regex {self.target_regex!r}" if self.target_regex is not None
+                else f"--targets {ALL_LINEAR}")
 
 
 @dataclass(frozen=True)
 class Adapter:
-    """One LoRA-wrapped module and its trainable parameters."""
+    """One LoRA adapter: a wrapped module, or (``parameter`` set) one ``nn.Parameter`` in a ParamWrapper.
+
+    ``lora_A`` is ``(rank, in_features)`` and ``lora_B`` ``(out_features, rank)``. For a module, ``rank`` is
+    ``r`` (``2r`` for a fused ``gate_up_proj`` after PEFT's MoE conversion); for a 3-D expert parameter it is
+    ``r_eff * num_experts`` and ``in_features``/``out_features`` are per expert.
+    """
 
     module: str
-    module_type: str
+    module_type: str        # of the owning module: linear / conv1d / embedding / experts / other
     in_features: int
     out_features: int
     layer: int | None
     role: str
-    lora_params: int        # r * (in + out)
+    lora_params: int        # rank * (in + out)
     dora_params: int        # magnitude vector (DoRA only)
+    rank: int
+    parameter: str | None = None    # ParamWrapper: the wrapped parameter's name (``gate_up_proj``)
+    num_experts: int = 1
+    frozen: bool = False    # inside a modules_to_save module: the copy trains, this original does not
+
+    @property
+    def name(self) -> str:
+        return self.module if self.parameter is None else f"{self.module}.{self.parameter}"
 
     @property
     def params(self) -> int:
@@ -92,11 +204,13 @@ class Adapter:
 
 @dataclass(frozen=True)
 class SavedModule:
-    """A ``modules_to_save`` copy: a full trainable duplicate of the module's weights."""
+    """A ``modules_to_save`` copy: a full trainable duplicate of the module (and of adapters inside it)."""
 
     module: str
-    params: int
+    params: int                     # everything in the copy: base tensors + adapter_params
     role: str
+    tensors: tuple[str, ...] = ()   # the base tensors it copies
+    adapter_params: int = 0         # copies of ParamWrapper adapters inside the module
 
 
 @dataclass(frozen=True)
@@ -108,9 +222,11 @@ class LoraPlan:
     saved: tuple[SavedModule, ...]
     base_params: int
     targets_used: tuple[str, ...] | str = field(default=())
+    target_parameters_used: tuple[str, ...] = ()    # after PEFT's MoE conversion
 
     @property
     def adapter_params(self) -> int:
+        """Every adapter parameter that exists (frozen originals inside a saved module included)."""
         return sum(a.params for a in self.adapters)
 
     @property
@@ -119,16 +235,68 @@ class LoraPlan:
 
     @property
     def trainable(self) -> int:
-        return self.adapter_params + self.saved_params
+        return sum(a.params for a in self.adapters if not a.frozen) + self.saved_params
 
     @property
     def total(self) -> int:
         """``all params`` as PEFT prints it: base + adapters + modules_to_save copies."""
-        return self.base_params + self.trainable
+        return self.base_params + self.adapter_params + self.saved_params
 
 
-def _matches_list(name: str, targets: tuple[str, ...] | frozenset[str]) -> bool:
-    return name in targets or any(name.endswith("." + t) for t in targets)
+# ------------------------------------------------------------------------------------------ the model tree
+@dataclass(frozen=True)
+class _Tree:
+    """Every module of the model that holds a parameter somewhere below it, in ``named_modules`` order."""
+
+    names: tuple[str, ...]
+    owners: dict[str, Module]               # modules that own tensors directly
+    direct: dict[str, tuple[Tensor, ...]]   # tensors owned directly, by module
+
+    def mtype(self, name: str) -> str:
+        m = self.owners.get(name)
+        return m.module_type if m is not None else _CONTAINER
+
+    def subtree(self, spec: ModelSpec, name: str) -> list[Tensor]:
+        prefix = name + "."
+        return [t for t in spec.tensors if t.name.startswith(prefix)]
+
+    def is_module_list(self, spec: ModelSpec, name: str) -> bool:
+        if name in self.owners:
+            return False
+        prefix = name + "."
+        children = {t.name[len(prefix):].split(".", 1)[0] for t in spec.tensors if t.name.startswith(prefix)}
+        return bool(children) and all(c.isdigit() for c in children)
+
+
+def _tree(spec: ModelSpec) -> _Tree:
+    names: dict[str, None] = {}
+    for t in spec.tensors:
+        parts = t.name.split(".")
+        for i in range(1, len(parts)):
+            names.setdefault(".".join(parts[:i]))
+    owners = {m.name: m for m in spec.modules()}
+    direct: dict[str, list[Tensor]] = {}
+    for t in spec.tensors:
+        direct.setdefault(t.module, []).append(t)
+    return _Tree(tuple(names), owners, {k: tuple(v) for k, v in direct.items()})
+
+
+# ------------------------------------------------------------------------------------ PEFT's matching
+@dataclass
+class _Peft:
+    """The mutable part of ``peft.LoraConfig`` that ``inject_adapter`` rewrites as it goes."""
+
+    target_modules: str | frozenset[str] | None
+    target_parameters: frozenset[str]
+    modules_to_save: tuple[str, ...]
+    layers_to_transform: tuple[int, ...] | None
+    layers_pattern: str | None
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+
+
+def _saved_excludes(name: str, modules_to_save: Iterable[str]) -> bool:
+    """``check_target_module_exists``: never adapt inside a module to save."""
+    return any(re.match(rf"(^|.*\.){m}($|\..*)", name) for m in modules_to_save)
 
 
 def _layer_of(name: str, pattern: str | None) -> int | None:
@@ -137,6 +305,263 @@ def _layer_of(name: str, pattern: str | None) -> int | None:
     else:
         m = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", name)
     return int(m.group("idx")) if m else None
+
+
+def _target_matches(cfg: _Peft, name: str) -> bool:
+    """``peft.tuners.tuners_utils.check_target_module_exists`` (an excluded module is ``False``)."""
+    if cfg.modules_to_save and _saved_excludes(name, cfg.modules_to_save):
+        return False
+    tm = cfg.target_modules
+    if tm is None:
+        return False
+    if isinstance(tm, str):
+        return re.fullmatch(tm, name) is not None
+    if name in tm:
+        return True     # an exact full name bypasses layers_to_transform
+    found = any(name.endswith("." + t) for t in tm)
+    if found and cfg.layers_to_transform is not None:
+        idx = _layer_of(name, cfg.layers_pattern)
+        found = idx is not None and idx in cfg.layers_to_transform
+    return found
+
+
+def _linear_names(spec: ModelSpec, tree: _Tree) -> list[str]:
+    """``_maybe_include_all_linear_layers``: every Linear/Conv1D except the output embedding."""
+    head = spec.output_head
+    return [n for n in tree.names if tree.mtype(n) in ("linear", "conv1d") and n != head]
+
+
+def _convert_moe(spec: ModelSpec, tree: _Tree, cfg: _Peft, r: int) -> None:
+    """``transformers_weight_conversion._convert_peft_config_moe``, in place."""
+    base = MOE_CONVERSION_BASE.get(spec.model_type)
+    if base is None:
+        return
+    mapping = MOE_TARGET_MAPPING[base]
+    fused = MOE_FUSED_TARGETS[base]
+
+    if isinstance(cfg.target_modules, str):
+        if cfg.target_modules.lower() == ALL_LINEAR:
+            resolved = {n.rpartition(".")[2] for n in _linear_names(spec, tree)} | set(mapping)
+        else:
+            param_keys = [t.name for t in spec.tensors if t.tied_to is None]   # named_parameters() dedups ties
+            resolved = {k.rpartition(".")[2] for k in (*tree.names, *param_keys) if _target_matches(cfg, k)}
+            containers: dict[str, list[str]] = {}
+            for k in param_keys:
+                c, _, leaf = k.rpartition(".")
+                containers.setdefault(leaf, []).append(c)
+            for old, new in mapping.items():
+                if old not in resolved and any(_target_matches(cfg, f"{c}.{old}") for c in containers.get(new, ())):
+                    resolved.add(old)
+        if not resolved:
+            return      # left for the standard "not found" error
+        cfg.target_modules = frozenset(resolved)
+
+    params = set(cfg.target_parameters)
+    remaining: set[str] = set()
+    present: dict[str, set[str]] = {new: set() for new in fused}
+    for target in cfg.target_modules or ():
+        hit = next(((old, new) for old, new in mapping.items() if target == old or target.endswith("." + old)), None)
+        if hit is None:
+            remaining.add(target)
+            continue
+        old, new = hit
+        params.add(new)
+        if new in fused:
+            present[new].add(old)
+    for new, olds in fused.items():
+        have = present[new]
+        if 0 < len(have) < len(olds):
+            missing = sorted(set(olds) - have)
+            raise TargetError(
+                f"{spec.model_type} fuses {' and '.join(olds)} into the experts' {new} (transformers 5): "
+                f"targeting {', '.join(sorted(have))} without {', '.join(missing)} is refused by PEFT; "
+                f"target both or neither")
+        if len(have) == len(olds) > 1:
+            cfg.rank_pattern[rf".*\.{re.escape(new)}"] = r * len(olds)
+    cfg.target_parameters = frozenset(params)
+    cfg.target_modules = frozenset(remaining)
+
+
+def _rank(cfg: _Peft, key: str, r: int) -> int:
+    """``peft.utils.other.get_pattern_key`` on ``rank_pattern``."""
+    for pat, rank in cfg.rank_pattern.items():
+        if re.match(rf"(.*\.)?({pat})$", key):
+            return rank
+    return r
+
+
+# ------------------------------------------------------------------------------------------- planning
+def plan_lora(spec: ModelSpec, config: LoraConfig) -> LoraPlan:
+    """Resolve targets on ``spec`` the way ``get_peft_model`` does and count parameters.
+
+    Raises:
+        TargetError: wherever ``get_peft_model`` raises: no module matches, a matched module is of a type
+            LoRA cannot wrap, half of a fused MoE pair, DoRA or dropout on expert parameters, a saved module
+            that is also adapted, or no default targets for the model type.
+    """
+    tree = _tree(spec)
+    string = config._string_target
+    cfg = _Peft(
+        target_modules=string if string is not None else
+        (frozenset(config.targets) if config.targets is not None else None),
+        target_parameters=frozenset(config.target_parameters),
+        modules_to_save=config.modules_to_save,
+        layers_to_transform=config.layers_to_transform, layers_pattern=config.layers_pattern)
+
+    used: tuple[str, ...] | str
+    if config.target_regex is not None:
+        used = config.target_regex
+    elif config.targets is not None:
+        used = (ALL_LINEAR,) if config.all_linear else tuple(config.targets)
+    else:
+        used = ()
+
+    converted = spec.model_type in MOE_CONVERSION_BASE
+    if converted:
+        if cfg.target_modules is None:
+            cfg.target_modules = frozenset()
+        _convert_moe(spec, tree, cfg, config.r)
+    elif cfg.target_modules is None:       # LoraModel._prepare_adapter_config
+        default = DEFAULT_TARGETS.get(spec.model_type) or DEFAULT_TARGET_REGEX.get(spec.model_type)
+        if default is None and not cfg.target_parameters:
+            raise TargetError(
+                f"PEFT has no default LoRA targets for model_type {spec.model_type!r}: pass --targets "
+                f"(e.g. all-linear) - modules with weights are: {_module_names_hint(spec)}")
+        if default is not None:
+            cfg.target_modules = default if isinstance(default, str) else frozenset(default)
+            used = default if isinstance(default, str) else tuple(default)
+    if isinstance(cfg.target_modules, str) and cfg.target_modules.lower() == ALL_LINEAR:
+        cfg.target_modules = frozenset(_linear_names(spec, tree))
+
+    # -- modules (named_modules order)
+    chosen: list[str] = []
+    for name in tree.names:
+        if not _target_matches(cfg, name):
+            continue
+        mtype = tree.mtype(name)
+        if mtype not in _LORA_TYPES:
+            what = _KIND.get(mtype, f"a module of type {mtype!r}")
+            how = ""
+            if mtype == "experts":
+                base = MOE_CONVERSION_BASE.get(spec.model_type)
+                v4 = f"--targets {','.join(o for o in MOE_TARGET_MAPPING[base] if o != 'gate')} or " if base else ""
+                how = f"; adapt expert weights with {v4}target_parameters (e.g. experts.down_proj)"
+            raise TargetError(
+                f"target {name!r} is {what}, which LoRA cannot wrap (PEFT supports Linear, Conv1D and "
+                f"Embedding); narrow {_targets_flag(config)}{how}")
+        chosen.append(name)
+    adapted = set(chosen)
+
+    # -- parameters (lora.ParamWrapper)
+    params: list[tuple[str, Tensor]] = []
+    if cfg.target_parameters:
+        for name in tree.names:
+            for t in tree.direct.get(name, ()):
+                key = t.name
+                if not (key in cfg.target_parameters
+                        or any(key.endswith("." + p) for p in cfg.target_parameters)):
+                    continue
+                if name in adapted:
+                    raise TargetError(
+                        f"{key!r} is targeted as a parameter but its module {name!r} is also a LoRA target "
+                        "module; PEFT refuses both at once - drop one of them")
+                if len(t.shape) not in (2, 3):
+                    raise TargetError(f"target parameter {key!r} is {len(t.shape)}-D; PEFT's ParamWrapper "
+                                      "wraps 2-D and 3-D parameters only")
+                params.append((name, t))
+    if params and config.dora:
+        raise TargetError(
+            f"DoRA cannot adapt parameter {params[0][1].name!r}: PEFT's ParamWrapper (fused MoE experts and "
+            "routers in transformers 5) does not support use_dora; target only Linear modules or drop --dora")
+    if params and config.dropout:
+        raise TargetError(
+            f"--lora-dropout {config.dropout!r} cannot be used with parameter {params[0][1].name!r}: PEFT's "
+            "ParamWrapper (fused MoE experts and routers in transformers 5) requires lora_dropout 0")
+
+    if not chosen and not params:
+        if config.modules_to_save:
+            bare = _Peft(cfg.target_modules, cfg.target_parameters, (), cfg.layers_to_transform,
+                         cfg.layers_pattern)
+            hidden = next((n for n in tree.names if _target_matches(bare, n)), None)
+            if hidden is not None:
+                raise TargetError(
+                    f"every module {_targets_flag(config)} matches (e.g. {hidden!r}) is inside --modules-to-save "
+                    f"{','.join(config.modules_to_save)!r}, and PEFT never adapts a module it saves; narrow "
+                    "--modules-to-save")
+        raise TargetError(_no_match_message(spec, tree, config, used, converted))
+
+    # -- modules_to_save (after injection: wrappers can't be saved, saved copies include adapters inside)
+    wrapped = {name for name, _ in params}
+    saved_names = [n for n in tree.names
+                   if config.modules_to_save and any(n.endswith(m) for m in config.modules_to_save)]
+    for n in saved_names:
+        if n in adapted or n in wrapped:
+            kind = "a LoRA target module" if n in adapted else "a module whose parameter LoRA wraps"
+            raise TargetError(
+                f"--modules-to-save cannot copy {n!r}: it is {kind} and PEFT refuses to save an adapted "
+                f"module; remove it from {_targets_flag(config)} or from --modules-to-save")
+        if tree.is_module_list(spec, n):
+            raise TargetError(f"--modules-to-save cannot copy {n!r}: it is a ModuleList, which PEFT refuses; "
+                              "name the modules inside it")
+    if config.modules_to_save and not saved_names:
+        raise TargetError(
+            f"--modules-to-save {','.join(config.modules_to_save)!r} matches no module of {spec.name}; "
+            f"modules with weights are: {_module_names_hint(spec)}")
+
+    adapters = [_module_adapter(tree.owners[n], config, _rank(cfg, n, config.r)) for n in chosen]
+    adapters += [_param_adapter(name, t, tree, _rank(cfg, t.name, config.r)) for name, t in params]
+    saved: list[SavedModule] = []
+    for n in saved_names:
+        inside = [a for a in adapters if a.module.startswith(n + ".")]
+        adapters = [a if a not in inside else _frozen(a) for a in adapters]
+        ts = tree.subtree(spec, n)
+        names_in = {t.name for t in ts}
+        # a deep copy keeps ties inside the module and duplicates a weight tied to something outside it
+        copied = [t for t in ts if t.tied_to is None or t.tied_to not in names_in]
+        a_params = sum(a.params for a in inside)
+        role = tree.owners[n].role if n in tree.owners else _CONTAINER
+        saved.append(SavedModule(n, sum(t.numel for t in copied) + a_params, role,
+                                 tuple(t.name for t in copied), a_params))
+
+    return LoraPlan(config, tuple(adapters), tuple(saved), spec.params_total, used,
+                    tuple(sorted(cfg.target_parameters)))
+
+
+def _frozen(a: Adapter) -> Adapter:
+    return Adapter(a.module, a.module_type, a.in_features, a.out_features, a.layer, a.role, a.lora_params,
+                   a.dora_params, a.rank, a.parameter, a.num_experts, frozen=True)
+
+
+def _module_adapter(m: Module, config: LoraConfig, rank: int) -> Adapter:
+    lora = rank * (m.in_features + m.out_features)
+    dora = m.out_features if config.dora else 0
+    return Adapter(m.name, m.module_type, m.in_features, m.out_features, m.layer, m.role, lora, dora, rank)
+
+
+def _param_adapter(module: str, t: Tensor, tree: _Tree, rank: int) -> Adapter:
+    """``lora.ParamWrapper``: 3-D ``(E, a, b)`` -> in b, out a, ``E`` experts; 2-D ``(out, in)``.
+
+    (``is_transposed`` experts swap in/out; the count ``rank * E * (in + out)`` is the same either way.)
+    """
+    if len(t.shape) == 3:
+        experts, out_f, in_f = t.shape
+    else:
+        experts, (out_f, in_f) = 1, t.shape
+    inner = rank * experts
+    return Adapter(module, tree.mtype(module), in_f, out_f, t.layer, t.role, inner * (in_f + out_f), 0, inner,
+                   parameter=t.param_name, num_experts=experts)
+
+
+# ------------------------------------------------------------------------------------------- messages
+_KIND = {_CONTAINER: "a container module (it owns no weight itself)", "norm": "a norm layer",
+         "experts": "a fused-experts module (3-D expert weights, not an nn.Linear)",
+         "other": "a module that is not an nn.Linear/Conv1D/Embedding"}
+
+
+def _targets_flag(config: LoraConfig) -> str:
+    if config.target_regex is not None:
+        return "--target-regex"
+    return "--targets"
 
 
 def _module_names_hint(spec: ModelSpec) -> str:
@@ -148,77 +573,50 @@ def _module_names_hint(spec: ModelSpec) -> str:
     return ", ".join(leaves)
 
 
-def plan_lora(spec: ModelSpec, config: LoraConfig) -> LoraPlan:
-    """Resolve targets on ``spec`` the way ``get_peft_model`` does and count parameters.
+#: Unfused names whose job a fused module does (Baichuan ``W_pack``, Phi-3 ``qkv_proj``/``gate_up_proj``).
+_FUSED_INTO = {"attn_qkv": ("q_proj", "k_proj", "v_proj", "query", "key", "value", "q", "k", "v"),
+               "mlp_gate_up": ("gate_proj", "up_proj", "w1", "w3")}
 
-    Raises:
-        TargetError: no module matches, a matched module is of a type LoRA cannot wrap, or the model type has
-            no PEFT default targets and none were given.
-    """
-    modules = list(spec.modules())
-    head = spec.output_head
 
-    # modules_to_save first: PEFT never puts an adapter inside a module it saves.
-    saved: list[SavedModule] = []
-    saved_names: list[str] = []
-    for m in modules:
-        if config.modules_to_save and any(m.name.endswith(t) for t in config.modules_to_save):
-            n = sum(t.numel for t in m.tensors)
-            saved.append(SavedModule(m.name, n, m.role))
-            saved_names.append(m.name)
-    if config.modules_to_save and not saved:
-        raise TargetError(
-            f"--modules-to-save {','.join(config.modules_to_save)!r} matches no module of {spec.name}; "
-            f"modules with weights are: {_module_names_hint(spec)}")
-
-    def excluded(name: str) -> bool:
-        return any(re.match(rf"(^|.*\.){s}($|\..*)", name) for s in config.modules_to_save)
-
+def _no_match_message(spec: ModelSpec, tree: _Tree, config: LoraConfig, used: tuple[str, ...] | str,
+                      converted: bool) -> str:
+    hint_names = _module_names_hint(spec)
     if config.target_regex is not None:
-        regex = re.compile(config.target_regex)
-        chosen = [m for m in modules if regex.fullmatch(m.name)]
-        used: tuple[str, ...] | str = config.target_regex
+        what = f"--target-regex {config.target_regex!r}"
+    elif config.targets is None and converted:
+        return (f"{spec.name} is a {spec.model_type} MoE model: with no --targets PEFT adapts nothing (its MoE "
+                "conversion drops the default targets); pass --targets (e.g. all-linear or q_proj,v_proj) - "
+                f"modules with weights are: {hint_names}")
     else:
-        if config.all_linear:
-            targets = frozenset(m.name for m in modules if m.module_type in ("linear", "conv1d") and m.name != head)
-            used = (ALL_LINEAR,)
-        else:
-            t = config.targets if config.targets is not None else DEFAULT_TARGETS.get(spec.model_type)
-            if t is None:
-                raise TargetError(
-                    f"PEFT has no default LoRA targets for model_type {spec.model_type!r}: pass --targets "
-                    f"(e.g. all-linear) — modules with weights are: {_module_names_hint(spec)}")
-            targets = frozenset(t)
-            used = tuple(t)
-        chosen = [m for m in modules if _matches_list(m.name, targets)]
-        if config.layers_to_transform is not None:
-            keep = set(config.layers_to_transform)
-            chosen = [m for m in chosen if _layer_of(m.name, config.layers_pattern) in keep]
-
-    chosen = [m for m in chosen if not excluded(m.name)]
-    if not chosen:
-        what = (f"--target-regex {config.target_regex!r}" if config.target_regex is not None
-                else f"--targets {','.join(used)!r}")
-        hint = ""
-        if config.targets:
-            hint = close_matches(config.targets[0], _module_names_hint(spec).split(", "))
-        raise TargetError(f"{what} matches no module of {spec.name}{hint}; "
-                          f"modules with weights are: {_module_names_hint(spec)}")
-    bad = [m for m in chosen if m.module_type not in _LORA_TYPES]
-    if bad:
-        raise TargetError(
-            f"target module {bad[0].name!r} is a {bad[0].module_type} module, which LoRA cannot wrap; PEFT "
-            "supports Linear, Conv1D and Embedding layers — narrow --targets/--target-regex")
-
-    adapters = tuple(_adapter(m, config) for m in chosen)
-    return LoraPlan(config, adapters, tuple(saved), spec.params_total, used)
-
-
-def _adapter(m: Module, config: LoraConfig) -> Adapter:
-    r = config.r
-    lora = r * (m.in_features + m.out_features)
-    dora = m.out_features if config.dora else 0
-    return Adapter(m.name, m.module_type, m.in_features, m.out_features, m.layer, m.role, lora, dora)
+        what = f"--targets {','.join(used) if not isinstance(used, str) else used!r}"
+    hint = ""
+    asked = list(config.targets or ())
+    for role, names in _FUSED_INTO.items():
+        if any(a in names for a in asked):
+            fused = sorted({n.rpartition(".")[2] for n, m in tree.owners.items() if m.role == role})
+            if fused:
+                hint = f" ({spec.model_type} fuses them into {', '.join(fused)}: target that instead)"
+                break
+    if not hint:
+        for a in asked:
+            owner = next((t.module for t in spec.tensors if t.param_name == a and t.param_name != "weight"), None)
+            if owner is not None:
+                base = MOE_CONVERSION_BASE.get(spec.model_type)
+                v4 = [old for old, new in MOE_TARGET_MAPPING[base].items() if new == a] if base else []
+                alt = f" or --targets {','.join(v4)}" if v4 else ""
+                hint = (f" ({a!r} is a parameter of {owner!r}, not a module: target it with "
+                        f"target_parameters{alt})")
+                break
+    leaves = hint_names.split(", ")
+    if not hint and asked and asked[0] not in leaves:
+        hint = close_matches(asked[0], leaves)
+    base = MOE_CONVERSION_BASE.get(spec.model_type)
+    if base is not None:
+        hint_names += f" (and, through PEFT's MoE conversion, {', '.join(MOE_TARGET_MAPPING[base])})"
+    extra = ""
+    if config.layers_to_transform is not None:
+        extra = f" in layers {list(config.layers_to_transform)}"
+    return f"{what} matches no module of {spec.name}{extra}{hint}; modules with weights are: {hint_names}"
 
 
 def peft_line(trainable: int, total: int) -> str:

@@ -21,6 +21,7 @@ COMMANDS = {
     "models": "vramplan.cli.models:models",
     "gpus": "vramplan.cli.gpus:gpus",
     "profile": "vramplan.cli.profile:profile",
+    "report": "vramplan.cli.report:report",
 }
 
 SHORT_HELP = {
@@ -29,6 +30,7 @@ SHORT_HELP = {
     "models": "List the bundled model profiles.",
     "gpus": "List the GPU catalogue, or which cards fit a setup.",
     "profile": "Run real steps of a setup and record the memory they use.",
+    "report": "Render saved run records as an HTML report or a Markdown/CSV benchmark table.",
 }
 
 

@@ -2,22 +2,39 @@
 
 One program covers the families vramplan knows, switched by what the spec contains (fused q/k/v, gated
 MLP, MoE experts, q/k norms, sandwich norms, parallel residual, rotary or learned positions). Each op
-follows the installed library code:
+follows the installed library code (transformers 5.23, peft 0.21.2, bitsandbytes 0.50.2, torch 2.13):
 
 * norms — ``LlamaRMSNorm.forward`` (``hidden_states.to(float32)``, ``pow(2)``, ``rsqrt``, then
-  ``weight * hidden_states.to(input_dtype)``); ``GemmaRMSNorm`` (``x.float()``, ``* (1 + weight)``,
-  ``type_as``); ``nn.LayerNorm`` (autocast runs ``layer_norm`` in fp32 and saves its fp32 input).
+  ``weight * hidden_states.to(input_dtype)``: the weight is a parameter, only the normalized input is
+  saved for the weight's gradient); ``GemmaRMSNorm`` (``x.float()``, ``* (1 + weight.float())`` — a new
+  fp32 vector —, ``type_as``); ``nn.LayerNorm`` (``native_layer_norm`` saves its input and the fp32
+  ``mean``/``rstd`` per row; CUDA autocast runs ``layer_norm`` in fp32, so the saved input is an fp32 copy).
 * linear layers — frozen 16-bit (``F.linear``), trainable, ``bnb.nn.Linear4bit.forward`` (input cast to
-  the compute dtype, ``MatMul4Bit`` saves only the packed weight, output cast back to the input dtype),
+  the compute dtype, ``MatMul4Bit`` keeps only the packed weight, output cast back to the input dtype),
   ``Linear8bitLt``; wrapped by ``peft.tuners.lora.layer.Linear.forward`` (input cast to the adapter dtype
   by ``_cast_input_dtype``) or ``peft.tuners.lora.bnb.Linear4bit.forward`` (``result.clone()``; no input
-  cast under autocast).
+  cast under (CUDA) autocast). Under autocast the fp32 adapter weights are cast to the autocast dtype
+  (``cached_cast``) and those copies are saved by the adapter matmuls.
 * attention — ``transformers/integrations/sdpa_attention.py`` (no ``repeat_kv`` when GQA can be passed to
   SDPA: no mask, head_dim <= 256) and the flash / memory-efficient kernels, which save q, k, v, the output
-  and a per-row logsumexp (``aten/src/ATen/native/transformers``: O(seq), not O(seq^2)); eager attention
-  (``eager_attention_forward``) materializes the scores and saves the fp32 softmax output.
-* MLP — ``act_fn(gate_proj(x)) * up_proj(x)`` then ``down_proj``; transformers 5 fused experts loop over
-  the experts that receive tokens (``*Experts.forward``), ``top_k`` rows per token in all.
+  and a per-row logsumexp (``aten/src/ATen/native/transformers``: O(seq), not O(seq^2)). The flash output
+  is laid out like q: for q made by elementwise rope on a ``transpose(1, 2)`` view it is (B, S, H, D) in
+  memory and the model's ``transpose(1, 2).reshape().contiguous()`` is a view; for families whose rope ends
+  in ``torch.cat`` (phi, phi3, gpt_neox partial rotary) q is contiguous (B, H, S, D) and the output is
+  copied. Eager attention (``eager_attention_forward``) materializes the scores and saves the fp32
+  softmax output; gemma2's ``attn_logit_softcapping`` adds ``tanh`` (saves its output) and makes
+  transformers refuse sdpa (``_supports_sdpa = False``), so ``--attn sdpa`` runs eager there.
+* KV cache — with ``config.use_cache`` (the default) the model builds a ``DynamicCache`` even in training
+  (``LlamaModel.forward``) and ``DynamicCache.update`` returns ``torch.cat`` copies of k and v: those
+  copies are what attention sees and saves. ``GradientCheckpointingLayer`` drops the cache.
+* MLP — ``act_fn(gate_proj(x)) * up_proj(x)`` then ``down_proj``; ``gelu_new`` (``NewGELUActivation``) is
+  a Python composite that saves four tensors of the input's size. MoE: transformers 5 routers
+  (``*TopKRouter``: fp32 softmax, ``topk``, in-place renormalization) and fused experts through
+  ``integrations/moe.py::grouped_mm_experts_forward`` (tokens sorted by expert, ``_grouped_mm`` — not
+  autocast-enabled, it runs in the expert weights' dtype —, routing-weight multiply, unsort, sum).
+  LoRA on expert parameters (``peft.tuners.lora.layer.ParamWrapper``) folds ``W + scaling * lhs @ rhs`` with
+  one ``baddbmm`` per forward (``_LoraFactorsProxy``): a new tensor the size of the whole expert stack,
+  saved by ``_grouped_mm`` for the input gradient.
 """
 
 from __future__ import annotations
@@ -30,30 +47,42 @@ from ..spec.model import ModelSpec
 from .graph import Size, Sym, Tracer, tok
 from .weights import Placement
 
-GATED_ACTS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu", "gelu_new": "gelu",
+GATED_ACTS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu", "gelu_new": "gelu_new",
               "gelu_fast": "gelu", "gelu_tanh": "gelu", "relu": "relu", "quick_gelu": "gelu"}
 
 #: config keys of residual / hidden dropout per family (active in training when > 0)
 RESID_DROPOUT_KEYS = ("resid_pdrop", "hidden_dropout", "dropout")
 
+#: families whose rotary embedding ends in ``torch.cat([rotated, passthrough])`` (partial rotary): q comes out
+#: contiguous (B, H, S, D) and the flash output, laid out like q, needs a copy before ``o_proj``
+CAT_ROPE_FAMILIES = ("phi", "phi3", "gpt_neox")
+
+#: families that route MoE tokens with a renormalized top-k always (Mixtral) or by ``norm_topk_prob``
+ALWAYS_NORM_TOPK = ("mixtral",)
+
 
 @dataclass
 class Lin:
-    """A linear (or Conv1D) module as it runs: weight storage, trainability, LoRA adapter."""
+    """A linear (or Conv1D, or fused expert) weight as it runs: storage, trainability, LoRA adapter."""
 
     name: str
     in_f: int
     out_f: int
     wdtype: str                      # "fp32"/"bf16"/"fp16", or "nf4"/"fp4"/"int8"
     trainable: bool
-    lora_r: int = 0
+    lora_r: int = 0                  # rank of lora_A/lora_B (for a ParamWrapper: r_eff * num_experts)
     lora_dtype: str = "fp32"
     dropout: float = 0.0
     dora: bool = False
+    param_lora: bool = False         # LoRA through peft's ParamWrapper (a parameter, not a module)
 
     @property
     def quantized(self) -> bool:
         return self.wdtype in ("nf4", "fp4", "int8")
+
+    def key(self) -> tuple:
+        return (self.in_f, self.out_f, self.wdtype, self.trainable, self.lora_r, self.lora_dtype, self.dropout,
+                self.dora, self.param_lora)
 
 
 @dataclass
@@ -69,16 +98,28 @@ class LayerInfo:
     index: int
     lin: dict[str, Lin] = field(default_factory=dict)      # by role
     norms: dict[str, Norm] = field(default_factory=dict)   # by module leaf name
-    experts: Lin | None = None                             # fused experts summary (per expert in/out)
+    experts: Lin | None = None                             # fused experts gate_up [E, 2I, H] (per expert in/out)
+    experts_down: Lin | None = None                        # fused experts down [E, H, I]
     expert_wdtype: str = "bf16"
     router: Lin | None = None
+
+    def key(self) -> tuple:
+        """Everything the traced program depends on: layers with equal keys share one trace."""
+        lin = tuple(sorted((r, *v.key()) for r, v in self.lin.items()))
+        norms = tuple(sorted((k, n.dim, n.wdtype, n.trainable) for k, n in self.norms.items()))
+        moe = tuple(None if x is None else x.key() for x in (self.experts, self.experts_down, self.router))
+        return lin, norms, moe
 
 
 def build_layers(spec: ModelSpec, placements: list[Placement], plan: LoraPlan | None,
                  setup: Setup) -> list[LayerInfo]:
     """Per-layer module facts needed by the forward program."""
     layers = [LayerInfo(i) for i in range(spec.num_layers)]
-    adapters = {a.module: a for a in plan.adapters} if plan is not None else {}
+    adapters = {a.module: a for a in plan.adapters if a.parameter is None and not a.frozen} \
+        if plan is not None else {}
+    # ParamWrapper adapters (MoE expert stacks, router weights), keyed by the full parameter name
+    param_adapters = {a.name: a for a in plan.adapters if a.parameter is not None and not a.frozen} \
+        if plan is not None else {}
     lcfg = plan.config if plan is not None else None
     for p in placements:
         t = p.tensor
@@ -93,17 +134,28 @@ def build_layers(spec: ModelSpec, placements: list[Placement], plan: LoraPlan | 
             a = adapters.get(t.module)
             lin = Lin(t.module, in_f, out_f, p.dtype if p.quant == "none" else p.quant, p.trainable)
             if a is not None and lcfg is not None:
-                lin.lora_r, lin.lora_dtype = lcfg.r, setup.trainable_dtype
+                lin.lora_r, lin.lora_dtype = a.rank, setup.trainable_dtype
                 lin.dropout, lin.dora = lcfg.dropout, lcfg.dora
             role = t.role
             if role in L.lin:              # two modules with one role (e.g. gpt2 cross-attn): keep both
                 role = f"{role}#{t.module}"
             L.lin[role] = lin
-        elif t.module_type == "experts" and t.role == "moe_experts_gate_up":
-            L.experts = Lin(t.module, t.shape[2], t.shape[1], p.dtype, p.trainable)
-            L.expert_wdtype = p.dtype
+        elif t.module_type == "experts" and t.role in ("moe_experts_gate_up", "moe_experts_down") \
+                and len(t.shape) == 3:
+            lin = Lin(t.name, t.shape[2], t.shape[1], p.dtype, p.trainable)
+            a = param_adapters.get(t.name)
+            if a is not None:
+                lin.lora_r, lin.lora_dtype, lin.param_lora = a.rank, setup.trainable_dtype, True
+            if t.role == "moe_experts_gate_up":
+                L.experts, L.expert_wdtype = lin, p.dtype
+            else:
+                L.experts_down = lin
         elif t.role == "moe_router":
-            L.router = Lin(t.module, t.shape[1], t.shape[0], p.dtype, p.trainable)
+            lin = Lin(t.module, t.shape[1], t.shape[0], p.dtype, p.trainable)
+            a = param_adapters.get(t.name)
+            if a is not None:
+                lin.lora_r, lin.lora_dtype, lin.param_lora = a.rank, setup.trainable_dtype, True
+            L.router = lin
     return layers
 
 
@@ -117,11 +169,12 @@ class Program:
         mt = spec.model_type
         self.gemma_norm = mt.startswith("gemma")
         self.rotary = mt not in ("gpt2", "opt", "bloom") and not (mt == "falcon" and spec.config.get("alibi"))
+        self.cat_rope = mt in CAT_ROPE_FAMILIES
         self.parallel = (mt == "phi" or (mt == "gpt_neox" and spec.config.get("use_parallel_residual", True))
                          or (mt == "falcon" and (spec.config.get("parallel_attn", True)
                                                  or spec.config.get("new_decoder_architecture"))))
-        act = GATED_ACTS.get(str(spec.hidden_act).lower(), "gelu" if "gelu" in str(spec.hidden_act) else "silu")
-        self.act = act
+        act_name = str(spec.hidden_act).lower()
+        self.act = GATED_ACTS.get(act_name, "gelu" if "gelu" in act_name else "silu")
         p = 0.0
         for k in RESID_DROPOUT_KEYS:
             v = spec.config.get(k)
@@ -129,7 +182,13 @@ class Program:
                 p = float(v)
                 break
         self.resid_dropout = p if setup.training else 0.0
-        self.eager = setup.attn == "eager" or mt == "bloom"
+        softcap = spec.config.get("attn_logit_softcapping")
+        self.softcap = bool(softcap) and mt in ("gemma2",)
+        # gemma2: `_supports_sdpa = False` (sdpa cannot softcap): the model runs eager unless asked for flash
+        self.eager = setup.attn == "eager" or mt == "bloom" or (self.softcap and setup.attn == "sdpa")
+        # DynamicCache in the training forward (config.use_cache, default True); checkpointed layers drop it
+        self.kv_cache = (setup.training and not setup.grad_ckpt
+                         and bool(spec.config.get("use_cache", True)))
 
     # ---------------------------------------------------------------------------------------- pieces
     def norm(self, tr: Tracer, x: Sym, n: Norm | None, name: str) -> Sym:
@@ -139,26 +198,36 @@ class Program:
             return self._norm(tr, x, n, name)
 
     def _norm(self, tr: Tracer, x: Sym, n: Norm, name: str) -> Sym:
+        rows = max(1, x.size.per_token // max(n.dim, 1))
         if self.spec.norm_type == "layernorm":
-            # autocast runs layer_norm in fp32: its fp32 input is saved (native_layer_norm backward)
-            x32 = tr.cast(x, "fp32", f"{name} input (fp32)") if tr.autocast else x
-            out = tr.new(f"{name} output", x.size, "fp32" if tr.autocast else x.dtype, True)
-            tr.op("layer_norm", (x32,), (out,))
-            tr.save("layer_norm", x32)
+            # native_layer_norm saves input, weight, bias, mean and rstd (derivatives.yaml); mean/rstd are
+            # the accumulate type (fp32) on CUDA (layer_norm_kernel.cu). CUDA autocast runs layer_norm in
+            # fp32: the input and 16-bit weight/bias become fp32 copies (not cached: only leaves that
+            # require grad are).
+            x_in = tr.cast(x, "fp32", f"{name} input (fp32 autocast copy)") if tr.autocast else x
+            if tr.autocast and n.wdtype != "fp32":
+                wc = tr.new(f"{name} weight+bias (fp32 autocast copies)", Size(2 * n.dim), "fp32", False)
+                tr.save("layer_norm", wc)
+            out = tr.new(f"{name} output", x.size, x_in.dtype, True)
+            mean = tr.new(f"{name} mean (fp32)", tok(rows), "fp32", False)
+            rstd = tr.new(f"{name} rstd (fp32)", tok(rows), "fp32", False)
+            tr.op("layer_norm", (x_in,), (out, mean, rstd))
+            tr.save("layer_norm", x_in, mean, rstd)
             return out
         x32 = tr.cast(x, "fp32", f"{name} input.to(fp32)")
-        rs = tr.new(f"{name} rsqrt", Size(0, 1, 0).times(max(1, x.size.per_token // max(n.dim, 1))), "fp32", True)
+        rs = tr.new(f"{name} rsqrt", tok(rows), "fp32", True)
         tr.op("pow/mean/rsqrt", (x32,), (rs,))
         tr.save("pow", x32)
         tr.save("rsqrt", rs)
         h = tr.new(f"{name} normalized (fp32)", x.size, "fp32", True)
         tr.op("mul", (x32, rs), (h,))
         if self.gemma_norm:
-            w = tr.external(f"{name} 1+weight", Size(n.dim), "fp32", n.trainable)
+            # output * (1.0 + self.weight.float()): a new fp32 vector, saved for the input's gradient
+            w = tr.new(f"{name} 1 + weight.float()", Size(n.dim), "fp32", n.trainable)
             out = tr.mul(h, w, f"{name} scaled")
             return tr.cast(out, x.dtype, f"{name} output")
         h2 = tr.cast(h, x.dtype, f"{name} normalized.to({x.dtype})")
-        w = tr.external(f"{name}.weight", Size(n.dim), n.wdtype, n.trainable)
+        w = tr.param(f"{name}.weight", Size(n.dim), n.wdtype, n.trainable)
         return tr.mul(w, h2, f"{name} output")
 
     def linear(self, tr: Tracer, x: Sym, lin: Lin) -> Sym:
@@ -169,7 +238,7 @@ class Program:
             xq = tr.cast(x, self.c, f"{name} input.to({self.c})")
             out = tr.new(f"{name} output", out_size, self.c, True)
             tr.op("matmul_4bit" if lin.wdtype != "int8" else "matmul_8bit", (xq,), (out,))
-            # MatMul4Bit/MatMul8bitLt save the packed weight only; the dequantized weight is a transient
+            # MatMul4Bit/MatMul8bitLt keep the packed weight only; the dequantized weight is a transient
             tr.constants.append((f"{name} dequantized weight", lin.in_f * lin.out_f * 2))
             out = tr.cast(out, x.dtype, f"{name} output.to({x.dtype})")
         else:
@@ -179,9 +248,9 @@ class Program:
             tr.op("linear", (xi,), (out,))
             if lin.trainable:
                 tr.save("linear", xi)
-                if tr.autocast and lin.wdtype != tr.autocast:
-                    pass  # cached autocast weight copy: counted once per weight in buffers/autocast_weight_casts
-            elif tr.autocast and lin.wdtype != tr.autocast:
+                # a trainable fp32 weight under autocast: its cached copy is counted once per weight in
+                # buffers/autocast_weight_casts (model.py)
+            elif tr.autocast and lin.wdtype != tr.autocast and xi.rg:
                 # a frozen weight is not in autocast's cache: its cast copy is made here and saved for grad_input
                 wc = tr.new(f"{name}.weight ({tr.autocast} autocast copy)", Size(lin.in_f * lin.out_f), tr.autocast,
                             False)
@@ -194,25 +263,38 @@ class Program:
         with tr.in_section("lora_inputs"):
             return self._lora(tr, x, result, lin, rows)
 
+    def _adapter_weight(self, tr: Tracer, label: str, numel: int, lora_dtype: str, needed: bool) -> None:
+        """An adapter weight as a matmul operand: under autocast its cached copy in the autocast dtype is a
+        new tensor, saved when the other operand requires grad; otherwise the parameter itself."""
+        if tr.autocast and lora_dtype != tr.autocast and needed:
+            w = tr.new(f"{label} ({tr.autocast} autocast copy)", Size(numel), tr.autocast, False)
+            tr.save("linear", w)
+
     def _lora(self, tr: Tracer, x: Sym, result: Sym, lin: Lin, rows: int) -> Sym:
         name = lin.name.rpartition(".")[2]
         r = lin.lora_r
-        if lin.quantized and lin.wdtype != "int8":
+        four_bit = lin.quantized and lin.wdtype != "int8"
+        convert = True
+        if four_bit:
             result = tr.fresh("clone", result, f"{name} result.clone()")       # peft lora/bnb.py
-            xa = x if tr.autocast else tr.cast(x, lin.lora_dtype, f"{name} input.to({lin.lora_dtype})")
+            convert = not tr.autocast         # `requires_conversion = not torch.is_autocast_enabled()`
+            xa = tr.cast(x, lin.lora_dtype, f"{name} input.to({lin.lora_dtype})") if convert else x
         else:
             xa = tr.cast(x, lin.lora_dtype, f"{name} input.to({lin.lora_dtype}) (peft _cast_input_dtype)")
         if lin.dropout > 0:
+            # native_dropout (CUDA) saves a bool mask
             mask = tr.new(f"{name} lora_dropout mask", xa.size, "bool", False)
             d = tr.new(f"{name} lora_dropout output", xa.size, xa.dtype, True)
             tr.op("dropout", (xa,), (d, mask))
             tr.save("dropout", mask)
             xa = d
         xi = tr.autocast_in(xa)
+        self._adapter_weight(tr, f"{name}.lora_A.weight", r * lin.in_f, lin.lora_dtype, xi.rg)
         a_out = tr.new(f"{name} lora_A output", Size(0, rows * r, 0), tr.autocast or lin.lora_dtype, True)
         tr.op("linear", (xi,), (a_out,))
         tr.save("lora_A", xi)                       # lora_A.weight requires grad -> its input is saved
         ai = tr.autocast_in(a_out)
+        self._adapter_weight(tr, f"{name}.lora_B.weight", lin.out_f * r, lin.lora_dtype, True)
         b_out = tr.new(f"{name} lora_B output", Size(0, rows * lin.out_f, 0), tr.autocast or lin.lora_dtype, True)
         tr.op("linear", (ai,), (b_out,))
         tr.save("lora_B", ai)
@@ -221,6 +303,10 @@ class Program:
             # DoRA (peft/tuners/lora/dora.py): (mag/norm - 1) * base_result + mag/norm * lora_result * scaling
             tr.save("dora", result, scaled)
             tr.constants.append((f"{name} DoRA weight norm (fp32 W + BA)", lin.in_f * lin.out_f * 4 * 2))
+        if four_bit:
+            if convert:
+                scaled = tr.cast(scaled, result.dtype, f"{name} lora output.to({result.dtype})")
+            return tr.add(result, scaled, f"{name} result + lora")
         summed = tr.add(result, scaled, f"{name} result + lora")
         return tr.cast(summed, result.dtype, f"{name} result.to({result.dtype})")
 
@@ -230,6 +316,19 @@ class Program:
             tr.op("relu", (x,), (out,))
             tr.save("relu", out)                     # threshold_backward uses the result
             return out
+        if self.act == "gelu_new":
+            # NewGELUActivation: 0.5 * x * (1 + tanh(c * (x + 0.044715 * pow(x, 3)))) in Python ops:
+            # pow saves x, tanh saves its output, the final mul saves 0.5*x and (1 + tanh)
+            if x.rg:
+                tr.save("pow", x)
+            inner = tr.fresh("mul/add", x, f"{label} tanh input")
+            t = tr.new(f"{label} tanh output", x.size, x.dtype, x.rg)
+            tr.op("tanh", (inner,), (t,))
+            half = tr.fresh("mul", x, f"{label} 0.5 * x")
+            one_t = tr.fresh("add", t, f"{label} 1 + tanh")
+            if x.rg:
+                tr.save("tanh", t)
+            return tr.mul(half, one_t, label)
         return tr.unary_saving_input(self.act, x, label)
 
     def dropout(self, tr: Tracer, x: Sym, label: str) -> Sym:
@@ -268,11 +367,18 @@ class Program:
                 else:
                     k = self.norm(tr, k, n, "k_norm")
         if self.rotary:
-            # q*cos + rotate_half(q)*sin: cos/sin need no grad, so nothing is saved; temporaries only
+            # q*cos + rotate_half(q)*sin: cos/sin are shared by all layers (saved by mul, no per-layer cost)
             rq = tr.fresh("rotate_half", q, "rotate_half(q)")
             q = tr.add(tr.fresh("mul", q, "q*cos"), tr.fresh("mul", rq, "rotate_half(q)*sin"), "q (rope)")
             rk = tr.fresh("rotate_half", k, "rotate_half(k)")
             k = tr.add(tr.fresh("mul", k, "k*cos"), tr.fresh("mul", rk, "rotate_half(k)*sin"), "k (rope)")
+            if self.cat_rope:    # torch.cat([rotated, passthrough], dim=-1): contiguous (B, H, S, D) copies
+                q = tr.fresh("cat", q, "q (cat rotary + pass)")
+                k = tr.fresh("cat", k, "k (cat rotary + pass)")
+        if self.kv_cache:
+            # DynamicCache.update: torch.cat([empty, k]) — copies, which attention then uses
+            k = tr.fresh("cat", k, "k (DynamicCache copy)")
+            v = tr.fresh("cat", v, "v (DynamicCache copy)")
         q_hd = q.size.per_token // max(rows * nh, 1)
         out_size = tok(rows * nh * q_hd)
         if not self.eager:
@@ -281,29 +387,39 @@ class Program:
             lse = tr.new("attention logsumexp (fp32)", tok(nh), "fp32", True)
             tr.op("sdpa_flash", (qc, kc, vc), (o, lse))
             tr.save("flash/efficient attention", qc, kc, vc, o, lse)
-        else:
-            if kv != nh:                          # repeat_kv materializes expanded k and v
-                k = tr.fresh("repeat_kv", k, "k (repeat_kv)")
-                k.size = k.storage.size = tok(rows * nh * q_hd)
-                v = tr.fresh("repeat_kv", v, "v (repeat_kv)")
-                v.size = v.storage.size = tok(rows * nh * q_hd)
-            qc, kc = tr.autocast_in(q), tr.autocast_in(k)
-            scores_size = Size(0, 0, nh)
-            sdt = qc.dtype
-            scores = tr.new("attention scores q@k^T", scores_size, sdt, True)
-            tr.op("matmul", (qc, kc), (scores,))
-            tr.save("matmul", qc, kc)
-            scaled = tr.fresh("mul", scores, "scores * scaling")
-            masked = tr.fresh("add", scaled, "scores + causal mask")
-            s32 = tr.cast(masked, "fp32", "scores (fp32 for softmax)")
-            probs32 = tr.new("softmax output (fp32)", scores_size, "fp32", True)
-            tr.op("softmax", (s32,), (probs32,))
-            tr.save("softmax", probs32)
-            probs = tr.cast(probs32, q.dtype, f"probs.to({q.dtype})")
-            pc, vc = tr.autocast_in(probs), tr.autocast_in(v)
-            o = tr.new("attention output", out_size, pc.dtype, True)
-            tr.op("matmul", (pc, vc), (o,))
-            tr.save("matmul", pc, vc)
+            if self.cat_rope:   # output laid out like q (B, H, S, D): transpose(1, 2).contiguous() copies
+                return tr.fresh("contiguous", o, "attention output transpose(1,2).contiguous()")
+            # output (B, S, H, D) in memory: transpose(1, 2).reshape(...).contiguous() is a view
+            return tr.view(o, out_size, "attention output (B, S, H*D view)")
+        if kv != nh:                          # repeat_kv materializes expanded k and v
+            k = tr.fresh("repeat_kv", k, "k (repeat_kv)")
+            k.size = k.storage.size = tok(rows * nh * q_hd)
+            v = tr.fresh("repeat_kv", v, "v (repeat_kv)")
+            v.size = v.storage.size = tok(rows * nh * q_hd)
+        qc, kc = tr.autocast_in(q), tr.autocast_in(k)
+        scores_size = Size(0, 0, nh)
+        sdt = qc.dtype
+        scores = tr.new("attention scores q@k^T", scores_size, sdt, True)
+        tr.op("matmul", (qc, kc), (scores,))
+        tr.save("matmul", qc, kc)
+        scaled = tr.fresh("mul", scores, "scores * scaling")
+        if self.softcap:
+            # gemma2 eager_attention_forward: scores / softcap -> tanh (saves its output) -> * softcap
+            div = tr.fresh("div", scaled, "scores / softcap")
+            th = tr.new("tanh(scores / softcap)", scores_size, sdt, True)
+            tr.op("tanh", (div,), (th,))
+            tr.save("tanh", th)
+            scaled = tr.fresh("mul", th, "tanh(...) * softcap")
+        masked = tr.fresh("add", scaled, "scores + causal mask")
+        s32 = tr.cast(masked, "fp32", "scores (fp32 for softmax)")
+        probs32 = tr.new("softmax output (fp32)", scores_size, "fp32", True)
+        tr.op("softmax", (s32,), (probs32,))
+        tr.save("softmax", probs32)
+        probs = tr.cast(probs32, q.dtype, f"probs.to({q.dtype})")
+        pc, vc = tr.autocast_in(probs), tr.autocast_in(v)
+        o = tr.new("attention output", out_size, pc.dtype, True)
+        tr.op("matmul", (pc, vc), (o,))
+        tr.save("matmul", pc, vc)
         return tr.fresh("contiguous", o, "attention output transpose(1,2).contiguous()")
 
     def mlp(self, tr: Tracer, L: LayerInfo, h: Sym) -> Sym:
@@ -349,45 +465,104 @@ class Program:
             out = tr.mul(sg, out, "shared expert * gate")
         return out
 
+    def _expert_weight(self, tr: Tracer, ex: Lin, E: int, label: str) -> Sym:
+        """The expert stack ``_grouped_mm`` multiplies with: the parameter, or with LoRA on it (peft
+        ``ParamWrapper._activate_lora`` -> ``_LoraFactorsProxy``) ``baddbmm(W, lhs, rhs)`` — a new tensor of
+        the stack's size in W's dtype, autocast disabled — whose factors are ``.to(W.dtype)`` copies of
+        lora_A/lora_B (saved by baddbmm) when the adapter dtype differs."""
+        size = Size(E * ex.in_f * ex.out_f)
+        if not ex.param_lora:
+            return tr.param(label, size, ex.wdtype, ex.trainable)
+        if ex.lora_dtype != ex.wdtype:
+            f = tr.new(f"{label} LoRA factors .to({ex.wdtype})", Size(ex.lora_r * (ex.in_f + ex.out_f)), ex.wdtype,
+                       True)
+            tr.save("baddbmm", f)
+        return tr.new(f"{label} + LoRA (baddbmm, ParamWrapper)", size, ex.wdtype, True)
+
     def moe(self, tr: Tracer, L: LayerInfo, h: Sym, rows: int) -> Sym:
-        """transformers 5 sparse MoE: router, top-k, fused experts looped per expert (``*Experts.forward``)."""
+        """transformers 5 sparse MoE: ``*TopKRouter`` then ``grouped_mm_experts_forward``."""
         s = self.spec
-        E, k = max(s.num_experts, 1), max(s.experts_per_token, 1)
+        E, k, H = max(s.num_experts, 1), max(s.experts_per_token, 1), s.hidden_size
+        S = rows * k                       # sorted (token, expert) rows per token
+        # ---- router: F.linear(hidden, self.weight); softmax in fp32; topk; optional renormalization
+        rt = L.router
         hi = tr.autocast_in(h)
-        logits = tr.new("router logits", tok(rows * E), tr.autocast or h.dtype, True)
+        rdt = rt.wdtype if rt is not None else h.dtype
+        w_rg = rt is not None and (rt.trainable or rt.param_lora)
+        if rt is not None and rt.param_lora:
+            # ParamWrapper on a 2-D weight: W + (B @ A) * scaling -> a new (E, H) tensor (_LoraParameterProxy)
+            w = tr.new("router weight + LoRA delta", Size(E * H), rdt, True)
+            self._adapter_weight(tr, "router lora_A/lora_B", rt.lora_r * (rt.in_f + rt.out_f), rt.lora_dtype, True)
+            if tr.autocast and rdt != tr.autocast:
+                w = tr.cast(w, tr.autocast, "router weight + LoRA delta (autocast copy)")
+            if hi.rg:
+                tr.save("router", w)
+        elif rt is not None and tr.autocast and rdt != tr.autocast and hi.rg and not rt.trainable:
+            w = tr.new("router weight (autocast copy)", Size(E * H), tr.autocast, False)
+            tr.save("router", w)
+        logits = tr.new("router logits", tok(rows * E), tr.autocast or promote_w(h.dtype, rdt), True)
         tr.op("linear", (hi,), (logits,))
-        if L.router is not None and L.router.trainable:
+        if w_rg:
             tr.save("router", hi)
+        l32 = tr.cast(logits, "fp32", "router logits.float()")
         probs = tr.new("router softmax (fp32)", tok(rows * E), "fp32", True)
-        tr.op("softmax", (logits,), (probs,))
+        tr.op("softmax", (l32,), (probs,))
         tr.save("softmax", probs)
-        topw = tr.new("top-k routing weights", tok(rows * k), probs.dtype, True)
-        tr.op("topk", (probs,), (topw,))
-        ex = L.experts
+        topv = tr.new("top-k router probabilities", tok(S), "fp32", True)
+        topi = tr.new("top-k expert indices (int64)", tok(S), "int64", False)
+        tr.op("topk", (probs,), (topv, topi))
+        tr.save("topk", topi)
+        if s.model_type in ALWAYS_NORM_TOPK or s.config.get("norm_topk_prob"):
+            # router_top_value /= sum(...): the in-place div keeps a clone of the original and the sum
+            ssum = tr.new("top-k sum", tok(rows), "fp32", True)
+            orig = tr.new("top-k probabilities (clone kept by in-place div)", tok(S), "fp32", False)
+            tr.op("div_", (topv, ssum), (orig,))
+            tr.save("div_", orig, ssum)
+        if s.model_type not in ALWAYS_NORM_TOPK:     # qwen*_moe: router_top_value.to(router_logits.dtype)
+            topv = tr.cast(topv, logits.dtype, "routing weights.to(logits dtype)")
+        # ---- experts: sort by expert, gather, two _grouped_mm, weight, unsort, sum over k
+        ex, exd = L.experts, L.experts_down
         assert ex is not None
+        if exd is None:
+            exd = Lin(ex.name, ex.out_f // 2, H, ex.wdtype, ex.trainable)
+        perm = tr.new("sort permutation (int64)", tok(S), "int64", False)
+        tok_idx = tr.new("perm // top_k (int64)", tok(S), "int64", False)
+        x_e = tr.new("tokens gathered per expert", tok(S * H), h.dtype, h.rg)
+        tr.op("index", (h, tok_idx), (x_e,))
+        if h.rg:
+            tr.save("index", tok_idx)
+        sw = tr.new("routing weights gathered", tok(S), topv.dtype, True)
+        tr.op("index", (topv, perm), (sw,))
+        tr.save("index", perm)
+        offs = tr.new("expert offsets (int32: E x 4 B)", Size(4 * E), "uint8", False)
+        w_gu = self._expert_weight(tr, ex, E, "experts.gate_up_proj")
+        xi = tr.cast(x_e, ex.wdtype, f"gathered tokens.to({ex.wdtype})")   # _grouped_mm is not autocast-enabled
+        gu = tr.new("experts gate_up output", tok(S * ex.out_f), ex.wdtype, True)
+        tr.op("grouped_mm", (xi, w_gu), (gu,))
+        if w_gu.rg:
+            tr.save("grouped_mm", xi, offs)
+        if xi.rg:
+            tr.save("grouped_mm", w_gu, offs)
         inter = ex.out_f // 2
-        x_e = tr.new("tokens gathered per expert", tok(rows * k * s.hidden_size), h.dtype, True)
-        tr.op("index", (h,), (x_e,))
-        xi = tr.autocast_in(x_e)
-        if ex.trainable:
-            tr.save("expert linear", xi)
-        if tr.autocast and ex.wdtype != tr.autocast and not ex.trainable:
-            w = tr.new("expert weights (autocast copies)", Size(E * s.hidden_size * inter * 3), tr.autocast, False)
-            tr.save("expert linear", w)
-        gu = tr.new("experts gate_up output", tok(rows * k * 2 * inter), tr.autocast or ex.wdtype, True)
-        tr.op("linear", (xi,), (gu,))
-        gate = tr.view(gu, tok(rows * k * inter), "expert gate")
-        up = tr.view(gu, tok(rows * k * inter), "expert up")
+        gate = tr.view(gu, tok(S * inter), "expert gate")
+        up = tr.view(gu, tok(S * inter), "expert up")
         m = tr.mul(self.act_fn(tr, gate, "expert act(gate)"), up, "expert act*up")
-        mi = tr.autocast_in(m)
-        if ex.trainable:
-            tr.save("expert linear", mi)
-        d = tr.new("experts down output", tok(rows * k * s.hidden_size), tr.autocast or ex.wdtype, True)
-        tr.op("linear", (mi,), (d,))
-        weighted = tr.mul(d, topw, "expert output * routing weight")
-        out = tr.new("moe output (index_add)", tok(rows * s.hidden_size), weighted.dtype, True)
-        tr.op("index_add", (weighted,), (out,))
-        return out
+        w_d = self._expert_weight(tr, exd, E, "experts.down_proj")
+        mi = tr.cast(m, exd.wdtype, f"expert act*up.to({exd.wdtype})")
+        d = tr.new("experts down output", tok(S * H), exd.wdtype, True)
+        tr.op("grouped_mm", (mi, w_d), (d,))
+        if w_d.rg:
+            tr.save("grouped_mm", mi, offs)
+        if mi.rg:
+            tr.save("grouped_mm", w_d, offs)
+        weighted = tr.mul(d, sw, "expert output * routing weight")
+        inv = tr.new("inverse permutation (int64)", tok(S), "int64", False)
+        unsorted = tr.new("expert outputs in token order", weighted.size, weighted.dtype, True)
+        tr.op("index", (weighted, inv), (unsorted,))
+        tr.save("index", inv)
+        summed = tr.new("sum over top-k", tok(rows * H), weighted.dtype, True)
+        tr.op("sum", (unsorted,), (summed,))
+        return tr.cast(summed, h.dtype, f"moe output.to({h.dtype})")
 
     # ------------------------------------------------------------------------------------------ layer
     def layer(self, tr: Tracer, x: Sym, L: LayerInfo) -> Sym:

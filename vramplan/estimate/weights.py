@@ -58,6 +58,7 @@ class TrainableTensor:
     dtype: str
     component: str                     # "adapters/lora", "adapters/modules_to_save", "weights/..."
     shape: tuple[int, ...]
+    frozen: bool = False               # takes memory but gets no gradient or optimizer state
 
 
 def _component(t: Tensor) -> str:
@@ -115,34 +116,36 @@ def place_weights(spec: ModelSpec, setup: Setup) -> list[Placement]:
 
 
 def adapter_tensors(plan: LoraPlan | None, placements: list[Placement], setup: Setup) -> list[TrainableTensor]:
-    """LoRA A/B, DoRA magnitudes and ``modules_to_save`` copies, in the dtypes PEFT gives them."""
+    """LoRA A/B (module and ParamWrapper adapters), DoRA magnitudes and ``modules_to_save`` copies, in the
+    dtypes PEFT gives them. Adapters frozen inside a saved module still take memory (``frozen=True``)."""
     if plan is None:
         return []
     dtype = setup.trainable_dtype
     out: list[TrainableTensor] = []
-    r = plan.config.r
     for a in plan.adapters:
-        if a.module_type == "embedding":
-            out.append(TrainableTensor(f"{a.module}.lora_embedding_A", r * a.in_features, dtype, "adapters/lora",
-                                       (r, a.in_features)))
-            out.append(TrainableTensor(f"{a.module}.lora_embedding_B", a.out_features * r, dtype,
-                                       "adapters/lora", (a.out_features, r)))
-        else:
-            out.append(TrainableTensor(f"{a.module}.lora_A", r * a.in_features, dtype, "adapters/lora",
-                                       (r, a.in_features)))
-            out.append(TrainableTensor(f"{a.module}.lora_B", a.out_features * r, dtype, "adapters/lora",
-                                       (a.out_features, r)))
+        k = a.rank
+        a_name, b_name = ("lora_embedding_A", "lora_embedding_B") if a.module_type == "embedding" \
+            else ("lora_A", "lora_B")
+        out.append(TrainableTensor(f"{a.name}.{a_name}", k * a.in_features, dtype, "adapters/lora",
+                                   (k, a.in_features), a.frozen))
+        out.append(TrainableTensor(f"{a.name}.{b_name}", a.out_features * k, dtype, "adapters/lora",
+                                   (a.out_features, k), a.frozen))
         if a.dora_params:
-            out.append(TrainableTensor(f"{a.module}.lora_magnitude_vector", a.dora_params, dtype,
-                                       "adapters/dora_magnitude", (a.dora_params,)))
-    by_module: dict[str, list[Placement]] = {}
-    for p in placements:
-        by_module.setdefault(p.tensor.module, []).append(p)
+            out.append(TrainableTensor(f"{a.name}.lora_magnitude_vector", a.dora_params, dtype,
+                                       "adapters/dora_magnitude", (a.dora_params,), a.frozen))
+    by_name = {p.tensor.name: p for p in placements}
     for s in plan.saved:
-        for p in by_module.get(s.module, []):
+        names = s.tensors or tuple(n for n in by_name if n.startswith(s.module + "."))
+        for n in names:
+            p = by_name.get(n)
+            if p is None:
+                continue
             d = p.dtype if p.quant == "none" else setup.compute_dtype
-            out.append(TrainableTensor(f"{s.module}.modules_to_save.{p.tensor.param_name}", p.numel, d,
+            out.append(TrainableTensor(f"{s.module}.modules_to_save.{n[len(s.module) + 1:]}", p.numel, d,
                                        "adapters/modules_to_save", p.tensor.shape))
+        if s.adapter_params:
+            out.append(TrainableTensor(f"{s.module}.modules_to_save.adapters", s.adapter_params, dtype,
+                                       "adapters/modules_to_save", (s.adapter_params,)))
     return out
 
 
@@ -150,4 +153,4 @@ def trainable_tensors(placements: list[Placement], adapters: list[TrainableTenso
     """Everything the optimizer steps: trainable base weights (full) and adapters."""
     out = [TrainableTensor(p.tensor.name, p.numel, p.dtype, _component(p.tensor), p.tensor.shape)
            for p in placements if p.trainable]
-    return out + adapters
+    return out + [a for a in adapters if not a.frozen]
