@@ -22,15 +22,23 @@ COMMANDS = {
     "gpus": "vramplan.cli.gpus:gpus",
     "profile": "vramplan.cli.profile:profile",
     "report": "vramplan.cli.report:report",
+    "validate": "vramplan.cli.validate:validate",
+    "fit": "vramplan.cli.fit:fit",
+    "sweep": "vramplan.cli.sweep:sweep",
+    "check": "vramplan.cli.check:check",
 }
 
 SHORT_HELP = {
+    "validate": "Run the profiler over a matrix of setups and publish measured vs estimated.",
     "plan": "Estimate peak GPU memory of a fine-tuning or inference setup.",
     "params": "Count total and LoRA-trainable parameters exactly as PEFT does.",
     "models": "List the bundled model profiles.",
     "gpus": "List the GPU catalogue, or which cards fit a setup.",
     "profile": "Run real steps of a setup and record the memory they use.",
     "report": "Render saved run records as an HTML report or a Markdown/CSV benchmark table.",
+    "fit": "Does a setup fit a GPU? Largest batch/seq/rank, and changes that make it fit.",
+    "sweep": "Estimate every combination of option lists into CSV, Markdown, JSONL or HTML.",
+    "check": "Check that plan files or training configs fit their GPU (for CI).",
 }
 
 

@@ -1,0 +1,86 @@
+"""``vramplan fit``: does a setup fit a card, how far can it grow, and what to change when it does not."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .options import json_option, plan_options, setup_from_options
+from .plan import parse_margin
+from .render import echo_json, gib, setup_line, table, warn
+
+
+@click.command(short_help="Does a setup fit a GPU? Largest batch/seq/rank, and changes that make it fit.")
+@click.argument("model")
+@plan_options
+@click.option("--margin", default="0%", show_default=True, help="Headroom kept free on --gpu, e.g. 10%.")
+@json_option
+def fit(model: str, *, as_json: bool, gpu: str | None, margin: str, trust_remote_code: bool, **opts) -> None:
+    """Say whether MODEL with the plan options fits on --gpu, and with how much headroom.
+
+    Also reports the largest batch that fits at --seq, the largest sequence length that fits at --batch (a
+    multiple of 128), and for lora/qlora the largest --rank. When the setup does not fit, lists single
+    changes (checkpointing, qlora, 8-bit or paged optimizer, chunked loss, shorter sequences, a smaller batch
+    with gradient accumulation, fewer targets, sharding over more GPUs) with the memory each saves, most
+    first.
+
+    Exit code 0 when it fits, 1 when it does not, 2 on bad input.
+    """
+    from ..errors import SetupError
+    from ..planner import SEQ_STEP, fit_report
+    from ..profiles import resolve_gpu, resolve_model
+
+    if gpu is None:
+        raise SetupError("fit needs a card: pass --gpu (a name from `vramplan gpus` or a size such as 24GB)")
+    setup = setup_from_options(opts)
+    g = resolve_gpu(gpu)
+    m = parse_margin(margin)
+    resolved = resolve_model(model, trust_remote_code=trust_remote_code)
+    report = fit_report(resolved.spec, setup, g, m)
+    plan_json = report.estimate.to_dict()
+    plan_json["model"] = resolved.name
+    for w in report.estimate.warnings:
+        warn(w)
+    data = report.to_dict(plan_json)
+    if as_json:
+        echo_json(data)
+    else:
+        click.echo(fit_text(data, SEQ_STEP, resolved.spec.max_position_embeddings))
+    if not report.fit.fits:
+        sys.exit(1)
+
+
+def fit_text(d: dict, seq_step: int, max_positions: int | None) -> str:
+    """The human view of ``fit --json``."""
+    p = d["plan"]
+    f = p["fits"]
+    s = p["setup"]
+    at_limit = set(d["at_limit"])
+    margin = f" with {f['margin']:.0%} margin" if f.get("margin") else ""
+    lines = [setup_line(p),
+             f"{f['gpu']} ({gib(f['capacity_bytes'])} GiB): {'FITS' if f['fits'] else 'DOES NOT FIT'}{margin} — "
+             f"device used {gib(p['device_used_bytes'])} GiB, headroom {gib(f['headroom_bytes'])} GiB", ""]
+
+    def largest(value: int | None, what: str, name: str) -> str:
+        if value is None:
+            return f"largest {what}: none fits"
+        more = " (search limit: at least this)" if name in at_limit else ""
+        return f"largest {what}: {value:,}{more}"
+
+    lines.append(largest(d["max_batch"], f"batch at seq {s['seq']:,}", "batch"))
+    seq_line = largest(d["max_seq"], f"seq at batch {s['batch']} (multiple of {seq_step})", "seq")
+    if d["max_seq"] is not None and max_positions and d["max_seq"] > max_positions:
+        seq_line += f" (beyond the model's max_position_embeddings {max_positions:,})"
+    lines.append(seq_line)
+    if s["method"] in ("lora", "qlora"):
+        lines.append(largest(d["max_rank"], f"rank at batch {s['batch']} × seq {s['seq']:,}", "rank"))
+    if d["suggestions"]:
+        lines += ["", "changes that save memory (one at a time, most saved first):"]
+        rows = [[x["change"], gib(x["saves_bytes"]), "yes" if x["fits_after"] else "no", x["option"]]
+                for x in d["suggestions"]]
+        lines.append(table(["change", "saves GiB", "fits after", "option"], rows, "lrll"))
+    elif not f["fits"]:
+        lines += ["", "no single change modelled by vramplan saves memory on this setup"]
+    lines += ["", "GiB = 2**30 bytes"]
+    return "\n".join(lines)

@@ -1,0 +1,253 @@
+"""``vramplan sweep``: the plan options as comma lists; every combination estimated into one table."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from .options import parse_layers, plan_option_specs, setup_from_options
+from .plan import parse_margin
+from .render import warn
+
+#: show a progress bar on stderr from this many rows on even when stderr is not a terminal
+PROGRESS_MIN_ROWS = 2000
+
+#: options whose single value already contains commas: alternatives are given by repeating the option
+REPEAT_ONLY = ("targets", "target_regex", "modules_to_save", "layers_to_transform")
+
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def _sweep_specs() -> list[tuple[str, str, Any, Any, str]]:
+    """(flag, dest, click type or "bool", default, help) of every swept option, named as on ``plan``."""
+    out = []
+    for flags, kw in plan_option_specs():
+        flag = flags[0].split("/")[0]
+        dest = flag.lstrip("-").replace("-", "_")
+        typ = "bool" if "/" in flags[0] else click.types.convert_type(kw.get("type", click.STRING))
+        out.append((flag, dest, typ, kw.get("default"), kw.get("help", "")))
+    out += [
+        ("--rank", "rank", click.INT, None, "LoRA rank r (PEFT default 8)."),
+        ("--alpha", "alpha", click.FLOAT, None, "LoRA alpha (no effect on memory)."),
+        ("--targets", "targets", click.STRING, None,
+         "Module-name suffixes as on plan (q_proj,v_proj or all-linear); repeat the option for alternatives."),
+        ("--target-regex", "target_regex", click.STRING, None, "Full-match regex; repeat for alternatives."),
+        ("--modules-to-save", "modules_to_save", click.STRING, None,
+         "Modules trained in full (embed_tokens,lm_head); repeat for alternatives."),
+        ("--layers-to-transform", "layers_to_transform", click.STRING, None,
+         "Layer indices such as 0,1,4-7; repeat for alternatives."),
+        ("--dora", "dora", "bool", False, "DoRA: true, false or true,false."),
+        ("--lora-dropout", "lora_dropout", click.FLOAT, None, "LoRA dropout."),
+    ]
+    return out
+
+
+def _options(fn: Any) -> Any:
+    for flag, dest, typ, default, help_ in reversed(_sweep_specs()):
+        how = ("repeat the option for several values" if dest in REPEAT_ONLY
+               else "comma list (or repeat the option) to sweep")
+        if typ == "bool":
+            what = "true/false"
+        elif isinstance(typ, click.Choice):
+            what = "|".join(typ.choices)
+        else:
+            what = typ.name.upper()
+        fn = click.option(flag, dest, multiple=True, metavar=what,
+                          help=f"{help_} {'Default: ' + str(default) + '. ' if default is not None else ''}"
+                               f"[{how}]")(fn)
+    return fn
+
+
+def _values(flag: str, dest: str, typ: Any, given: tuple[str, ...], ctx: click.Context) -> list[Any]:
+    items = list(given) if dest in REPEAT_ONLY else [v.strip() for g in given for v in g.split(",") if v.strip()]
+    out = []
+    for item in items:
+        if typ == "bool":
+            if item.lower() not in _BOOL_WORDS:
+                raise click.BadParameter(f"{item!r} is not true or false", param_hint=flag)
+            out.append(_BOOL_WORDS[item.lower()])
+        elif dest == "layers_to_transform":
+            parse_layers(item)          # validate now; setup_from_options parses it again
+            out.append(item)
+        else:
+            try:
+                out.append(typ.convert(item, None, ctx))
+            except click.BadParameter as exc:
+                raise click.BadParameter(exc.message, param_hint=flag) from None
+    return list(dict.fromkeys(out))     # keep order, drop repeats
+
+
+def _split(given: tuple[str, ...]) -> list[str]:
+    return list(dict.fromkeys(v.strip() for g in given for v in g.split(",") if v.strip()))
+
+
+@click.command(short_help="Estimate every combination of option lists into CSV, Markdown, JSONL or HTML.")
+@click.option("--model", "models", multiple=True, required=True, metavar="MODELS",
+              help="Models to sweep: comma list or repeated (bundled names, Hub ids, config paths).")
+@_options
+@click.option("--gpu", "gpus_", multiple=True, metavar="GPUS",
+              help="Cards to judge every row on (comma list): adds <gpu>_fits and <gpu>_headroom columns.")
+@click.option("--margin", default="0%", show_default=True, help="Headroom kept free on each --gpu, e.g. 10%.")
+@click.option("--trust-remote-code", is_flag=True, default=False,
+              help="Allow a model folder's own modeling code (auto_map) for shapes.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "md", "jsonl", "html"]), default="csv",
+              show_default=True, help="Output format.")
+@click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
+              help="Write to this file (atomically: complete or not at all) instead of stdout.")
+@click.option("--title", default="vramplan sweep", show_default=True, help="Page title for --format html.")
+def sweep(*, models: tuple[str, ...], gpus_: tuple[str, ...], margin: str, trust_remote_code: bool, fmt: str,
+          out: str | None, title: str, **given: tuple[str, ...]) -> None:
+    """Estimate every combination of the plan options given as comma lists, one row each.
+
+    Every option of `vramplan plan` takes a comma-separated list (--rank 8,16,64 --batch 1,2,4
+    --grad-ckpt true,false); --targets, --target-regex, --modules-to-save and --layers-to-transform already
+    hold commas, so repeat them for alternatives. Rows hold the model, every setup option (defaults filled
+    in), params_trainable, the three counters in bytes and GiB (2**30), peak_phase, and per --gpu whether it
+    fits and the headroom. Invalid combinations (e.g. --method full with --quant nf4) are skipped with a
+    warning; combinations that come out identical (LoRA options with --method full) are evaluated once.
+    Rows go to stdout, or atomically to --out; progress and warnings go to stderr.
+    """
+    from ..errors import VramplanError
+    from ..io import atomic_write_text
+    from ..planner import sweep as run_sweep
+    from ..profiles import resolve_gpu, resolve_model
+
+    ctx = click.get_current_context()
+    axes: dict[str, list[Any]] = {}
+    for flag, dest, typ, default, _help in _sweep_specs():
+        vals = _values(flag, dest, typ, given.get(dest, ()), ctx)
+        axes[dest] = vals or [default]
+    m = parse_margin(margin)
+    cards = [resolve_gpu(g) for g in _split(gpus_)]
+    if len({c.name for c in cards}) != len(cards):
+        cards = list({c.name: c for c in cards}.values())
+    resolved = [resolve_model(name, trust_remote_code=trust_remote_code) for name in _split(models)]
+    model_list = list({r.name: (r.name, r.spec) for r in resolved}.values())
+
+    setups, invalid = build_setups(axes)
+    if invalid:
+        reasons = sorted({str(e) for e in invalid})
+        warn(f"skipped {len(invalid)} invalid combination{'s' if len(invalid) != 1 else ''}: "
+             + "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} more reasons" if len(reasons) > 3 else ""))
+    if not setups:
+        raise VramplanError("no valid combination to sweep: every combination of the options is invalid "
+                            "(see the warning above)")
+    total = len(model_list) * len(setups)
+    show = sys.stderr.isatty() or total > PROGRESS_MIN_ROWS
+    if show:
+        with click.progressbar(length=total, label=f"sweep: {total:,} rows", file=sys.stderr) as bar:
+            result = run_sweep(model_list, setups, cards, m, progress=bar.update)
+    else:
+        result = run_sweep(model_list, setups, cards, m)
+    if result.skipped:
+        reasons = sorted({f"{name}: {why}" for name, why in result.skipped})
+        warn(f"skipped {len(result.skipped)} row{'s' if len(result.skipped) != 1 else ''} the estimator refused: "
+             + "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} more" if len(reasons) > 3 else ""))
+    if not result.rows:
+        raise VramplanError("the sweep produced no row: every combination was refused (see the warning above)")
+    text = render(result.rows, [c.name for c in cards], fmt, title)
+    if out:
+        atomic_write_text(out, text)
+        click.echo(f"vramplan: wrote {len(result.rows):,} rows to {out}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+def build_setups(axes: dict[str, list[Any]]) -> tuple[list[Any], list[Exception]]:
+    """The distinct valid setups of the option product, in order, and the errors of invalid combinations."""
+    from ..errors import VramplanError
+    from ..planner import product
+
+    setups: dict[Any, None] = {}
+    invalid: list[Exception] = []
+    for combo in product(axes):
+        try:
+            setups.setdefault(setup_from_options(combo))
+        except VramplanError as exc:
+            invalid.append(exc)
+    return list(setups), invalid
+
+
+# ---------------------------------------------------------------------------------------------- render
+def frame(rows: list[dict[str, Any]], gpu_names: list[str]):
+    """The rows as a DataFrame with one dtype per column (nullable ints/bools where LoRA options are empty)."""
+    import pandas as pd
+
+    from ..planner import COUNTER_COLUMNS, LORA_COLUMNS, SETUP_COLUMNS, gib_column, gpu_columns
+
+    cols = ["model", *SETUP_COLUMNS, *LORA_COLUMNS, "params_trainable", *COUNTER_COLUMNS, "peak_phase",
+            *(gib_column(c) for c in COUNTER_COLUMNS)]
+    for g in gpu_names:
+        fits, head = gpu_columns(g)
+        cols += [fits, head, gib_column(head)]
+    df = pd.DataFrame.from_records(rows, columns=cols)
+    for c in ("rank",):
+        df[c] = df[c].astype("Int64")
+    for c in ("alpha", "lora_dropout"):
+        df[c] = df[c].astype("Float64")
+    df["dora"] = df["dora"].astype("boolean")
+    return df
+
+
+def render(rows: list[dict[str, Any]], gpu_names: list[str], fmt: str, title: str) -> str:
+    """The sweep table in ``fmt``; every format goes through the same DataFrame."""
+    from ..errors import VramplanError
+    from ..planner import COUNTER_COLUMNS, gib_column, gpu_columns
+
+    df = frame(rows, gpu_names)
+    if fmt == "csv":
+        return df.to_csv(index=False)
+    records = _records(df)
+    if fmt == "jsonl":
+        import json
+
+        return "".join(json.dumps(r) + "\n" for r in records)
+    if fmt == "md":
+        return _markdown(df.columns.tolist(), records)
+    # html: the report's table shows *_bytes columns in GiB itself, so the GiB copies are left out
+    try:
+        from ..report import table_page
+    except ImportError as exc:
+        raise VramplanError(f"--format html needs vramplan.report.table_page, which cannot be imported ({exc}); "
+                            "use --format csv, md or jsonl") from None
+    gib_cols = {gib_column(c) for c in COUNTER_COLUMNS} | {gib_column(gpu_columns(g)[1]) for g in gpu_names}
+    return table_page([{k: v for k, v in r.items() if k not in gib_cols} for r in records], title)
+
+
+def _records(df) -> list[dict[str, Any]]:
+    """Plain Python values (None for missing) from the DataFrame."""
+    import pandas as pd
+
+    out = []
+    for rec in df.to_dict(orient="records"):
+        row = {}
+        for k, v in rec.items():
+            if v is pd.NA or (isinstance(v, float) and v != v):
+                v = None
+            elif hasattr(v, "item"):
+                v = v.item()
+            row[k] = v
+        out.append(row)
+    return out
+
+
+def _markdown(cols: list[str], records: list[dict[str, Any]]) -> str:
+    def cell(k: str, v: Any) -> str:
+        if v is None:
+            return ""
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        if isinstance(v, float) and k.endswith("(GiB)"):
+            return f"{v:,.2f}"
+        if isinstance(v, int):
+            return f"{v:,}" if k.endswith("_bytes") or k == "params_trainable" else str(v)
+        return str(v).replace("|", "\\|")
+
+    numeric = {c for c in cols if any(isinstance(r[c], (int, float)) and not isinstance(r[c], bool)
+                                      for r in records)}
+    lines = ["| " + " | ".join(cols) + " |",
+             "|" + "|".join("---:" if c in numeric else "---" for c in cols) + "|"]
+    lines += ["| " + " | ".join(cell(c, r[c]) for c in cols) + " |" for r in records]
+    return "\n".join(lines) + "\n"
