@@ -9,6 +9,9 @@ op's saving rule:
   gradient and the weight only if the input does; ``mul`` saves each operand only for the other's
   gradient; ``silu``/``gelu`` save their input; ``_softmax``/``_log_softmax`` save their output; ``add``,
   ``_to_copy``, ``view``, ``cat`` save no tensor.
+* a parameter that autograd saves (a frozen weight kept for ``grad_input``, an RMSNorm weight) is not an
+  activation: it is already counted with the weights, so :meth:`Tracer.param` storages are never saved
+  here; a *new* tensor made from a parameter (an autocast copy, ``1 + weight.float()``) is.
 * autocast (``aten/src/ATen/autocast_mode.cpp``): ``linear``/``matmul``/``scaled_dot_product_attention``
   cast floating inputs to the autocast dtype (a new tensor when the dtype differs); ``layer_norm`` runs in
   fp32.
@@ -56,6 +59,7 @@ class Storage:
     label: str
     saved_by: list[str] = field(default_factory=list)
     category: str = ""             # the program section that first saved it (attention, mlp, norms, ...)
+    param: bool = False            # a model parameter (or a view of one): counted with the weights
 
     def nbytes(self, tokens: int, bss: int) -> int:
         return self.size.at(tokens, bss) * BYTES[self.dtype]
@@ -123,6 +127,11 @@ class Tracer:
         """A tensor that exists before the traced region (the layer input): not allocated here."""
         return Sym(size, dtype, rg, Storage(size, dtype, label), label)
 
+    def param(self, label: str, size: Size, dtype: str, trainable: bool) -> Sym:
+        """A parameter (or a view of one) as an op input: saving it costs no activation memory."""
+        st = Storage(size, dtype, label, param=True)
+        return Sym(size, dtype, trainable, st, label)
+
     def view(self, x: Sym, size: Size, label: str) -> Sym:
         return Sym(size, x.dtype, x.rg, x.storage, label)
 
@@ -133,7 +142,7 @@ class Tracer:
 
     def save(self, by: str, *xs: Sym | None) -> None:
         for x in xs:
-            if x is not None:
+            if x is not None and not x.storage.param:
                 x.storage.saved_by.append(f"{by} saves {x.label}")
                 if not x.storage.category:
                     x.storage.category = self.section

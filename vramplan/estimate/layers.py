@@ -145,7 +145,7 @@ def build_layers(spec: ModelSpec, placements: list[Placement], plan: LoraPlan | 
             lin = Lin(t.name, t.shape[2], t.shape[1], p.dtype, p.trainable)
             a = param_adapters.get(t.name)
             if a is not None:
-                lin.lora_r, lin.lora_dtype, lin.param_lora = a.rank, setup.trainable_dtype, True
+                lin.lora_r, lin.lora_dtype, lin.param_lora = a.rank, _param_lora_dtype(p, setup), True
             if t.role == "moe_experts_gate_up":
                 L.experts, L.expert_wdtype = lin, p.dtype
             else:
@@ -154,9 +154,16 @@ def build_layers(spec: ModelSpec, placements: list[Placement], plan: LoraPlan | 
             lin = Lin(t.module, t.shape[1], t.shape[0], p.dtype, p.trainable)
             a = param_adapters.get(t.name)
             if a is not None:
-                lin.lora_r, lin.lora_dtype, lin.param_lora = a.rank, setup.trainable_dtype, True
+                lin.lora_r, lin.lora_dtype, lin.param_lora = a.rank, _param_lora_dtype(p, setup), True
             L.router = lin
     return layers
+
+
+def _param_lora_dtype(p: Placement, setup: Setup) -> str:
+    """dtype of a ParamWrapper's lora_A/lora_B: ``_move_adapter_to_device_of_base_layer`` gives them the wrapped
+    parameter's dtype (fp32 after ``prepare_model_for_kbit_training``), and ``autocast_adapter_dtype`` (mixed
+    precision) upcasts 16-bit adapters to fp32 — measured on peft 0.21.2 (tests/estimate)."""
+    return "fp32" if setup.mixed else p.dtype
 
 
 class Program:
@@ -183,9 +190,9 @@ class Program:
                 break
         self.resid_dropout = p if setup.training else 0.0
         softcap = spec.config.get("attn_logit_softcapping")
-        self.softcap = bool(softcap) and mt in ("gemma2",)
+        self.softcap = bool(softcap) and mt in ("gemma2", "gemma3", "gemma3_text")
         # gemma2: `_supports_sdpa = False` (sdpa cannot softcap): the model runs eager unless asked for flash
-        self.eager = setup.attn == "eager" or mt == "bloom" or (self.softcap and setup.attn == "sdpa")
+        self.eager = setup.attn == "eager" or mt == "bloom" or (mt == "gemma2" and setup.attn == "sdpa")
         # DynamicCache in the training forward (config.use_cache, default True); checkpointed layers drop it
         self.kv_cache = (setup.training and not setup.grad_ckpt
                          and bool(spec.config.get("use_cache", True)))
@@ -391,12 +398,21 @@ class Program:
                 return tr.fresh("contiguous", o, "attention output transpose(1,2).contiguous()")
             # output (B, S, H, D) in memory: transpose(1, 2).reshape(...).contiguous() is a view
             return tr.view(o, out_size, "attention output (B, S, H*D view)")
+        # torch.matmul on 4-D tensors reshapes each operand to 3-D for bmm, which saves the 3-D tensors: a
+        # contiguous (B, H, S, D) operand (cat rope, cache copy, repeat_kv) is viewed, anything else — a
+        # transposed projection or rope output, a slice of a fused qkv — is copied (and the copy is saved)
+        k_contig = v_contig = self.kv_cache
         if kv != nh:                          # repeat_kv materializes expanded k and v
             k = tr.fresh("repeat_kv", k, "k (repeat_kv)")
             k.size = k.storage.size = tok(rows * nh * q_hd)
             v = tr.fresh("repeat_kv", v, "v (repeat_kv)")
             v.size = v.storage.size = tok(rows * nh * q_hd)
+            k_contig = v_contig = True
         qc, kc = tr.autocast_in(q), tr.autocast_in(k)
+        if not self.cat_rope:
+            qc = tr.fresh("reshape", qc, "q reshaped for bmm (copy)")
+        if not (k_contig or self.cat_rope):
+            kc = tr.fresh("reshape", kc, "k^T reshaped for bmm (copy)")
         scores_size = Size(0, 0, nh)
         sdt = qc.dtype
         scores = tr.new("attention scores q@k^T", scores_size, sdt, True)
@@ -411,12 +427,17 @@ class Program:
             tr.save("tanh", th)
             scaled = tr.fresh("mul", th, "tanh(...) * softcap")
         masked = tr.fresh("add", scaled, "scores + causal mask")
-        s32 = tr.cast(masked, "fp32", "scores (fp32 for softmax)")
-        probs32 = tr.new("softmax output (fp32)", scores_size, "fp32", True)
-        tr.op("softmax", (s32,), (probs32,))
-        tr.save("softmax", probs32)
-        probs = tr.cast(probs32, q.dtype, f"probs.to({q.dtype})")
+        # softmax(dim=-1, dtype=float32) everywhere but gpt2, whose plain softmax runs in the scores' dtype
+        # (fp32 under CUDA autocast's fp32_set_opt_dtype policy) and `.type(value.dtype)` after it
+        sm_dt = "fp32" if (self.spec.model_type != "gpt2" or tr.autocast) else sdt
+        s_in = tr.cast(masked, sm_dt, f"scores ({sm_dt} for softmax)")
+        probs_sm = tr.new(f"softmax output ({sm_dt})", scores_size, sm_dt, True)
+        tr.op("softmax", (s_in,), (probs_sm,))
+        tr.save("softmax", probs_sm)
+        probs = tr.cast(probs_sm, v.dtype if self.spec.model_type == "gpt2" else q.dtype, "probs.to(dtype)")
         pc, vc = tr.autocast_in(probs), tr.autocast_in(v)
+        if not v_contig:
+            vc = tr.fresh("reshape", vc, "v reshaped for bmm (copy)")
         o = tr.new("attention output", out_size, pc.dtype, True)
         tr.op("matmul", (pc, vc), (o,))
         tr.save("matmul", pc, vc)
