@@ -120,7 +120,15 @@ class Setup:
         if self.new_tokens < 0 or self.new_tokens >= self.seq:
             raise SetupError(f"--new-tokens must be >= 0 and smaller than --seq {self.seq}, got {self.new_tokens}")
         if self.offload == "params" and self.strategy not in ("zero3", "fsdp"):
-            raise SetupError(f"--offload params needs --strategy zero3 or fsdp (got --strategy {self.strategy})")
+            raise SetupError(f"--offload params needs --strategy zero3 or fsdp (got --strategy {self.strategy}): "
+                             "only ZeRO-3 and FSDP shard parameters")
+        if self.offload == "optimizer" and self.strategy not in ("zero1", "zero2", "zero3"):
+            raise SetupError(f"--offload optimizer needs --strategy zero1, zero2 or zero3 (got --strategy "
+                             f"{self.strategy}): it is DeepSpeed's offload_optimizer; FSDP offloads parameters, "
+                             "gradients and optimizer states together (--strategy fsdp --offload params)")
+        if self.offload != "none" and self.method == "inference":
+            raise SetupError(f"--offload {self.offload} is a training option (ZeRO/FSDP offload); "
+                             "use --offload none with --method inference")
 
     # ------------------------------------------------------------------------------------- derived
     @property

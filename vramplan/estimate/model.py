@@ -25,7 +25,7 @@ from ..lora import LoraPlan, plan_lora
 from ..setup import Setup
 from ..spec.model import ModelSpec
 from ..units import GiB, ceil_div
-from . import overhead
+from . import distributed, overhead
 from .graph import Size, Storage, Tracer, max_candidate, prune, saved_bytes, tok
 from .layers import LayerInfo, Program, build_layers
 from .result import Component, Estimate, Fit
@@ -66,11 +66,7 @@ class LayerTrace:
 
 
 def _layer_key(L: LayerInfo) -> tuple:
-    lin = tuple(sorted((r, l.in_f, l.out_f, l.wdtype, l.trainable, l.lora_r, l.lora_dtype, l.dropout, l.dora)
-                       for r, l in L.lin.items()))
-    norms = tuple(sorted((k, n.dim, n.wdtype, n.trainable) for k, n in L.norms.items()))
-    ex = None if L.experts is None else (L.experts.in_f, L.experts.out_f, L.experts.wdtype, L.experts.trainable)
-    return lin, norms, ex, None if L.router is None else (L.router.wdtype, L.router.trainable)
+    return L.key()
 
 
 def trace_layer(program: Program, L: LayerInfo, resid_dtype: str) -> LayerTrace:
@@ -297,34 +293,53 @@ def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0) -> Es
     # ---- autocast weight copies (fp32 trainable weights under autocast: cached bf16 copies, saved)
     casts = 0
     if setup.autocast and setup.method == "full":
+        # F.linear / Conv1D addmm / the MoE router's F.linear are autocast ops; the fused experts' _grouped_mm
+        # is not (transformers integrations/moe.py), so expert stacks get no copy
         casts = sum(alloc(p.numel * 2) for p in st.placements
-                    if p.trainable and p.tensor.module_type in ("linear", "conv1d", "experts")
-                    and p.tensor.param_name != "bias")
+                    if p.trainable and p.tensor.param_name != "bias"
+                    and (p.tensor.module_type in ("linear", "conv1d") or p.tensor.role == "moe_router"))
         for t in spec.tensors:   # a tied head is cast as the head weight
             if t.tied_to is not None and t.role == "lm_head":
                 casts += alloc(t.numel * 2)
 
+    # ---- multi-GPU: one rank's weights, gradients, optimizer states and buffers (distributed.py)
+    rank = distributed.rank_states(spec, setup, st) if distributed.applies(setup) else None
+    sa = st                          # the layout whose layer traces give the activations
+    if rank is not None:
+        for k in [k for k in comps if k.startswith(("weights/", "adapters/"))]:
+            del comps[k]
+        for name, nb, formula in rank.weights:
+            add(name, nb, formula)
+        static_weights = sum(v[0] for v in comps.values())
+        grads, grad_head = rank.grads, rank.grad_head
+        opt_gpu, opt_paged, opt_formula, opt_tmp = rank.opt_gpu, rank.opt_paged, rank.opt_formula, rank.opt_tmp
+        casts = 0 if setup.strategy != "ddp" else casts   # FSDP gathers / DeepSpeed casts to 16-bit: no copies
+        sa = rank.compute
+
+    def buf(phase: str) -> int:
+        return rank.buffer_bytes(phase) if rank is not None else 0
+
     # ---- activations
     L = spec.num_layers
-    per_layer = [tr.saved_at(T, bss) for tr in st.layer_traces]
-    resid_bytes = alloc(T * spec.hidden_size * BYTES[st.resid_dtype])
+    per_layer = [tr.saved_at(T, bss) for tr in sa.layer_traces]
+    resid_bytes = alloc(T * spec.hidden_size * BYTES[sa.resid_dtype])
     if setup.grad_ckpt:
         layer_acts = L * resid_bytes
         act_cat = {"activations/checkpoint_inputs": layer_acts}
         act_formula = (f"gradient checkpointing saves each layer's input: {L} layers × tokens {T:,} × hidden "
-                       f"{spec.hidden_size} × {BYTES[st.resid_dtype]} B ({st.resid_dtype} residual stream) = "
+                       f"{spec.hidden_size} × {BYTES[sa.resid_dtype]} B ({sa.resid_dtype} residual stream) = "
                        f"{_fmt(layer_acts)}; torch.utils.checkpoint (non-reentrant) via transformers "
                        "GradientCheckpointingLayer")
     else:
         layer_acts = sum(per_layer)
         act_cat = defaultdict(int)
-        for tr in st.layer_traces:
+        for tr in sa.layer_traces:
             for k, v in tr.by_category(T, bss).items():
                 act_cat[k] += v
         act_formula = ""
-    head_saved = st.head.saved_at(T, bss)
+    head_saved = sa.head.saved_at(T, bss)
     V = spec.vocab_size
-    lt = BYTES[st.logits_dtype]
+    lt = BYTES[sa.logits_dtype]
     if setup.loss == "chunked":
         # Liger-Kernel fused linear cross entropy: chunks of ceil(BT / ceil(V/H)) rows (next power of two)
         chunk = 1 << max(0, (ceil_div(T, ceil_div(V, spec.hidden_size)) - 1).bit_length())
@@ -336,23 +351,23 @@ def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0) -> Es
                           f"time × vocab {V:,} in fp32, never all {T:,}; the input gradient "
                           f"(tokens × hidden × {BYTES[setup.compute_dtype]} B) is computed in forward and kept")
     else:
-        upcast = st.logits_dtype != "fp32"
+        upcast = sa.logits_dtype != "fp32"
         logits_saved = alloc(T * V * 4)                       # log_softmax output (fp32), saved
         loss_fwd_tmp = alloc(T * V * lt) + (alloc(T * V * 4) if upcast else 0)
         loss_bwd_tmp = 2 * alloc(T * V * 4)                   # grad of log-probs and grad of fp32 logits
         logits_formula = (
-            f"tokens {T:,} × vocab {V:,}: logits in {st.logits_dtype} ({lt} B), logits.float() "
+            f"tokens {T:,} × vocab {V:,}: logits in {sa.logits_dtype} ({lt} B), logits.float() "
             f"({'a new fp32 copy' if upcast else 'already fp32'}) and log_softmax's saved fp32 output "
             "(transformers loss/loss_utils.py ForCausalLMLoss -> nn.functional.cross_entropy); backward adds "
             "the fp32 gradient of the log-probs and of the logits")
     acts_total = layer_acts + head_saved + logits_saved
 
     # transients inside one layer: forward, recompute (checkpointing) and backward working set
-    fwd_tmp = max((max_candidate(list(tr.fwd_transients), T, bss)[0] for tr in st.layer_traces), default=0)
+    fwd_tmp = max((max_candidate(list(tr.fwd_transients), T, bss)[0] for tr in sa.layer_traces), default=0)
     bwd_ws = max((max_candidate(list(tr.bwd_candidates), T, bss)[0] + tr.max_constant
-                  for tr in st.layer_traces), default=0)
+                  for tr in sa.layer_traces), default=0)
     recompute = max(per_layer, default=0) if setup.grad_ckpt else 0
-    dequant = max((tr.max_constant for tr in st.layer_traces), default=0)
+    dequant = max((tr.max_constant for tr in sa.layer_traces), default=0)
     cublas = overhead.CUBLAS_WORKSPACE_BYTES
 
     base = static_weights + opt_gpu + cublas
@@ -360,31 +375,35 @@ def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0) -> Es
     grad_layers = grads - grad_head
     candidates = {
         # end of forward, while the loss is computed: all activations plus the loss temporaries
-        "forward": base + casts + acts_total + max(loss_fwd_tmp, fwd_tmp + dequant),
+        "forward": base + casts + acts_total + max(loss_fwd_tmp, fwd_tmp + dequant) + buf("forward"),
         # first backward node (log_softmax): activations + two fp32 logits gradients
-        "backward": base + casts + acts_total + loss_bwd_tmp + (grad_head if setup.method == "full" else 0),
+        "backward": base + casts + acts_total + loss_bwd_tmp + (grad_head if setup.method == "full" else 0)
+        + buf("backward"),
         # through the layers: remaining activations + gradients so far + one layer's working set
         "backward (layers)": base + max(
             casts + acts_total - logits_saved + grad_head + (recompute + fwd_tmp if setup.grad_ckpt else 0)
             + bwd_ws + (grad_layers // max(L, 1)),
             # the autocast weight copies are freed layer by layer with the activations that saved them
             (resid_bytes if setup.grad_ckpt else first_layer_acts) + recompute + grad_head + grad_layers + bwd_ws
-            + casts // max(L, 1)),
+            + casts // max(L, 1)) + buf("backward (layers)"),
         # optimizer.step(): gradients + states + temporaries (activations are gone)
-        "optimizer": base + grads + opt_tmp,
+        "optimizer": base + (rank.grads_step if rank is not None else grads) + opt_tmp + buf("optimizer"),
     }
     phase = max(candidates, key=lambda k: candidates[k])
     peak = candidates[phase]
 
     # ---- components live at the peak
     add("optimizer/states", opt_gpu, opt_formula)
+    if rank is not None:
+        for name, nb, formula in rank.buffers[phase]:
+            add(name, nb, formula)
     add("buffers/cublas_workspace", cublas, "cuBLAS workspace through the caching allocator: ':4096:8' = 32 MiB + "
         "1 MiB cuBLASLt (aten/src/ATen/cuda/CublasHandlePool.cpp)")
     start_side = True
     if phase == "backward (layers)":
         a1 = casts + acts_total - logits_saved + grad_head + (recompute + fwd_tmp if setup.grad_ckpt else 0) \
             + bwd_ws + grad_layers // max(L, 1)
-        start_side = a1 >= candidates[phase] - base
+        start_side = a1 >= candidates[phase] - base - buf(phase)
     if phase in ("forward", "backward") or (phase == "backward (layers)" and start_side):
         if casts:
             add("buffers/autocast_weight_casts", casts,
@@ -396,8 +415,8 @@ def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0) -> Es
             add("activations/checkpoint_inputs", layer_acts, act_formula)
         else:
             for k, v in sorted(act_cat.items()):
-                add(k, v, _act_formula(k, st, T, bss, L))
-        add("activations/head", head_saved, _head_formula(st, T, bss, spec))
+                add(k, v, _act_formula(k, sa, T, bss, L))
+        add("activations/head", head_saved, _head_formula(sa, T, bss, spec))
         add("logits/log_softmax", logits_saved, logits_formula)
         if phase == "forward":
             tmp = max(loss_fwd_tmp, fwd_tmp + dequant)
@@ -415,26 +434,28 @@ def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0) -> Es
                     "one layer's activations recomputed in backward (checkpointing)")
             else:
                 for k, v in sorted(act_cat.items()):
-                    add(k, v, _act_formula(k, st, T, bss, L))
-            add("activations/head", head_saved, _head_formula(st, T, bss, spec))
+                    add(k, v, _act_formula(k, sa, T, bss, L))
+            add("activations/head", head_saved, _head_formula(sa, T, bss, spec))
             add("gradients/trainable", grad_head + grad_layers // max(L, 1), "gradients produced so far")
         else:
             add("activations/remaining", (resid_bytes if setup.grad_ckpt else first_layer_acts) + recompute,
                 "activations of the first layer, last to be freed")
             add("buffers/autocast_weight_casts", casts // max(L, 1), "autocast copies of one layer's weights")
-            add("gradients/trainable", grad_head + grad_layers, _grad_formula(st, trainable_numel))
+            add("gradients/trainable", grad_head + grad_layers,
+                rank.grad_formula if rank is not None else _grad_formula(st, trainable_numel))
         add("buffers/backward_working_set", bwd_ws,
             "gradients of one op's outputs and inputs while it runs backward, plus a dequantized weight")
     else:  # optimizer
-        add("gradients/trainable", grads, _grad_formula(st, trainable_numel))
+        add("gradients/trainable", rank.grads_step if rank is not None else grads,
+            rank.grad_formula if rank is not None else _grad_formula(st, trainable_numel))
         add("buffers/optimizer_step", opt_tmp, "optimizer step temporaries")
 
     total = sum(v[0] for v in comps.values())
     if total != peak:   # keep the breakdown summing exactly to the predicted peak
         add("buffers/other", peak - total, "difference between the phase total and its itemized parts")
 
-    phases = {"load": static_weights + cublas, **{k: v for k, v in candidates.items()}}
-    return _finish(spec, setup, st, comps, peak, phase, phases, opt_paged, gpu, margin)
+    phases = {"load": static_weights + cublas + buf("load"), **{k: v for k, v in candidates.items()}}
+    return _finish(spec, setup, st, comps, peak, phase, phases, opt_paged, gpu, margin, rank)
 
 
 def _structural(setup: Setup) -> Setup:
@@ -474,7 +495,7 @@ def _inference(spec: ModelSpec, setup: Setup, st: _Static, comps: dict, static_w
 
 
 def _finish(spec: ModelSpec, setup: Setup, st: _Static, comps: dict, peak: int, phase: str, phases: dict,
-            paged: int, gpu, margin: float) -> Estimate:
+            paged: int, gpu, margin: float, rank: distributed.RankStates | None = None) -> Estimate:
     frag = overhead.allocator_overhead_bytes(peak)
     arch = getattr(gpu, "architecture", "") if gpu is not None else ""
     uses_bnb = setup.quantized or setup.optim in ("adamw-8bit", "paged-adamw", "paged-adamw-8bit", "lion")
@@ -493,8 +514,10 @@ def _finish(spec: ModelSpec, setup: Setup, st: _Static, comps: dict, peak: int, 
                                     "paged optimizer states in CUDA unified memory: outside the torch allocator, "
                                     "resident on the GPU while there is room (evicted to host RAM under pressure)",
                                     "device"))
+    outside = list(rank.device) if rank is not None else []     # NCCL buffers: outside the torch allocator
+    components += outside
     reserved = peak + frag
-    device = reserved + ctx + paged
+    device = reserved + ctx + paged + sum(c.bytes for c in outside)
     trainable = st.plan.trainable if st.plan is not None else (spec.params_total if setup.method == "full" else 0)
     total = st.plan.total if st.plan is not None else spec.params_total
     fit = None
@@ -505,8 +528,9 @@ def _finish(spec: ModelSpec, setup: Setup, st: _Static, comps: dict, peak: int, 
         model=spec.name, setup=setup, params_total=total, params_trainable=trainable,
         components=tuple(sorted(components, key=lambda c: (c.group, -c.bytes))), peak_phase=phase,
         peak_allocated_bytes=peak, peak_reserved_bytes=reserved, device_used_bytes=device,
-        phases=phases, assumptions=tuple(assumptions(spec, setup, st)), warnings=tuple(warnings_for(spec, setup)),
-        fit=fit, versions=_versions())
+        phases=phases, assumptions=tuple(assumptions(spec, setup, st) + (rank.assumptions if rank else [])),
+        warnings=tuple(warnings_for(spec, setup) + (rank.warnings if rank else [])),
+        fit=fit, versions=_versions(), extra=rank.extra(setup) if rank is not None else {})
 
 
 # ----------------------------------------------------------------------------------------- explanations
@@ -592,6 +616,9 @@ def warnings_for(spec: ModelSpec, setup: Setup) -> list[str]:
     w = []
     if spec.max_position_embeddings and setup.seq > spec.max_position_embeddings:
         w.append(f"--seq {setup.seq} exceeds the model's max_position_embeddings {spec.max_position_embeddings}")
+    if not setup.training and (setup.gpus > 1 or setup.strategy != "ddp"):
+        w.append(f"--method inference on --gpus {setup.gpus} --strategy {setup.strategy}: estimated as one full "
+                 "replica per GPU (data parallel); sharded inference is not modelled")
     return w
 
 
