@@ -268,7 +268,22 @@ class _Tree:
         return bool(children) and all(c.isdigit() for c in children)
 
 
+_TREES: dict[int, tuple[ModelSpec, _Tree]] = {}
+
+
 def _tree(spec: ModelSpec) -> _Tree:
+    """The module tree of a spec, cached per spec object (plan_lora runs once per rank in a sweep)."""
+    hit = _TREES.get(id(spec))
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    if len(_TREES) > 64:
+        _TREES.clear()
+    tree = _build_tree(spec)
+    _TREES[id(spec)] = (spec, tree)
+    return tree
+
+
+def _build_tree(spec: ModelSpec) -> _Tree:
     names: dict[str, None] = {}
     for t in spec.tensors:
         parts = t.name.split(".")

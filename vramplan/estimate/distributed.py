@@ -271,7 +271,10 @@ def _single_weights(st: _Static, setup: Setup) -> list[tuple[str, int, str]]:
     asum: dict[str, int] = defaultdict(int)
     for t in st.adapters:
         asum[t.component] += alloc(t.numel * BYTES[t.dtype])
-    return ([(c, b, _weight_formula(c, st, setup)) for c, b in sorted(wsum.items())]
+    def placed(c: str) -> list:
+        return [p for p in st.placements if any(pc == c for pc, _ in p.parts)]
+
+    return ([(c, b, _weight_formula(c, placed(c), setup)) for c, b in sorted(wsum.items())]
             + [(c, b, _adapter_formula(c, st, setup)) for c, b in sorted(asum.items())])
 
 

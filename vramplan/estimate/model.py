@@ -17,8 +17,8 @@ No I/O and no printing here; renderers read the :class:`~vramplan.estimate.resul
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, replace
+from functools import cached_property, lru_cache
 
 from ..dtypes import BYTES, PAGED_MIN_NUMEL, adam8bit_state_parts, alloc
 from ..lora import LoraPlan, plan_lora
@@ -51,16 +51,33 @@ class LayerTrace:
     constants: tuple[tuple[str, int], ...]      # dequantization buffers etc. (bytes, size-independent)
     out_dtype: str
 
+    @cached_property
+    def _terms(self) -> tuple[tuple[int, int, int, str], ...]:
+        """Per saved storage: bytes as (const, per token, per batch·seq²) and the component it belongs to."""
+        out = []
+        for s in self.saved:
+            k = BYTES[s.dtype]
+            out.append((s.size.const * k, s.size.per_token * k, s.size.per_bss * k,
+                        CATEGORY.get(s.category, "activations/other")))
+        return tuple(out)
+
     def saved_at(self, tokens: int, bss: int) -> int:
-        return saved_bytes(list(self.saved), tokens, bss)
+        """Distinct saved storages, each rounded to 512-B blocks (same as ``graph.saved_bytes``, unrolled for
+        sweeps)."""
+        total = 0
+        for c, a, q, _ in self._terms:
+            n = c + a * tokens + q * bss
+            total += -(-n // 512) * 512
+        return total
 
     def by_category(self, tokens: int, bss: int) -> dict[str, int]:
         out: dict[str, int] = defaultdict(int)
-        for s in self.saved:
-            out[CATEGORY.get(s.category, "activations/other")] += alloc(s.nbytes(tokens, bss))
+        for c, a, q, cat in self._terms:
+            n = c + a * tokens + q * bss
+            out[cat] += -(-n // 512) * 512
         return out
 
-    @property
+    @cached_property
     def max_constant(self) -> int:
         return max((b for _, b in self.constants), default=0)
 
@@ -97,6 +114,8 @@ class _Static:
     resid_dtype: str
     head: LayerTrace                            # final norm (+ lm_head weight cast)
     logits_dtype: str
+    params_trainable: int = 0                  # PEFT's counts (LoraPlan sums them on every access)
+    params_total: int = 0
 
 
 def _resid_dtype(spec: ModelSpec, placements: list[Placement], setup: Setup) -> str:
@@ -140,8 +159,10 @@ def _build_static(spec: ModelSpec, setup: Setup) -> _Static:
         traces.append(cache[key])
     head = _trace_head(spec, setup, placements, program, resid)
     logits_dtype = setup.compute_dtype if setup.autocast else _head_dtype(spec, placements, resid)
+    trainable = plan.trainable if plan is not None else (spec.params_total if setup.method == "full" else 0)
+    total = plan.total if plan is not None else spec.params_total
     return _Static(plan, tuple(placements), tuple(adapters), tuple(trainables), tuple(traces), resid, head,
-                   logits_dtype)
+                   logits_dtype, trainable, total)
 
 
 def _head_dtype(spec: ModelSpec, placements: list[Placement], resid: str) -> str:
@@ -250,7 +271,8 @@ def optimizer_step_transient(trainables: tuple[TrainableTensor, ...], setup: Set
 def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0) -> Estimate:
     """Estimate the memory of one step of ``setup`` on ``spec``; ``gpu`` (a :class:`vramplan.profiles.Gpu`)
     adds the fit verdict with ``margin`` (a fraction of capacity kept free)."""
-    st = _static(spec, _structural(setup))
+    ss = _structural(setup)
+    st = _static(spec, _layout_key(ss))
     b, s = setup.batch, setup.seq
     T, bss = b * s, b * s * s
     comps: dict[str, list] = {}
@@ -262,66 +284,26 @@ def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0) -> Es
             else:
                 comps[name] = [n, formula, counter]
 
-    # ---- weights
-    wsum: dict[str, int] = defaultdict(int)
-    for p in st.placements:
-        for comp, nb in p.parts:
-            wsum[comp] += alloc(nb)
-    for comp, nb in sorted(wsum.items()):
-        add(comp, nb, _weight_formula(comp, st, setup))
-    asum: dict[str, int] = defaultdict(int)
-    for t in st.adapters:
-        asum[t.component] += alloc(t.numel * BYTES[t.dtype])
-    for comp, nb in sorted(asum.items()):
-        add(comp, nb, _adapter_formula(comp, st, setup))
-    static_weights = sum(v[0] for v in comps.values())
+    d = _derived(spec, st, ss)
+    for name, nb, formula in d.weight_comps:
+        add(name, nb, formula)
+    static_weights = d.static_weights
 
     if not setup.training:
         return _inference(spec, setup, st, comps, static_weights, gpu, margin)
 
-    # ---- gradients and optimizer
-    grads = sum(alloc(t.numel * BYTES[t.dtype]) for t in st.trainables)
-    # the head's gradient is the first one backward produces (the embedding's, when tied)
-    head_comp = "weights/lm_head" if any(t.component == "weights/lm_head" for t in st.trainables) \
-        else "weights/embeddings"
-    grad_head = sum(alloc(t.numel * BYTES[t.dtype]) for t in st.trainables
-                    if t.component == head_comp and setup.method == "full")
-    opt_gpu, opt_paged, opt_formula = optimizer_states(st.trainables, setup)
-    opt_tmp = optimizer_step_transient(st.trainables, setup)
-    trainable_numel = sum(t.numel for t in st.trainables)
-
-    # ---- autocast weight copies (fp32 trainable weights under autocast: cached bf16 copies, saved)
-    casts = 0
-    if setup.autocast and setup.method == "full":
-        # F.linear / Conv1D addmm / the MoE router's F.linear are autocast ops; the fused experts' _grouped_mm
-        # is not (transformers integrations/moe.py), so expert stacks get no copy
-        casts = sum(alloc(p.numel * 2) for p in st.placements
-                    if p.trainable and p.tensor.param_name != "bias"
-                    and (p.tensor.module_type in ("linear", "conv1d") or p.tensor.role == "moe_router"))
-        for t in spec.tensors:   # a tied head is cast as the head weight
-            if t.tied_to is not None and t.role == "lm_head":
-                casts += alloc(t.numel * 2)
-
-    # ---- multi-GPU: one rank's weights, gradients, optimizer states and buffers (distributed.py)
-    rank = distributed.rank_states(spec, setup, st) if distributed.applies(setup) else None
-    sa = st                          # the layout whose layer traces give the activations
-    if rank is not None:
-        for k in [k for k in comps if k.startswith(("weights/", "adapters/"))]:
-            del comps[k]
-        for name, nb, formula in rank.weights:
-            add(name, nb, formula)
-        static_weights = sum(v[0] for v in comps.values())
-        grads, grad_head = rank.grads, rank.grad_head
-        opt_gpu, opt_paged, opt_formula, opt_tmp = rank.opt_gpu, rank.opt_paged, rank.opt_formula, rank.opt_tmp
-        casts = 0 if setup.strategy != "ddp" else casts   # FSDP gathers / DeepSpeed casts to 16-bit: no copies
-        sa = rank.compute
+    grads, grad_head = d.grads, d.grad_head
+    opt_gpu, opt_paged, opt_formula, opt_tmp = d.opt_gpu, d.opt_paged, d.opt_formula, d.opt_tmp
+    trainable_numel, casts, rank, sa = d.trainable_numel, d.casts, d.rank, d.sa
 
     def buf(phase: str) -> int:
         return rank.buffer_bytes(phase) if rank is not None else 0
 
     # ---- activations
     L = spec.num_layers
-    per_layer = [tr.saved_at(T, bss) for tr in sa.layer_traces]
+    distinct = {id(tr): tr for tr in sa.layer_traces}
+    saved_of = {k: tr.saved_at(T, bss) for k, tr in distinct.items()}
+    per_layer = [saved_of[id(tr)] for tr in sa.layer_traces]
     resid_bytes = alloc(T * spec.hidden_size * BYTES[sa.resid_dtype])
     if setup.grad_ckpt:
         layer_acts = L * resid_bytes
@@ -333,9 +315,12 @@ def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0) -> Es
     else:
         layer_acts = sum(per_layer)
         act_cat = defaultdict(int)
+        counts: dict[int, int] = defaultdict(int)
         for tr in sa.layer_traces:
-            for k, v in tr.by_category(T, bss).items():
-                act_cat[k] += v
+            counts[id(tr)] += 1
+        for k_id, n in counts.items():
+            for k, v in distinct[k_id].by_category(T, bss).items():
+                act_cat[k] += v * n
         act_formula = ""
     head_saved = sa.head.saved_at(T, bss)
     V = spec.vocab_size
@@ -353,21 +338,29 @@ def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0) -> Es
     else:
         upcast = sa.logits_dtype != "fp32"
         logits_saved = alloc(T * V * 4)                       # log_softmax output (fp32), saved
+        # Gemma-2 final_logit_softcapping: logits / cap -> tanh -> * cap before the loss; tanh saves its output
+        # (transformers models/gemma2/modeling_gemma2.py Gemma2ForCausalLM.forward; measured in tests/estimate)
+        softcap = spec.model_type.startswith("gemma") and bool(spec.config.get("final_logit_softcapping"))
+        if softcap:
+            logits_saved += alloc(T * V * lt)
         loss_fwd_tmp = alloc(T * V * lt) + (alloc(T * V * 4) if upcast else 0)
         loss_bwd_tmp = 2 * alloc(T * V * 4)                   # grad of log-probs and grad of fp32 logits
         logits_formula = (
             f"tokens {T:,} × vocab {V:,}: logits in {sa.logits_dtype} ({lt} B), logits.float() "
             f"({'a new fp32 copy' if upcast else 'already fp32'}) and log_softmax's saved fp32 output "
+            + (f"plus tanh's saved {sa.logits_dtype} output (final_logit_softcapping) " if softcap else "") +
             "(transformers loss/loss_utils.py ForCausalLMLoss -> nn.functional.cross_entropy); backward adds "
             "the fp32 gradient of the log-probs and of the logits")
     acts_total = layer_acts + head_saved + logits_saved
 
     # transients inside one layer: forward, recompute (checkpointing) and backward working set
-    fwd_tmp = max((max_candidate(list(tr.fwd_transients), T, bss)[0] for tr in sa.layer_traces), default=0)
+    fwd_tmp = max((max_candidate(list(tr.fwd_transients), T, bss)[0] for tr in distinct.values()), default=0)
     bwd_ws = max((max_candidate(list(tr.bwd_candidates), T, bss)[0] + tr.max_constant
-                  for tr in sa.layer_traces), default=0)
-    recompute = max(per_layer, default=0) if setup.grad_ckpt else 0
-    dequant = max((tr.max_constant for tr in sa.layer_traces), default=0)
+                  for tr in distinct.values()), default=0)
+    # the recomputed layer's saves, less its input when that is among them: the checkpoint already keeps it
+    recompute = max((tr.saved_at(T, bss) - (resid_bytes if tr.input_saved else 0) for tr in distinct.values()),
+                    default=0) if setup.grad_ckpt else 0
+    dequant = max((tr.max_constant for tr in distinct.values()), default=0)
     cublas = overhead.CUBLAS_WORKSPACE_BYTES
 
     base = static_weights + opt_gpu + cublas
@@ -458,6 +451,108 @@ def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0) -> Es
     return _finish(spec, setup, st, comps, peak, phase, phases, opt_paged, gpu, margin, rank)
 
 
+@dataclass(frozen=True)
+class _Derived:
+    """Model-state totals and formulas that depend on the structure only (cached beside :class:`_Static`)."""
+
+    weight_comps: tuple[tuple[str, int, str], ...]
+    static_weights: int
+    grads: int
+    grad_head: int
+    opt_gpu: int
+    opt_paged: int
+    opt_formula: str
+    opt_tmp: int
+    trainable_numel: int
+    casts: int
+    rank: object
+    sa: _Static
+
+
+_DERIVED_CACHE: dict[tuple[int, Setup], tuple[ModelSpec, _Derived]] = {}
+
+
+def _derived(spec: ModelSpec, st: _Static, setup: Setup) -> _Derived:
+    key = (id(spec), setup)
+    hit = _DERIVED_CACHE.get(key)
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    if len(_DERIVED_CACHE) > 512:
+        _DERIVED_CACHE.clear()
+    value = _build_derived(spec, st, setup)
+    _DERIVED_CACHE[key] = (spec, value)
+    return value
+
+
+def _build_derived(spec: ModelSpec, st: _Static, setup: Setup) -> _Derived:
+    comps: list[tuple[str, int, str]] = []
+    wsum: dict[str, int] = defaultdict(int)
+    by_comp: dict[str, dict[int, Placement]] = defaultdict(dict)
+    for p in st.placements:
+        for comp, nb in p.parts:
+            wsum[comp] += alloc(nb)
+            by_comp[comp][id(p)] = p
+    for comp, nb in sorted(wsum.items()):
+        if nb:
+            comps.append((comp, nb, _weight_formula(comp, list(by_comp[comp].values()), setup)))
+    asum: dict[str, int] = defaultdict(int)
+    for t in st.adapters:
+        asum[t.component] += alloc(t.numel * BYTES[t.dtype])
+    for comp, nb in sorted(asum.items()):
+        if nb:
+            comps.append((comp, nb, _adapter_formula(comp, st, setup)))
+    grads = sum(alloc(t.numel * BYTES[t.dtype]) for t in st.trainables)
+    # the head's gradient is the first one backward produces (the embedding's, when tied)
+    head_comp = "weights/lm_head" if any(t.component == "weights/lm_head" for t in st.trainables) \
+        else "weights/embeddings"
+    grad_head = sum(alloc(t.numel * BYTES[t.dtype]) for t in st.trainables
+                    if t.component == head_comp and setup.method == "full")
+    opt_gpu, opt_paged, opt_formula = optimizer_states(st.trainables, setup)
+    opt_tmp = optimizer_step_transient(st.trainables, setup)
+    trainable_numel = sum(t.numel for t in st.trainables)
+
+    # ---- autocast weight copies (fp32 trainable weights under autocast: cached bf16 copies, saved)
+    casts = 0
+    if setup.autocast and setup.method == "full":
+        # F.linear / Conv1D addmm / the MoE router's F.linear are autocast ops; the fused experts' _grouped_mm
+        # is not (transformers integrations/moe.py), so expert stacks get no copy
+        casts = sum(alloc(p.numel * 2) for p in st.placements
+                    if p.trainable and p.tensor.param_name != "bias"
+                    and (p.tensor.module_type in ("linear", "conv1d") or p.tensor.role == "moe_router"))
+        for t in spec.tensors:   # a tied head is cast as the head weight
+            if t.tied_to is not None and t.role == "lm_head":
+                casts += alloc(t.numel * 2)
+
+    # ---- multi-GPU: one rank's weights, gradients, optimizer states and buffers (distributed.py)
+    rank = distributed.rank_states(spec, setup, st) if (setup.training and distributed.applies(setup)) else None
+    sa = st                          # the layout whose layer traces give the activations
+    if rank is not None:
+        comps = [c for c in comps if not c[0].startswith(("weights/", "adapters/"))]
+        merged: dict[str, list] = {}
+        for name, nb, formula in rank.weights:
+            if nb:
+                if name in merged:
+                    merged[name][0] += nb
+                else:
+                    merged[name] = [nb, formula]
+        comps += [(k, v[0], v[1]) for k, v in merged.items()]
+        grads, grad_head = rank.grads, rank.grad_head
+        opt_gpu, opt_paged, opt_formula, opt_tmp = rank.opt_gpu, rank.opt_paged, rank.opt_formula, rank.opt_tmp
+        casts = 0 if setup.strategy != "ddp" else casts   # FSDP gathers / DeepSpeed casts to 16-bit: no copies
+        sa = rank.compute
+    static_weights = sum(c[1] for c in comps)
+    return _Derived(tuple(comps), static_weights, grads, grad_head, opt_gpu, opt_paged, opt_formula, opt_tmp,
+                    trainable_numel, casts, rank, sa)
+
+
+def _layout_key(setup: Setup) -> Setup:
+    """The part of a structural setup that decides placements and layer traces: the optimizer, the loss and the
+    multi-GPU options do not (they only change :class:`_Derived` and the timeline)."""
+    if (setup.optim, setup.loss, setup.gpus, setup.strategy, setup.offload) == ("adamw", "standard", 1, "ddp", "none"):
+        return setup
+    return replace(setup, optim="adamw", loss="standard", gpus=1, strategy="ddp", offload="none")
+
+
 def _structural(setup: Setup) -> Setup:
     """The setup with batch and sequence normalized: the cache key of :func:`_static`."""
     return setup if (setup.batch, setup.seq) == (1, 1) else setup.with_(batch=1, seq=1, new_tokens=0)
@@ -518,8 +613,7 @@ def _finish(spec: ModelSpec, setup: Setup, st: _Static, comps: dict, peak: int, 
     components += outside
     reserved = peak + frag
     device = reserved + ctx + paged + sum(c.bytes for c in outside)
-    trainable = st.plan.trainable if st.plan is not None else (spec.params_total if setup.method == "full" else 0)
-    total = st.plan.total if st.plan is not None else spec.params_total
+    trainable, total = st.params_trainable, st.params_total
     fit = None
     if gpu is not None:
         cap = int(gpu.memory_bytes * (1 - margin))
@@ -534,8 +628,7 @@ def _finish(spec: ModelSpec, setup: Setup, st: _Static, comps: dict, peak: int, 
 
 
 # ----------------------------------------------------------------------------------------- explanations
-def _weight_formula(comp: str, st: _Static, setup: Setup) -> str:
-    ps = [p for p in st.placements if any(c == comp for c, _ in p.parts)]
+def _weight_formula(comp: str, ps: list[Placement], setup: Setup) -> str:
     n = sum(p.numel for p in ps)
     dtypes = sorted({p.dtype for p in ps})
     if comp == "weights/quantized":

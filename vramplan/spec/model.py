@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 #: What a weight tensor does. Fused projections have their own role (``attn_qkv``, ``mlp_gate_up``).
@@ -141,6 +142,13 @@ class ModelSpec:
     # ---------------------------------------------------------------------------------------- modules
     def modules(self) -> Iterator[Module]:
         """Modules that own weights, in order, with Linear/Conv1D in/out features."""
+        return iter(self._modules)
+
+    @cached_property
+    def _modules(self) -> tuple[Module, ...]:
+        return tuple(self._build_modules())
+
+    def _build_modules(self) -> Iterator[Module]:
         groups: dict[str, list[Tensor]] = {}
         for t in self.tensors:
             groups.setdefault(t.module, []).append(t)
@@ -166,7 +174,7 @@ class ModelSpec:
     def layer_tensors(self, layer: int) -> tuple[Tensor, ...]:
         return tuple(t for t in self.tensors if t.layer == layer)
 
-    @property
+    @cached_property
     def output_head(self) -> str | None:
         """Name of the output-embedding module (``lm_head``), which PEFT's ``all-linear`` leaves out."""
         for t in reversed(self.tensors):
