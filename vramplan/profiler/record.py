@@ -1,0 +1,199 @@
+"""The run record (``vramplan.run/1``): one JSON file per run, and the summary of an ``--until-oom`` search.
+
+Field names are a contract with the HTML report; :func:`validate_record` checks one. Sizes are ``int`` bytes,
+times are seconds (``t_start``/``t_end`` and ``samples.t`` on one clock whose origin is the run's start),
+and an unavailable counter is ``null`` — never ``0`` or ``-1``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from ..io import atomic_write_text
+from .phases import PEAK_KEYS, PHASE_NAMES
+from .sampler import SAMPLE_COLUMNS
+
+SCHEMA = "vramplan.run/1"
+UNTIL_OOM_SCHEMA = "vramplan.until_oom/1"
+STATUSES = ("ok", "oom", "interrupted", "error")
+TOP_KEYS = ("schema", "status", "model", "setup", "environment", "phases", "samples", "measured", "estimate",
+            "error", "oom", "steps", "warmup", "wall_s")
+PHASE_KEYS = ("name", "step", "t_start", "t_end", "peak_allocated_bytes", "peak_reserved_bytes",
+              "peak_active_bytes", "device_used_bytes", "rss_bytes")
+MEASURED_KEYS = ("peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes", "cuda_context_bytes",
+                 "peak_rss_bytes", "per_phase")
+#: counters both a measurement and an ``Estimate`` carry, compared in ``error``
+COMPARED = ("peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes")
+
+
+class RecordError(ValueError):
+    """A record that does not follow the schema (a bug in the writer, or a foreign file)."""
+
+
+def new_record(model: str, setup: dict[str, Any], steps: int, warmup: int) -> dict[str, Any]:
+    """A record in its initial state: status ``error`` until the run says otherwise."""
+    return {"schema": SCHEMA, "status": "error", "model": model, "setup": setup, "environment": {},
+            "phases": [], "samples": {c: [] for c in SAMPLE_COLUMNS},
+            "measured": {k: None for k in MEASURED_KEYS[:-1]} | {"per_phase": {}},
+            "estimate": None, "error": {}, "oom": None, "steps": steps, "warmup": warmup, "wall_s": 0.0}
+
+
+def _max(values: Any) -> int | None:
+    vals = [v for v in values if v is not None]
+    return max(vals) if vals else None
+
+
+def summarize(phases: list[dict[str, Any]], samples: dict[str, list[Any]], *, warmup: int,
+              t_measure: float | None, window_peaks: dict[str, int | None], all_peaks: dict[str, int | None],
+              cuda_context_bytes: int | None) -> dict[str, Any]:
+    """``measured`` from the phases and samples.
+
+    The measurement window is the steps after warmup (from the first measured step's start). When the run
+    stopped before reaching it (an OOM in a warmup step, a failure while loading), the window is the whole
+    run and ``measured.window`` says ``"all"``. ``per_phase`` gives, per phase name, the largest peak of each
+    counter over its occurrences in the window, their count and mean duration; ``load`` is always included.
+    """
+    in_window = t_measure is not None
+    measured_phases = [p for p in phases if p["name"] == "load" or
+                       (in_window and p.get("step") is not None and p["step"] >= warmup)]
+    if not in_window:
+        measured_phases = list(phases)
+    t_from = t_measure if in_window else None
+
+    def sample_max(col: str) -> int | None:
+        return _max(v for t, v in zip(samples["t"], samples[col], strict=True) if t_from is None or t >= t_from)
+
+    train_phases = [p for p in measured_phases if p["name"] != "load"] or measured_phases
+    peaks = window_peaks if in_window else all_peaks
+    measured: dict[str, Any] = {
+        "peak_allocated_bytes": peaks.get("peak_allocated_bytes"),
+        "peak_reserved_bytes": peaks.get("peak_reserved_bytes"),
+        "device_used_bytes": _max([sample_max("device_used_bytes"),
+                                   *(p.get("device_used_bytes") for p in train_phases)]),
+        "cuda_context_bytes": cuda_context_bytes,
+        "peak_rss_bytes": _max([sample_max("rss_bytes"), *(p.get("rss_bytes") for p in train_phases)]),
+        "peak_active_bytes": peaks.get("peak_active_bytes"),
+        "window": "steps>=warmup" if in_window else "all",
+    }
+    per_phase: dict[str, dict[str, Any]] = {}
+    for name in PHASE_NAMES:
+        group = [p for p in measured_phases if p["name"] == name]
+        if not group:
+            continue
+        entry: dict[str, Any] = {k: _max(p.get(k) for p in group) for k in (*PEAK_KEYS, "device_used_bytes",
+                                                                             "rss_bytes")}
+        entry["count"] = len(group)
+        entry["mean_s"] = sum(p["t_end"] - p["t_start"] for p in group) / len(group)
+        per_phase[name] = entry
+    measured["per_phase"] = per_phase
+    key = "peak_allocated_bytes" if measured["peak_allocated_bytes"] is not None else "rss_bytes"
+    top = max(train_phases, key=lambda p: p.get(key) or -1, default=None)
+    measured["peak_phase"] = top["name"] if top is not None and top.get(key) is not None else None
+    measured["peak_step"] = top.get("step") if top is not None and top.get(key) is not None else None
+    return measured
+
+
+def compare(measured: dict[str, Any], estimate: dict[str, Any] | None) -> dict[str, Any]:
+    """``error``: for each counter both sides have, ``error_pct = 100 * (estimated - measured) / measured``.
+
+    Positive means the planner over-estimates (safe side), negative that it under-estimates.
+    """
+    if not estimate:
+        return {}
+    out: dict[str, Any] = {}
+    for k in COMPARED:
+        m, e = measured.get(k), estimate.get(k)
+        if isinstance(m, int) and isinstance(e, int) and m > 0:
+            out[k] = {"measured": m, "estimated": e, "error_pct": 100.0 * (e - m) / m}
+    return out
+
+
+def validate_record(rec: dict[str, Any]) -> None:
+    """Raise :class:`RecordError` naming the first field that breaks the ``vramplan.run/1`` schema."""
+    missing = [k for k in TOP_KEYS if k not in rec]
+    if missing:
+        raise RecordError(f"record lacks {', '.join(missing)}")
+    if rec["schema"] != SCHEMA:
+        raise RecordError(f"schema is {rec['schema']!r}, expected {SCHEMA!r}")
+    if rec["status"] not in STATUSES:
+        raise RecordError(f"status {rec['status']!r} is not one of {', '.join(STATUSES)}")
+    for i, p in enumerate(rec["phases"]):
+        lack = [k for k in PHASE_KEYS if k not in p]
+        if lack:
+            raise RecordError(f"phases[{i}] lacks {', '.join(lack)}")
+        if p["name"] not in PHASE_NAMES:
+            raise RecordError(f"phases[{i}].name {p['name']!r} is not one of {', '.join(PHASE_NAMES)}")
+        if p["t_end"] < p["t_start"]:
+            raise RecordError(f"phases[{i}] ends before it starts")
+        for k in PHASE_KEYS[4:]:
+            if p[k] is not None and not isinstance(p[k], int):
+                raise RecordError(f"phases[{i}].{k} must be int bytes or null, got {p[k]!r}")
+    cols = rec["samples"]
+    if set(cols) != set(SAMPLE_COLUMNS):
+        raise RecordError(f"samples columns are {sorted(cols)}, expected {sorted(SAMPLE_COLUMNS)}")
+    lengths = {len(v) for v in cols.values()}
+    if len(lengths) != 1:
+        raise RecordError(f"samples columns have different lengths: { {k: len(v) for k, v in cols.items()} }")
+    lack = [k for k in MEASURED_KEYS if k not in rec["measured"]]
+    if lack:
+        raise RecordError(f"measured lacks {', '.join(lack)}")
+    if rec["status"] == "oom":
+        oom = rec["oom"]
+        if not isinstance(oom, dict) or not {"phase", "step", "message", "requested_bytes"} <= set(oom):
+            raise RecordError("status oom needs oom = {phase, step, message, requested_bytes}")
+    elif rec["oom"] is not None:
+        raise RecordError(f"oom must be null when status is {rec['status']!r}")
+    for k, v in rec["error"].items():
+        if not {"measured", "estimated", "error_pct"} <= set(v):
+            raise RecordError(f"error.{k} needs measured, estimated, error_pct")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:80] or "model"
+
+
+def record_path(out: str | Path, model: str, setup: dict[str, Any], *, suffix: str = "") -> Path:
+    """``OUT/<model>-<method>[-<quant>]-b<batch>-s<seq>-<UTC time, ms>-<pid>.json``; ``OUT`` ending in ``.json``
+    is the file itself."""
+    import os
+
+    out = Path(out)
+    if out.suffix == ".json" and not suffix:
+        return out
+    if out.suffix == ".json":
+        out = out.parent
+    quant = f"-{setup['quant']}" if setup.get("quant") not in (None, "none") else ""
+    now = time.time()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}"
+    name = (f"{_slug(model)}-{setup['method']}"
+            f"{quant}-b{setup['batch']}-s{setup['seq']}{suffix}-{stamp}-{os.getpid()}.json")
+    return out / name
+
+
+def write_record(rec: dict[str, Any], path: str | Path) -> Path:
+    """Write ``rec`` atomically as JSON (a reader never sees half a record).
+
+    Indented for reading, except the sample columns, which are written one column per line.
+    """
+    marker = "\"__vramplan_samples__\""
+    body = dict(rec)
+    samples = body.get("samples")
+    if isinstance(samples, dict):
+        body["samples"] = "__vramplan_samples__"
+        inner = ",\n  ".join(f"{json.dumps(k)}: {json.dumps(v, separators=(',', ':'), allow_nan=False)}"
+                             for k, v in samples.items())
+        text = json.dumps(body, indent=1, allow_nan=False).replace(marker, "{\n  " + inner + "\n }", 1)
+    else:
+        text = json.dumps(body, indent=1, allow_nan=False)
+    return atomic_write_text(path, text + "\n")
+
+
+def load_record(path: str | Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as fh:
+        rec = json.load(fh)
+    validate_record(rec)
+    return rec
