@@ -2,7 +2,8 @@
 
     python reports/examples/make_examples.py            # from the repository root
 
-The records are made up (``tests/report/report_synthetic.py``) and every page says so in its title; replace
+The run records are made up (``tests/report/report_synthetic.py``: no GPU was available to measure) and the
+report page says so in its title; the plan and sweep pages are real estimates. Replace
 ``runs/*.json`` and ``plan.json`` with real ones (``vramplan profile --out``, ``vramplan plan --json --html``)
 and run ``vramplan report`` on them instead.
 """
@@ -18,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "report"))
 
-from report_synthetic import cpu_record, plan_json, run_record  # noqa: E402
+from report_synthetic import cpu_record, run_record  # noqa: E402
 
 from vramplan.io import atomic_write_bytes, atomic_write_text  # noqa: E402
 from vramplan.report import (  # noqa: E402
@@ -46,7 +47,17 @@ def main() -> None:
             "runs/smollm2-135m-lora-cpu.json": cpu_record()}
     for name, record in runs.items():
         dump(HERE / name, record)
-    plan = plan_json()
+    # the plan is real: the estimator's answer for Qwen3-14B QLoRA at 2k tokens on an RTX 4090
+    from vramplan.estimate import estimate
+    from vramplan.planner import plan_page_data
+    from vramplan.profiles import resolve_gpu, resolve_model
+    from vramplan.setup import Setup
+
+    resolved, gpu = resolve_model("Qwen/Qwen3-14B"), resolve_gpu("rtx-4090")
+    setup = Setup.create(method="qlora")
+    est = estimate(resolved.spec, setup, gpu).to_dict()
+    est["model"] = resolved.name
+    plan = plan_page_data(resolved.spec, setup, est, gpu)
     dump(HERE / "plan.json", plan)
 
     sources = collect(list(runs))
@@ -54,13 +65,13 @@ def main() -> None:
     atomic_write_text(HERE / "index.html", runs_page(sources, title=f"vramplan report: {LABEL}"))
     atomic_write_text(HERE / "benchmark.md", to_markdown(rows))
     atomic_write_text(HERE / "benchmark.csv", to_csv(rows))
-    atomic_write_text(HERE / "plan.html", plan_page(plan, title=f"plan: {plan['model']}: example (synthetic record)"))
+    atomic_write_text(HERE / "plan.html", plan_page(plan, title=f"plan: {plan['model']} (vramplan estimate)"))
     grid = plan["grid"]
     sweep = [{"batch": b, "seq": s, "device_used_bytes": grid["device_used_bytes"][i][j],
               "fits": grid["device_used_bytes"][i][j] <= plan["fits"]["capacity_bytes"]}
              for i, b in enumerate(grid["batch"]) for j, s in enumerate(grid["seq"])]
-    atomic_write_text(HERE / "sweep.html", table_page(sweep, f"sweep: {plan['model']} on {plan['fits']['gpu']}: "
-                                                             "example (synthetic record)"))
+    atomic_write_text(HERE / "sweep.html", table_page(sweep, f"sweep: {plan['model']} on {plan['fits']['gpu']} "
+                                                             "(vramplan estimate)"))
 
     from vramplan.report.browser import Browser
 
