@@ -353,7 +353,7 @@ class Program:
 
     def _attention(self, tr: Tracer, L: LayerInfo, h: Sym) -> Sym:
         s = self.spec
-        nh, kv, hd = s.num_heads, s.num_kv_heads, s.head_dim
+        nh, kv = s.num_heads, s.num_kv_heads
         rows = h.size.per_token // max(s.hidden_size, 1)
         qkv = L.lin.get("attn_qkv")
         if qkv is not None:

@@ -26,7 +26,7 @@ from ..setup import Setup
 from ..spec.model import ModelSpec
 from ..units import GiB, ceil_div
 from . import distributed, overhead
-from .graph import Size, Storage, Tracer, max_candidate, prune, saved_bytes, tok
+from .graph import Size, Storage, Tracer, max_candidate, prune, tok
 from .layers import LayerInfo, Program, build_layers
 from .result import Component, Estimate, Fit
 from .weights import Placement, TrainableTensor, adapter_tensors, place_weights, trainable_tensors
@@ -223,7 +223,10 @@ def optimizer_states(trainables: tuple[TrainableTensor, ...], setup: Setup) -> t
             else:
                 gpu += sum(alloc(b) for b in big)
             gpu += sum(alloc(b) for b in small)
-        gpu += 2 * alloc(256 * 4)   # the shared dynamic/udynamic quantization maps
+        # the shared dynamic/udynamic quantization maps, moved to the GPU with the first 8-bit state only
+        # (Optimizer2State.init_state: tensors below min_8bit_size never touch them)
+        if any("absmax1" in adam8bit_state_parts(t.numel) for t in trainables):
+            gpu += 2 * alloc(256 * 4)
         formula = ("bitsandbytes AdamW8bit: uint8 exp_avg/exp_avg_sq + fp32 absmax per 256 for tensors >= 4096 "
                    "elements, fp32 states below (bitsandbytes/optim/optimizer.py Optimizer2State.init_state)"
                    + ("; paged (cudaMallocManaged) for tensors >= 1e5 elements (get_state_buffer)"

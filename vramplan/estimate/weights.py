@@ -121,9 +121,16 @@ def adapter_tensors(plan: LoraPlan | None, placements: list[Placement], setup: S
     if plan is None:
         return []
     dtype = setup.trainable_dtype
+    placed = {p.tensor.name: p for p in placements}
     out: list[TrainableTensor] = []
     for a in plan.adapters:
         k = a.rank
+        dtype = setup.trainable_dtype
+        if a.parameter is not None and not setup.mixed:
+            # a ParamWrapper adapter takes the wrapped parameter's dtype (fp32 after kbit preparation)
+            wrapped = placed.get(f"{a.module}.{a.parameter}")
+            if wrapped is not None and wrapped.quant == "none":
+                dtype = wrapped.dtype
         a_name, b_name = ("lora_embedding_A", "lora_embedding_B") if a.module_type == "embedding" \
             else ("lora_A", "lora_B")
         out.append(TrainableTensor(f"{a.name}.{a_name}", k * a.in_features, dtype, "adapters/lora",
