@@ -85,6 +85,12 @@ def plan_text(d: dict, explain: bool = False) -> str:
     for key, label, what in COUNTERS:
         extra = f"   (phase: {d['peak_phase']})" if key == "peak_allocated_bytes" else ""
         lines.append(f"{label:15s} {gib(d[key]):>9s} GiB  ← {what}{extra}")
+    pr = d.get("per_rank")
+    if pr and pr.get("gpus", 1) > 1:
+        lines.append(f"per rank of {pr['gpus']} GPUs ({pr['strategy']}, offload {pr.get('offload', 'none')}); "
+                     f"model states on each GPU {gib(pr.get('model_states_bytes', 0))} GiB")
+    if d.get("cpu_bytes_per_node"):
+        lines.append(f"host (CPU) memory per node for offload: {gib(d['cpu_bytes_per_node'])} GiB")
     f = d.get("fits")
     if f:
         verdict = "FITS" if f["fits"] else "DOES NOT FIT"
