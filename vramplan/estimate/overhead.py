@@ -10,10 +10,16 @@ from __future__ import annotations
 from ..units import MiB
 
 #: CUDA context + loaded kernels of torch (CUDA_MODULE_LOADING=LAZY, default since torch 2.x / CUDA 11.7)
-#: as nvidia-smi shows it right after ``torch.cuda.init()``; per GPU architecture. *Uncalibrated*: typical
-#: readings reported for torch 2.x are 300–600 MiB; the profiler measures it (``measured.cuda_context_bytes``).
+#: as nvidia-smi shows it once a training step has run; per GPU architecture. Published readings:
+#: * "around 400MB if CUDA >= 11.7 is used and lazy module loading enabled" — PyTorch maintainer, pytorch/pytorch
+#:   issue 109888 (2023); "~300MB" on a smaller setup in issue 107667;
+#: * 426 MiB after ``torch.cuda.mem_get_info`` on an RTX 6000 Ada, torch 2.10 + CUDA 13.0 (unsloth-zoo PR 1053);
+#: * a bare context (no kernels used yet) of 256 MiB on an RTX 3090, torch 2.7.1 + CUDA 12.8 (InvokeAI issue 9413).
+#: Kernels loaded lazily during the step (cuBLAS, attention, bitsandbytes) add to the bare context, so the values
+#: below sit above it. *Uncalibrated* until measured by ``vramplan validate``: Hopper, Blackwell and CDNA3 are
+#: extrapolated; the profiler records the real value (``measured.cuda_context_bytes``).
 CUDA_CONTEXT_BYTES = {
-    "volta": 310 * MiB, "turing": 310 * MiB, "ampere": 420 * MiB, "ada": 420 * MiB,
+    "volta": 310 * MiB, "turing": 310 * MiB, "ampere": 420 * MiB, "ada": 430 * MiB,
     "hopper": 520 * MiB, "blackwell": 560 * MiB, "cdna3": 600 * MiB, "": 500 * MiB,
 }
 
