@@ -221,8 +221,8 @@ def readme(summary: dict[str, Any], matrix_path: str) -> str:
                          f"vs predicted {r['predicted_limit']} | | | | | | | | |")
             continue
 
-        def err(c: str) -> str:
-            v = r.get(f"error_pct_{c}")
+        def err(c: str, row: dict[str, Any] = r) -> str:
+            v = row.get(f"error_pct_{c}")
             return "—" if v is None else f"{v:+.1f} %"
 
         lines.append(
