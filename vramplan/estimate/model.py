@@ -271,7 +271,7 @@ def optimizer_step_transient(trainables: tuple[TrainableTensor, ...], setup: Set
 
 
 # -------------------------------------------------------------------------------------------- estimate
-def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0) -> Estimate:
+def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0, *, detail: bool = True) -> Estimate:
     """Estimate the memory of one step of ``setup`` on ``spec``; ``gpu`` (a :class:`vramplan.profiles.Gpu`)
     adds the fit verdict with ``margin`` (a fraction of capacity kept free)."""
     ss = _structural(setup)
@@ -318,8 +318,8 @@ def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0) -> Es
     else:
         layer_acts = sum(per_layer)
         act_cat = defaultdict(int)
-        counts: dict[int, int] = defaultdict(int)
-        for tr in sa.layer_traces:
+        counts: dict[int, int] = defaultdict(int) if detail else {}
+        for tr in (sa.layer_traces if detail else ()):
             counts[id(tr)] += 1
         for k_id, n in counts.items():
             for k, v in distinct[k_id].by_category(T, bss).items():
@@ -387,6 +387,9 @@ def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0) -> Es
     }
     phase = max(candidates, key=lambda k: candidates[k])
     peak = candidates[phase]
+
+    if not detail:   # sweeps: the counters and the phase only, same numbers as the detailed estimate
+        return _finish(spec, setup, st, {}, peak, phase, candidates, opt_paged, gpu, margin, rank, detail=False)
 
     # ---- components live at the peak
     add("optimizer/states", opt_gpu, opt_formula)
@@ -593,11 +596,24 @@ def _inference(spec: ModelSpec, setup: Setup, st: _Static, comps: dict, static_w
 
 
 def _finish(spec: ModelSpec, setup: Setup, st: _Static, comps: dict, peak: int, phase: str, phases: dict,
-            paged: int, gpu, margin: float, rank: distributed.RankStates | None = None) -> Estimate:
+            paged: int, gpu, margin: float, rank: distributed.RankStates | None = None,
+            detail: bool = True) -> Estimate:
     frag = overhead.allocator_overhead_bytes(peak)
     arch = getattr(gpu, "architecture", "") if gpu is not None else ""
     uses_bnb = setup.quantized or setup.optim in ("adamw-8bit", "paged-adamw", "paged-adamw-8bit", "lion")
     ctx = overhead.cuda_context_bytes(arch, uses_bnb)
+    if not detail:
+        outside_bytes = sum(c.bytes for c in rank.device) if rank is not None else 0
+        reserved = peak + frag
+        device = reserved + ctx + paged + outside_bytes
+        fit = None
+        if gpu is not None:
+            cap = int(gpu.memory_bytes * (1 - margin))
+            fit = Fit(gpu.name, gpu.memory_bytes, cap - device, device <= cap, margin)
+        return Estimate(model=spec.name, setup=setup, params_total=st.params_total,
+                        params_trainable=st.params_trainable, components=(), peak_phase=phase,
+                        peak_allocated_bytes=peak, peak_reserved_bytes=reserved, device_used_bytes=device,
+                        phases=phases, assumptions=(), fit=fit)
     components = [Component(k, v[0], v[1], v[2]) for k, v in comps.items()]
     components.append(Component("overhead/allocator", frag,
                                 f"reserved beyond allocated: max(64 MiB, {overhead.ALLOCATOR_FRAGMENTATION:.0%} of "
