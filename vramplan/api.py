@@ -91,7 +91,8 @@ def options_from_training_args(args: Any) -> dict[str, Any]:
 
 
 def plan(model: Any, *, lora: Any = None, quantization_config: Any = None, training_args: Any = None,
-         gpu: str | None = None, margin: float = 0.0, trust_remote_code: bool = False, **options: Any):
+         gpu: str | None = None, margin: float = 0.0, trust_remote_code: bool = False, mode: str = "analytic",
+         sim_layers: str | int = "auto", **options: Any):
     """Estimate the memory of a setup; returns a :class:`vramplan.estimate.Estimate`.
 
     Args:
@@ -101,8 +102,16 @@ def plan(model: Any, *, lora: Any = None, quantization_config: Any = None, train
         quantization_config: a transformers ``BitsAndBytesConfig`` (sets qlora / quant / double quant).
         training_args: transformers ``TrainingArguments`` (batch, precision, checkpointing, optimizer).
         gpu: a catalogue name or a size for the fit verdict; ``margin`` keeps that fraction free.
+        mode: ``"analytic"`` (the formulas), ``"simulate"`` (run the step on meta tensors and track every
+            allocation: :func:`vramplan.simulate.simulate`, same component names where they correspond) or
+            ``"both"`` (the simulated Estimate, with ``extra["analytic"]`` and ``extra["comparison"]``; when
+            the model cannot be simulated, the analytic Estimate with a warning).
+        sim_layers: ``"auto"`` (two depths, extrapolated), ``"all"`` or a layer count (simulate modes).
         **options: the plan options by their Python names (method, quant, precision, batch, seq, grad_ckpt,
             attn, optim, loss, ...).
+
+    Raises:
+        SimulationError: ``mode="simulate"`` on a model that cannot run on meta tensors (names the op).
     """
     from .estimate import estimate
     from .profiles import resolve_gpu, resolve_model
@@ -128,4 +137,28 @@ def plan(model: Any, *, lora: Any = None, quantization_config: Any = None, train
         opts.setdefault("method", "lora")
     setup = Setup.create(lora=lora, **opts)
     g = resolve_gpu(gpu) if gpu is not None else None
+    if mode != "analytic":             # issue 4: simulated step
+        return _simulated(mode, spec, setup, g, margin, sim_layers)
     return estimate(spec, setup, g, margin)
+
+
+def _simulated(mode: str, spec: Any, setup: Any, gpu: Any, margin: float, sim_layers: str | int):
+    from dataclasses import replace
+
+    from .errors import SimulationError
+    from .estimate import estimate
+    from .simulate import simulate
+
+    if mode not in ("simulate", "both"):
+        raise SetupError(f"mode {mode!r} is not one of: analytic, simulate, both")
+    if mode == "simulate":
+        return simulate(spec, setup, gpu, margin, sim_layers=sim_layers)
+    analytic = estimate(spec, setup, gpu, margin)
+    try:
+        sim = simulate(spec, setup, gpu, margin, sim_layers=sim_layers)
+    except SimulationError as exc:
+        return replace(analytic, warnings=(*analytic.warnings, f"{exc} — analytic estimate only"))
+    from .simulate.cli import compare_components
+
+    return replace(sim, extra={**sim.extra, "analytic": analytic.to_dict(),
+                               "comparison": compare_components(analytic, sim)})

@@ -18,8 +18,16 @@ from .render import echo_json, plan_text, warn
 @click.option("--explain", is_flag=True, help="Print every formula with its numbers and source.")
 @click.option("--html", "html_path", default=None, type=click.Path(dir_okay=False),
               help="Also write the plan as a self-contained HTML page.")
+@click.option("--mode", type=click.Choice(["analytic", "simulate", "both"], case_sensitive=False),
+              default="analytic", show_default=True,
+              help="analytic: the formulas; simulate: run the step on meta tensors with the installed "
+                   "transformers/peft/bitsandbytes and track every allocation (needs torch); both: side by "
+                   "side with the difference per component (falls back to analytic with a warning).")
+@click.option("--sim-layers", default="auto", show_default=True,
+              help="Layers the simulation runs: auto (two depths, extrapolated per layer), all, or N "
+                   "(N and N + the layer period).")
 def plan(model: str, *, as_json: bool, explain: bool, html_path: str | None, gpu: str | None, margin: str,
-         trust_remote_code: bool, **opts) -> None:
+         trust_remote_code: bool, mode: str = "analytic", sim_layers: str = "auto", **opts) -> None:
     """Estimate peak GPU memory for MODEL and say whether it fits on --gpu.
 
     MODEL is a bundled name (vramplan models), a Hugging Face id, or a path to a config.json or model
@@ -32,6 +40,14 @@ def plan(model: str, *, as_json: bool, explain: bool, html_path: str | None, gpu
     g = resolve_gpu(gpu) if gpu is not None else None
     m = parse_margin(margin)
     resolved = resolve_model(model, trust_remote_code=trust_remote_code)
+    if mode.lower() != "analytic":     # issue 4: simulated step (vramplan/simulate/cli.py)
+        from ..simulate.cli import plan_mode
+
+        code = plan_mode(mode.lower(), resolved, setup, g, m, sim_layers=sim_layers, as_json=as_json,
+                         explain=explain, html_path=html_path)
+        if code:
+            sys.exit(code)
+        return
     est = estimate(resolved.spec, setup, g, m)
     data = est.to_dict()
     data["model"] = resolved.name

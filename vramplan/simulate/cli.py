@@ -1,0 +1,132 @@
+"""``vramplan plan --mode simulate|both``: the simulated estimate, or both side by side.
+
+Numbers come from :func:`vramplan.simulate.simulate` and :func:`compare_components`; the functions here only
+shape them for printing (the CLI's own ``render`` helpers do the output).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import SimulationError
+from ..estimate.result import Estimate
+from ..setup import Setup
+from ..units import GiB
+
+
+def compare_components(analytic: Estimate, simulated: Estimate) -> list[dict[str, Any]]:
+    """Per component: analytic bytes, simulated bytes, difference (simulated - analytic), then the counters.
+
+    A component only one side reports has 0 on the other (e.g. ``activations/recomputed_layer`` vs the
+    analytic ``backward (layers)`` split); group subtotals follow the components.
+    """
+    a, s = analytic.breakdown_bytes, simulated.breakdown_bytes
+    rows: list[dict[str, Any]] = []
+    for name in sorted(dict.fromkeys([*a, *s]), key=lambda n: (n.split("/", 1)[0], n)):
+        rows.append({"component": name, "analytic_bytes": a.get(name, 0), "simulated_bytes": s.get(name, 0),
+                     "diff_bytes": s.get(name, 0) - a.get(name, 0)})
+    groups: dict[str, list[int]] = {}
+    for r in rows:
+        g = groups.setdefault(r["component"].split("/", 1)[0] + "/*", [0, 0])
+        g[0] += r["analytic_bytes"]
+        g[1] += r["simulated_bytes"]
+    for g, (x, y) in groups.items():
+        rows.append({"component": g, "analytic_bytes": x, "simulated_bytes": y, "diff_bytes": y - x})
+    for key, label in (("peak_allocated_bytes", "peak allocated"), ("peak_reserved_bytes", "peak reserved"),
+                       ("device_used_bytes", "device used")):
+        x, y = getattr(analytic, key), getattr(simulated, key)
+        rows.append({"component": label, "analytic_bytes": x, "simulated_bytes": y, "diff_bytes": y - x})
+    return rows
+
+
+def both_text(analytic: dict, simulated: dict, rows: list[dict[str, Any]]) -> str:
+    """The side-by-side view of ``--mode both`` (GiB, difference in GiB and % of the analytic value)."""
+    from ..cli.render import setup_line, table
+
+    def g(n: int) -> str:
+        return f"{n / GiB:,.3f}"
+
+    body = []
+    for r in rows:
+        a, s, d = r["analytic_bytes"], r["simulated_bytes"], r["diff_bytes"]
+        pct = f"{100 * d / a:+.1f}" if a else ("" if not s else "new")
+        body.append([r["component"], g(a), g(s), f"{d / GiB:+,.3f}", pct])
+    sim = simulated.get("simulation", {})
+    lines = [setup_line(simulated), "",
+             table(["component", "analytic GiB", "simulated GiB", "diff GiB", "diff %"], body, "lrrrr"), "",
+             f"peak phase: analytic {analytic['peak_phase']}, simulated {simulated['peak_phase']}",
+             f"simulation: {sim.get('how', '')} in {sim.get('seconds', 0):.1f} s "
+             f"({sim.get('ops', 0):,} ops); attention kernels {sim.get('attention_kernels', {})}"]
+    f = simulated.get("fits")
+    if f:
+        verdict = "FITS" if f["fits"] else "DOES NOT FIT"
+        lines.append(f"{f['gpu']} ({f['capacity_bytes'] / GiB:,.2f} GiB): {verdict} (simulated), headroom "
+                     f"{f['headroom_bytes'] / GiB:,.2f} GiB")
+    lines += ["", "GiB = 2**30 bytes"]
+    return "\n".join(lines)
+
+
+def plan_mode(mode: str, resolved: Any, setup: Setup, gpu: Any, margin: float, *, sim_layers: str,
+              as_json: bool, explain: bool, html_path: str | None) -> int:
+    """Run ``vramplan plan`` in ``simulate`` or ``both`` mode; return the exit code (1: does not fit).
+
+    ``simulate`` raises :class:`SimulationError` (exit 2) when the model cannot run on meta tensors;
+    ``both`` then falls back to the analytic estimate with a warning.
+    """
+    import click
+
+    from ..cli.render import echo_json, plan_text, warn
+    from ..estimate import estimate
+    from . import simulate
+
+    spec = resolved.spec
+    if mode == "simulate":
+        est = simulate(spec, setup, gpu, margin, sim_layers=sim_layers)
+        data = est.to_dict()
+        data["model"] = resolved.name
+        for w in est.warnings:
+            warn(w)
+        _html(html_path, spec, setup, data, gpu)
+        if as_json:
+            echo_json(data)
+        else:
+            click.echo(plan_text(data, explain=explain))
+        return 1 if est.fit is not None and not est.fit.fits else 0
+
+    analytic = estimate(spec, setup, gpu, margin)
+    a = analytic.to_dict()
+    a["model"] = resolved.name
+    try:
+        sim = simulate(spec, setup, gpu, margin, sim_layers=sim_layers)
+    except SimulationError as exc:
+        warn(f"{exc} — showing the analytic estimate only")
+        _html(html_path, spec, setup, a, gpu)
+        if as_json:
+            echo_json({"model": resolved.name, "analytic": a, "simulated": None, "simulation_error": str(exc)})
+        else:
+            click.echo(plan_text(a, explain=explain))
+        return 1 if analytic.fit is not None and not analytic.fit.fits else 0
+    s = sim.to_dict()
+    s["model"] = resolved.name
+    rows = compare_components(analytic, sim)
+    for w in dict.fromkeys([*analytic.warnings, *sim.warnings]):
+        warn(w)
+    _html(html_path, spec, setup, s, gpu)
+    if as_json:
+        echo_json({"model": resolved.name, "analytic": a, "simulated": s, "comparison": rows})
+    else:
+        click.echo(both_text(a, s, rows))
+        if explain:
+            click.echo("")
+            click.echo(plan_text(s, explain=True))
+    return 1 if sim.fit is not None and not sim.fit.fits else 0
+
+
+def _html(path: str | None, spec: Any, setup: Setup, data: dict, gpu: Any) -> None:
+    if not path:
+        return
+    from ..io import atomic_write_text
+    from ..planner import plan_page_data
+    from ..report import plan_page
+
+    atomic_write_text(path, plan_page(plan_page_data(spec, setup, data, gpu)))
