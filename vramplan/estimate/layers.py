@@ -215,18 +215,20 @@ class Program:
             if tr.autocast and n.wdtype != "fp32":
                 wc = tr.new(f"{name} weight+bias (fp32 autocast copies)", Size(2 * n.dim), "fp32", False)
                 tr.save("layer_norm", wc)
-            out = tr.new(f"{name} output", x.size, x_in.dtype, True)
+            out = tr.new(f"{name} output", x.size, x_in.dtype, x.rg or n.trainable)
             mean = tr.new(f"{name} mean (fp32)", tok(rows), "fp32", False)
             rstd = tr.new(f"{name} rstd (fp32)", tok(rows), "fp32", False)
             tr.op("layer_norm", (x_in,), (out, mean, rstd))
-            tr.save("layer_norm", x_in, mean, rstd)
+            if x.rg or n.trainable:      # nothing to differentiate: autograd records no node
+                tr.save("layer_norm", x_in, mean, rstd)
             return out
         x32 = tr.cast(x, "fp32", f"{name} input.to(fp32)")
-        rs = tr.new(f"{name} rsqrt", tok(rows), "fp32", True)
+        rs = tr.new(f"{name} rsqrt", tok(rows), "fp32", x.rg)
         tr.op("pow/mean/rsqrt", (x32,), (rs,))
-        tr.save("pow", x32)
-        tr.save("rsqrt", rs)
-        h = tr.new(f"{name} normalized (fp32)", x.size, "fp32", True)
+        if x.rg:    # pow/rsqrt/mul save for the input's gradient only (the first layer's input may need none)
+            tr.save("pow", x32)
+            tr.save("rsqrt", rs)
+        h = tr.new(f"{name} normalized (fp32)", x.size, "fp32", x.rg)
         tr.op("mul", (x32, rs), (h,))
         if self.gemma_norm:
             # output * (1.0 + self.weight.float()): a new fp32 vector, saved for the input's gradient
@@ -310,6 +312,11 @@ class Program:
             # DoRA (peft/tuners/lora/dora.py): (mag/norm - 1) * base_result + mag/norm * lora_result * scaling
             tr.save("dora", result, scaled)
             tr.constants.append((f"{name} DoRA weight norm (fp32 W + BA)", lin.in_f * lin.out_f * 4 * 2))
+            if lin.dropout > 0:
+                # with dropout, DoraLinearLayer.forward recomputes the base result as F.linear(x, weight.to(x.dtype)):
+                # the 16-bit copy of the whole base weight is saved for the input's gradient
+                wc = tr.new(f"{name} base weight copy (DoRA + dropout)", Size(lin.in_f * lin.out_f), self.c, False)
+                tr.save("dora", wc)
         if four_bit:
             if convert:
                 scaled = tr.cast(scaled, result.dtype, f"{name} lora output.to({result.dtype})")

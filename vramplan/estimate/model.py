@@ -86,9 +86,11 @@ def _layer_key(L: LayerInfo) -> tuple:
     return L.key()
 
 
-def trace_layer(program: Program, L: LayerInfo, resid_dtype: str) -> LayerTrace:
+def trace_layer(program: Program, L: LayerInfo, resid_dtype: str, input_rg: bool = True) -> LayerTrace:
+    """Trace one layer. ``input_rg=False`` for the first layer when the embedding output needs no gradient
+    (frozen embeddings without adapters): its first norm then saves nothing."""
     tr = Tracer(program.setup.compute_dtype if program.setup.autocast else None)
-    x = tr.external("layer input (residual stream)", tok(program.spec.hidden_size), resid_dtype, True)
+    x = tr.external("layer input (residual stream)", tok(program.spec.hidden_size), resid_dtype, input_rg)
     out = program.layer(tr, x, L)
     saved = tuple(tr.saved_storages())
     return LayerTrace(
@@ -152,10 +154,12 @@ def _build_static(spec: ModelSpec, setup: Setup) -> _Static:
     layers = build_layers(spec, placements, plan, setup)
     cache: dict[tuple, LayerTrace] = {}
     traces = []
+    embed_rg = _embedding_output_requires_grad(spec, setup, plan, placements)
     for L in layers:
-        key = _layer_key(L)
+        input_rg = embed_rg or L.index > 0
+        key = (_layer_key(L), input_rg)
         if key not in cache:
-            cache[key] = trace_layer(program, L, resid)
+            cache[key] = trace_layer(program, L, resid, input_rg)
         traces.append(cache[key])
     head = _trace_head(spec, setup, placements, program, resid)
     logits_dtype = setup.compute_dtype if setup.autocast else _head_dtype(spec, placements, resid)
@@ -163,6 +167,22 @@ def _build_static(spec: ModelSpec, setup: Setup) -> _Static:
     total = plan.total if plan is not None else spec.params_total
     return _Static(plan, tuple(placements), tuple(adapters), tuple(trainables), tuple(traces), resid, head,
                    logits_dtype, trainable, total)
+
+
+def _embedding_output_requires_grad(spec: ModelSpec, setup: Setup, plan: LoraPlan | None,
+                                    placements: list[Placement]) -> bool:
+    """Whether the residual stream entering layer 0 requires grad: a trainable (full) or adapted embedding,
+    or one in modules_to_save. Learned position embeddings count too."""
+    if setup.method == "full":
+        return True
+    if setup.quantized and setup.kbit_prep and setup.grad_ckpt:
+        # prepare_model_for_kbit_training(use_gradient_checkpointing=True) calls enable_input_require_grads()
+        # (peft/utils/other.py, for reentrant checkpointing)
+        return True
+    if plan is None:
+        return False
+    emb = {p.tensor.module for p in placements if p.tensor.role in ("embedding", "position_embedding")}
+    return any(a.module in emb for a in plan.adapters) or any(sv.module in emb for sv in plan.saved)
 
 
 def _head_dtype(spec: ModelSpec, placements: list[Placement], resid: str) -> str:
@@ -254,8 +274,10 @@ def optimizer_states(trainables: tuple[TrainableTensor, ...], setup: Setup) -> t
                 gpu += alloc(rows * BYTES[t.dtype]) + alloc(cols * BYTES[t.dtype] * (rows // max(t.shape[-2], 1)))
             else:
                 gpu += alloc(t.numel * BYTES[t.dtype])
+            gpu += alloc(4)      # state["RMS"]: a 0-dim tensor on the device per parameter
         formula = ("transformers Adafactor (beta1=None): factored row/column second moments for matrices, a "
-                   "full one for vectors (transformers/optimization.py Adafactor.step)")
+                   "full one for vectors, and a 0-dim RMS tensor per parameter (transformers/optimization.py "
+                   "Adafactor.step)")
     else:  # sgd
         formula = "SGD without momentum (HF Trainer 'sgd'): no state"
     return gpu, paged, formula
@@ -298,6 +320,13 @@ def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0, *, de
     grads, grad_head = d.grads, d.grad_head
     opt_gpu, opt_paged, opt_formula, opt_tmp = d.opt_gpu, d.opt_paged, d.opt_formula, d.opt_tmp
     trainable_numel, casts, rank, sa = d.trainable_numel, d.casts, d.rank, d.sa
+    # autocast's cast cache is cleared when the forward (under autocast) ends; checkpointed layers saved no copy,
+    # so in backward only the head's copy lives on, plus the copies a recomputed layer makes
+    if setup.grad_ckpt and casts:
+        casts_bwd = d.casts_head
+        casts_layer = (casts - d.casts_head) // max(spec.num_layers, 1)
+    else:
+        casts_bwd, casts_layer = casts, casts // max(spec.num_layers, 1)
 
     def buf(phase: str) -> int:
         return rank.buffer_bytes(phase) if rank is not None else 0
@@ -373,15 +402,15 @@ def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0, *, de
         # end of forward, while the loss is computed: all activations plus the loss temporaries
         "forward": base + casts + acts_total + max(loss_fwd_tmp, fwd_tmp + dequant) + buf("forward"),
         # first backward node (log_softmax): activations + two fp32 logits gradients
-        "backward": base + casts + acts_total + loss_bwd_tmp + (grad_head if setup.method == "full" else 0)
-        + buf("backward"),
+        # (the head's gradient comes after these are freed, in lm_head's backward: see "backward (layers)")
+        "backward": base + casts_bwd + acts_total + loss_bwd_tmp + buf("backward"),
         # through the layers: remaining activations + gradients so far + one layer's working set
         "backward (layers)": base + max(
-            casts + acts_total - logits_saved + grad_head + (recompute + fwd_tmp if setup.grad_ckpt else 0)
-            + bwd_ws + (grad_layers // max(L, 1)),
+            casts_bwd + (casts_layer if setup.grad_ckpt else 0) + acts_total - logits_saved + grad_head
+            + (recompute + fwd_tmp if setup.grad_ckpt else 0) + bwd_ws + (grad_layers // max(L, 1)),
             # the autocast weight copies are freed layer by layer with the activations that saved them
             (resid_bytes if setup.grad_ckpt else first_layer_acts) + recompute + grad_head + grad_layers + bwd_ws
-            + casts // max(L, 1)) + buf("backward (layers)"),
+            + casts_layer) + buf("backward (layers)"),
         # optimizer.step(): gradients + states + temporaries (activations are gone)
         "optimizer": base + (rank.grads_step if rank is not None else grads) + opt_tmp + buf("optimizer"),
     }
@@ -400,12 +429,14 @@ def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0, *, de
         "1 MiB cuBLASLt (aten/src/ATen/cuda/CublasHandlePool.cpp)")
     start_side = True
     if phase == "backward (layers)":
-        a1 = casts + acts_total - logits_saved + grad_head + (recompute + fwd_tmp if setup.grad_ckpt else 0) \
-            + bwd_ws + grad_layers // max(L, 1)
+        a1 = casts_bwd + (casts_layer if setup.grad_ckpt else 0) + acts_total - logits_saved + grad_head \
+            + (recompute + fwd_tmp if setup.grad_ckpt else 0) + bwd_ws + grad_layers // max(L, 1)
         start_side = a1 >= candidates[phase] - base - buf(phase)
+    casts_live = {"forward": casts, "backward": casts_bwd}.get(
+        phase, casts_bwd + (casts_layer if setup.grad_ckpt else 0))
     if phase in ("forward", "backward") or (phase == "backward (layers)" and start_side):
-        if casts:
-            add("buffers/autocast_weight_casts", casts,
+        if casts_live:
+            add("buffers/autocast_weight_casts", casts_live,
                 f"autocast caches a {setup.compute_dtype} copy of each fp32 trainable matmul weight for the whole "
                 "forward and autograd saves it for backward (aten/src/ATen/autocast_mode.cpp cached_cast): "
                 f"2 B × {sum(p.numel for p in st.placements if p.trainable):,} params")
@@ -423,8 +454,6 @@ def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0, *, de
                 logits_formula if tmp == loss_fwd_tmp else "largest set of a layer's short-lived tensors in forward")
         else:
             add("logits/loss_gradients", loss_bwd_tmp, logits_formula)
-            if setup.method == "full":
-                add("gradients/head", grad_head, "gradient of the output head, first in backward")
     elif phase == "backward (layers)":
         if start_side:
             if setup.grad_ckpt:
@@ -439,7 +468,7 @@ def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0, *, de
         else:
             add("activations/remaining", (resid_bytes if setup.grad_ckpt else first_layer_acts) + recompute,
                 "activations of the first layer, last to be freed")
-            add("buffers/autocast_weight_casts", casts // max(L, 1), "autocast copies of one layer's weights")
+            add("buffers/autocast_weight_casts", casts_layer, "autocast copies of one layer's weights")
             add("gradients/trainable", grad_head + grad_layers,
                 rank.grad_formula if rank is not None else _grad_formula(st, trainable_numel))
         add("buffers/backward_working_set", bwd_ws,
@@ -471,6 +500,7 @@ class _Derived:
     opt_tmp: int
     trainable_numel: int
     casts: int
+    casts_head: int                   # the part of ``casts`` that is the output head's copy
     rank: object
     sa: _Static
 
@@ -528,6 +558,10 @@ def _build_derived(spec: ModelSpec, st: _Static, setup: Setup) -> _Derived:
         for t in spec.tensors:   # a tied head is cast as the head weight
             if t.tied_to is not None and t.role == "lm_head":
                 casts += alloc(t.numel * 2)
+    casts_head = 0
+    if casts:
+        head = [t for t in spec.tensors if t.role == "lm_head" and t.param_name == "weight"]
+        casts_head = sum(alloc(t.numel * 2) for t in head)
 
     # ---- multi-GPU: one rank's weights, gradients, optimizer states and buffers (distributed.py)
     rank = distributed.rank_states(spec, setup, st) if (setup.training and distributed.applies(setup)) else None
@@ -545,10 +579,11 @@ def _build_derived(spec: ModelSpec, st: _Static, setup: Setup) -> _Derived:
         grads, grad_head = rank.grads, rank.grad_head
         opt_gpu, opt_paged, opt_formula, opt_tmp = rank.opt_gpu, rank.opt_paged, rank.opt_formula, rank.opt_tmp
         casts = 0 if setup.strategy != "ddp" else casts   # FSDP gathers / DeepSpeed casts to 16-bit: no copies
+        casts_head = casts_head if casts else 0
         sa = rank.compute
     static_weights = sum(c[1] for c in comps)
     return _Derived(tuple(comps), static_weights, grads, grad_head, opt_gpu, opt_paged, opt_formula, opt_tmp,
-                    trainable_numel, casts, rank, sa)
+                    trainable_numel, casts, casts_head, rank, sa)
 
 
 def _layout_key(setup: Setup) -> Setup:
@@ -576,7 +611,7 @@ def _inference(spec: ModelSpec, setup: Setup, st: _Static, comps: dict, static_w
     prompt = s - setup.new_tokens
     T = b * prompt
     # no_grad: the largest layer transient (all of a layer's tensors alive at once, none saved)
-    tr = st.layer_traces[0] if st.layer_traces else None
+    tr = st.layer_traces[-1] if st.layer_traces else None      # layer 0 may save less (frozen embeddings)
     work = 0
     if tr is not None:
         work = sum(alloc(x.nbytes(T, b * prompt * prompt)) for x in tr.saved)
@@ -684,11 +719,11 @@ def _grad_formula(st: _Static, numel: int) -> str:
 
 def _act_formula(comp: str, st: _Static, T: int, bss: int, L: int) -> str:
     cat = {v: k for k, v in CATEGORY.items()}.get(comp, "other")
-    tr = st.layer_traces[0] if st.layer_traces else None
+    tr = st.layer_traces[-1] if st.layer_traces else None
     if tr is None:
         return ""
     items = [f"{s.saved_by[0]} [{s.dtype}, {alloc(s.nbytes(T, bss)):,} B]" for s in tr.saved if s.category == cat]
-    return (f"Σ over {L} layers of tensors autograd saves in the {cat} part of a layer (tokens {T:,}); layer 0: "
+    return (f"Σ over {L} layers of tensors autograd saves in the {cat} part of a layer (tokens {T:,}); last layer: "
             + "; ".join(items))
 
 
