@@ -25,6 +25,7 @@ from typing import Any
 
 from .errors import PlanFileError, SetupError, VramplanError, close_matches
 from .estimate import Estimate, Fit, estimate, overhead
+from .estimate.distributed import smallest_gpus
 from .lora import DEFAULT_TARGETS, LoraConfig
 from .setup import Setup
 from .spec.model import ModelSpec
@@ -37,6 +38,8 @@ SEQ_STEP = 128
 BATCH_LIMIT = 1 << 16
 SEQ_LIMIT = 1 << 22
 RANK_LIMIT = 1 << 14
+#: ``fit`` looks for the fewest GPUs up to this many (``min_gpus`` is ``null`` when even this many do not fit)
+MIN_GPUS_LIMIT = 64
 
 
 # ---------------------------------------------------------------------------------------------- search
@@ -264,6 +267,9 @@ class FitReport:
     max_rank: int | None            # LoRA/QLoRA only, at the setup's batch and seq
     suggestions: tuple[Suggestion, ...] = ()
     at_limit: tuple[str, ...] = ()  # searched values that reached their search limit ("at least")
+    #: the fewest GPUs of this card on which the setup fits per rank, and the strategy
+    #: (:func:`vramplan.estimate.distributed.smallest_gpus`); ``None``: not even :data:`MIN_GPUS_LIMIT`
+    min_gpus: tuple[int, str] | None = None
 
     @property
     def fit(self) -> Fit:
@@ -274,6 +280,8 @@ class FitReport:
         return {"fits": self.fit.fits, "headroom_bytes": self.fit.headroom_bytes, "max_batch": self.max_batch,
                 "max_seq": self.max_seq, "seq_step": SEQ_STEP, "max_rank": self.max_rank,
                 "at_limit": list(self.at_limit), "suggestions": [s.to_dict() for s in self.suggestions],
+                "min_gpus": (None if self.min_gpus is None
+                             else {"gpus": self.min_gpus[0], "strategy": self.min_gpus[1]}),
                 "plan": plan_json if plan_json is not None else self.estimate.to_dict()}
 
 
@@ -307,8 +315,12 @@ def max_rank(spec: ModelSpec, setup: Setup, gpu: Any, margin: float = 0.0) -> in
 
 
 def fit_report(spec: ModelSpec, setup: Setup, gpu: Any, margin: float = 0.0) -> FitReport:
-    """Verdict, largest batch / seq / rank, and when the setup does not fit the changes that would help,
-    most memory saved first."""
+    """Verdict, largest batch / seq / rank, the fewest GPUs of this card (and the strategy) on which the setup
+    fits per rank, and when the setup does not fit the changes that would help, most memory saved first.
+
+    The GPU count comes from the estimator's per-rank model (``estimate/distributed.py``, ``docs/multi-gpu.md``):
+    ``--batch`` stays per GPU, the setup's ``--gpus``/``--strategy`` are replaced, its ``--offload`` is kept.
+    """
     if gpu is None:
         raise SetupError("fit needs a card: pass --gpu (a name from `vramplan gpus` or a size such as 24GB)")
     est = estimate(spec, setup, gpu, margin)
@@ -320,7 +332,8 @@ def fit_report(spec: ModelSpec, setup: Setup, gpu: Any, margin: float = 0.0) -> 
     suggestions: tuple[Suggestion, ...] = ()
     if not est.fit.fits:
         suggestions = tuple(suggest(spec, setup, gpu, margin, est, mb, ms))
-    return FitReport(est, mb, ms, mr, suggestions, tuple(limits))
+    fewest = smallest_gpus(spec, setup, gpu, margin, max_gpus=MIN_GPUS_LIMIT)
+    return FitReport(est, mb, ms, mr, suggestions, tuple(limits), fewest)
 
 
 def _candidates(spec: ModelSpec, s: Setup, mb: int | None, ms: int | None) -> Iterator[tuple[str, str, Any]]:
@@ -393,8 +406,8 @@ def suggest(spec: ModelSpec, setup: Setup, gpu: Any, margin: float, est: Estimat
 
     More GPUs: the setup sharded with FSDP (or more ranks of the sharding strategy it already uses), on the
     smallest of 2, 4, 8 ... times the GPUs that fits (the largest tried when none does); the per-GPU batch is
-    kept. It is only listed when the estimator's per-rank model says it saves memory (``estimate/distributed.py``);
-    an estimator that ignored ``--gpus`` would give zero savings and drop it.
+    kept. Savings come from the estimator's per-rank model (``estimate/distributed.py``): sharded weights,
+    gradients and optimizer states against the engine's buffers; a change that saves nothing is dropped.
     """
     est = est or estimate(spec, setup, gpu, margin)
     out = []

@@ -11,7 +11,7 @@ from .plan import parse_margin
 from .render import echo_json, gib, setup_line, table, warn
 
 
-@click.command(short_help="Does a setup fit a GPU? Largest batch/seq/rank, and changes that make it fit.")
+@click.command(short_help="Does a setup fit a GPU? Largest batch/seq/rank, fewest GPUs, changes that make it fit.")
 @click.argument("model")
 @plan_options
 @click.option("--margin", default="0%", show_default=True, help="Headroom kept free on --gpu, e.g. 10%.")
@@ -20,15 +20,16 @@ def fit(model: str, *, as_json: bool, gpu: str | None, margin: str, trust_remote
     """Say whether MODEL with the plan options fits on --gpu, and with how much headroom.
 
     Also reports the largest batch that fits at --seq, the largest sequence length that fits at --batch (a
-    multiple of 128), and for lora/qlora the largest --rank. When the setup does not fit, lists single
-    changes (checkpointing, qlora, 8-bit or paged optimizer, chunked loss, shorter sequences, a smaller batch
-    with gradient accumulation, fewer targets, sharding over more GPUs) with the memory each saves, most
-    first.
+    multiple of 128), for lora/qlora the largest --rank, and the fewest cards of --gpu on which the setup fits
+    and with which --strategy (per-rank estimate, --batch per GPU, --offload kept; up to 64 GPUs; JSON key
+    min_gpus). When the setup does not fit, lists single changes (checkpointing, qlora, 8-bit or paged
+    optimizer, chunked loss, shorter sequences, a smaller batch with gradient accumulation, fewer targets,
+    sharding over more GPUs) with the memory each saves, most first.
 
     Exit code 0 when it fits, 1 when it does not, 2 on bad input.
     """
     from ..errors import SetupError
-    from ..planner import SEQ_STEP, fit_report
+    from ..planner import MIN_GPUS_LIMIT, SEQ_STEP, fit_report
     from ..profiles import resolve_gpu, resolve_model
 
     if gpu is None:
@@ -46,12 +47,26 @@ def fit(model: str, *, as_json: bool, gpu: str | None, margin: str, trust_remote
     if as_json:
         echo_json(data)
     else:
-        click.echo(fit_text(data, SEQ_STEP, resolved.spec.max_position_embeddings))
+        click.echo(fit_text(data, SEQ_STEP, resolved.spec.max_position_embeddings, MIN_GPUS_LIMIT))
     if not report.fit.fits:
         sys.exit(1)
 
 
-def fit_text(d: dict, seq_step: int, max_positions: int | None) -> str:
+def fewest_gpus_line(mg: dict | None, gpu: str, s: dict, max_gpus: int) -> str:
+    """``fit``'s answer to "on how many of these cards does it fit?" (``min_gpus`` in the JSON)."""
+    if mg is None:
+        return f"fewest {gpu} that fit: none up to {max_gpus} GPUs"
+    n, strategy = mg["gpus"], mg["strategy"]
+    if s["method"] == "inference":
+        return f"fewest {gpu} that fit: {n} (one replica per GPU)"
+    if n == 1 and strategy == "ddp":
+        return f"fewest {gpu} that fit: 1 (a single GPU)"
+    offload = f" --offload {s['offload']}" if s.get("offload") not in (None, "none") else ""
+    per = f", per-GPU batch {s['batch']}" if n > 1 else ""
+    return f"fewest {gpu} that fit: {n} with --strategy {strategy} (--gpus {n} --strategy {strategy}{offload}{per})"
+
+
+def fit_text(d: dict, seq_step: int, max_positions: int | None, max_gpus: int = 64) -> str:
     """The human view of ``fit --json``."""
     p = d["plan"]
     f = p["fits"]
@@ -75,6 +90,7 @@ def fit_text(d: dict, seq_step: int, max_positions: int | None) -> str:
     lines.append(seq_line)
     if s["method"] in ("lora", "qlora"):
         lines.append(largest(d["max_rank"], f"rank at batch {s['batch']} × seq {s['seq']:,}", "rank"))
+    lines.append(fewest_gpus_line(d.get("min_gpus"), f["gpu"], s, max_gpus))
     if d["suggestions"]:
         lines += ["", "changes that save memory (one at a time, most saved first):"]
         rows = [[x["change"], gib(x["saves_bytes"]), "yes" if x["fits_after"] else "no", x["option"]]

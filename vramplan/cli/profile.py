@@ -2,7 +2,7 @@
 
 Exit codes: 0 the run finished (or ``--until-oom`` found its limit); 1 the run went out of memory (does not
 fit); 2 bad input; 3 the run failed for another reason (the record says why); 130 interrupted (Ctrl-C), with
-a partial record written.
+a partial record written. With ``--gpus N`` the status is the merged one (an OOM on any rank is exit 1).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from ..setup import ATTNS, METHODS, OPTIMS, PRECISIONS, QUANTS
+from ..setup import ATTNS, METHODS, OFFLOADS, OPTIMS, PRECISIONS, QUANTS, STRATEGIES
 from .options import apply, json_option, lora_config_from, lora_options
 from .render import echo_json, gib, table, warn
 
@@ -40,6 +40,12 @@ PLAN_OPTIONS: list[Callable[[Any], Any]] = [
                  help="Attention implementation (flash = flash_attention_2)."),
     click.option("--optim", type=click.Choice(OPTIMS), default="adamw", show_default=True,
                  help="Optimizer (mapped to the Trainer's optim names)."),
+    click.option("--gpus", type=int, default=1, show_default=True,
+                 help="Ranks (one GPU each; processes on the CPU): launched with torchrun or accelerate launch."),
+    click.option("--strategy", type=click.Choice(STRATEGIES), default="ddp", show_default=True,
+                 help="ddp (torchrun), fsdp / fsdp-grad-op (accelerate, FSDP2), zero1-3 (accelerate, DeepSpeed)."),
+    click.option("--offload", type=click.Choice(OFFLOADS), default="none", show_default=True,
+                 help="CPU offload (FSDP --offload params; DeepSpeed optimizer or params)."),
 ]
 plan_options = apply(PLAN_OPTIONS)
 
@@ -50,7 +56,8 @@ def _setup_from(opts: dict[str, Any]) -> Any:
     return Setup.create(method=opts["method"], quant=opts["quant"], grad_ckpt=opts["grad_ckpt"],
                         lora=lora_config_from(opts), double_quant=opts["double_quant"],
                         quant_blocksize=opts["quant_blocksize"], precision=opts["precision"], batch=opts["batch"],
-                        seq=opts["seq"], attn=opts["attn"], optim=opts["optim"])
+                        seq=opts["seq"], attn=opts["attn"], optim=opts["optim"], gpus=opts["gpus"],
+                        strategy=opts["strategy"], offload=opts["offload"])
 
 
 def _progress(message: str) -> None:
@@ -64,9 +71,21 @@ def _g(n: int | None) -> str:
 def _render_run(rec: dict[str, Any], path: Any) -> None:
     s = rec["setup"]
     quant = "" if s["quant"] == "none" else f" {s['quant']}"
+    ranks = rec.get("ranks")
+    where = rec["environment"].get("device")
+    if ranks:
+        where = f"{len(ranks)} × {where} ({s['strategy']}{'' if s.get('offload', 'none') == 'none' else ', offload ' + s['offload']})"
     click.echo(f"{rec['model']}: {s['method']}{quant}, batch {s['batch']} x seq {s['seq']}, {s['precision']} on "
-               f"{rec['environment'].get('device')}: {rec['status']} ({rec['steps']} steps after {rec['warmup']} "
+               f"{where}: {rec['status']} ({rec['steps']} steps after {rec['warmup']} "
                f"warmup, {rec['wall_s']:.1f} s)")
+    if ranks:
+        rows = [[str(e["rank"]), e["status"], _g(e["measured"].get("peak_allocated_bytes")),
+                 _g(e["measured"].get("peak_reserved_bytes")), _g(e["measured"].get("device_used_bytes")),
+                 _g(e["measured"].get("peak_rss_bytes")), _g((e.get("parallel") or {}).get("local_param_bytes"))]
+                for e in ranks]
+        click.echo(table(["rank", "status", "peak allocated GiB", "peak reserved GiB", "device used GiB", "RSS GiB",
+                          "own params GiB"], rows, "rlrrrrr"))
+        click.echo(f"per phase: the maximum over ranks (peak: rank {rec['measured'].get('peak_rank')})")
     rows = []
     for name, p in rec["measured"]["per_phase"].items():
         rows.append([name, str(p["count"]), f"{p['mean_s']:.3f}", _g(p["peak_allocated_bytes"]),
@@ -83,7 +102,8 @@ def _render_run(rec: dict[str, Any], path: Any) -> None:
                    f"measured {gib(e['measured'], 3)} GiB ({e['error_pct']:+.1f} %)")
     if rec["oom"]:
         o = rec["oom"]
-        click.echo(f"out of memory in {o['phase']} of step {o['step']}: {o['message']}")
+        on = f" on rank {o['rank']}" if o.get("rank") is not None else ""
+        click.echo(f"out of memory{on} in {o['phase']} of step {o['step']}: {o['message']}")
     if rec.get("snapshot"):
         click.echo(f"allocator snapshot: {rec['snapshot']}")
     if path is not None:
@@ -130,6 +150,11 @@ def profile(model: str, *, steps: int, warmup: int, sample_hz: float, out: str, 
     present; otherwise weights are random — memory does not depend on their values). The record (JSON,
     schema vramplan.run/1) holds per-phase allocator peaks, NVML and RSS samples, the environment and the
     planner's estimate beside the measurement. Runs on the CPU too (RSS only). An OOM is a result: exit 1.
+
+    --gpus N (or a sharding --strategy) runs N ranks, one GPU each: ddp under torchrun, FSDP and DeepSpeed
+    under accelerate launch with a generated config holding the defaults the planner models (on the CPU: N
+    processes over gloo; DeepSpeed needs GPUs and the deepspeed package). Every rank is sampled; the record
+    lists them under "ranks" and its measured peaks are the maximum over ranks (--batch is per rank).
     """
     from ..profiler import RunOptions, profile_run
     from ..profiler import until_oom as run_until_oom
@@ -162,6 +187,7 @@ def profile(model: str, *, steps: int, warmup: int, sample_hz: float, out: str, 
     if rec["status"] == "error":
         exc = rec.get("exception") or {}
         first = (exc.get("message") or "").splitlines()[0] if exc.get("message") else ""
-        click.echo(f"vramplan: error: the run failed in {exc.get('phase')}: {exc.get('type')}: {first} "
+        on = f"rank {exc['rank']} of " if exc.get("rank") is not None else ""
+        click.echo(f"vramplan: error: {on}the run failed in {exc.get('phase')}: {exc.get('type')}: {first} "
                    f"(record: {run.path})", err=True)
     ctx.exit(EXIT[rec["status"]])

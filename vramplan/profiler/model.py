@@ -34,6 +34,8 @@ from ..errors import SetupError
 
 ATTN_IMPLEMENTATION = {"sdpa": "sdpa", "flash": "flash_attention_2", "eager": "eager"}
 TORCH_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+#: strategies that shard parameters (4-bit weights are then stored in the compute dtype, see quantization_config)
+SHARDS_PARAMETERS = ("fsdp", "fsdp-grad-op", "zero3")
 
 
 def torch_dtype(name: str) -> Any:
@@ -120,9 +122,14 @@ def quantization_config(setup: Any) -> Any:
 
     if setup.quant == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
+    extra: dict[str, Any] = {}
+    if setup.strategy in SHARDS_PARAMETERS:
+        # FSDP-QLoRA / ZeRO-3 recipe: the packed 4-bit data in a floating dtype so that the engine can shard it
+        # (the estimator assumes it: docs/multi-gpu.md, FSDP-QLoRA)
+        extra["bnb_4bit_quant_storage"] = torch_dtype(setup.compute_dtype)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=setup.quant,
                               bnb_4bit_use_double_quant=setup.double_quant,
-                              bnb_4bit_compute_dtype=torch_dtype(setup.compute_dtype))
+                              bnb_4bit_compute_dtype=torch_dtype(setup.compute_dtype), **extra)
 
 
 @contextlib.contextmanager

@@ -77,26 +77,31 @@ class Fault:
     kind: str
     phase: str
     step: int | None
-    when: tuple[str, int] | None = None     # ("batch", 4): only in runs with batch >= 4 (--until-oom tests)
+    when: tuple[str, int] | None = None     # ("batch", 4): only in runs with batch >= 4 (--until-oom tests);
+    #                                         ("rank", 1): only on rank 1 of a multi-process run
 
     @classmethod
     def parse(cls, text: str | None) -> Fault | None:
-        """``"oom@backward:2"``, ``"interrupt@forward:1"``, ``"error@load"``, ``"oom@forward:0 if batch>=4"``;
-        ``None``/empty -> ``None``."""
+        """``"oom@backward:2"``, ``"interrupt@forward:1"``, ``"error@load"``, ``"oom@forward:0 if batch>=4"``,
+        ``"oom@backward:1 if rank==1"``; ``None``/empty -> ``None``."""
         if not text:
             return None
-        m = re.fullmatch(r"(oom|interrupt|error)@([a-z]+)(?::([0-9]+))?(?:\s+if\s+(batch|seq)>=([0-9]+))?",
-                         text.strip())
+        m = re.fullmatch(r"(oom|interrupt|error)@([a-z]+)(?::([0-9]+))?"
+                         r"(?:\s+if\s+(?:(batch|seq)>=([0-9]+)|rank==([0-9]+)))?", text.strip())
         if not m or m.group(2) not in PHASE_NAMES:
-            raise FaultError(f"{FAULT_ENV}={text!r} is not a fault: write KIND@PHASE[:STEP][ if batch|seq>=N] with "
-                             f"KIND one of oom, interrupt, error and PHASE one of {', '.join(PHASE_NAMES)} "
-                             "(e.g. oom@backward:2)")
-        when = (m.group(4), int(m.group(5))) if m.group(4) else None
+            raise FaultError(f"{FAULT_ENV}={text!r} is not a fault: write KIND@PHASE[:STEP][ if batch|seq>=N | "
+                             f"if rank==R] with KIND one of oom, interrupt, error and PHASE one of "
+                             f"{', '.join(PHASE_NAMES)} (e.g. oom@backward:2)")
+        when = (m.group(4), int(m.group(5))) if m.group(4) else ("rank", int(m.group(6))) if m.group(6) else None
         return cls(m.group(1), m.group(2), int(m.group(3)) if m.group(3) is not None else None, when)
 
-    def applies_to(self, setup: Any) -> bool:
-        """Whether this fault is armed for a run of ``setup``."""
-        return self.when is None or getattr(setup, self.when[0]) >= self.when[1]
+    def applies_to(self, setup: Any, rank: int = 0) -> bool:
+        """Whether this fault is armed for a run of ``setup`` on ``rank`` (0 in a single-process run)."""
+        if self.when is None:
+            return True
+        if self.when[0] == "rank":
+            return rank == self.when[1]
+        return getattr(setup, self.when[0]) >= self.when[1]
 
     def matches(self, phase: str, step: int | None) -> bool:
         return self.phase == phase and (self.step is None or self.step == step)

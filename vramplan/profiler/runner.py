@@ -9,6 +9,11 @@ in a ``finally``.
 Measurement window: steps ``warmup .. warmup+steps-1``; the first optimizer step creates the optimizer state,
 so with ``warmup=0`` the first step's peak is usually lower than the steady state (see
 :func:`vramplan.profiler.record.summarize`).
+
+Several GPUs (``setup.gpus > 1`` or a sharding ``setup.strategy``): :func:`profile_run` hands the run to
+:func:`vramplan.profiler.launch.profile_distributed`, which starts one process per rank through ``torchrun``
+(DDP) or ``accelerate launch`` (FSDP, DeepSpeed); each rank runs this same code with a :class:`Rank` and writes
+its own record, and the parent merges them (``docs/multi-gpu.md``, "Profiling several ranks").
 """
 
 from __future__ import annotations
@@ -84,6 +89,32 @@ class RunOptions:
             raise ProfileError(f"--device {self.device!r} is not one of: {', '.join(DEVICES)}")
 
 
+@dataclass(frozen=True)
+class Rank:
+    """This process's place in a multi-process run, as the launcher set it (``RANK``, ``LOCAL_RANK``,
+    ``WORLD_SIZE``), and which launcher that was (``torchrun`` or ``accelerate``)."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    launcher: str
+
+    @classmethod
+    def from_env(cls, launcher: str) -> Rank:
+        try:
+            return cls(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]),
+                       launcher)
+        except (KeyError, ValueError) as exc:
+            raise ProfileError(f"the profiler worker runs under torchrun or accelerate launch, which set RANK, "
+                               f"LOCAL_RANK and WORLD_SIZE; {exc} is missing or not an integer") from None
+
+
+def needs_launch(setup: Any) -> bool:
+    """Whether ``setup`` runs as several processes (``--gpus > 1``) or under a sharding engine (``--strategy``
+    other than ddp, which needs its launcher even on one GPU)."""
+    return setup.gpus > 1 or setup.strategy != "ddp"
+
+
 @dataclass
 class RunResult:
     record: dict[str, Any]
@@ -102,8 +133,9 @@ class UntilOomResult:
     runs: list[RunResult] = field(default_factory=list)
 
 
-def select_device(choice: str) -> Any:
-    """``auto``: ``cuda:0`` when PyTorch sees a GPU, else the CPU. ``cuda`` without one is an error."""
+def select_device(choice: str, index: int = 0) -> Any:
+    """``auto``: ``cuda:<index>`` when PyTorch sees a GPU, else the CPU. ``cuda`` without one is an error.
+    ``index`` is the local rank in a multi-process run (one GPU per rank)."""
     import torch
 
     if choice == "cpu":
@@ -112,7 +144,7 @@ def select_device(choice: str) -> Any:
     if choice == "cuda" and not available:
         raise ProfileError(f"--device cuda: PyTorch {torch.__version__} sees no CUDA device "
                            f"(torch.version.cuda={torch.version.cuda}); use --device cpu or --device auto")
-    return torch.device("cuda", 0) if available else torch.device("cpu")
+    return torch.device("cuda", index) if available else torch.device("cpu")
 
 
 _CONTEXT_BYTES: dict[int, int | None] = {}
@@ -202,7 +234,7 @@ def _free_memory(device: Any) -> None:
 
 
 def profile_run(model: str, setup: Any, options: RunOptions | None = None, *, resolved: Any = None,
-                warn: Callback | None = None, progress: Callback | None = None) -> RunResult:
+                warn: Callback | None = None, progress: Callback | None = None, rank: Rank | None = None) -> RunResult:
     """Build MODEL for ``setup``, run ``warmup + steps`` steps while sampling memory, write the run record.
 
     Args:
@@ -213,6 +245,9 @@ def profile_run(model: str, setup: Any, options: RunOptions | None = None, *, re
         resolved: an already resolved model (skips :func:`vramplan.profiles.resolve_model`).
         warn: receives one-line warnings (default: stderr).
         progress: receives one-line progress messages (default: none).
+        rank: set by the worker of a multi-process run (:mod:`vramplan.profiler.worker`): run this rank only.
+            Left ``None``, a setup that :func:`needs_launch` is launched as ``setup.gpus`` processes and the
+            result is the merged record (``ranks``, ``measured`` = the maximum over ranks).
 
     Returns:
         The record (status ``ok``, ``oom``, ``interrupted`` or ``error``) and where it was written.
@@ -227,14 +262,18 @@ def profile_run(model: str, setup: Any, options: RunOptions | None = None, *, re
     options.validate()
     warn = warn or _stderr_warn
     say = progress or (lambda _m: None)
+    if rank is None and needs_launch(setup):
+        from .launch import profile_distributed
+
+        return profile_distributed(model, setup, options, resolved=resolved, warn=warn, progress=progress)
     fault = Fault.parse(options.fault if options.fault is not None else os.environ.get(FAULT_ENV))
-    if fault is not None and not fault.applies_to(setup):
+    if fault is not None and not fault.applies_to(setup, rank.rank if rank is not None else 0):
         fault = None
     if resolved is None:
         from ..profiles import resolve_model
 
         resolved = resolve_model(model)
-    device = select_device(options.device)
+    device = select_device(options.device, rank.local_rank if rank is not None else 0)
     if setup.attn == "flash" and device.type != "cuda":
         raise ProfileError("--attn flash needs a CUDA GPU (flash-attn has no CPU kernels); use --attn sdpa")
     source = model if os.path.isdir(os.path.expanduser(model)) else None
@@ -251,7 +290,14 @@ def profile_run(model: str, setup: Any, options: RunOptions | None = None, *, re
 
     nvml = Nvml(warn=warn)
     context_bytes = measure_cuda_context(cuda_index, nvml) if cuda_index is not None else None
+    if cuda_index is not None and rank is not None:
+        torch.cuda.set_device(cuda_index)       # after the context measurement: NCCL and the engines use it
     rec["environment"] = env = _environment(device, nvml, options, resolved)
+    if rank is not None:
+        env.update(rank=rank.rank, local_rank=rank.local_rank, world_size=rank.world_size, launcher=rank.launcher,
+                   pid=os.getpid())
+        rec["clock_origin_unix"] = t_wall       # aligns this rank's clock (t) with the other ranks'
+    parallel: dict[str, Any] = {}
     sampler = Sampler(options.sample_hz, t0, cuda_index=cuda_index, nvml=nvml if cuda_index is not None else None)
     tracker = PhaseTracker(t0, cuda_index=cuda_index,
                            read_device_used=nvml.device_used if cuda_index is not None else (lambda: None),
@@ -304,7 +350,8 @@ def profile_run(model: str, setup: Any, options: RunOptions | None = None, *, re
             env["params"] = {"trainable": built.trainable_params, "total": built.total_params,
                              "bytes_by_dtype": built.bytes_by_dtype}
             vocab = int(getattr(built.model.config, "vocab_size", None) or resolved.spec.vocab_size)
-            batches = synthetic_batches_for(setup, n_steps, vocab)
+            batches = synthetic_batches_for(setup, n_steps, vocab, rank=rank,
+                                            trainer=setup.training and options.loop == "trainer")
             say(f"loaded ({built.weights} weights) in {tracker.phases[-1]['t_end'] - tracker.phases[-1]['t_start']:.1f} s")
             if not setup.training:
                 from .loops import run_inference
@@ -313,11 +360,11 @@ def profile_run(model: str, setup: Any, options: RunOptions | None = None, *, re
             elif options.loop == "plain":
                 from .loops import run_plain
 
-                run_plain(built.model, setup, device, n_steps, tracker, batches)
+                run_plain(built.model, setup, device, n_steps, tracker, batches, rank=rank, info=parallel)
             else:
                 from .loops import run_trainer
 
-                run_trainer(built.model, setup, device.type, n_steps, tracker, batches)
+                run_trainer(built.model, setup, device.type, n_steps, tracker, batches, rank=rank, info=parallel)
             rec["status"] = "ok"
         except KeyboardInterrupt:
             shield()
@@ -355,6 +402,8 @@ def profile_run(model: str, setup: Any, options: RunOptions | None = None, *, re
             built = None
             batches = []
             _free_memory(device)
+            if rank is not None:
+                env["parallel"] = parallel or None
             rec["phases"] = tracker.phases
             rec["samples"] = sampler.snapshot()
             rec["measured"] = summarize(tracker.phases, rec["samples"], warmup=options.warmup,
@@ -368,16 +417,24 @@ def profile_run(model: str, setup: Any, options: RunOptions | None = None, *, re
             if path is not None:
                 write_record(rec, path)     # before validating: a writer bug must not lose the measurement
             validate_record(rec)
-    if rec["status"] == "error" and rec["exception"] and rec["exception"].get("user_error"):
+    if rank is None and rec["status"] == "error" and rec["exception"] and rec["exception"].get("user_error"):
         # A user-fixable error raised during the run (e.g. --attn flash without flash-attn): one line, exit 2.
         raise ProfileError(f"{rec['exception']['message']} (record: {path})")
     return RunResult(rec, path, snapshot_path)
 
 
-def synthetic_batches_for(setup: Any, n_steps: int, vocab: int) -> list[dict[str, Any]]:
+def synthetic_batches_for(setup: Any, n_steps: int, vocab: int, *, rank: Rank | None = None,
+                          trainer: bool = False) -> list[dict[str, Any]]:
+    """The run's batches. Several ranks: the Trainer's data loader gives each rank its own ``batch`` rows of one
+    shared dataset (``n_steps × world_size`` batches); the plain loop draws each rank's batches with its own
+    seed (the rank)."""
     from .loops import synthetic_batches
 
-    return synthetic_batches(n_steps, setup.batch, setup.seq, vocab)
+    if rank is None:
+        return synthetic_batches(n_steps, setup.batch, setup.seq, vocab)
+    if trainer:
+        return synthetic_batches(n_steps * rank.world_size, setup.batch, setup.seq, vocab)
+    return synthetic_batches(n_steps, setup.batch, setup.seq, vocab, seed=rank.rank)
 
 
 def _environment(device: Any, nvml: Nvml, options: RunOptions, resolved: Any) -> dict[str, Any]:
