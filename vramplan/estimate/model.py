@@ -159,7 +159,12 @@ def _build_static(spec: ModelSpec, setup: Setup) -> _Static:
         input_rg = embed_rg or L.index > 0
         key = (_layer_key(L), input_rg)
         if key not in cache:
-            cache[key] = trace_layer(program, L, resid, input_rg)
+            try:
+                cache[key] = trace_layer(program, L, resid, input_rg)
+            except (KeyError, AttributeError, AssertionError, ZeroDivisionError) as exc:
+                # a layer layout the replay does not know (an unknown family): use coefficients calibrated by
+                # simulating 1 and 2 layers of the real model on meta tensors (vramplan/simulate/calibrate.py)
+                cache[key] = _calibrated_trace(spec, setup, resid, exc)
         traces.append(cache[key])
     head = _trace_head(spec, setup, placements, program, resid)
     logits_dtype = setup.compute_dtype if setup.autocast else _head_dtype(spec, placements, resid)
@@ -167,6 +172,24 @@ def _build_static(spec: ModelSpec, setup: Setup) -> _Static:
     total = plan.total if plan is not None else spec.params_total
     return _Static(plan, tuple(placements), tuple(adapters), tuple(trainables), tuple(traces), resid, head,
                    logits_dtype, trainable, total)
+
+
+def _calibrated_trace(spec: ModelSpec, setup: Setup, resid: str, cause: BaseException) -> LayerTrace:
+    """A layer trace from the simulation's calibration: one storage of ``const + a·T + b·bss`` bytes."""
+    from ..errors import SimulationError
+
+    try:
+        from ..simulate.calibrate import calibrate
+
+        cal = calibrate(spec, setup.with_(batch=1, seq=max(1, setup.seq)))
+    except (SimulationError, ImportError) as exc:
+        raise SimulationError(
+            f"{spec.name}: model_type {spec.model_type!r} has a layer layout the analytic replay does not know "
+            f"({type(cause).__name__}: {cause}) and it cannot be simulated either: {exc}") from None
+    st = Storage(Size(cal.const_bytes, cal.per_token_bytes, cal.per_bss_bytes), "uint8",
+                 "layer activations (calibrated by simulation)",
+                 [f"calibrated from 1- and 2-layer simulations (key {cal.key})"], "other")
+    return LayerTrace((st,), False, (), (), (), resid)
 
 
 def _embedding_output_requires_grad(spec: ModelSpec, setup: Setup, plan: LoraPlan | None,
