@@ -205,17 +205,19 @@ class Tracer:
         for i, (_kind, st) in enumerate(self.events):
             last[id(st)] = i
         forever = set(self.saved) | {id(s) for s in keep}
-        live: dict[int, Storage] = {}
+        # running totals, updated as storages are allocated and die (linear in the number of events)
+        c = a = q = 0
+        dying: dict[int, list[Storage]] = {}
         out: list[tuple[Size, str]] = []
         for i, (kind, st) in enumerate(self.events):
             if kind == "alloc" and id(st) not in forever:
-                live[id(st)] = st
-            total = Size()
-            for s in live.values():
-                total = total.plus(s.size.times(BYTES[s.dtype]))
-            out.append((total, st.label))
-            for k in [k for k in live if last.get(k, -1) <= i]:
-                del live[k]
+                k = BYTES[st.dtype]
+                c, a, q = c + st.size.const * k, a + st.size.per_token * k, q + st.size.per_bss * k
+                dying.setdefault(max(last.get(id(st), i), i), []).append(st)
+            out.append((Size(c, a, q), st.label))
+            for d in dying.pop(i, ()):
+                k = BYTES[d.dtype]
+                c, a, q = c - d.size.const * k, a - d.size.per_token * k, q - d.size.per_bss * k
         return out
 
     def backward_candidates(self) -> list[tuple[Size, str]]:

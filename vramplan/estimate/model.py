@@ -609,17 +609,35 @@ def _build_derived(spec: ModelSpec, st: _Static, setup: Setup) -> _Derived:
                     trainable_numel, casts, casts_head, rank, sa)
 
 
+_LAYOUT: dict[Setup, Setup] = {}
+
+
 def _layout_key(setup: Setup) -> Setup:
     """The part of a structural setup that decides placements and layer traces: the optimizer, the loss and the
     multi-GPU options do not (they only change :class:`_Derived` and the timeline)."""
     if (setup.optim, setup.loss, setup.gpus, setup.strategy, setup.offload) == ("adamw", "standard", 1, "ddp", "none"):
         return setup
-    return replace(setup, optim="adamw", loss="standard", gpus=1, strategy="ddp", offload="none")
+    hit = _LAYOUT.get(setup)
+    if hit is None:
+        if len(_LAYOUT) > 65536:
+            _LAYOUT.clear()
+        hit = _LAYOUT[setup] = replace(setup, optim="adamw", loss="standard", gpus=1, strategy="ddp", offload="none")
+    return hit
+
+
+_STRUCTURAL: dict[Setup, Setup] = {}
 
 
 def _structural(setup: Setup) -> Setup:
-    """The setup with batch and sequence normalized: the cache key of :func:`_static`."""
-    return setup if (setup.batch, setup.seq) == (1, 1) else setup.with_(batch=1, seq=1, new_tokens=0)
+    """The setup with batch and sequence normalized: the cache key of :func:`_static` (memoized: sweeps ask
+    for the same few thousand setups again and again)."""
+    hit = _STRUCTURAL.get(setup)
+    if hit is None:
+        if len(_STRUCTURAL) > 65536:
+            _STRUCTURAL.clear()
+        hit = setup if (setup.batch, setup.seq) == (1, 1) else replace(setup, batch=1, seq=1, new_tokens=0)
+        _STRUCTURAL[setup] = hit
+    return hit
 
 
 def _inference(spec: ModelSpec, setup: Setup, st: _Static, comps: dict, static_weights: int, gpu, margin: float):
