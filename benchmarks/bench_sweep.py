@@ -34,6 +34,10 @@ AXES = {
 }
 GPUS = ["rtx-4090", "a100-80gb", "h100-80gb"]
 TARGET_S = 2.0
+#: time the checkout this file lives in, not whatever copy of vramplan is installed in site-packages
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 
 def machine_info() -> dict:
@@ -54,9 +58,11 @@ def machine_info() -> dict:
         commit, dirty = "", False
     import pandas
 
+    import vramplan
+
     return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
             "cpu_count": os.cpu_count(), "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg")
-            else None, "pandas": pandas.__version__, "commit": commit, "worktree_dirty": dirty}
+            else None, "pandas": pandas.__version__, "vramplan_path": str(Path(vramplan.__file__).parent), "commit": commit, "worktree_dirty": dirty}
 
 
 def axes_for_cli() -> dict:

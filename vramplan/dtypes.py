@@ -8,7 +8,7 @@ is what ``torch.cuda.max_memory_allocated`` counts.
 from __future__ import annotations
 
 from .errors import SetupError
-from .units import ceil_div, round_up
+from .units import ceil_div
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1, "uint8": 1, "int64": 8, "bool": 1}
 
@@ -25,7 +25,8 @@ def nbytes(numel: int, dtype: str) -> int:
 
 def alloc(n_bytes: int) -> int:
     """Bytes the CUDA caching allocator accounts for one allocation of ``n_bytes`` (512-B blocks)."""
-    return round_up(n_bytes, ALLOC_GRANULARITY) if n_bytes > 0 else 0
+    # round_up(n_bytes, ALLOC_GRANULARITY) inlined: called ~10^5 times per sweep while building structures
+    return -(-n_bytes // ALLOC_GRANULARITY) * ALLOC_GRANULARITY if n_bytes > 0 else 0
 
 
 def bnb_4bit_parts(numel: int, blocksize: int = 64, double_quant: bool = True) -> dict[str, int]:

@@ -20,12 +20,14 @@ import math
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from .errors import PlanFileError, SetupError, VramplanError, close_matches
 from .estimate import Estimate, Fit, estimate, overhead
 from .estimate.distributed import smallest_gpus
+from .estimate.grid import Counters, estimate_counters
 from .lora import DEFAULT_TARGETS, LoraConfig
 from .setup import Setup
 from .spec.model import ModelSpec
@@ -492,28 +494,47 @@ def gpu_columns(gpu_name: str) -> tuple[str, str]:
 
 
 def sweep_row(model: str, spec: ModelSpec, setup: Setup, gpus: Sequence[Any] = (), margin: float = 0.0,
-              cols: dict[str, Any] | None = None) -> dict[str, Any]:
+              cols: dict[str, Any] | None = None, counters: Counters | None = None,
+              params_trainable: int | None = None) -> dict[str, Any]:
     """One row: model, the setup's options, counters (bytes and GiB) and, per card, verdict and headroom.
 
     The counters are those of ``vramplan plan`` without ``--gpu``; each card's headroom and verdict are
-    ``vramplan plan --gpu <card> --margin``'s (its architecture's CUDA context included).
+    ``vramplan plan --gpu <card> --margin``'s (its architecture's CUDA context included). ``counters`` and
+    ``params_trainable``, when given (by :func:`sweep`, from :func:`~vramplan.estimate.grid.estimate_counters`),
+    are used instead of calling the estimator.
     """
-    est = estimate(spec, setup, detail=False)      # the counters only: the same numbers, 2-3x faster
+    if counters is None or params_trainable is None:
+        est = estimate(spec, setup, detail=False)      # the counters only: the same numbers, 2-3x faster
+        counters = Counters(est.peak_allocated_bytes, est.peak_reserved_bytes, est.device_used_bytes,
+                            est.peak_phase)
+        params_trainable = est.params_trainable
+    allocated, reserved, device, phase = counters
     row: dict[str, Any] = {"model": model}
     row.update(cols if cols is not None else setup_columns(setup))
-    row["params_trainable"] = est.params_trainable
-    for c in COUNTER_COLUMNS:
-        row[c] = getattr(est, c)
-    row["peak_phase"] = est.peak_phase
-    for c in COUNTER_COLUMNS:
-        row[gib_column(c)] = getattr(est, c) / GiB
+    row["params_trainable"] = params_trainable
+    row["peak_allocated_bytes"] = allocated
+    row["peak_reserved_bytes"] = reserved
+    row["device_used_bytes"] = device
+    row["peak_phase"] = phase
+    row["peak_allocated (GiB)"] = allocated / GiB
+    row["peak_reserved (GiB)"] = reserved / GiB
+    row["device_used (GiB)"] = device / GiB
+    ctx0 = overhead.cuda_context_bytes("", False)
     for g in gpus:
-        f = fit_on(est, g, margin)
-        fits_col, head_col = gpu_columns(g.name)
-        row[fits_col] = f.fits
-        row[head_col] = f.headroom_bytes
-        row[gib_column(head_col)] = f.headroom_bytes / GiB
+        # fit_on(est, g, margin) without an Estimate: the card's CUDA context instead of the unknown one's
+        on_card = device - ctx0 + overhead.cuda_context_bytes(getattr(g, "architecture", "") or "", False)
+        cap = int(g.memory_bytes * (1 - margin))
+        fits_col, head_col, head_gib = _card_columns(g.name)
+        row[fits_col] = on_card <= cap
+        row[head_col] = cap - on_card
+        row[head_gib] = (cap - on_card) / GiB
     return row
+
+
+@lru_cache(maxsize=256)
+def _card_columns(gpu_name: str) -> tuple[str, str, str]:
+    fits_col, head_col = gpu_columns(gpu_name)
+    return fits_col, head_col, gib_column(head_col)
 
 
 @dataclass
@@ -527,28 +548,35 @@ def sweep(models: Sequence[tuple[str, ModelSpec]], setups: Sequence[Setup], gpus
     """Evaluate every model × setup.
 
     ``models`` are resolved once by the caller (the same spec object every time, so the estimator's cache
-    hits); ``setups`` are the distinct setups of the option product, built once each. The estimator caches
-    its structural work per (spec object, setup without batch/seq), so a row costs one :func:`estimate` call;
-    cards are applied with :func:`fit_on` without calling it again. A model × setup the estimator refuses
-    (e.g. targets that match no module of that model) is skipped and reported in ``skipped``.
+    hits); ``setups`` are the distinct setups of the option product, built once each. Setups that differ only
+    in batch and seq form one structural group, evaluated by one
+    :func:`~vramplan.estimate.grid.estimate_counters` call (the numbers of :func:`estimate`, point for point);
+    cards are applied without calling the estimator again. A model × setup the estimator refuses (e.g. targets
+    that match no module of that model) is skipped and reported in ``skipped``, once per row.
     """
     result = SweepResult([])
     cols = [setup_columns(s) for s in setups]
-    # evaluate the batch/seq variants of one structural setup back to back, so that the estimator's bounded
-    # cache never evicts a structure that is still needed; rows come out in the order of ``setups``
-    groups: dict[Setup, list[int]] = {}
+    # one group per structure, evaluated back to back (the estimator's bounded caches never evict a structure
+    # still needed); rows come out in the order of ``setups``
+    groups: dict[tuple[Setup, int], list[int]] = {}
     for i, s in enumerate(setups):
-        groups.setdefault(_structure_key(s), []).append(i)
-    order = [i for idx in groups.values() for i in idx]
+        groups.setdefault((_structure_key(s), s.new_tokens), []).append(i)
     for name, spec in models:
         rows: dict[int, dict[str, Any]] = {}
-        for i in order:
+        for idx in groups.values():
+            first = setups[idx[0]]
             try:
-                rows[i] = sweep_row(name, spec, setups[i], gpus, margin, cols[i])
+                trainable = estimate(spec, first, detail=False).params_trainable
+                counters = estimate_counters(spec, first, [(setups[i].batch, setups[i].seq) for i in idx])
             except VramplanError as exc:
-                result.skipped.append((name, str(exc)))
+                result.skipped.extend((name, str(exc)) for _ in idx)
+                if progress is not None:
+                    progress(len(idx))
+                continue
+            for i, c in zip(idx, counters, strict=True):
+                rows[i] = sweep_row(name, spec, setups[i], gpus, margin, cols[i], c, trainable)
             if progress is not None:
-                progress(1)
+                progress(len(idx))
         result.rows.extend(rows[i] for i in range(len(setups)) if i in rows)
     return result
 
