@@ -144,9 +144,27 @@ def _static(spec: ModelSpec, setup: Setup) -> _Static:
     return value
 
 
+_PLACEMENTS: dict[tuple, tuple[ModelSpec, tuple[Placement, ...]]] = {}
+
+
+def _placements(spec: ModelSpec, setup: Setup) -> tuple[Placement, ...]:
+    """``place_weights`` depends on the method, quantization and precision only: shared by every LoRA rank,
+    target set and attention kernel of a sweep (treat the list as read-only)."""
+    key = (id(spec), setup.method, setup.quant, setup.double_quant, setup.quant_blocksize, setup.precision,
+           setup.kbit_prep, setup.training)
+    hit = _PLACEMENTS.get(key)
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    if len(_PLACEMENTS) > 256:
+        _PLACEMENTS.clear()
+    value = tuple(place_weights(spec, setup))
+    _PLACEMENTS[key] = (spec, value)
+    return value
+
+
 def _build_static(spec: ModelSpec, setup: Setup) -> _Static:
     plan = plan_lora(spec, setup.lora) if setup.method in ("lora", "qlora") and setup.lora is not None else None
-    placements = place_weights(spec, setup)
+    placements = _placements(spec, setup)
     adapters = adapter_tensors(plan, placements, setup)
     trainables = trainable_tensors(placements, adapters)
     resid = _resid_dtype(spec, placements, setup)
@@ -543,17 +561,32 @@ def _derived(spec: ModelSpec, st: _Static, setup: Setup) -> _Derived:
     return value
 
 
-def _build_derived(spec: ModelSpec, st: _Static, setup: Setup) -> _Derived:
-    comps: list[tuple[str, int, str]] = []
+_WEIGHT_COMPS: dict[tuple, tuple[tuple, tuple[tuple[str, int, str], ...]]] = {}
+
+
+def _base_weight_comps(st: _Static, setup: Setup) -> tuple[tuple[str, int, str], ...]:
+    """``weights/*`` components (bytes and formulas) of a placement list, shared across setups that place the
+    weights identically (the placements tuple is shared through :func:`_placements`)."""
+    key = (id(st.placements), setup.quant, setup.double_quant, setup.quant_blocksize)
+    hit = _WEIGHT_COMPS.get(key)
+    if hit is not None and hit[0] is st.placements:
+        return hit[1]
+    if len(_WEIGHT_COMPS) > 256:
+        _WEIGHT_COMPS.clear()
     wsum: dict[str, int] = defaultdict(int)
     by_comp: dict[str, dict[int, Placement]] = defaultdict(dict)
     for p in st.placements:
         for comp, nb in p.parts:
             wsum[comp] += alloc(nb)
             by_comp[comp][id(p)] = p
-    for comp, nb in sorted(wsum.items()):
-        if nb:
-            comps.append((comp, nb, _weight_formula(comp, list(by_comp[comp].values()), setup)))
+    value = tuple((comp, nb, _weight_formula(comp, list(by_comp[comp].values()), setup))
+                  for comp, nb in sorted(wsum.items()) if nb)
+    _WEIGHT_COMPS[key] = (st.placements, value)
+    return value
+
+
+def _build_derived(spec: ModelSpec, st: _Static, setup: Setup) -> _Derived:
+    comps: list[tuple[str, int, str]] = list(_base_weight_comps(st, setup))
     asum: dict[str, int] = defaultdict(int)
     for t in st.adapters:
         asum[t.component] += alloc(t.numel * BYTES[t.dtype])
