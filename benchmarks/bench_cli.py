@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _machine import machine_info as _machine  # noqa: E402  (benchmarks/_machine.py)
 
 COMMANDS = {
     "plan llama-3-8b qlora": ["plan", "meta-llama/Meta-Llama-3-8B", "--method", "qlora"],
@@ -31,8 +31,7 @@ PROBE = ("import sys, runpy; sys.argv=['vramplan', *sys.argv[1:]]\n"
 
 
 def machine() -> dict:
-    return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-            "processor": platform.processor()}
+    return _machine("vramplan")
 
 
 def main() -> None:

@@ -21,13 +21,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _machine import machine_info as _machine  # noqa: E402  (benchmarks/_machine.py)
 
 CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256,
           "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
@@ -35,28 +34,9 @@ CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_
 
 
 def machine_info() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        here = Path(__file__).resolve().parent
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False,
-                                cwd=here).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "vramplan/profiler"], capture_output=True,
-                                    text=True, check=False, cwd=here).stdout.strip())
-    except OSError:
-        commit, dirty = "", False
     import torch
 
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-            "commit": commit, "worktree_dirty": dirty}
+    return {**_machine("vramplan/profiler"), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 def build_step(batch: int, seq: int):

@@ -22,12 +22,13 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _machine import machine_info as _machine  # noqa: E402  (benchmarks/_machine.py)
 
 TARGETS_S = {"all": 15.0, "auto": 3.0}
 SPEED = {
@@ -41,30 +42,11 @@ AGREEMENT_CASES = [("lora", "sdpa", False, 1, 128), ("lora", "eager", True, 2, 6
 
 
 def machine_info() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    here = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False,
-                                cwd=here).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "vramplan/simulate"],
-                                    capture_output=True, text=True, check=False, cwd=here).stdout.strip())
-    except OSError:
-        commit, dirty = "", False
     import torch
 
     from vramplan.simulate.estimate import versions
 
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), **versions(),
-            "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-            "commit": commit, "worktree_dirty": dirty}
+    return {**_machine("vramplan/simulate"), "torch_threads": torch.get_num_threads(), **versions()}
 
 
 def _setup(kw: dict, seq: int = 2048):

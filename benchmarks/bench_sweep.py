@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _machine import machine_info as _machine  # noqa: E402  (benchmarks/_machine.py)
 
 #: 5 models × 2 methods × 5 ranks × 5 batches × 5 seqs × 2 checkpointing × 2 optimizers × 2 attention = 10,000
 AXES = {
@@ -41,28 +40,12 @@ if str(REPO) not in sys.path:
 
 
 def machine_info() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False,
-                                cwd=Path(__file__).resolve().parent).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "vramplan"], capture_output=True,
-                                    text=True, check=False, cwd=Path(__file__).resolve().parent).stdout.strip())
-    except OSError:
-        commit, dirty = "", False
     import pandas
 
     import vramplan
 
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-            "cpu_count": os.cpu_count(), "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg")
-            else None, "pandas": pandas.__version__, "vramplan_path": str(Path(vramplan.__file__).parent), "commit": commit, "worktree_dirty": dirty}
+    return {**_machine("vramplan"), "pandas": pandas.__version__,
+            "vramplan_path": str(Path(vramplan.__file__).parent)}
 
 
 def axes_for_cli() -> dict:
