@@ -88,6 +88,22 @@ class Op:
     outputs: tuple[Sym, ...]
 
 
+class _Section:
+    """``with tracer.in_section("mlp"):`` — the program section that saved tensors are attributed to."""
+
+    __slots__ = ("tracer", "name", "prev")
+
+    def __init__(self, tracer: Tracer, name: str) -> None:
+        self.tracer, self.name, self.prev = tracer, name, ""
+
+    def __enter__(self) -> None:
+        self.prev = self.tracer.section
+        self.tracer.section = self.name
+
+    def __exit__(self, *exc: object) -> None:
+        self.tracer.section = self.prev
+
+
 class Tracer:
     """Records the ops, allocations and saves of one forward region.
 
@@ -104,19 +120,9 @@ class Tracer:
         self.section = "other"
 
     # --------------------------------------------------------------------------------------- basics
-    def in_section(self, name: str):
+    def in_section(self, name: str) -> _Section:
         """Context manager: tensors saved inside are attributed to ``name``."""
-        tracer = self
-
-        class _Section:
-            def __enter__(self) -> None:
-                self.prev = tracer.section
-                tracer.section = name
-
-            def __exit__(self, *exc: object) -> None:
-                tracer.section = self.prev
-
-        return _Section()
+        return _Section(self, name)
 
     def new(self, label: str, size: Size, dtype: str, rg: bool) -> Sym:
         st = Storage(size, dtype, label)
