@@ -164,7 +164,7 @@ def alloc_sum_full_grads(name: str) -> int:
     return sum(alloc(t.numel * 2) for t in spec(name).tensors if t.tied_to is None)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, derandomize=True)
 @given(strategy=hs.sampled_from(SHARDED), n=hs.integers(min_value=2, max_value=63),
        method=hs.sampled_from(["full", "lora", "qlora"]))
 def test_per_rank_memory_never_grows_with_more_gpus(strategy, n, method):

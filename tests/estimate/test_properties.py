@@ -32,7 +32,7 @@ from vramplan.setup import Setup
 MODELS = ("llama-3-8b", "qwen3-14b", "gemma-2-2b", "phi-3-mini-4k", "mixtral-8x7b", "gpt2")
 #: a non-default, attention-only target list per model (mixtral has no usable PEFT default: see lora.py)
 ATTN_TARGETS = {"gpt2": ("c_attn",), "phi-3-mini-4k": ("qkv_proj", "o_proj")}
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 
 @cache
@@ -88,9 +88,16 @@ def test_checkpointing_never_raises_the_peak(case):
     on, off = run(model, **dict(kw, grad_ckpt=True)), run(model, **dict(kw, grad_ckpt=False))
     sp = spec(model)
     resid = 4 * kw["batch"] * kw["seq"] * sp.hidden_size      # one hidden state (fp32 at most)
-    assert on.peak_allocated_bytes <= off.peak_allocated_bytes + alloc(resid), (
+    # At the end of backward the checkpoint still holds layer 0's input, and the recomputed layer runs without
+    # the DynamicCache (GradientCheckpointingLayer drops it): on fused-qkv models (phi3) its saved q/k/v views
+    # keep the whole fused projection alive where the cached forward saved smaller k/v copies — at most one
+    # more fused-qkv output (T × (h + 2·kv·d), 16-bit) than the layer saves without checkpointing.
+    qkv = 2 * kw["batch"] * kw["seq"] * (sp.num_heads + 2 * sp.num_kv_heads) * sp.head_dim
+    slack = alloc(resid) + alloc(qkv)
+    assert on.peak_allocated_bytes <= off.peak_allocated_bytes + slack, (
         f"{model}: checkpointing {on.peak_allocated_bytes:,} B ({on.peak_phase}) > without "
-        f"{off.peak_allocated_bytes:,} B ({off.peak_phase}) + layer 0's kept input ({alloc(resid):,} B)")
+        f"{off.peak_allocated_bytes:,} B ({off.peak_phase}) + layer 0's kept input and one fused q/k/v output "
+        f"({slack:,} B)")
 
 
 @SETTINGS

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from functools import cached_property, lru_cache
 
 from ..dtypes import BYTES, PAGED_MIN_NUMEL, adam8bit_state_parts, alloc
-from ..lora import LoraPlan, plan_lora
+from ..lora import LoraConfig, LoraPlan, plan_lora
 from ..setup import Setup
 from ..spec.model import ModelSpec
 from ..units import GiB, ceil_div
@@ -144,6 +144,41 @@ def _static(spec: ModelSpec, setup: Setup) -> _Static:
     return value
 
 
+_LORA_PLANS: dict[tuple[int, LoraConfig], tuple[ModelSpec, LoraPlan]] = {}
+
+
+def _lora_plan(spec: ModelSpec, config: LoraConfig) -> LoraPlan:
+    """``plan_lora`` depends on the spec and the LoRA config only: shared by every precision, attention kernel,
+    optimizer and checkpointing choice of a sweep."""
+    key = (id(spec), config)
+    hit = _LORA_PLANS.get(key)
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    if len(_LORA_PLANS) > 256:
+        _LORA_PLANS.clear()
+    value = plan_lora(spec, config)
+    _LORA_PLANS[key] = (spec, value)
+    return value
+
+
+_LAYERS: dict[tuple, tuple[tuple, list[LayerInfo]]] = {}
+
+
+def _layers(spec: ModelSpec, placements: tuple[Placement, ...], plan: LoraPlan | None,
+            setup: Setup) -> list[LayerInfo]:
+    """``build_layers`` reads the placements, the LoRA plan and the adapters' dtype (``setup.mixed``): shared by
+    the attention kernels, optimizers and checkpointing choices of a sweep (read-only)."""
+    key = (id(placements), id(plan), setup.mixed, setup.trainable_dtype)
+    hit = _LAYERS.get(key)
+    if hit is not None and hit[0][0] is placements and hit[0][1] is plan:
+        return hit[1]
+    if len(_LAYERS) > 256:
+        _LAYERS.clear()
+    value = build_layers(spec, list(placements), plan, setup)
+    _LAYERS[key] = ((placements, plan), value)
+    return value
+
+
 _PLACEMENTS: dict[tuple, tuple[ModelSpec, tuple[Placement, ...]]] = {}
 
 
@@ -163,13 +198,13 @@ def _placements(spec: ModelSpec, setup: Setup) -> tuple[Placement, ...]:
 
 
 def _build_static(spec: ModelSpec, setup: Setup) -> _Static:
-    plan = plan_lora(spec, setup.lora) if setup.method in ("lora", "qlora") and setup.lora is not None else None
+    plan = _lora_plan(spec, setup.lora) if setup.method in ("lora", "qlora") and setup.lora is not None else None
     placements = _placements(spec, setup)
     adapters = adapter_tensors(plan, placements, setup)
     trainables = trainable_tensors(placements, adapters)
     resid = _resid_dtype(spec, placements, setup)
     program = Program(spec, setup)
-    layers = build_layers(spec, placements, plan, setup)
+    layers = _layers(spec, placements, plan, setup)
     cache: dict[tuple, LayerTrace] = {}
     traces = []
     embed_rg = _embedding_output_requires_grad(spec, setup, plan, placements)
