@@ -128,73 +128,64 @@ def _resid_dtype(spec: ModelSpec, placements: list[Placement], setup: Setup) -> 
     return setup.compute_dtype
 
 
-_STATIC_CACHE: dict[tuple[int, Setup], tuple[ModelSpec, _Static]] = {}
+class _IdCache:
+    """A bounded memo keyed by the *identity* of some objects plus hashable extras.
+
+    Hashing a spec's thousands of tensors (or a placements tuple) on every call would dominate sweeps, so the
+    key holds their ``id``; the objects are kept in the entry and compared with ``is`` so that a recycled id
+    never returns a stale value. The whole cache is dropped when it reaches ``limit`` entries.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.entries: dict[tuple, tuple[tuple, object]] = {}
+
+    def get(self, objs: tuple, extra: tuple, build):
+        key = tuple(id(o) for o in objs) + extra
+        hit = self.entries.get(key)
+        if hit is not None and all(a is b for a, b in zip(hit[0], objs, strict=True)):
+            return hit[1]
+        if len(self.entries) >= self.limit:
+            self.entries.clear()
+        value = build()
+        self.entries[key] = (objs, value)
+        return value
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+
+_STATIC_CACHE = _IdCache(512)
+_LORA_PLANS = _IdCache(256)
+_LAYERS = _IdCache(256)
+_PLACEMENTS = _IdCache(256)
 
 
 def _static(spec: ModelSpec, setup: Setup) -> _Static:
-    """Cached per (spec object, structural setup): hashing a spec's tensors on every call would dominate sweeps."""
-    key = (id(spec), setup)
-    hit = _STATIC_CACHE.get(key)
-    if hit is not None and hit[0] is spec:
-        return hit[1]
-    if len(_STATIC_CACHE) > 512:
-        _STATIC_CACHE.clear()
-    value = _build_static(spec, setup)
-    _STATIC_CACHE[key] = (spec, value)
-    return value
-
-
-_LORA_PLANS: dict[tuple[int, LoraConfig], tuple[ModelSpec, LoraPlan]] = {}
+    """Cached per (spec object, structural setup)."""
+    return _STATIC_CACHE.get((spec,), (setup,), lambda: _build_static(spec, setup))
 
 
 def _lora_plan(spec: ModelSpec, config: LoraConfig) -> LoraPlan:
     """``plan_lora`` depends on the spec and the LoRA config only: shared by every precision, attention kernel,
     optimizer and checkpointing choice of a sweep."""
-    key = (id(spec), config)
-    hit = _LORA_PLANS.get(key)
-    if hit is not None and hit[0] is spec:
-        return hit[1]
-    if len(_LORA_PLANS) > 256:
-        _LORA_PLANS.clear()
-    value = plan_lora(spec, config)
-    _LORA_PLANS[key] = (spec, value)
-    return value
-
-
-_LAYERS: dict[tuple, tuple[tuple, list[LayerInfo]]] = {}
+    return _LORA_PLANS.get((spec,), (config,), lambda: plan_lora(spec, config))
 
 
 def _layers(spec: ModelSpec, placements: tuple[Placement, ...], plan: LoraPlan | None,
             setup: Setup) -> list[LayerInfo]:
     """``build_layers`` reads the placements, the LoRA plan and the adapters' dtype (``setup.mixed``): shared by
     the attention kernels, optimizers and checkpointing choices of a sweep (read-only)."""
-    key = (id(placements), id(plan), setup.mixed, setup.trainable_dtype)
-    hit = _LAYERS.get(key)
-    if hit is not None and hit[0][0] is placements and hit[0][1] is plan:
-        return hit[1]
-    if len(_LAYERS) > 256:
-        _LAYERS.clear()
-    value = build_layers(spec, list(placements), plan, setup)
-    _LAYERS[key] = ((placements, plan), value)
-    return value
-
-
-_PLACEMENTS: dict[tuple, tuple[ModelSpec, tuple[Placement, ...]]] = {}
+    return _LAYERS.get((placements, plan), (setup.mixed, setup.trainable_dtype),
+                       lambda: build_layers(spec, list(placements), plan, setup))
 
 
 def _placements(spec: ModelSpec, setup: Setup) -> tuple[Placement, ...]:
     """``place_weights`` depends on the method, quantization and precision only: shared by every LoRA rank,
-    target set and attention kernel of a sweep (treat the list as read-only)."""
-    key = (id(spec), setup.method, setup.quant, setup.double_quant, setup.quant_blocksize, setup.precision,
-           setup.kbit_prep, setup.training)
-    hit = _PLACEMENTS.get(key)
-    if hit is not None and hit[0] is spec:
-        return hit[1]
-    if len(_PLACEMENTS) > 256:
-        _PLACEMENTS.clear()
-    value = tuple(place_weights(spec, setup))
-    _PLACEMENTS[key] = (spec, value)
-    return value
+    target set and attention kernel of a sweep (read-only)."""
+    return _PLACEMENTS.get((spec,), (setup.method, setup.quant, setup.double_quant, setup.quant_blocksize,
+                                     setup.precision, setup.kbit_prep, setup.training),
+                           lambda: tuple(place_weights(spec, setup)))
 
 
 def _build_static(spec: ModelSpec, setup: Setup) -> _Static:
@@ -581,43 +572,30 @@ class _Derived:
     sa: _Static
 
 
-_DERIVED_CACHE: dict[tuple[int, Setup], tuple[ModelSpec, _Derived]] = {}
+_DERIVED_CACHE = _IdCache(512)
+_WEIGHT_COMPS = _IdCache(256)
 
 
 def _derived(spec: ModelSpec, st: _Static, setup: Setup) -> _Derived:
-    key = (id(spec), setup)
-    hit = _DERIVED_CACHE.get(key)
-    if hit is not None and hit[0] is spec:
-        return hit[1]
-    if len(_DERIVED_CACHE) > 512:
-        _DERIVED_CACHE.clear()
-    value = _build_derived(spec, st, setup)
-    _DERIVED_CACHE[key] = (spec, value)
-    return value
-
-
-_WEIGHT_COMPS: dict[tuple, tuple[tuple, tuple[tuple[str, int, str], ...]]] = {}
+    return _DERIVED_CACHE.get((spec,), (setup,), lambda: _build_derived(spec, st, setup))
 
 
 def _base_weight_comps(st: _Static, setup: Setup) -> tuple[tuple[str, int, str], ...]:
     """``weights/*`` components (bytes and formulas) of a placement list, shared across setups that place the
     weights identically (the placements tuple is shared through :func:`_placements`)."""
-    key = (id(st.placements), setup.quant, setup.double_quant, setup.quant_blocksize)
-    hit = _WEIGHT_COMPS.get(key)
-    if hit is not None and hit[0] is st.placements:
-        return hit[1]
-    if len(_WEIGHT_COMPS) > 256:
-        _WEIGHT_COMPS.clear()
+    return _WEIGHT_COMPS.get((st.placements,), (setup.quant, setup.double_quant, setup.quant_blocksize),
+                             lambda: _build_weight_comps(st, setup))
+
+
+def _build_weight_comps(st: _Static, setup: Setup) -> tuple[tuple[str, int, str], ...]:
     wsum: dict[str, int] = defaultdict(int)
     by_comp: dict[str, dict[int, Placement]] = defaultdict(dict)
     for p in st.placements:
         for comp, nb in p.parts:
             wsum[comp] += alloc(nb)
             by_comp[comp][id(p)] = p
-    value = tuple((comp, nb, _weight_formula(comp, list(by_comp[comp].values()), setup))
-                  for comp, nb in sorted(wsum.items()) if nb)
-    _WEIGHT_COMPS[key] = (st.placements, value)
-    return value
+    return tuple((comp, nb, _weight_formula(comp, list(by_comp[comp].values()), setup))
+                 for comp, nb in sorted(wsum.items()) if nb)
 
 
 def _build_derived(spec: ModelSpec, st: _Static, setup: Setup) -> _Derived:
