@@ -59,6 +59,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .errors import TargetError, close_matches
+from .memo import IdCache
 from .spec.model import ModelSpec, Module, Tensor
 
 #: peft 0.21.2 ``peft/utils/constants.py`` TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING (list entries).
@@ -268,19 +269,12 @@ class _Tree:
         return bool(children) and all(c.isdigit() for c in children)
 
 
-_TREES: dict[int, tuple[ModelSpec, _Tree]] = {}
+_TREES = IdCache(64)
 
 
 def _tree(spec: ModelSpec) -> _Tree:
     """The module tree of a spec, cached per spec object (plan_lora runs once per rank in a sweep)."""
-    hit = _TREES.get(id(spec))
-    if hit is not None and hit[0] is spec:
-        return hit[1]
-    if len(_TREES) > 64:
-        _TREES.clear()
-    tree = _build_tree(spec)
-    _TREES[id(spec)] = (spec, tree)
-    return tree
+    return _TREES.get((spec,), (), lambda: _build_tree(spec))
 
 
 def _build_tree(spec: ModelSpec) -> _Tree:

@@ -22,6 +22,7 @@ from functools import cached_property, lru_cache
 
 from ..dtypes import BYTES, PAGED_MIN_NUMEL, adam8bit_state_parts, alloc
 from ..lora import LoraConfig, LoraPlan, plan_lora
+from ..memo import IdCache
 from ..setup import Setup
 from ..spec.model import ModelSpec
 from ..units import GiB, ceil_div
@@ -128,37 +129,10 @@ def _resid_dtype(spec: ModelSpec, placements: list[Placement], setup: Setup) -> 
     return setup.compute_dtype
 
 
-class _IdCache:
-    """A bounded memo keyed by the *identity* of some objects plus hashable extras.
-
-    Hashing a spec's thousands of tensors (or a placements tuple) on every call would dominate sweeps, so the
-    key holds their ``id``; the objects are kept in the entry and compared with ``is`` so that a recycled id
-    never returns a stale value. The whole cache is dropped when it reaches ``limit`` entries.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.entries: dict[tuple, tuple[tuple, object]] = {}
-
-    def get(self, objs: tuple, extra: tuple, build):
-        key = tuple(id(o) for o in objs) + extra
-        hit = self.entries.get(key)
-        if hit is not None and all(a is b for a, b in zip(hit[0], objs, strict=True)):
-            return hit[1]
-        if len(self.entries) >= self.limit:
-            self.entries.clear()
-        value = build()
-        self.entries[key] = (objs, value)
-        return value
-
-    def clear(self) -> None:
-        self.entries.clear()
-
-
-_STATIC_CACHE = _IdCache(512)
-_LORA_PLANS = _IdCache(256)
-_LAYERS = _IdCache(256)
-_PLACEMENTS = _IdCache(256)
+_STATIC_CACHE = IdCache(512)
+_LORA_PLANS = IdCache(256)
+_LAYERS = IdCache(256)
+_PLACEMENTS = IdCache(256)
 
 
 def _static(spec: ModelSpec, setup: Setup) -> _Static:
@@ -572,8 +546,8 @@ class _Derived:
     sa: _Static
 
 
-_DERIVED_CACHE = _IdCache(512)
-_WEIGHT_COMPS = _IdCache(256)
+_DERIVED_CACHE = IdCache(512)
+_WEIGHT_COMPS = IdCache(256)
 
 
 def _derived(spec: ModelSpec, st: _Static, setup: Setup) -> _Derived:
