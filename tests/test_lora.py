@@ -391,18 +391,58 @@ def test_moe_messages_say_what_to_do() -> None:
 
 # ------------------------------------------------------------------------------------ tables and purity
 def test_tables_match_installed_peft() -> None:
-    from peft.utils import transformers_weight_conversion as twc
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as peft_defaults
+    """Every entry both the mirror and the installed peft/transformers know agrees; upstream may add entries."""
     from transformers.conversion_mapping import get_checkpoint_conversion_mapping
 
-    ours = {k: list(v) for k, v in DEFAULT_TARGETS.items()} | dict(DEFAULT_TARGET_REGEX)
-    assert ours == {k: (v if isinstance(v, str) else list(v)) for k, v in peft_defaults.items()}
-    assert MOE_CONVERSION_BASE == {k: v for k, v in twc._MODEL_TO_CONVERSION_PATTERN.items()
-                                   if v in twc._MOE_TARGET_MODULE_MAPPING}
-    assert MOE_TARGET_MAPPING == twc._MOE_TARGET_MODULE_MAPPING
-    assert {b: {k: list(v) for k, v in d.items()} for b, d in MOE_FUSED_TARGETS.items()} == twc._MOE_FUSED_TARGETS
+    from vramplan.tables import compare, mirrored_tables, upstream_tables
+
+    diff = compare(mirrored_tables(), upstream_tables())
+    assert {t: d["disagree"] for t, d in diff.items()} == {t: [] for t in diff}
+    # the mirror invents nothing: each of its entries exists upstream (peft adds mixtral to the conversion base)
+    assert {t: d["mirror_only"] for t, d in diff.items()} == {t: [] for t in diff}
     for mt in ("mixtral", "qwen3_moe", "olmoe", "deepseek_v3"):
         assert get_checkpoint_conversion_mapping(mt) is not None, mt
+
+
+def test_compare_reports_new_and_changed_entries() -> None:
+    from vramplan.tables import compare
+
+    ours = {"t": {"a": ["x"], "b": ["y"], "gone": ["z"]}}
+    theirs = {"t": {"a": ["x"], "b": ["y", "w"], "new": ["v"]}}
+    assert compare(ours, theirs) == {"t": {"disagree": ["b"], "upstream_only": ["new"], "mirror_only": ["gone"]}}
+
+
+def test_missing_model_type_uses_installed_peft_table(monkeypatch) -> None:
+    """A model type the mirror lacks takes the installed PEFT's default targets, and the estimate says so."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as peft_defaults
+
+    import vramplan.lora as lora_mod
+    from vramplan.estimate import estimate
+    from vramplan.profiles import resolve_model
+    from vramplan.setup import Setup
+
+    monkeypatch.delitem(lora_mod.DEFAULT_TARGETS, "qwen2")
+    spec = resolve_model("qwen2.5-0.5b").spec
+    plan = plan_lora(spec, LoraConfig())
+    assert set(plan.targets_used) == set(peft_defaults["qwen2"]) == {"q_proj", "v_proj"}
+    assert plan.default_source is not None and "installed peft" in plan.default_source
+    # q_proj 896x896 and v_proj 896x128 in 24 layers, r=8 (PEFT's count for Qwen2.5-0.5B q/v r=8: 540,672)
+    assert plan.trainable == 24 * 8 * ((896 + 896) + (896 + 128)) == 540_672
+    est = estimate(spec, Setup.create(method="lora", lora=LoraConfig(r=9)))
+    assert any("installed peft" in a and "'qwen2'" in a for a in est.assumptions)
+
+
+def test_missing_model_type_without_peft_asks_for_targets(monkeypatch) -> None:
+    import importlib.util
+
+    import vramplan.lora as lora_mod
+    from vramplan.profiles import resolve_model
+
+    monkeypatch.delitem(lora_mod.DEFAULT_TARGETS, "qwen2")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
+    with pytest.raises(TargetError, match=r"model_type 'qwen2': pass --targets"):
+        plan_lora(resolve_model("qwen2.5-0.5b").spec, LoraConfig())
 
 
 def test_plan_is_pure_python() -> None:

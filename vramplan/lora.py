@@ -79,6 +79,30 @@ DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "nemotron_h": ("q_proj", "k_proj", "v_proj", "o_proj"), "rwkv": ("key", "value", "receptance", "output"),
     "rwkv7": ("r_proj", "k_proj", "v_proj", "o_proj", "key", "value"),
 }
+#: the peft release the tables below mirror (and that .ci/constraints.txt pins)
+PEFT_TABLE_VERSION = "0.21.2"
+
+
+def installed_peft_default(model_type: str) -> tuple[tuple[str, ...] | str | None, str | None]:
+    """The installed PEFT's default targets for a model type the mirrored table lacks.
+
+    Returns ``(targets, source)``, or ``(None, None)`` when PEFT is not installed or does not know the type
+    either. Importing peft imports torch, so this runs only on that fallback, never on the mirrored path.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("peft") is None:
+        return None, None
+    from importlib.metadata import version
+
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as table
+
+    found = table.get(model_type)
+    if found is None:
+        return None, None
+    return (found if isinstance(found, str) else tuple(found)), f"the installed peft {version('peft')}'s table"
+
+
 #: The same mapping's regex entries (a string default is used as a regex).
 DEFAULT_TARGET_REGEX: dict[str, str] = {"gemma4": r".*language_model\..*\.(q_proj|v_proj)"}
 
@@ -224,6 +248,9 @@ class LoraPlan:
     base_params: int
     targets_used: tuple[str, ...] | str = field(default=())
     target_parameters_used: tuple[str, ...] = ()    # after PEFT's MoE conversion
+    #: set when the default targets came from the installed PEFT's own table (a model type vramplan's mirror
+    #: lacks): which table; ``None`` when targets were given or came from the mirror
+    default_source: str | None = None
 
     @property
     def adapter_params(self) -> int:
@@ -425,6 +452,7 @@ def plan_lora(spec: ModelSpec, config: LoraConfig) -> LoraPlan:
     else:
         used = ()
 
+    default_source: str | None = None
     converted = spec.model_type in MOE_CONVERSION_BASE
     if converted:
         if cfg.target_modules is None:
@@ -432,6 +460,8 @@ def plan_lora(spec: ModelSpec, config: LoraConfig) -> LoraPlan:
         _convert_moe(spec, tree, cfg, config.r)
     elif cfg.target_modules is None:       # LoraModel._prepare_adapter_config
         default = DEFAULT_TARGETS.get(spec.model_type) or DEFAULT_TARGET_REGEX.get(spec.model_type)
+        if default is None:
+            default, default_source = installed_peft_default(spec.model_type)
         if default is None and not cfg.target_parameters:
             raise TargetError(
                 f"PEFT has no default LoRA targets for model_type {spec.model_type!r}: pass --targets "
@@ -533,7 +563,7 @@ def plan_lora(spec: ModelSpec, config: LoraConfig) -> LoraPlan:
                                  tuple(t.name for t in copied), a_params))
 
     return LoraPlan(config, tuple(adapters), tuple(saved), spec.params_total, used,
-                    tuple(sorted(cfg.target_parameters)))
+                    tuple(sorted(cfg.target_parameters)), default_source)
 
 
 def _frozen(a: Adapter) -> Adapter:

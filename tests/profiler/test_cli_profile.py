@@ -63,6 +63,7 @@ def test_interrupt_exits_130(tiny_config, tmp_path, monkeypatch):
     assert load_record(tmp_path / "i.json")["status"] == "interrupted"
 
 
+@pytest.mark.slow
 def test_until_oom_doubles_batch_until_the_first_oom(tiny_config, tmp_path, monkeypatch):
     monkeypatch.setenv("VRAMPLAN_PROFILE_FAULT", "oom@forward:0 if batch>=4")
     r = _invoke([tiny_config, *TINY, "--steps", "1", "--warmup", "0", "--until-oom", "batch", "--out",

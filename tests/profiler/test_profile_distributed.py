@@ -307,6 +307,7 @@ def ddp_run(tiny_config, tmp_path_factory):
     return result, said, warned
 
 
+@pytest.mark.slow
 def test_ddp_trainer_two_ranks_record(ddp_run):
     result, said, warned = ddp_run
     rec = load_record(result.path)                          # validates, ranks included
@@ -358,6 +359,7 @@ def fsdp_cli_run(tiny_config, tmp_path_factory):
     return r, out
 
 
+@pytest.mark.slow
 def test_fsdp_plain_two_ranks_via_cli(fsdp_cli_run):
     r, out = fsdp_cli_run
     assert r.exit_code == 0, r.stderr[-3000:]

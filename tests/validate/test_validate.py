@@ -32,6 +32,7 @@ def matrix(tmp_path: Path) -> Path:
     return p
 
 
+@pytest.mark.slow
 def test_campaign_writes_records_summary_readme_and_resumes(matrix, tmp_path):
     out = tmp_path / "val"
     log: list[str] = []

@@ -41,6 +41,9 @@ def plan(model: str, *, as_json: bool, explain: bool, html_path: str | None, gpu
     m = parse_margin(margin)
     resolved = resolve_model(model, trust_remote_code=trust_remote_code)
     if mode.lower() != "analytic":     # issue 4: simulated step (vramplan/simulate/cli.py)
+        from ..extras import require
+
+        require("simulate", f"--mode {mode.lower()}")
         from ..simulate.cli import plan_mode
 
         code = plan_mode(mode.lower(), resolved, setup, g, m, sim_layers=sim_layers, as_json=as_json,
@@ -54,8 +57,11 @@ def plan(model: str, *, as_json: bool, explain: bool, html_path: str | None, gpu
     for w in est.warnings:
         warn(w)
     if html_path:
-        from ..planner import plan_page_data
+        from ..extras import require
+
+        require("report", "--html")
         from ..io import atomic_write_text
+        from ..planner import plan_page_data
         from ..report import plan_page
 
         atomic_write_text(html_path, plan_page(plan_page_data(resolved.spec, setup, data, g)))

@@ -156,6 +156,9 @@ def profile(model: str, *, steps: int, warmup: int, sample_hz: float, out: str, 
     processes over gloo; DeepSpeed needs GPUs and the deepspeed package). Every rank is sampled; the record
     lists them under "ranks" and its measured peaks are the maximum over ranks (--batch is per rank).
     """
+    from ..extras import require
+
+    require("profile", "vramplan profile")
     from ..profiler import RunOptions, profile_run
     from ..profiler import until_oom as run_until_oom
 

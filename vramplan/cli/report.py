@@ -24,6 +24,9 @@ def report(*, paths: tuple[str, ...], out: str | None, fmt: str, title: str) -> 
     Sizes are in GiB (2**30 bytes). A file that is not JSON, or a record with missing parts, is named on the page
     and in a warning; it never stops the report.
     """
+    from ..extras import require
+
+    require("report", "vramplan report")
     from ..io import atomic_write_text
     from ..report import bench_rows, collect, run_views, runs_page, to_csv, to_markdown
 

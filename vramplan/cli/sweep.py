@@ -171,10 +171,8 @@ def build_setups(axes: dict[str, list[Any]]) -> tuple[list[Any], list[Exception]
 
 
 # ---------------------------------------------------------------------------------------------- render
-def frame(rows: list[dict[str, Any]], gpu_names: list[str]):
-    """The rows as a DataFrame with one dtype per column (nullable ints/bools where LoRA options are empty)."""
-    import pandas as pd
-
+def columns(gpu_names: list[str]) -> list[str]:
+    """The sweep table's columns, in order."""
     from ..planner import COUNTER_COLUMNS, LORA_COLUMNS, SETUP_COLUMNS, gib_column, gpu_columns
 
     cols = ["model", *SETUP_COLUMNS, *LORA_COLUMNS, "params_trainable", *COUNTER_COLUMNS, "peak_phase",
@@ -182,55 +180,44 @@ def frame(rows: list[dict[str, Any]], gpu_names: list[str]):
     for g in gpu_names:
         fits, head = gpu_columns(g)
         cols += [fits, head, gib_column(head)]
-    df = pd.DataFrame.from_records(rows, columns=cols)
-    for c in ("rank",):
-        df[c] = df[c].astype("Int64")
-    for c in ("alpha", "lora_dropout"):
-        df[c] = df[c].astype("Float64")
-    df["dora"] = df["dora"].astype("boolean")
-    return df
+    return cols
+
+
+def _records(rows: list[dict[str, Any]], cols: list[str]) -> list[dict[str, Any]]:
+    """Every row with every column (``None`` where a row has no value), in column order."""
+    return [{c: r.get(c) for c in cols} for r in rows]
 
 
 def render(rows: list[dict[str, Any]], gpu_names: list[str], fmt: str, title: str) -> str:
-    """The sweep table in ``fmt``; every format goes through the same DataFrame."""
+    """The sweep table in ``fmt``. CSV, Markdown and JSONL are written with the standard library (no pandas)."""
     from ..errors import VramplanError
     from ..planner import COUNTER_COLUMNS, gib_column, gpu_columns
 
-    df = frame(rows, gpu_names)
+    cols = columns(gpu_names)
+    records = _records(rows, cols)
     if fmt == "csv":
-        return df.to_csv(index=False)
-    records = _records(df)
+        import csv
+        import io
+
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(cols)
+        writer.writerows(["" if r[c] is None else r[c] for c in cols] for r in records)
+        return buf.getvalue()
     if fmt == "jsonl":
         import json
 
         return "".join(json.dumps(r) + "\n" for r in records)
     if fmt == "md":
-        return _markdown(df.columns.tolist(), records)
+        return _markdown(cols, records)
     # html: the report's table shows *_bytes columns in GiB itself, so the GiB copies are left out
-    try:
-        from ..report import table_page
-    except ImportError as exc:
-        raise VramplanError(f"--format html needs vramplan.report.table_page, which cannot be imported ({exc}); "
-                            "use --format csv, md or jsonl") from None
+    from ..extras import require
+
+    require("report", "sweep --format html")
+    from ..report import table_page
+
     gib_cols = {gib_column(c) for c in COUNTER_COLUMNS} | {gib_column(gpu_columns(g)[1]) for g in gpu_names}
     return table_page([{k: v for k, v in r.items() if k not in gib_cols} for r in records], title)
-
-
-def _records(df) -> list[dict[str, Any]]:
-    """Plain Python values (None for missing) from the DataFrame."""
-    import pandas as pd
-
-    out = []
-    for rec in df.to_dict(orient="records"):
-        row = {}
-        for k, v in rec.items():
-            if v is pd.NA or (isinstance(v, float) and v != v):
-                v = None
-            elif hasattr(v, "item"):
-                v = v.item()
-            row[k] = v
-        out.append(row)
-    return out
 
 
 def _markdown(cols: list[str], records: list[dict[str, Any]]) -> str:

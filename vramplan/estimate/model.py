@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from functools import cached_property, lru_cache
 
 from ..dtypes import BYTES, PAGED_MIN_NUMEL, adam8bit_state_parts, alloc
-from ..lora import LoraConfig, LoraPlan, plan_lora
+from ..lora import PEFT_TABLE_VERSION, LoraConfig, LoraPlan, plan_lora
 from ..memo import IdCache
 from ..setup import Setup
 from ..spec.model import ModelSpec
@@ -815,6 +815,11 @@ def assumptions(spec: ModelSpec, setup: Setup, st: _Static) -> list[str]:
     if setup.optim.startswith("paged"):
         a.append("paged optimizer states live in CUDA unified memory: not in torch's allocated/reserved counters, "
                  "counted in device_used while resident")
+    if st.plan is not None and st.plan.default_source is not None:
+        used = st.plan.targets_used
+        a.append(f"LoRA default targets for model_type {spec.model_type!r} "
+                 f"({used if isinstance(used, str) else ', '.join(used)}) "
+                 f"from {st.plan.default_source}: vramplan's mirrored table (peft {PEFT_TABLE_VERSION}) lacks it")
     if spec.model_type in ("bloom",):
         a.append("bloom's ALiBi attention materializes the scores (eager-like) whatever --attn says")
     return a
