@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import random
-import sys
 
 import pandas as pd
 import pytest
@@ -147,10 +146,14 @@ def test_progress_bar_goes_to_stderr_for_long_sweeps(monkeypatch):
     assert len(r.stdout.splitlines()) == 4 and "sweep:" not in r.stdout
 
 
-def test_html_without_the_report_module_is_a_one_line_error(monkeypatch):
-    monkeypatch.setitem(sys.modules, "vramplan.report", None)
+def test_html_without_the_report_extra_is_a_one_line_error(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a, **k: None if n == "plotly" else real(n, *a, **k))
     r = vp("sweep", "--model", "qwen3-0.6b", "--format", "html")
-    assert r.exit_code == 2 and "html needs vramplan.report.table_page" in r.stderr
+    assert r.exit_code == 2 and 'sweep --format html needs the report extra' in r.stderr
+    assert 'pip install "vramplan[report]"' in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_a_row_the_estimator_refuses_is_skipped_not_fatal():
