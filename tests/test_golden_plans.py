@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from golden_plans import ARGS, GOLDEN_FILE, run
 
 GOLDEN = json.loads(GOLDEN_FILE.read_text())

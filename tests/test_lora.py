@@ -22,11 +22,6 @@ import pytest
 
 from vramplan.errors import TargetError
 from vramplan.lora import (
-    DEFAULT_TARGET_REGEX,
-    DEFAULT_TARGETS,
-    MOE_CONVERSION_BASE,
-    MOE_FUSED_TARGETS,
-    MOE_TARGET_MAPPING,
     LoraConfig,
     LoraPlan,
     peft_line,

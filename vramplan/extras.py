@@ -10,7 +10,7 @@ import importlib.util
 
 from .errors import VramplanError
 
-#: extra -> the top-level modules it provides (kept equal to pyproject.toml by tests/test_extras.py)
+#: extra -> the top-level modules it provides (kept equal to pyproject.toml by tests/test_readme.py)
 EXTRAS: dict[str, tuple[str, ...]] = {
     "report": ("plotly",),
     "simulate": ("torch", "transformers", "peft", "bitsandbytes"),

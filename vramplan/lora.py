@@ -62,6 +62,9 @@ from .errors import TargetError, close_matches
 from .memo import IdCache
 from .spec.model import ModelSpec, Module, Tensor
 
+#: the peft release the tables below mirror (and that .ci/constraints.txt pins)
+PEFT_TABLE_VERSION = "0.21.2"
+
 #: peft 0.21.2 ``peft/utils/constants.py`` TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING (list entries).
 DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "t5": ("q", "v"), "mt5": ("q", "v"), "bart": ("q_proj", "v_proj"), "gpt2": ("c_attn",),
@@ -79,30 +82,6 @@ DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "nemotron_h": ("q_proj", "k_proj", "v_proj", "o_proj"), "rwkv": ("key", "value", "receptance", "output"),
     "rwkv7": ("r_proj", "k_proj", "v_proj", "o_proj", "key", "value"),
 }
-#: the peft release the tables below mirror (and that .ci/constraints.txt pins)
-PEFT_TABLE_VERSION = "0.21.2"
-
-
-def installed_peft_default(model_type: str) -> tuple[tuple[str, ...] | str | None, str | None]:
-    """The installed PEFT's default targets for a model type the mirrored table lacks.
-
-    Returns ``(targets, source)``, or ``(None, None)`` when PEFT is not installed or does not know the type
-    either. Importing peft imports torch, so this runs only on that fallback, never on the mirrored path.
-    """
-    import importlib.util
-
-    if importlib.util.find_spec("peft") is None:
-        return None, None
-    from importlib.metadata import version
-
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as table
-
-    found = table.get(model_type)
-    if found is None:
-        return None, None
-    return (found if isinstance(found, str) else tuple(found)), f"the installed peft {version('peft')}'s table"
-
-
 #: The same mapping's regex entries (a string default is used as a regex).
 DEFAULT_TARGET_REGEX: dict[str, str] = {"gemma4": r".*language_model\..*\.(q_proj|v_proj)"}
 
@@ -133,6 +112,26 @@ MOE_FUSED_TARGETS: dict[str, dict[str, tuple[str, ...]]] = {
 ALL_LINEAR = "all-linear"
 _LORA_TYPES = ("linear", "conv1d", "embedding")
 _CONTAINER = "container"   # a module that owns no tensor itself (self_attn, mlp, layers, model)
+
+
+def installed_peft_default(model_type: str) -> tuple[tuple[str, ...] | str | None, str | None]:
+    """The installed PEFT's default targets for a model type the mirrored table lacks.
+
+    Returns ``(targets, source)``, or ``(None, None)`` when PEFT is not installed or does not know the type
+    either. Importing peft imports torch, so this runs only on that fallback, never on the mirrored path.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("peft") is None:
+        return None, None
+    from importlib.metadata import version
+
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as table
+
+    found = table.get(model_type)
+    if found is None:
+        return None, None
+    return (found if isinstance(found, str) else tuple(found)), f"the installed peft {version('peft')}'s table"
 
 
 @dataclass(frozen=True)

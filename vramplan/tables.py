@@ -28,7 +28,13 @@ def upstream_tables() -> dict[str, dict[str, Any]]:
 
 def mirrored_tables() -> dict[str, dict[str, Any]]:
     """vramplan's mirrors of the same tables, in the same shape."""
-    from .lora import DEFAULT_TARGET_REGEX, DEFAULT_TARGETS, MOE_CONVERSION_BASE, MOE_FUSED_TARGETS, MOE_TARGET_MAPPING
+    from .lora import (
+        DEFAULT_TARGET_REGEX,
+        DEFAULT_TARGETS,
+        MOE_CONVERSION_BASE,
+        MOE_FUSED_TARGETS,
+        MOE_TARGET_MAPPING,
+    )
 
     return {
         "default targets": {k: list(v) for k, v in DEFAULT_TARGETS.items()} | dict(DEFAULT_TARGET_REGEX),

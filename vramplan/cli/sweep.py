@@ -190,7 +190,6 @@ def _records(rows: list[dict[str, Any]], cols: list[str]) -> list[dict[str, Any]
 
 def render(rows: list[dict[str, Any]], gpu_names: list[str], fmt: str, title: str) -> str:
     """The sweep table in ``fmt``. CSV, Markdown and JSONL are written with the standard library (no pandas)."""
-    from ..errors import VramplanError
     from ..planner import COUNTER_COLUMNS, gib_column, gpu_columns
 
     cols = columns(gpu_names)
