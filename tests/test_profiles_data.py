@@ -7,6 +7,10 @@ exactly; a few totals are also pinned to figures published outside this reposito
 
 from __future__ import annotations
 
+import importlib.util
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -127,6 +131,77 @@ def test_baichuan_7b_hand_count():
 @pytest.mark.parametrize("stem,total", sorted(PUBLISHED_TOTALS.items()))
 def test_published_totals_pinned(stem, total):
     assert PROFILES[stem]["params_total"] == total
+
+
+# ------------------------------------------------------------------------- profiles/tools/recount_params.py
+# The YAML files are the only copy of the profiles; the tool recounts params_total from each file's config.
+# (That the pure-Python count equals the meta-device count is tested per profile in
+# tests/spec/test_profiles_agree.py, so these tests run the tool with --no-meta.)
+RECOUNT = PROFILES_DIR / "tools" / "recount_params.py"
+
+
+def _recount_module():
+    spec = importlib.util.spec_from_file_location("recount_params", RECOUNT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)  # its dataclasses look their module up while being built
+    spec.loader.exec_module(sys.modules[spec.name])
+    return sys.modules[spec.name]
+
+
+def _copy_profiles(tmp_path: Path) -> Path:
+    dest = tmp_path / "models"
+    shutil.copytree(MODELS_DIR, dest)
+    return dest
+
+
+def test_recount_check_passes_on_shipped_profiles():
+    proc = subprocess.run([sys.executable, str(RECOUNT), "--check", "--no-meta"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, f"shipped params_total out of date:\n{proc.stderr}"
+    assert "differs" not in proc.stderr
+
+
+def test_recount_check_fails_and_names_the_altered_file(tmp_path):
+    models = _copy_profiles(tmp_path)
+    target = models / "qwen2.5-0.5b.yaml"
+    before = target.read_bytes()
+    assert b"\nparams_total: 494032768\n" in before
+    target.write_bytes(before.replace(b"\nparams_total: 494032768\n", b"\nparams_total: 494032769\n"))
+    altered = target.read_bytes()
+    proc = subprocess.run([sys.executable, str(RECOUNT), "--check", "--no-meta", "--models-dir", str(models)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    differing = [line for line in proc.stderr.splitlines() if "differs" in line]
+    assert differing == ["qwen2.5-0.5b.yaml: params_total differs: 494,032,769 in the file, 494,032,768 counted"]
+    assert target.read_bytes() == altered, "--check must write nothing"
+
+
+def test_recount_rewrites_only_the_total_byte_for_byte(tmp_path):
+    models = _copy_profiles(tmp_path)
+    target = models / "llama-2-7b.yaml"
+    shipped = target.read_bytes()
+    # A comment and CRLF line endings must survive the rewrite; only the digits change.
+    edited = (b"# kept: a maintainer's comment\n" + shipped).replace(b"params_total: 6738415616",
+                                                                     b"params_total: 1  # kept too")
+    edited = edited.replace(b"\n", b"\r\n")
+    target.write_bytes(edited)
+    others = {p.name: p.read_bytes() for p in models.glob("*.yaml") if p != target}
+    tool = _recount_module()
+    assert tool.main(["--no-meta", "--models-dir", str(models)]) == 0
+    assert target.read_bytes() == edited.replace(b"params_total: 1  #", b"params_total: 6738415616  #")
+    assert {p.name: p.read_bytes() for p in models.glob("*.yaml") if p != target} == others
+    assert not list(models.glob(".*.tmp")), "the atomic write must leave no temporary file"
+    assert tool.main(["--check", "--no-meta", "--models-dir", str(models)]) == 0
+
+
+def test_recount_refuses_a_total_it_cannot_rewrite_in_place(tmp_path):
+    models = _copy_profiles(tmp_path)
+    target = models / "gpt2.yaml"
+    edited = target.read_bytes().replace(b"params_total: 124439808", b"params_total: 124_439_808")
+    target.write_bytes(edited)
+    tool = _recount_module()
+    assert tool.main(["--no-meta", "--models-dir", str(models), "gpt2"]) == 2
+    assert target.read_bytes() == edited
 
 
 # ------------------------------------------------------------------------------------------------ GPUs
