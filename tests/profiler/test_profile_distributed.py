@@ -28,9 +28,9 @@ from vramplan.profiler.launch import (
     launch_command,
     write_launch_files,
 )
+from vramplan.profiler.options import ProfileError, needs_launch
 from vramplan.profiler.phases import Fault
 from vramplan.profiler.record import merge_ranks, new_record
-from vramplan.profiler.runner import ProfileError, needs_launch
 from vramplan.setup import Setup
 
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from vramplan.errors import PlanFileError
-from vramplan.validate import load_matrix, profile_argv, summarize, validate
+from vramplan.profiler.campaign import load_matrix, profile_argv, summarize, validate
 
 TINY = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
         "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2, "vocab_size": 256,
@@ -96,7 +96,7 @@ def test_cli_dry_run(matrix, tmp_path):
 
 
 def test_summary_statistics(tmp_path):
-    from vramplan.validate import Run
+    from vramplan.profiler.campaign import Run
 
     runs = [Run(i, f"r{i}", {"model": "m"}) for i in range(3)]
     for i, err in enumerate([1.0, -2.0, 10.0]):

@@ -18,7 +18,7 @@ def validate(matrix: str, *, out: str, budget_minutes: float | None, min_run_sec
     """Run every setup of MATRIX (YAML) with `vramplan profile` in a fresh process each, smallest first,
     within a time budget; resume without redoing finished runs; write summary.json and README.md (every run,
     measured vs estimated per counter, median / p90 / max error)."""
-    from ..validate import validate as run_all
+    from ..profiler.campaign import validate as run_all
 
     summary = run_all(matrix, out, budget_s=None if budget_minutes is None else budget_minutes * 60,
                       min_run_s=min_run_seconds, dry_run=dry_run, echo=lambda m: click.echo(m, err=True))

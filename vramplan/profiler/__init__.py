@@ -11,17 +11,17 @@ peft and bitsandbytes are imported only when a run starts.
 
 from __future__ import annotations
 
-from .record import SCHEMA, UNTIL_OOM_SCHEMA, RecordError, load_record, validate_record
-from .runner import (
-           ProfileError,
-           Rank,
-           RunOptions,
-           RunResult,
-           UntilOomResult,
-           needs_launch,
-           profile_run,
-           until_oom,
+from .options import ProfileError, Rank, RunOptions, needs_launch
+from .record import (
+    SCHEMA,
+    UNTIL_OOM_SCHEMA,
+    RecordError,
+    RunResult,
+    UntilOomResult,
+    load_record,
+    validate_record,
 )
+from .runner import profile_run, until_oom
 
 __all__ = ["SCHEMA", "UNTIL_OOM_SCHEMA", "ProfileError", "Rank", "RecordError", "RunOptions", "RunResult",
            "UntilOomResult", "load_record", "needs_launch", "profile_run", "until_oom", "validate_record"]

@@ -42,8 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from .loops import DEEPSPEED_STAGES, FSDP_STRATEGIES, accelerator_mixed_precision
-from .record import load_record, merge_ranks, record_path, validate_record, write_record
-from .runner import Callback, ProfileError, RunOptions, RunResult, _stderr_warn
+from .options import Callback, ProfileError, RunOptions, stderr_warn
+from .record import RunResult, load_record, merge_ranks, record_path, validate_record, write_record
 
 #: ``--strategy`` -> the launcher that starts its ranks
 LAUNCHER = {"ddp": "torchrun", "fsdp": "accelerate", "fsdp-grad-op": "accelerate", "zero1": "accelerate",
@@ -274,7 +274,7 @@ def profile_distributed(model: str, setup: Any, options: RunOptions, *, resolved
         ProfileError: a setup the ranks could not run (checked before launching), or a user error a rank
             recorded (quoted with the record's path).
     """
-    warn = warn or _stderr_warn
+    warn = warn or stderr_warn
     say = progress or (lambda _m: None)
     if resolved is None:
         from ..profiles import resolve_model

@@ -34,6 +34,7 @@ import tempfile
 from typing import Any
 
 from ..errors import SetupError
+from .options import ProfileError
 from .phases import PhaseTracker
 
 #: vramplan optimizer name -> HF Trainer ``optim`` name (``transformers.training_args.OptimizerNames``).
@@ -119,8 +120,6 @@ def check_engine(accelerator: Any, setup: Any) -> None:
     """Raise when the launcher did not give the engine ``setup.strategy`` asks for (a config that did not reach
     the process would otherwise measure a different setup)."""
     from accelerate.utils import DistributedType
-
-    from .runner import ProfileError
 
     dt = accelerator.state.distributed_type
     if setup.strategy in DEEPSPEED_STAGES:

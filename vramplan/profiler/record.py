@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,29 @@ COMPARED = ("peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes")
 
 class RecordError(ValueError):
     """A record that does not follow the schema (a bug in the writer, or a foreign file)."""
+
+
+@dataclass
+class RunResult:
+    """One run: its record (:data:`SCHEMA`), the file it was written to (``None`` with ``write=False``), and
+    the allocator snapshot written beside it, if any."""
+
+    record: dict[str, Any]
+    path: Path | None
+    snapshot_path: Path | None = None
+
+    @property
+    def status(self) -> str:
+        return str(self.record["status"])
+
+
+@dataclass
+class UntilOomResult:
+    """An ``--until-oom`` search: its summary (:data:`UNTIL_OOM_SCHEMA`), where it was written, and every run."""
+
+    summary: dict[str, Any]
+    path: Path | None
+    runs: list[RunResult] = field(default_factory=list)
 
 
 def new_record(model: str, setup: dict[str, Any], steps: int, warmup: int) -> dict[str, Any]:

@@ -20,22 +20,32 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import math
 import os
 import signal
-import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import VramplanError
+from .options import (
+    AXES,
+    UNTIL_OOM_MAX_DOUBLINGS,
+    Callback,
+    ProfileError,
+    Rank,
+    RunOptions,
+    needs_launch,
+    stderr_warn,
+)
 from .phases import FAULT_ENV, Fault, PhaseTracker, is_oom, requested_bytes
 from .record import (
     UNTIL_OOM_SCHEMA,
+    RunResult,
+    UntilOomResult,
     compare,
     new_record,
     record_path,
@@ -44,93 +54,6 @@ from .record import (
     write_record,
 )
 from .sampler import Nvml, Sampler, rss_bytes
-
-LOOPS = ("trainer", "plain")
-DEVICES = ("auto", "cuda", "cpu")
-AXES = ("batch", "seq")
-#: ``--until-oom`` stops doubling here even without an OOM (a host with unbounded swap would never stop).
-UNTIL_OOM_MAX_DOUBLINGS = 20
-
-Callback = Callable[[str], None]
-
-
-class ProfileError(VramplanError):
-    """Profiler options that cannot work (no CUDA device for ``--device cuda``, ``--steps 0``, ...)."""
-
-
-def _stderr_warn(message: str) -> None:
-    sys.stderr.write(f"vramplan: warning: {message}\n")
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How to run and measure (everything that is not the :class:`~vramplan.setup.Setup`)."""
-
-    steps: int = 5
-    warmup: int = 1
-    sample_hz: float = 100.0
-    out: str = "reports/runs"
-    loop: str = "trainer"
-    snapshot: bool = False
-    device: str = "auto"
-    fault: str | None = None          # tests: "oom@backward:2"; None reads $VRAMPLAN_PROFILE_FAULT
-    write: bool = True
-
-    def validate(self) -> None:
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ProfileError(f"--steps must be an integer >= 1, got {self.steps!r}")
-        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ProfileError(f"--warmup must be an integer >= 0, got {self.warmup!r}")
-        if not (0 < float(self.sample_hz) <= 10_000) or math.isnan(float(self.sample_hz)):
-            raise ProfileError(f"--sample-hz must be in (0, 10000], got {self.sample_hz!r}")
-        if self.loop not in LOOPS:
-            raise ProfileError(f"--loop {self.loop!r} is not one of: {', '.join(LOOPS)}")
-        if self.device not in DEVICES:
-            raise ProfileError(f"--device {self.device!r} is not one of: {', '.join(DEVICES)}")
-
-
-@dataclass(frozen=True)
-class Rank:
-    """This process's place in a multi-process run, as the launcher set it (``RANK``, ``LOCAL_RANK``,
-    ``WORLD_SIZE``), and which launcher that was (``torchrun`` or ``accelerate``)."""
-
-    rank: int
-    local_rank: int
-    world_size: int
-    launcher: str
-
-    @classmethod
-    def from_env(cls, launcher: str) -> Rank:
-        try:
-            return cls(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]),
-                       launcher)
-        except (KeyError, ValueError) as exc:
-            raise ProfileError(f"the profiler worker runs under torchrun or accelerate launch, which set RANK, "
-                               f"LOCAL_RANK and WORLD_SIZE; {exc} is missing or not an integer") from None
-
-
-def needs_launch(setup: Any) -> bool:
-    """Whether ``setup`` runs as several processes (``--gpus > 1``) or under a sharding engine (``--strategy``
-    other than ddp, which needs its launcher even on one GPU)."""
-    return setup.gpus > 1 or setup.strategy != "ddp"
-
-
-@dataclass
-class RunResult:
-    record: dict[str, Any]
-    path: Path | None
-    snapshot_path: Path | None = None
-
-    @property
-    def status(self) -> str:
-        return str(self.record["status"])
-
-
-@dataclass
-class UntilOomResult:
-    summary: dict[str, Any]
-    path: Path | None
-    runs: list[RunResult] = field(default_factory=list)
 
 
 def select_device(choice: str, index: int = 0) -> Any:
@@ -260,7 +183,7 @@ def profile_run(model: str, setup: Any, options: RunOptions | None = None, *, re
 
     options = options or RunOptions()
     options.validate()
-    warn = warn or _stderr_warn
+    warn = warn or stderr_warn
     say = progress or (lambda _m: None)
     if rank is None and needs_launch(setup):
         from .launch import profile_distributed
@@ -340,7 +263,7 @@ def profile_run(model: str, setup: Any, options: RunOptions | None = None, *, re
             say(f"profiling {resolved.name}: {setup.method}"
                 f"{'' if setup.quant == 'none' else ' ' + setup.quant}, batch {setup.batch} x seq {setup.seq}, "
                 f"{setup.precision}, {options.loop if setup.training else 'inference'} loop on {device}")
-            from .model import build_model, import_stack
+            from .loader import build_model, import_stack
 
             import_stack(setup)       # import cost (seconds, ~100 MiB RSS) stays out of the load phase
             with tracker.phase("load", None):
@@ -513,7 +436,7 @@ def until_oom(model: str, setup: Any, options: RunOptions, axis: str, *, warn: C
     if axis not in AXES:
         raise ProfileError(f"--until-oom {axis!r} is not one of: {', '.join(AXES)}")
     options.validate()
-    warn = warn or _stderr_warn
+    warn = warn or stderr_warn
     say = progress or (lambda _m: None)
     resolved = resolve_model(model)
     max_pos = resolved.spec.max_position_embeddings

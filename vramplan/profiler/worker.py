@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from ..errors import VramplanError
     from ..setup import Setup
-    from .runner import Rank, RunOptions, profile_run
+    from .options import Rank, RunOptions
+    from .runner import profile_run
 
     spec = json.loads(Path(argv[0]).read_text())
     try:

@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import PlanFileError, close_matches
-from .io import atomic_write_text
+from ..errors import PlanFileError, close_matches
+from ..io import atomic_write_text
 
 RUN_KEYS = {
     "model", "method", "quant", "double_quant", "quant_blocksize", "precision", "batch", "seq", "grad_ckpt",
