@@ -7,6 +7,8 @@ result correctly: a value divided by 2**30 is GiB, by 10**9 is GB (torchtune's `
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from fractions import Fraction
 
 from .errors import VramplanError
 
@@ -19,12 +21,13 @@ MB = 10**6
 GB = 10**9
 TB = 10**12
 
-_UNITS = {
-    "b": 1,
-    "kib": KiB, "mib": MiB, "gib": GiB, "tib": TiB,
-    "kb": KB, "mb": MB, "gb": GB, "tb": TB,
-    # A bare letter is read the way nvidia-smi, torch and most users mean it: binary. "80G" = 80 GiB.
-    "k": KiB, "m": MiB, "g": GiB, "t": TiB,
+# unit (lower case) -> (bytes per unit, the unit as meant). A bare letter is read the way nvidia-smi, torch
+# and most users mean it: binary, so "80G" is 80 GiB.
+_UNITS: dict[str, tuple[int, str]] = {
+    "b": (1, "B"),
+    "kib": (KiB, "KiB"), "mib": (MiB, "MiB"), "gib": (GiB, "GiB"), "tib": (TiB, "TiB"),
+    "kb": (KB, "KB"), "mb": (MB, "MB"), "gb": (GB, "GB"), "tb": (TB, "TB"),
+    "k": (KiB, "KiB"), "m": (MiB, "MiB"), "g": (GiB, "GiB"), "t": (TiB, "TiB"),
 }
 _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
@@ -33,28 +36,69 @@ class SizeError(VramplanError):
     """A size string that cannot be parsed."""
 
 
-def parse_size(text: str) -> int:
-    """Parse ``"24GB"``, ``"24GiB"``, ``"80G"``, ``"512MiB"`` or a plain byte count into bytes.
+@dataclass(frozen=True)
+class Size:
+    """A size as read from text: its exact bytes and which unit the text meant."""
 
-    GB/MB/KB/TB are decimal (10**9 ...), GiB/MiB/KiB/TiB binary (2**30 ...); a bare ``G``/``M``/``K``/``T``
-    is binary, as ``nvidia-smi`` and PyTorch report memory. A number without unit is bytes.
+    bytes: int
+    unit: str       # the unit as meant: "GB" (10**9), "GiB" (2**30), ..., "B"; a bare "G" means "GiB"
+    written: str    # the unit as written: "GB", "gib", "G", "b"
+    number: str     # the number as written: "24", "1.5"
+
+    @property
+    def binary(self) -> bool:
+        """True for KiB/MiB/GiB/TiB (powers of 2**10), False for KB/MB/GB/TB (powers of 10**3) and bytes."""
+        return self.unit.endswith("iB")
+
+    def describe(self) -> str:
+        """``"80G = 80 GiB = 85,899,345,920 B"``: what was written, how it was read, the exact bytes."""
+        written = f"{self.number}{self.written}"
+        read = f"{self.number} {self.unit}"
+        return f"{written} = {self.bytes:,} B" if self.unit == "B" else f"{written} = {read} = {self.bytes:,} B"
+
+
+def read_size(text: str) -> Size:
+    """Parse a size like :func:`parse_size` and say which unit it was read in.
+
+    ``read_size("80G")`` is ``Size(bytes=85_899_345_920, unit="GiB", written="G", number="80")``.
 
     Raises:
-        SizeError: the text is not a number followed by one of the units above.
+        SizeError: the text is not a number followed by one of the units :func:`parse_size` lists, or it is
+            less than one byte.
     """
     m = _SIZE_RE.match(str(text))
     if not m:
         raise SizeError(f"cannot read size {text!r}: write a number and a unit such as 24GB, 24GiB or 80G")
-    number, unit = m.group(1), m.group(2).lower()
-    if unit not in _UNITS:
+    number, written = m.group(1), m.group(2)
+    if not written:
+        # A bare number is refused, not read as bytes: "--gpu 24" almost always means 24 GB or 24 GiB.
+        raise SizeError(f"size {text!r} has no unit: write {number}GB (10**9 B), {number}GiB (2**30 B) "
+                        f"or {number}B")
+    if written.lower() not in _UNITS:
         raise SizeError(
-            f"unknown unit {m.group(2)!r} in size {text!r}: use B, KB, MB, GB, TB (10**3 steps), "
+            f"unknown unit {written!r} in size {text!r}: use B, KB, MB, GB, TB (10**3 steps), "
             "KiB, MiB, GiB, TiB (2**10 steps) or K, M, G, T (binary)"
         )
-    value = float(number) * _UNITS[unit]
-    if value <= 0:
-        raise SizeError(f"size {text!r} must be greater than zero")
-    return int(round(value))
+    scale, unit = _UNITS[written.lower()]
+    # Exact arithmetic: "0.1GB" is 100,000,000 B and a 20-digit byte count stays exact (a float would not).
+    n_bytes = round(Fraction(number) * scale)
+    if n_bytes < 1:
+        raise SizeError(f"size {text!r} must be at least one byte")
+    return Size(bytes=n_bytes, unit=unit, written=written, number=number)
+
+
+def parse_size(text: str) -> int:
+    """Parse ``"24GB"``, ``"24GiB"``, ``"80G"``, ``"512MiB"`` or ``"1024B"`` into bytes.
+
+    GB/MB/KB/TB are decimal (10**9 ...), GiB/MiB/KiB/TiB binary (2**30 ...); a bare ``G``/``M``/``K``/``T``
+    is binary, as ``nvidia-smi`` and PyTorch report memory; ``B`` is bytes. A number without a unit is
+    refused (``--gpu 24`` means 24 GB or 24 GiB, never 24 bytes). Units are case-insensitive; a fraction is
+    rounded to the nearest byte. :func:`read_size` also says which unit the text was read in.
+
+    Raises:
+        SizeError: the text is not a number followed by one of the units above, or is less than one byte.
+    """
+    return read_size(text).bytes
 
 
 def gib(n_bytes: int) -> float:

@@ -101,10 +101,17 @@ def test_seq_beyond_max_positions_warns_not_errors():
     assert "warning" in err and "max_position_embeddings" in err
 
 
-@pytest.mark.parametrize("size", ["24GB", "24GiB", "80G", "24 gb"])
-def test_gpu_sizes_accepted(size):
+@pytest.mark.parametrize("size,capacity", [
+    ("24GB", 24 * 10**9),     # GB is decimal
+    ("24GiB", 24 * 2**30),    # GiB is binary: 25,769,803,776
+    ("80G", 80 * 2**30),      # a bare G is binary, as nvidia-smi and torch count: 85,899,345,920
+    ("24 gb", 24 * 10**9),
+])
+def test_gpu_sizes_accepted(size, capacity):
     d = plan_json("gpt2", "--targets", "c_attn", "--seq", "1024", "--gpu", size)
-    assert d["fits"]["capacity_bytes"] > 20 * 10**9
+    assert d["fits"]["gpu"] == size
+    assert d["fits"]["capacity_bytes"] == capacity
+    assert d["fits"]["headroom_bytes"] == capacity - d["device_used_bytes"]
 
 
 def test_python_api_accepts_peft_bnb_and_training_args_objects():
