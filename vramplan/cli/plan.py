@@ -40,11 +40,11 @@ def plan(model: str, *, as_json: bool, explain: bool, html_path: str | None, gpu
     g = resolve_gpu(gpu) if gpu is not None else None
     m = parse_margin(margin)
     resolved = resolve_model(model, trust_remote_code=trust_remote_code)
-    if mode.lower() != "analytic":     # issue 4: simulated step (vramplan/simulate/cli.py)
+    if mode.lower() != "analytic":     # issue 4: simulated step (vramplan/cli/simulate_cmd.py)
         from ..extras import require
 
         require("simulate", f"--mode {mode.lower()}")
-        from ..simulate.cli import plan_mode
+        from .simulate_cmd import plan_mode
 
         code = plan_mode(mode.lower(), resolved, setup, g, m, sim_layers=sim_layers, as_json=as_json,
                          explain=explain, html_path=html_path)

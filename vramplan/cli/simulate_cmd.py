@@ -1,7 +1,8 @@
 """``vramplan plan --mode simulate|both``: the simulated estimate, or both side by side.
 
-Numbers come from :func:`vramplan.simulate.simulate` and :func:`compare_components`; the functions here only
-shape them for printing (the CLI's own ``render`` helpers do the output).
+Numbers come from :func:`vramplan.simulate.simulate` and
+:func:`vramplan.simulate.side_by_side.compare_components`; the functions here only shape them for printing
+(:mod:`vramplan.cli.render` does the output).
 """
 
 from __future__ import annotations
@@ -9,40 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import SimulationError
-from ..estimate.result import Estimate
 from ..setup import Setup
+from ..simulate.side_by_side import compare_components
 from ..units import GiB
-
-
-def compare_components(analytic: Estimate, simulated: Estimate) -> list[dict[str, Any]]:
-    """Per component: analytic bytes, simulated bytes, difference (simulated - analytic), then the counters.
-
-    A component only one side reports has 0 on the other (e.g. ``activations/recomputed_layer`` vs the
-    analytic ``backward (layers)`` split); group subtotals follow the components.
-    """
-    a, s = analytic.breakdown_bytes, simulated.breakdown_bytes
-    rows: list[dict[str, Any]] = []
-    for name in sorted(dict.fromkeys([*a, *s]), key=lambda n: (n.split("/", 1)[0], n)):
-        rows.append({"component": name, "analytic_bytes": a.get(name, 0), "simulated_bytes": s.get(name, 0),
-                     "diff_bytes": s.get(name, 0) - a.get(name, 0)})
-    groups: dict[str, list[int]] = {}
-    for r in rows:
-        g = groups.setdefault(r["component"].split("/", 1)[0] + "/*", [0, 0])
-        g[0] += r["analytic_bytes"]
-        g[1] += r["simulated_bytes"]
-    for g, (x, y) in groups.items():
-        rows.append({"component": g, "analytic_bytes": x, "simulated_bytes": y, "diff_bytes": y - x})
-    for key, label in (("peak_allocated_bytes", "peak allocated"), ("peak_reserved_bytes", "peak reserved"),
-                       ("device_used_bytes", "device used")):
-        x, y = getattr(analytic, key), getattr(simulated, key)
-        rows.append({"component": label, "analytic_bytes": x, "simulated_bytes": y, "diff_bytes": y - x})
-    return rows
+from .render import echo_json, plan_text, setup_line, table, warn
 
 
 def both_text(analytic: dict, simulated: dict, rows: list[dict[str, Any]]) -> str:
     """The side-by-side view of ``--mode both`` (GiB, difference in GiB and % of the analytic value)."""
-    from ..cli.render import setup_line, table
-
     def g(n: int) -> str:
         return f"{n / GiB:,.3f}"
 
@@ -75,9 +50,8 @@ def plan_mode(mode: str, resolved: Any, setup: Setup, gpu: Any, margin: float, *
     """
     import click
 
-    from ..cli.render import echo_json, plan_text, warn
     from ..estimate import estimate
-    from . import simulate
+    from ..simulate import simulate
 
     spec = resolved.spec
     if mode == "simulate":
