@@ -14,7 +14,8 @@ import click
 from .. import __version__
 from ..errors import VramplanError
 
-#: command name -> "module:attribute"; imported only when the command runs (keeps `--help` and `plan` fast).
+#: command name -> "module:attribute"; imported only when the command runs, so ``plan`` loads no other
+#: command. ``vramplan --help`` imports them all, to show each command's own short help (no second copy).
 COMMANDS = {
     "plan": "vramplan.cli.plan:plan",
     "params": "vramplan.cli.params:params",
@@ -28,21 +29,14 @@ COMMANDS = {
     "check": "vramplan.cli.check:check",
 }
 
-SHORT_HELP = {
-    "validate": "Run the profiler over a matrix of setups and publish measured vs estimated.",
-    "plan": "Estimate peak GPU memory of a fine-tuning or inference setup.",
-    "params": "Count total and LoRA-trainable parameters exactly as PEFT does.",
-    "models": "List the bundled model profiles.",
-    "gpus": "List the GPU catalogue, or which cards fit a setup.",
-    "profile": "Run real steps of a setup and record the memory they use.",
-    "report": "Render saved run records as an HTML report or a Markdown/CSV benchmark table.",
-    "fit": "Does a setup fit a GPU? Largest batch/seq/rank, and changes that make it fit.",
-    "sweep": "Estimate every combination of option lists into CSV, Markdown, JSONL or HTML.",
-    "check": "Check that plan files or training configs fit their GPU (for CI).",
-}
-
 
 class LazyGroup(click.Group):
+    """A group that imports a command's module only when that command is looked up.
+
+    The command list in ``--help`` is click's own :meth:`click.Group.format_commands`: each row is the
+    command's ``short_help`` (or the first sentence of its docstring), read from the command itself.
+    """
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
 
@@ -52,11 +46,6 @@ class LazyGroup(click.Group):
             return None
         module, attr = target.split(":")
         return getattr(importlib.import_module(module), attr)
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, SHORT_HELP.get(name, "")) for name in self.list_commands(ctx)]
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
