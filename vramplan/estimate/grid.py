@@ -20,9 +20,9 @@ from typing import Any, NamedTuple
 from ..dtypes import BYTES
 from ..setup import Setup
 from ..spec.model import ModelSpec
-from ..units import ceil_div
 from . import overhead
 from .graph import Size
+from .logits import final_logit_softcapping, loss_bytes
 from .model import LayerTrace, _derived, _layout_key, _static, _structural
 
 
@@ -106,12 +106,7 @@ def estimate_counters(spec: ModelSpec, setup: Setup, batches_seqs: Sequence[tupl
     H = spec.hidden_size
     V = spec.vocab_size
     grad_ckpt = setup.grad_ckpt
-    casts = d.casts
-    if grad_ckpt and casts:
-        casts_bwd = d.casts_head
-        casts_layer = (casts - d.casts_head) // max(L, 1)
-    else:
-        casts_bwd, casts_layer = casts, casts // max(L, 1)
+    casts, casts_bwd, casts_layer = d.casts, d.casts_backward, d.casts_layer
 
     def buf(phase: str) -> int:
         return rank.buffer_bytes(phase) if rank is not None else 0   # type: ignore[attr-defined]
@@ -128,9 +123,8 @@ def estimate_counters(spec: ModelSpec, setup: Setup, batches_seqs: Sequence[tupl
     resid_k = BYTES[sa.resid_dtype] * H
     lt = BYTES[sa.logits_dtype]
     chunked = setup.loss == "chunked"
-    cd_k = BYTES[setup.compute_dtype] * H
-    upcast = sa.logits_dtype != "fp32"
-    softcap = spec.model_type.startswith("gemma") and bool(spec.config.get("final_logit_softcapping"))
+    cd = BYTES[setup.compute_dtype]
+    softcap = final_logit_softcapping(spec)
     dequant = max((t[5] for t in traces), default=0)
     cublas = overhead.CUBLAS_WORKSPACE_BYTES
     base = d.static_weights + d.opt_gpu + cublas
@@ -141,7 +135,6 @@ def estimate_counters(spec: ModelSpec, setup: Setup, batches_seqs: Sequence[tupl
     opt_cand = base + (rank.grads_step if rank is not None else grads) + d.opt_tmp + b_opt  # type: ignore
     outside = sum(c.bytes for c in rank.device) if rank is not None else 0                  # type: ignore
     device_extra = ctx + d.opt_paged + outside
-    rows_per_chunk = ceil_div(V, H)
 
     for b, s in batches_seqs:
         T, bss = b * s, b * s * s
@@ -166,18 +159,7 @@ def estimate_counters(spec: ModelSpec, setup: Setup, batches_seqs: Sequence[tupl
             has = True
         layer_acts = L * resid_bytes if grad_ckpt else layer_sum
         head_saved = _saved(head_terms, T, bss)
-        if chunked:
-            chunk = 1 << max(0, (ceil_div(T, rows_per_chunk) - 1).bit_length())
-            chunk = min(chunk, T)
-            logits_saved = _alloc(T * cd_k)
-            loss_fwd_tmp = _alloc(chunk * V * 4) * 2 + _alloc(chunk * V * lt)
-            loss_bwd_tmp = 0
-        else:
-            logits_saved = _alloc(T * V * 4)
-            if softcap:
-                logits_saved += _alloc(T * V * lt)
-            loss_fwd_tmp = _alloc(T * V * lt) + (_alloc(T * V * 4) if upcast else 0)
-            loss_bwd_tmp = 2 * _alloc(T * V * 4)
+        logits_saved, loss_fwd_tmp, loss_bwd_tmp = loss_bytes(T, V, H, lt, cd, chunked, softcap)
         acts_total = layer_acts + head_saved + logits_saved
         first_layer_acts = _saved(first, T, bss) if first is not None else 0
         tmp = fwd_tmp + dequant

@@ -29,6 +29,7 @@ from ..units import GiB, ceil_div
 from . import distributed, overhead
 from .graph import Size, Storage, Tracer, max_candidate, prune, tok
 from .layers import LayerInfo, Program, build_layers
+from .logits import final_logit_softcapping, loss_bytes, loss_formula
 from .result import Component, Estimate, Fit
 from .weights import Placement, TrainableTensor, adapter_tensors, place_weights, trainable_tensors
 
@@ -361,13 +362,7 @@ def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0, *, de
     grads, grad_head = d.grads, d.grad_head
     opt_gpu, opt_paged, opt_formula, opt_tmp = d.opt_gpu, d.opt_paged, d.opt_formula, d.opt_tmp
     trainable_numel, casts, rank, sa = d.trainable_numel, d.casts, d.rank, d.sa
-    # autocast's cast cache is cleared when the forward (under autocast) ends; checkpointed layers saved no copy,
-    # so in backward only the head's copy lives on, plus the copies a recomputed layer makes
-    if setup.grad_ckpt and casts:
-        casts_bwd = d.casts_head
-        casts_layer = (casts - d.casts_head) // max(spec.num_layers, 1)
-    else:
-        casts_bwd, casts_layer = casts, casts // max(spec.num_layers, 1)
+    casts_bwd, casts_layer = d.casts_backward, d.casts_layer
 
     def buf(phase: str) -> int:
         return rank.buffer_bytes(phase) if rank is not None else 0
@@ -396,34 +391,11 @@ def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0, *, de
                 act_cat[k] += v * n
         act_formula = ""
     head_saved = sa.head.saved_at(T, bss)
-    V = spec.vocab_size
-    lt = BYTES[sa.logits_dtype]
-    if setup.loss == "chunked":
-        # Liger-Kernel fused linear cross entropy: chunks of ceil(BT / ceil(V/H)) rows (next power of two)
-        chunk = 1 << max(0, (ceil_div(T, ceil_div(V, spec.hidden_size)) - 1).bit_length())
-        chunk = min(chunk, T)
-        logits_saved = alloc(T * spec.hidden_size * BYTES[setup.compute_dtype])   # grad_input kept for backward
-        loss_fwd_tmp = alloc(chunk * V * 4) * 2 + alloc(chunk * V * lt)
-        loss_bwd_tmp = 0
-        logits_formula = (f"chunked loss (Liger-Kernel FusedLinearCrossEntropy): logits of {chunk:,} tokens at a "
-                          f"time × vocab {V:,} in fp32, never all {T:,}; the input gradient "
-                          f"(tokens × hidden × {BYTES[setup.compute_dtype]} B) is computed in forward and kept")
-    else:
-        upcast = sa.logits_dtype != "fp32"
-        logits_saved = alloc(T * V * 4)                       # log_softmax output (fp32), saved
-        # Gemma-2 final_logit_softcapping: logits / cap -> tanh -> * cap before the loss; tanh saves its output
-        # (transformers models/gemma2/modeling_gemma2.py Gemma2ForCausalLM.forward; measured in tests/estimate)
-        softcap = spec.model_type.startswith("gemma") and bool(spec.config.get("final_logit_softcapping"))
-        if softcap:
-            logits_saved += alloc(T * V * lt)
-        loss_fwd_tmp = alloc(T * V * lt) + (alloc(T * V * 4) if upcast else 0)
-        loss_bwd_tmp = 2 * alloc(T * V * 4)                   # grad of log-probs and grad of fp32 logits
-        logits_formula = (
-            f"tokens {T:,} × vocab {V:,}: logits in {sa.logits_dtype} ({lt} B), logits.float() "
-            f"({'a new fp32 copy' if upcast else 'already fp32'}) and log_softmax's saved fp32 output "
-            + (f"plus tanh's saved {sa.logits_dtype} output (final_logit_softcapping) " if softcap else "") +
-            "(transformers loss/loss_utils.py ForCausalLMLoss -> nn.functional.cross_entropy); backward adds "
-            "the fp32 gradient of the log-probs and of the logits")
+    chunked = setup.loss == "chunked"
+    logits_saved, loss_fwd_tmp, loss_bwd_tmp = loss_bytes(
+        T, spec.vocab_size, spec.hidden_size, BYTES[sa.logits_dtype], BYTES[setup.compute_dtype], chunked,
+        final_logit_softcapping(spec))
+    logits_formula = loss_formula(spec, T, sa.logits_dtype, setup.compute_dtype, chunked)
     acts_total = layer_acts + head_saved + logits_saved
 
     # transients inside one layer: forward, recompute (checkpointing) and backward working set
@@ -542,6 +514,8 @@ class _Derived:
     trainable_numel: int
     casts: int
     casts_head: int                   # the part of ``casts`` that is the output head's copy
+    casts_backward: int               # the copies held at the start of backward (autograd saved them)
+    casts_layer: int                  # one decoder layer's copies
     rank: object
     sa: _Static
 
@@ -552,6 +526,14 @@ _WEIGHT_COMPS = IdCache(256)
 
 def _derived(spec: ModelSpec, st: _Static, setup: Setup) -> _Derived:
     return _DERIVED_CACHE.get((spec,), (setup,), lambda: _build_derived(spec, st, setup))
+
+
+def model_states(spec: ModelSpec, setup: Setup) -> _Derived:
+    """The model states :func:`estimate` prices for ``setup`` (any batch and sequence length): weights,
+    gradients, optimizer states and autocast weight copies, in bytes, with the layout whose layer traces give
+    the activations (``.sa``). What the simulation's comparison reads (``simulate/compare.py``)."""
+    ss = _structural(setup)
+    return _derived(spec, _static(spec, _layout_key(ss)), ss)
 
 
 def _base_weight_comps(st: _Static, setup: Setup) -> tuple[tuple[str, int, str], ...]:
@@ -605,6 +587,12 @@ def _build_derived(spec: ModelSpec, st: _Static, setup: Setup) -> _Derived:
     if casts:
         head = [t for t in spec.tensors if t.role == "lm_head" and t.param_name == "weight"]
         casts_head = sum(alloc(t.numel * 2) for t in head)
+    # autocast's cast cache is cleared when the forward (under autocast) ends; checkpointed layers saved no copy,
+    # so in backward only the head's copy lives on, plus the copies a recomputed layer makes
+    if setup.grad_ckpt and casts:
+        casts_bwd, casts_layer = casts_head, (casts - casts_head) // max(spec.num_layers, 1)
+    else:
+        casts_bwd, casts_layer = casts, casts // max(spec.num_layers, 1)
 
     # ---- multi-GPU: one rank's weights, gradients, optimizer states and buffers (distributed.py)
     rank = distributed.rank_states(spec, setup, st) if (setup.training and distributed.applies(setup)) else None
@@ -621,12 +609,12 @@ def _build_derived(spec: ModelSpec, st: _Static, setup: Setup) -> _Derived:
         comps += [(k, v[0], v[1]) for k, v in merged.items()]
         grads, grad_head = rank.grads, rank.grad_head
         opt_gpu, opt_paged, opt_formula, opt_tmp = rank.opt_gpu, rank.opt_paged, rank.opt_formula, rank.opt_tmp
-        casts = 0 if setup.strategy != "ddp" else casts   # FSDP gathers / DeepSpeed casts to 16-bit: no copies
-        casts_head = casts_head if casts else 0
+        if setup.strategy != "ddp":   # FSDP gathers / DeepSpeed casts to 16-bit: no copies
+            casts = casts_head = casts_bwd = casts_layer = 0
         sa = rank.compute
     static_weights = sum(c[1] for c in comps)
     return _Derived(tuple(comps), static_weights, grads, grad_head, opt_gpu, opt_paged, opt_formula, opt_tmp,
-                    trainable_numel, casts, casts_head, rank, sa)
+                    trainable_numel, casts, casts_head, casts_bwd, casts_layer, rank, sa)
 
 
 _LAYOUT: dict[Setup, Setup] = {}

@@ -39,13 +39,13 @@ class Row:
 
 
 def analytic_quantities(spec: ModelSpec, setup: Setup) -> dict[str, int]:
-    """The analytic side: weights/adapters by component, gradients, optimizer states, activations by part."""
+    """The analytic side, read from the estimator (never restated here): weights/adapters by component,
+    gradients, optimizer states, activations by part, the autocast weight copies held for backward."""
     from ..estimate import estimate
-    from ..estimate.model import _static, optimizer_states
+    from ..estimate.logits import final_logit_softcapping, loss_bytes
+    from ..estimate.model import model_states
 
     est = estimate(spec, setup)
-    st = _static(spec, setup.with_(batch=1, seq=1, new_tokens=0))
-    T, bss = setup.tokens, setup.batch * setup.seq * setup.seq
     out: dict[str, int] = {}
     for c in est.components:
         if c.group in EXACT_GROUPS:
@@ -53,30 +53,24 @@ def analytic_quantities(spec: ModelSpec, setup: Setup) -> dict[str, int]:
     if not setup.training:
         out["kv_cache"] = est.component("kv_cache")
         return out
-    out["gradients"] = sum(alloc(t.numel * BYTES[t.dtype]) for t in st.trainables)
-    out["optimizer/states"] = optimizer_states(st.trainables, setup)[0]
-    resid = alloc(T * spec.hidden_size * BYTES[st.resid_dtype])
+    states = model_states(spec, setup)
+    st = states.sa
+    T, bss = setup.tokens, setup.batch * setup.seq * setup.seq
+    out["gradients"] = states.grads
+    out["optimizer/states"] = states.opt_gpu
     if setup.grad_ckpt:
-        out["activations/checkpoint_inputs"] = spec.num_layers * resid
+        out["activations/checkpoint_inputs"] = spec.num_layers * alloc(T * spec.hidden_size * BYTES[st.resid_dtype])
     else:
         for i, tr in enumerate(st.layer_traces):
             out[f"activations/layer {i}"] = tr.saved_at(T, bss)
     out["activations/head"] = st.head.saved_at(T, bss)
     if setup.loss == "standard":
-        # the estimator's logits_saved: fp32 log-probs (+ Gemma-2 softcap's tanh output), listed at its peak
-        lsm = est.component("logits/log_softmax")
-        if not lsm:        # not live at the estimator's peak phase: its formula (model.py::estimate)
-            lsm = alloc(T * spec.vocab_size * 4)
-            if spec.model_type.startswith("gemma") and spec.config.get("final_logit_softcapping"):
-                lsm += alloc(T * spec.vocab_size * BYTES[getattr(st, "logits_dtype", setup.compute_dtype)])
-        out["logits/log_softmax"] = lsm
+        # fp32 log-probs (+ Gemma-2 softcap's tanh output), whether or not live at the estimator's peak phase
+        out["logits/log_softmax"] = loss_bytes(T, spec.vocab_size, spec.hidden_size, BYTES[st.logits_dtype],
+                                               BYTES[setup.compute_dtype], False, final_logit_softcapping(spec)).saved
     if setup.autocast and setup.method == "full":
-        # model.py::estimate's ``casts`` (the component at the peak may hold only part of them)
-        casts = sum(alloc(p.numel * 2) for p in st.placements
-                    if p.trainable and p.tensor.module_type in ("linear", "conv1d", "experts")
-                    and p.tensor.param_name != "bias")
-        casts += sum(alloc(t.numel * 2) for t in spec.tensors if t.tied_to is not None and t.role == "lm_head")
-        out["buffers/autocast_weight_casts"] = casts
+        # what autograd saved at the end of forward: the copies held at the start of backward
+        out["buffers/autocast_weight_casts"] = states.casts_backward
     acts = sum(v for k, v in out.items() if k.startswith(("activations/", "logits/")))
     out["activations (total)"] = acts
     return out
@@ -133,55 +127,8 @@ def spec_with_layers(spec: ModelSpec, num_layers: int) -> ModelSpec:
     return build_spec(cfg, spec.name, "config")
 
 
-# ------------------------------------------------------------------------------------ known analytic gaps
-@dataclass(frozen=True)
-class Gap:
-    """A difference the simulation explains: ``simulated ≈ analytic + bytes``, and why."""
-
-    bytes: int
-    reason: str
-
-
-def known_gaps(spec: ModelSpec, setup: Setup) -> dict[str, Gap]:
-    """Differences traced to the analytic estimator, by row (reported to its owner; delete when fixed).
-
-    * A mixed-precision full fine-tune with gradient checkpointing: autocast's cached 16-bit weight copies
-      are freed when the forward's autocast region exits; the checkpointed layers saved none, so only the
-      head's copy is held at the start of backward — ``model.py::estimate``'s ``backward`` candidate adds
-      every cast (15 GiB too much for Llama-3-8B; the overall peak, later in backward, is unaffected).
-    * A transformers-5 MoE (fused experts, ``experts_implementation="grouped_mm"`` by default) under a
-      mixed-precision full fine-tune: ``grouped_mm`` is not autocast-enabled and runs the fp32 experts as
-      they are (``integrations/moe.py::_grouped_mm``, ``input.to(weight.dtype)``), so there are no cached
-      16-bit copies of expert weights — ``model.py::estimate``'s ``casts`` counts ``module_type ==
-      "experts"`` parameters.
-    """
-    out: dict[str, Gap] = {}
-    if not setup.training:
-        return out
-    if setup.method == "full" and setup.autocast:
-        experts = sum(alloc(t.numel * 2) for t in spec.tensors
-                      if t.module_type == "experts" and t.tied_to is None)
-        layered = 0
-        if setup.grad_ckpt:
-            layered = sum(alloc(t.numel * 2) for t in spec.tensors
-                          if t.layer is not None and t.tied_to is None and t.param_name != "bias"
-                          and t.module_type in ("linear", "conv1d"))
-        reasons = []
-        if experts:
-            reasons.append("grouped_mm experts are not autocast-enabled: no 16-bit copies of fp32 expert weights")
-        if layered:
-            reasons.append("with checkpointing the decoder layers' copies die with autocast's cache when the "
-                           "forward ends (the checkpoint saved none); only the head's copy is held for backward")
-        if experts or layered:
-            out["buffers/autocast_weight_casts"] = Gap(
-                -(experts + layered), "; ".join(reasons) + " — analytic model.py::estimate counts all `casts` "
-                                      "at the start of backward")
-    return out
-
-
-def failures(rows: list[Row], gaps: dict[str, Gap], tolerance: float = 0.03) -> list[str]:
-    """Rows that disagree: exact rows by any byte, others beyond ``tolerance`` of the analytic value unless a
-    known gap explains the difference (to within 0.5 %)."""
+def failures(rows: list[Row], tolerance: float = 0.03) -> list[str]:
+    """Rows that disagree: exact rows by any byte, others beyond ``tolerance`` of the analytic value."""
     bad = []
     for r in rows:
         if r.exact:
@@ -190,9 +137,5 @@ def failures(rows: list[Row], gaps: dict[str, Gap], tolerance: float = 0.03) -> 
             continue
         if abs(r.diff) <= tolerance * max(r.analytic, 1):
             continue
-        g = gaps.get(r.name)
-        if g is not None and abs(r.diff - g.bytes) <= 0.005 * max(r.analytic + g.bytes, 1):
-            continue
-        bad.append(f"{r.name}: analytic {r.analytic:,} B, simulated {r.simulated:,} B ({100 * r.rel:+.2f} %)"
-                   + (f"; known gap {g.bytes:,} B ({g.reason})" if g else ""))
+        bad.append(f"{r.name}: analytic {r.analytic:,} B, simulated {r.simulated:,} B ({100 * r.rel:+.2f} %)")
     return bad
