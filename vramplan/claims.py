@@ -57,16 +57,13 @@ def _setup_text(c: Claim) -> str:
 
 
 def evaluate(c: Claim) -> dict[str, Any]:
-    from .api import plan
-    from .lora import LoraConfig
+    from .estimate import estimate
+    from .profiles import resolve_gpu, resolve_model
+    from .setup import setup_from_options
 
-    o = dict(c.options)
-    lora = None
-    if o.get("method") in ("lora", "qlora"):
-        targets = o.pop("targets", None)
-        lora = LoraConfig(r=o.pop("rank", 8), targets=tuple(targets.split(",")) if targets else None)
     try:
-        est = plan(c.model, lora=lora, gpu=c.gpu, **o)
+        setup = setup_from_options(dict(c.options))
+        est = estimate(resolve_model(c.model).spec, setup, resolve_gpu(c.gpu) if c.gpu is not None else None)
     except VramplanError as exc:
         return {"answer": f"exit 2: {type(exc).__name__}", "verdict": c.error_note or "cannot run"}
     if c.params is not None:

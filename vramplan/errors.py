@@ -37,6 +37,16 @@ class PlanFileError(VramplanError):
     """A plan file (YAML/JSON) that cannot be read or validated."""
 
 
+class ForeignConfigError(VramplanError):
+    """A key of another tool's config (LLaMA-Factory, axolotl, TrainingArguments) that vramplan cannot read
+    or does not model; ``key`` names it so that the caller can say where it is."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
 class SimulationError(VramplanError):
     """A model that cannot be executed on fake tensors."""
 

@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 
 from .errors import TargetError, close_matches
 from .memo import IdCache
+from .options import option
 from .spec.model import ModelSpec, Module, Tensor
 
 #: the peft release the tables below mirror (and that .ci/constraints.txt pins)
@@ -143,15 +144,22 @@ class LoraConfig:
     ``module.param`` suffixes wrapped with ``lora.ParamWrapper`` (e.g. ``("experts.gate_up_proj",)``).
     """
 
-    r: int = 8
-    alpha: int = 8
-    targets: tuple[str, ...] | None = None
-    target_regex: str | None = None
-    modules_to_save: tuple[str, ...] = ()
-    layers_to_transform: tuple[int, ...] | None = None
+    r: int = option(8, kind="int", name="rank", short="-r", unset=True, help="LoRA rank r (PEFT default 8).")
+    alpha: int = option(8, kind="number", unset=True, help="LoRA alpha (PEFT default 8; no effect on memory).")
+    targets: tuple[str, ...] | None = option(
+        None, kind="list", repeat_only=True,
+        help="Comma list of module-name suffixes, or all-linear (PEFT default for the family, e.g. q_proj,v_proj).")
+    target_regex: str | None = option(None, kind="str", repeat_only=True,
+                                      help="Full-match regex over module names (PEFT's target_modules as a string).")
+    modules_to_save: tuple[str, ...] = option(
+        (), kind="list", unset=True, repeat_only=True,
+        help="Comma list of modules trained in full as copies (e.g. embed_tokens,lm_head).")
+    layers_to_transform: tuple[int, ...] | None = option(None, kind="layers", repeat_only=True,
+                                                         help="Only these layer indices, e.g. 0,1,4-7.")
     layers_pattern: str | None = None
-    dora: bool = False
-    dropout: float = 0.0
+    dora: bool = option(False, kind="bool", help="DoRA: adds a magnitude vector per adapted module.")
+    dropout: float = option(0.0, kind="number", name="lora_dropout", unset=True,
+                            help="LoRA dropout (PEFT default 0; > 0 saves a dropped copy of each adapted input).")
     target_parameters: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:

@@ -24,12 +24,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .errors import PlanFileError, SetupError, VramplanError, close_matches
+from .errors import ForeignConfigError, PlanFileError, SetupError, VramplanError, close_matches
 from .estimate import Estimate, Fit, estimate, overhead
 from .estimate.distributed import smallest_gpus
 from .estimate.grid import Counters, estimate_counters
+from .interop import TRAINING_ARGS_KEYS, from_axolotl, from_llama_factory
+from .interop.hf import from_training_args_json
 from .lora import DEFAULT_TARGETS, LoraConfig
-from .setup import Setup
+from .options import Option, read_value
+from .setup import RUN_OPTIONS, SETUP_OPTIONS, Setup, option_columns, setup_kwargs
 from .spec.model import ModelSpec
 from .units import GiB
 
@@ -348,14 +351,14 @@ def _candidates(spec: ModelSpec, s: Setup, mb: int | None, ms: int | None) -> It
         yield "gradient checkpointing on", "--grad-ckpt", lambda: s.with_(grad_ckpt=True)
     if s.method == "full":
         yield ("LoRA (PEFT default targets) instead of full fine-tuning", "--method lora",
-               lambda: Setup.create(**_create_kwargs(s, method="lora", lora=LoraConfig())))
+               lambda: Setup.create(**setup_kwargs(s, method="lora", lora=LoraConfig())))
         yield (f"QLoRA (nf4 base, PEFT default targets){q_note} instead of full fine-tuning",
                "--method qlora --grad-ckpt",
-               lambda: Setup.create(**_create_kwargs(s, method="qlora", quant="nf4", lora=LoraConfig(),
+               lambda: Setup.create(**setup_kwargs(s, method="qlora", quant="nf4", lora=LoraConfig(),
                                                      grad_ckpt=True)))
     if s.method == "lora" and s.quant == "none":
         yield (f"QLoRA (nf4 base){q_note} instead of LoRA", "--method qlora --grad-ckpt",
-               lambda: Setup.create(**_create_kwargs(s, method="qlora", quant="nf4", grad_ckpt=True)))
+               lambda: Setup.create(**setup_kwargs(s, method="qlora", quant="nf4", grad_ckpt=True)))
     if s.method == "inference" and s.quant == "none":
         yield "nf4 (4-bit) weights", "--quant nf4", lambda: s.with_(quant="nf4")
         yield "int8 weights", "--quant int8", lambda: s.with_(quant="int8")
@@ -387,14 +390,6 @@ def _candidates(spec: ModelSpec, s: Setup, mb: int | None, ms: int | None) -> It
         if s.lora.modules_to_save:
             yield (f"no modules_to_save (train only adapters, not copies of {','.join(s.lora.modules_to_save)})",
                    "--modules-to-save ''", lambda: s.with_(lora=replace(s.lora, modules_to_save=())))
-
-
-def _create_kwargs(s: Setup, **changes: Any) -> dict[str, Any]:
-    d = {k: getattr(s, k) for k in ("method", "quant", "double_quant", "quant_blocksize", "precision", "batch",
-                                    "seq", "grad_ckpt", "attn", "optim", "loss", "kbit_prep", "gpus", "strategy",
-                                    "offload", "new_tokens", "lora")}
-    d.update(changes)
-    return d
 
 
 #: sharding strategies ``suggest`` proposes for more GPUs, and how it names them
@@ -461,26 +456,14 @@ def _suggest_more_gpus(spec: ModelSpec, setup: Setup, gpu: Any, margin: float, e
 
 
 # ----------------------------------------------------------------------------------------------- sweep
-#: setup columns of a sweep row, in order (the plan option names with underscores)
-SETUP_COLUMNS = ("method", "quant", "double_quant", "quant_blocksize", "precision", "batch", "seq", "grad_ckpt",
-                 "attn", "optim", "loss", "new_tokens", "gpus", "strategy", "offload")
-LORA_COLUMNS = ("rank", "alpha", "targets", "target_regex", "modules_to_save", "layers_to_transform", "dora",
-                "lora_dropout")
+#: the option columns of a sweep row, in order: every setup option, by its name (``rank``, ``lora_dropout``)
+OPTION_COLUMNS: tuple[str, ...] = tuple(o.name for o in SETUP_OPTIONS)
 COUNTER_COLUMNS = ("peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes")
 
 
 def setup_columns(setup: Setup) -> dict[str, Any]:
     """The effective option values of ``setup`` (defaults filled in) as sweep columns."""
-    row = {k: getattr(setup, k) for k in SETUP_COLUMNS}
-    lc = setup.lora
-    if lc is None:
-        row.update(dict.fromkeys(LORA_COLUMNS))
-    else:
-        row.update(rank=lc.r, alpha=lc.alpha, targets=",".join(lc.targets) if lc.targets is not None else None,
-                   target_regex=lc.target_regex, modules_to_save=",".join(lc.modules_to_save) or None,
-                   layers_to_transform=",".join(map(str, lc.layers_to_transform))
-                   if lc.layers_to_transform is not None else None, dora=lc.dora, lora_dropout=lc.dropout)
-    return row
+    return option_columns(setup)
 
 
 def gib_column(name: str) -> str:
@@ -594,16 +577,14 @@ def product(axes: Mapping[str, Sequence[Any]]) -> Iterator[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------------------------- check
-#: plan-file keys (the long options with underscores) -> the Python type they take
-PLAN_KEYS: dict[str, str] = {
-    "name": "str", "model": "str", "trust_remote_code": "bool",
-    "method": "choice", "quant": "choice", "double_quant": "bool", "quant_blocksize": "int", "precision": "choice",
-    "batch": "int", "seq": "int", "grad_ckpt": "bool", "attn": "choice", "optim": "choice", "loss": "choice",
-    "new_tokens": "int", "gpus": "int", "strategy": "choice", "offload": "choice",
-    "rank": "int", "alpha": "number", "targets": "list", "target_regex": "str", "modules_to_save": "list",
-    "layers_to_transform": "layers", "dora": "bool", "lora_dropout": "number",
-    "gpu": "size-or-name", "margin": "margin",
-}
+#: plan-file keys (the long options with underscores) -> their options: a plan's name and model, where it
+#: runs (gpu, margin, trust_remote_code) and every setup option
+PLAN_OPTIONS: dict[str, Option] = {o.name: o for o in (
+    Option("name", "str", "A name for the plan, shown in check's output."),
+    Option("model", "str", "A bundled name, Hub id or config path."),
+    *RUN_OPTIONS, *SETUP_OPTIONS)}
+#: plan-file keys -> the kind of value they take
+PLAN_KEYS: dict[str, str] = {k: o.kind for k, o in PLAN_OPTIONS.items()}
 
 
 @dataclass(frozen=True)
@@ -630,96 +611,6 @@ def _err(file: str, index: int, count: int, key: str | None, msg: str) -> PlanFi
     return PlanFileError(f"{where}: key {key!r}: {msg}" if key else f"{where}: {msg}")
 
 
-def _as_bool(v: Any) -> bool:
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, str) and v.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
-        return v.strip().lower() in ("true", "yes", "on", "1")
-    raise ValueError(f"must be true or false, got {v!r}")
-
-
-def _as_int(v: Any) -> int:
-    if isinstance(v, bool):
-        raise ValueError(f"must be an integer, got {v!r}")
-    if isinstance(v, int):
-        return v
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    if isinstance(v, str) and v.strip().lstrip("-").isdigit():
-        return int(v.strip())
-    raise ValueError(f"must be an integer, got {v!r}")
-
-
-def _as_number(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-        raise ValueError(f"must be a number, got {v!r}")
-    try:
-        return float(v)
-    except ValueError:
-        raise ValueError(f"must be a number, got {v!r}") from None
-
-
-def _as_list(v: Any) -> str:
-    """A list of names or a comma string -> the comma string the CLI option takes."""
-    if isinstance(v, str):
-        return v
-    if isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v):
-        return ",".join(v)
-    raise ValueError(f"must be a list of names or a comma-separated string, got {v!r}")
-
-
-def _as_layers(v: Any) -> str:
-    if isinstance(v, bool):
-        raise ValueError(f"must be layer indices such as [0, 1] or '0,1,4-7', got {v!r}")
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, str):
-        return v
-    if isinstance(v, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) for x in v):
-        return ",".join(map(str, v))
-    raise ValueError(f"must be layer indices such as [0, 1] or '0,1,4-7', got {v!r}")
-
-
-def _as_margin(v: Any) -> float:
-    if isinstance(v, bool):
-        raise ValueError(f"must be a percentage such as 10% or a fraction such as 0.1, got {v!r}")
-    if isinstance(v, (int, float)):
-        value = float(v)
-    elif isinstance(v, str):
-        t = v.strip()
-        try:
-            value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
-        except ValueError:
-            raise ValueError(f"must be a percentage such as 10% or a fraction such as 0.1, got {v!r}") from None
-    else:
-        raise ValueError(f"must be a percentage such as 10% or a fraction such as 0.1, got {v!r}")
-    if not 0 <= value < 1:
-        raise ValueError(f"must be between 0% and 100%, got {v!r}")
-    return value
-
-
-def _choices(key: str) -> tuple[str, ...]:
-    from . import setup as S
-
-    return {"method": S.METHODS, "quant": S.QUANTS, "precision": S.PRECISIONS, "attn": S.ATTNS, "optim": S.OPTIMS,
-            "loss": S.LOSSES, "strategy": S.STRATEGIES, "offload": S.OFFLOADS}[key]
-
-
-def _convert(key: str, value: Any) -> Any:
-    kind = PLAN_KEYS[key]
-    if kind == "str" or kind == "size-or-name":
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise ValueError(f"must be a string, got {value!r}")
-        return str(value)
-    if kind == "choice":
-        choices = _choices(key)
-        if not isinstance(value, str) or value.lower() not in choices:
-            raise ValueError(f"{value!r} is not one of: {', '.join(choices)}{close_matches(str(value), choices)}")
-        return value.lower()
-    return {"bool": _as_bool, "int": _as_int, "number": _as_number, "list": _as_list, "layers": _as_layers,
-            "margin": _as_margin}[kind](value)
-
-
 def _normalize_keys(d: Mapping[Any, Any], file: str, index: int, count: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for raw, value in d.items():
@@ -730,169 +621,26 @@ def _normalize_keys(d: Mapping[Any, Any], file: str, index: int, count: int) -> 
             raise _err(file, index, count, raw, f"unknown key{close_matches(key, list(PLAN_KEYS))}; plan keys are "
                                                 "the long options of `vramplan plan` (rank, batch, seq, gpu, ...)")
         try:
-            out[key] = _convert(key, value) if value is not None else None
+            out[key] = read_value(PLAN_OPTIONS[key], value) if value is not None else None
         except ValueError as exc:
             raise _err(file, index, count, raw, str(exc)) from None
     return out
 
 
 # ---- foreign formats -------------------------------------------------------------------------------
-def _truthy(v: Any) -> bool:
-    if isinstance(v, str):
-        return v.strip().lower() in ("true", "yes", "on", "1", "auto", "full")
-    return bool(v)
-
-
-def _optim(name: Any, file: str, index: int, count: int, key: str) -> str:
-    from .api import TRAINER_OPTIMS
-
-    n = str(getattr(name, "value", name))
-    if n not in TRAINER_OPTIMS:
-        raise _err(file, index, count, key, f"optimizer {n!r} is not modelled{close_matches(n, list(TRAINER_OPTIMS))};"
-                                            f" use one of {', '.join(sorted(TRAINER_OPTIMS))}")
-    return TRAINER_OPTIMS[n]
-
-
-def _from_llama_factory(d: Mapping[str, Any], file: str, index: int, count: int) -> dict[str, Any]:
-    """LLaMA-Factory (``llamafactory-cli train x.yaml``) keys -> plan keys (src/llamafactory/hparams)."""
-    o: dict[str, Any] = {"model": d["model_name_or_path"]}
-    stage = d.get("stage", "sft")
-    if stage not in ("sft", "pt"):
-        raise _err(file, index, count, "stage", f"stage {stage!r} is not modelled (it holds a reference or value "
-                                                "model as well); only sft and pt are")
-    ft = str(d.get("finetuning_type", "lora")).lower()
-    if ft not in ("lora", "full"):
-        raise _err(file, index, count, "finetuning_type",
-                   f"{ft!r} is not modelled (freeze trains a subset of layers); use lora or full")
-    qbit = d.get("quantization_bit")
-    if qbit is not None:
-        if str(d.get("quantization_method", "bnb")).lower() not in ("bnb", "bitsandbytes"):
-            raise _err(file, index, count, "quantization_method",
-                       f"{d.get('quantization_method')!r} is not modelled; only bitsandbytes (bnb) is")
-        if ft == "full":
-            raise _err(file, index, count, "quantization_bit", "full fine-tuning of a quantized model is not "
-                                                               "possible; use finetuning_type: lora")
-        if _as_int_or_err(qbit, file, index, count, "quantization_bit") not in (4, 8):
-            raise _err(file, index, count, "quantization_bit", f"must be 4 or 8, got {qbit!r}")
-        o["method"] = "qlora"
-        o["quant"] = "int8" if int(qbit) == 8 else str(d.get("quantization_type", "nf4")).lower()
-        o["double_quant"] = _truthy(d.get("double_quantization", True))
-    else:
-        o["method"] = ft
-    if ft == "lora":
-        for src, dst in (("lora_rank", "rank"), ("lora_alpha", "alpha"), ("lora_dropout", "lora_dropout"),
-                         ("additional_target", "modules_to_save"), ("use_dora", "dora")):
-            if d.get(src) is not None:
-                o[dst] = d[src]
-        tgt = d.get("lora_target", "all")
-        o["targets"] = "all-linear" if str(tgt).strip().lower() == "all" else tgt
-    if d.get("per_device_train_batch_size") is not None:
-        o["batch"] = d["per_device_train_batch_size"]
-    o["seq"] = d.get("cutoff_len", 2048)          # DataArguments.cutoff_len default
-    if _truthy(d.get("pure_bf16", False)):
-        o["precision"] = "bf16-true"
-    elif _truthy(d.get("bf16", False)):
-        o["precision"] = "bf16-mixed"
-    elif _truthy(d.get("fp16", False)):
-        o["precision"] = "fp16-mixed"
-    # model/model_utils/checkpointing.py: checkpointing is on unless disable_gradient_checkpointing
-    o["grad_ckpt"] = not _truthy(d.get("disable_gradient_checkpointing", False))
-    attn = str(d.get("flash_attn", "auto")).lower()
-    o["attn"] = {"fa2": "flash", "sdpa": "sdpa", "disabled": "eager", "auto": "sdpa"}.get(attn, "sdpa")
-    if d.get("optim") is not None:
-        o["optim"] = _optim(d["optim"], file, index, count, "optim")
-    if _truthy(d.get("enable_liger_kernel", False)):
-        o["loss"] = "chunked"
-    return o
-
-
-def _as_int_or_err(v: Any, file: str, index: int, count: int, key: str) -> int:
-    try:
-        return _as_int(v)
-    except ValueError as exc:
-        raise _err(file, index, count, key, str(exc)) from None
-
-
-def _from_axolotl(d: Mapping[str, Any], file: str, index: int, count: int) -> dict[str, Any]:
-    """axolotl (``axolotl train x.yml``) keys -> plan keys (src/axolotl/utils/schemas)."""
-    o: dict[str, Any] = {"model": d["base_model"]}
-    adapter = d.get("adapter")
-    adapter = str(adapter).lower() if adapter else None
-    if adapter not in (None, "lora", "qlora"):
-        raise _err(file, index, count, "adapter", f"{adapter!r} is not modelled; use lora or qlora")
-    four, eight = _truthy(d.get("load_in_4bit", False)), _truthy(d.get("load_in_8bit", False))
-    if adapter is None:
-        if four or eight:
-            raise _err(file, index, count, "load_in_4bit" if four else "load_in_8bit",
-                       "full fine-tuning of a quantized model is not possible; set adapter: lora or qlora")
-        o["method"] = "full"
-    elif adapter == "qlora" or four or eight:
-        o["method"] = "qlora"
-        o["quant"] = "int8" if eight and not four else "nf4"
-    else:
-        o["method"] = "lora"
-    if adapter is not None:
-        for src, dst in (("lora_r", "rank"), ("lora_alpha", "alpha"), ("lora_dropout", "lora_dropout"),
-                         ("lora_modules_to_save", "modules_to_save"), ("peft_use_dora", "dora")):
-            if d.get(src) is not None:
-                o[dst] = d[src]
-        if _truthy(d.get("lora_target_linear", False)):
-            o["targets"] = "all-linear"
-        elif d.get("lora_target_modules") is not None:
-            o["targets"] = d["lora_target_modules"]
-    if d.get("micro_batch_size") is not None:
-        o["batch"] = d["micro_batch_size"]
-    if d.get("sequence_len") is not None:
-        o["seq"] = d["sequence_len"]
-    bf16 = d.get("bf16")
-    if isinstance(bf16, str) and bf16.lower() == "full":
-        o["precision"] = "bf16-true"
-    elif _truthy(bf16) if bf16 is not None else False:
-        o["precision"] = "bf16-mixed"
-    elif _truthy(d.get("fp16", False)):
-        o["precision"] = "fp16-mixed"
-    if d.get("gradient_checkpointing") is not None:
-        o["grad_ckpt"] = _truthy(d["gradient_checkpointing"])
-    if _truthy(d.get("flash_attention", False)):
-        o["attn"] = "flash"
-    elif _truthy(d.get("eager_attention", False)):
-        o["attn"] = "eager"
-    elif _truthy(d.get("sdp_attention", False)):
-        o["attn"] = "sdpa"
-    if d.get("optimizer") is not None:
-        o["optim"] = _optim(d["optimizer"], file, index, count, "optimizer")
-    if _truthy(d.get("chunked_cross_entropy", False)) or _truthy(d.get("liger_fused_linear_cross_entropy", False)) \
-            or _truthy(d.get("cut_cross_entropy", False)):
-        o["loss"] = "chunked"
-    return o
-
-
-#: TrainingArguments / TRL SFTConfig keys that mark a JSON as training arguments
-TRAINING_ARGS_KEYS = ("per_device_train_batch_size", "output_dir", "gradient_accumulation_steps", "learning_rate",
-                      "num_train_epochs", "optim", "bf16", "fp16", "gradient_checkpointing")
-
-
-def _from_training_args(d: Mapping[str, Any], file: str, index: int, count: int) -> dict[str, Any]:
-    """transformers ``TrainingArguments`` (``args.to_json_string()``) plus vramplan keys (``model``, ``method``,
-    ``rank``, ``seq``...): the TrainingArguments fields that decide memory are read through
-    :func:`vramplan.api.options_from_training_args`; every other TrainingArguments field is ignored."""
-    from types import SimpleNamespace
-
-    from .api import options_from_training_args
-
-    ns = SimpleNamespace(**{k: d.get(k) for k in ("per_device_train_batch_size", "bf16", "fp16",
-                                                  "gradient_checkpointing", "optim")})
-    try:
-        o = options_from_training_args(ns)
-    except SetupError as exc:
-        raise _err(file, index, count, "optim", str(exc)) from None
-    seq = d.get("max_seq_length", d.get("max_length"))     # TRL SFTConfig
-    if seq is not None:
-        o["seq"] = seq
-    # vramplan keys given alongside (model, method, rank, seq, ...) win; ``optim`` is TrainingArguments' own
+def _from_training_args(d: Mapping[str, Any]) -> dict[str, Any]:
+    """transformers ``TrainingArguments`` JSON plus vramplan keys (``model``, ``method``, ``rank``, ``seq``...):
+    the TrainingArguments fields that decide memory (:func:`vramplan.interop.hf.from_training_args_json`),
+    overridden by plan keys given alongside; ``optim`` is TrainingArguments' own."""
+    o = from_training_args_json(d)
     o.update({k: v for k, v in d.items() if isinstance(k, str) and k.replace("-", "_") in PLAN_KEYS
               and k != "optim"})
     return o
+
+
+#: plan-file formats other than vramplan's own -> their reader
+FOREIGN_READERS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
+    "llama-factory": from_llama_factory, "axolotl": from_axolotl, "training-args": _from_training_args}
 
 
 def detect_format(d: Mapping[str, Any]) -> str:
@@ -961,14 +709,11 @@ def read_plan_file(path: str | Path, gpu: str | None = None, margin: float | Non
     count = len(raws)
     out = []
     for i, (raw, kind) in enumerate(raws, start=1):
-        if kind == "llama-factory":
-            opts = _from_llama_factory(raw, file, i, count)
-        elif kind == "axolotl":
-            opts = _from_axolotl(raw, file, i, count)
-        elif kind == "training-args":
-            opts = _from_training_args(raw, file, i, count)
-        else:
-            opts = dict(raw)
+        reader = FOREIGN_READERS.get(kind)
+        try:
+            opts = reader(raw) if reader is not None else dict(raw)
+        except ForeignConfigError as exc:
+            raise _err(file, i, count, exc.key, exc.message) from None
         opts = _normalize_keys(opts, file, i, count)
         name = opts.pop("name", None)
         m = opts.pop("model", None) or model

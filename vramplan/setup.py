@@ -9,11 +9,12 @@ the HF Trainer's ``bf16=True`` autocast with fp32 trainable weights (``bf16-mixe
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from .errors import SetupError
 from .lora import LoraConfig
+from .options import Option, option, options_of
 
 Method = Literal["full", "lora", "qlora", "inference"]
 Quant = Literal["none", "nf4", "fp4", "int8"]
@@ -51,26 +52,39 @@ def _positive(value: Any, option: str) -> int:
 
 @dataclass(frozen=True)
 class Setup:
-    """A validated setup. Build it with :meth:`Setup.create`, which fills method-dependent defaults."""
+    """A validated setup. Build it with :meth:`Setup.create`, which fills method-dependent defaults.
 
-    method: str = "lora"
-    quant: str = "none"
-    double_quant: bool = True
-    quant_blocksize: int = 64
-    precision: str = "bf16-mixed"
+    Each field that is a user-facing option declares it (:func:`vramplan.options.option`): its help, kind,
+    choices and default. The command-line options, sweep axes, plan-file keys and sweep columns are derived
+    from these declarations and from :class:`~vramplan.lora.LoraConfig`'s (:data:`SETUP_OPTIONS`).
+    """
+
+    method: str = option("lora", kind="choice", choices=METHODS,
+                         help="Training method, or inference (prefill + decode).")
+    quant: str = option("none", kind="choice", choices=QUANTS, unset=True,
+                        help="Base-weight quantization (bitsandbytes); qlora defaults to nf4.")
+    double_quant: bool = option(True, kind="bool", help="bnb_4bit_use_double_quant.")
+    quant_blocksize: int = option(64, kind="int", help="4-bit quantization block size.")
+    precision: str = option("bf16-mixed", kind="choice", choices=PRECISIONS,
+                            help="mixed = autocast with fp32 trainable weights (HF Trainer bf16=True); "
+                                 "true = everything in that dtype.")
     lora: LoraConfig | None = field(default_factory=LoraConfig)
-    batch: int = 1
-    seq: int = 2048
-    grad_ckpt: bool = False
-    attn: str = "sdpa"
-    optim: str = "adamw"
-    loss: str = "standard"
-    kbit_prep: bool = True              # prepare_model_for_kbit_training (qlora / int8 LoRA)
-    gpus: int = 1
-    strategy: str = "ddp"
-    offload: str = "none"
+    batch: int = option(1, kind="int", help="Sequences per step (per GPU).")
+    seq: int = option(2048, kind="int", help="Tokens per sequence (inference: prompt + generated).")
+    grad_ckpt: bool = option(False, kind="bool", unset=True,
+                             help="Gradient checkpointing (default: on for qlora, as prepare_model_for_kbit_training "
+                                  "does; off otherwise).")
+    attn: str = option("sdpa", kind="choice", choices=ATTNS, help="Attention kernel.")
+    optim: str = option("adamw", kind="choice", choices=OPTIMS,
+                        help="Optimizer (adamw = torch fused AdamW, the HF Trainer default).")
+    loss: str = option("standard", kind="choice", choices=LOSSES,
+                       help="standard = full fp32 logits; chunked = fused linear cross-entropy.")
+    kbit_prep: bool = True              # prepare_model_for_kbit_training (qlora / int8 LoRA); not an option
+    gpus: int = option(1, kind="int", help="Number of GPUs (data parallel ranks).")
+    strategy: str = option("ddp", kind="choice", choices=STRATEGIES, help="Multi-GPU strategy.")
+    offload: str = option("none", kind="choice", choices=OFFLOADS, help="CPU offload (ZeRO / FSDP).")
     # inference: how many of `seq` tokens are generated (the rest is the prompt); 0 = prefill only
-    new_tokens: int = 0
+    new_tokens: int = option(0, kind="int", help="Inference: tokens generated after the prompt (part of --seq).")
 
     # ------------------------------------------------------------------------------------------ create
     @classmethod
@@ -103,14 +117,9 @@ class Setup:
         return s
 
     def validate(self) -> None:
-        _choice(self.method, METHODS, "--method")
-        _choice(self.quant, QUANTS, "--quant")
-        _choice(self.precision, PRECISIONS, "--precision")
-        _choice(self.attn, ATTNS, "--attn")
-        _choice(self.optim, OPTIMS, "--optim")
-        _choice(self.loss, LOSSES, "--loss")
-        _choice(self.strategy, STRATEGIES, "--strategy")
-        _choice(self.offload, OFFLOADS, "--offload")
+        for o in options_of(Setup):
+            if o.kind == "choice":
+                _choice(getattr(self, o.field), o.choices, o.flag)
         _positive(self.batch, "--batch")
         _positive(self.seq, "--seq")
         _positive(self.gpus, "--gpus")
@@ -201,3 +210,115 @@ class Setup:
         s = cls(lora=lc, **d)
         s.validate()
         return s
+
+
+# ------------------------------------------------------------------------------------------ the options
+#: every option of a setup, in command-line order: the Setup fields that declare one, then LoraConfig's
+SETUP_OPTIONS: tuple[Option, ...] = (*options_of(Setup), *options_of(LoraConfig))
+#: the options of LoraConfig (``rank`` sets ``LoraConfig.r``, ``lora_dropout`` sets ``dropout``)
+LORA_OPTIONS: tuple[Option, ...] = options_of(LoraConfig)
+#: the options of a plan that are not part of its setup: where it runs and what may run
+RUN_OPTIONS: tuple[Option, ...] = (
+    Option("gpu", "size-or-name",
+           "A card from `vramplan gpus` (rtx-4090, a100-80gb, ...) or a size (24GB, 24GiB, 80G)."),
+    Option("margin", "margin", "Headroom kept free on --gpu, e.g. 10%.", default="0%"),
+    Option("trust_remote_code", "flag", "Allow a model folder's own modeling code (auto_map) for shapes.",
+           default=False),
+)
+
+
+def option_named(name: str) -> Option:
+    """The setup or run option called ``name`` (underscores or dashes)."""
+    key = name.replace("-", "_")
+    for o in (*SETUP_OPTIONS, *RUN_OPTIONS):
+        if o.name == key:
+            return o
+    raise KeyError(name)
+
+
+def split_list(value: str | None) -> tuple[str, ...] | None:
+    """``"q_proj, v_proj"`` -> ``("q_proj", "v_proj")``; ``None``/empty -> ``None``."""
+    if value is None:
+        return None
+    items = tuple(v.strip() for v in str(value).split(",") if v.strip())
+    return items or None
+
+
+def parse_layers(value: str | None) -> tuple[int, ...] | None:
+    """``"0,1,4-7"`` -> ``(0, 1, 4, 5, 6, 7)``.
+
+    Raises:
+        ValueError: a part that is not an index or a range, with a message saying how to write it.
+    """
+    if value is None:
+        return None
+    out: list[int] = []
+    for part in str(value).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part:
+                lo, hi = part.split("-", 1)
+                out.extend(range(int(lo), int(hi) + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise ValueError(f"cannot read layer list {value!r}: write indices such as 0,1,4-7") from None
+    return tuple(out)
+
+
+_LORA_FIELD_DEFAULTS = {f.name: f.default for f in fields(LoraConfig)}
+
+
+def _option_value(o: Option, value: Any) -> Any:
+    """A command-line value (a string for lists and layers) as the dataclass field holds it."""
+    if o.kind == "list":       # an empty list is the field's own default: None (PEFT's targets) or ()
+        return split_list(value) or _LORA_FIELD_DEFAULTS.get(o.field)
+    if o.kind == "layers":
+        return parse_layers(value)
+    if o.kind == "choice" and isinstance(value, str):
+        return value.lower()
+    return value
+
+
+def lora_from_options(values: dict[str, Any]) -> LoraConfig | None:
+    """A :class:`LoraConfig` from option values by name (``rank``, ``targets``...), or ``None`` when no LoRA
+    option is given (a ``False`` boolean counts as not given)."""
+    given = {o: values[o.name] for o in LORA_OPTIONS if values.get(o.name) is not None
+             and not (o.kind == "bool" and values[o.name] is False)}
+    if not given:
+        return None
+    return LoraConfig(**{o.field: _option_value(o, v) for o, v in given.items()})
+
+
+def setup_from_options(values: dict[str, Any]) -> Setup:
+    """A validated :class:`Setup` from option values by name, as the command line and plan files give them
+    (``None`` = not given; lists and layers as their comma strings).
+
+    Raises:
+        SetupError: an invalid value or combination.
+        TargetError: an invalid LoRA option.
+    """
+    kwargs = {o.field: _option_value(o, values[o.name]) for o in options_of(Setup)
+              if values.get(o.name) is not None}
+    return Setup.create(lora=lora_from_options(values), **kwargs)
+
+
+def setup_kwargs(s: Setup, **changes: Any) -> dict[str, Any]:
+    """The keywords of :meth:`Setup.create` that rebuild ``s``, with ``changes`` applied."""
+    d = {f.name: getattr(s, f.name) for f in fields(Setup)}
+    d.update(changes)
+    return d
+
+
+def option_columns(s: Setup) -> dict[str, Any]:
+    """The effective value of every option of ``s`` (defaults filled in) as a table column: lists and layer
+    indices as comma strings (``None`` when empty), LoRA options ``None`` without LoRA."""
+    row = {o.name: getattr(s, o.field) for o in options_of(Setup)}
+    for o in LORA_OPTIONS:
+        v = getattr(s.lora, o.field) if s.lora is not None else None
+        if o.kind in ("list", "layers") and v is not None:
+            v = ",".join(map(str, v)) or None
+        row[o.name] = v
+    return row

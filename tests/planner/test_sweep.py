@@ -8,6 +8,7 @@ import random
 
 import pandas as pd
 import pytest
+from option_names import SETUP_OPTION_NAMES
 from planner_helpers import vp, vp_json
 
 import vramplan.planner as planner
@@ -42,7 +43,7 @@ def _plan_args(row: dict) -> list[str]:
 def test_product_size_and_columns(rows):
     assert len(rows) == N_ROWS
     cols = list(rows[0])
-    for c in ("model", *planner.SETUP_COLUMNS, *planner.LORA_COLUMNS, "params_trainable", "peak_allocated_bytes",
+    for c in ("model", *SETUP_OPTION_NAMES, "params_trainable", "peak_allocated_bytes",
               "peak_reserved_bytes", "device_used_bytes", "peak_phase", "peak_allocated (GiB)",
               "peak_reserved (GiB)", "device_used (GiB)", "rtx-4090_fits", "rtx-4090_headroom_bytes",
               "rtx-4090_headroom (GiB)", "mi300x_fits", "a100-80gb_headroom (GiB)"):

@@ -6,14 +6,16 @@ import sys
 
 import click
 
-from .options import json_option, setup_from_options
+from ..setup import option_named
+from .options import click_option, json_option, setup_from_options
 from .render import echo_json, gib, setup_line
 
 
 @click.command(short_help="Check that plan files or training configs fit their GPU (for CI).")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--gpu", default=None, help="Check on this card instead of the one each plan names.")
-@click.option("--margin", default=None, help="Headroom kept free instead of each plan's margin, e.g. 10%.")
+@click_option(option_named("gpu"), help="Check on this card instead of the one each plan names.")
+@click_option(option_named("margin"), default=None, show_default=False,
+              help="Headroom kept free instead of each plan's margin, e.g. 10%.")
 @click.option("--model", default=None, help="Model for files that do not name one (TrainingArguments JSON).")
 @json_option
 def check(files: tuple[str, ...], *, gpu: str | None, margin: str | None, model: str | None, as_json: bool) -> None:

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .options import json_option, plan_options, setup_from_options
+from .options import json_option, margin_option, plan_options, setup_from_options
 from .plan import parse_margin
 from .render import echo_json, gib, setup_line, table, warn
 
@@ -14,7 +14,7 @@ from .render import echo_json, gib, setup_line, table, warn
 @click.command(short_help="Does a setup fit a GPU? Largest batch/seq/rank, fewest GPUs, changes that make it fit.")
 @click.argument("model")
 @plan_options
-@click.option("--margin", default="0%", show_default=True, help="Headroom kept free on --gpu, e.g. 10%.")
+@margin_option
 @json_option
 def fit(model: str, *, as_json: bool, gpu: str | None, margin: str, trust_remote_code: bool, **opts) -> None:
     """Say whether MODEL with the plan options fits on --gpu, and with how much headroom.

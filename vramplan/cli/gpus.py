@@ -6,13 +6,12 @@ import sys
 
 import click
 
-from .options import LORA_OPTIONS, apply, json_option, plan_option_specs, setup_from_options, trust_option
+from .options import apply, json_option, setup_from_options, setup_option_list, trust_option
 from .render import echo_json, gib, setup_line, table
 
 
 def _setup_options(fn):
-    opts = [click.option(*flags, **kw) for flags, kw in plan_option_specs()]
-    return apply([*opts, *LORA_OPTIONS, trust_option])(fn)
+    return apply([*setup_option_list(), trust_option])(fn)
 
 
 @click.command(short_help="List the GPU catalogue, or which cards fit a setup.")

@@ -6,14 +6,14 @@ import sys
 
 import click
 
-from .options import json_option, plan_options, setup_from_options
+from .options import json_option, margin_option, plan_options, setup_from_options
 from .render import echo_json, plan_text, warn
 
 
 @click.command(short_help="Estimate peak GPU memory of a fine-tuning or inference setup.")
 @click.argument("model")
 @plan_options
-@click.option("--margin", default="0%", show_default=True, help="Headroom kept free on --gpu, e.g. 10%.")
+@margin_option
 @json_option
 @click.option("--explain", is_flag=True, help="Print every formula with its numbers and source.")
 @click.option("--html", "html_path", default=None, type=click.Path(dir_okay=False),
@@ -74,14 +74,11 @@ def plan(model: str, *, as_json: bool, explain: bool, html_path: str | None, gpu
 
 
 def parse_margin(text: str) -> float:
-    """``"10%"`` or ``"0.1"`` -> 0.1."""
+    """``"10%"`` or ``"0.1"`` -> 0.1 (:func:`vramplan.options.read_margin`, the reader of plan files too)."""
     from ..errors import SetupError
+    from ..options import read_margin
 
-    t = str(text).strip()
     try:
-        value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
-    except ValueError:
-        raise SetupError(f"--margin {text!r} is not a percentage: write e.g. 10% or 0.1") from None
-    if not 0 <= value < 1:
-        raise SetupError(f"--margin {text!r} must be between 0% and 100%")
-    return value
+        return read_margin(text)
+    except ValueError as exc:
+        raise SetupError(f"--margin {exc}") from None

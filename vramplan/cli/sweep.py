@@ -7,7 +7,9 @@ from typing import Any
 
 import click
 
-from .options import parse_layers, plan_option_specs, setup_from_options
+from ..options import Option
+from ..setup import SETUP_OPTIONS, parse_layers
+from .options import click_type, setup_from_options
 from .plan import parse_margin
 from .render import warn
 
@@ -20,62 +22,42 @@ REPEAT_ONLY = ("targets", "target_regex", "modules_to_save", "layers_to_transfor
 _BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 
-def _sweep_specs() -> list[tuple[str, str, Any, Any, str]]:
-    """(flag, dest, click type or "bool", default, help) of every swept option, named as on ``plan``."""
-    out = []
-    for flags, kw in plan_option_specs():
-        flag = flags[0].split("/")[0]
-        dest = flag.lstrip("-").replace("-", "_")
-        typ = "bool" if "/" in flags[0] else click.types.convert_type(kw.get("type", click.STRING))
-        out.append((flag, dest, typ, kw.get("default"), kw.get("help", "")))
-    out += [
-        ("--rank", "rank", click.INT, None, "LoRA rank r (PEFT default 8)."),
-        ("--alpha", "alpha", click.FLOAT, None, "LoRA alpha (no effect on memory)."),
-        ("--targets", "targets", click.STRING, None,
-         "Module-name suffixes as on plan (q_proj,v_proj or all-linear); repeat the option for alternatives."),
-        ("--target-regex", "target_regex", click.STRING, None, "Full-match regex; repeat for alternatives."),
-        ("--modules-to-save", "modules_to_save", click.STRING, None,
-         "Modules trained in full (embed_tokens,lm_head); repeat for alternatives."),
-        ("--layers-to-transform", "layers_to_transform", click.STRING, None,
-         "Layer indices such as 0,1,4-7; repeat for alternatives."),
-        ("--dora", "dora", "bool", False, "DoRA: true, false or true,false."),
-        ("--lora-dropout", "lora_dropout", click.FLOAT, None, "LoRA dropout."),
-    ]
-    return out
+def sweep_options() -> tuple[Option, ...]:
+    """The swept options: every setup option of ``plan``, each taking a list of values."""
+    return SETUP_OPTIONS
 
 
 def _options(fn: Any) -> Any:
-    for flag, dest, typ, default, help_ in reversed(_sweep_specs()):
-        how = ("repeat the option for several values" if dest in REPEAT_ONLY
+    for o in reversed(sweep_options()):
+        how = ("repeat the option for several values" if o.repeat_only
                else "comma list (or repeat the option) to sweep")
-        if typ == "bool":
-            what = "true/false"
-        elif isinstance(typ, click.Choice):
-            what = "|".join(typ.choices)
-        else:
-            what = typ.name.upper()
-        fn = click.option(flag, dest, multiple=True, metavar=what,
-                          help=f"{help_} {'Default: ' + str(default) + '. ' if default is not None else ''}"
+        what = "true/false" if o.kind == "bool" else "|".join(o.choices) if o.choices else click_type(o).name.upper()
+        flags = (o.flag, o.short) if o.short else (o.flag,)
+        fn = click.option(*flags, o.name, multiple=True, metavar=what,
+                          help=f"{o.help} {'Default: ' + str(o.default) + '. ' if o.default is not None else ''}"
                                f"[{how}]")(fn)
     return fn
 
 
-def _values(flag: str, dest: str, typ: Any, given: tuple[str, ...], ctx: click.Context) -> list[Any]:
-    items = list(given) if dest in REPEAT_ONLY else [v.strip() for g in given for v in g.split(",") if v.strip()]
+def _values(o: Option, given: tuple[str, ...], ctx: click.Context) -> list[Any]:
+    items = list(given) if o.repeat_only else [v.strip() for g in given for v in g.split(",") if v.strip()]
     out = []
     for item in items:
-        if typ == "bool":
+        if o.kind == "bool":
             if item.lower() not in _BOOL_WORDS:
-                raise click.BadParameter(f"{item!r} is not true or false", param_hint=flag)
+                raise click.BadParameter(f"{item!r} is not true or false", param_hint=o.flag)
             out.append(_BOOL_WORDS[item.lower()])
-        elif dest == "layers_to_transform":
-            parse_layers(item)          # validate now; setup_from_options parses it again
+        elif o.kind == "layers":
+            try:
+                parse_layers(item)          # validate now; setup_from_options parses it again
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint=o.flag) from None
             out.append(item)
         else:
             try:
-                out.append(typ.convert(item, None, ctx))
+                out.append(click_type(o).convert(item, None, ctx))
             except click.BadParameter as exc:
-                raise click.BadParameter(exc.message, param_hint=flag) from None
+                raise click.BadParameter(exc.message, param_hint=o.flag) from None
     return list(dict.fromkeys(out))     # keep order, drop repeats
 
 
@@ -116,9 +98,8 @@ def sweep(*, models: tuple[str, ...], gpus_: tuple[str, ...], margin: str, trust
 
     ctx = click.get_current_context()
     axes: dict[str, list[Any]] = {}
-    for flag, dest, typ, default, _help in _sweep_specs():
-        vals = _values(flag, dest, typ, given.get(dest, ()), ctx)
-        axes[dest] = vals or [default]
+    for o in sweep_options():
+        axes[o.name] = _values(o, given.get(o.name, ()), ctx) or [o.default]
     m = parse_margin(margin)
     cards = [resolve_gpu(g) for g in _split(gpus_)]
     if len({c.name for c in cards}) != len(cards):
@@ -173,9 +154,9 @@ def build_setups(axes: dict[str, list[Any]]) -> tuple[list[Any], list[Exception]
 # ---------------------------------------------------------------------------------------------- render
 def columns(gpu_names: list[str]) -> list[str]:
     """The sweep table's columns, in order."""
-    from ..planner import COUNTER_COLUMNS, LORA_COLUMNS, SETUP_COLUMNS, gib_column, gpu_columns
+    from ..planner import COUNTER_COLUMNS, OPTION_COLUMNS, gib_column, gpu_columns
 
-    cols = ["model", *SETUP_COLUMNS, *LORA_COLUMNS, "params_trainable", *COUNTER_COLUMNS, "peak_phase",
+    cols = ["model", *OPTION_COLUMNS, "params_trainable", *COUNTER_COLUMNS, "peak_phase",
             *(gib_column(c) for c in COUNTER_COLUMNS)]
     for g in gpu_names:
         fits, head = gpu_columns(g)

@@ -1,0 +1,8 @@
+"""The option names vramplan promises (README, docs/ci.md, plan files in users' repositories): the contract the
+derived command-line options, sweep axes, plan-file keys and sweep columns are checked against."""
+
+#: every setup option, in command-line order (``vramplan plan --help``)
+SETUP_OPTION_NAMES = ("method", "quant", "double_quant", "quant_blocksize", "precision", "batch", "seq", "grad_ckpt",
+                      "attn", "optim", "loss", "gpus", "strategy", "offload", "new_tokens",
+                      "rank", "alpha", "targets", "target_regex", "modules_to_save", "layers_to_transform", "dora",
+                      "lora_dropout")

@@ -1,0 +1,27 @@
+"""Other tools' configs -> vramplan setup options: the one home of every translator.
+
+Each reader takes another tool's objects or files, read by attribute or key (no torch, no import of that
+tool), and returns the option values of :data:`vramplan.setup.SETUP_OPTIONS` by name (``method``, ``rank``,
+``batch``...), the form :func:`vramplan.setup.setup_from_options` and plan files take. A key the reader
+cannot read or that vramplan does not model raises :class:`~vramplan.errors.ForeignConfigError` naming it.
+
+- :mod:`.hf`: peft ``LoraConfig``, transformers ``BitsAndBytesConfig`` and ``TrainingArguments``
+- :mod:`.llama_factory`: LLaMA-Factory training YAML (``llamafactory-cli train``)
+- :mod:`.axolotl`: axolotl training YAML (``axolotl train``)
+"""
+
+from __future__ import annotations
+
+from .axolotl import from_axolotl
+from .hf import (
+                 TRAINER_OPTIMS,
+                 TRAINING_ARGS_KEYS,
+                 lora_from_peft,
+                 optim_from_trainer,
+                 options_from_bnb,
+                 options_from_training_args,
+)
+from .llama_factory import from_llama_factory
+
+__all__ = ["TRAINER_OPTIMS", "TRAINING_ARGS_KEYS", "from_axolotl", "from_llama_factory", "lora_from_peft",
+           "optim_from_trainer", "options_from_bnb", "options_from_training_args"]

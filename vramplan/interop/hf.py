@@ -1,0 +1,125 @@
+"""peft ``LoraConfig``, transformers ``BitsAndBytesConfig`` and ``TrainingArguments`` -> setup options.
+
+Objects are read by attribute (duck typing): checking a real training script's objects costs no torch import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import ForeignConfigError, SetupError, close_matches
+from ..lora import LoraConfig
+
+#: HF Trainer ``optim`` names -> vramplan optimizers (transformers/training_args.py OptimizerNames)
+TRAINER_OPTIMS = {
+    "adamw_torch": "adamw", "adamw_torch_fused": "adamw", "adamw_hf": "adamw", "adamw_apex_fused": "adamw",
+    "adamw_bnb_8bit": "adamw-8bit", "adamw_8bit": "adamw-8bit", "paged_adamw_32bit": "paged-adamw",
+    "paged_adamw_8bit": "paged-adamw-8bit", "adafactor": "adafactor", "sgd": "sgd", "lion_32bit": "lion",
+    "paged_lion_32bit": "lion",
+}
+
+
+def lora_from_peft(cfg: Any) -> LoraConfig:
+    """A :class:`LoraConfig` from a ``peft.LoraConfig`` (or anything with its attributes)."""
+    tm = getattr(cfg, "target_modules", None)
+    targets: tuple[str, ...] | None = None
+    regex = None
+    if isinstance(tm, str):
+        if tm.lower() == "all-linear":
+            targets = ("all-linear",)
+        else:
+            regex = tm
+    elif tm is not None:
+        targets = tuple(sorted(tm))
+    ltt = getattr(cfg, "layers_to_transform", None)
+    if isinstance(ltt, int):
+        ltt = [ltt]
+    return LoraConfig(
+        r=int(getattr(cfg, "r", 8)), alpha=getattr(cfg, "lora_alpha", 8), targets=targets, target_regex=regex,
+        modules_to_save=tuple(getattr(cfg, "modules_to_save", None) or ()),
+        layers_to_transform=tuple(ltt) if ltt else None,
+        layers_pattern=getattr(cfg, "layers_pattern", None) if isinstance(getattr(cfg, "layers_pattern", None), str)
+        else None,
+        dora=bool(getattr(cfg, "use_dora", False)), dropout=float(getattr(cfg, "lora_dropout", 0.0) or 0.0))
+
+
+def _dtype_name(d: Any) -> str:
+    return str(d).replace("torch.", "") if d is not None else ""
+
+
+def options_from_bnb(cfg: Any) -> dict[str, Any]:
+    """Setup options from a transformers ``BitsAndBytesConfig``."""
+    if getattr(cfg, "load_in_4bit", False):
+        out: dict[str, Any] = {"quant": str(getattr(cfg, "bnb_4bit_quant_type", "fp4")),
+                               "double_quant": bool(getattr(cfg, "bnb_4bit_use_double_quant", False))}
+        cd = _dtype_name(getattr(cfg, "bnb_4bit_compute_dtype", None))
+        if cd in ("float16", "half"):
+            out["_compute"] = "fp16"
+        elif cd == "bfloat16":
+            out["_compute"] = "bf16"
+        return out
+    if getattr(cfg, "load_in_8bit", False):
+        return {"quant": "int8"}
+    return {}
+
+
+def options_from_training_args(args: Any) -> dict[str, Any]:
+    """Setup options from transformers ``TrainingArguments`` (batch, precision, checkpointing, optimizer)."""
+    out: dict[str, Any] = {}
+    if getattr(args, "per_device_train_batch_size", None):
+        out["batch"] = int(args.per_device_train_batch_size)
+    if getattr(args, "bf16", False):
+        out["precision"] = "bf16-mixed"
+    elif getattr(args, "fp16", False):
+        out["precision"] = "fp16-mixed"
+    if getattr(args, "gradient_checkpointing", None) is not None:
+        out["grad_ckpt"] = bool(args.gradient_checkpointing)
+    optim = getattr(args, "optim", None)
+    if optim is not None:
+        name = str(getattr(optim, "value", optim))
+        if name not in TRAINER_OPTIMS:
+            raise SetupError(f"TrainingArguments.optim {name!r} is not modelled; use one of "
+                             f"{', '.join(sorted(TRAINER_OPTIMS))}")
+        out["optim"] = TRAINER_OPTIMS[name]
+    return out
+
+
+def optim_from_trainer(name: Any, key: str = "optim") -> str:
+    """A vramplan optimizer from an HF Trainer ``optim`` name (or an ``OptimizerNames`` member).
+
+    Raises:
+        ForeignConfigError: a name vramplan does not model, naming ``key``.
+    """
+    n = str(getattr(name, "value", name))
+    if n not in TRAINER_OPTIMS:
+        raise ForeignConfigError(key, f"optimizer {n!r} is not modelled{close_matches(n, list(TRAINER_OPTIMS))}; "
+                                      f"use one of {', '.join(sorted(TRAINER_OPTIMS))}")
+    return TRAINER_OPTIMS[n]
+
+
+#: TrainingArguments / TRL SFTConfig keys that mark a JSON as training arguments
+TRAINING_ARGS_KEYS = ("per_device_train_batch_size", "output_dir", "gradient_accumulation_steps", "learning_rate",
+                      "num_train_epochs", "optim", "bf16", "fp16", "gradient_checkpointing")
+
+
+def from_training_args_json(d: Mapping[str, Any]) -> dict[str, Any]:
+    """Options from a ``TrainingArguments`` JSON (``args.to_json_string()``) or a TRL ``SFTConfig``: the
+    fields that decide memory, read through :func:`options_from_training_args`, and TRL's
+    ``max_seq_length``/``max_length`` as ``seq``; every other field is ignored.
+
+    Raises:
+        ForeignConfigError: an optimizer vramplan does not model (key ``optim``).
+    """
+    from types import SimpleNamespace
+
+    ns = SimpleNamespace(**{k: d.get(k) for k in ("per_device_train_batch_size", "bf16", "fp16",
+                                                  "gradient_checkpointing", "optim")})
+    try:
+        o = options_from_training_args(ns)
+    except SetupError as exc:
+        raise ForeignConfigError("optim", str(exc)) from None
+    seq = d.get("max_seq_length", d.get("max_length"))     # TRL SFTConfig
+    if seq is not None:
+        o["seq"] = seq
+    return o
