@@ -30,7 +30,7 @@ from . import distributed, overhead
 from .graph import Size, Storage, Tracer, max_candidate, prune, tok
 from .layers import LayerInfo, Program, build_layers
 from .logits import final_logit_softcapping, loss_bytes, loss_formula
-from .result import Component, Estimate, Fit
+from .result import BreakdownError, Component, Estimate, Fit
 from .weights import Placement, TrainableTensor, adapter_tensors, place_weights, trainable_tensors
 
 CATEGORY = {"attention": "activations/attention", "mlp": "activations/mlp", "norms": "activations/norms",
@@ -491,9 +491,7 @@ def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0, *, de
             rank.grad_formula if rank is not None else _grad_formula(st, trainable_numel))
         add("buffers/optimizer_step", opt_tmp, "optimizer step temporaries")
 
-    total = sum(v[0] for v in comps.values())
-    if total != peak:   # keep the breakdown summing exactly to the predicted peak
-        add("buffers/other", peak - total, "difference between the phase total and its itemized parts")
+    check_breakdown(comps, peak, phase)
 
     phases = {"load": static_weights + cublas + buf("load"), **{k: v for k, v in candidates.items()}}
     return _finish(spec, setup, st, comps, peak, phase, phases, opt_paged, gpu, margin, rank)
@@ -728,6 +726,18 @@ def _finish(spec: ModelSpec, setup: Setup, st: _Static, comps: dict, peak: int, 
         phases=phases, assumptions=tuple(assumptions(spec, setup, st) + (rank.assumptions if rank else [])),
         warnings=tuple(warnings_for(spec, setup) + (rank.warnings if rank else [])),
         fit=fit, versions=_versions(), extra=rank.extra(setup) if rank is not None else {})
+
+
+def check_breakdown(comps: dict[str, list], peak: int, phase: str) -> None:
+    """The allocated components are the parts of the phase's peak, itemized: they must sum to it exactly.
+
+    Raises:
+        BreakdownError: when they do not (a bug in the itemization, never a user error).
+    """
+    total = sum(v[0] for v in comps.values() if v[2] == "allocated")
+    if total != peak:
+        raise BreakdownError(f"internal error: the allocated components at the {phase!r} peak sum to {total:,} B, "
+                             f"the peak is {peak:,} B (difference {peak - total:+,} B); please report it")
 
 
 # ----------------------------------------------------------------------------------------- explanations

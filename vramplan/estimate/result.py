@@ -8,6 +8,10 @@ from typing import Any
 from ..setup import Setup
 
 
+class BreakdownError(RuntimeError):
+    """The itemized components do not sum to the counter they itemize: a bug in the estimator, not bad input."""
+
+
 @dataclass(frozen=True)
 class Component:
     """One part of the memory live at the peak.
