@@ -129,3 +129,11 @@ def test_plan_file_values_are_read_by_kind(name: str, value: object, expected: o
 def test_plan_file_values_of_the_wrong_kind_are_refused(name: str, value: object, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment.replace("(", r"\(")):
         read_value(planner.PLAN_OPTIONS[name], value)
+
+
+def test_profile_takes_every_setup_option_it_can_run() -> None:
+    from vramplan.cli.profile import NOT_PROFILED
+
+    opts = _long_options("profile")
+    assert set(SETUP_OPTION_NAMES) - set(opts) == set(NOT_PROFILED) == {"loss"}
+    assert opts["new_tokens"].default == 0     # inference profiles decode --new-tokens tokens

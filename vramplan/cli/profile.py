@@ -9,55 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import click
 
-from ..setup import ATTNS, METHODS, OFFLOADS, OPTIMS, PRECISIONS, QUANTS, STRATEGIES
-from .options import apply, json_option, lora_config_from, lora_options
+from .options import apply, json_option, setup_from_options, setup_option_list
 from .render import echo_json, gib, table, warn
 
 EXIT = {"ok": 0, "oom": 1, "error": 3, "interrupted": 130}
 
-#: The setup options of ``profile`` (to be replaced by the shared ``plan_options`` decorator).
-PLAN_OPTIONS: list[Callable[[Any], Any]] = [
-    click.option("--method", type=click.Choice(METHODS), default="lora", show_default=True,
-                 help="Full fine-tuning, LoRA, QLoRA or inference."),
-    click.option("--quant", type=click.Choice(QUANTS), default=None,
-                 help="Base quantization (bitsandbytes); default nf4 for qlora, none otherwise."),
-    click.option("--double-quant/--no-double-quant", default=True, show_default=True,
-                 help="Quantize the 4-bit absmax constants too (bnb_4bit_use_double_quant)."),
-    click.option("--quant-blocksize", type=int, default=64, show_default=True,
-                 help="4-bit quantization block size."),
-    click.option("--precision", type=click.Choice(PRECISIONS), default="bf16-mixed", show_default=True,
-                 help="mixed = fp32 trainable weights + autocast (Trainer bf16=True); true = all in that dtype."),
-    click.option("--batch", type=int, default=1, show_default=True, help="Micro-batch size (sequences)."),
-    click.option("--seq", type=int, default=2048, show_default=True, help="Tokens per sequence."),
-    click.option("--grad-ckpt/--no-grad-ckpt", default=None,
-                 help="Activation checkpointing; default on for qlora, off otherwise."),
-    click.option("--attn", type=click.Choice(ATTNS), default="sdpa", show_default=True,
-                 help="Attention implementation (flash = flash_attention_2)."),
-    click.option("--optim", type=click.Choice(OPTIMS), default="adamw", show_default=True,
-                 help="Optimizer (mapped to the Trainer's optim names)."),
-    click.option("--gpus", type=int, default=1, show_default=True,
-                 help="Ranks (one GPU each; processes on the CPU): launched with torchrun or accelerate launch."),
-    click.option("--strategy", type=click.Choice(STRATEGIES), default="ddp", show_default=True,
-                 help="ddp (torchrun), fsdp / fsdp-grad-op (accelerate, FSDP2), zero1-3 (accelerate, DeepSpeed)."),
-    click.option("--offload", type=click.Choice(OFFLOADS), default="none", show_default=True,
-                 help="CPU offload (FSDP --offload params; DeepSpeed optimizer or params)."),
-]
-plan_options = apply(PLAN_OPTIONS)
-
-
-def _setup_from(opts: dict[str, Any]) -> Any:
-    from ..setup import Setup
-
-    return Setup.create(method=opts["method"], quant=opts["quant"], grad_ckpt=opts["grad_ckpt"],
-                        lora=lora_config_from(opts), double_quant=opts["double_quant"],
-                        quant_blocksize=opts["quant_blocksize"], precision=opts["precision"], batch=opts["batch"],
-                        seq=opts["seq"], attn=opts["attn"], optim=opts["optim"], gpus=opts["gpus"],
-                        strategy=opts["strategy"], offload=opts["offload"])
+#: setup options ``profile`` does not take: its loops compute the loss the model's own way (no fused chunked
+#: cross-entropy), so ``--loss chunked`` could not be run as asked
+NOT_PROFILED = ("loss",)
+plan_options = apply(setup_option_list(exclude=NOT_PROFILED))
 
 
 def _progress(message: str) -> None:
@@ -128,7 +92,6 @@ def _render_until_oom(summary: dict[str, Any], path: Any) -> None:
 @click.command(short_help="Run real steps of a setup and record the memory they use.")
 @click.argument("model")
 @plan_options
-@lora_options
 @click.option("--steps", type=int, default=5, show_default=True, help="Measured steps (after warmup).")
 @click.option("--warmup", type=int, default=1, show_default=True, help="Steps run before measuring.")
 @click.option("--sample-hz", type=float, default=100.0, show_default=True, help="Memory samples per second.")
@@ -162,7 +125,7 @@ def profile(model: str, *, steps: int, warmup: int, sample_hz: float, out: str, 
     from ..profiler import RunOptions, profile_run
     from ..profiler import until_oom as run_until_oom
 
-    setup = _setup_from(opts)
+    setup = setup_from_options(opts)
     options = RunOptions(steps=steps, warmup=warmup, sample_hz=sample_hz, out=out, loop=loop, snapshot=snapshot,
                          device=device)
     options.validate()
