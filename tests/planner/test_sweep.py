@@ -13,6 +13,7 @@ from planner_helpers import vp, vp_json
 
 import vramplan.planner as planner
 from vramplan.cli import sweep as sweep_cli
+from vramplan.planner import sweeps
 
 ARGS = ["--model", "llama-3.2-1b,qwen3-0.6b", "--method", "lora,qlora,full", "--rank", "8,64", "--batch", "1,4",
         "--seq", "512,2048", "--grad-ckpt", "true,false", "--gpu", "rtx-4090,a100-80gb,mi300x", "--margin", "5%"]
@@ -124,7 +125,7 @@ def test_failure_mid_sweep_leaves_out_untouched(tmp_path, monkeypatch):
             raise RuntimeError("killed mid-sweep")
         return real(*a, **kw)
 
-    monkeypatch.setattr(planner, "sweep_row", flaky)
+    monkeypatch.setattr(sweeps, "sweep_row", flaky)
     args = ["sweep", "--model", "qwen3-0.6b", "--batch", "1,2,3,4,5,6", "--out", str(out)]
     with pytest.raises(RuntimeError, match="killed mid-sweep"):
         vp(*args)
@@ -135,7 +136,7 @@ def test_failure_mid_sweep_leaves_out_untouched(tmp_path, monkeypatch):
         vp(*args)
     assert out.read_text() == "previous complete file\n"
     assert [p.name for p in tmp_path.iterdir()] == ["sweep.csv"], "no temporary file left beside --out"
-    monkeypatch.setattr(planner, "sweep_row", real)
+    monkeypatch.setattr(sweeps, "sweep_row", real)
     assert vp(*args).exit_code == 0
     assert len(pd.read_csv(out)) == 6
 
