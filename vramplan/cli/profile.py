@@ -13,14 +13,12 @@ from typing import Any
 
 import click
 
+from ..profiler.options import NOT_PROFILED
 from .options import apply, json_option, setup_from_options, setup_option_list
 from .render import echo_json, gib, table, warn
 
 EXIT = {"ok": 0, "oom": 1, "error": 3, "interrupted": 130}
 
-#: setup options ``profile`` does not take: its loops compute the loss the model's own way (no fused chunked
-#: cross-entropy), so ``--loss chunked`` could not be run as asked
-NOT_PROFILED = ("loss",)
 plan_options = apply(setup_option_list(exclude=NOT_PROFILED))
 
 

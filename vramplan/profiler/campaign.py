@@ -21,7 +21,9 @@ Matrix file (YAML)::
       - {model: llama-3.2-1b, method: lora, targets: all-linear, rank: 16, seq: 2048, attn: eager}
       - {model: qwen2.5-0.5b, method: qlora, seq: 512, until_oom: batch}
 
-Keys of a run are the long options of ``vramplan profile`` with underscores.
+Keys of a run are the long options of ``vramplan profile`` with underscores: every setup option the profiler
+runs (:data:`vramplan.setup.SETUP_OPTIONS` less :data:`vramplan.profiler.options.NOT_PROFILED`) and the run
+options in :data:`PROFILE_RUN_KEYS`.
 """
 
 from __future__ import annotations
@@ -39,15 +41,18 @@ from typing import Any
 
 from ..errors import PlanFileError, close_matches
 from ..io import atomic_write_text
+from ..setup import SETUP_OPTIONS
+from .options import NOT_PROFILED
 
-RUN_KEYS = {
-    "model", "method", "quant", "double_quant", "quant_blocksize", "precision", "batch", "seq", "grad_ckpt",
-    "attn", "optim", "rank", "alpha", "targets", "target_regex", "modules_to_save", "layers_to_transform", "dora",
-    "lora_dropout", "steps", "warmup", "sample_hz", "loop", "until_oom", "device", "id",
-}
+#: keys of a run that are options of ``vramplan profile`` but not of the setup (how to run and measure)
+PROFILE_RUN_KEYS = ("steps", "warmup", "sample_hz", "loop", "until_oom", "device")
+#: the setup options a run takes: every declared setup option the profiler runs, so a new option reaches the
+#: campaign without being spelled here
+SETUP_KEYS = tuple(o.name for o in SETUP_OPTIONS if o.name not in NOT_PROFILED)
+RUN_KEYS = {"model", "id", *SETUP_KEYS, *PROFILE_RUN_KEYS}
 TOP_KEYS = {"budget_minutes", "defaults", "runs", "description"}
-FLAGS = {"double_quant": ("--double-quant", "--no-double-quant"), "grad_ckpt": ("--grad-ckpt", "--no-grad-ckpt"),
-         "dora": ("--dora", "--no-dora")}
+#: boolean setup options: ``--x`` for true, ``--no-x`` for false
+FLAGS = {o.name: (o.flag, f"--no-{o.flag[2:]}") for o in SETUP_OPTIONS if o.kind == "bool" and o.name in SETUP_KEYS}
 COUNTERS = ("peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes")
 FINAL = ("ok", "oom")
 

@@ -19,6 +19,9 @@ from ..errors import VramplanError
 LOOPS = ("trainer", "plain")
 DEVICES = ("auto", "cuda", "cpu")
 AXES = ("batch", "seq")
+#: setup options the profiler does not take: its loops compute the loss the model's own way (no fused chunked
+#: cross-entropy), so ``--loss chunked`` could not be run as asked
+NOT_PROFILED = ("loss",)
 #: ``--until-oom`` stops doubling here even without an OOM (a host with unbounded swap would never stop).
 UNTIL_OOM_MAX_DOUBLINGS = 20
 
