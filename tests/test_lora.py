@@ -28,8 +28,8 @@ from vramplan.lora import (
     plan_lora,
 )
 from vramplan.profiles import model_profiles, resolve_model
-from vramplan.spec.from_config import spec_from_config
-from vramplan.spec.model import ModelSpec
+from vramplan.shapes.from_config import spec_from_config
+from vramplan.shapes.spec import ModelSpec
 
 peft = pytest.importorskip("peft")
 
@@ -95,7 +95,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _peft_outcome(config: Mapping[str, Any], **kw: Any) -> Outcome:
-    from vramplan.spec.from_meta import meta_model
+    from vramplan.shapes.from_meta import meta_model
 
     try:
         with warnings.catch_warnings():
@@ -340,7 +340,7 @@ def test_golden_mixtral_one_layer_all_linear() -> None:
 @pytest.mark.parametrize(("name", "kw"), [("opt-125m", dict(targets=("q_proj", "v_proj"))),
                                           ("gpt2", dict(targets=("c_attn",), modules_to_save=("wte",)))])
 def test_peft_line_is_print_trainable_parameters(name: str, kw: dict[str, Any]) -> None:
-    from vramplan.spec.from_meta import meta_model
+    from vramplan.shapes.from_meta import meta_model
 
     plan = plan_lora(resolve_model(name).spec, LoraConfig(**kw))
     with warnings.catch_warnings():

@@ -136,7 +136,7 @@ def test_published_totals_pinned(stem, total):
 # ------------------------------------------------------------------------- profiles/tools/recount_params.py
 # The YAML files are the only copy of the profiles; the tool recounts params_total from each file's config.
 # (That the pure-Python count equals the meta-device count is tested per profile in
-# tests/spec/test_profiles_agree.py, so these tests run the tool with --no-meta.)
+# tests/shapes/test_profiles_agree.py, so these tests run the tool with --no-meta.)
 RECOUNT = PROFILES_DIR / "tools" / "recount_params.py"
 
 

@@ -26,7 +26,7 @@ def plan(model: Any, *, lora: Any = None, quantization_config: Any = None, train
 
     Args:
         model: a bundled name, a Hub id, a config.json path or model folder, or a
-            :class:`vramplan.spec.ModelSpec`.
+            :class:`vramplan.shapes.ModelSpec`.
         lora: a :class:`vramplan.lora.LoraConfig` or a ``peft.LoraConfig``.
         quantization_config: a transformers ``BitsAndBytesConfig`` (sets qlora / quant / double quant).
         training_args: transformers ``TrainingArguments`` (batch, precision, checkpointing, optimizer).
@@ -45,7 +45,7 @@ def plan(model: Any, *, lora: Any = None, quantization_config: Any = None, train
     from .estimate import estimate
     from .profiles import resolve_gpu, resolve_model
     from .setup import Setup
-    from .spec.model import ModelSpec
+    from .shapes.spec import ModelSpec
 
     spec = model if isinstance(model, ModelSpec) else resolve_model(str(model), trust_remote_code=trust_remote_code).spec
     opts: dict[str, Any] = {}

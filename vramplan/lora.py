@@ -1,4 +1,4 @@
-"""LoRA targeting exactly as PEFT does it, on a :class:`~vramplan.spec.ModelSpec`, without torch.
+"""LoRA targeting exactly as PEFT does it, on a :class:`~vramplan.shapes.ModelSpec`, without torch.
 
 Mirrors peft 0.21.2 on transformers 5.23, step for step in ``BaseTuner.inject_adapter``
 (``peft/tuners/tuners_utils.py``):
@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 from .errors import TargetError, close_matches
 from .memo import IdCache
 from .options import option
-from .spec.model import ModelSpec, Module, Tensor
+from .shapes.spec import ModelSpec, Module, Tensor
 
 #: the peft release the tables below mirror (and that .ci/constraints.txt pins)
 PEFT_TABLE_VERSION = "0.21.2"

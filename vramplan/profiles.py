@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, UnknownGpuError, UnknownModelError, close_matches
-from .spec.from_config import FAMILIES, model_type_of, spec_from_config
-from .spec.model import ModelSpec
+from .shapes.from_config import FAMILIES, model_type_of, spec_from_config
+from .shapes.spec import ModelSpec
 from .units import MiB, SizeError, parse_size
 
 
@@ -99,7 +99,7 @@ def build_spec(config: Mapping[str, Any], name: str, source: str, *, trust_remot
     """Pure-Python builder for known families, the meta-device builder (imports torch) for the rest."""
     if model_type_of(config) in FAMILIES:
         return spec_from_config(config, name=name, source=source)
-    from .spec.from_meta import spec_from_meta
+    from .shapes.from_meta import spec_from_meta
 
     return spec_from_meta(config, name=name, source=source, trust_remote_code=trust_remote_code)
 
@@ -194,7 +194,7 @@ def resolve_model(name: str, *, trust_remote_code: bool = False) -> ResolvedMode
         config = _read_config_file(cfg_path)
         config = _text_config(config)
         if model_type_of(config) not in FAMILIES:
-            from .spec.from_meta import spec_from_meta
+            from .shapes.from_meta import spec_from_meta
 
             spec = spec_from_meta(str(path) if config.get("auto_map") else config, name=path.name,
                                   trust_remote_code=trust_remote_code, source=str(cfg_path))

@@ -4,9 +4,9 @@ Maintainer tool, not part of the package (nothing in ``vramplan`` imports it). T
 copy of the model profiles (one model per file, with its ``source`` line, as litgpt keeps one table with a
 source per entry); this tool never writes anything else. ``params_total`` is counted with the project's own
 builder, the one :func:`vramplan.profiles.build_spec` uses for bundled profiles (pure Python for the
-families in :data:`vramplan.spec.from_config.FAMILIES`), and, where torch and transformers are installed and
+families in :data:`vramplan.shapes.from_config.FAMILIES`), and, where torch and transformers are installed and
 know the ``model_type``, cross-checked against the meta-device builder
-(:func:`vramplan.spec.from_meta.spec_from_meta`, ``parameters()`` semantics: tied weights once). Remote-code
+(:func:`vramplan.shapes.from_meta.spec_from_meta`, ``parameters()`` semantics: tied weights once). Remote-code
 families (``baichuan``) are counted by the pure-Python builder only; their totals are pinned to published
 figures in ``tests/test_profiles_data.py``.
 
@@ -81,7 +81,7 @@ def count_meta(config: dict[str, Any], name: str, source: str) -> int | None:
     """The meta-device builder's count, or None where transformers does not know the ``model_type``."""
     import transformers
 
-    from vramplan.spec.from_meta import spec_from_meta
+    from vramplan.shapes.from_meta import spec_from_meta
 
     if config.get("model_type") not in transformers.CONFIG_MAPPING:
         return None  # remote code (auto_map): transformers cannot build it without the repo's own files

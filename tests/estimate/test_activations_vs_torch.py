@@ -45,8 +45,8 @@ from vramplan.estimate.model import _static, _structural, estimate  # noqa: E402
 from vramplan.lora import LoraConfig  # noqa: E402
 from vramplan.profiles import resolve_model  # noqa: E402
 from vramplan.setup import Setup  # noqa: E402
-from vramplan.spec import spec_from_config  # noqa: E402
-from vramplan.spec.from_meta import hf_config  # noqa: E402
+from vramplan.shapes import spec_from_config  # noqa: E402
+from vramplan.shapes.from_meta import hf_config  # noqa: E402
 
 BATCH, SEQ, RANK = 2, 32, 4
 _BASE = dict(hidden_size=64, intermediate_size=160, num_attention_heads=4, num_key_value_heads=2,

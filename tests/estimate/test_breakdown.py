@@ -10,7 +10,7 @@ from vramplan.estimate import model as M
 from vramplan.estimate.result import BreakdownError
 from vramplan.lora import LoraConfig
 from vramplan.setup import Setup
-from vramplan.spec import spec_from_config
+from vramplan.shapes import spec_from_config
 
 TINY = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
         "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 4, "vocab_size": 256,

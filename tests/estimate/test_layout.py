@@ -18,7 +18,7 @@ from vramplan.dtypes import BYTES, adam8bit_state_parts, alloc, bnb_4bit_parts
 from vramplan.estimate.model import _static, _structural, optimizer_states
 from vramplan.lora import LoraConfig
 from vramplan.setup import Setup
-from vramplan.spec import spec_from_config
+from vramplan.shapes import spec_from_config
 
 
 def test_nf4_4096x4096_matches_findings():
@@ -126,7 +126,7 @@ def _tiny(family: str, setup: Setup):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     peft = pytest.importorskip("peft")
-    from vramplan.spec.from_meta import hf_config
+    from vramplan.shapes.from_meta import hf_config
 
     dtype = torch.float32 if setup.base_dtype == "fp32" else torch.bfloat16
     model = transformers.AutoModelForCausalLM.from_config(hf_config(TINY[family]), dtype=dtype)

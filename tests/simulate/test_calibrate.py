@@ -33,7 +33,7 @@ def test_known_family_coefficients_equal_the_analytic_ones(attn):
 def test_unknown_family_is_calibrated_and_predicts_another_length():
     """olmo2 is not in the analytic family tables (q/k norms over the whole projection)."""
     from vramplan.simulate.step import run
-    from vramplan.spec.from_config import FAMILIES
+    from vramplan.shapes.from_config import FAMILIES
 
     spec = tiny_spec("olmo2", num_key_value_heads=4)
     assert spec.model_type not in FAMILIES

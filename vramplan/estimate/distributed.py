@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..dtypes import BYTES, alloc
 from ..setup import Setup
-from ..spec.model import ModelSpec
+from ..shapes.spec import ModelSpec
 from ..units import MiB, ceil_div
 from .result import Component
 from .weights import TrainableTensor

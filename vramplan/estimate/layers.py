@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 from ..lora import LoraPlan
 from ..setup import Setup
-from ..spec.model import ModelSpec
+from ..shapes.spec import ModelSpec
 from .graph import Size, Sym, Tracer, tok
 from .weights import Placement
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..dtypes import BYTES, alloc
-from ..spec.model import ModelSpec
+from ..shapes.spec import ModelSpec
 from ..units import ceil_div
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from ..dtypes import BYTES, alloc, bnb_4bit_parts, bnb_int8_parts
 from ..lora import LoraPlan
 from ..setup import Setup
-from ..spec.model import ModelSpec, Tensor
+from ..shapes.spec import ModelSpec, Tensor
 
 
 @dataclass(frozen=True)

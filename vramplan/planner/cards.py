@@ -18,7 +18,7 @@ from ..errors import VramplanError, close_matches
 from ..estimate import Estimate, Fit, estimate, overhead
 from ..io import yaml_problem
 from ..setup import Setup
-from ..spec.model import ModelSpec
+from ..shapes.spec import ModelSpec
 
 
 def device_used_on(est: Estimate, gpu: Any) -> int:

@@ -11,7 +11,7 @@ from ..estimate import Estimate, Fit, estimate
 from ..estimate.distributed import smallest_gpus
 from ..lora import DEFAULT_TARGETS, LoraConfig
 from ..setup import Setup, setup_kwargs
-from ..spec.model import ModelSpec
+from ..shapes.spec import ModelSpec
 from .search import BATCH_LIMIT, MIN_GPUS_LIMIT, RANK_LIMIT, SEQ_LIMIT, SEQ_STEP, search_max
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from ..estimate import estimate
 from ..setup import Setup
-from ..spec.model import ModelSpec
+from ..shapes.spec import ModelSpec
 from .cards import device_used_on, fit_on
 
 

@@ -12,7 +12,7 @@ from ..errors import VramplanError
 from ..estimate import estimate, overhead
 from ..estimate.grid import Counters, estimate_counters
 from ..setup import SETUP_OPTIONS, Setup, option_columns
-from ..spec.model import ModelSpec
+from ..shapes.spec import ModelSpec
 from ..units import GiB
 
 #: the option columns of a sweep row, in order: every setup option, by its name (``rank``, ``lora_dropout``)

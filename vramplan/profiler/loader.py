@@ -215,7 +215,7 @@ def load_base(source: str | None, config: dict[str, Any], setup: Any, device: An
     import torch
     import transformers
 
-    from ..spec.from_meta import hf_config
+    from ..shapes.from_meta import hf_config
 
     dtype = torch_dtype(setup.base_dtype)
     kwargs: dict[str, Any] = {"dtype": dtype, "device_map": {"": device},

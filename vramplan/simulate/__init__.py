@@ -20,7 +20,7 @@ from ..errors import SimulationError
 if TYPE_CHECKING:
     from ..estimate.result import Estimate
     from ..setup import Setup
-    from ..spec.model import ModelSpec
+    from ..shapes.spec import ModelSpec
 
 __all__ = ["simulate", "calibrated_layer_bytes", "SimulationError"]
 

@@ -21,7 +21,7 @@ import torch
 
 from ..errors import SimulationError
 from ..setup import Setup
-from ..spec.model import ModelSpec
+from ..shapes.spec import ModelSpec
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -46,7 +46,7 @@ class Built:
 
 def hf_config_for(spec: ModelSpec, num_layers: int | None):
     """The transformers config of ``spec`` with ``num_layers`` decoder layers (per-layer lists truncated)."""
-    from ..spec.from_meta import hf_config
+    from ..shapes.from_meta import hf_config
 
     cfg = hf_config(dict(spec.config), source=spec.name or "config")
     full = int(getattr(cfg, "num_hidden_layers", spec.num_layers) or spec.num_layers)

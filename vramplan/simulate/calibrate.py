@@ -24,7 +24,7 @@ from fractions import Fraction
 
 from ..errors import SimulationError
 from ..setup import Setup
-from ..spec.model import ModelSpec
+from ..shapes.spec import ModelSpec
 
 #: bump when what is measured changes (invalidates the cache)
 CALIBRATION_VERSION = 1

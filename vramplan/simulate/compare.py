@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ..dtypes import BYTES, alloc
 from ..setup import Setup
-from ..spec.model import ModelSpec
+from ..shapes.spec import ModelSpec
 from .step import RunResult
 
 EXACT_GROUPS = ("weights", "adapters")

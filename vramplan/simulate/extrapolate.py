@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from ..errors import SetupError
 from ..setup import Setup
-from ..spec.model import ModelSpec
+from ..shapes.spec import ModelSpec
 from .step import RunResult, SegmentPeak
 
 _LAYER_NUM = re.compile(r"\.\d+\.")

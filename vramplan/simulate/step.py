@@ -22,7 +22,7 @@ import torch
 
 from ..errors import SimulationError
 from ..setup import Setup
-from ..spec.model import ModelSpec
+from ..shapes.spec import ModelSpec
 from .autocast import EmulatedAutocast
 from .build import TORCH_DTYPES, Built, build
 from .kernels import AUTOCAST_DTYPE, CudaKernels, cuda_meta_override, workspace_for

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from vramplan.profiles import bundled_model_names, model_profiles
-from vramplan.spec import spec_from_config
-from vramplan.spec.from_meta import spec_from_meta
+from vramplan.shapes import spec_from_config
+from vramplan.shapes.from_meta import spec_from_meta
 
 
 @pytest.mark.parametrize("name", bundled_model_names())

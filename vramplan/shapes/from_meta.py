@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import ConfigError
 from .config import read_dims
 from .from_config import assemble, model_type_of
-from .model import ModelSpec, Tensor
+from .spec import ModelSpec, Tensor
 from .roles import classify, layer_index
 
 

@@ -2,7 +2,7 @@
 
 transformers names the same job differently per family (``q_proj`` / ``query`` / ``c_attn`` / ``W_pack`` /
 ``query_key_value``); this table maps the last module name (and, where ambiguous, its parent) to a
-:data:`vramplan.spec.model.Role`. An unknown name is ``other`` (still counted, still targetable by LoRA).
+:data:`vramplan.shapes.spec.Role`. An unknown name is ``other`` (still counted, still targetable by LoRA).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """ModelSpec: a model described as data — every weight tensor with its name, shape and role.
 
-Two builders produce it and must agree tensor for tensor: :func:`vramplan.spec.from_config.spec_from_config`
-(pure Python, per family, no torch) and :func:`vramplan.spec.from_meta.spec_from_meta` (any architecture
+Two builders produce it and must agree tensor for tensor: :func:`vramplan.shapes.from_config.spec_from_config`
+(pure Python, per family, no torch) and :func:`vramplan.shapes.from_meta.spec_from_meta` (any architecture
 transformers knows, instantiated on the ``meta`` device). Tensor names are the names transformers gives the
 parameters (``model.layers.0.self_attn.q_proj.weight``), so LoRA targeting can match them as PEFT does.
 """

@@ -2,7 +2,7 @@
 
 Each builder mirrors the module tree of the installed transformers' ``*ForCausalLM`` class for that family
 (``models/<family>/modeling_<family>.py``: the ``nn.Linear`` / ``nn.Embedding`` / norm constructors and
-their ``bias=`` arguments), so that :func:`spec_from_config` and :func:`vramplan.spec.from_meta.spec_from_meta`
+their ``bias=`` arguments), so that :func:`spec_from_config` and :func:`vramplan.shapes.from_meta.spec_from_meta`
 agree tensor for tensor; ``tests/spec`` checks this for every bundled profile and for random configs.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .config import Dims, get, read_dims
-from .model import ModelSpec, Tensor
+from .spec import ModelSpec, Tensor
 from .roles import classify, layer_index
 
 
@@ -493,7 +493,7 @@ def spec_from_config(config: Mapping[str, Any], name: str = "", source: str = "c
 
     Raises:
         ConfigError: the config is invalid, or its family is not one this builder knows (use
-            :func:`vramplan.spec.from_meta.spec_from_meta` for those).
+            :func:`vramplan.shapes.from_meta.spec_from_meta` for those).
     """
     mt = model_type_of(config)
     if mt not in FAMILIES:

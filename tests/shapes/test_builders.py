@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from vramplan.errors import ConfigError
-from vramplan.spec.config import read_dims
-from vramplan.spec.from_config import FAMILIES, spec_from_config
-from vramplan.spec.model import ModelSpec
+from vramplan.shapes.config import read_dims
+from vramplan.shapes.from_config import FAMILIES, spec_from_config
+from vramplan.shapes.spec import ModelSpec
 
 Config = dict[str, Any]
 CONFIGS_PER_FAMILY = 6
@@ -49,7 +49,7 @@ def _diff(a: ModelSpec, b: ModelSpec, limit: int = 5) -> str:
 
 
 def _assert_builders_agree(config: Config) -> ModelSpec:
-    from vramplan.spec.from_meta import spec_from_meta
+    from vramplan.shapes.from_meta import spec_from_meta
 
     pure, meta = spec_from_config(config), spec_from_meta(config)
     assert pure == meta, f"builders disagree for {config}:\n{_diff(pure, meta)}"
@@ -365,7 +365,7 @@ def test_hidden_not_divisible_is_fine_with_head_dim():
 
 # ----------------------------------------------------------------------------------------- no torch import
 def test_pure_builder_does_not_import_torch():
-    code = ("import sys, vramplan.spec.from_config as f\n"
+    code = ("import sys, vramplan.shapes.from_config as f\n"
             f"s = f.spec_from_config({MIXTRAL_8X7B!r})\n"
             f"f.spec_from_config({GPT2!r})\n"
             "assert s.params_total == 46_702_792_704\n"
