@@ -2,7 +2,9 @@
 
 The model check rebuilds every profile's model with the installed transformers on the meta device (no
 memory, ~0.1-1 s each) and requires its unique-parameter count to equal the stored ``params_total``
-exactly; a few totals are also pinned to figures published outside this repository.
+exactly; a few totals are also pinned to figures published outside this repository. The YAML files are the
+only copy of the profiles: ``profiles/tools/recount_params.py --check`` must pass on them and must fail,
+naming the file, on a copy with one ``params_total`` altered.
 """
 
 from __future__ import annotations
