@@ -7,6 +7,8 @@ is what ``torch.cuda.max_memory_allocated`` counts.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from .errors import SetupError
 from .units import ceil_div
 
@@ -70,3 +72,14 @@ def adam8bit_state_parts(numel: int, min_8bit_size: int = 4096, blocksize: int =
 
 #: ``get_state_buffer`` pages (cudaMallocManaged) only tensors with at least 1e5 elements.
 PAGED_MIN_NUMEL = 100_000
+
+
+def alloc_sum(terms: Iterable[tuple[int, int, int]], tokens: int, bss: int) -> int:
+    """Σ :func:`alloc` of allocations whose bytes are ``const + per_token·tokens + per_bss·bss`` — the saved
+    storages of a layer at ``tokens`` = batch × seq and ``bss`` = batch × seq² — given as ``(const, per_token,
+    per_bss)`` bytes each (all ≥ 0). :func:`alloc` unrolled: the sweep evaluates it for every row."""
+    g = ALLOC_GRANULARITY
+    total = 0
+    for c, a, q in terms:
+        total += -(-(c + a * tokens + q * bss) // g) * g
+    return total

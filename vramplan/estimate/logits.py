@@ -13,6 +13,8 @@ from ..dtypes import BYTES, alloc
 from ..shapes.spec import ModelSpec
 from ..units import ceil_div
 
+_new = tuple.__new__     # builds the NamedTuple without its Python-level __new__ (called once per sweep row)
+
 
 class LossBytes(NamedTuple):
     """Bytes of the loss at one point, allocator-rounded."""
@@ -49,13 +51,13 @@ def loss_bytes(tokens: int, vocab: int, hidden: int, logits_bytes: int, compute_
     """
     if chunked:
         chunk = chunk_rows(tokens, vocab, hidden)
-        return LossBytes(alloc(tokens * hidden * compute_bytes),
-                         alloc(chunk * vocab * 4) * 2 + alloc(chunk * vocab * logits_bytes), 0)
+        return _new(LossBytes, (alloc(tokens * hidden * compute_bytes),
+                                alloc(chunk * vocab * 4) * 2 + alloc(chunk * vocab * logits_bytes), 0))
     saved = alloc(tokens * vocab * 4)
     if softcap:
         saved += alloc(tokens * vocab * logits_bytes)
     fwd = alloc(tokens * vocab * logits_bytes) + (alloc(tokens * vocab * 4) if logits_bytes != 4 else 0)
-    return LossBytes(saved, fwd, 2 * alloc(tokens * vocab * 4))
+    return _new(LossBytes, (saved, fwd, 2 * alloc(tokens * vocab * 4)))
 
 
 def loss_formula(spec: ModelSpec, tokens: int, logits_dtype: str, compute_dtype: str, chunked: bool) -> str:

@@ -20,17 +20,20 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from functools import cached_property, lru_cache
 
-from ..dtypes import BYTES, PAGED_MIN_NUMEL, adam8bit_state_parts, alloc
+from ..dtypes import BYTES, PAGED_MIN_NUMEL, adam8bit_state_parts, alloc, alloc_sum
 from ..lora import PEFT_TABLE_VERSION, LoraConfig, LoraPlan, plan_lora
 from ..memo import IdCache
 from ..setup import Setup
-from ..spec.model import ModelSpec
+from ..shapes.spec import ModelSpec
 from ..units import GiB, ceil_div
 from . import distributed, overhead
-from .graph import Size, Storage, Tracer, max_candidate, prune, tok
+from .activations import LayerActivations
+from .graph import Size, Storage, Tracer, prune, tok
+from .inference import inference_bytes
 from .layers import LayerInfo, Program, build_layers
-from .logits import final_logit_softcapping, loss_bytes, loss_formula
-from .result import BreakdownError, Component, Estimate, Fit
+from .logits import loss_formula
+from .result import BreakdownError, Component, Estimate
+from .timeline import PHASES, ActTerms, StateTerms, peak_of, phase_peaks
 from .weights import Placement, TrainableTensor, adapter_tensors, place_weights, trainable_tensors
 
 CATEGORY = {"attention": "activations/attention", "mlp": "activations/mlp", "norms": "activations/norms",
@@ -54,29 +57,26 @@ class LayerTrace:
     out_dtype: str
 
     @cached_property
-    def _terms(self) -> tuple[tuple[int, int, int, str], ...]:
-        """Per saved storage: bytes as (const, per token, per batch·seq²) and the component it belongs to."""
+    def saved_terms(self) -> tuple[tuple[int, int, int], ...]:
+        """Per saved storage: its bytes as (const, per token, per batch·seq²)."""
         out = []
-        for s in self.saved:
-            k = BYTES[s.dtype]
-            out.append((s.size.const * k, s.size.per_token * k, s.size.per_bss * k,
-                        CATEGORY.get(s.category, "activations/other")))
+        for st in self.saved:
+            k = BYTES[st.dtype]
+            out.append((st.size.const * k, st.size.per_token * k, st.size.per_bss * k))
         return tuple(out)
 
+    @cached_property
+    def _categories(self) -> tuple[str, ...]:
+        return tuple(CATEGORY.get(st.category, "activations/other") for st in self.saved)
+
     def saved_at(self, tokens: int, bss: int) -> int:
-        """Distinct saved storages, each rounded to 512-B blocks (same as ``graph.saved_bytes``, unrolled for
-        sweeps)."""
-        total = 0
-        for c, a, q, _ in self._terms:
-            n = c + a * tokens + q * bss
-            total += -(-n // 512) * 512
-        return total
+        """Distinct saved storages, each rounded to the allocator's 512-B blocks."""
+        return alloc_sum(self.saved_terms, tokens, bss)
 
     def by_category(self, tokens: int, bss: int) -> dict[str, int]:
         out: dict[str, int] = defaultdict(int)
-        for c, a, q, cat in self._terms:
-            n = c + a * tokens + q * bss
-            out[cat] += -(-n // 512) * 512
+        for (c, a, q), cat in zip(self.saved_terms, self._categories, strict=True):
+            out[cat] += alloc(c + a * tokens + q * bss)
         return out
 
     @cached_property
@@ -341,7 +341,6 @@ def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0, *, de
     ss = _structural(setup)
     st = _static(spec, _layout_key(ss))
     b, s = setup.batch, setup.seq
-    T, bss = b * s, b * s * s
     comps: dict[str, list] = {}
 
     def add(name: str, n: int, formula: str, counter: str = "allocated") -> None:
@@ -359,142 +358,92 @@ def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0, *, de
     if not setup.training:
         return _inference(spec, setup, st, comps, static_weights, gpu, margin)
 
-    grads, grad_head = d.grads, d.grad_head
-    opt_gpu, opt_paged, opt_formula, opt_tmp = d.opt_gpu, d.opt_paged, d.opt_formula, d.opt_tmp
-    trainable_numel, casts, rank, sa = d.trainable_numel, d.casts, d.rank, d.sa
-    casts_bwd, casts_layer = d.casts_backward, d.casts_layer
-
-    def buf(phase: str) -> int:
-        return rank.buffer_bytes(phase) if rank is not None else 0
-
-    # ---- activations
-    L = spec.num_layers
-    distinct = {id(tr): tr for tr in sa.layer_traces}
-    saved_of = {k: tr.saved_at(T, bss) for k, tr in distinct.items()}
-    per_layer = [saved_of[id(tr)] for tr in sa.layer_traces]
-    resid_bytes = alloc(T * spec.hidden_size * BYTES[sa.resid_dtype])
-    if setup.grad_ckpt:
-        layer_acts = L * resid_bytes
-        act_cat = {"activations/checkpoint_inputs": layer_acts}
-        act_formula = (f"gradient checkpointing saves each layer's input: {L} layers × tokens {T:,} × hidden "
-                       f"{spec.hidden_size} × {BYTES[sa.resid_dtype]} B ({sa.resid_dtype} residual stream) = "
-                       f"{_fmt(layer_acts)}; torch.utils.checkpoint (non-reentrant) via transformers "
-                       "GradientCheckpointingLayer")
-    else:
-        layer_acts = sum(per_layer)
-        act_cat = defaultdict(int)
-        counts: dict[int, int] = defaultdict(int) if detail else {}
-        for tr in (sa.layer_traces if detail else ()):
-            counts[id(tr)] += 1
-        for k_id, n in counts.items():
-            for k, v in distinct[k_id].by_category(T, bss).items():
-                act_cat[k] += v * n
-        act_formula = ""
-    head_saved = sa.head.saved_at(T, bss)
-    chunked = setup.loss == "chunked"
-    logits_saved, loss_fwd_tmp, loss_bwd_tmp = loss_bytes(
-        T, spec.vocab_size, spec.hidden_size, BYTES[sa.logits_dtype], BYTES[setup.compute_dtype], chunked,
-        final_logit_softcapping(spec))
-    logits_formula = loss_formula(spec, T, sa.logits_dtype, setup.compute_dtype, chunked)
-    acts_total = layer_acts + head_saved + logits_saved
-
-    # transients inside one layer: forward, recompute (checkpointing) and backward working set
-    fwd_tmp = max((max_candidate(list(tr.fwd_transients), T, bss)[0] for tr in distinct.values()), default=0)
-    bwd_ws = max((max_candidate(list(tr.bwd_candidates), T, bss)[0] + tr.max_constant
-                  for tr in distinct.values()), default=0)
-    # the recomputed layer's saves, less its input when that is among them: the checkpoint already keeps it
-    recompute = max((tr.saved_at(T, bss) - (resid_bytes if tr.input_saved else 0) for tr in distinct.values()),
-                    default=0) if setup.grad_ckpt else 0
-    dequant = max((tr.max_constant for tr in distinct.values()), default=0)
-    cublas = overhead.CUBLAS_WORKSPACE_BYTES
-
-    base = static_weights + opt_gpu + cublas
-    first_layer_acts = per_layer[0] if per_layer else 0
-    grad_layers = grads - grad_head
-    candidates = {
-        # end of forward, while the loss is computed: all activations plus the loss temporaries
-        "forward": base + casts + acts_total + max(loss_fwd_tmp, fwd_tmp + dequant) + buf("forward"),
-        # first backward node (log_softmax): activations + two fp32 logits gradients
-        # (the head's gradient comes after these are freed, in lm_head's backward: see "backward (layers)")
-        "backward": base + casts_bwd + acts_total + loss_bwd_tmp + buf("backward"),
-        # through the layers: remaining activations + gradients so far + one layer's working set
-        "backward (layers)": base + max(
-            casts_bwd + (casts_layer if setup.grad_ckpt else 0) + acts_total - logits_saved + grad_head
-            + (recompute + fwd_tmp if setup.grad_ckpt else 0) + bwd_ws + (grad_layers // max(L, 1)),
-            # the autocast weight copies are freed layer by layer with the activations that saved them
-            (resid_bytes if setup.grad_ckpt else first_layer_acts) + recompute + grad_head + grad_layers + bwd_ws
-            + casts_layer) + buf("backward (layers)"),
-        # optimizer.step(): gradients + states + temporaries (activations are gone)
-        "optimizer": base + (rank.grads_step if rank is not None else grads) + opt_tmp + buf("optimizer"),
-    }
-    phase = max(candidates, key=lambda k: candidates[k])
-    peak = candidates[phase]
-
+    rank = d.rank
+    a = d.activations.at(b, s)
+    peaks = phase_peaks(d.timeline, a)
+    peak, phase = peak_of(peaks)
+    candidates = dict(zip(PHASES, peaks[:4], strict=True))
     if not detail:   # sweeps: the counters and the phase only, same numbers as the detailed estimate
-        return _finish(spec, setup, st, {}, peak, phase, candidates, opt_paged, gpu, margin, rank, detail=False)
+        return _finish(spec, setup, st, {}, peak, phase, candidates, d.opt_paged, gpu, margin, rank, detail=False)
+    _itemize(spec, setup, st, d, a, phase, peaks[4], add)
+    check_breakdown(comps, peak, phase)
+    buf_load = rank.buffer_bytes("load") if rank is not None else 0
+    phases = {"load": static_weights + overhead.CUBLAS_WORKSPACE_BYTES + buf_load, **candidates}
+    return _finish(spec, setup, st, comps, peak, phase, phases, d.opt_paged, gpu, margin, rank)
 
-    # ---- components live at the peak
-    add("optimizer/states", opt_gpu, opt_formula)
+
+def _itemize(spec: ModelSpec, setup: Setup, st: _Static, d: _Derived, a: ActTerms, phase: str, at_start: bool,
+             add) -> None:
+    """The components live at the ``phase`` peak, each a term of :func:`~.timeline.phase_peaks` with its
+    formula (the weights are already added)."""
+    sa, rank, ts = d.sa, d.rank, d.timeline
+    T, bss = setup.batch * setup.seq, setup.batch * setup.seq * setup.seq
+    n_layers = spec.num_layers
+    ckpt = setup.grad_ckpt
+    cublas = overhead.CUBLAS_WORKSPACE_BYTES
+    grad_formula = rank.grad_formula if rank is not None else _grad_formula(st, d.trainable_numel)
+    logits_formula = loss_formula(spec, T, sa.logits_dtype, setup.compute_dtype, setup.loss == "chunked")
+    add("optimizer/states", d.opt_gpu, d.opt_formula)
     if rank is not None:
         for name, nb, formula in rank.buffers[phase]:
             add(name, nb, formula)
     add("buffers/cublas_workspace", cublas, "cuBLAS workspace through the caching allocator: ':4096:8' = 32 MiB + "
         "1 MiB cuBLASLt (aten/src/ATen/cuda/CublasHandlePool.cpp)")
-    start_side = True
-    if phase == "backward (layers)":
-        a1 = casts_bwd + (casts_layer if setup.grad_ckpt else 0) + acts_total - logits_saved + grad_head \
-            + (recompute + fwd_tmp if setup.grad_ckpt else 0) + bwd_ws + grad_layers // max(L, 1)
-        start_side = a1 >= candidates[phase] - base - buf(phase)
-    casts_live = {"forward": casts, "backward": casts_bwd}.get(
-        phase, casts_bwd + (casts_layer if setup.grad_ckpt else 0))
-    if phase in ("forward", "backward") or (phase == "backward (layers)" and start_side):
-        if casts_live:
-            add("buffers/autocast_weight_casts", casts_live,
-                f"autocast caches a {setup.compute_dtype} copy of each fp32 trainable matmul weight for the whole "
-                "forward and autograd saves it for backward (aten/src/ATen/autocast_mode.cpp cached_cast): "
-                f"2 B × {sum(p.numel for p in st.placements if p.trainable):,} params")
+
+    def layer_activations() -> None:
+        if ckpt:
+            add("activations/checkpoint_inputs", a.layer_acts,
+                f"gradient checkpointing saves each layer's input: {n_layers} layers × tokens {T:,} × hidden "
+                f"{spec.hidden_size} × {BYTES[sa.resid_dtype]} B ({sa.resid_dtype} residual stream) = "
+                f"{_fmt(a.layer_acts)}; torch.utils.checkpoint (non-reentrant) via transformers "
+                "GradientCheckpointingLayer")
+            return
+        act_cat: dict[str, int] = defaultdict(int)
+        counts: dict[int, int] = defaultdict(int)
+        distinct = {id(tr): tr for tr in sa.layer_traces}
+        for tr in sa.layer_traces:
+            counts[id(tr)] += 1
+        for k_id, n in counts.items():
+            for k, v in distinct[k_id].by_category(T, bss).items():
+                act_cat[k] += v * n
+        for k, v in sorted(act_cat.items()):
+            add(k, v, _act_formula(k, sa, T, bss, n_layers))
+
+    casts_live = {"forward": ts.casts, "backward": ts.casts_backward}.get(
+        phase, ts.casts_backward + (ts.casts_layer if ckpt else 0))
+    if (phase in ("forward", "backward") or (phase == "backward (layers)" and at_start)) and casts_live:
+        add("buffers/autocast_weight_casts", casts_live,
+            f"autocast caches a {setup.compute_dtype} copy of each fp32 trainable matmul weight for the whole "
+            "forward and autograd saves it for backward (aten/src/ATen/autocast_mode.cpp cached_cast): "
+            f"2 B × {sum(p.numel for p in st.placements if p.trainable):,} params")
     if phase in ("forward", "backward"):
-        if setup.grad_ckpt:
-            add("activations/checkpoint_inputs", layer_acts, act_formula)
-        else:
-            for k, v in sorted(act_cat.items()):
-                add(k, v, _act_formula(k, sa, T, bss, L))
-        add("activations/head", head_saved, _head_formula(sa, T, bss, spec))
-        add("logits/log_softmax", logits_saved, logits_formula)
+        layer_activations()
+        add("activations/head", a.head_saved, _head_formula(sa, T, bss, spec))
+        add("logits/log_softmax", a.logits_saved, logits_formula)
         if phase == "forward":
-            tmp = max(loss_fwd_tmp, fwd_tmp + dequant)
-            add("logits/forward_temporaries" if tmp == loss_fwd_tmp else "buffers/layer_temporaries", tmp,
-                logits_formula if tmp == loss_fwd_tmp else "largest set of a layer's short-lived tensors in forward")
+            tmp = max(a.loss_fwd_tmp, a.fwd_tmp + a.dequant)
+            add("logits/forward_temporaries" if tmp == a.loss_fwd_tmp else "buffers/layer_temporaries", tmp,
+                logits_formula if tmp == a.loss_fwd_tmp else "largest set of a layer's short-lived tensors in forward")
         else:
-            add("logits/loss_gradients", loss_bwd_tmp, logits_formula)
+            add("logits/loss_gradients", a.loss_bwd_tmp, logits_formula)
     elif phase == "backward (layers)":
-        if start_side:
-            if setup.grad_ckpt:
-                add("activations/checkpoint_inputs", layer_acts, act_formula)
-                add("activations/recomputed_layer", recompute + fwd_tmp,
+        if at_start:
+            layer_activations()
+            if ckpt:
+                add("activations/recomputed_layer", a.recompute + a.fwd_tmp,
                     "one layer's activations recomputed in backward (checkpointing)")
-            else:
-                for k, v in sorted(act_cat.items()):
-                    add(k, v, _act_formula(k, sa, T, bss, L))
-            add("activations/head", head_saved, _head_formula(sa, T, bss, spec))
-            add("gradients/trainable", grad_head + grad_layers // max(L, 1), "gradients produced so far")
+            add("activations/head", a.head_saved, _head_formula(sa, T, bss, spec))
+            add("gradients/trainable", ts.grad_head + ts.grad_layers // max(n_layers, 1), "gradients produced so far")
         else:
-            add("activations/remaining", (resid_bytes if setup.grad_ckpt else first_layer_acts) + recompute,
+            add("activations/remaining", (a.resid if ckpt else a.first_layer_acts) + a.recompute,
                 "activations of the first layer, last to be freed")
-            add("buffers/autocast_weight_casts", casts_layer, "autocast copies of one layer's weights")
-            add("gradients/trainable", grad_head + grad_layers,
-                rank.grad_formula if rank is not None else _grad_formula(st, trainable_numel))
-        add("buffers/backward_working_set", bwd_ws,
+            add("buffers/autocast_weight_casts", ts.casts_layer, "autocast copies of one layer's weights")
+            add("gradients/trainable", ts.grad_head + ts.grad_layers, grad_formula)
+        add("buffers/backward_working_set", a.bwd_ws,
             "gradients of one op's outputs and inputs while it runs backward, plus a dequantized weight")
     else:  # optimizer
-        add("gradients/trainable", rank.grads_step if rank is not None else grads,
-            rank.grad_formula if rank is not None else _grad_formula(st, trainable_numel))
-        add("buffers/optimizer_step", opt_tmp, "optimizer step temporaries")
-
-    check_breakdown(comps, peak, phase)
-
-    phases = {"load": static_weights + cublas + buf("load"), **{k: v for k, v in candidates.items()}}
-    return _finish(spec, setup, st, comps, peak, phase, phases, opt_paged, gpu, margin, rank)
+        add("gradients/trainable", ts.grads_step, grad_formula)
+        add("buffers/optimizer_step", ts.opt_tmp, "optimizer step temporaries")
 
 
 @dataclass(frozen=True)
@@ -516,6 +465,8 @@ class _Derived:
     casts_layer: int                  # one decoder layer's copies
     rank: object
     sa: _Static
+    timeline: StateTerms | None = None          # training only: the fixed terms of phase_peaks
+    activations: LayerActivations | None = None  # training only: the activation terms at any (batch, seq)
 
 
 _DERIVED_CACHE = IdCache(512)
@@ -611,8 +562,15 @@ def _build_derived(spec: ModelSpec, st: _Static, setup: Setup) -> _Derived:
             casts = casts_head = casts_bwd = casts_layer = 0
         sa = rank.compute
     static_weights = sum(c[1] for c in comps)
+    timeline = acts = None
+    if setup.training:
+        buffers = tuple(rank.buffer_bytes(p) for p in PHASES) if rank is not None else (0, 0, 0, 0)
+        timeline = StateTerms(static_weights + opt_gpu + overhead.CUBLAS_WORKSPACE_BYTES, casts, casts_bwd,
+                              casts_layer, grad_head, grads - grad_head, rank.grads_step if rank is not None else grads,
+                              opt_tmp, buffers, spec.num_layers, setup.grad_ckpt)
+        acts = LayerActivations(spec, setup, sa)
     return _Derived(tuple(comps), static_weights, grads, grad_head, opt_gpu, opt_paged, opt_formula, opt_tmp,
-                    trainable_numel, casts, casts_head, casts_bwd, casts_layer, rank, sa)
+                    trainable_numel, casts, casts_head, casts_bwd, casts_layer, rank, sa, timeline, acts)
 
 
 _LAYOUT: dict[Setup, Setup] = {}
@@ -652,18 +610,7 @@ def _inference(spec: ModelSpec, setup: Setup, st: _Static, comps: dict, static_w
     b, s = setup.batch, setup.seq
     kv_dtype = setup.compute_dtype
     layers = spec.num_layers
-    kv = 2 * layers * b * s * spec.num_kv_heads * spec.head_dim * BYTES[kv_dtype]
-    if spec.sliding_window and spec.model_type in ("mistral",):
-        kv = 2 * layers * b * min(s, spec.sliding_window) * spec.num_kv_heads * spec.head_dim * BYTES[kv_dtype]
-    prompt = s - setup.new_tokens
-    T = b * prompt
-    # no_grad: the largest layer transient (all of a layer's tensors alive at once, none saved)
-    tr = st.layer_traces[-1] if st.layer_traces else None      # layer 0 may save less (frozen embeddings)
-    work = 0
-    if tr is not None:
-        work = sum(alloc(x.nbytes(T, b * prompt * prompt)) for x in tr.saved)
-        work += max_candidate(list(tr.fwd_transients), T, b * prompt * prompt)[0] + tr.max_constant
-    logits = alloc(b * spec.vocab_size * 4) * 2   # generate keeps the last position only (logits_to_keep=1)
+    kv, work, logits = inference_bytes(spec, st, b, s, setup.new_tokens, kv_dtype)
     cublas = overhead.CUBLAS_WORKSPACE_BYTES
     comps["kv_cache"] = [kv, f"2 (K,V) × {layers} layers × batch {b} × seq {s} × kv heads {spec.num_kv_heads} × "
                              f"head_dim {spec.head_dim} × {BYTES[kv_dtype]} B (transformers DynamicCache)",
@@ -682,16 +629,13 @@ def _finish(spec: ModelSpec, setup: Setup, st: _Static, comps: dict, peak: int, 
             detail: bool = True) -> Estimate:
     frag = overhead.allocator_overhead_bytes(peak)
     arch = getattr(gpu, "architecture", "") if gpu is not None else ""
-    uses_bnb = setup.quantized or setup.optim in ("adamw-8bit", "paged-adamw", "paged-adamw-8bit", "lion")
+    uses_bnb = overhead.uses_bitsandbytes(setup)
     ctx = overhead.cuda_context_bytes(arch, uses_bnb)
     if not detail:
         outside_bytes = sum(c.bytes for c in rank.device) if rank is not None else 0
         reserved = peak + frag
         device = reserved + ctx + paged + outside_bytes
-        fit = None
-        if gpu is not None:
-            cap = int(gpu.memory_bytes * (1 - margin))
-            fit = Fit(gpu.name, gpu.memory_bytes, cap - device, device <= cap, margin)
+        fit = overhead.fit_verdict(gpu, device, margin) if gpu is not None else None
         return Estimate(model=spec.name, setup=setup, params_total=st.params_total,
                         params_trainable=st.params_trainable, components=(), peak_phase=phase,
                         peak_allocated_bytes=peak, peak_reserved_bytes=reserved, device_used_bytes=device,
@@ -715,10 +659,7 @@ def _finish(spec: ModelSpec, setup: Setup, st: _Static, comps: dict, peak: int, 
     reserved = peak + frag
     device = reserved + ctx + paged + sum(c.bytes for c in outside)
     trainable, total = st.params_trainable, st.params_total
-    fit = None
-    if gpu is not None:
-        cap = int(gpu.memory_bytes * (1 - margin))
-        fit = Fit(gpu.name, gpu.memory_bytes, cap - device, device <= cap, margin)
+    fit = overhead.fit_verdict(gpu, device, margin) if gpu is not None else None
     return Estimate(
         model=spec.name, setup=setup, params_total=total, params_trainable=trainable,
         components=tuple(sorted(components, key=lambda c: (c.group, -c.bytes))), peak_phase=phase,

@@ -7,7 +7,11 @@ are the largest known error of the device-level prediction.
 
 from __future__ import annotations
 
+from typing import Any
+
+from ..setup import Setup
 from ..units import MiB
+from .result import Fit
 
 #: CUDA context + loaded kernels of torch (CUDA_MODULE_LOADING=LAZY, default since torch 2.x / CUDA 11.7)
 #: as nvidia-smi shows it once a training step has run; per GPU architecture. Published readings:
@@ -46,3 +50,24 @@ def cuda_context_bytes(architecture: str | None, bitsandbytes: bool) -> int:
 
 def allocator_overhead_bytes(peak_allocated: int) -> int:
     return max(ALLOCATOR_FLOOR_BYTES, int(peak_allocated * ALLOCATOR_FRAGMENTATION))
+
+
+#: ``--optim`` choices that run bitsandbytes kernels (``bitsandbytes.optim``: AdamW8bit, PagedAdamW,
+#: PagedAdamW8bit, Lion): the library's CUDA module is loaded into the context.
+BNB_OPTIMIZERS = ("adamw-8bit", "paged-adamw", "paged-adamw-8bit", "lion")
+
+
+def uses_bitsandbytes(setup: Setup) -> bool:
+    """Whether the step loads bitsandbytes' CUDA library: 4/8-bit weights or a bitsandbytes optimizer."""
+    return setup.quantized or setup.optim in BNB_OPTIMIZERS
+
+
+def usable_bytes(memory_bytes: int, margin: float) -> int:
+    """The bytes of a card a plan may fill: its memory less ``margin`` (a fraction of it kept free)."""
+    return int(memory_bytes * (1 - margin))
+
+
+def fit_verdict(gpu: Any, device_used_bytes: int, margin: float) -> Fit:
+    """Whether ``device_used_bytes`` fit ``gpu`` (a :class:`vramplan.profiles.Gpu`) with ``margin`` kept free."""
+    cap = usable_bytes(gpu.memory_bytes, margin)
+    return Fit(gpu.name, gpu.memory_bytes, cap - device_used_bytes, device_used_bytes <= cap, margin)

@@ -36,9 +36,9 @@ from importlib import metadata
 
 from ..errors import SimulationError
 from ..estimate import overhead
-from ..estimate.result import Component, Estimate, Fit
+from ..estimate.result import Component, Estimate
 from ..setup import Setup
-from ..spec.model import ModelSpec
+from ..shapes.spec import ModelSpec
 from ..units import GiB
 from .extrapolate import Combined
 
@@ -108,7 +108,7 @@ def to_estimate(spec: ModelSpec, setup: Setup, c: Combined, gpu=None, margin: fl
     peak = c.peak_bytes + cublas
     frag = overhead.allocator_overhead_bytes(peak)
     arch = getattr(gpu, "architecture", "") if gpu is not None else ""
-    uses_bnb = setup.quantized or setup.optim in ("adamw-8bit", "paged-adamw", "paged-adamw-8bit", "lion")
+    uses_bnb = overhead.uses_bitsandbytes(setup)
     ctx = overhead.cuda_context_bytes(arch, uses_bnb)
     comps.append(Component("overhead/allocator", frag,
                            f"not simulated: reserved beyond allocated, max(64 MiB, "
@@ -118,10 +118,7 @@ def to_estimate(spec: ModelSpec, setup: Setup, c: Combined, gpu=None, margin: fl
                            + (" + bitsandbytes library" if uses_bnb else "") + " — overhead model", "device"))
     reserved = peak + frag
     device = reserved + ctx
-    fit = None
-    if gpu is not None:
-        cap = int(gpu.memory_bytes * (1 - margin))
-        fit = Fit(gpu.name, gpu.memory_bytes, cap - device, device <= cap, margin)
+    fit = overhead.fit_verdict(gpu, device, margin) if gpu is not None else None
     last = c.runs[-1]
     total, trainable = _param_counts(c)
     kernels: dict[str, int] = {}

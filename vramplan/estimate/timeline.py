@@ -1,0 +1,93 @@
+"""The training step's timeline: what is allocated in each phase, and where the total peaks.
+
+One :func:`phase_peaks` over plain integers serves the estimator (``model.py::estimate``, with and without
+``detail``) and the sweep's evaluator (``grid.py::estimate_counters``), so the timeline is written once.
+The phases, in the order of a step of the HF Trainer loop (a tie goes to the earlier phase):
+
+* ``forward`` — the end of forward, while the loss runs: every saved activation plus the loss's temporaries
+  (or one layer's forward transients and a dequantized weight, whichever is larger);
+* ``backward`` — the first backward node (log_softmax): the activations and two fp32 logits gradients (the
+  head's gradient comes after these are freed, in ``lm_head``'s backward: see ``backward (layers)``);
+* ``backward (layers)`` — through the decoder layers, the larger of two moments: the first layer's backward
+  (all layer activations still saved, the head's and one layer's gradients, one layer's working set and, with
+  checkpointing, its recompute) and the last (the first layer's activations, every gradient);
+* ``optimizer`` — ``optimizer.step()``: gradients, states and the step's temporaries (activations are gone).
+
+Every term is allocator-rounded bytes; :class:`StateTerms` holds those fixed by the structure,
+:class:`ActTerms` those that depend on batch and sequence length (``activations.py`` computes them).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+#: the phases :func:`phase_peaks` returns, in order
+PHASES = ("forward", "backward", "backward (layers)", "optimizer")
+
+
+class StateTerms(NamedTuple):
+    """Bytes fixed by the structure (model states, buffers), any batch and sequence length."""
+
+    base: int              # weights + optimizer states in the allocator + cuBLAS workspace
+    casts: int             # autocast's 16-bit copies of fp32 trainable weights, held through forward
+    casts_backward: int    # the copies held at the start of backward (only the head's with checkpointing)
+    casts_layer: int       # one decoder layer's copies
+    grad_head: int         # the output head's gradient, the first one backward produces
+    grad_layers: int       # every other gradient
+    grads_step: int        # the gradients left at optimizer.step() (sharded strategies keep less)
+    opt_tmp: int           # optimizer.step() temporaries
+    buffers: tuple[int, int, int, int]   # per phase of PHASES: multi-GPU buffers (DDP buckets, gathers, ...)
+    num_layers: int
+    grad_ckpt: bool
+
+
+class ActTerms(NamedTuple):
+    """Activation bytes at one (batch, seq)."""
+
+    layer_acts: int        # what the decoder layers save (their inputs only, with checkpointing)
+    head_saved: int        # final norm and lm_head saves
+    logits_saved: int      # the loss's saved tensors (log-probs, ...)
+    loss_fwd_tmp: int
+    loss_bwd_tmp: int
+    fwd_tmp: int           # the largest set of one layer's short-lived forward tensors
+    dequant: int           # the largest dequantized weight (4/8-bit layers)
+    bwd_ws: int            # one op's backward working set (+ a dequantized weight)
+    recompute: int         # the recomputed layer's saves, less its checkpointed input (checkpointing only)
+    resid: int             # one layer input (the residual stream at these tokens)
+    first_layer_acts: int  # what layer 0 saves (freed last)
+
+
+def phase_peaks(s: StateTerms, a: ActTerms) -> tuple[int, int, int, int, bool]:
+    """Allocated bytes of each phase of :data:`PHASES`, and whether the ``backward (layers)`` peak is its
+    first moment (the first layer's backward, all activations still saved) rather than its last."""
+    base, casts, casts_bwd, casts_layer, grad_head, grad_layers, grads_step, opt_tmp, buf, n_layers, ckpt = s
+    (layer_acts, head_saved, logits_saved, loss_fwd_tmp, loss_bwd_tmp, fwd_tmp, dequant, bwd_ws, recompute,
+     resid, first_layer_acts) = a
+    acts_total = layer_acts + head_saved + logits_saved
+    tmp = fwd_tmp + dequant
+    forward = base + casts + acts_total + (loss_fwd_tmp if loss_fwd_tmp > tmp else tmp) + buf[0]
+    backward = base + casts_bwd + acts_total + loss_bwd_tmp + buf[1]
+    if ckpt:
+        first = (casts_bwd + casts_layer + layer_acts + head_saved + grad_head + recompute + fwd_tmp + bwd_ws
+                 + grad_layers // (n_layers or 1))
+        # the autocast weight copies are freed layer by layer with the activations that saved them
+        last = resid + recompute + grad_head + grad_layers + bwd_ws + casts_layer
+    else:
+        first = casts_bwd + layer_acts + head_saved + grad_head + bwd_ws + grad_layers // (n_layers or 1)
+        last = first_layer_acts + recompute + grad_head + grad_layers + bwd_ws + casts_layer
+    at_start = first >= last
+    layers = base + (first if at_start else last) + buf[2]
+    return forward, backward, layers, base + grads_step + opt_tmp + buf[3], at_start
+
+
+def peak_of(peaks: tuple[int, int, int, int, bool]) -> tuple[int, str]:
+    """The largest phase of :func:`phase_peaks` (the earliest on a tie) and its name."""
+    f, b, lay, o, _ = peaks
+    peak, phase = f, "forward"
+    if b > peak:
+        peak, phase = b, "backward"
+    if lay > peak:
+        peak, phase = lay, "backward (layers)"
+    if o > peak:
+        peak, phase = o, "optimizer"
+    return peak, phase
