@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from ..dtypes import BYTES, alloc
+from ..dtypes import BYTES
 
 
 class Size(NamedTuple):
@@ -239,20 +239,6 @@ class Tracer:
                     total = total.plus(x.size.times(BYTES[x.dtype]))
             out.append((total, op.name))
         return out
-
-
-def saved_bytes(storages: list[Storage], tokens: int, bss: int) -> int:
-    """Distinct saved storages at a given size, each rounded to the allocator's 512-B blocks."""
-    return sum(alloc(s.nbytes(tokens, bss)) for s in storages)
-
-
-def max_candidate(cands: list[tuple[Size, str]], tokens: int, bss: int) -> tuple[int, str]:
-    best, where = 0, ""
-    for size, label in cands:
-        v = size.at(tokens, bss)
-        if v > best:
-            best, where = v, label
-    return best, where
 
 
 def prune(cands: list[tuple[Size, str]]) -> list[tuple[Size, str]]:
