@@ -12,7 +12,7 @@ Trainer phases are captured without copying any of its loop:
 
 Step indices are 0-based and count warmup steps (warmup ``w`` means steps ``0..w-1`` are not measured).
 
-Several ranks (a :class:`~vramplan.profiler.runner.Rank`): the Trainer takes its engine from the launcher's
+Several ranks (a :class:`~vramplan.profiler.options.Rank`): the Trainer takes its engine from the launcher's
 environment as it does for a user (torchrun: DDP; ``accelerate launch`` with the generated config: FSDP2 or
 DeepSpeed); the plain loop builds an ``Accelerator`` from the same environment and calls
 ``accelerator.prepare(model, optimizer)``, ``accelerator.autocast()`` and ``accelerator.backward(loss)``. Under
