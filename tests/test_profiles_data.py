@@ -9,6 +9,7 @@ naming the file, on a copy with one ``params_total`` altered.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import shutil
 import subprocess
@@ -104,7 +105,7 @@ def _count_params(config: dict) -> int:
     import torch
     import transformers
 
-    cfg = transformers.AutoConfig.for_model(**config)
+    cfg = transformers.AutoConfig.for_model(**copy.deepcopy(config))  # it edits rope_scaling in place
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(cfg)
     return sum(p.numel() for p in model.parameters())  # parameters() yields tied weights once
