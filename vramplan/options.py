@@ -13,6 +13,7 @@ This module is a leaf (it imports only :mod:`vramplan.errors`), so that the data
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -86,8 +87,10 @@ def option(default: Any = dataclasses.MISSING, *, kind: str, help: str, name: st
     return dataclasses.field(default=default, metadata={METADATA_KEY: spec})
 
 
+@functools.cache
 def options_of(cls: type) -> tuple[Option, ...]:
-    """The options a dataclass declares with :func:`option`, in field order."""
+    """The options a dataclass declares with :func:`option`, in field order (computed once per class: setup
+    validation reads it for every setup a sweep builds)."""
     out = []
     for f in dataclasses.fields(cls):
         spec = f.metadata.get(METADATA_KEY)
