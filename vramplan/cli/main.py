@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from .. import __version__
+from ..version import __version__
 from ..errors import VramplanError
 
 #: command name -> "module:attribute"; imported only when the command runs, so ``plan`` loads no other
