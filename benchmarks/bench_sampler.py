@@ -44,7 +44,7 @@ def build_step(batch: int, seq: int):
     import torch
 
     from vramplan.lora import LoraConfig
-    from vramplan.profiler.model import build_model
+    from vramplan.profiler.loader import build_model
     from vramplan.setup import Setup
 
     setup = Setup.create(method="lora", batch=batch, seq=seq, precision="32-true",

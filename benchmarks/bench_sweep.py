@@ -49,16 +49,16 @@ def machine_info() -> dict:
 
 
 def axes_for_cli() -> dict:
-    from vramplan.cli.sweep import _sweep_specs
+    from vramplan.cli.sweep import sweep_options
 
-    axes = {dest: [default] for _flag, dest, _typ, default, _help in _sweep_specs()}
+    axes = {o.name: [o.default] for o in sweep_options()}
     axes.update({k: v for k, v in AXES.items() if k != "models"})
     return axes
 
 
 def run(profile: bool = False) -> dict:
     from vramplan.cli.sweep import build_setups, render
-    from vramplan.planner import _structure_key, sweep
+    from vramplan.planner import structure_key, sweep
     from vramplan.profiles import resolve_gpu, resolve_model
 
     c0 = time.process_time()
@@ -81,7 +81,7 @@ def run(profile: bool = False) -> dict:
                     "total": t4 - t0},
         # CPU time of this process: less sensitive than wall time to other work on a shared machine
         "cpu_seconds_total": c4 - c0,
-        "structural_setups": len({(name, _structure_key(s)) for name, _ in models for s in setups}),
+        "structural_setups": len({(name, structure_key(s)) for name, _ in models for s in setups}),
     }
     out["configs_per_s"] = n / out["seconds"]["total"]
     out["configs_per_cpu_s"] = n / out["cpu_seconds_total"]

@@ -17,29 +17,30 @@ from __future__ import annotations
 from .cards import CardVerdict, PriceFileError, card_verdicts, device_used_on, fit_on, load_prices
 from .check import CheckResult, check_plans
 from .fit import (
-                    MAX_SUGGESTED_GPUS,
-                    SHARDED,
-                    FitReport,
-                    Suggestion,
-                    fit_report,
-                    max_batch,
-                    max_rank,
-                    max_seq,
-                    suggest,
+                     MAX_SUGGESTED_GPUS,
+                     SHARDED,
+                     FitReport,
+                     Suggestion,
+                     fit_report,
+                     max_batch,
+                     max_rank,
+                     max_seq,
+                     suggest,
 )
 from .page import plan_page_data
 from .planfile import FOREIGN_READERS, PLAN_KEYS, PLAN_OPTIONS, PlanEntry, detect_format, read_plan_file
 from .search import BATCH_LIMIT, MIN_GPUS_LIMIT, RANK_LIMIT, SEQ_LIMIT, SEQ_STEP, search_max
 from .sweeps import (
-                    COUNTER_COLUMNS,
-                    OPTION_COLUMNS,
-                    SweepResult,
-                    gib_column,
-                    gpu_columns,
-                    product,
-                    setup_columns,
-                    sweep,
-                    sweep_row,
+                     COUNTER_COLUMNS,
+                     OPTION_COLUMNS,
+                     SweepResult,
+                     gib_column,
+                     gpu_columns,
+                     product,
+                     setup_columns,
+                     structure_key,
+                     sweep,
+                     sweep_row,
 )
 
 __all__ = ["BATCH_LIMIT", "COUNTER_COLUMNS", "FOREIGN_READERS", "MAX_SUGGESTED_GPUS", "MIN_GPUS_LIMIT",
@@ -47,4 +48,4 @@ __all__ = ["BATCH_LIMIT", "COUNTER_COLUMNS", "FOREIGN_READERS", "MAX_SUGGESTED_G
            "CardVerdict", "CheckResult", "FitReport", "PlanEntry", "PriceFileError", "Suggestion", "SweepResult",
            "card_verdicts", "check_plans", "detect_format", "device_used_on", "fit_on", "fit_report",
            "gib_column", "gpu_columns", "load_prices", "max_batch", "max_rank", "max_seq", "plan_page_data",
-           "product", "read_plan_file", "search_max", "setup_columns", "suggest", "sweep", "sweep_row"]
+           "product", "read_plan_file", "search_max", "setup_columns", "structure_key", "suggest", "sweep", "sweep_row"]

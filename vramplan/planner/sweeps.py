@@ -102,7 +102,7 @@ def sweep(models: Sequence[tuple[str, ModelSpec]], setups: Sequence[Setup], gpus
     # still needed); rows come out in the order of ``setups``
     groups: dict[tuple[Setup, int], list[int]] = {}
     for i, s in enumerate(setups):
-        groups.setdefault((_structure_key(s), s.new_tokens), []).append(i)
+        groups.setdefault((structure_key(s), s.new_tokens), []).append(i)
     for name, spec in models:
         rows: dict[int, dict[str, Any]] = {}
         for idx in groups.values():
@@ -123,7 +123,7 @@ def sweep(models: Sequence[tuple[str, ModelSpec]], setups: Sequence[Setup], gpus
     return result
 
 
-def _structure_key(s: Setup) -> Setup:
+def structure_key(s: Setup) -> Setup:
     """``s`` without batch, seq and generated tokens: what the estimator's structural cache is keyed on."""
     return replace(s, batch=1, seq=1, new_tokens=0)
 
