@@ -41,7 +41,8 @@ transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
 from vramplan.dtypes import BYTES, alloc  # noqa: E402
-from vramplan.estimate.model import _static, _structural, estimate  # noqa: E402
+from vramplan.estimate.model import estimate  # noqa: E402
+from vramplan.estimate.structure import static_structure, structural_setup  # noqa: E402
 from vramplan.lora import LoraConfig  # noqa: E402
 from vramplan.profiles import resolve_model  # noqa: E402
 from vramplan.setup import Setup  # noqa: E402
@@ -257,7 +258,7 @@ def make_setup(method: str, precision: str, attn: str = "sdpa", grad_ckpt: bool 
 def estimated(family: str, setup: Setup) -> list[list[tuple[int, str, str]]]:
     """Per layer: (bytes, dtype, what) of every storage the trace saves, un-rounded."""
     spec = spec_from_config(TINY[family], name=f"tiny-{family}")
-    st = _static(spec, _structural(setup))
+    st = static_structure(spec, structural_setup(setup))
     T, bss = BATCH * SEQ, BATCH * SEQ * SEQ
     return [[(s.nbytes(T, bss), s.dtype, s.saved_by[0]) for s in tr.saved] for tr in st.layer_traces]
 
@@ -357,7 +358,7 @@ def test_checkpointing_saves_layer_inputs_and_recomputes_one_layer(family, metho
             plain_model.enable_input_require_grads()
         plain = measure(plain_model, 2, ck.autocast)
     spec = spec_from_config(TINY[family], name=f"tiny-{family}")
-    st = _static(spec, _structural(ck))
+    st = static_structure(spec, structural_setup(ck))
     hidden = spec.hidden_size
     resid = BATCH * SEQ * hidden * BYTES[st.resid_dtype]
     for i in range(spec.num_layers):
@@ -376,7 +377,7 @@ def test_estimate_activation_components_sum_the_layer_traces():
     """``estimate()`` reports, per category, the sum over layers of the traced storages (512-B rounded)."""
     spec = spec_from_config(TINY["llama"], name="tiny-llama")
     setup = make_setup("lora", "bf16-mixed")
-    st = _static(spec, _structural(setup))
+    st = static_structure(spec, structural_setup(setup))
     T, bss = BATCH * SEQ, BATCH * SEQ * SEQ
     e = estimate(spec, setup)
     if e.peak_phase not in ("forward", "backward"):
@@ -410,7 +411,7 @@ def test_lora_input_copies_autocast_halves_them():
     spec = resolve_model("llama-3-8b").spec
     big = Setup.create(method="lora", precision="bf16-mixed", lora=LoraConfig(r=16, alpha=16, targets=("all-linear",)),
                        batch=1, seq=2048)
-    per_layer = _static(spec, _structural(big)).layer_traces[1].saved_at(2048, 2048 * 2048)
+    per_layer = static_structure(spec, structural_setup(big)).layer_traces[1].saved_at(2048, 2048 * 2048)
     H, FF, KV = 4096, 14336, 1024
     llama8b = [(H, H), (H, KV), (H, KV), (H, H), (H, FF), (H, FF), (FF, H)]
     findings = 0.5635 * 2**30      # FINDINGS.md: 4 decimals, from a 2- vs 4-layer fake-tensor extrapolation
@@ -431,7 +432,7 @@ def test_head_and_loss_saves_match_torch(family, precision):
     saved = measure(build_model(family, setup), 2, setup.autocast)[-1]
     items = [(n, d) for n, d in saved.items(with_casts=setup.autocast) if d != "int64" and n > 4]
     spec = spec_from_config(TINY[family], name=f"tiny-{family}")
-    st = _static(spec, _structural(setup))
+    st = static_structure(spec, structural_setup(setup))
     T, V = BATCH * SEQ, spec.vocab_size
     est = [(s.nbytes(T, T * SEQ), s.dtype, s.saved_by[0]) for s in st.head.saved]
     est.append((T * V * 4, "fp32", "log_softmax output"))

@@ -8,6 +8,7 @@ import pytest
 from vramplan.estimate import estimate
 from vramplan.estimate import model as M
 from vramplan.estimate.result import BreakdownError
+from vramplan.estimate.structure import LayerTrace
 from vramplan.lora import LoraConfig
 from vramplan.setup import Setup
 from vramplan.shapes import spec_from_config
@@ -34,8 +35,8 @@ def test_an_itemization_that_drifts_from_the_timeline_raises(monkeypatch):
     assert e.peak_phase in ("forward", "backward"), e.peak_phase
     assert sum(c.bytes for c in e.components if c.counter == "allocated") == e.peak_allocated_bytes
     assert all(c.name != "buffers/other" for c in e.components)
-    real = M.LayerTrace.by_category
-    monkeypatch.setattr(M.LayerTrace, "by_category",
+    real = LayerTrace.by_category
+    monkeypatch.setattr(LayerTrace, "by_category",
                         lambda self, T, bss: {k: v + 512 for k, v in real(self, T, bss).items()})
     with pytest.raises(BreakdownError, match="difference"):
         estimate(spec, setup.with_(batch=3))

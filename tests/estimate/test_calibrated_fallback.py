@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from vramplan.errors import SimulationError
-from vramplan.estimate import estimate
-from vramplan.estimate import model as M
+from vramplan.estimate import estimate, states
+from vramplan.estimate import structure as S
 from vramplan.lora import LoraConfig
 from vramplan.setup import Setup
 from vramplan.shapes import spec_from_config
@@ -20,13 +20,12 @@ def test_unknown_layout_uses_the_simulation_calibration(monkeypatch):
     spec = spec_from_config(TINY, name="tiny-unknown")
     setup = Setup.create(method="lora", lora=LoraConfig(r=8, targets=("all-linear",)), batch=2, seq=256)
     exact = estimate(spec, setup)
-    M._STATIC_CACHE.clear()
-    M._DERIVED_CACHE.clear()
+    states.clear_caches()
 
     def unknown(*args, **kwargs):
         raise KeyError("attn_q")
 
-    monkeypatch.setattr(M, "trace_layer", unknown)
+    monkeypatch.setattr(S, "trace_layer", unknown)
     spec2 = spec_from_config(TINY, name="tiny-unknown")
     calibrated = estimate(spec2, setup)
     a = sum(c.bytes for c in exact.components if c.name.startswith("activations/") and c.name != "activations/head")
@@ -40,7 +39,7 @@ def test_unknown_layout_uses_the_simulation_calibration(monkeypatch):
 def test_unsimulatable_unknown_layout_is_one_clear_error(monkeypatch):
     spec = spec_from_config(TINY, name="tiny-unknown-2")
     setup = Setup.create(method="lora", lora=LoraConfig(r=8, targets=("all-linear",)), seq=64)
-    monkeypatch.setattr(M, "trace_layer", lambda *a, **k: (_ for _ in ()).throw(KeyError("attn_q")))
+    monkeypatch.setattr(S, "trace_layer", lambda *a, **k: (_ for _ in ()).throw(KeyError("attn_q")))
 
     def fail(*a, **k):
         raise SimulationError("cannot simulate: aten::nonzero needs real values")

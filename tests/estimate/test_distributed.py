@@ -20,8 +20,8 @@ from hypothesis import strategies as hs
 from vramplan.dtypes import BYTES, alloc
 from vramplan.errors import SetupError
 from vramplan.estimate import distributed as D
-from vramplan.estimate import estimate
-from vramplan.estimate.model import _static, _structural
+from vramplan.estimate import estimate, smallest_gpus
+from vramplan.estimate.structure import static_structure, structural_setup
 from vramplan.profiles import resolve_gpu, resolve_model
 from vramplan.setup import STRATEGIES, Setup
 
@@ -113,7 +113,7 @@ def test_one_gpu_fsdp_model_states_equal_the_single_gpu_ones(method, strategy):
     for group in ("weights", "adapters"):
         assert {c.name: c.bytes for c in one.components if c.group == group} == \
                {c.name: c.bytes for c in single.components if c.group == group}
-    st = _static(s, _structural(base))
+    st = static_structure(s, structural_setup(base))
     grads = sum(alloc(t.numel * BYTES[t.dtype]) for t in st.trainables)
     assert per_rank(one)["model_states"]["gradients"] == grads
     assert per_rank(one)["model_states"]["optimizer_states"] == single.component("optimizer/states")
@@ -257,7 +257,7 @@ def test_reimplemented_formulas_equal_deepspeeds_functions(n):
 def test_ddp_buckets_copy_every_trainable_gradient():
     s = spec("llama-3-8b")
     est = estimate(s, full(gpus=2, strategy="ddp"))
-    st = _static(s, _structural(full()))
+    st = static_structure(s, structural_setup(full()))
     nb, count = D.ddp_bucket_bytes(st.trainables)
     raw = sum(t.numel * BYTES[t.dtype] for t in st.trainables)
     assert 0 <= nb - raw < 512 * count, "one flat bucket per ≤25 MiB of fp32 gradients, 512-B rounded"
@@ -349,7 +349,7 @@ def _fits(s, setup, gpu) -> bool:
 def test_smallest_gpus_is_the_smallest_count_that_fits():
     s, g = spec("llama-3-8b"), resolve_gpu("a100-80gb")
     setup = Setup.create(method="full")
-    n, strategy = D.smallest_gpus(s, setup, g)
+    n, strategy = smallest_gpus(s, setup, g)
     assert _fits(s, setup.with_(gpus=n, strategy=strategy), g)
     assert n > 1, "8B full fine-tuning with AdamW does not fit one 80 GB card"
     for other in STRATEGIES:
@@ -358,11 +358,11 @@ def test_smallest_gpus_is_the_smallest_count_that_fits():
 
 def test_smallest_gpus_single_card_and_nothing_fits():
     s, g = spec("llama-3-8b"), resolve_gpu("a100-80gb")
-    assert D.smallest_gpus(s, Setup.create(method="qlora"), g) == (1, "ddp")
-    assert D.smallest_gpus(s, Setup.create(method="full", seq=1 << 20), g, max_gpus=8) is None
+    assert smallest_gpus(s, Setup.create(method="qlora"), g) == (1, "ddp")
+    assert smallest_gpus(s, Setup.create(method="full", seq=1 << 20), g, max_gpus=8) is None
 
 
 def test_smallest_gpus_keeps_the_offload():
     s, g = spec("llama-3-8b"), resolve_gpu("a100-80gb")
-    n, strategy = D.smallest_gpus(s, Setup.create(method="full", strategy="zero3", offload="params"), g)
+    n, strategy = smallest_gpus(s, Setup.create(method="full", strategy="zero3", offload="params"), g)
     assert strategy in ("fsdp", "zero3")

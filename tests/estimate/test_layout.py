@@ -15,7 +15,8 @@ from collections import Counter
 import pytest
 
 from vramplan.dtypes import BYTES, adam8bit_state_parts, alloc, bnb_4bit_parts
-from vramplan.estimate.model import _static, _structural, optimizer_states
+from vramplan.estimate.optimizer import optimizer_states
+from vramplan.estimate.structure import static_structure, structural_setup
 from vramplan.lora import LoraConfig
 from vramplan.setup import Setup
 from vramplan.shapes import spec_from_config
@@ -150,7 +151,7 @@ def test_lora_adapters_match_peft(family, precision):
     setup = _lora(precision=precision)
     model = _tiny(family, setup)
     real = Counter((tuple(p.shape), str(p.dtype)) for p in model.parameters() if p.requires_grad)
-    st = _static(spec_from_config(TINY[family], name=f"tiny-{family}"), _structural(setup))
+    st = static_structure(spec_from_config(TINY[family], name=f"tiny-{family}"), structural_setup(setup))
     est = Counter((tuple(t.shape), DTYPE[t.dtype]) for t in st.trainables)
     assert est == real, f"only PEFT: {dict(real - est)}; only vramplan: {dict(est - real)}"
     if precision == "bf16-mixed":
@@ -178,7 +179,7 @@ def test_optimizer_state_bytes_match_a_real_step(family, method, precision, opti
     _fake_grads(params)
     opt.step()
     real, sizes = _state_bytes(opt)
-    st = _static(spec_from_config(TINY[family], name=f"tiny-{family}"), _structural(setup))
+    st = static_structure(spec_from_config(TINY[family], name=f"tiny-{family}"), structural_setup(setup))
     est, paged, _ = optimizer_states(st.trainables, setup)
     assert paged == 0
     assert est == real, f"{optim}: a real step keeps {real:,} B in {len(sizes)} storages; estimated {est:,} B"

@@ -88,7 +88,7 @@ def test_a_drifted_analytic_number_fails_the_comparison(monkeypatch):
     compare.py once restated), the agreement would fail, with no known gap to absorb it."""
     import dataclasses
 
-    from vramplan.estimate import model as M
+    from vramplan.estimate import states as M
 
     spec = spec_of("mixtral-8x7b")
     setup = Setup.create(method="full", attn="sdpa", grad_ckpt=False, batch=1, seq=64)

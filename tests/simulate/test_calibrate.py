@@ -13,9 +13,9 @@ from vramplan.simulate.calibrate import calibrate
 
 
 def _analytic_coefficients(spec, setup) -> tuple[int, int, int]:
-    from vramplan.estimate.model import _static
+    from vramplan.estimate.structure import static_structure
 
-    tr = _static(spec, setup.with_(batch=1, seq=1)).layer_traces[1]
+    tr = static_structure(spec, setup.with_(batch=1, seq=1)).layer_traces[1]
     return (sum(s.size.per_token * BYTES[s.dtype] for s in tr.saved),
             sum(s.size.per_bss * BYTES[s.dtype] for s in tr.saved),
             sum(s.size.const * BYTES[s.dtype] for s in tr.saved))
@@ -32,8 +32,8 @@ def test_known_family_coefficients_equal_the_analytic_ones(attn):
 
 def test_unknown_family_is_calibrated_and_predicts_another_length():
     """olmo2 is not in the analytic family tables (q/k norms over the whole projection)."""
-    from vramplan.simulate.step import run
     from vramplan.shapes.from_config import FAMILIES
+    from vramplan.simulate.step import run
 
     spec = tiny_spec("olmo2", num_key_value_heads=4)
     assert spec.model_type not in FAMILIES

@@ -1,6 +1,9 @@
 """The analytic estimator (no torch import): :func:`estimate` returns an :class:`Estimate`."""
 
+from . import overhead
+from .grid import Counters, estimate_counters
 from .model import estimate
 from .result import Component, Estimate, Fit
+from .search import smallest_gpus
 
-__all__ = ["estimate", "Estimate", "Component", "Fit"]
+__all__ = ["estimate", "Estimate", "Component", "Fit", "overhead", "estimate_counters", "Counters", "smallest_gpus"]

@@ -28,17 +28,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..dtypes import BYTES, alloc
 from ..setup import Setup
 from ..shapes.spec import ModelSpec
 from ..units import MiB, ceil_div
+from .optimizer import optimizer_states, optimizer_step_transient
 from .result import Component
-from .weights import TrainableTensor
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .model import _Static
+from .structure import Structure, static_structure, structural_setup
+from .weights import TrainableTensor, adapter_formula, weight_formula
 
 # ------------------------------------------------------------------------------------------------ defaults
 #: ``DistributedDataParallel(bucket_cap_mb=25)`` (torch/nn/parallel/distributed.py); the first bucket is
@@ -105,7 +104,7 @@ class RankStates:
     timeline's own terms; ``device`` lists memory outside the torch allocator.
     """
 
-    compute: Any                                   # _Static whose layer traces give the activations
+    compute: Any                                   # Structure whose layer traces give the activations
     weights: list[tuple[str, int, str]]
     grads: int
     grad_head: int
@@ -179,15 +178,13 @@ def _owner(name: str, known: dict[str, str]) -> str | None:
     return None
 
 
-def _compute_static(spec: ModelSpec, setup: Setup, st: _Static) -> _Static:
+def _compute_static(spec: ModelSpec, setup: Setup, st: Structure) -> Structure:
     """The layout that computes. FSDP with mixed precision gathers every parameter in the compute dtype
     (accelerate's ``MixedPrecisionPolicy(param_dtype=bf16)``), DeepSpeed casts the module to it
     (``_cast_module_mixed_precision``) and does not autocast: both run like ``--precision bf16-true``."""
-    from .model import _static, _structural
-
     if setup.strategy == "ddp" or not setup.mixed or setup.compute_dtype == "fp32":
         return st
-    return _static(spec, _structural(setup.with_(precision=f"{setup.compute_dtype}-true")))
+    return static_structure(spec, structural_setup(setup.with_(precision=f"{setup.compute_dtype}-true")))
 
 
 def _nccl(setup: Setup) -> list[Component]:
@@ -222,9 +219,7 @@ def ddp_bucket_bytes(trainables: tuple[TrainableTensor, ...]) -> tuple[int, int]
     return total, count
 
 
-def _ddp(spec: ModelSpec, setup: Setup, st: _Static) -> RankStates:
-    from .model import optimizer_states, optimizer_step_transient
-
+def _ddp(spec: ModelSpec, setup: Setup, st: Structure) -> RankStates:
     grads = sum(alloc(t.numel * BYTES[t.dtype]) for t in st.trainables)
     head = _head_grad(st, setup)
     opt_gpu, opt_paged, opt_formula = optimizer_states(st.trainables, setup)
@@ -249,21 +244,19 @@ def _ddp(spec: ModelSpec, setup: Setup, st: _Static) -> RankStates:
     return r
 
 
-def _head_component(st: _Static) -> str:
+def _head_component(st: Structure) -> str:
     """The component whose gradient backward produces first: the head's (the embedding's, when tied)."""
     return "weights/lm_head" if any(t.component == "weights/lm_head" for t in st.trainables) else "weights/embeddings"
 
 
-def _head_grad(st: _Static, setup: Setup) -> int:
+def _head_grad(st: Structure, setup: Setup) -> int:
     """The output head's gradient, first in backward (as ``estimate`` counts it), full fine-tuning only."""
     head_comp = _head_component(st)
     return sum(alloc(t.numel * BYTES[t.dtype]) for t in st.trainables
                if t.component == head_comp and setup.method == "full")
 
 
-def _single_weights(st: _Static, setup: Setup) -> list[tuple[str, int, str]]:
-    from .model import _adapter_formula, _weight_formula
-
+def _single_weights(st: Structure, setup: Setup) -> list[tuple[str, int, str]]:
     wsum: dict[str, int] = defaultdict(int)
     for p in st.placements:
         for comp, nb in p.parts:
@@ -274,8 +267,8 @@ def _single_weights(st: _Static, setup: Setup) -> list[tuple[str, int, str]]:
     def placed(c: str) -> list:
         return [p for p in st.placements if any(pc == c for pc, _ in p.parts)]
 
-    return ([(c, b, _weight_formula(c, placed(c), setup)) for c, b in sorted(wsum.items())]
-            + [(c, b, _adapter_formula(c, st, setup)) for c, b in sorted(asum.items())])
+    return ([(c, b, weight_formula(c, placed(c), setup)) for c, b in sorted(wsum.items())]
+            + [(c, b, adapter_formula(c, st.adapters, st.plan)) for c, b in sorted(asum.items())])
 
 
 # --------------------------------------------------------------------------------------------------- FSDP
@@ -294,7 +287,7 @@ class _Units:
     tied: bool
 
 
-def _fsdp_units(spec: ModelSpec, setup: Setup, st: _Static) -> _Units:
+def _fsdp_units(spec: ModelSpec, setup: Setup, st: Structure) -> _Units:
     """accelerate ``fsdp2_prepare_model`` (accelerate/utils/fsdp_utils.py): ``fully_shard`` on every module of
     the wrap policy (the decoder layer, ``_no_split_modules``), then on the input embedding (untied), then on
     ``[final_norm, lm_head]`` (+ the embedding when tied) with ``reshard_after_forward=False``, then the root."""
@@ -338,7 +331,7 @@ def _fsdp_units(spec: ModelSpec, setup: Setup, st: _Static) -> _Units:
                   grads["root"], tied)
 
 
-def _sharded_trainables(st: _Static, n: int) -> tuple[TrainableTensor, ...]:
+def _sharded_trainables(st: Structure, n: int) -> tuple[TrainableTensor, ...]:
     out = []
     for t in st.trainables:
         rows = t.shape[0] if t.shape else 1
@@ -348,9 +341,7 @@ def _sharded_trainables(st: _Static, n: int) -> tuple[TrainableTensor, ...]:
     return tuple(out)
 
 
-def _fsdp(spec: ModelSpec, setup: Setup, st: _Static) -> RankStates:
-    from .model import optimizer_states, optimizer_step_transient
-
+def _fsdp(spec: ModelSpec, setup: Setup, st: Structure) -> RankStates:
     n = setup.gpus
     full_shard = setup.strategy == "fsdp"
     offload = setup.offload == "params"
@@ -451,7 +442,7 @@ def _fsdp(spec: ModelSpec, setup: Setup, st: _Static) -> RankStates:
 
 
 # ---------------------------------------------------------------------------------------------- DeepSpeed
-def _module_bytes(spec: ModelSpec, st: _Static, b: int) -> tuple[int, int, int, int, str]:
+def _module_bytes(spec: ModelSpec, st: Structure, b: int) -> tuple[int, int, int, int, str]:
     """(largest module params, its bytes, largest trainable module params, its bytes, its name) in the
     16-bit layout. A module's parameters are its direct ones (``recurse=False``) as DeepSpeed's
     ``model_to_params`` counts them (stage3.py); a tied head counts the shared weight again."""
@@ -487,9 +478,7 @@ def _flat_partition(psi_t: int, n: int, stage: int, trainables: tuple[TrainableT
     return sum(ceil_div(t.numel, n) for t in trainables)
 
 
-def _zero(spec: ModelSpec, setup: Setup, st: _Static) -> RankStates:
-    from .model import optimizer_states
-
+def _zero(spec: ModelSpec, setup: Setup, st: Structure) -> RankStates:
     n = setup.gpus
     stage = int(setup.strategy[-1])
     md = setup.compute_dtype                  # DeepSpeed casts the module's parameters to bf16/fp16 (or keeps fp32)
@@ -644,7 +633,7 @@ def _zero(spec: ModelSpec, setup: Setup, st: _Static) -> RankStates:
 
 
 # ------------------------------------------------------------------------------------------------- entry
-def rank_states(spec: ModelSpec, setup: Setup, st: _Static) -> RankStates:
+def rank_states(spec: ModelSpec, setup: Setup, st: Structure) -> RankStates:
     """One rank's model states and buffers for ``setup.strategy`` on ``setup.gpus`` GPUs."""
     if setup.strategy == "ddp":
         r = _ddp(spec, setup, st)
@@ -663,57 +652,11 @@ def rank_states(spec: ModelSpec, setup: Setup, st: _Static) -> RankStates:
     return r
 
 
-# -------------------------------------------------------------------------------------------- the search
-def _fits(spec: ModelSpec, setup: Setup, gpu: Any, margin: float) -> bool:
-    from .model import estimate
+def __getattr__(name: str) -> Any:
+    # transitional: smallest_gpus moved to estimate/search.py (it calls the estimator, which imports this
+    # module). Remove once planner/fit.py and tests/planner/test_min_gpus.py import it from vramplan.estimate.
+    if name == "smallest_gpus":
+        from .search import smallest_gpus
 
-    est = estimate(spec, setup, gpu, margin)
-    return est.fit is not None and est.fit.fits
-
-
-def smallest_gpus(spec: ModelSpec, setup: Setup, gpu: Any, margin: float = 0.0,
-                  max_gpus: int = 64) -> tuple[int, str] | None:
-    """The smallest number of GPUs, and the strategy, on which ``setup`` fits ``gpu`` per rank.
-
-    Tries every strategy compatible with ``setup.offload`` (``--offload none``: all six); at equal GPU count
-    prefers the one with the least communication (:data:`PREFERENCE`). ``--batch`` stays per GPU. Per-rank
-    memory does not grow with N from N = 2 on (shards shrink, buffers are constant), so each strategy is
-    binary-searched over 2..``max_gpus`` after N = 1 is tried.
-
-    Args:
-        spec: the model.
-        setup: the setup; its ``gpus`` and ``strategy`` are ignored, its ``offload`` is kept.
-        gpu: a :class:`vramplan.profiles.Gpu`.
-        margin: fraction of the card kept free.
-        max_gpus: the largest count considered.
-
-    Returns:
-        ``(n, strategy)``, or ``None`` when nothing up to ``max_gpus`` fits.
-    """
-    if not setup.training:
-        one = setup.with_(gpus=1, strategy="ddp", offload="none")
-        return (1, "ddp") if _fits(spec, one, gpu, margin) else None
-    best: tuple[int, str] | None = None
-    for strategy in PREFERENCE:
-        if setup.offload not in OFFLOADS_BY_STRATEGY[strategy]:
-            continue
-        s = setup.with_(strategy=strategy)
-        limit = max_gpus if best is None else min(max_gpus, best[0] - 1)
-        if limit < 1:
-            break
-        if _fits(spec, s.with_(gpus=1), gpu, margin):
-            n: int | None = 1
-        elif strategy == "ddp" or limit < 2 or not _fits(spec, s.with_(gpus=limit), gpu, margin):
-            n = None                       # ddp: a replica per rank only grows with N
-        else:
-            lo, hi = 2, limit              # hi fits
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if _fits(spec, s.with_(gpus=mid), gpu, margin):
-                    hi = mid
-                else:
-                    lo = mid + 1
-            n = hi
-        if n is not None and (best is None or n < best[0]):
-            best = (n, strategy)
-    return best
+        return smallest_gpus
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,7 +19,7 @@ from ..setup import Setup
 from ..shapes.spec import ModelSpec
 from . import overhead
 from .inference import inference_bytes
-from .model import model_states
+from .states import model_states
 from .timeline import peak_of, phase_peaks
 
 
@@ -60,7 +60,7 @@ def estimate_counters(spec: ModelSpec, setup: Setup, batches_seqs: Sequence[tupl
     if not setup.training:
         cublas = overhead.CUBLAS_WORKSPACE_BYTES
         for b, s in batches_seqs:
-            peak = d.static_weights + sum(inference_bytes(spec, d.sa, b, s, setup.new_tokens,
+            peak = d.static_weights + sum(inference_bytes(spec, d.compute, b, s, setup.new_tokens,
                                                           setup.compute_dtype)) + cublas
             reserved = peak + frag(peak)
             append(Counters(peak, reserved, reserved + ctx, "prefill"))

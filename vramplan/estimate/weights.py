@@ -24,6 +24,7 @@ from ..dtypes import BYTES, alloc, bnb_4bit_parts, bnb_int8_parts
 from ..lora import LoraPlan
 from ..setup import Setup
 from ..shapes.spec import ModelSpec, Tensor
+from ..units import ceil_div
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class TrainableTensor:
     frozen: bool = False               # takes memory but gets no gradient or optimizer state
 
 
-def _component(t: Tensor) -> str:
+def weight_component(t: Tensor) -> str:
     if t.role in ("embedding", "position_embedding"):
         return "weights/embeddings"
     if t.role == "lm_head":
@@ -92,7 +93,7 @@ def place_weights(spec: ModelSpec, setup: Setup) -> list[Placement]:
     for t in spec.tensors:
         if t.tied_to is not None:
             continue
-        comp = _component(t)
+        comp = weight_component(t)
         if quant != "none" and quantizable(t, spec):
             quantized_modules.add(t.module)
             if quant in ("nf4", "fp4"):
@@ -158,6 +159,39 @@ def adapter_tensors(plan: LoraPlan | None, placements: list[Placement], setup: S
 
 def trainable_tensors(placements: list[Placement], adapters: list[TrainableTensor]) -> list[TrainableTensor]:
     """Everything the optimizer steps: trainable base weights (full) and adapters."""
-    out = [TrainableTensor(p.tensor.name, p.numel, p.dtype, _component(p.tensor), p.tensor.shape)
+    out = [TrainableTensor(p.tensor.name, p.numel, p.dtype, weight_component(p.tensor), p.tensor.shape)
            for p in placements if p.trainable]
     return out + [a for a in adapters if not a.frozen]
+
+
+# ----------------------------------------------------------------------------------------- explanations
+def weight_formula(comp: str, ps: list[Placement], setup: Setup) -> str:
+    """The explanation of a ``weights/*`` component placed as ``ps``."""
+    n = sum(p.numel for p in ps)
+    dtypes = sorted({p.dtype for p in ps})
+    if comp == "weights/quantized":
+        if setup.quant == "int8":
+            return f"{n:,} int8 elements (bitsandbytes Int8Params), 1 B each, in {len(ps)} Linear weights"
+        return (f"{n:,} elements of {len(ps)} Linear weights packed two per byte: ceil(n/2) B each "
+                "(bitsandbytes/functional.py quantize_4bit)")
+    if comp == "weights/quant_constants":
+        if setup.quant == "int8":
+            return "one fp32 row scale (SCB) per output row (bitsandbytes Int8Params)"
+        blocks = sum(ceil_div(p.numel, setup.quant_blocksize) for p in ps)
+        if setup.double_quant:
+            return (f"{blocks:,} blocks of {setup.quant_blocksize}: uint8 absmax (1 B each) + fp32 nested absmax per "
+                    "256 blocks + 1 KiB nested code + 4 B offset + 64 B code per weight, each allocation rounded "
+                    "to 512 B (double quantization, QLoRA §2)")
+        return f"{blocks:,} blocks of {setup.quant_blocksize}: fp32 absmax (4 B each) + 64 B code per weight"
+    return f"{n:,} elements in {', '.join(dtypes)} ({len(ps)} tensors, each allocation rounded to 512 B)"
+
+
+def adapter_formula(comp: str, adapters: tuple[TrainableTensor, ...], plan: LoraPlan | None) -> str:
+    """The explanation of an ``adapters/*`` component."""
+    ts = [t for t in adapters if t.component == comp]
+    n = sum(t.numel for t in ts)
+    dt = ", ".join(sorted({t.dtype for t in ts}))
+    if comp == "adapters/lora" and plan is not None:
+        return (f"r={plan.config.r} × (in + out) for {len(plan.adapters)} adapted modules = {n:,} params in "
+                f"{dt} (PEFT keeps adapters in fp32 on a 16-bit base: autocast_adapter_dtype)")
+    return f"{n:,} params in {dt}"

@@ -286,16 +286,16 @@ def param_component(name: str, p: torch.nn.Parameter, spec_roles: dict[str, str]
 
 
 def _persistent_state(built: Built, spec: ModelSpec) -> None:
-    from ..estimate.weights import _component
+    from ..estimate.weights import weight_component
 
-    roles = built.roles = {t.name: _component(t) for t in spec.tensors}
+    roles = built.roles = {t.name: weight_component(t) for t in spec.tensors}
     seen: set[int] = set()
     for name, p in built.model.named_parameters(remove_duplicate=True):
         comp = param_component(name, p, roles)
         _add(built, p, "parameter", comp, seen)
         qs = getattr(p, "quant_state", None)
         if qs is not None:
-            for t in _quant_state_tensors(qs):
+            for t in quant_state_tensors(qs):
                 _add(built, t, "parameter", "weights/quant_constants", seen)
         scb = getattr(p, "SCB", None)
         if isinstance(scb, torch.Tensor):
@@ -316,11 +316,11 @@ def _add(built: Built, t: torch.Tensor, tag: str, comp: str, seen: set[int]) -> 
     built.components[key] = comp
 
 
-def _quant_state_tensors(qs: Any):
+def quant_state_tensors(qs: Any):
     for attr in ("absmax", "code", "offset"):
         t = getattr(qs, attr, None)
         if isinstance(t, torch.Tensor):
             yield t
     s2 = getattr(qs, "state2", None)
     if s2 is not None:
-        yield from _quant_state_tensors(s2)
+        yield from quant_state_tensors(s2)

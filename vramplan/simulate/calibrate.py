@@ -7,7 +7,7 @@ layer — one whose input requires grad, as every layer but the first does — b
 byte counts so that the fit is exact, and caches the result per config and structural setup under
 ``vramplan.profiles.cache_dir() / "calibration"``.
 
-How the analytic estimator consumes it (``vramplan/estimate/model.py::estimate``): where the family is unknown,
+How the analytic estimator consumes it (``vramplan/estimate/structure.py::static_structure``): where the family is unknown,
 take ``per_token, per_bss = calibrated_layer_bytes(spec, setup)`` and use, for every layer, ``per_layer =
 alloc_rounding(per_token * T + per_bss * bss)`` instead of ``trace.saved_at(T, bss)`` (``T = batch * seq``,
 ``bss = batch * seq**2``) — under checkpointing the same value is the recomputed layer. The 512-B rounding of

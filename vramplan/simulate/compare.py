@@ -43,7 +43,7 @@ def analytic_quantities(spec: ModelSpec, setup: Setup) -> dict[str, int]:
     gradients, optimizer states, activations by part, the autocast weight copies held for backward."""
     from ..estimate import estimate
     from ..estimate.logits import final_logit_softcapping, loss_bytes
-    from ..estimate.model import model_states
+    from ..estimate.states import model_states
 
     est = estimate(spec, setup)
     out: dict[str, int] = {}
@@ -54,7 +54,7 @@ def analytic_quantities(spec: ModelSpec, setup: Setup) -> dict[str, int]:
         out["kv_cache"] = est.component("kv_cache")
         return out
     states = model_states(spec, setup)
-    st = states.sa
+    st = states.compute
     T, bss = setup.tokens, setup.batch * setup.seq * setup.seq
     out["gradients"] = states.grads
     out["optimizer/states"] = states.opt_gpu

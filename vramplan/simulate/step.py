@@ -578,7 +578,7 @@ def _unpack(t: torch.Tensor) -> torch.Tensor:
 def _retag_parameters(built: Built, tracker: Tracker) -> None:
     """Tag the current storages of parameters, quantization state and buffers (a parameter's storage can
     change during the step: bitsandbytes casts a fp32 bias to the compute dtype at the first forward)."""
-    from .build import _quant_state_tensors, param_component
+    from .build import param_component, quant_state_tensors
 
     roles = built.roles
     for name, p in built.model.named_parameters():
@@ -587,7 +587,7 @@ def _retag_parameters(built: Built, tracker: Tracker) -> None:
             rec.tag, rec.component = "parameter", param_component(name, p, roles)
         qs = getattr(p, "quant_state", None)
         if qs is not None:
-            for q in _quant_state_tensors(qs):
+            for q in quant_state_tensors(qs):
                 rec = tracker.record_of(q)
                 if rec is not None:
                     rec.tag, rec.component = "parameter", "weights/quant_constants"

@@ -1,0 +1,79 @@
+"""Optimizer states and the temporaries of ``optimizer.step()``, per trainable tensor, in allocator bytes."""
+
+from __future__ import annotations
+
+from ..dtypes import BYTES, PAGED_MIN_NUMEL, adam8bit_state_parts, alloc
+from ..setup import Setup
+from .weights import TrainableTensor
+
+
+def optimizer_states(trainables: tuple[TrainableTensor, ...], setup: Setup) -> tuple[int, int, str]:
+    """(bytes in the torch allocator, bytes in paged/unified memory, formula) of the optimizer states."""
+    o = setup.optim
+    gpu, paged = 0, 0
+    n_tensors = len(trainables)
+    numel = sum(t.numel for t in trainables)
+    if o == "adamw":
+        # torch.optim.AdamW(fused=True) (HF Trainer default adamw_torch_fused): exp_avg, exp_avg_sq in the
+        # param dtype, and a 0-dim fp32 'step' tensor per param on the device (torch/optim/adamw.py _init_group)
+        for t in trainables:
+            gpu += 2 * alloc(t.numel * BYTES[t.dtype]) + alloc(4)
+        formula = (f"AdamW (fused): 2 states × param dtype per trainable element ({numel:,} elements in "
+                   f"{n_tensors} tensors) + one fp32 step tensor each; torch/optim/adamw.py")
+    elif o in ("adamw-8bit", "paged-adamw-8bit"):
+        for t in trainables:
+            parts = adam8bit_state_parts(t.numel)
+            big = [b for k, b in parts.items() if k.startswith("state")]
+            small = [b for k, b in parts.items() if k.startswith("absmax")]
+            if o == "paged-adamw-8bit" and t.numel >= PAGED_MIN_NUMEL:
+                paged += sum(big)
+            else:
+                gpu += sum(alloc(b) for b in big)
+            gpu += sum(alloc(b) for b in small)
+        # the shared dynamic/udynamic quantization maps, moved to the GPU with the first 8-bit state only
+        # (Optimizer2State.init_state: tensors below min_8bit_size never touch them)
+        if any("absmax1" in adam8bit_state_parts(t.numel) for t in trainables):
+            gpu += 2 * alloc(256 * 4)
+        formula = ("bitsandbytes AdamW8bit: uint8 exp_avg/exp_avg_sq + fp32 absmax per 256 for tensors >= 4096 "
+                   "elements, fp32 states below (bitsandbytes/optim/optimizer.py Optimizer2State.init_state)"
+                   + ("; paged (cudaMallocManaged) for tensors >= 1e5 elements (get_state_buffer)"
+                      if o.startswith("paged") else ""))
+    elif o == "paged-adamw":
+        for t in trainables:
+            b = 2 * t.numel * 4
+            if t.numel >= PAGED_MIN_NUMEL:
+                paged += b
+            else:
+                gpu += 2 * alloc(t.numel * 4)
+        formula = ("bitsandbytes PagedAdamW (32-bit): two fp32 states; tensors >= 1e5 elements in paged unified "
+                   "memory (bitsandbytes/optim/optimizer.py get_state_buffer)")
+    elif o == "lion":
+        for t in trainables:
+            gpu += alloc(t.numel * 4)
+        formula = "bitsandbytes Lion (32-bit): one fp32 exp_avg per element (Optimizer1State)"
+    elif o == "adafactor":
+        for t in trainables:
+            if len(t.shape) >= 2:
+                rows = 1
+                for d in t.shape[:-1]:
+                    rows *= d
+                cols = t.shape[-1]
+                gpu += alloc(rows * BYTES[t.dtype]) + alloc(cols * BYTES[t.dtype] * (rows // max(t.shape[-2], 1)))
+            else:
+                gpu += alloc(t.numel * BYTES[t.dtype])
+            gpu += alloc(4)      # state["RMS"]: a 0-dim tensor on the device per parameter
+        formula = ("transformers Adafactor (beta1=None): factored row/column second moments for matrices, a "
+                   "full one for vectors, and a 0-dim RMS tensor per parameter (transformers/optimization.py "
+                   "Adafactor.step)")
+    else:  # sgd
+        formula = "SGD without momentum (HF Trainer 'sgd'): no state"
+    return gpu, paged, formula
+
+
+def optimizer_step_transient(trainables: tuple[TrainableTensor, ...], setup: Setup) -> int:
+    """Temporaries of ``optimizer.step()``: fused AdamW and bitsandbytes kernels update in place; Adafactor
+    builds ``grad**2 + eps`` and the update per tensor (one tensor at a time)."""
+    if setup.optim == "adafactor" and trainables:
+        biggest = max(trainables, key=lambda t: t.numel)
+        return 2 * alloc(biggest.numel * BYTES[biggest.dtype])
+    return 0

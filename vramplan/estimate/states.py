@@ -1,0 +1,156 @@
+"""The model states of a structure: weights, adapters, gradients, optimizer states, autocast weight copies and,
+on several GPUs, one rank's share (``distributed.py``) — in bytes with their formulas, cached per structural
+setup. :func:`model_states` is what the estimator, the sweep's evaluator and the simulation's comparison read.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from ..dtypes import BYTES, alloc
+from ..memo import IdCache
+from ..setup import Setup
+from ..shapes.spec import ModelSpec
+from . import distributed, overhead
+from .activations import LayerActivations
+from .optimizer import optimizer_states, optimizer_step_transient
+from .structure import Structure, layout_setup, static_structure, structural_setup
+from .structure import clear_caches as _clear_structures
+from .timeline import PHASES, StateTerms
+from .weights import Placement, adapter_formula, weight_formula
+
+
+@dataclass(frozen=True)
+class ModelStates:
+    """Model-state totals and formulas that depend on the structure only (cached beside :class:`Structure`)."""
+
+    weight_comps: tuple[tuple[str, int, str], ...]
+    static_weights: int
+    grads: int
+    grad_head: int
+    opt_gpu: int
+    opt_paged: int
+    opt_formula: str
+    opt_tmp: int
+    trainable_numel: int
+    casts: int
+    casts_head: int                   # the part of ``casts`` that is the output head's copy
+    casts_backward: int               # the copies held at the start of backward (autograd saved them)
+    casts_layer: int                  # one decoder layer's copies
+    rank: distributed.RankStates | None         # one rank's share on several GPUs / a sharding engine
+    structure: Structure                        # the layout placed on the GPU (weights, LoRA plan, counts)
+    compute: Structure                          # the layout whose layer traces give the activations
+    timeline: StateTerms | None = None          # training only: the fixed terms of phase_peaks
+    activations: LayerActivations | None = None  # training only: the activation terms at any (batch, seq)
+
+
+_STATES_CACHE = IdCache(512)
+_WEIGHT_COMPS = IdCache(256)
+
+
+def _states_of(spec: ModelSpec, st: Structure, setup: Setup) -> ModelStates:
+    return _STATES_CACHE.get((spec,), (setup,), lambda: _build_states(spec, st, setup))
+
+
+def model_states(spec: ModelSpec, setup: Setup) -> ModelStates:
+    """The model states :func:`estimate` prices for ``setup`` (any batch and sequence length): weights,
+    gradients, optimizer states and autocast weight copies, in bytes, with the layout whose layer traces give
+    the activations (``.compute``). What the simulation's comparison reads (``simulate/compare.py``)."""
+    ss = structural_setup(setup)
+    return _states_of(spec, static_structure(spec, layout_setup(ss)), ss)
+
+
+def _base_weight_comps(st: Structure, setup: Setup) -> tuple[tuple[str, int, str], ...]:
+    """``weights/*`` components (bytes and formulas) of a placement list, shared across setups that place the
+    weights identically (the placements tuple is shared through :func:`_placements`)."""
+    return _WEIGHT_COMPS.get((st.placements,), (setup.quant, setup.double_quant, setup.quant_blocksize),
+                             lambda: _build_weight_comps(st, setup))
+
+
+def _build_weight_comps(st: Structure, setup: Setup) -> tuple[tuple[str, int, str], ...]:
+    wsum: dict[str, int] = defaultdict(int)
+    by_comp: dict[str, dict[int, Placement]] = defaultdict(dict)
+    for p in st.placements:
+        for comp, nb in p.parts:
+            wsum[comp] += alloc(nb)
+            by_comp[comp][id(p)] = p
+    return tuple((comp, nb, weight_formula(comp, list(by_comp[comp].values()), setup))
+                 for comp, nb in sorted(wsum.items()) if nb)
+
+
+def _build_states(spec: ModelSpec, st: Structure, setup: Setup) -> ModelStates:
+    comps: list[tuple[str, int, str]] = list(_base_weight_comps(st, setup))
+    asum: dict[str, int] = defaultdict(int)
+    for t in st.adapters:
+        asum[t.component] += alloc(t.numel * BYTES[t.dtype])
+    for comp, nb in sorted(asum.items()):
+        if nb:
+            comps.append((comp, nb, adapter_formula(comp, st.adapters, st.plan)))
+    grads = sum(alloc(t.numel * BYTES[t.dtype]) for t in st.trainables)
+    # the head's gradient is the first one backward produces (the embedding's, when tied)
+    head_comp = "weights/lm_head" if any(t.component == "weights/lm_head" for t in st.trainables) \
+        else "weights/embeddings"
+    grad_head = sum(alloc(t.numel * BYTES[t.dtype]) for t in st.trainables
+                    if t.component == head_comp and setup.method == "full")
+    opt_gpu, opt_paged, opt_formula = optimizer_states(st.trainables, setup)
+    opt_tmp = optimizer_step_transient(st.trainables, setup)
+    trainable_numel = sum(t.numel for t in st.trainables)
+
+    # ---- autocast weight copies (fp32 trainable weights under autocast: cached bf16 copies, saved)
+    casts = 0
+    if setup.autocast and setup.method == "full":
+        # F.linear / Conv1D addmm / the MoE router's F.linear are autocast ops; the fused experts' _grouped_mm
+        # is not (transformers integrations/moe.py), so expert stacks get no copy
+        casts = sum(alloc(p.numel * 2) for p in st.placements
+                    if p.trainable and p.tensor.param_name != "bias"
+                    and (p.tensor.module_type in ("linear", "conv1d") or p.tensor.role == "moe_router"))
+        for t in spec.tensors:   # a tied head is cast as the head weight
+            if t.tied_to is not None and t.role == "lm_head":
+                casts += alloc(t.numel * 2)
+    casts_head = 0
+    if casts:
+        head = [t for t in spec.tensors if t.role == "lm_head" and t.param_name == "weight"]
+        casts_head = sum(alloc(t.numel * 2) for t in head)
+    # autocast's cast cache is cleared when the forward (under autocast) ends; checkpointed layers saved no copy,
+    # so in backward only the head's copy lives on, plus the copies a recomputed layer makes
+    if setup.grad_ckpt and casts:
+        casts_bwd, casts_layer = casts_head, (casts - casts_head) // max(spec.num_layers, 1)
+    else:
+        casts_bwd, casts_layer = casts, casts // max(spec.num_layers, 1)
+
+    # ---- multi-GPU: one rank's weights, gradients, optimizer states and buffers (distributed.py)
+    rank = distributed.rank_states(spec, setup, st) if (setup.training and distributed.applies(setup)) else None
+    sa = st                          # the layout whose layer traces give the activations
+    if rank is not None:
+        comps = [c for c in comps if not c[0].startswith(("weights/", "adapters/"))]
+        merged: dict[str, list] = {}
+        for name, nb, formula in rank.weights:
+            if nb:
+                if name in merged:
+                    merged[name][0] += nb
+                else:
+                    merged[name] = [nb, formula]
+        comps += [(k, v[0], v[1]) for k, v in merged.items()]
+        grads, grad_head = rank.grads, rank.grad_head
+        opt_gpu, opt_paged, opt_formula, opt_tmp = rank.opt_gpu, rank.opt_paged, rank.opt_formula, rank.opt_tmp
+        if setup.strategy != "ddp":   # FSDP gathers / DeepSpeed casts to 16-bit: no copies
+            casts = casts_head = casts_bwd = casts_layer = 0
+        sa = rank.compute
+    static_weights = sum(c[1] for c in comps)
+    timeline = acts = None
+    if setup.training:
+        buffers = tuple(rank.buffer_bytes(p) for p in PHASES) if rank is not None else (0, 0, 0, 0)
+        timeline = StateTerms(static_weights + opt_gpu + overhead.CUBLAS_WORKSPACE_BYTES, casts, casts_bwd,
+                              casts_layer, grad_head, grads - grad_head, rank.grads_step if rank is not None else grads,
+                              opt_tmp, buffers, spec.num_layers, setup.grad_ckpt)
+        acts = LayerActivations(spec, setup, sa)
+    return ModelStates(tuple(comps), static_weights, grads, grad_head, opt_gpu, opt_paged, opt_formula, opt_tmp,
+                       trainable_numel, casts, casts_head, casts_bwd, casts_layer, rank, st, sa, timeline, acts)
+
+
+def clear_caches() -> None:
+    """Forget every cached structure and model state (tests and benchmarks that time a cold start)."""
+    _clear_structures()
+    _STATES_CACHE.clear()
+    _WEIGHT_COMPS.clear()
