@@ -61,6 +61,12 @@ CAT_ROPE_FAMILIES = ("phi", "phi3", "gpt_neox")
 ALWAYS_NORM_TOPK = ("mixtral",)
 
 
+class UnknownLayout(Exception):
+    """A decoder layer whose modules the replay cannot map onto a known program (a family outside the tables):
+    the structure falls back to coefficients calibrated by simulation (``structure.py``). Raised only where
+    the layout is checked — any other exception from the replay is a bug and propagates."""
+
+
 @dataclass
 class Lin:
     """A linear (or Conv1D, or fused expert) weight as it runs: storage, trainability, LoRA adapter."""
@@ -102,6 +108,15 @@ class LayerInfo:
     experts_down: Lin | None = None                        # fused experts down [E, H, I]
     expert_wdtype: str = "bf16"
     router: Lin | None = None
+
+    def role(self, role: str, what: str) -> Lin:
+        """The linear of ``role``; :class:`UnknownLayout` when this layer has none (a family the replay does not
+        know names its modules otherwise)."""
+        lin = self.lin.get(role)
+        if lin is None:
+            raise UnknownLayout(f"layer {self.index} has no {role!r} linear ({what}); its roles: "
+                                f"{', '.join(sorted(self.lin)) or 'none'}")
+        return lin
 
     def key(self) -> tuple:
         """Everything the traced program depends on: layers with equal keys share one trace."""
@@ -370,7 +385,7 @@ class Program:
             k = tr.view(fused, tok(rows * kv * per), "k (view of fused qkv)")
             v = tr.view(fused, tok(rows * kv * per), "v (view of fused qkv)")
         else:
-            q = self.linear(tr, h, L.lin["attn_q"])
+            q = self.linear(tr, h, L.role("attn_q", "a q projection (or a fused qkv)"))
             k = self.linear(tr, h, L.lin["attn_k"]) if "attn_k" in L.lin else q
             v = self.linear(tr, h, L.lin["attn_v"]) if "attn_v" in L.lin else q
         for key, sym_name in (("q_norm", "q"), ("k_norm", "k")):
@@ -468,7 +483,7 @@ class Program:
             m = tr.mul(a, up, "act(gate)*up")
         elif "mlp_gate" in L.lin:
             gate = self.linear(tr, h, L.lin["mlp_gate"])
-            up = self.linear(tr, h, L.lin["mlp_up"])
+            up = self.linear(tr, h, L.role("mlp_up", "the up projection beside a gate projection"))
             a = self.act_fn(tr, gate, "act(gate)")
             m = tr.mul(a, up, "act(gate)*up")
         elif "mlp_up" in L.lin:
@@ -483,10 +498,10 @@ class Program:
         return out
 
     def shared_expert(self, tr: Tracer, L: LayerInfo, h: Sym) -> Sym:
-        gate = self.linear(tr, h, L.lin["shared_expert_gate"])
+        gate = self.linear(tr, h, L.role("shared_expert_gate", "the shared expert's gate projection"))
         up = self.linear(tr, h, L.lin["shared_expert_up"])
         m = tr.mul(self.act_fn(tr, gate, "shared act(gate)"), up, "shared act*up")
-        out = self.linear(tr, m, L.lin["shared_expert_down"])
+        out = self.linear(tr, m, L.role("shared_expert_down", "the shared expert's down projection"))
         if "shared_expert_router" in L.lin:
             g = self.linear(tr, h, L.lin["shared_expert_router"])
             sg = tr.unary_saving_input("sigmoid", g, "sigmoid(shared_expert_gate)")

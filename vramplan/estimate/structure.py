@@ -19,7 +19,7 @@ from ..memo import IdCache
 from ..setup import Setup
 from ..shapes.spec import ModelSpec
 from .graph import Size, Storage, Tracer, prune, tok
-from .layers import LayerInfo, Program, build_layers
+from .layers import LayerInfo, Program, UnknownLayout, build_layers
 from .weights import Placement, TrainableTensor, adapter_tensors, place_weights, trainable_tensors
 
 #: the program section that saved a storage -> its component
@@ -163,7 +163,7 @@ def _buildstatic_structure(spec: ModelSpec, setup: Setup) -> Structure:
         if key not in cache:
             try:
                 cache[key] = trace_layer(program, L, resid, input_rg)
-            except (KeyError, AttributeError, AssertionError, ZeroDivisionError) as exc:
+            except UnknownLayout as exc:
                 # a layer layout the replay does not know (an unknown family): use coefficients calibrated by
                 # simulating 1 and 2 layers of the real model on meta tensors (vramplan/simulate/calibrate.py)
                 cache[key] = _calibrated_trace(spec, setup, resid, exc)
