@@ -324,9 +324,9 @@ def _fsdp_units(spec: ModelSpec, setup: Setup, st: Structure) -> _Units:
         gathered[u] += nb
         if not t.frozen:
             grads[u] += nb
-    L = spec.num_layers
-    return _Units(tuple(gathered.get(f"layer{i}", 0) for i in range(L)),
-                  tuple(grads.get(f"layer{i}", 0) for i in range(L)),
+    n_layers = spec.num_layers
+    return _Units(tuple(gathered.get(f"layer{i}", 0) for i in range(n_layers)),
+                  tuple(grads.get(f"layer{i}", 0) for i in range(n_layers)),
                   gathered["embed"], grads["embed"], gathered["tail"], grads["tail"], gathered["root"],
                   grads["root"], tied)
 

@@ -140,10 +140,10 @@ def build_layers(spec: ModelSpec, placements: list[Placement], plan: LoraPlan | 
         t = p.tensor
         if t.layer is None or t.layer >= spec.num_layers:
             continue
-        L = layers[t.layer]
+        layer = layers[t.layer]
         leaf = t.module.rpartition(".")[2]
         if t.module_type == "norm" and t.param_name == "weight":
-            L.norms[leaf] = Norm(t.module, t.shape[0], p.dtype, p.trainable)
+            layer.norms[leaf] = Norm(t.module, t.shape[0], p.dtype, p.trainable)
         elif t.module_type in ("linear", "conv1d") and t.param_name == "weight" and t.role not in ("bias",):
             in_f, out_f = (t.shape[1], t.shape[0]) if t.module_type == "linear" else (t.shape[0], t.shape[1])
             a = adapters.get(t.module)
@@ -152,9 +152,9 @@ def build_layers(spec: ModelSpec, placements: list[Placement], plan: LoraPlan | 
                 lin.lora_r, lin.lora_dtype = a.rank, setup.trainable_dtype
                 lin.dropout, lin.dora = lcfg.dropout, lcfg.dora
             role = t.role
-            if role in L.lin:              # two modules with one role (e.g. gpt2 cross-attn): keep both
+            if role in layer.lin:              # two modules with one role (e.g. gpt2 cross-attn): keep both
                 role = f"{role}#{t.module}"
-            L.lin[role] = lin
+            layer.lin[role] = lin
         elif t.module_type == "experts" and t.role in ("moe_experts_gate_up", "moe_experts_down") \
                 and len(t.shape) == 3:
             lin = Lin(t.name, t.shape[2], t.shape[1], p.dtype, p.trainable)
@@ -162,15 +162,15 @@ def build_layers(spec: ModelSpec, placements: list[Placement], plan: LoraPlan | 
             if a is not None:
                 lin.lora_r, lin.lora_dtype, lin.param_lora = a.rank, _param_lora_dtype(p, setup), True
             if t.role == "moe_experts_gate_up":
-                L.experts, L.expert_wdtype = lin, p.dtype
+                layer.experts, layer.expert_wdtype = lin, p.dtype
             else:
-                L.experts_down = lin
+                layer.experts_down = lin
         elif t.role == "moe_router":
             lin = Lin(t.module, t.shape[1], t.shape[0], p.dtype, p.trainable)
             a = param_adapters.get(t.name)
             if a is not None:
                 lin.lora_r, lin.lora_dtype, lin.param_lora = a.rank, _param_lora_dtype(p, setup), True
-            L.router = lin
+            layer.router = lin
     return layers
 
 
@@ -369,15 +369,15 @@ class Program:
         tr.save("dropout", mask)
         return out
 
-    def attention(self, tr: Tracer, L: LayerInfo, h: Sym) -> Sym:
+    def attention(self, tr: Tracer, layer: LayerInfo, h: Sym) -> Sym:
         with tr.in_section("attention"):
-            return self._attention(tr, L, h)
+            return self._attention(tr, layer, h)
 
-    def _attention(self, tr: Tracer, L: LayerInfo, h: Sym) -> Sym:
+    def _attention(self, tr: Tracer, layer: LayerInfo, h: Sym) -> Sym:
         s = self.spec
         nh, kv = s.num_heads, s.num_kv_heads
         rows = h.size.per_token // max(s.hidden_size, 1)
-        qkv = L.lin.get("attn_qkv")
+        qkv = layer.lin.get("attn_qkv")
         if qkv is not None:
             fused = self.linear(tr, h, qkv)
             per = qkv.out_f // max(nh + 2 * kv, 1)
@@ -385,11 +385,11 @@ class Program:
             k = tr.view(fused, tok(rows * kv * per), "k (view of fused qkv)")
             v = tr.view(fused, tok(rows * kv * per), "v (view of fused qkv)")
         else:
-            q = self.linear(tr, h, L.role("attn_q", "a q projection (or a fused qkv)"))
-            k = self.linear(tr, h, L.lin["attn_k"]) if "attn_k" in L.lin else q
-            v = self.linear(tr, h, L.lin["attn_v"]) if "attn_v" in L.lin else q
+            q = self.linear(tr, h, layer.role("attn_q", "a q projection (or a fused qkv)"))
+            k = self.linear(tr, h, layer.lin["attn_k"]) if "attn_k" in layer.lin else q
+            v = self.linear(tr, h, layer.lin["attn_v"]) if "attn_v" in layer.lin else q
         for key, sym_name in (("q_norm", "q"), ("k_norm", "k")):
-            n = L.norms.get(key) or L.norms.get(key.replace("_norm", "_layernorm"))
+            n = layer.norms.get(key) or layer.norms.get(key.replace("_norm", "_layernorm"))
             if n is not None:
                 if sym_name == "q":
                     q = self.norm(tr, q, n, "q_norm")
@@ -465,45 +465,45 @@ class Program:
         tr.save("matmul", pc, vc)
         return tr.fresh("contiguous", o, "attention output transpose(1,2).contiguous()")
 
-    def mlp(self, tr: Tracer, L: LayerInfo, h: Sym) -> Sym:
+    def mlp(self, tr: Tracer, layer: LayerInfo, h: Sym) -> Sym:
         with tr.in_section("mlp"):
-            return self._mlp(tr, L, h)
+            return self._mlp(tr, layer, h)
 
-    def _mlp(self, tr: Tracer, L: LayerInfo, h: Sym) -> Sym:
+    def _mlp(self, tr: Tracer, layer: LayerInfo, h: Sym) -> Sym:
         s = self.spec
         rows = h.size.per_token // max(s.hidden_size, 1)
-        if L.experts is not None:
-            return self.moe(tr, L, h, rows)
-        if "mlp_gate_up" in L.lin:
-            gu = self.linear(tr, h, L.lin["mlp_gate_up"])
+        if layer.experts is not None:
+            return self.moe(tr, layer, h, rows)
+        if "mlp_gate_up" in layer.lin:
+            gu = self.linear(tr, h, layer.lin["mlp_gate_up"])
             half = gu.size.per_token // 2
             gate = tr.view(gu, tok(half), "gate (view of gate_up)")
             up = tr.view(gu, tok(half), "up (view of gate_up)")
             a = self.act_fn(tr, gate, "act(gate)")
             m = tr.mul(a, up, "act(gate)*up")
-        elif "mlp_gate" in L.lin:
-            gate = self.linear(tr, h, L.lin["mlp_gate"])
-            up = self.linear(tr, h, L.role("mlp_up", "the up projection beside a gate projection"))
+        elif "mlp_gate" in layer.lin:
+            gate = self.linear(tr, h, layer.lin["mlp_gate"])
+            up = self.linear(tr, h, layer.role("mlp_up", "the up projection beside a gate projection"))
             a = self.act_fn(tr, gate, "act(gate)")
             m = tr.mul(a, up, "act(gate)*up")
-        elif "mlp_up" in L.lin:
-            up = self.linear(tr, h, L.lin["mlp_up"])
+        elif "mlp_up" in layer.lin:
+            up = self.linear(tr, h, layer.lin["mlp_up"])
             m = self.act_fn(tr, up, "act(fc_in)")
         else:
             return h
-        down = L.lin.get("mlp_down")
+        down = layer.lin.get("mlp_down")
         out = self.linear(tr, m, down) if down is not None else m
-        if "shared_expert_up" in L.lin:
-            out = tr.add(out, self.shared_expert(tr, L, h), "moe + shared expert")
+        if "shared_expert_up" in layer.lin:
+            out = tr.add(out, self.shared_expert(tr, layer, h), "moe + shared expert")
         return out
 
-    def shared_expert(self, tr: Tracer, L: LayerInfo, h: Sym) -> Sym:
-        gate = self.linear(tr, h, L.role("shared_expert_gate", "the shared expert's gate projection"))
-        up = self.linear(tr, h, L.lin["shared_expert_up"])
+    def shared_expert(self, tr: Tracer, layer: LayerInfo, h: Sym) -> Sym:
+        gate = self.linear(tr, h, layer.role("shared_expert_gate", "the shared expert's gate projection"))
+        up = self.linear(tr, h, layer.lin["shared_expert_up"])
         m = tr.mul(self.act_fn(tr, gate, "shared act(gate)"), up, "shared act*up")
-        out = self.linear(tr, m, L.role("shared_expert_down", "the shared expert's down projection"))
-        if "shared_expert_router" in L.lin:
-            g = self.linear(tr, h, L.lin["shared_expert_router"])
+        out = self.linear(tr, m, layer.role("shared_expert_down", "the shared expert's down projection"))
+        if "shared_expert_router" in layer.lin:
+            g = self.linear(tr, h, layer.lin["shared_expert_router"])
             sg = tr.unary_saving_input("sigmoid", g, "sigmoid(shared_expert_gate)")
             out = tr.mul(sg, out, "shared expert * gate")
         return out
@@ -522,13 +522,13 @@ class Program:
             tr.save("baddbmm", f)
         return tr.new(f"{label} + LoRA (baddbmm, ParamWrapper)", size, ex.wdtype, True)
 
-    def moe(self, tr: Tracer, L: LayerInfo, h: Sym, rows: int) -> Sym:
+    def moe(self, tr: Tracer, layer: LayerInfo, h: Sym, rows: int) -> Sym:
         """transformers 5 sparse MoE: ``*TopKRouter`` then ``grouped_mm_experts_forward``."""
         s = self.spec
         E, k, H = max(s.num_experts, 1), max(s.experts_per_token, 1), s.hidden_size
         S = rows * k                       # sorted (token, expert) rows per token
         # ---- router: F.linear(hidden, self.weight); softmax in fp32; topk; optional renormalization
-        rt = L.router
+        rt = layer.router
         hi = tr.autocast_in(h)
         rdt = rt.wdtype if rt is not None else h.dtype
         w_rg = rt is not None and (rt.trainable or rt.param_lora)
@@ -564,7 +564,7 @@ class Program:
         if s.model_type not in ALWAYS_NORM_TOPK:     # qwen*_moe: router_top_value.to(router_logits.dtype)
             topv = tr.cast(topv, logits.dtype, "routing weights.to(logits dtype)")
         # ---- experts: sort by expert, gather, two _grouped_mm, weight, unsort, sum over k
-        ex, exd = L.experts, L.experts_down
+        ex, exd = layer.experts, layer.experts_down
         assert ex is not None
         if exd is None:
             exd = Lin(ex.name, ex.out_f // 2, H, ex.wdtype, ex.trainable)
@@ -608,12 +608,12 @@ class Program:
         return tr.cast(summed, h.dtype, f"moe output.to({h.dtype})")
 
     # ------------------------------------------------------------------------------------------ layer
-    def layer(self, tr: Tracer, x: Sym, L: LayerInfo) -> Sym:
-        n = L.norms
+    def layer(self, tr: Tracer, x: Sym, layer: LayerInfo) -> Sym:
+        n = layer.norms
         n1 = n.get("input_layernorm") or n.get("ln_1") or n.get("self_attn_layer_norm") or n.get("ln_attn")
         h = self.norm(tr, x, n1, "input_layernorm")
-        a = self.attention(tr, L, h)
-        o_lin = L.lin.get("attn_o")
+        a = self.attention(tr, layer, h)
+        o_lin = layer.lin.get("attn_o")
         with tr.in_section("attention"):
             o = self.linear(tr, a, o_lin) if o_lin is not None else a
         if self.gemma_norm and "pre_feedforward_layernorm" in n:
@@ -622,7 +622,7 @@ class Program:
         if self.parallel:
             n2 = n.get("post_attention_layernorm") or n.get("ln_mlp")
             h2 = self.norm(tr, x, n2, "mlp_layernorm") if n2 is not None else h
-            m = self.dropout(tr, self.mlp(tr, L, h2), "mlp residual dropout")
+            m = self.dropout(tr, self.mlp(tr, layer, h2), "mlp residual dropout")
             return tr.add(tr.add(x, o, "x + attention"), m, "layer output")
         x1 = tr.add(x, o, "residual + attention")
         if self.gemma_norm and "pre_feedforward_layernorm" in n:
@@ -630,7 +630,7 @@ class Program:
         else:
             n2 = n.get("post_attention_layernorm") or n.get("ln_2") or n.get("final_layer_norm")
             h2 = self.norm(tr, x1, n2, "post_attention_layernorm")
-        m = self.mlp(tr, L, h2)
+        m = self.mlp(tr, layer, h2)
         if self.gemma_norm and "post_feedforward_layernorm" in n:
             m = self.norm(tr, m, n.get("post_feedforward_layernorm"), "post_feedforward_layernorm")
         m = self.dropout(tr, m, "mlp residual dropout")

@@ -233,13 +233,13 @@ def _grad_formula(st: Structure, numel: int) -> str:
     return f"one gradient per trainable element ({numel:,}) in the parameter's dtype ({dts})"
 
 
-def _act_formula(comp: str, st: Structure, T: int, bss: int, L: int) -> str:
+def _act_formula(comp: str, st: Structure, T: int, bss: int, n_layers: int) -> str:
     cat = {v: k for k, v in CATEGORY.items()}.get(comp, "other")
     tr = st.layer_traces[-1] if st.layer_traces else None
     if tr is None:
         return ""
     items = [f"{s.saved_by[0]} [{s.dtype}, {alloc(s.nbytes(T, bss)):,} B]" for s in tr.saved if s.category == cat]
-    return (f"Σ over {L} layers of tensors autograd saves in the {cat} part of a layer (tokens {T:,}); last layer: "
+    return (f"Σ over {n_layers} layers of tensors autograd saves in the {cat} part of a layer (tokens {T:,}); last layer: "
             + "; ".join(items))
 
 

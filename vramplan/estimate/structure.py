@@ -67,16 +67,16 @@ class LayerTrace:
         return max((b for _, b in self.constants), default=0)
 
 
-def _layer_key(L: LayerInfo) -> tuple:
-    return L.key()
+def _layer_key(layer: LayerInfo) -> tuple:
+    return layer.key()
 
 
-def trace_layer(program: Program, L: LayerInfo, resid_dtype: str, input_rg: bool = True) -> LayerTrace:
+def trace_layer(program: Program, layer: LayerInfo, resid_dtype: str, input_rg: bool = True) -> LayerTrace:
     """Trace one layer. ``input_rg=False`` for the first layer when the embedding output needs no gradient
     (frozen embeddings without adapters): its first norm then saves nothing."""
     tr = Tracer(program.setup.compute_dtype if program.setup.autocast else None)
     x = tr.external("layer input (residual stream)", tok(program.spec.hidden_size), resid_dtype, input_rg)
-    out = program.layer(tr, x, L)
+    out = program.layer(tr, x, layer)
     saved = tuple(tr.saved_storages())
     return LayerTrace(
         saved=saved,
@@ -157,12 +157,12 @@ def _buildstatic_structure(spec: ModelSpec, setup: Setup) -> Structure:
     cache: dict[tuple, LayerTrace] = {}
     traces = []
     embed_rg = _embedding_output_requires_grad(spec, setup, plan, placements)
-    for L in layers:
-        input_rg = embed_rg or L.index > 0
-        key = (_layer_key(L), input_rg)
+    for layer in layers:
+        input_rg = embed_rg or layer.index > 0
+        key = (_layer_key(layer), input_rg)
         if key not in cache:
             try:
-                cache[key] = trace_layer(program, L, resid, input_rg)
+                cache[key] = trace_layer(program, layer, resid, input_rg)
             except UnknownLayout as exc:
                 # a layer layout the replay does not know (an unknown family): use coefficients calibrated by
                 # simulating 1 and 2 layers of the real model on meta tensors (vramplan/simulate/calibrate.py)
