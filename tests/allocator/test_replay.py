@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import pytest
 
-from vramplan.allocator import Alloc, EmptyCache, Free, Mark, TraceError, parse_alloc_conf, replay, round_size
+from vramplan.allocator import Alloc, EmptyCache, Free, Mark, TraceError, parse_alloc_conf, replay_trace, round_size
 from vramplan.allocator.replay import allocation_size, roundup_power2_next_division
 
 KiB, MiB = 1 << 10, 1 << 20
 
 
 def run(events, conf: str = "", capacity: int | None = None):
-    return replay(events, parse_alloc_conf(conf), capacity)
+    return replay_trace(events, parse_alloc_conf(conf), capacity)
 
 
 # -- round_size, get_allocation_size ----------------------------------------------------------------------

@@ -6,9 +6,9 @@ run-level reserved peak with ranked fixes. No torch import anywhere in this pack
 """
 
 from .conf import AllocConf, AllocConfError, parse_alloc_conf
-from .replay import CachingAllocator, Oom, ReplayResult, allocation_size, replay, round_size
+from .replay import CachingAllocator, Oom, ReplayResult, allocation_size, replay_trace, round_size
 from .trace import Alloc, EmptyCache, Free, Mark, TraceError, read_trace
 
 __all__ = ["AllocConf", "AllocConfError", "parse_alloc_conf", "CachingAllocator", "Oom", "ReplayResult",
-           "allocation_size", "replay", "round_size", "Alloc", "Free", "EmptyCache", "Mark", "TraceError",
+           "allocation_size", "replay_trace", "round_size", "Alloc", "Free", "EmptyCache", "Mark", "TraceError",
            "read_trace"]

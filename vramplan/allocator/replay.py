@@ -603,7 +603,7 @@ class ReplayResult:
         return self.peak_reserved_bytes / self.peak_allocated_bytes if self.peak_allocated_bytes else 0.0
 
 
-def replay(events: Iterable[Event], conf: AllocConf = DEFAULT, capacity_bytes: int | None = None,
+def replay_trace(events: Iterable[Event], conf: AllocConf = DEFAULT, capacity_bytes: int | None = None,
            allocator: CachingAllocator | None = None) -> ReplayResult:
     """Replay ``events`` through the allocator.
 
