@@ -26,7 +26,7 @@ from ..lora import PEFT_TABLE_VERSION
 from ..setup import Setup
 from ..shapes.spec import ModelSpec
 from ..units import GiB
-from . import distributed, overhead
+from . import overhead
 from .inference import inference_bytes
 from .logits import loss_formula
 from .result import BreakdownError, Component, Estimate
@@ -40,174 +40,219 @@ def _fmt(n: int) -> str:
 
 
 # -------------------------------------------------------------------------------------------- estimate
-def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0, *, detail: bool = True) -> Estimate:
-    """Estimate the memory of one step of ``setup`` on ``spec``; ``gpu`` (a :class:`vramplan.profiles.Gpu`)
-    adds the fit verdict with ``margin`` (a fraction of capacity kept free)."""
-    d = model_states(spec, setup)
-    st = d.structure
-    b, s = setup.batch, setup.seq
-    comps: dict[str, list] = {}
+#: one component: (name, bytes, formula) — the formula with its numbers and its source, shown by --explain
+Item = tuple[str, int, str]
 
-    def add(name: str, n: int, formula: str, counter: str = "allocated") -> None:
+
+def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0, *, detail: bool = True) -> Estimate:
+    """Estimate the memory of one step of ``setup`` on ``spec``.
+
+    Args:
+        spec: the model.
+        setup: what runs (method, precision, batch, seq, ...).
+        gpu: a :class:`vramplan.profiles.Gpu`: adds the fit verdict.
+        margin: a fraction of the card's memory kept free for the verdict.
+        detail: ``False`` (sweeps): the counters and the peak phase only, the same numbers, no components.
+    """
+    d = model_states(spec, setup)
+    if not setup.training:
+        return _inference(spec, setup, d, gpu, margin)
+    a = d.activations.at(setup.batch, setup.seq)
+    peaks = phase_peaks(d.timeline, a)
+    peak, phase = peak_of(peaks)
+    phases = dict(zip(PHASES, peaks[:4], strict=True))
+    if not detail:
+        return _finish(spec, setup, d, (), peak, phase, phases, d.opt_paged, gpu, margin, detail=False)
+    items = list(d.weight_comps) + _training_items(spec, setup, d, a, phase, at_start=peaks[4])
+    comps = _merge(items)
+    check_breakdown(comps, peak, phase)
+    buf_load = d.rank.buffer_bytes("load") if d.rank is not None else 0
+    phases = {"load": d.static_weights + overhead.CUBLAS_WORKSPACE_BYTES + buf_load, **phases}
+    return _finish(spec, setup, d, comps, peak, phase, phases, d.opt_paged, gpu, margin)
+
+
+def _merge(items: list[Item], counter: str = "allocated") -> dict[str, list]:
+    """Components by name (the bytes of repeated names added, the first formula kept; zero-byte items left out)."""
+    comps: dict[str, list] = {}
+    for name, n, formula in items:
         if n:
             if name in comps:
                 comps[name][0] += n
             else:
                 comps[name] = [n, formula, counter]
-
-    for name, nb, formula in d.weight_comps:
-        add(name, nb, formula)
-    static_weights = d.static_weights
-
-    if not setup.training:
-        return _inference(spec, setup, st, comps, static_weights, gpu, margin)
-
-    rank = d.rank
-    a = d.activations.at(b, s)
-    peaks = phase_peaks(d.timeline, a)
-    peak, phase = peak_of(peaks)
-    candidates = dict(zip(PHASES, peaks[:4], strict=True))
-    if not detail:   # sweeps: the counters and the phase only, same numbers as the detailed estimate
-        return _finish(spec, setup, st, {}, peak, phase, candidates, d.opt_paged, gpu, margin, rank, detail=False)
-    _itemize(spec, setup, st, d, a, phase, peaks[4], add)
-    check_breakdown(comps, peak, phase)
-    buf_load = rank.buffer_bytes("load") if rank is not None else 0
-    phases = {"load": static_weights + overhead.CUBLAS_WORKSPACE_BYTES + buf_load, **candidates}
-    return _finish(spec, setup, st, comps, peak, phase, phases, d.opt_paged, gpu, margin, rank)
+    return comps
 
 
-def _itemize(spec: ModelSpec, setup: Setup, st: Structure, d: ModelStates, a: ActTerms, phase: str, at_start: bool,
-             add) -> None:
-    """The components live at the ``phase`` peak, each a term of :func:`~.timeline.phase_peaks` with its
-    formula (the weights are already added)."""
-    sa, rank, ts = d.compute, d.rank, d.timeline
-    T, bss = setup.batch * setup.seq, setup.batch * setup.seq * setup.seq
-    n_layers = spec.num_layers
-    ckpt = setup.grad_ckpt
-    cublas = overhead.CUBLAS_WORKSPACE_BYTES
-    grad_formula = rank.grad_formula if rank is not None else _grad_formula(st, d.trainable_numel)
-    logits_formula = loss_formula(spec, T, sa.logits_dtype, setup.compute_dtype, setup.loss == "chunked")
-    add("optimizer/states", d.opt_gpu, d.opt_formula)
-    if rank is not None:
-        for name, nb, formula in rank.buffers[phase]:
-            add(name, nb, formula)
-    add("buffers/cublas_workspace", cublas, "cuBLAS workspace through the caching allocator: ':4096:8' = 32 MiB + "
-        "1 MiB cuBLASLt (aten/src/ATen/cuda/CublasHandlePool.cpp)")
+def _training_items(spec: ModelSpec, setup: Setup, d: ModelStates, a: ActTerms, phase: str,
+                    at_start: bool) -> list[Item]:
+    """What is live at the ``phase`` peak besides the weights: each a term of
+    :func:`~.timeline.phase_peaks`, with its formula."""
+    ts, ckpt = d.timeline, setup.grad_ckpt
+    items: list[Item] = [("optimizer/states", d.opt_gpu, d.opt_formula)]
+    if d.rank is not None:
+        items += d.rank.buffers[phase]
+    items.append(_cublas_workspace())
+    if phase in ("forward", "backward") or (phase == "backward (layers)" and at_start):
+        live = {"forward": ts.casts, "backward": ts.casts_backward}.get(
+            phase, ts.casts_backward + (ts.casts_layer if ckpt else 0))
+        if live:
+            items.append(_autocast_copies(setup, d, live))
+    if phase in ("forward", "backward"):
+        items += _layer_activations(spec, setup, d, a)
+        items += [_head_activations(spec, setup, d, a), ("logits/log_softmax", a.logits_saved, _loss(spec, setup, d))]
+        if phase == "forward":
+            items.append(_forward_temporaries(spec, setup, d, a))
+        else:
+            items.append(("logits/loss_gradients", a.loss_bwd_tmp, _loss(spec, setup, d)))
+    elif phase == "backward (layers)":
+        items += _first_layer_backward(spec, setup, d, a) if at_start else _last_layer_backward(setup, d, a)
+        items.append(("buffers/backward_working_set", a.bwd_ws,
+                      "gradients of one op's outputs and inputs while it runs backward, plus a dequantized weight"))
+    else:
+        items += [("gradients/trainable", ts.grads_step, _gradients(d)),
+                  ("buffers/optimizer_step", ts.opt_tmp, "optimizer step temporaries")]
+    return items
 
-    def layer_activations() -> None:
-        if ckpt:
-            add("activations/checkpoint_inputs", a.layer_acts,
-                f"gradient checkpointing saves each layer's input: {n_layers} layers × tokens {T:,} × hidden "
-                f"{spec.hidden_size} × {BYTES[sa.resid_dtype]} B ({sa.resid_dtype} residual stream) = "
-                f"{_fmt(a.layer_acts)}; torch.utils.checkpoint (non-reentrant) via transformers "
-                "GradientCheckpointingLayer")
-            return
-        act_cat: dict[str, int] = defaultdict(int)
-        counts: dict[int, int] = defaultdict(int)
-        distinct = {id(tr): tr for tr in sa.layer_traces}
-        for tr in sa.layer_traces:
-            counts[id(tr)] += 1
-        for k_id, n in counts.items():
-            for k, v in distinct[k_id].by_category(T, bss).items():
-                act_cat[k] += v * n
-        for k, v in sorted(act_cat.items()):
-            add(k, v, _act_formula(k, sa, T, bss, n_layers))
 
-    casts_live = {"forward": ts.casts, "backward": ts.casts_backward}.get(
-        phase, ts.casts_backward + (ts.casts_layer if ckpt else 0))
-    if (phase in ("forward", "backward") or (phase == "backward (layers)" and at_start)) and casts_live:
-        add("buffers/autocast_weight_casts", casts_live,
+def _cublas_workspace() -> Item:
+    return ("buffers/cublas_workspace", overhead.CUBLAS_WORKSPACE_BYTES,
+            "cuBLAS workspace through the caching allocator: ':4096:8' = 32 MiB + 1 MiB cuBLASLt "
+            "(aten/src/ATen/cuda/CublasHandlePool.cpp)")
+
+
+def _autocast_copies(setup: Setup, d: ModelStates, live: int) -> Item:
+    return ("buffers/autocast_weight_casts", live,
             f"autocast caches a {setup.compute_dtype} copy of each fp32 trainable matmul weight for the whole "
             "forward and autograd saves it for backward (aten/src/ATen/autocast_mode.cpp cached_cast): "
-            f"2 B × {sum(p.numel for p in st.placements if p.trainable):,} params")
-    if phase in ("forward", "backward"):
-        layer_activations()
-        add("activations/head", a.head_saved, _head_formula(sa, T, bss, spec))
-        add("logits/log_softmax", a.logits_saved, logits_formula)
-        if phase == "forward":
-            tmp = max(a.loss_fwd_tmp, a.fwd_tmp + a.dequant)
-            add("logits/forward_temporaries" if tmp == a.loss_fwd_tmp else "buffers/layer_temporaries", tmp,
-                logits_formula if tmp == a.loss_fwd_tmp else "largest set of a layer's short-lived tensors in forward")
-        else:
-            add("logits/loss_gradients", a.loss_bwd_tmp, logits_formula)
-    elif phase == "backward (layers)":
-        if at_start:
-            layer_activations()
-            if ckpt:
-                add("activations/recomputed_layer", a.recompute + a.fwd_tmp,
-                    "one layer's activations recomputed in backward (checkpointing)")
-            add("activations/head", a.head_saved, _head_formula(sa, T, bss, spec))
-            add("gradients/trainable", ts.grad_head + ts.grad_layers // max(n_layers, 1), "gradients produced so far")
-        else:
-            add("activations/remaining", (a.resid if ckpt else a.first_layer_acts) + a.recompute,
-                "activations of the first layer, last to be freed")
-            add("buffers/autocast_weight_casts", ts.casts_layer, "autocast copies of one layer's weights")
-            add("gradients/trainable", ts.grad_head + ts.grad_layers, grad_formula)
-        add("buffers/backward_working_set", a.bwd_ws,
-            "gradients of one op's outputs and inputs while it runs backward, plus a dequantized weight")
-    else:  # optimizer
-        add("gradients/trainable", ts.grads_step, grad_formula)
-        add("buffers/optimizer_step", ts.opt_tmp, "optimizer step temporaries")
+            f"2 B × {sum(p.numel for p in d.structure.placements if p.trainable):,} params")
 
 
-def _inference(spec: ModelSpec, setup: Setup, st: Structure, comps: dict, static_weights: int, gpu, margin: float):
+def _layer_activations(spec: ModelSpec, setup: Setup, d: ModelStates, a: ActTerms) -> list[Item]:
+    """What the decoder layers save: their inputs with checkpointing, else every saved tensor by part."""
+    sa, n_layers = d.compute, spec.num_layers
+    T, bss = setup.batch * setup.seq, setup.batch * setup.seq * setup.seq
+    if setup.grad_ckpt:
+        return [("activations/checkpoint_inputs", a.layer_acts,
+                 f"gradient checkpointing saves each layer's input: {n_layers} layers × tokens {T:,} × hidden "
+                 f"{spec.hidden_size} × {BYTES[sa.resid_dtype]} B ({sa.resid_dtype} residual stream) = "
+                 f"{_fmt(a.layer_acts)}; torch.utils.checkpoint (non-reentrant) via transformers "
+                 "GradientCheckpointingLayer")]
+    by_cat: dict[str, int] = defaultdict(int)
+    counts: dict[int, int] = defaultdict(int)
+    distinct = {id(tr): tr for tr in sa.layer_traces}
+    for tr in sa.layer_traces:
+        counts[id(tr)] += 1
+    for k_id, n in counts.items():
+        for k, v in distinct[k_id].by_category(T, bss).items():
+            by_cat[k] += v * n
+    return [(k, v, _act_formula(k, sa, T, bss, n_layers)) for k, v in sorted(by_cat.items())]
+
+
+def _head_activations(spec: ModelSpec, setup: Setup, d: ModelStates, a: ActTerms) -> Item:
+    T, bss = setup.batch * setup.seq, setup.batch * setup.seq * setup.seq
+    return ("activations/head", a.head_saved, _head_formula(d.compute, T, bss, spec))
+
+
+def _loss(spec: ModelSpec, setup: Setup, d: ModelStates) -> str:
+    return loss_formula(spec, setup.batch * setup.seq, d.compute.logits_dtype, setup.compute_dtype,
+                        setup.loss == "chunked")
+
+
+def _forward_temporaries(spec: ModelSpec, setup: Setup, d: ModelStates, a: ActTerms) -> Item:
+    """The larger of the loss's forward temporaries and one layer's (with a dequantized weight)."""
+    tmp = max(a.loss_fwd_tmp, a.fwd_tmp + a.dequant)
+    if tmp == a.loss_fwd_tmp:
+        return ("logits/forward_temporaries", tmp, _loss(spec, setup, d))
+    return ("buffers/layer_temporaries", tmp, "largest set of a layer's short-lived tensors in forward")
+
+
+def _first_layer_backward(spec: ModelSpec, setup: Setup, d: ModelStates, a: ActTerms) -> list[Item]:
+    """The last decoder layer's backward (the first to run): every activation still saved, its recompute."""
+    ts = d.timeline
+    items = _layer_activations(spec, setup, d, a)
+    if setup.grad_ckpt:
+        items.append(("activations/recomputed_layer", a.recompute + a.fwd_tmp,
+                      "one layer's activations recomputed in backward (checkpointing)"))
+    items += [_head_activations(spec, setup, d, a),
+              ("gradients/trainable", ts.grad_head + ts.grad_layers // max(spec.num_layers, 1),
+               "gradients produced so far")]
+    return items
+
+
+def _last_layer_backward(setup: Setup, d: ModelStates, a: ActTerms) -> list[Item]:
+    """The first decoder layer's backward (the last to run): its activations, every gradient."""
+    ts = d.timeline
+    return [("activations/remaining", (a.resid if setup.grad_ckpt else a.first_layer_acts) + a.recompute,
+             "activations of the first layer, last to be freed"),
+            ("buffers/autocast_weight_casts", ts.casts_layer, "autocast copies of one layer's weights"),
+            ("gradients/trainable", ts.grad_head + ts.grad_layers, _gradients(d))]
+
+
+def _gradients(d: ModelStates) -> str:
+    if d.rank is not None:
+        return d.rank.grad_formula
+    dts = ", ".join(sorted({t.dtype for t in d.structure.trainables}))
+    return f"one gradient per trainable element ({d.trainable_numel:,}) in the parameter's dtype ({dts})"
+
+
+def _inference(spec: ModelSpec, setup: Setup, d: ModelStates, gpu, margin: float) -> Estimate:
     """Prefill of ``seq - new_tokens`` prompt tokens and decoding to ``seq``: weights + KV cache + the prefill's
     transient working set under ``torch.no_grad`` (nothing saved)."""
-    b, s = setup.batch, setup.seq
-    kv_dtype = setup.compute_dtype
-    layers = spec.num_layers
-    kv, work, logits = inference_bytes(spec, st, b, s, setup.new_tokens, kv_dtype)
+    b, s, kv_dtype = setup.batch, setup.seq, setup.compute_dtype
+    kv, work, logits = inference_bytes(spec, d.structure, b, s, setup.new_tokens, kv_dtype)
     cublas = overhead.CUBLAS_WORKSPACE_BYTES
-    comps["kv_cache"] = [kv, f"2 (K,V) × {layers} layers × batch {b} × seq {s} × kv heads {spec.num_kv_heads} × "
-                             f"head_dim {spec.head_dim} × {BYTES[kv_dtype]} B (transformers DynamicCache)",
-                         "allocated"]
-    comps["activations/prefill_working_set"] = [work, "one layer's tensors during the prefill under no_grad "
-                                                      "(upper bound: all alive at once)", "allocated"]
-    comps["logits/last_token"] = [logits, "logits of the last position, fp32 upcast for sampling", "allocated"]
-    comps["buffers/cublas_workspace"] = [cublas, "cuBLAS workspace (CublasHandlePool.cpp)", "allocated"]
+    comps = _merge(list(d.weight_comps))
+    comps.update((name, [n, formula, "allocated"]) for name, n, formula in [   # listed even when 0
+        ("kv_cache", kv, f"2 (K,V) × {spec.num_layers} layers × batch {b} × seq {s} × kv heads "
+                         f"{spec.num_kv_heads} × head_dim {spec.head_dim} × {BYTES[kv_dtype]} B (transformers "
+                         "DynamicCache)"),
+        ("activations/prefill_working_set", work, "one layer's tensors during the prefill under no_grad "
+                                                  "(upper bound: all alive at once)"),
+        ("logits/last_token", logits, "logits of the last position, fp32 upcast for sampling"),
+        ("buffers/cublas_workspace", cublas, "cuBLAS workspace (CublasHandlePool.cpp)")])
     peak = sum(v[0] for v in comps.values())
-    phases = {"load": static_weights + cublas, "prefill": peak, "decode": peak - work}
-    return _finish(spec, setup, st, comps, peak, "prefill", phases, 0, gpu, margin)
+    phases = {"load": d.static_weights + cublas, "prefill": peak, "decode": peak - work}
+    return _finish(spec, setup, d, comps, peak, "prefill", phases, 0, gpu, margin)
 
 
-def _finish(spec: ModelSpec, setup: Setup, st: Structure, comps: dict, peak: int, phase: str, phases: dict,
-            paged: int, gpu, margin: float, rank: distributed.RankStates | None = None,
-            detail: bool = True) -> Estimate:
-    frag = overhead.allocator_overhead_bytes(peak)
+def _overheads(setup: Setup, gpu, peak: int) -> list[tuple[str, int, str, str]]:
+    """Memory outside the allocated peak: the allocator's slack (reserved) and the CUDA context (device)."""
     arch = getattr(gpu, "architecture", "") if gpu is not None else ""
-    uses_bnb = overhead.uses_bitsandbytes(setup)
-    ctx = overhead.cuda_context_bytes(arch, uses_bnb)
+    bnb = overhead.uses_bitsandbytes(setup)
+    return [("overhead/allocator", overhead.allocator_overhead_bytes(peak),
+             f"reserved beyond allocated: max(64 MiB, {overhead.ALLOCATOR_FRAGMENTATION:.0%} of peak allocated) — "
+             "uncalibrated (segment rounding and fragmentation, c10/cuda/CUDACachingAllocator.cpp)", "reserved"),
+            ("overhead/cuda_context", overhead.cuda_context_bytes(arch, bnb),
+             f"CUDA context + kernels ({arch or 'unknown architecture'})" + (" + bitsandbytes library" if bnb else "")
+             + " as nvidia-smi shows it — uncalibrated (vramplan/estimate/overhead.py)", "device")]
+
+
+def _finish(spec: ModelSpec, setup: Setup, d: ModelStates, comps: dict | tuple, peak: int, phase: str,
+            phases: dict, paged: int, gpu, margin: float, detail: bool = True) -> Estimate:
+    """The counters (reserved = allocated + slack; device = reserved + context + paged + outside torch) and the
+    result."""
+    st, rank = d.structure, d.rank
+    (_, frag, frag_formula, _), (_, ctx, ctx_formula, _) = _overheads(setup, gpu, peak)
+    outside = list(rank.device) if rank is not None else []     # NCCL buffers: outside the torch allocator
+    reserved = peak + frag
+    device = reserved + ctx + paged + sum(c.bytes for c in outside)
+    fit = overhead.fit_verdict(gpu, device, margin) if gpu is not None else None
     if not detail:
-        outside_bytes = sum(c.bytes for c in rank.device) if rank is not None else 0
-        reserved = peak + frag
-        device = reserved + ctx + paged + outside_bytes
-        fit = overhead.fit_verdict(gpu, device, margin) if gpu is not None else None
         return Estimate(model=spec.name, setup=setup, params_total=st.params_total,
                         params_trainable=st.params_trainable, components=(), peak_phase=phase,
                         peak_allocated_bytes=peak, peak_reserved_bytes=reserved, device_used_bytes=device,
                         phases=phases, assumptions=(), fit=fit)
     components = [Component(k, v[0], v[1], v[2]) for k, v in comps.items()]
-    components.append(Component("overhead/allocator", frag,
-                                f"reserved beyond allocated: max(64 MiB, {overhead.ALLOCATOR_FRAGMENTATION:.0%} of "
-                                "peak allocated) — uncalibrated (segment rounding and fragmentation, "
-                                "c10/cuda/CUDACachingAllocator.cpp)", "reserved"))
-    components.append(Component("overhead/cuda_context", ctx,
-                                f"CUDA context + kernels ({arch or 'unknown architecture'})"
-                                + (" + bitsandbytes library" if uses_bnb else "")
-                                + " as nvidia-smi shows it — uncalibrated (vramplan/estimate/overhead.py)", "device"))
+    components += [Component("overhead/allocator", frag, frag_formula, "reserved"),
+                   Component("overhead/cuda_context", ctx, ctx_formula, "device")]
     if paged:
         components.append(Component("optimizer/paged_states", paged,
                                     "paged optimizer states in CUDA unified memory: outside the torch allocator, "
                                     "resident on the GPU while there is room (evicted to host RAM under pressure)",
                                     "device"))
-    outside = list(rank.device) if rank is not None else []     # NCCL buffers: outside the torch allocator
     components += outside
-    reserved = peak + frag
-    device = reserved + ctx + paged + sum(c.bytes for c in outside)
-    trainable, total = st.params_trainable, st.params_total
-    fit = overhead.fit_verdict(gpu, device, margin) if gpu is not None else None
     return Estimate(
-        model=spec.name, setup=setup, params_total=total, params_trainable=trainable,
+        model=spec.name, setup=setup, params_total=st.params_total, params_trainable=st.params_trainable,
         components=tuple(sorted(components, key=lambda c: (c.group, -c.bytes))), peak_phase=phase,
         peak_allocated_bytes=peak, peak_reserved_bytes=reserved, device_used_bytes=device,
         phases=phases, assumptions=tuple(assumptions(spec, setup, st) + (rank.assumptions if rank else [])),
@@ -228,11 +273,6 @@ def check_breakdown(comps: dict[str, list], peak: int, phase: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------- explanations
-def _grad_formula(st: Structure, numel: int) -> str:
-    dts = ", ".join(sorted({t.dtype for t in st.trainables}))
-    return f"one gradient per trainable element ({numel:,}) in the parameter's dtype ({dts})"
-
-
 def _act_formula(comp: str, st: Structure, T: int, bss: int, n_layers: int) -> str:
     cat = {v: k for k, v in CATEGORY.items()}.get(comp, "other")
     tr = st.layer_traces[-1] if st.layer_traces else None
