@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, UnknownGpuError, UnknownModelError, close_matches
+from .shapes.config import check_types
 from .shapes.from_config import FAMILIES, model_type_of, spec_from_config
 from .shapes.spec import ModelSpec
 from .units import MiB, SizeError, parse_size
@@ -32,11 +33,10 @@ def profiles_dir() -> Path:
 
 
 def _yaml_load(path: Path) -> Any:
-    import yaml
+    """A bundled profile, read like every input (:func:`vramplan.io.read_yaml`: size-capped, safe loader)."""
+    from .io import read_yaml
 
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    with open(path, encoding="utf-8") as fh:
-        return yaml.load(fh, Loader=loader)  # noqa: S506 - a safe loader
+    return read_yaml(path, error=ConfigError, what="bundled profile")
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -97,6 +97,7 @@ def cache_dir() -> Path:
 
 def build_spec(config: Mapping[str, Any], name: str, source: str, *, trust_remote_code: bool = False) -> ModelSpec:
     """Pure-Python builder for known families, the meta-device builder (imports torch) for the rest."""
+    check_types(config, source)
     if model_type_of(config) in FAMILIES:
         return spec_from_config(config, name=name, source=source)
     from .shapes.from_meta import spec_from_meta
@@ -105,21 +106,41 @@ def build_spec(config: Mapping[str, Any], name: str, source: str, *, trust_remot
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
+    """A ``config.json``: a regular UTF-8 file of at most :data:`vramplan.io.CONFIG_MAX_BYTES`, a JSON object
+    whose fields the builders read have the right types (:func:`vramplan.shapes.config.check_types`).
+
+    Raises:
+        ConfigError: one line naming the file.
+    """
+    from .io import CONFIG_MAX_BYTES, read_json, short_path
+
+    data = read_json(path, CONFIG_MAX_BYTES, error=ConfigError, what="config")
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object with the model's config, got {type(data).__name__}")
+        raise ConfigError(f"{short_path(path)}: expected a JSON object with the model's config, "
+                          f"got {type(data).__name__}")
+    check_types(data, short_path(path))
     return data
+
+
+def _path_kind(path: Path) -> str | None:
+    """``"dir"``, ``"file"`` (anything else that exists), or ``None`` (missing, or not a usable path: too long,
+    a NUL byte)."""
+    try:
+        if path.is_dir():
+            return "dir"
+        return "file" if path.exists() else None
+    except (OSError, ValueError):
+        return None
+
+
+#: The Hub's limit on the length of a user/organisation and of a repository name.
+HUB_NAME_MAX = 96
 
 
 def _looks_like_hub_id(name: str) -> bool:
     parts = name.split("/")
-    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+    return (len(parts) == 2 and all(parts) and all(len(p) <= HUB_NAME_MAX for p in parts)
+            and not name.startswith((".", "/", "~")))
 
 
 def _offline() -> bool:
@@ -180,6 +201,8 @@ def resolve_model(name: str, *, trust_remote_code: bool = False) -> ResolvedMode
         UnknownModelError: nothing matches; the message lists close bundled names.
         ConfigError: the config found is invalid.
     """
+    from .io import brief
+
     key = name.strip()
     hit = _alias_index().get(key.lower())
     if hit is not None:
@@ -187,9 +210,10 @@ def resolve_model(name: str, *, trust_remote_code: bool = False) -> ResolvedMode
         spec = build_spec(p.config, p.name, str(p.path))
         return ResolvedModel(p.name, spec, "profile", p.source, p)
     path = Path(os.path.expanduser(key))
-    if path.is_dir():
+    kind = _path_kind(path)
+    if kind == "dir":
         cfg_path = path / "config.json"
-        if not cfg_path.is_file():
+        if _path_kind(cfg_path) is None:
             raise ConfigError(f"{path}: a folder without config.json; pass a model folder or its config.json")
         config = _read_config_file(cfg_path)
         config = _text_config(config)
@@ -201,7 +225,7 @@ def resolve_model(name: str, *, trust_remote_code: bool = False) -> ResolvedMode
         else:
             spec = spec_from_config(config, name=path.name, source=str(cfg_path))
         return ResolvedModel(path.name, spec, "file", str(cfg_path))
-    if path.is_file() or key.endswith(".json"):
+    if kind == "file" or key.endswith(".json"):
         config = _text_config(_read_config_file(path))
         label = path.parent.name if path.name == "config.json" and path.parent.name else path.stem
         return ResolvedModel(label, build_spec(config, label, str(path), trust_remote_code=trust_remote_code),
@@ -212,7 +236,7 @@ def resolve_model(name: str, *, trust_remote_code: bool = False) -> ResolvedMode
         return ResolvedModel(key, build_spec(config, key, source, trust_remote_code=trust_remote_code),
                              origin, source)
     raise UnknownModelError(
-        f"unknown model {name!r}{close_matches(key, list(_alias_index()))}: use a bundled name "
+        f"unknown model {brief(name)}{close_matches(key[:200], list(_alias_index()))}: use a bundled name "
         "(vramplan models), a Hugging Face id such as Qwen/Qwen3-14B, or a path to a config.json or model folder")
 
 

@@ -55,6 +55,63 @@ _FAMILY_DEFAULTS: dict[str, dict[str, int]] = {
 _HEAD_DIM_FROM_HIDDEN = frozenset({"bloom", "gpt2", "gpt_neox", "opt", "falcon"})
 
 
+#: Most decoder layers a config may declare. The deepest released decoders have a few hundred layers; the
+#: spec holds every layer's tensors, so a config with 10**9 layers would take hours and gigabytes to build.
+MAX_LAYERS = 4096
+
+#: Boolean fields the builders read: a JSON ``true``/``false`` (or 0/1) is accepted; a string such as
+#: ``"false"`` is refused, since Python (and so a config class) would read any non-empty string as true.
+BOOL_FIELDS = ("tie_word_embeddings", "attention_bias", "mlp_bias", "qkv_bias", "qk_layernorm",
+               "add_cross_attention", "enable_bias", "layer_norm_elementwise_affine", "do_layer_norm_before",
+               "_remove_final_layer_norm", "bias", "multi_query", "parallel_attn", "new_decoder_architecture",
+               "use_sliding_window")
+#: Integer fields read outside :func:`read_dims` that must be integers >= 0 when given.
+COUNT_FIELDS = ("num_experts_per_tok", "moe_topk", "num_experts", "num_local_experts", "num_ln_in_parallel_attn",
+                "decoder_sparse_step")
+#: String fields read for the spec's summary.
+STR_FIELDS = ("model_type", "hidden_act", "hidden_activation", "activation_function", "activation")
+
+
+def check_types(config: Any, source: str = "config.json") -> None:
+    """Refuse values of the wrong JSON type in the fields the builders read, before any of them is used.
+
+    ``architectures`` must be a list of strings, ``text_config`` a mapping, the :data:`BOOL_FIELDS` booleans
+    (or 0/1), the :data:`COUNT_FIELDS` integers >= 0 and the :data:`STR_FIELDS` strings (``null`` is
+    "not given" everywhere, as in transformers' config classes).
+
+    Raises:
+        ConfigError: naming ``source``, the field, the value (shortened) and the type expected.
+    """
+    from ..io import brief
+
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"{source}: expected a JSON object, got {type(config).__name__}")
+    for key in config:
+        if not isinstance(key, str):
+            raise ConfigError(f"{source}: field names must be strings, got {brief(key)}")
+    archs = config.get("architectures")
+    if archs is not None and (not isinstance(archs, list) or not all(isinstance(a, str) for a in archs)):
+        raise ConfigError(f"{source}: field 'architectures' must be a list of class names such as "
+                          f"[\"LlamaForCausalLM\"], got {brief(archs)}")
+    text = config.get("text_config")
+    if text is not None and not isinstance(text, Mapping):
+        raise ConfigError(f"{source}: field 'text_config' must be an object (the language model's config), "
+                          f"got {brief(text)}")
+    for key in BOOL_FIELDS:
+        value = config.get(key)
+        if value is not None and not isinstance(value, bool) and not (type(value) is int and value in (0, 1)):
+            raise ConfigError(f"{source}: field '{key}' must be true or false (a JSON boolean, without quotes), "
+                              f"got {brief(value)}")
+    for key in COUNT_FIELDS:
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ConfigError(f"{source}: field '{key}' must be an integer >= 0, got {brief(value)}")
+    for key in STR_FIELDS:
+        value = config.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{source}: field '{key}' must be a string, got {brief(value)}")
+
+
 def _keys(config: Mapping[str, Any], meaning: str) -> tuple[str, ...]:
     return _FAMILY_KEYS.get(str(config.get("model_type") or ""), {}).get(meaning, _KEYS[meaning])
 
@@ -91,8 +148,10 @@ def _positive_int(config: Mapping[str, Any], meaning: str, source: str, *, requi
             raise ConfigError(f"{source}: missing field '{first}'{also}; pass the model's full config.json")
         return default
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        from ..io import brief
+
         key = next(k for k in _keys(config, meaning) if config.get(k) is not None)
-        raise ConfigError(f"{source}: field '{key}' must be a positive integer, got {value!r}")
+        raise ConfigError(f"{source}: field '{key}' must be a positive integer, got {brief(value)}")
     return value
 
 
@@ -124,11 +183,14 @@ def read_dims(config: Mapping[str, Any], source: str = "config.json") -> Dims:
     Raises:
         ConfigError: a missing, non-positive or inconsistent field, naming ``source`` and the field.
     """
-    if not isinstance(config, Mapping):
-        raise ConfigError(f"{source}: expected a JSON object, got {type(config).__name__}")
+    check_types(config, source)
     family = str(config.get("model_type") or "")
     hidden = _positive_int(config, "hidden_size", source)
     layers = _positive_int(config, "num_layers", source)
+    if layers > MAX_LAYERS:
+        key = next(k for k in _keys(config, "num_layers") if config.get(k) is not None)
+        raise ConfigError(f"{source}: field '{key}' is {layers:,}, more than the {MAX_LAYERS:,} layers vramplan "
+                          "plans (the deepest released decoders have a few hundred); fix the config")
     heads = _positive_int(config, "num_heads", source)
     if family == "falcon":
         kv = _falcon_kv_heads(config, heads, source)

@@ -13,8 +13,8 @@ from typing import Any
 
 from ..errors import ConfigError
 from .config import Dims, get, read_dims
-from .spec import ModelSpec, Tensor
 from .roles import classify, layer_index
+from .spec import ModelSpec, Tensor
 
 
 class _Tensors:
@@ -73,8 +73,10 @@ class _Tensors:
 
 
 def _flag(config: Mapping[str, Any], key: str, default: Any) -> Any:
+    """A boolean field (:data:`vramplan.shapes.config.BOOL_FIELDS`, type-checked by ``read_dims``), ``default``
+    when absent or null."""
     value = config.get(key)
-    return default if value is None else value
+    return default if value is None else bool(value)
 
 
 def _int(config: Mapping[str, Any], key: str, source: str, default: int | None = None, *,
@@ -480,9 +482,9 @@ def supported_families() -> tuple[str, ...]:
 
 def model_type_of(config: Mapping[str, Any]) -> str:
     mt = config.get("model_type")
-    if not mt:
+    if not mt or not isinstance(mt, str):
         archs = config.get("architectures") or []
-        if archs and "baichuan" in str(archs[0]).lower():
+        if isinstance(archs, list) and archs and "baichuan" in str(archs[0]).lower():
             return "baichuan"
         return ""
     return str(mt)
