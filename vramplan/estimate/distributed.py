@@ -37,7 +37,7 @@ from ..units import MiB, ceil_div
 from .optimizer import optimizer_states, optimizer_step_transient
 from .result import Component
 from .structure import Structure, static_structure, structural_setup
-from .weights import TrainableTensor, adapter_formula, weight_formula
+from .weights import TrainableTensor, adapter_formula, gradient_bytes, head_component, weight_formula
 
 # ------------------------------------------------------------------------------------------------ defaults
 #: ``DistributedDataParallel(bucket_cap_mb=25)`` (torch/nn/parallel/distributed.py); the first bucket is
@@ -220,7 +220,7 @@ def ddp_bucket_bytes(trainables: tuple[TrainableTensor, ...]) -> tuple[int, int]
 
 
 def _ddp(spec: ModelSpec, setup: Setup, st: Structure) -> RankStates:
-    grads = sum(alloc(t.numel * BYTES[t.dtype]) for t in st.trainables)
+    grads = gradient_bytes(st.trainables)
     head = _head_grad(st, setup)
     opt_gpu, opt_paged, opt_formula = optimizer_states(st.trainables, setup)
     weights = []
@@ -244,16 +244,9 @@ def _ddp(spec: ModelSpec, setup: Setup, st: Structure) -> RankStates:
     return r
 
 
-def _head_component(st: Structure) -> str:
-    """The component whose gradient backward produces first: the head's (the embedding's, when tied)."""
-    return "weights/lm_head" if any(t.component == "weights/lm_head" for t in st.trainables) else "weights/embeddings"
-
-
 def _head_grad(st: Structure, setup: Setup) -> int:
     """The output head's gradient, first in backward (as ``estimate`` counts it), full fine-tuning only."""
-    head_comp = _head_component(st)
-    return sum(alloc(t.numel * BYTES[t.dtype]) for t in st.trainables
-               if t.component == head_comp and setup.method == "full")
+    return gradient_bytes(st.trainables, component=head_component(st.trainables)) if setup.method == "full" else 0
 
 
 def _single_weights(st: Structure, setup: Setup) -> list[tuple[str, int, str]]:
@@ -372,10 +365,8 @@ def _fsdp(spec: ModelSpec, setup: Setup, st: Structure) -> RankStates:
                for c, b in sorted(wsum.items())]
     # ---- sharded gradients and optimizer states
     shards = _sharded_trainables(st, n)
-    grads = sum(alloc(t.numel * BYTES[t.dtype]) for t in shards)
-    head_comp = _head_component(st)
-    grad_head = sum(alloc(t.numel * BYTES[t.dtype]) for t in shards
-                    if t.component == head_comp and setup.method == "full")
+    grads = gradient_bytes(shards)
+    grad_head = gradient_bytes(shards, component=head_component(st.trainables)) if setup.method == "full" else 0
     opt_gpu, opt_paged, opt_formula = optimizer_states(shards, setup)
     opt_formula = f"per rank, on the 1/{n} shards: " + opt_formula
     cpu: dict[str, int] = {}
@@ -546,10 +537,9 @@ def _zero(spec: ModelSpec, setup: Setup, st: Structure) -> RankStates:
     opt_all, opt_paged_all, opt_formula = optimizer_states(flat, setup) if part else (0, 0, "no trainable parameter")
     opt_formula = (f"on the flat fp32 partition ({part:,} elements per rank, single_partition_of_fp32_groups): "
                    + opt_formula)
-    full_grads = sum(alloc(t.numel * b) for t in st.trainables)      # ZeRO-1: param.grad, whole
-    head_comp = _head_component(st)
-    head_full = sum(alloc(t.numel * b) for t in st.trainables
-                    if t.component == head_comp and setup.method == "full")
+    full_grads = gradient_bytes(st.trainables, width=b)      # ZeRO-1: param.grad, whole
+    head_full = gradient_bytes(st.trainables, component=head_component(st.trainables), width=b) \
+        if setup.method == "full" else 0
     r = RankStates(compute=_compute_static(spec, setup, st), weights=weights, grads=0, grad_head=0, grads_step=0,
                    grad_formula="", opt_gpu=0 if off_opt else opt_all, opt_paged=0 if off_opt else opt_paged_all,
                    opt_formula=opt_formula + (" — on the CPU (offload_optimizer)" if off_opt else ""), opt_tmp=0)

@@ -18,7 +18,7 @@ from .optimizer import optimizer_states, optimizer_step_transient
 from .structure import Structure, layout_setup, static_structure, structural_setup
 from .structure import clear_caches as _clear_structures
 from .timeline import PHASES, StateTerms
-from .weights import Placement, adapter_formula, weight_formula
+from .weights import Placement, adapter_formula, gradient_bytes, head_component, weight_formula
 
 
 @dataclass(frozen=True)
@@ -87,12 +87,10 @@ def _build_states(spec: ModelSpec, st: Structure, setup: Setup) -> ModelStates:
     for comp, nb in sorted(asum.items()):
         if nb:
             comps.append((comp, nb, adapter_formula(comp, st.adapters, st.plan)))
-    grads = sum(alloc(t.numel * BYTES[t.dtype]) for t in st.trainables)
-    # the head's gradient is the first one backward produces (the embedding's, when tied)
-    head_comp = "weights/lm_head" if any(t.component == "weights/lm_head" for t in st.trainables) \
-        else "weights/embeddings"
-    grad_head = sum(alloc(t.numel * BYTES[t.dtype]) for t in st.trainables
-                    if t.component == head_comp and setup.method == "full")
+    grads = gradient_bytes(st.trainables)
+    # the head's gradient is the first one backward produces (full fine-tuning: the head is trainable)
+    grad_head = gradient_bytes(st.trainables, component=head_component(st.trainables)) \
+        if setup.method == "full" else 0
     opt_gpu, opt_paged, opt_formula = optimizer_states(st.trainables, setup)
     opt_tmp = optimizer_step_transient(st.trainables, setup)
     trainable_numel = sum(t.numel for t in st.trainables)

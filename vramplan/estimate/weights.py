@@ -164,6 +164,19 @@ def trainable_tensors(placements: list[Placement], adapters: list[TrainableTenso
     return out + [a for a in adapters if not a.frozen]
 
 
+def head_component(trainables: tuple[TrainableTensor, ...] | list[TrainableTensor]) -> str:
+    """The component whose gradient backward produces first: the output head's (the embedding's, when tied)."""
+    return "weights/lm_head" if any(t.component == "weights/lm_head" for t in trainables) else "weights/embeddings"
+
+
+def gradient_bytes(tensors: tuple[TrainableTensor, ...] | list[TrainableTensor], *, component: str | None = None,
+                   width: int | None = None) -> int:
+    """Allocator bytes of one gradient per tensor, in its dtype (or ``width`` B per element), of ``component``
+    only when given."""
+    return sum(alloc(t.numel * (width or BYTES[t.dtype])) for t in tensors
+               if component is None or t.component == component)
+
+
 # ----------------------------------------------------------------------------------------- explanations
 def weight_formula(comp: str, ps: list[Placement], setup: Setup) -> str:
     """The explanation of a ``weights/*`` component placed as ``ps``."""
