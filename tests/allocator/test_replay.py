@@ -9,7 +9,16 @@ from __future__ import annotations
 
 import pytest
 
-from vramplan.allocator import Alloc, EmptyCache, Free, Mark, TraceError, parse_alloc_conf, replay_trace, round_size
+from vramplan.allocator import (
+    Alloc,
+    EmptyCache,
+    Free,
+    Mark,
+    TraceError,
+    parse_alloc_conf,
+    replay_trace,
+    round_size,
+)
 from vramplan.allocator.replay import allocation_size, roundup_power2_next_division
 
 KiB, MiB = 1 << 10, 1 << 20
