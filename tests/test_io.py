@@ -214,9 +214,9 @@ def test_yaml_recursive_alias_and_plain_aliases():
 
 
 def test_yaml_and_json_syntax_errors_are_one_line():
-    with pytest.raises(io.InputFileError, match=r"not valid YAML: .* at line 2, column \d+"):
+    with pytest.raises(io.InputFileError, match=r"not YAML: .* at line 2, column \d+"):
         io.parse_yaml("a: 1\n b: [\n", "bad.yaml")
-    with pytest.raises(io.InputFileError, match="not valid JSON: Expecting value at line 1, column 7"):
+    with pytest.raises(io.InputFileError, match="not JSON: Expecting value at line 1, column 7"):
         io.parse_json('{"a": }', "bad.json")
     with pytest.raises(io.InputFileError, match="Exceeds the limit"):
         io.parse_json("1" * 5000, "big.json")

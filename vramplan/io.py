@@ -200,18 +200,18 @@ def _too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
 
 
 def parse_json(text: str, path: str | os.PathLike[str], *, error: type[VramplanError] = InputFileError,
-               what: str = "file") -> Any:
+               what: str = "file", not_json: str = "not JSON") -> Any:
     """JSON ``text`` of file ``path``, nested at most :data:`MAX_DEPTH` deep.
 
     Raises:
-        error: not JSON (message, line, column), nested too deep, or an integer of more than 4,300 digits.
+        error: ``<path>: not JSON: <message> at line L, column C`` (``not_json`` is the phrase), nested too deep,
+            or an integer of more than 4,300 digits.
     """
     p = os.fspath(path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise error(f"{short_path(p)}: the {what} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") \
-            from None
+        raise error(f"{short_path(p)}: {not_json}: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
     except RecursionError:
         raise error(f"{short_path(p)}: the {what} nests lists or objects deeper than vramplan reads ({MAX_DEPTH} levels)") \
             from None
@@ -223,9 +223,10 @@ def parse_json(text: str, path: str | os.PathLike[str], *, error: type[VramplanE
 
 
 def read_json(path: str | os.PathLike[str], max_bytes: int = CONFIG_MAX_BYTES, *,
-              error: type[VramplanError] = InputFileError, what: str = "file") -> Any:
+              error: type[VramplanError] = InputFileError, what: str = "file", not_json: str = "not JSON") -> Any:
     """A JSON file, bounded in size and depth (:func:`read_text`, :func:`parse_json`)."""
-    return parse_json(read_text(path, max_bytes, error=error, what=what), path, error=error, what=what)
+    return parse_json(read_text(path, max_bytes, error=error, what=what), path, error=error, what=what,
+                      not_json=not_json)
 
 
 def yaml_problem(exc: Exception) -> str:
@@ -304,7 +305,7 @@ def parse_yaml(text: str, path: str | os.PathLike[str], *, error: type[VramplanE
         if "nesting depth" in str(exc):     # libyaml's own limit (1,000 levels)
             raise error(f"{short_path(p)}: the {what} nests lists or mappings deeper than vramplan reads "
                         f"({MAX_DEPTH} levels)") from None
-        raise error(f"{short_path(p)}: the {what} is not valid YAML: {yaml_problem(exc)}") from None
+        raise error(f"{short_path(p)}: not YAML: {yaml_problem(exc)}") from None
     except RecursionError:
         raise error(f"{short_path(p)}: the {what} nests lists or mappings deeper than vramplan reads ({MAX_DEPTH} levels)") \
             from None

@@ -54,6 +54,7 @@ here; PEFT silently ignores it.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -135,6 +136,22 @@ def installed_peft_default(model_type: str) -> tuple[tuple[str, ...] | str | Non
     return (found if isinstance(found, str) else tuple(found)), f"the installed peft {version('peft')}'s table"
 
 
+#: The largest LoRA rank accepted: beyond the width of any model (fit's rank search stops at 2**14).
+MAX_RANK = 1 << 16
+
+
+def _quote(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:18]}...{text[-18:]} ({len(text):,} characters)"
+
+
+def _finite(x: float) -> bool:
+    try:
+        return math.isfinite(float(x))
+    except OverflowError:         # an integer beyond float range
+        return False
+
+
 @dataclass(frozen=True)
 class LoraConfig:
     """The LoRA options that decide shapes (PEFT's ``LoraConfig`` defaults: r=8, alpha=8, dropout 0).
@@ -164,7 +181,17 @@ class LoraConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
-            raise TargetError(f"--rank must be an integer >= 1, got {self.r!r}")
+            raise TargetError(f"--rank must be an integer >= 1, got {_quote(self.r)}")
+        if self.r > MAX_RANK:
+            raise TargetError(f"--rank must be at most {MAX_RANK:,}, got {_quote(self.r)}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not _finite(self.alpha):
+            raise TargetError(f"--alpha must be a finite number, got {_quote(self.alpha)}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
+            raise TargetError(f"--lora-dropout must be a number in [0, 1), got {_quote(self.dropout)}")
+        ltt = self.layers_to_transform
+        if ltt is not None and not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 1 << 20
+                                       for i in ltt):
+            raise TargetError(f"--layers-to-transform must be layer indices >= 0, got {_quote(ltt)}")
         if self.target_regex is not None:
             try:
                 re.compile(self.target_regex)

@@ -121,7 +121,9 @@ def read_int(v: Any) -> int:
         return v
     if isinstance(v, float) and v.is_integer():
         return int(v)
-    if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+    if isinstance(v, str) and v.strip().removeprefix("-").isdecimal():
+        if len(v.strip()) > 4000:           # int() refuses beyond sys.get_int_max_str_digits()
+            raise ValueError(f"must be an integer, got a {len(v.strip()):,}-digit number")
         return int(v.strip())
     raise ValueError(f"must be an integer, got {v!r}")
 
@@ -170,7 +172,12 @@ def read_margin(v: Any) -> float:
     else:
         raise ValueError(f"must be a percentage such as 10% or a fraction such as 0.1, got {v!r}")
     if not 0 <= value < 1:
-        raise ValueError(f"must be between 0% and 100%, got {v!r}")
+        bare = not (isinstance(v, str) and v.strip().endswith("%"))
+        if bare and 1 <= value < 100:
+            shown = f"{value:g}"
+            raise ValueError(f"must be a fraction below 1 or a percentage, got {v!r}: for {shown} percent "
+                             f"write {shown}% (or {value / 100:g})")
+        raise ValueError(f"must be between 0% and 100% (a fraction from 0 to below 1), got {v!r}")
     return value
 
 

@@ -114,7 +114,7 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     """
     from .io import CONFIG_MAX_BYTES, read_json, short_path
 
-    data = read_json(path, CONFIG_MAX_BYTES, error=ConfigError, what="config")
+    data = read_json(path, CONFIG_MAX_BYTES, error=ConfigError, what="config", not_json="not valid JSON")
     if not isinstance(data, dict):
         raise ConfigError(f"{short_path(path)}: expected a JSON object with the model's config, "
                           f"got {type(data).__name__}")

@@ -15,6 +15,10 @@ from typing import Any, Literal
 from .errors import SetupError
 from .lora import LoraConfig
 from .options import Option, option, options_of
+from .shapes.config import MAX_LAYERS
+
+#: The largest layer index ``--layers-to-transform`` takes (the last layer of the deepest model planned).
+MAX_LAYER_INDEX = MAX_LAYERS - 1
 
 Method = Literal["full", "lora", "qlora", "inference"]
 Quant = Literal["none", "nf4", "fp4", "int8"]
@@ -44,9 +48,23 @@ def _choice(value: Any, choices: tuple[str, ...], option: str) -> str:
     return str(value)
 
 
-def _positive(value: Any, option: str) -> int:
+#: Upper bounds of the integer options: far beyond any real setup (fit's searches stop well below them), low
+#: enough that every product the estimator forms stays an exact float (``--batch 10**400`` used to overflow).
+MAX_BATCH = 1 << 20
+MAX_SEQ = 1 << 24
+MAX_GPUS = 1 << 16
+
+
+def _quote(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:18]}...{text[-18:]} ({len(text):,} characters)"
+
+
+def _positive(value: Any, option: str, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SetupError(f"{option} must be an integer >= 1, got {value!r}")
+        raise SetupError(f"{option} must be an integer >= 1, got {_quote(value)}")
+    if maximum is not None and value > maximum:
+        raise SetupError(f"{option} must be at most {maximum:,}, got {_quote(value)}")
     return value
 
 
@@ -120,14 +138,20 @@ class Setup:
         for o in options_of(Setup):
             if o.kind == "choice":
                 _choice(getattr(self, o.field), o.choices, o.flag)
-        _positive(self.batch, "--batch")
-        _positive(self.seq, "--seq")
-        _positive(self.gpus, "--gpus")
+        _positive(self.batch, "--batch", MAX_BATCH)
+        _positive(self.seq, "--seq", MAX_SEQ)
+        _positive(self.gpus, "--gpus", MAX_GPUS)
+        if isinstance(self.new_tokens, bool) or not isinstance(self.new_tokens, int):
+            raise SetupError(f"--new-tokens must be an integer >= 0, got {_quote(self.new_tokens)}")
+        for o in options_of(Setup):
+            if o.kind == "bool" and not isinstance(getattr(self, o.field), bool):
+                raise SetupError(f"{o.flag} must be true or false, got {_quote(getattr(self, o.field))}")
         if self.quant_blocksize not in (32, 64, 128, 256, 512, 1024, 2048, 4096):
             raise SetupError(f"--quant-blocksize must be a power of two from 32 to 4096 (bitsandbytes), "
                              f"got {self.quant_blocksize!r}")
         if self.new_tokens < 0 or self.new_tokens >= self.seq:
-            raise SetupError(f"--new-tokens must be >= 0 and smaller than --seq {self.seq}, got {self.new_tokens}")
+            raise SetupError(f"--new-tokens must be >= 0 and smaller than --seq {self.seq}, "
+                             f"got {_quote(self.new_tokens)}")
         if self.offload == "params" and self.strategy not in ("zero3", "fsdp"):
             raise SetupError(f"--offload params needs --strategy zero3 or fsdp (got --strategy {self.strategy}): "
                              "only ZeRO-3 and FSDP shard parameters")
@@ -245,10 +269,12 @@ def split_list(value: str | None) -> tuple[str, ...] | None:
 
 
 def parse_layers(value: str | None) -> tuple[int, ...] | None:
-    """``"0,1,4-7"`` -> ``(0, 1, 4, 5, 6, 7)``.
+    """``"0,1,4-7"`` -> ``(0, 1, 4, 5, 6, 7)``; indices from 0 to :data:`MAX_LAYER_INDEX`, so that a range never
+    builds more than :data:`~vramplan.shapes.config.MAX_LAYERS` entries (``0-999999999`` is refused, not built).
 
     Raises:
-        ValueError: a part that is not an index or a range, with a message saying how to write it.
+        ValueError: a part that is not an index or a range ``low-high``, a range written high to low, or an
+            index beyond :data:`MAX_LAYER_INDEX`; the message quotes the part and says how to write it.
     """
     if value is None:
         return None
@@ -257,14 +283,21 @@ def parse_layers(value: str | None) -> tuple[int, ...] | None:
         part = part.strip()
         if not part:
             continue
-        try:
-            if "-" in part:
-                lo, hi = part.split("-", 1)
-                out.extend(range(int(lo), int(hi) + 1))
-            else:
-                out.append(int(part))
-        except ValueError:
-            raise ValueError(f"cannot read layer list {value!r}: write indices such as 0,1,4-7") from None
+        lo_s, dash, hi_s = part.partition("-")
+        if not (lo_s.strip().isdecimal() and (not dash or hi_s.strip().isdecimal())):
+            raise ValueError(f"cannot read {_quote(part)} in layer list {_quote(value)}: write indices >= 0 "
+                             "and ranges low-high, such as 0,1,4-7")
+        if max(len(lo_s.strip()), len(hi_s.strip())) > 12:
+            raise ValueError(f"layer index in {_quote(part)} is beyond {MAX_LAYER_INDEX:,}: models vramplan plans "
+                             f"have at most {MAX_LAYERS:,} layers")
+        lo = int(lo_s)
+        hi = int(hi_s) if dash else lo
+        if hi > MAX_LAYER_INDEX:
+            raise ValueError(f"layer index {hi:,} in {_quote(part)} is beyond {MAX_LAYER_INDEX:,}: models vramplan "
+                             f"plans have at most {MAX_LAYERS:,} layers")
+        if lo > hi:
+            raise ValueError(f"layer range {_quote(part)} runs high to low: write low-high, e.g. {hi}-{lo}")
+        out.extend(range(lo, hi + 1))
     return tuple(out)
 
 

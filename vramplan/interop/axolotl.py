@@ -62,3 +62,10 @@ def from_axolotl(d: Mapping[str, Any]) -> dict[str, Any]:
             or truthy(d.get("cut_cross_entropy", False)):
         o["loss"] = "chunked"
     return o
+
+
+#: plan keys this reader sets -> the axolotl keys they come from (errors name the user's key)
+KEY_SOURCES = {"model": "base_model", "rank": "lora_r", "alpha": "lora_alpha", "lora_dropout": "lora_dropout",
+               "modules_to_save": "lora_modules_to_save", "dora": "peft_use_dora", "targets": "lora_target_modules",
+               "batch": "micro_batch_size", "seq": "sequence_len", "grad_ckpt": "gradient_checkpointing",
+               "optim": "optimizer"}

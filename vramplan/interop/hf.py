@@ -113,13 +113,28 @@ def from_training_args_json(d: Mapping[str, Any]) -> dict[str, Any]:
     """
     from types import SimpleNamespace
 
-    ns = SimpleNamespace(**{k: d.get(k) for k in ("per_device_train_batch_size", "bf16", "fp16",
-                                                  "gradient_checkpointing", "optim")})
+    from .util import as_bool, as_int
+
+    values: dict[str, Any] = {k: d.get(k) for k in ("per_device_train_batch_size", "bf16", "fp16",
+                                                    "gradient_checkpointing", "optim")}
+    if values["per_device_train_batch_size"] is not None:
+        values["per_device_train_batch_size"] = as_int(values["per_device_train_batch_size"],
+                                                       "per_device_train_batch_size")
+    for key in ("bf16", "fp16", "gradient_checkpointing"):       # "false" must not read as true
+        if values[key] is not None:
+            values[key] = as_bool(values[key], key)
+    if values["optim"] is not None and not isinstance(values["optim"], str):
+        raise ForeignConfigError("optim", f"must be an optimizer name such as adamw_torch, got {values['optim']!r}")
     try:
-        o = options_from_training_args(ns)
+        o = options_from_training_args(SimpleNamespace(**values))
     except SetupError as exc:
         raise ForeignConfigError("optim", str(exc)) from None
-    seq = d.get("max_seq_length", d.get("max_length"))     # TRL SFTConfig
-    if seq is not None:
-        o["seq"] = seq
+    key = "max_seq_length" if d.get("max_seq_length") is not None else "max_length"    # TRL SFTConfig
+    if d.get(key) is not None:
+        o["seq"] = as_int(d[key], key)
     return o
+
+
+#: plan keys this reader sets -> the TrainingArguments keys they come from (errors name the user's key)
+KEY_SOURCES = {"batch": "per_device_train_batch_size", "seq": "max_seq_length", "precision": "bf16",
+               "grad_ckpt": "gradient_checkpointing", "optim": "optim"}

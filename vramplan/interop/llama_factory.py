@@ -61,3 +61,10 @@ def from_llama_factory(d: Mapping[str, Any]) -> dict[str, Any]:
     if truthy(d.get("enable_liger_kernel", False)):
         o["loss"] = "chunked"
     return o
+
+
+#: plan keys this reader sets -> the LLaMA-Factory keys they come from (errors name the user's key)
+KEY_SOURCES = {"model": "model_name_or_path", "rank": "lora_rank", "alpha": "lora_alpha",
+               "lora_dropout": "lora_dropout", "modules_to_save": "additional_target", "dora": "use_dora",
+               "targets": "lora_target", "batch": "per_device_train_batch_size", "seq": "cutoff_len",
+               "quant": "quantization_type", "double_quant": "double_quantization", "optim": "optim"}

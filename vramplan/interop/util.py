@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ForeignConfigError
-from ..options import read_int
+from ..options import read_bool, read_int
 
 
 def truthy(v: Any) -> bool:
@@ -19,5 +19,14 @@ def as_int(v: Any, key: str) -> int:
     """An integer, or :class:`ForeignConfigError` naming ``key``."""
     try:
         return read_int(v)
+    except ValueError as exc:
+        raise ForeignConfigError(key, str(exc)) from None
+
+
+def as_bool(v: Any, key: str) -> bool:
+    """A boolean (``true``/``false``, also as the strings ``"true"``/``"false"``...), or
+    :class:`ForeignConfigError` naming ``key``: the string ``"false"`` is false, never truthy."""
+    try:
+        return read_bool(v)
     except ValueError as exc:
         raise ForeignConfigError(key, str(exc)) from None

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import VramplanError, close_matches
 from ..estimate import Estimate, Fit, estimate, overhead
-from ..io import yaml_problem
+from ..io import brief
 from ..setup import Setup
 from ..shapes.spec import ModelSpec
 
@@ -81,6 +81,13 @@ class PriceFileError(VramplanError):
     """A ``--prices`` file that cannot be read: not YAML, an unknown card, a price that is not a number."""
 
 
+def _finite(x: float) -> bool:
+    try:
+        return math.isfinite(float(x))
+    except OverflowError:         # an integer beyond float range
+        return False
+
+
 def load_prices(path: str | Path) -> dict[str, float]:
     """``{card name: usd_per_hour}`` from a YAML mapping ``{gpu: price}`` or a list of
     ``{gpu: name, usd_per_hour: price}`` (``name``/``price`` also accepted); card names resolve through
@@ -89,17 +96,11 @@ def load_prices(path: str | Path) -> dict[str, float]:
     Raises:
         PriceFileError: naming the file and the entry.
     """
-    import yaml
-
+    from ..io import CONFIG_MAX_BYTES, read_yaml
     from ..profiles import gpu_catalogue, resolve_gpu
 
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PriceFileError(f"{p}: cannot read the price file: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise PriceFileError(f"{p}: not YAML: {yaml_problem(exc)}") from None
+    data = read_yaml(p, CONFIG_MAX_BYTES, error=PriceFileError, what="price file")
     pairs: list[tuple[str, Any, Any]] = []
     if isinstance(data, dict):
         pairs = [(f"key {k!r}", k, v) for k, v in data.items()]
@@ -118,15 +119,15 @@ def load_prices(path: str | Path) -> dict[str, float]:
     out: dict[str, float] = {}
     for where, name, price in pairs:
         if not isinstance(name, str):
-            raise PriceFileError(f"{p}: {where}: the card name must be a string, got {name!r}")
+            raise PriceFileError(f"{p}: {where}: the card name must be a string, got {brief(name)}")
         try:
             g = resolve_gpu(name)
         except VramplanError:
             g = None
         if g is None or g.from_size:
-            raise PriceFileError(f"{p}: {where}: unknown GPU {name!r}{close_matches(name, names)}; "
+            raise PriceFileError(f"{p}: {where}: unknown GPU {brief(name)}{close_matches(name[:100], names)}; "
                                  "use a name from `vramplan gpus`")
-        if isinstance(price, bool) or not isinstance(price, (int, float)) or price < 0 or math.isnan(price):
-            raise PriceFileError(f"{p}: {where}: usd_per_hour must be a number >= 0, got {price!r}")
+        if isinstance(price, bool) or not isinstance(price, (int, float)) or not _finite(price) or price < 0:
+            raise PriceFileError(f"{p}: {where}: usd_per_hour must be a number >= 0 (and finite), got {brief(price)}")
         out[g.name] = float(price)
     return out

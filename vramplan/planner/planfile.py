@@ -10,8 +10,11 @@ from typing import Any
 
 from ..errors import ForeignConfigError, PlanFileError, close_matches
 from ..interop import TRAINING_ARGS_KEYS, from_axolotl, from_llama_factory
+from ..interop.axolotl import KEY_SOURCES as axolotl_keys
+from ..interop.hf import KEY_SOURCES as training_args_keys
 from ..interop.hf import from_training_args_json
-from ..io import yaml_problem
+from ..interop.llama_factory import KEY_SOURCES as llama_factory_keys
+from ..io import brief, short_path
 from ..options import Option, read_value
 from ..setup import RUN_OPTIONS, SETUP_OPTIONS
 
@@ -49,11 +52,14 @@ def _err(file: str, index: int, count: int, key: str | None, msg: str) -> PlanFi
     return PlanFileError(f"{where}: key {key!r}: {msg}" if key else f"{where}: {msg}")
 
 
-def _normalize_keys(d: Mapping[Any, Any], file: str, index: int, count: int) -> dict[str, Any]:
+def _normalize_keys(d: Mapping[Any, Any], file: str, index: int, count: int,
+                    sources: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Plan keys read by their options. ``sources`` maps a plan key to the key of the user's own file it was
+    translated from (another tool's config), so that an error names the key the user wrote."""
     out: dict[str, Any] = {}
     for raw, value in d.items():
         if not isinstance(raw, str):
-            raise _err(file, index, count, str(raw), "keys must be strings")
+            raise _err(file, index, count, brief(raw), "keys must be strings")
         key = raw.strip().replace("-", "_").lower()
         if key not in PLAN_KEYS:
             raise _err(file, index, count, raw, f"unknown key{close_matches(key, list(PLAN_KEYS))}; plan keys are "
@@ -61,7 +67,9 @@ def _normalize_keys(d: Mapping[Any, Any], file: str, index: int, count: int) -> 
         try:
             out[key] = read_value(PLAN_OPTIONS[key], value) if value is not None else None
         except ValueError as exc:
-            raise _err(file, index, count, raw, str(exc)) from None
+            src = (sources or {}).get(key)
+            raise _err(file, index, count, src or raw, f"{str(exc)} (read as {raw})" if src else str(exc)) \
+                from None
     return out
 
 
@@ -76,6 +84,9 @@ def _from_training_args(d: Mapping[str, Any]) -> dict[str, Any]:
     return o
 
 
+#: plan-file formats other than vramplan's own -> plan key -> the key of that format it is read from
+KEY_SOURCES: dict[str, dict[str, str]] = {"llama-factory": llama_factory_keys, "axolotl": axolotl_keys,
+                                          "training-args": training_args_keys}
 #: plan-file formats other than vramplan's own -> their reader
 FOREIGN_READERS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
     "llama-factory": from_llama_factory, "axolotl": from_axolotl, "training-args": _from_training_args}
@@ -107,25 +118,13 @@ def read_plan_file(path: str | Path, gpu: str | None = None, margin: float | Non
     Raises:
         PlanFileError: naming the file, the plan (1-based) and the key.
     """
-    import json
-
-    import yaml
+    from ..io import CONFIG_MAX_BYTES, parse_json, parse_yaml, read_text
 
     p = Path(path)
-    file = str(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PlanFileError(f"{file}: cannot read the plan file: {exc.strerror or exc}") from None
-    try:
-        if p.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            data = yaml.safe_load(text)
-    except json.JSONDecodeError as exc:
-        raise PlanFileError(f"{file}: not JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
-    except yaml.YAMLError as exc:
-        raise PlanFileError(f"{file}: not YAML: {yaml_problem(exc)}") from None
+    file = short_path(path)
+    text = read_text(p, CONFIG_MAX_BYTES, error=PlanFileError, what="plan file")
+    parse = parse_json if p.suffix.lower() == ".json" else parse_yaml
+    data = parse(text, p, error=PlanFileError, what="plan file")
     if not isinstance(data, dict):
         raise PlanFileError(f"{file}: expected a mapping of plan keys (model, method, rank, batch, seq, gpu, ...) "
                             f"or plans: [...], got {type(data).__name__ if data is not None else 'an empty file'}")
@@ -135,11 +134,11 @@ def read_plan_file(path: str | Path, gpu: str | None = None, margin: float | Non
         plans = data["plans"]
         defaults = {k: v for k, v in data.items() if k != "plans"}
         if not isinstance(plans, list) or not plans:
-            raise PlanFileError(f"{file}: key 'plans' must be a non-empty list of mappings, got {plans!r}")
+            raise PlanFileError(f"{file}: key 'plans' must be a non-empty list of mappings, got {brief(plans)}")
         raws = []
         for i, item in enumerate(plans):
             if not isinstance(item, dict):
-                raise _err(file, i + 1, len(plans), None, f"expected a mapping of plan keys, got {item!r}")
+                raise _err(file, i + 1, len(plans), None, f"expected a mapping of plan keys, got {brief(item)}")
             merged = {**defaults, **item}
             raws.append((merged, detect_format(merged)))
     else:
@@ -152,7 +151,8 @@ def read_plan_file(path: str | Path, gpu: str | None = None, margin: float | Non
             opts = reader(raw) if reader is not None else dict(raw)
         except ForeignConfigError as exc:
             raise _err(file, i, count, exc.key, exc.message) from None
-        opts = _normalize_keys(opts, file, i, count)
+        sources = {k: v for k, v in KEY_SOURCES.get(kind, {}).items() if v in raw and k not in raw}
+        opts = _normalize_keys(opts, file, i, count, sources)
         name = opts.pop("name", None)
         m = opts.pop("model", None) or model
         g = gpu if gpu is not None else opts.pop("gpu", None)
