@@ -36,28 +36,28 @@ def test_llama31_70b_tp4_shards_every_projection():
 def test_kv_heads_are_replicated_beyond_their_count():
     """Llama-3.1-70B at TP 16: 8 KV heads, so each rank holds one (k_proj 128×8192 per rank, not 64×8192)."""
     s = spec("llama-3.1-70b")
-    from vramplan.serve.model import _rank_numel
+    from vramplan.serve.model import rank_numel
 
     k = s.tensor("model.layers.0.self_attn.k_proj.weight")
-    assert _rank_numel(k, "attn_k", s, 16) == 128 * 8192
-    assert _rank_numel(k, "attn_k", s, 4) == 2 * 128 * 8192
+    assert rank_numel(k, "attn_k", s, 16) == 128 * 8192
+    assert rank_numel(k, "attn_k", s, 4) == 2 * 128 * 8192
 
 
 def test_row_parallel_bias_is_whole_and_column_bias_split():
     """Qwen2.5-7B: q/k/v carry biases (column-parallel: split with their heads)."""
     s = spec("qwen2.5-7b")
-    from vramplan.serve.model import _rank_numel
+    from vramplan.serve.model import rank_numel
 
     qb = s.tensor("model.layers.0.self_attn.q_proj.bias")
-    assert _rank_numel(qb, "attn_q", s, 2) == 3584 // 2
+    assert rank_numel(qb, "attn_q", s, 2) == 3584 // 2
     kb = s.tensor("model.layers.0.self_attn.k_proj.bias")
-    assert _rank_numel(kb, "attn_k", s, 2) == 2 * 128               # 4 KV heads: two per rank
-    assert _rank_numel(kb, "attn_k", s, 8) == 1 * 128               # 4 KV heads: one (replicated) per rank
+    assert rank_numel(kb, "attn_k", s, 2) == 2 * 128               # 4 KV heads: two per rank
+    assert rank_numel(kb, "attn_k", s, 8) == 1 * 128               # 4 KV heads: one (replicated) per rank
     # phi-2: the o projection (dense) and fc2 carry biases; RowParallelLinear keeps them whole on each rank
     p = spec("phi-2")
-    assert _rank_numel(p.tensor("model.layers.0.self_attn.dense.bias"), "attn_o", p, 4) == 2560
-    assert _rank_numel(p.tensor("model.layers.0.self_attn.dense.weight"), "attn_o", p, 4) == 2560 * 2560 // 4
-    assert _rank_numel(p.tensor("model.layers.0.mlp.fc1.bias"), "mlp_up", p, 4) == 10240 // 4
+    assert rank_numel(p.tensor("model.layers.0.self_attn.dense.bias"), "attn_o", p, 4) == 2560
+    assert rank_numel(p.tensor("model.layers.0.self_attn.dense.weight"), "attn_o", p, 4) == 2560 * 2560 // 4
+    assert rank_numel(p.tensor("model.layers.0.mlp.fc1.bias"), "mlp_up", p, 4) == 10240 // 4
 
 
 def test_fp8_halves_the_linear_weights_only():

@@ -27,6 +27,7 @@ COMMANDS = {
     "fit": "vramplan.cli.fit:fit",
     "sweep": "vramplan.cli.sweep:sweep",
     "check": "vramplan.cli.check:check",
+    "serve": "vramplan.cli.serve:serve",
 }
 
 

@@ -107,7 +107,7 @@ def _owner_role(t: Tensor, spec: ModelSpec, roles: Mapping[str, str]) -> str:
     return roles.get(t.module, "other")
 
 
-def _rank_numel(t: Tensor, role: str, spec: ModelSpec, tp: int) -> int:
+def rank_numel(t: Tensor, role: str, spec: ModelSpec, tp: int) -> int:
     """Elements of ``t`` on one rank (the module docstring gives the rules)."""
     n = t.numel
     if tp == 1:
@@ -166,7 +166,7 @@ def weights_per_rank(spec: ModelSpec, tp: int, dtype: str, quant: str = "none") 
         if t.tied_to is not None:
             continue
         role = _owner_role(t, spec, roles)
-        n = _rank_numel(t, role, spec, tp)
+        n = rank_numel(t, role, spec, tp)
         if quant == "fp8" and t.param_name != "bias" and (quantizable(t, spec) or t.module_type == "experts"):
             comp, nbytes = "weights/quantized", n
             out["weights/quant_constants"] = out.get("weights/quant_constants", 0) + alloc(4)

@@ -104,7 +104,7 @@ def plan_sglang(spec: ModelSpec, gpu: Gpu, *, mem_fraction_static: float, tp: in
         raise SetupError(f"--mem-fraction-static must be in (0, 1), got {mem_fraction_static}")
     if page_size < 1:
         raise SetupError(f"--page-size must be >= 1, got {page_size}")
-    L = int(max_model_len or spec.max_position_embeddings or 0)
+    L = int(spec.max_position_embeddings or 0) if max_model_len is None else int(max_model_len)
     if L < 1:
         raise SetupError(f"--max-model-len must be >= 1, got {max_model_len}")
     model_dtype = parse_dtype(dtype, spec)

@@ -239,14 +239,14 @@ def plan_vllm(spec: ModelSpec, gpu: Gpu, *, tp: int = 1, max_model_len: int | No
     check_tp(spec, tp)
     if not 0 < gpu_memory_utilization <= 1:
         raise SetupError(f"--gpu-memory-utilization must be in (0, 1], got {gpu_memory_utilization}")
-    L = int(max_model_len or spec.max_position_embeddings or 0)
+    L = int(spec.max_position_embeddings or 0) if max_model_len is None else int(max_model_len)
     if L < 1:
         raise SetupError(f"--max-model-len must be >= 1, got {max_model_len}")
     if max_num_seqs < 1:
         raise SetupError(f"--max-num-seqs must be >= 1, got {max_num_seqs}")
     if block_size < 1:
         raise SetupError(f"--block-size must be >= 1, got {block_size}")
-    B = int(max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS)
+    B = DEFAULT_MAX_NUM_BATCHED_TOKENS if max_num_batched_tokens is None else int(max_num_batched_tokens)
     if B < 1:
         raise SetupError(f"--max-num-batched-tokens must be >= 1, got {max_num_batched_tokens}")
     model_dtype = parse_dtype(dtype, spec)
