@@ -226,3 +226,26 @@ def test_bad_traces_are_refused():
         run([Alloc(1, 10), Alloc(1, 10)])
     with pytest.raises(TraceError, match=">= 1 byte"):
         run([Alloc(1, 0)])
+
+
+def test_trace_files_snapshots_and_tracker_logs(tmp_path):
+    from types import SimpleNamespace
+
+    from vramplan.allocator.trace import from_snapshot_trace, from_tracker, read_trace, to_json
+
+    events = [Mark("s"), Alloc(1, 5 * MiB), Alloc(2, 100, 1), Free(1), EmptyCache(), Free(2)]
+    p = tmp_path / "t.json"
+    import json
+
+    p.write_text(json.dumps(to_json(events)))
+    assert read_trace(p) == events
+    p.write_text(json.dumps([{"op": "frob"}]))
+    with pytest.raises(TraceError, match="ops are alloc, free"):
+        read_trace(p)
+    snap = [{"action": "segment_alloc", "addr": 0, "size": 20 * MiB}, {"action": "alloc", "addr": 0, "size": 7},
+            {"action": "alloc", "addr": 512, "size": 9}, {"action": "free_requested", "addr": 0, "size": 7},
+            {"action": "free_completed", "addr": 0, "size": 7}]
+    assert from_snapshot_trace(snap) == [Alloc(0, 7), Alloc(1, 9), Free(0)]
+    rec = [SimpleNamespace(raw_nbytes=10), SimpleNamespace(raw_nbytes=0)]
+    tr = SimpleNamespace(events=[0, 1, ~0, ~1], records=rec, marks={"forward": 0, "end": 4})
+    assert from_tracker(tr) == [Mark("forward"), Alloc(0, 10), Alloc(1, 1), Free(0), Free(1), Mark("end")]

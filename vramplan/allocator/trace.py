@@ -123,11 +123,31 @@ def from_snapshot_trace(entries: Iterable[dict[str, Any]]) -> list[Event]:
     :class:`Free`; segment, OOM and snapshot entries are the allocator's own and are dropped."""
     ids: dict[int, int] = {}
     out: list[Event] = []
+    n = 0
     for e in entries:
         action = e.get("action")
         if action == "alloc":
-            ids[e["addr"]] = n = len(ids) + len(out)
+            ids[e["addr"]] = n
             out.append(Alloc(n, int(e["size"]), int(e.get("stream", 0) or 0)))
+            n += 1
         elif action == "free_completed" and e["addr"] in ids:
             out.append(Free(ids.pop(e["addr"])))
+    return out
+
+
+def from_tracker(tracker: Any) -> list[Event]:
+    """Events from the simulator's allocation tracker (``vramplan/simulate/tracker.py``: ``Tracker.events``
+    holds ``rid`` for an allocation and ``~rid`` for its free; ``Tracker.records[rid].raw_nbytes`` is the
+    storage's size before rounding; ``Tracker.marks`` names event positions). Duck-typed: no torch import."""
+    marks: dict[int, list[str]] = {}
+    for name, at in getattr(tracker, "marks", {}).items():
+        marks.setdefault(at, []).append(name)
+    out: list[Event] = []
+    for n, e in enumerate(tracker.events):
+        out.extend(Mark(m) for m in marks.get(n, ()))
+        if e >= 0:
+            out.append(Alloc(e, max(int(tracker.records[e].raw_nbytes), 1)))
+        else:
+            out.append(Free(~e))
+    out.extend(Mark(m) for m in marks.get(len(tracker.events), ()))
     return out
