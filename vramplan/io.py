@@ -373,6 +373,8 @@ def check_output_path(out: str | os.PathLike[str], flag: str = "--out") -> None:
             raise OutputPathError(f"{flag} {o}: the folder {parent} is not writable")
         if o.exists() and not os.access(o, os.W_OK) and not os.access(parent, os.W_OK):
             raise OutputPathError(f"{flag} {o} is not writable")
+    except OutputPathError:
+        raise
     except OSError as exc:
         raise OutputPathError(f"{flag} {short_path(o)}: {_os_reason(exc)}") from None
 
@@ -535,6 +537,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         mode = _mode_for(target)
         if not _write_tmpfile(target, data, mode):
             _write_named(target, data, mode)
+    except OutputPathError:
+        raise
     except OSError as exc:
         raise OutputPathError(f"{short_path(path)}: cannot write it: {_os_reason(exc)}") from None
     _fsync_dir(target.parent)

@@ -88,6 +88,14 @@ class ResolvedModel:
     source: str              # file path or URL the config came from
     profile: ModelProfile | None = None
 
+    @property
+    def input_files(self) -> tuple[str, ...]:
+        """The files this model was read from (a config.json, a cached Hub config, a bundled profile): what an
+        output path must not replace (:func:`vramplan.io.refuse_overwriting_input`)."""
+        if self.profile is not None:
+            return (str(self.profile.path),)
+        return (self.source,) if self.origin in ("file", "hub-cache") else ()
+
 
 def cache_dir() -> Path:
     root = os.environ.get("VRAMPLAN_CACHE") or os.path.join(

@@ -35,6 +35,12 @@ def check(files: tuple[str, ...], *, gpu: str | None, margin: str | None, model:
     m = parse_margin(margin) if margin is not None else None
     entries = [e for f in files for e in read_plan_file(f, gpu=gpu, margin=m, model=model)]
     results = check_plans(entries, setup_from_options)
+    from ..setup import ignored_options
+    from .render import warn
+
+    for r in results:
+        for w in ignored_options(r.entry.options, r.estimate.setup):
+            warn(f"{r.entry.where}: {w}")
     if as_json:
         echo_json([r.to_dict() for r in results])
     else:

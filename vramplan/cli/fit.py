@@ -34,7 +34,11 @@ def fit(model: str, *, as_json: bool, gpu: str | None, margin: str, trust_remote
 
     if gpu is None:
         raise SetupError("fit needs a card: pass --gpu (a name from `vramplan gpus` or a size such as 24GB)")
+    from .plan import ignored_warnings
+
     setup = setup_from_options(opts)
+    for w in ignored_warnings(opts, setup):
+        warn(w)
     g = resolve_gpu(gpu)
     m = parse_margin(margin)
     resolved = resolve_model(model, trust_remote_code=trust_remote_code)

@@ -54,9 +54,12 @@ def gpus(*, as_json: bool, fits_model: str | None, margin: str, prices_path: str
     from ..estimate import estimate
     from ..planner import card_verdicts, load_prices
     from ..profiles import resolve_model
-    from .plan import parse_margin
+    from .plan import ignored_warnings, parse_margin
+    from .render import warn
 
     setup = setup_from_options(opts)
+    for w in ignored_warnings(opts, setup):
+        warn(w)
     m = parse_margin(margin)
     prices = load_prices(prices_path) if prices_path else None
     resolved = resolve_model(fits_model, trust_remote_code=trust_remote_code)

@@ -34,12 +34,19 @@ def plan(model: str, *, as_json: bool, explain: bool, html_path: str | None, gpu
     folder. Exit code 0, or 1 when --gpu is given and the setup does not fit; 2 on bad input.
     """
     from ..estimate import estimate
+    from ..io import check_output_path, refuse_overwriting_input
     from ..profiles import resolve_gpu, resolve_model
 
+    if html_path:
+        check_output_path(html_path, "--html")
     setup = setup_from_options(opts)
     g = resolve_gpu(gpu) if gpu is not None else None
     m = parse_margin(margin)
     resolved = resolve_model(model, trust_remote_code=trust_remote_code)
+    refuse_overwriting_input(html_path, resolved.input_files, "--html")
+    ignored = ignored_warnings(opts, setup)
+    for w in ignored:
+        warn(w)
     if mode.lower() != "analytic":     # issue 4: simulated step (vramplan/cli/simulate_cmd.py)
         from ..extras import require
 
@@ -54,6 +61,8 @@ def plan(model: str, *, as_json: bool, explain: bool, html_path: str | None, gpu
     est = estimate(resolved.spec, setup, g, m)
     data = est.to_dict()
     data["model"] = resolved.name
+    if ignored:
+        data["warnings"] = [*ignored, *data.get("warnings", [])]
     for w in est.warnings:
         warn(w)
     if html_path:
@@ -82,3 +91,19 @@ def parse_margin(text: str) -> float:
         return read_margin(text)
     except ValueError as exc:
         raise SetupError(f"--margin {exc}") from None
+
+
+def given_options(opts: dict) -> dict:
+    """The options of the running command that the user wrote (command line or environment), by name."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return {k: v for k, v in opts.items()
+            if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+
+
+def ignored_warnings(opts: dict, setup) -> list[str]:
+    """Warnings for options given that ``setup`` does not use (:func:`vramplan.setup.ignored_options`)."""
+    from ..setup import ignored_options
+
+    return ignored_options(given_options(opts), setup)

@@ -8,10 +8,14 @@ from typing import Any
 import click
 
 from ..options import Option
-from ..setup import SETUP_OPTIONS, parse_layers
+from ..setup import SETUP_OPTIONS, option_named, parse_layers
 from .options import click_type, setup_from_options
 from .plan import parse_margin
 from .render import warn
+
+#: the most rows (models x combinations of the option lists, counted before anything is built) a sweep runs
+#: unless --max-rows allows more: about a minute of estimates on one core
+SWEEP_MAX_ROWS = 100_000
 
 #: show a progress bar on stderr from this many rows on even when stderr is not a terminal
 PROGRESS_MIN_ROWS = 2000
@@ -79,8 +83,11 @@ def _split(given: tuple[str, ...]) -> list[str]:
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
               help="Write to this file (atomically: complete or not at all) instead of stdout.")
 @click.option("--title", default="vramplan sweep", show_default=True, help="Page title for --format html.")
+@click.option("--max-rows", type=click.IntRange(min=1), default=SWEEP_MAX_ROWS, show_default=True,
+              help="Refuse a sweep whose product (models x combinations of the lists) exceeds this, before "
+                   "building anything.")
 def sweep(*, models: tuple[str, ...], gpus_: tuple[str, ...], margin: str, trust_remote_code: bool, fmt: str,
-          out: str | None, title: str, **given: tuple[str, ...]) -> None:
+          out: str | None, title: str, max_rows: int, **given: tuple[str, ...]) -> None:
     """Estimate every combination of the plan options given as comma lists, one row each.
 
     Every option of `vramplan plan` takes a comma-separated list (--rank 8,16,64 --batch 1,2,4
@@ -91,20 +98,36 @@ def sweep(*, models: tuple[str, ...], gpus_: tuple[str, ...], margin: str, trust
     warning; combinations that come out identical (LoRA options with --method full) are evaluated once.
     Rows go to stdout, or atomically to --out; progress and warnings go to stderr.
     """
+    import math
+
     from ..errors import VramplanError
-    from ..io import atomic_write_text
+    from ..io import atomic_write_text, check_output_path, refuse_overwriting_input
     from ..planner import sweep as run_sweep
     from ..profiles import resolve_gpu, resolve_model
 
     ctx = click.get_current_context()
+    names = _split(models)
+    if not names:
+        raise click.BadParameter("give at least one model name (a bundled name, Hub id or config path)",
+                                 param_hint="--model")
+    if out:
+        check_output_path(out, "--out")
     axes: dict[str, list[Any]] = {}
     for o in sweep_options():
         axes[o.name] = _values(o, given.get(o.name, ()), ctx) or [o.default]
+    rows = len(names) * math.prod(len(v) for v in axes.values())
+    if rows > max_rows:
+        longest = sorted(((len(v), k) for k, v in axes.items() if len(v) > 1), reverse=True)[:3]
+        sizes = " x ".join(f"{n:,} {option_named(k).flag}" for n, k in longest)
+        raise VramplanError(f"this sweep has {rows:,} rows ({len(names)} model{'s' if len(names) != 1 else ''}"
+                            f"{' x ' + sizes if sizes else ''}{' x ...' if len(longest) == 3 else ''}), more than "
+                            f"--max-rows {max_rows:,}: shorten the lists, or pass --max-rows {rows} to run it")
     m = parse_margin(margin)
     cards = [resolve_gpu(g) for g in _split(gpus_)]
     if len({c.name for c in cards}) != len(cards):
         cards = list({c.name: c for c in cards}.values())
-    resolved = [resolve_model(name, trust_remote_code=trust_remote_code) for name in _split(models)]
+    resolved = [resolve_model(name, trust_remote_code=trust_remote_code) for name in names]
+    refuse_overwriting_input(out, [f for r in resolved for f in r.input_files], "--out")
     model_list = list({r.name: (r.name, r.spec) for r in resolved}.values())
 
     setups, invalid = build_setups(axes)
