@@ -107,7 +107,7 @@ def cold() -> dict:
 def agreement() -> list[dict]:
     from vramplan.profiles import resolve_model
     from vramplan.simulate.compare import agreement as rows_of
-    from vramplan.simulate.compare import known_gaps, spec_with_layers
+    from vramplan.simulate.compare import spec_with_layers
     from vramplan.simulate.step import run
 
     out = []
@@ -119,13 +119,10 @@ def agreement() -> list[dict]:
             kw = dict(method=method, attn=attn, grad_ckpt=ckpt, batch=batch)
             setup = _setup(kw, seq)
             r = run(spec, setup)
-            gaps = known_gaps(spec, setup)
             for row in rows_of(spec, setup, r):
-                g = gaps.get(row.name)
                 out.append({"model": model, "method": method, "attn": attn, "grad_ckpt": ckpt, "batch": batch,
                             "seq": seq, "quantity": row.name, "analytic_bytes": row.analytic,
-                            "simulated_bytes": row.simulated, "exact": row.exact,
-                            "known_gap_bytes": g.bytes if g else 0, "known_gap": g.reason if g else ""})
+                            "simulated_bytes": row.simulated, "exact": row.exact})
         print(f"agreement: {model} done", flush=True)
     return out
 
@@ -144,15 +141,15 @@ def render(path: str) -> None:
     c = d.get("cold")
     if c:
         print(f"\ncold `{c['command']}`: {c['wall_s']} s (imports ≈ {c['imports_s']} s)\n")
-    print("| model | method | attn | ckpt | quantity | analytic B | simulated B | diff % | known gap |")
-    print("|---|---|---|---|---|---:|---:|---:|---|")
+    print("| model | method | attn | ckpt | quantity | analytic B | simulated B | diff % |")
+    print("|---|---|---|---|---|---:|---:|---:|")
     for r in d["agreement"]:
         a, s = r["analytic_bytes"], r["simulated_bytes"]
         pct = 100 * (s - a) / a if a else 0.0
         if r["exact"] and s == a:
             continue
         print(f"| {r['model']} | {r['method']} | {r['attn']} | {r['grad_ckpt']} | {r['quantity']} | {a:,} | {s:,} | "
-              f"{pct:+.2f} | {r['known_gap'][:60]} |")
+              f"{pct:+.2f} |")
 
 
 def main() -> None:

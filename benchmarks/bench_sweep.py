@@ -99,10 +99,10 @@ def profile_sweep(models, setups, cards, limit: int = 25) -> dict:
     import cProfile
     import pstats
 
-    from vramplan.estimate import model as est_model
+    from vramplan.estimate.states import clear_caches
     from vramplan.planner import sweep
 
-    est_model._STATIC_CACHE.clear()
+    clear_caches()
     pr = cProfile.Profile()
     pr.enable()
     result = sweep(models[:1], setups, cards)

@@ -204,16 +204,13 @@ def test_the_checker_reads_every_module_of_vramplan():
     assert "vramplan.cli.main" in modules and "vramplan" in modules
 
 
-@pytest.mark.xfail(strict=False, reason="issue 13 in progress")
 def test_vramplan_has_no_import_cycle():
     assert REAL.cycles == [], REAL.format()
 
 
-@pytest.mark.xfail(strict=False, reason="issue 13 in progress")
 def test_vramplan_takes_no_private_name_from_another_module():
     assert REAL.private == [], REAL.format()
 
 
-@pytest.mark.xfail(strict=False, reason="issue 13 in progress")
 def test_nothing_inside_vramplan_imports_the_api_facade():
     assert REAL.facade_imports == [], REAL.format()

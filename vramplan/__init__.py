@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from .hooks import set_layer_calibrator
 from .version import __version__
 
 __all__ = ["plan", "__version__"]
@@ -16,3 +17,13 @@ def __getattr__(name: str):
 
         return plan
     raise AttributeError(name)
+
+
+def _calibrate_layer(spec, setup):
+    """The simulator's calibration of a layer layout the analytic replay does not know (see vramplan.hooks)."""
+    from .simulate.calibrate import calibrate
+
+    return calibrate(spec, setup)
+
+
+set_layer_calibrator(_calibrate_layer)

@@ -7,8 +7,8 @@ import pytest
 from planner_helpers import vp, vp_json
 
 from vramplan.cli.options import setup_from_options
-from vramplan.estimate import estimate
-from vramplan.estimate.distributed import OFFLOADS_BY_STRATEGY, smallest_gpus
+from vramplan.estimate import estimate, smallest_gpus
+from vramplan.estimate.distributed import OFFLOADS_BY_STRATEGY
 from vramplan.planner import MIN_GPUS_LIMIT, fit_report
 from vramplan.profiles import resolve_gpu, resolve_model
 from vramplan.setup import STRATEGIES

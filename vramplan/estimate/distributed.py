@@ -640,13 +640,3 @@ def rank_states(spec: ModelSpec, setup: Setup, st: Structure) -> RankStates:
             + ("; only the offload saves memory" if setup.offload != "none" else
                "; use it with --offload, or more --gpus"))
     return r
-
-
-def __getattr__(name: str) -> Any:
-    # transitional: smallest_gpus moved to estimate/search.py (it calls the estimator, which imports this
-    # module). Remove once planner/fit.py and tests/planner/test_min_gpus.py import it from vramplan.estimate.
-    if name == "smallest_gpus":
-        from .search import smallest_gpus
-
-        return smallest_gpus
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 
 from ..dtypes import BYTES, alloc, alloc_sum
+from ..hooks import layer_calibrator
 from ..lora import LoraConfig, LoraPlan, plan_lora
 from ..memo import IdCache
 from ..setup import Setup
@@ -180,9 +181,10 @@ def _calibrated_trace(spec: ModelSpec, setup: Setup, resid: str, cause: BaseExce
     """A layer trace from the simulation's calibration: one storage of ``const + a·T + b·bss`` bytes."""
     from ..errors import SimulationError
 
+    calibrate = layer_calibrator()
     try:
-        from ..simulate.calibrate import calibrate
-
+        if calibrate is None:
+            raise SimulationError("no layer calibrator is registered (vramplan.hooks)")
         cal = calibrate(spec, setup.with_(batch=1, seq=max(1, setup.seq)))
     except (SimulationError, ImportError) as exc:
         raise SimulationError(

@@ -31,9 +31,7 @@ def device_used_on(est: Estimate, gpu: Any) -> int:
 
 def fit_on(est: Estimate, gpu: Any, margin: float = 0.0) -> Fit:
     """The verdict ``estimate(spec, setup, gpu, margin).fit`` would give, from an estimate made without a GPU."""
-    device = device_used_on(est, gpu)
-    cap = int(gpu.memory_bytes * (1 - margin))
-    return Fit(gpu.name, gpu.memory_bytes, cap - device, device <= cap, margin)
+    return overhead.fit_verdict(gpu, device_used_on(est, gpu), margin)
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import SetupError, VramplanError
-from ..estimate import Estimate, Fit, estimate
-from ..estimate.distributed import smallest_gpus
+from ..estimate import Estimate, Fit, estimate, smallest_gpus
 from ..lora import DEFAULT_TARGETS, LoraConfig
 from ..setup import Setup, setup_kwargs
 from ..shapes.spec import ModelSpec
@@ -42,7 +41,7 @@ class FitReport:
     suggestions: tuple[Suggestion, ...] = ()
     at_limit: tuple[str, ...] = ()  # searched values that reached their search limit ("at least")
     #: the fewest GPUs of this card on which the setup fits per rank, and the strategy
-    #: (:func:`vramplan.estimate.distributed.smallest_gpus`); ``None``: not even :data:`MIN_GPUS_LIMIT`
+    #: (:func:`vramplan.estimate.search.smallest_gpus`); ``None``: not even :data:`MIN_GPUS_LIMIT`
     min_gpus: tuple[int, str] | None = None
 
     @property

@@ -65,7 +65,7 @@ def sweep_row(model: str, spec: ModelSpec, setup: Setup, gpus: Sequence[Any] = (
     for g in gpus:
         # fit_on(est, g, margin) without an Estimate: the card's CUDA context instead of the unknown one's
         on_card = device - ctx0 + overhead.cuda_context_bytes(getattr(g, "architecture", "") or "", False)
-        cap = int(g.memory_bytes * (1 - margin))
+        cap = overhead.usable_bytes(g.memory_bytes, margin)
         fits_col, head_col, head_gib = _card_columns(g.name)
         row[fits_col] = on_card <= cap
         row[head_col] = cap - on_card

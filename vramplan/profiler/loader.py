@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import SetupError
+from ..estimate.overhead import uses_bitsandbytes
 
 ATTN_IMPLEMENTATION = {"sdpa": "sdpa", "flash": "flash_attention_2", "eager": "eager"}
 TORCH_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -204,7 +205,7 @@ def import_stack(setup: Any) -> None:
     import transformers  # noqa: F401
     from transformers import Trainer  # noqa: F401
 
-    if setup.quantized or setup.optim != "adamw":
+    if uses_bitsandbytes(setup):
         import bitsandbytes  # noqa: F401
     if setup.method in ("lora", "qlora") or setup.quantized:
         import peft  # noqa: F401
