@@ -29,11 +29,12 @@ from vramplan.lora import (
 )
 from vramplan.profiles import model_profiles, resolve_model
 from vramplan.shapes.from_config import spec_from_config
+from vramplan.shapes.remote import REMOTE_FAMILIES
 from vramplan.shapes.spec import ModelSpec
 
 peft = pytest.importorskip("peft")
 
-REMOTE_CODE = {"baichuan"}          # transformers cannot build it without the Hub's modeling code
+REMOTE_CODE = set(REMOTE_FAMILIES)  # transformers cannot build them without the Hub's modeling code
 SWEEP_LAYERS = 3                    # profiles deeper than this are compared on a 3-layer copy (_shrunk)
 Outcome = tuple[int, int] | str     # (trainable, all) or "raises: <first line>"
 

@@ -21,6 +21,7 @@ import pytest
 from vramplan.errors import ConfigError
 from vramplan.shapes.config import read_dims
 from vramplan.shapes.from_config import FAMILIES, spec_from_config
+from vramplan.shapes.remote import REMOTE_FAMILIES
 from vramplan.shapes.spec import ModelSpec
 
 Config = dict[str, Any]
@@ -206,7 +207,7 @@ GENERATORS: dict[str, Callable[[random.Random], Config]] = {
     "opt": _opt,
     "falcon": _falcon,
 }
-NO_TRANSFORMERS_CLASS = {"baichuan"}   # needs the checkpoint's remote code
+NO_TRANSFORMERS_CLASS = set(REMOTE_FAMILIES)   # need the checkpoint's remote code (vramplan/shapes/remote.py)
 
 
 def test_every_family_has_a_generator():

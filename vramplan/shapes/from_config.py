@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import ConfigError
-from .config import Dims, get, read_dims
+from ..io import brief
+from .config import MAX_DIM, Dims, get, read_dims
 from .roles import classify, layer_index
 from .spec import ModelSpec, Tensor
 
@@ -87,9 +88,9 @@ def _int(config: Mapping[str, Any], key: str, source: str, default: int | None =
         value = default
     if value is None:
         raise ConfigError(f"{source}: missing field '{key}'; pass the model's full config.json")
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or value > MAX_DIM:
         rule = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ConfigError(f"{source}: field '{key}' must be {rule}, got {value!r}")
+        raise ConfigError(f"{source}: field '{key}' must be {rule} up to {MAX_DIM:,}, got {brief(value)}")
     return value
 
 
@@ -569,3 +570,14 @@ def assemble(config: Mapping[str, Any], d: Dims, tensors: list[Tensor], *, name:
 
 
 __all__ = ["spec_from_config", "assemble", "supported_families", "FAMILIES", "get", "model_type_of"]
+
+
+# Families whose modeling code ships with the checkpoint (auto_map), built from their published modeling files
+# without running them: vramplan/shapes/remote.py. Registered here so every caller of FAMILIES sees them;
+# remote.py's "baichuan" builder replaces the llama-like one above (same tensors for Baichuan 1, NormHead for
+# Baichuan 2).
+from .remote import REMOTE_DEFAULT_ACT, REMOTE_FAMILIES  # noqa: E402
+
+FAMILIES.update(REMOTE_FAMILIES)
+for _mt, _act in REMOTE_DEFAULT_ACT.items():
+    _DEFAULT_ACT.setdefault(_mt, _act)
