@@ -151,3 +151,39 @@ def test_smallest_setup_picks_the_least_memory():
     assert "small" not in by_card                                  # 8 × 24 GiB cannot hold 70B + 32 × 8k
     with pytest.raises(SetupError):
         smallest_setup(s, 0, plan, cards)
+
+
+def test_vllm_serve_defaults_by_card():
+    """vllm/engine/arg_utils.py, usage context OPENAI_API_SERVER."""
+    from vramplan.profiles import resolve_gpu
+    from vramplan.serve.vllm import serve_defaults
+
+    assert serve_defaults(resolve_gpu("b200")) == (1024, 16384)
+    assert serve_defaults(resolve_gpu("h100-80gb")) == (1024, 8192)
+    assert serve_defaults(resolve_gpu("a100-80gb")) == (256, 2048)      # A100s are kept on the small tier
+    assert serve_defaults(resolve_gpu("rtx-4090")) == (256, 2048)
+    p = plan_vllm(spec("qwen3-8b"), resolve_gpu("h100-80gb"), max_model_len=8192)
+    assert (p.max_num_seqs, p.max_num_batched_tokens) == (1024, 8192)
+
+
+def test_cudagraph_capture_sizes():
+    """[1, 2, 4] + range(8, 256, 8) + range(256, top + 1, 16), top = min(2 × max_num_seqs, 512 | 1024)."""
+    from vramplan.profiles import resolve_gpu
+    from vramplan.serve.vllm import cudagraph_capture_sizes, cudagraph_estimate
+
+    h100, b200 = resolve_gpu("h100-80gb"), resolve_gpu("b200")
+    assert len(cudagraph_capture_sizes(256, h100)) == 3 + 31 + 17 and cudagraph_capture_sizes(256, h100)[-1] == 512
+    assert cudagraph_capture_sizes(1024, b200)[-1] == 1024 and len(cudagraph_capture_sizes(1024, b200)) == 83
+    assert cudagraph_capture_sizes(4, h100) == [1, 2, 4, 8]
+    s = spec("llama-3.1-8b")
+    assert cudagraph_estimate(s, 1, 256, "bf16", h100) == (512 * 2 * (3 * 4096 + 3 * 14336)
+                                                            + 2 * 50 * MiB)
+
+
+def test_async_scheduling_doubles_the_in_flight_window():
+    """Gemma-3-12B at 32,768 tokens, 8,192 batched: a sliding group holds cdiv(min(1023 + 2 × 8192, 32768),
+    16) + 1 = 1089 blocks with async scheduling (two batches in flight), 577 without."""
+    s = spec("gemma-3-12b")
+    kw = dict(max_model_len=32768, max_num_batched_tokens=8192, activation_bytes=0, cudagraph_bytes=0)
+    assert plan_vllm(s, Gpu("x", 80 * GiB), **kw).blocks_per_request == 2048 + 5 * 1089
+    assert plan_vllm(s, Gpu("x", 80 * GiB), async_scheduling=False, **kw).blocks_per_request == 2048 + 5 * 577

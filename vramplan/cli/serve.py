@@ -139,10 +139,12 @@ def plan_text(d: dict[str, Any], explain: bool) -> str:
               help="vLLM: fraction of the card the engine may use [default: 0.92, vLLM 0.33].")
 @click.option("--mem-fraction-static", type=float, default=None,
               help="SGLang: fraction for weights + KV pool (required with --engine sglang).")
-@click.option("--max-num-seqs", type=int, default=256, show_default=True,
-              help="vLLM: sequences per step; the profile run samples min(this, batched tokens) rows.")
+@click.option("--max-num-seqs", type=int, default=None,
+              help="vLLM: sequences per step; the profile run samples min(this, batched tokens) rows "
+                   "[default: vllm serve's for the card: 1024 on >= 70 GiB cards but A100, else 256].")
 @click.option("--max-num-batched-tokens", type=int, default=None,
-              help="vLLM: tokens per step, the size of the profiling forward pass [default: 8192].")
+              help="vLLM: tokens per step, the size of the profiling forward pass [default: vllm serve's for "
+                   "the card: 16384 on >= 160 GiB, 8192 on >= 70 GiB but A100, else 2048].")
 @click.option("--kv-cache-dtype", type=click.Choice(["auto", "fp8", "fp8_e4m3", "fp8_e5m2", "bf16", "fp16"]),
               default="auto", show_default=True, help="KV-cache element type; auto = the model dtype.")
 @click.option("--quant", type=click.Choice(["none", "fp8"]), default="none", show_default=True,

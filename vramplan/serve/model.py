@@ -213,13 +213,14 @@ def mla_dims(config: Mapping[str, Any]) -> tuple[int, int] | None:
 
 
 def layer_types(spec: ModelSpec) -> list[str]:
-    """``full_attention`` / ``sliding_attention`` per layer, as the engines' model files assign them.
+    """``full_attention`` / ``sliding_attention`` per layer, as the engines assign them.
 
-    * ``layer_types`` in the config when present (transformers >= 4.53 writes it);
-    * Gemma 2 (``vllm/model_executor/models/gemma2.py``): even layers slide (``not layer_idx % 2``);
-    * Gemma 3 (``gemma3.py``): layer ``i`` slides unless ``(i + 1) % sliding_window_pattern == 0``;
-    * any other model with a ``sliding_window`` (Mistral-7B-v0.1): every layer slides
-      (``llama.py`` passes ``config.sliding_window`` to every ``Attention``).
+    vLLM 0.33's ``gemma2.py``, ``gemma3.py`` and ``llama.py`` read ``config.layer_types``; where the config
+    file has none, transformers fills it (``Gemma2Config``: layer ``i`` slides when ``(i + 1) % 2``;
+    ``Gemma3TextConfig``: unless ``(i + 1) % sliding_window_pattern == 0``). Any other model with a
+    ``sliding_window`` and no ``layer_types`` (Mistral-7B-v0.1, Phi-3-mini-4k) slides on every layer:
+    ``Attention`` takes the model-level window (``cache_config.sliding_window``,
+    ``ModelConfig.get_sliding_window``; ``vllm/model_executor/layers/attention/attention.py``).
     """
     cfg, n = spec.config, spec.num_layers
     lt = cfg.get("layer_types")

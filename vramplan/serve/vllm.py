@@ -25,8 +25,9 @@ The KV cache (``vllm/v1/kv_cache_interface.py``, ``vllm/v1/core/kv_cache_plannin
 * ``num_blocks = available // bytes_per_block`` with ``bytes_per_block`` the largest group's sum of pages
   (``_get_kv_cache_bytes_per_block``; ``get_kv_cache_config_from_groups``);
 * a request at ``max_model_len`` needs, per group, ``cdiv(max_memory_usage_bytes, page_size)`` blocks:
-  ``cdiv(L, block_size)`` for full attention, ``cdiv(min(window − 1 + max_num_batched_tokens, L),
-  block_size) + 1`` for a sliding window (``SlidingWindowSpec.max_admission_blocks_per_request``);
+  ``cdiv(L, block_size)`` for full attention, ``cdiv(min(window − 1 + max_in_flight_tokens, L),
+  block_size) + 1`` for a sliding window (``max_in_flight_tokens = 2 × max_num_batched_tokens`` with
+  async scheduling, the default) (``SlidingWindowSpec.max_admission_blocks_per_request``);
   ``max_concurrency = num_blocks / Σ_groups blocks`` (``get_max_concurrency_for_kv_cache_config``), logged as
   ``GPU KV cache size: int(max_concurrency × L) tokens`` and ``Maximum concurrency for L tokens per
   request: X.XXx`` (``update_kv_cache_capacity``).
@@ -43,7 +44,7 @@ from dataclasses import dataclass, field
 from ..errors import SetupError
 from ..profiles import Gpu
 from ..shapes.spec import ModelSpec
-from ..units import MiB, ceil_div
+from ..units import GiB, MiB, ceil_div
 from .model import (
     Component,
     LayerKV,
@@ -61,12 +62,31 @@ RELEASE = "vllm 0.33.0"
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.92
 #: CacheConfig.DEFAULT_BLOCK_SIZE (FlashAttention / FlashInfer backends; FlashMLA uses 64).
 DEFAULT_BLOCK_SIZE = 16
-#: The ``vllm serve`` defaults on a data-centre GPU are larger (vllm/engine/arg_utils.py
-#: ``_set_default_args`` picks them per usage context and card); these are the offline ``LLM`` ones.
-DEFAULT_MAX_NUM_SEQS = 256
-DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
-#: vllm/config/compilation.py: graphs are captured up to ``max_cudagraph_capture_size`` (min(2·S, 512)).
-MAX_CUDAGRAPH_CAPTURE = 512
+#: ``vllm serve`` (usage context OPENAI_API_SERVER) defaults by card
+#: (vllm/engine/arg_utils.py ``_get_default_max_num_seqs_and_batched_tokens``): >= 160 GiB (B200):
+#: 16384 tokens / 1024 sequences; >= 70 GiB and not an A100 (H100, H200): 8192 / 1024; others: 2048 / 256.
+def serve_defaults(gpu: Gpu) -> tuple[int, int]:
+    """``(max_num_seqs, max_num_batched_tokens)`` that ``vllm serve`` picks on ``gpu``."""
+    mem = gpu.memory_bytes
+    if mem >= 160 * GiB:
+        return 1024, 16384
+    if mem >= 70 * GiB and "a100" not in gpu.name.lower():
+        return 1024, 8192
+    return 256, 2048
+
+
+#: vllm/config/vllm.py: graphs are captured up to ``min(2 × max_num_seqs, 512)`` tokens (1024 on
+#: Blackwell data-centre parts, compute capability 10.x), at the sizes
+#: ``[1, 2, 4] + range(8, 256, 8) + range(256, max + 1, 16)`` (vllm/config/compilation.py).
+def cudagraph_capture_sizes(max_num_seqs: int, gpu: Gpu) -> list[int]:
+    ceiling = 1024 if gpu.compute_capability.startswith("10") else 512
+    top = min(2 * max_num_seqs, ceiling)
+    sizes = [1, 2, 4] + list(range(8, 256, 8)) + list(range(256, top + 1, 16))
+    return [n for n in sizes if n <= top]
+
+
+#: GPUModelRunner.profile_cudagraph_memory counts at least 1 MiB per graph beyond the first of each mode.
+PER_GRAPH_BYTES = MiB
 
 #: Non-torch memory after profiling, measured by vLLM and printed as ``non_torch_memory takes X GiB``:
 #: 0.35 GiB (RTX 3090, TP 1, vllm-project/vllm#10517), 0.25 GiB (2 × RTX 4090, TP 2, #13061), 0.20 GiB
@@ -183,14 +203,15 @@ def bytes_per_block(groups: tuple[KVGroup, ...]) -> int:
 
 
 def blocks_per_request(groups: tuple[KVGroup, ...], max_model_len: int, block_size: int,
-                       max_num_batched_tokens: int) -> int:
+                       max_in_flight_tokens: int) -> int:
     """Blocks one request of ``max_model_len`` tokens takes, summed over groups
     (``get_max_concurrency_for_kv_cache_config``; ``FullAttentionSpec`` / ``SlidingWindowSpec``
-    ``max_memory_usage_bytes``; ``max_in_flight_tokens = max_num_batched_tokens`` with one batch in flight)."""
+    ``max_memory_usage_bytes``; ``VllmConfig.max_in_flight_tokens = max_concurrent_batches ×
+    max_num_batched_tokens``)."""
     total = 0
     for g in groups:
         if g.kind == "sliding" and g.sliding_window is not None:
-            n = min(g.sliding_window - 1 + max_num_batched_tokens, max_model_len)
+            n = min(g.sliding_window - 1 + max_in_flight_tokens, max_model_len)
             total += ceil_div(n, block_size) + 1
         else:
             total += ceil_div(max_model_len, block_size)
@@ -204,34 +225,41 @@ def num_blocks(available_bytes: int, groups: tuple[KVGroup, ...]) -> int:
 
 
 # ---------------------------------------------------------------------------------------- CUDA graphs
-def cudagraph_estimate(spec: ModelSpec, tp: int, max_num_seqs: int, dtype: str) -> int:
-    """CUDA-graph pool, estimated: the graphs share one memory pool, which holds the largest captured
-    batch's intermediates — the forward live set at ``min(2·max_num_seqs, 512)`` tokens.
-
-    vLLM 0.33 measures it (``GPUModelRunner.profile_cudagraph_memory``) and subtracts it from the KV
-    budget; the per-graph bookkeeping (a few MiB per captured size) is not counted here.
+def cudagraph_estimate(spec: ModelSpec, tp: int, max_num_seqs: int, dtype: str, gpu: Gpu) -> int:
+    """CUDA-graph memory as vLLM 0.33 estimates it (``GPUModelRunner.profile_cudagraph_memory``, subtracted
+    from the KV budget since v0.21 with ``VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1``): the first capture
+    of each mode (the shared graph pool, sized by the largest capture size) plus the second capture's
+    increment for each further graph, at least 1 MiB each, over the two default modes (FULL decode and
+    PIECEWISE). Estimated here: the pool as the forward live set at the largest size, 1 MiB per further
+    graph. vLLM's own figure is measured and varies (vllm-project/vllm#45178, #50780): pass it with
+    ``cudagraph_bytes`` (its log's ``Estimated CUDA graph memory: X GiB total``).
     """
-    capture = min(2 * max_num_seqs, MAX_CUDAGRAPH_CAPTURE)
-    return activation_peak(spec, tp, capture, 0, dtype).forward_bytes
+    sizes = cudagraph_capture_sizes(max_num_seqs, gpu)
+    pool = activation_peak(spec, tp, sizes[-1], 0, dtype).forward_bytes
+    return pool + 2 * (len(sizes) - 1) * PER_GRAPH_BYTES
 
 
 # ------------------------------------------------------------------------------------------------- plan
 def plan_vllm(spec: ModelSpec, gpu: Gpu, *, tp: int = 1, max_model_len: int | None = None,
               gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION,
-              max_num_seqs: int = DEFAULT_MAX_NUM_SEQS, max_num_batched_tokens: int | None = None,
+              max_num_seqs: int | None = None, max_num_batched_tokens: int | None = None,
               kv_cache_dtype: str = "auto", quant: str = "none", dtype: str = "auto",
               block_size: int = DEFAULT_BLOCK_SIZE, non_torch_bytes: int = NON_TORCH_BYTES,
               cudagraph_bytes: int | None = None, enforce_eager: bool = False,
-              activation_bytes: int | None = None) -> VllmPlan:
+              activation_bytes: int | None = None, async_scheduling: bool = True) -> VllmPlan:
     """vLLM's KV-cache budget, blocks and concurrency for ``spec`` on ``tp`` ranks of ``gpu``.
 
     Args:
         max_model_len: defaults to the model's ``max_position_embeddings`` (vllm ``ModelConfig``).
-        max_num_batched_tokens: tokens of the profiling forward pass (chunked prefill's per-step budget);
-            defaults to 8192.
+        max_num_seqs, max_num_batched_tokens: sequences and tokens per step; the profiling forward pass runs
+            ``max_num_batched_tokens`` tokens. ``None``: what ``vllm serve`` picks on ``gpu``
+            (:func:`serve_defaults`).
         cudagraph_bytes: the measured CUDA-graph memory; ``None`` estimates it
             (:func:`cudagraph_estimate`), ``enforce_eager`` makes it 0.
         activation_bytes: the measured ``PyTorch activation peak``; ``None`` estimates it.
+        async_scheduling: vLLM 0.33 turns it on unless an option rules it out (``VllmConfig``); two batches
+            are then in flight (``max_concurrent_batches``), so a sliding-window request holds
+            ``window − 1 + 2 × max_num_batched_tokens`` tokens at most.
 
     Raises:
         SetupError: a value out of range (quoted, with the rule).
@@ -242,11 +270,13 @@ def plan_vllm(spec: ModelSpec, gpu: Gpu, *, tp: int = 1, max_model_len: int | No
     L = int(spec.max_position_embeddings or 0) if max_model_len is None else int(max_model_len)
     if L < 1:
         raise SetupError(f"--max-model-len must be >= 1, got {max_model_len}")
+    default_seqs, default_tokens = serve_defaults(gpu)
+    max_num_seqs = default_seqs if max_num_seqs is None else int(max_num_seqs)
     if max_num_seqs < 1:
         raise SetupError(f"--max-num-seqs must be >= 1, got {max_num_seqs}")
     if block_size < 1:
         raise SetupError(f"--block-size must be >= 1, got {block_size}")
-    B = DEFAULT_MAX_NUM_BATCHED_TOKENS if max_num_batched_tokens is None else int(max_num_batched_tokens)
+    B = default_tokens if max_num_batched_tokens is None else int(max_num_batched_tokens)
     if B < 1:
         raise SetupError(f"--max-num-batched-tokens must be >= 1, got {max_num_batched_tokens}")
     model_dtype = parse_dtype(dtype, spec)
@@ -270,10 +300,12 @@ def plan_vllm(spec: ModelSpec, gpu: Gpu, *, tp: int = 1, max_model_len: int | No
     elif cudagraph_bytes is not None:
         cg = cudagraph_bytes
     else:
-        cg = cudagraph_estimate(spec, tp, max_num_seqs, model_dtype)
+        cg = cudagraph_estimate(spec, tp, max_num_seqs, model_dtype, gpu)
     if cg:
+        n = len(cudagraph_capture_sizes(max_num_seqs, gpu))
         how = "as measured (given)" if cudagraph_bytes is not None else (
-            f"estimated: forward live set at the largest captured size min(2·{max_num_seqs}, 512) tokens")
+            f"estimated: the pool as the forward live set at the largest of {n} capture sizes "
+            f"({cudagraph_capture_sizes(max_num_seqs, gpu)[-1]} tokens) + 1 MiB per further graph of 2 modes")
         comps.append(Component("overhead/cuda_graphs", cg,
                                f"CUDA-graph pool subtracted by vLLM 0.33 (profile_cudagraph_memory); {how}"))
 
@@ -285,4 +317,4 @@ def plan_vllm(spec: ModelSpec, gpu: Gpu, *, tp: int = 1, max_model_len: int | No
         max_num_seqs=max_num_seqs, max_num_batched_tokens=B, block_size=block_size, dtype=model_dtype,
         kv_cache_dtype=kv_cache_dtype, quant=quant, total_bytes=total, requested_bytes=requested,
         components=tuple(comps), groups=groups, bytes_per_block=bytes_per_block(groups), num_blocks=n,
-        blocks_per_request=blocks_per_request(groups, L, block_size, B))
+        blocks_per_request=blocks_per_request(groups, L, block_size, (2 if async_scheduling else 1) * B))
