@@ -233,8 +233,8 @@ class StepModel:
     layer's gradient; its saves freed); ``optimizer.step()`` temporaries; gradients freed
     (``zero_grad(set_to_none=True)``). Sizes are the estimator's, one block per saved storage.
 
-    Simplified: the model states (weights, optimizer states) are ``num_layers + 1`` blocks allocated once;
-    a layer's gradients are one block; the loss's saved tensors are one block; multi-GPU buffers are left
+    Simplified: the optimizer states are shared evenly over two blocks per trainable tensor; a layer's
+    gradients are one block; the loss's saved tensors are one block; multi-GPU buffers are left
     out (single-GPU runs).
     """
 
@@ -242,6 +242,7 @@ class StepModel:
         if not setup.training:
             raise LengthsError("--lengths models training steps; inference runs are not replayed")
         d = _model_states(spec, setup)
+        self.d = d
         self.s = d.timeline
         self.a = d.activations
         self.L = max(self.s.num_layers, 1)
@@ -258,10 +259,30 @@ class StepModel:
         return self._next
 
     def persistent(self) -> list[Event]:
-        """The model states, allocated once before the first step."""
-        n = self.L + 1
-        part = self.s.base // n
-        return [Alloc(self._id(), max(part + (self.s.base - part * n if i == 0 else 0), 1)) for i in range(n)]
+        """The model states, allocated once before the first step: each weight tensor's allocations (the
+        estimator's placements: data, quantization state), each adapter, two optimizer states per trainable
+        tensor (the estimator's optimizer total, shared evenly), and the rest of the estimator's fixed base
+        (the cuBLAS workspace) as one block."""
+        sizes: list[int] = []
+        st = getattr(self.d, "structure", None)
+        if st is not None and hasattr(st, "placements"):
+            from ..dtypes import BYTES
+
+            sizes = [b for p in st.placements for _, b in p.parts if b > 0]
+            sizes += [t.numel * BYTES.get(t.dtype, 4) for t in getattr(st, "adapters", ())]
+            trainables = getattr(st, "trainables", ())
+            opt = getattr(self.d, "opt_gpu", 0)
+            if trainables and opt > 0:
+                per = opt // (2 * len(trainables))
+                sizes += [per] * (2 * len(trainables)) if per > 0 else [opt]
+        rest = self.s.base - sum(alloc(x) for x in sizes)
+        if not sizes or rest < 0:                       # the states as num_layers + 1 equal blocks
+            n = self.L + 1
+            part = self.s.base // n
+            sizes = [part + (self.s.base - part * n if i == 0 else 0) for i in range(n)]
+        elif rest > 0:
+            sizes.append(rest)
+        return [Alloc(self._id(), max(x, 1)) for x in sizes]
 
     def step(self, batch: int, seq: int, label: str = "") -> list[Event]:
         """The events of one step at ``batch`` sequences of ``seq`` tokens."""
