@@ -69,3 +69,30 @@ def test_invariants(ops, conf, capacity):
     assert a.allocated == 0
     a.empty_cache()
     assert a.reserved == 0 and a.segments == 0
+
+
+divs = st.sampled_from((0, 1, 2, 4, 8, 16))
+
+
+@settings(max_examples=200, deadline=None)
+@given(es=st.booleans(), split=st.one_of(st.none(), st.integers(20, 1 << 16)), rounding=st.integers(20, 4096),
+       div=st.one_of(st.tuples(divs).map(lambda t: t * 16), st.lists(divs, min_size=16, max_size=16).map(tuple)),
+       gc=st.one_of(st.just(0.0), st.floats(0.01, 0.99)), frac=st.one_of(st.none(), st.floats(0.0, 1.0)))
+def test_conf_strings_read_back(es, split, rounding, div, gc, frac):
+    from vramplan.allocator.conf import AllocConf
+
+    c = AllocConf(expandable_segments=es, max_split_size=None if split is None else split * MiB,
+                  max_non_split_rounding=rounding * MiB, roundup_power2_divisions=div,
+                  garbage_collection_threshold=gc, memory_fraction=frac)
+    assert parse_alloc_conf(c.describe()) == c
+
+
+@given(text=st.text(max_size=40))
+@settings(max_examples=300, deadline=None)
+def test_conf_parser_accepts_or_raises_one_line(text):
+    from vramplan.allocator.conf import AllocConfError
+
+    try:
+        parse_alloc_conf(text)
+    except AllocConfError as exc:
+        assert "\n" not in str(exc)
