@@ -45,7 +45,7 @@ KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2", "bf16", "fp16")
 #: and norms stay in the model dtype).
 QUANTS = ("none", "fp8")
 
-#: Model dtypes the engines load (vllm/config/model.py ``_get_and_verify_dtype``: ``auto`` takes the
+#: Model dtypes the engines load (vllm/config/model.py ``_resolve_auto_dtype``: ``auto`` takes the
 #: config's ``torch_dtype``, except float32 checkpoints, served in bfloat16 (Gemma 2/3) or float16).
 DTYPES = ("auto", "bf16", "fp16")
 
@@ -187,8 +187,14 @@ def weights_per_rank(spec: ModelSpec, tp: int, dtype: str, quant: str = "none") 
             f = "one fp32 weight_scale per fp8 weight (vllm quantization/fp8.py Fp8LinearMethod)"
         elif name == "weights/quantized":
             f = f"{counts[name]:,} float8_e4m3fn elements {where} (vllm quantization/fp8.py)"
+        elif name in ("weights/embeddings", "weights/lm_head"):
+            f = (f"{counts[name]:,} elements in {dtype} {where}: the vocabulary padded to a multiple of 64 and "
+                 "split across ranks (VocabParallelEmbedding / ParallelLMHead)")
+        elif name == "weights/norms":
+            f = f"{counts[name]:,} elements in {dtype}, whole on every rank"
         else:
-            f = f"{counts[name]:,} elements in {dtype} {where} (vocab padded to a multiple of 64, TP-split)"
+            f = (f"{counts[name]:,} elements in {dtype} {where} (column-parallel outputs and row-parallel "
+                 "inputs split by TP, KV heads replicated below one per rank; linear.py)")
         comps.append(Component(name, b, f))
     return tuple(comps)
 
