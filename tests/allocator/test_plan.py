@@ -6,7 +6,13 @@ import pytest
 
 from vramplan.allocator.conf import AllocConfError
 from vramplan.allocator.lengths import LengthsError
-from vramplan.allocator.plan import allocator_plan, capacity_from, parse_lengths_option
+from vramplan.allocator.plan import (
+    PLAN_STEPS,
+    allocator_plan,
+    capacity_from,
+    parse_lengths_option,
+    run_options,
+)
 from vramplan.profiles import resolve_model
 from vramplan.setup import Setup
 
@@ -18,6 +24,10 @@ def test_lengths_option_rules():
     assert parse_lengths_option(None) == (None, "longest", "truncate")
     with pytest.raises(LengthsError, match="rule 'packed'"):
         parse_lengths_option("alpaca@packed")
+    assert run_options("alpaca@pack,steps=500,seed=3") == (500, 3)
+    assert run_options("alpaca") == (PLAN_STEPS, 0)
+    with pytest.raises(LengthsError, match="steps must be an integer from 1"):
+        run_options("alpaca@steps=0")
 
 
 def test_capacity_is_the_card_less_what_lies_outside_the_allocator():

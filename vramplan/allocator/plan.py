@@ -21,16 +21,19 @@ from .lengths import (
     reserved_fixes,
 )
 
-#: steps replayed for a plan (the reserved peak settles once the run's longest batches have come: with the
-#: alpaca profile at batch 4, by step 55 of 100 at seed 0)
-PLAN_STEPS = 100
+#: steps replayed for a plan unless ``--lengths ...@steps=N`` says otherwise. Without a card the reserved peak
+#: keeps rising while ever longer batches arrive (qwen3-0.6b, alpaca, batch 4, seed 0: 1.53x allocated at 25
+#: steps, 1.62x at 100, 2.00x at 200, 2.27x at 400); on a card it is bounded by the card and the question is
+#: whether the run OOMs first.
+PLAN_STEPS = 200
 GiB = 1 << 30
 
 
 def parse_lengths_option(text: str | None) -> tuple[LengthDist | None, str, str]:
     """``--lengths SOURCE[@RULE,...]``: the distribution and the batching rules. RULEs: one of
     :data:`~.lengths.BATCHINGS` (default ``longest``) and one of :data:`~.lengths.LONG_SAMPLES` (default
-    ``truncate``), e.g. ``alpaca@pack`` or ``lengths.csv@longest,drop``."""
+    ``truncate``), e.g. ``alpaca@pack`` or ``lengths.csv@longest,drop``; ``steps=N`` and ``seed=N`` are read
+    by :func:`run_options`."""
     if text is None:
         return None, "longest", "truncate"
     source, _, rules = text.partition("@")
@@ -40,10 +43,28 @@ def parse_lengths_option(text: str | None) -> tuple[LengthDist | None, str, str]
             batching = r
         elif r in LONG_SAMPLES:
             long_samples = r
-        else:
-            raise LengthsError(f"--lengths {text!r}: rule {r!r} is not one of {', '.join(BATCHINGS + LONG_SAMPLES)} "
-                               f"(write SOURCE@RULE,RULE, e.g. alpaca@pack)")
+        elif r.partition("=")[0] not in ("steps", "seed"):
+            raise LengthsError(f"--lengths {text!r}: rule {r!r} is not one of "
+                               f"{', '.join(BATCHINGS + LONG_SAMPLES)}, steps=N or seed=N "
+                               f"(write SOURCE@RULE,RULE, e.g. alpaca@pack,steps=500)")
     return parse_lengths(source), batching, long_samples
+
+
+def run_options(text: str | None) -> tuple[int, int]:
+    """``steps=N`` (default :data:`PLAN_STEPS`, at most 100,000) and ``seed=N`` (default 0) of ``--lengths``."""
+    steps, seed = PLAN_STEPS, 0
+    rules = (text or "").partition("@")[2]
+    for r in filter(None, (x.strip() for x in rules.split(","))):
+        key, eq, val = r.partition("=")
+        if key in ("steps", "seed") and eq:
+            if not val.isdigit() or (key == "steps" and not 1 <= int(val) <= 100_000):
+                raise LengthsError(f"--lengths {text!r}: {key} must be an integer"
+                                   + (" from 1 to 100,000" if key == "steps" else " >= 0") + f", got {val!r}")
+            if key == "steps":
+                steps = int(val)
+            else:
+                seed = int(val)
+    return steps, seed
 
 
 def capacity_from(gpu_memory_bytes: int, device_used_bytes: int, reserved_bytes: int) -> int:
@@ -83,13 +104,18 @@ def _reason(run: RunReserved, dist: LengthDist | None) -> str:
 
 
 def allocator_plan(spec: Any, setup: Any, lengths: str | None, alloc_conf: str | None,
-                   capacity_bytes: int | None = None, *, steps: int = PLAN_STEPS, seed: int = 0) -> AllocatorPlan:
-    """Replay ``steps`` steps of ``setup`` with ``--lengths`` and ``--alloc-conf`` and rank the fixes.
+                   capacity_bytes: int | None = None, *, steps: int | None = None,
+                   seed: int | None = None) -> AllocatorPlan:
+    """Replay the run of ``setup`` with ``--lengths`` and ``--alloc-conf`` and rank the fixes (``steps`` and
+    ``seed``: those of ``--lengths`` when ``None``, see :func:`run_options`).
 
     Raises:
         LengthsError, AllocConfError: a bad ``--lengths`` or ``--alloc-conf`` (one line each).
     """
     dist, batching, long_samples = parse_lengths_option(lengths)
+    opt_steps, opt_seed = run_options(lengths)
+    steps = opt_steps if steps is None else steps
+    seed = opt_seed if seed is None else seed
     conf = parse_alloc_conf(alloc_conf)
     run, fixes = reserved_fixes(spec, setup, dist, steps, conf, capacity_bytes, batching=batching,
                                 long_samples=long_samples, seed=seed)
