@@ -44,7 +44,7 @@ AGREEMENT_CASES = [("lora", "sdpa", False, 1, 128), ("lora", "eager", True, 2, 6
 def machine_info() -> dict:
     import torch
 
-    from vramplan.simulate.estimate import versions
+    from vramplan.simulate.components import versions
 
     return {**_machine("vramplan/simulate"), "torch_threads": torch.get_num_threads(), **versions()}
 

@@ -87,7 +87,7 @@ def _simulated(mode: str, spec: Any, setup: Any, gpu: Any, margin: float, sim_la
         sim = simulate(spec, setup, gpu, margin, sim_layers=sim_layers)
     except SimulationError as exc:
         return replace(analytic, warnings=(*analytic.warnings, f"{exc} — analytic estimate only"))
-    from .simulate.side_by_side import compare_components
+    from .simulate.compare import compare_components
 
     return replace(sim, extra={**sim.extra, "analytic": analytic.to_dict(),
                                "comparison": compare_components(analytic, sim)})

@@ -41,7 +41,7 @@ transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
 from vramplan.dtypes import BYTES, alloc  # noqa: E402
-from vramplan.estimate.model import estimate  # noqa: E402
+from vramplan.estimate.estimator import estimate  # noqa: E402
 from vramplan.estimate.structure import static_structure, structural_setup  # noqa: E402
 from vramplan.lora import LoraConfig  # noqa: E402
 from vramplan.profiles import resolve_model  # noqa: E402

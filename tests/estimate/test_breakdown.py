@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from vramplan.estimate import estimate
-from vramplan.estimate import model as M
+from vramplan.estimate import estimator as M
 from vramplan.estimate.result import BreakdownError
 from vramplan.estimate.structure import LayerTrace
 from vramplan.lora import LoraConfig

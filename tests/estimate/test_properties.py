@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vramplan.dtypes import alloc
-from vramplan.estimate.model import estimate
+from vramplan.estimate.estimator import estimate
 from vramplan.lora import LoraConfig
 from vramplan.profiles import resolve_model
 from vramplan.setup import Setup

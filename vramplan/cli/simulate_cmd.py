@@ -1,7 +1,7 @@
 """``vramplan plan --mode simulate|both``: the simulated estimate, or both side by side.
 
 Numbers come from :func:`vramplan.simulate.simulate` and
-:func:`vramplan.simulate.side_by_side.compare_components`; the functions here only shape them for printing
+:func:`vramplan.simulate.compare.compare_components`; the functions here only shape them for printing
 (:mod:`vramplan.cli.render` does the output).
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import SimulationError
 from ..setup import Setup
-from ..simulate.side_by_side import compare_components
+from ..simulate.compare import compare_components
 from ..units import GiB
 from .render import echo_json, plan_text, setup_line, table, warn
 

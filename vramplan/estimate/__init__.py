@@ -1,8 +1,8 @@
 """The analytic estimator (no torch import): :func:`estimate` returns an :class:`Estimate`."""
 
 from . import overhead
+from .estimator import estimate
 from .grid import Counters, estimate_counters
-from .model import estimate
 from .result import Component, Estimate, Fit
 from .search import smallest_gpus
 

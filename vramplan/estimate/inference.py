@@ -1,6 +1,6 @@
 """Inference (``--method inference``): the prefill of ``seq - new_tokens`` prompt tokens and decoding to
 ``seq``, under ``torch.no_grad`` (nothing saved). One home for the KV cache and the prefill's working set,
-used by the estimator (``model.py``) and the sweep's evaluator (``grid.py``).
+used by the estimator (``estimator.py``) and the sweep's evaluator (``grid.py``).
 """
 
 from __future__ import annotations

@@ -273,7 +273,7 @@ class Program:
             if lin.trainable:
                 tr.save("linear", xi)
                 # a trainable fp32 weight under autocast: its cached copy is counted once per weight in
-                # buffers/autocast_weight_casts (model.py)
+                # buffers/autocast_weight_casts (estimator.py)
             elif tr.autocast and lin.wdtype != tr.autocast and xi.rg:
                 # a frozen weight is not in autocast's cache: its cast copy is made here and saved for grad_input
                 wc = tr.new(f"{name}.weight ({tr.autocast} autocast copy)", Size(lin.in_f * lin.out_f), tr.autocast,

@@ -1,6 +1,6 @@
 """Logits and the loss: what the causal-LM loss saves for backward and what it allocates around it.
 
-One home for the rules the estimator (``model.py``), the sweep's evaluator (``grid.py``) and the simulation's
+One home for the rules the estimator (``estimator.py``), the sweep's evaluator (``grid.py``) and the simulation's
 comparison (``simulate/compare.py``) all need. Plain integers in and out: :func:`loss_bytes` runs once per
 sweep row.
 """

@@ -7,7 +7,7 @@ from typing import Any
 from ..setup import Setup
 from ..shapes.spec import ModelSpec
 from .distributed import OFFLOADS_BY_STRATEGY, PREFERENCE
-from .model import estimate
+from .estimator import estimate
 
 
 def _fits(spec: ModelSpec, setup: Setup, gpu: Any, margin: float) -> bool:

@@ -1,6 +1,6 @@
 """The training step's timeline: what is allocated in each phase, and where the total peaks.
 
-One :func:`phase_peaks` over plain integers serves the estimator (``model.py::estimate``, with and without
+One :func:`phase_peaks` over plain integers serves the estimator (``estimator.py::estimate``, with and without
 ``detail``) and the sweep's evaluator (``grid.py::estimate_counters``), so the timeline is written once.
 The phases, in the order of a step of the HF Trainer loop (a tie goes to the earlier phase):
 

@@ -5,7 +5,7 @@ the method as a user script does (bitsandbytes quantization through its register
 ``prepare_model_for_kbit_training``, ``get_peft_model``, gradient checkpointing), runs forward + loss +
 backward + optimizer step (or a prefill and a decode step) on meta tensors, and measures every storage the
 CUDA caching allocator would hold. It returns an :class:`~vramplan.estimate.Estimate` with the analytic
-estimator's component names (mapping: :mod:`vramplan.simulate.estimate`, ``docs/simulation.md``).
+estimator's component names (mapping: :mod:`vramplan.simulate.components`, ``docs/simulation.md``).
 
 torch, transformers and peft are imported only when a function here runs: ``import vramplan.simulate``
 stays cheap.
@@ -39,7 +39,7 @@ def simulate(spec: ModelSpec, setup: Setup, gpu: Any = None, margin: float = 0.0
     Raises:
         SimulationError: the architecture or setup cannot run on meta tensors; the message names the op.
     """
-    from .estimate import check_supported, to_estimate
+    from .components import check_supported, to_estimate
     from .extrapolate import simulate_combined
 
     check_supported(setup)

@@ -51,7 +51,7 @@ def structural_setup(setup: Setup) -> Setup:
 
 
 def cache_key(spec: ModelSpec, setup: Setup) -> str:
-    from .estimate import versions
+    from .components import versions
 
     s = structural_setup(setup).to_dict()
     for k in ("batch", "seq", "new_tokens", "gpus", "strategy", "offload", "optim"):
@@ -74,7 +74,7 @@ def calibrate(spec: ModelSpec, setup: Setup, *, use_cache: bool = True) -> Calib
         SimulationError: the model cannot be simulated.
     """
     from ..io import atomic_write_text
-    from .estimate import versions
+    from .components import versions
     from .step import run
 
     if not setup.training:

@@ -6,13 +6,19 @@ compared per decoder layer (what autograd saves in layer *i*, autocast copies of
 the head (final norm, ``lm_head``), the loss's saved log-probabilities, checkpointed layer inputs, and in
 total. A full fine-tune's cached bf16 copies of the fp32 weights are compared apart
 (``buffers/autocast_weight_casts``), as the estimator reports them.
+
+:func:`compare_components` puts an analytic and a simulated Estimate side by side, component by component:
+``vramplan plan --mode both`` prints those rows (:mod:`vramplan.cli.simulate_cmd`) and
+``vramplan.plan(..., mode="both")`` returns them in ``extra["comparison"]``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..dtypes import BYTES, alloc
+from ..estimate.result import Estimate
 from ..setup import Setup
 from ..shapes.spec import ModelSpec
 from .step import RunResult
@@ -139,3 +145,28 @@ def failures(rows: list[Row], tolerance: float = 0.03) -> list[str]:
             continue
         bad.append(f"{r.name}: analytic {r.analytic:,} B, simulated {r.simulated:,} B ({100 * r.rel:+.2f} %)")
     return bad
+
+
+def compare_components(analytic: Estimate, simulated: Estimate) -> list[dict[str, Any]]:
+    """Per component: analytic bytes, simulated bytes, difference (simulated - analytic), then the counters.
+
+    A component only one side reports has 0 on the other (e.g. ``activations/recomputed_layer`` vs the
+    analytic ``backward (layers)`` split); group subtotals follow the components.
+    """
+    a, s = analytic.breakdown_bytes, simulated.breakdown_bytes
+    rows: list[dict[str, Any]] = []
+    for name in sorted(dict.fromkeys([*a, *s]), key=lambda n: (n.split("/", 1)[0], n)):
+        rows.append({"component": name, "analytic_bytes": a.get(name, 0), "simulated_bytes": s.get(name, 0),
+                     "diff_bytes": s.get(name, 0) - a.get(name, 0)})
+    groups: dict[str, list[int]] = {}
+    for r in rows:
+        g = groups.setdefault(r["component"].split("/", 1)[0] + "/*", [0, 0])
+        g[0] += r["analytic_bytes"]
+        g[1] += r["simulated_bytes"]
+    for g, (x, y) in groups.items():
+        rows.append({"component": g, "analytic_bytes": x, "simulated_bytes": y, "diff_bytes": y - x})
+    for key, label in (("peak_allocated_bytes", "peak allocated"), ("peak_reserved_bytes", "peak reserved"),
+                       ("device_used_bytes", "device used")):
+        x, y = getattr(analytic, key), getattr(simulated, key)
+        rows.append({"component": label, "analytic_bytes": x, "simulated_bytes": y, "diff_bytes": y - x})
+    return rows
