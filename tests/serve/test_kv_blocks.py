@@ -145,3 +145,18 @@ def test_bad_values_raise_one_line(kwargs, fragment):
     with pytest.raises(SetupError) as e:
         plan_vllm(spec("llama-3.1-8b"), Gpu("x", 80 * GiB), **kwargs)
     assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_derived_max_model_len():
+    """vllm/config/model.py _get_and_verify_max_len: llama3 and yarn ropes are pre-scaled, Gemma 3 too."""
+    from vramplan.serve.vllm import derived_max_model_len
+
+    assert derived_max_model_len(spec("llama-3.1-8b")) == 131072       # rope_type llama3: not multiplied
+    assert derived_max_model_len(spec("gemma-3-12b")) == 131072        # linear ×8 already in it
+    assert derived_max_model_len(spec("qwen3-14b")) == 40960
+    base = spec("llama-2-7b")
+    scaled = dataclasses.replace(base, config={**base.config, "rope_scaling": {"type": "linear", "factor": 4.0}})
+    assert derived_max_model_len(scaled) == 4 * 4096
+    with pytest.raises(SetupError, match="VLLM_ALLOW_LONG_MAX_MODEL_LEN"):
+        plan_vllm(spec("qwen3-14b"), Gpu("x", 80 * GiB), max_model_len=65536)
+    assert plan_vllm(spec("qwen3-14b"), Gpu("x", 80 * GiB)).max_model_len == 40960

@@ -195,8 +195,7 @@ def serve(*, model: str, engine: str, gpu_name: str, tp: int, target_concurrency
 
     from ..serve.capacity import smallest_setup
 
-    _plan(engine, spec, gpu, tp, opts)          # the options are checked once, on the given card
-    length = spec.max_position_embeddings if opts["max_model_len"] is None else opts["max_model_len"]
+    length = _plan(engine, spec, gpu, tp, opts).max_model_len
     prices = None
     if prices_path is not None:
         from ..planner import load_prices

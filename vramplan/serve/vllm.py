@@ -239,6 +239,29 @@ def cudagraph_estimate(spec: ModelSpec, tp: int, max_num_seqs: int, dtype: str, 
     return pool + 2 * (len(sizes) - 1) * PER_GRAPH_BYTES
 
 
+# --------------------------------------------------------------------------------------- max_model_len
+#: rope types whose max_position_embeddings is already the scaled length (vllm/config/model.py
+#: ``_get_and_verify_max_len``)
+_ROPE_PRESCALED = ("su", "longrope", "llama3", "yarn", "deepseek_yarn", "deepseek_llama_scaling")
+
+
+def derived_max_model_len(spec: ModelSpec) -> int:
+    """The longest ``max_model_len`` vLLM accepts without ``VLLM_ALLOW_LONG_MAX_MODEL_LEN``, and its default
+    (``vllm/config/model.py::_get_and_verify_max_len``): ``max_position_embeddings`` (else ``n_positions``,
+    ``max_seq_len``, ``seq_length``; 2048 when none), times the rope ``factor`` for rope types that do not
+    already include it (not for Gemma 3, whose 128K is already scaled)."""
+    cfg = spec.config
+    n = next((cfg[k] for k in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
+              if isinstance(cfg.get(k), int)), None) or spec.max_position_embeddings or 2048
+    rope = cfg.get("rope_scaling") or cfg.get("rope_parameters")
+    if isinstance(rope, dict) and "gemma3" not in spec.model_type:
+        kind = rope.get("rope_type") or rope.get("type") or "default"
+        factor = rope.get("factor")
+        if kind not in _ROPE_PRESCALED and kind != "default" and isinstance(factor, (int, float)):
+            n = int(n * factor)
+    return int(n)
+
+
 # ------------------------------------------------------------------------------------------------- plan
 def plan_vllm(spec: ModelSpec, gpu: Gpu, *, tp: int = 1, max_model_len: int | None = None,
               gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION,
@@ -250,7 +273,7 @@ def plan_vllm(spec: ModelSpec, gpu: Gpu, *, tp: int = 1, max_model_len: int | No
     """vLLM's KV-cache budget, blocks and concurrency for ``spec`` on ``tp`` ranks of ``gpu``.
 
     Args:
-        max_model_len: defaults to the model's ``max_position_embeddings`` (vllm ``ModelConfig``).
+        max_model_len: defaults to, and may not exceed, :func:`derived_max_model_len`.
         max_num_seqs, max_num_batched_tokens: sequences and tokens per step; the profiling forward pass runs
             ``max_num_batched_tokens`` tokens. ``None``: what ``vllm serve`` picks on ``gpu``
             (:func:`serve_defaults`).
@@ -267,9 +290,13 @@ def plan_vllm(spec: ModelSpec, gpu: Gpu, *, tp: int = 1, max_model_len: int | No
     check_tp(spec, tp)
     if not 0 < gpu_memory_utilization <= 1:
         raise SetupError(f"--gpu-memory-utilization must be in (0, 1], got {gpu_memory_utilization}")
-    L = int(spec.max_position_embeddings or 0) if max_model_len is None else int(max_model_len)
+    derived = derived_max_model_len(spec)
+    L = derived if max_model_len is None else int(max_model_len)
     if L < 1:
         raise SetupError(f"--max-model-len must be >= 1, got {max_model_len}")
+    if L > derived:
+        raise SetupError(f"--max-model-len {L} is longer than {spec.name}'s {derived:,} positions, which vLLM "
+                         "refuses (unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1): lower it")
     default_seqs, default_tokens = serve_defaults(gpu)
     max_num_seqs = default_seqs if max_num_seqs is None else int(max_num_seqs)
     if max_num_seqs < 1:
