@@ -14,10 +14,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ConfigError
+from . import cache
 from .config import read_dims
 from .from_config import assemble, model_type_of
-from .spec import ModelSpec, Tensor
 from .roles import classify, layer_index
+from .spec import ModelSpec, Tensor
 
 
 def hf_config(config: Mapping[str, Any] | str, *, trust_remote_code: bool = False, source: str = "config.json"):
@@ -106,16 +107,30 @@ def spec_from_meta(config: Mapping[str, Any] | str, name: str = "", *, trust_rem
         config: a config dict (as in ``config.json``) or a local model folder.
         name: the spec's name.
         trust_remote_code: allow a folder's own modeling code (``auto_map``); off unless the user asks.
+
+    A config dict's spec is cached on disk (:mod:`vramplan.shapes.cache`, keyed by the config's content and the
+    installed transformers/torch versions): a second call with the same config imports neither.
     """
+    key = None
     if isinstance(config, str):
         import json
 
         with open(os.path.join(config, "config.json"), encoding="utf-8") as fh:
             cfg_dict = json.load(fh)
     else:
+        # Only config dicts are cached: a folder's own modeling code (trust_remote_code) is not in the key.
         cfg_dict = dict(config)
+        key = cache.spec_key(cfg_dict)
+        if key is not None:
+            hit = cache.load(key, cfg_dict, name)
+            if hit is not None:
+                read_dims(cfg_dict, source)      # the same validation errors as a fresh build
+                return hit
     model = meta_model(config, trust_remote_code=trust_remote_code, source=source)
     dims = read_dims(cfg_dict, source)
-    return assemble(cfg_dict, dims, tensors_of(model), name=name or str(cfg_dict.get("_name_or_path", "")),
+    spec = assemble(cfg_dict, dims, tensors_of(model), name=name or str(cfg_dict.get("_name_or_path", "")),
                     model_type=model_type_of(cfg_dict) or getattr(model.config, "model_type", ""),
                     origin="meta")
+    if key is not None:
+        cache.store(key, spec)
+    return spec
