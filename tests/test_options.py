@@ -82,7 +82,7 @@ def test_option_columns_fill_defaults_and_join_lists() -> None:
 
 def test_every_option_field_is_declared() -> None:
     """A new Setup or LoraConfig field is an option (declared) or listed here as internal."""
-    internal = {"lora", "kbit_prep", "layers_pattern", "target_parameters"}
+    internal = {"lora", "layers_pattern", "target_parameters"}
     declared = {o.field for o in (*options_of(Setup), *options_of(LoraConfig))}
     fields = {f.name for f in dataclasses.fields(Setup)} | {f.name for f in dataclasses.fields(LoraConfig)}
     assert fields - declared == internal
@@ -137,3 +137,14 @@ def test_profile_takes_every_setup_option_it_can_run() -> None:
     opts = _long_options("profile")
     assert set(SETUP_OPTION_NAMES) - set(opts) == set(NOT_PROFILED) == {"loss"}
     assert opts["new_tokens"].default == 0     # inference profiles decode --new-tokens tokens
+
+
+def test_kbit_prep_is_an_option_everywhere() -> None:
+    """Issue 14: whether the stack calls prepare_model_for_kbit_training could only be said in Python."""
+    import json
+
+    out = CliRunner().invoke(cli, ["plan", "qwen3-0.6b", "--method", "qlora", "--no-kbit-prep", "--json"],
+                             catch_exceptions=False).output
+    assert json.loads(out)["setup"]["kbit_prep"] is False
+    assert planner.PLAN_KEYS["kbit_prep"] == "bool"
+    assert setup_from_options({"method": "qlora"}).kbit_prep is True      # PEFT's QLoRA recipe calls it

@@ -97,7 +97,11 @@ class Setup:
                         help="Optimizer (adamw = torch fused AdamW, the HF Trainer default).")
     loss: str = option("standard", kind="choice", choices=LOSSES,
                        help="standard = full fp32 logits; chunked = fused linear cross-entropy.")
-    kbit_prep: bool = True              # prepare_model_for_kbit_training (qlora / int8 LoRA); not an option
+    kbit_prep: bool = option(
+        True, kind="bool",
+        help="QLoRA: peft's prepare_model_for_kbit_training (fp32 copies of the non-quantized weights, fp32 residual "
+             "stream, input grads for checkpointing), as the HF Trainer + PEFT recipe calls it; --no-kbit-prep for "
+             "stacks that do not (ms-swift, torchtune, LitGPT).")
     gpus: int = option(1, kind="int", help="Number of GPUs (data parallel ranks).")
     strategy: str = option("ddp", kind="choice", choices=STRATEGIES, help="Multi-GPU strategy.")
     offload: str = option("none", kind="choice", choices=OFFLOADS, help="CPU offload (ZeRO / FSDP).")
