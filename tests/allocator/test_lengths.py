@@ -138,3 +138,15 @@ def test_oom_step_and_fixes(qwen):
                           "empty_cache every step"}
     assert fixes[0].name == "expandable_segments:True" and fixes[0].result.oom_step is None
     assert fixes[-1].name == "fixed padding" and fixes[-1].result.oom_step is not None   # 4 x 8192 needs ~104 GiB
+
+
+def test_constant_shapes_replay_a_few_steps_for_the_same_answer(qwen, monkeypatch):
+    import vramplan.allocator.lengths as lengths_mod
+
+    setup = Setup(batch=2, seq=1024)
+    short = run_reserved(qwen, setup, None, steps=40)
+    monkeypatch.setattr(lengths_mod, "CONSTANT_STEPS", 1000)
+    full = run_reserved(qwen, setup, None, steps=40)
+    assert (short.peak_reserved_bytes, short.peak_allocated_bytes) == (full.peak_reserved_bytes,
+                                                                       full.peak_allocated_bytes)
+    assert short.step_reserved == full.step_reserved and len(short.step_reserved) == 40
