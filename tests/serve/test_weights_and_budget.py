@@ -187,3 +187,11 @@ def test_async_scheduling_doubles_the_in_flight_window():
     kw = dict(max_model_len=32768, max_num_batched_tokens=8192, activation_bytes=0, cudagraph_bytes=0)
     assert plan_vllm(s, Gpu("x", 80 * GiB), **kw).blocks_per_request == 2048 + 5 * 1089
     assert plan_vllm(s, Gpu("x", 80 * GiB), async_scheduling=False, **kw).blocks_per_request == 2048 + 5 * 577
+
+
+def test_fp8_routers_follow_the_model_file():
+    """vLLM passes quant_config to Qwen3-MoE's GateLinear (qwen3_moe.py) but not to Mixtral's (mixtral.py)."""
+    q = {c.name: c.bytes for c in weights_per_rank(spec("qwen3-30b-a3b"), 1, "bf16", "fp8")}
+    m = {c.name: c.bytes for c in weights_per_rank(spec("mixtral-8x7b"), 1, "bf16", "fp8")}
+    assert "weights/other" not in q                                  # 48 routers 128 × 2048 in fp8
+    assert m["weights/other"] == 32 * 8 * 4096 * 2                   # 32 routers 8 × 4096 in bf16

@@ -150,6 +150,20 @@ def rope_cache_bytes(spec: ModelSpec, dtype: str) -> int:
     return n_ropes * alloc(max_pos * rotary_dim * BYTES[dtype])
 
 
+#: MoE families whose router (``GateLinear``) vLLM builds with the model's ``quant_config`` (``qwen3_moe.py``);
+#: Mixtral's and Qwen2-MoE's get none and stay in the model dtype, as do shared-expert gates.
+_QUANTIZED_ROUTERS = ("qwen3_moe",)
+
+
+def _fp8_quantized(t: Tensor, spec: ModelSpec) -> bool:
+    """vLLM's online FP8 converts every ``LinearBase`` weight given the quant config and the fused experts."""
+    if t.param_name == "bias" or t.role == "shared_expert_router":
+        return False
+    if t.role == "moe_router":
+        return spec.model_type in _QUANTIZED_ROUTERS
+    return quantizable(t, spec) or t.module_type == "experts"
+
+
 def weights_per_rank(spec: ModelSpec, tp: int, dtype: str, quant: str = "none") -> tuple[Component, ...]:
     """Weight bytes on one TP rank, by component, with each allocation rounded as the caching allocator does.
 
@@ -167,7 +181,7 @@ def weights_per_rank(spec: ModelSpec, tp: int, dtype: str, quant: str = "none") 
             continue
         role = _owner_role(t, spec, roles)
         n = rank_numel(t, role, spec, tp)
-        if quant == "fp8" and t.param_name != "bias" and (quantizable(t, spec) or t.module_type == "experts"):
+        if quant == "fp8" and _fp8_quantized(t, spec):
             comp, nbytes = "weights/quantized", n
             out["weights/quant_constants"] = out.get("weights/quant_constants", 0) + alloc(4)
         else:
