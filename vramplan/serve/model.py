@@ -303,10 +303,12 @@ def activation_peak(spec: ModelSpec, tp: int, tokens: int, rows: int, dtype: str
     The attention block (``qkv``, its output, ``o_proj``) is smaller for every bundled model and is
     taken as a lower bound only.
 
-    Sampler (``_dummy_sampler_run``: logits of ``rows`` sequences, top-k/top-p sampling): the last
-    hidden states ``T·h`` stay alive, the logits ``rows·V`` in the model dtype, their fp32 copy, the
-    sorted values (fp32) and indices (int64) of ``TopKTopPSampler`` and the fp32 probabilities:
-    ``rows·V·(b + 4 + 4 + 8 + 4)``.
+    Sampler (``_dummy_sampler_run``: logits of ``rows`` sequences with top-k and top-p on, run a second
+    time through ``TopKTopPSampler.forward_native``): the last hidden states ``T·h`` stay alive, then the
+    logits ``rows·V`` in the model dtype, their fp32 copy (``Sampler.forward``), the fp32 probabilities
+    (top-k/top-p masks the logits in place, ``apply_top_k_top_p_triton``) and the fp32 exponential noise of
+    ``random_sample``: ``rows·V·(b + 4 + 4 + 4)`` (``vllm/v1/sample/sampler.py``,
+    ``ops/topk_topp_sampler.py``).
 
     Approximated: fused kernels and torch.compile can free or fuse some of these; attention-backend
     workspaces (FlashInfer, FlashMLA) are not counted.
@@ -328,7 +330,7 @@ def activation_peak(spec: ModelSpec, tp: int, tokens: int, rows: int, dtype: str
         what = f"MLP: T·b·(3h + {mult}i/tp) with T={T:,}, h={h:,}, i={i:,}"
     forward = max(attn, mlp)
     vocab = ceil_div(spec.vocab_size, VOCAB_PADDING) * VOCAB_PADDING
-    sampler = T * h * b + rows * vocab * (b + 4 + 4 + 8 + 4)
-    formula = (f"max(forward {what}, tp={tp}; sampler T·h·b + rows·V·(b+20) with rows={rows:,}, "
+    sampler = T * h * b + rows * vocab * (b + 4 + 4 + 4)
+    formula = (f"max(forward {what}, tp={tp}; sampler T·h·b + rows·V·(b+12) with rows={rows:,}, "
                f"V={vocab:,}) — approximated from the live tensors of one layer")
     return ActivationPeak(forward, sampler, formula)
