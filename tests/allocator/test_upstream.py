@@ -71,3 +71,18 @@ def test_raises_oom():
     for conf in ("max_split_size_mb:1024", ""):
         r = replay_trace([Alloc(0, 1024 ** 4)], parse_alloc_conf(conf), 80 * 1024 ** 3)
         assert r.oom is not None and r.oom.event == 0
+
+
+def test_memory_fraction_oom_then_release_available_cached_blocks():
+    # upstream's test_garbage_collect / expandable-toggling tests set a fraction allowing 120 MiB, fill it with
+    # three 40 MiB tensors (max_split_size_mb:40), expect OutOfMemoryError on a fourth, then free all and
+    # allocate 120 MiB; the expandable toggling between allocations is not modelled (one conf per run)
+    from vramplan.allocator import Free
+
+    conf = "max_split_size_mb:40,per_process_memory_fraction:0.5"
+    full = [Alloc(i, 40 * MiB) for i in range(3)]
+    r = replay_trace(full + [Alloc(3, 40 * MiB)], parse_alloc_conf(conf), 240 * MiB)
+    assert r.oom is not None and r.oom.event == 3
+    r = replay_trace(full + [Free(0), Free(1), Free(2), Alloc(4, 120 * MiB)], parse_alloc_conf(conf), 240 * MiB)
+    # release_available_cached_blocks frees the three oversize 40 MiB blocks (largest first) before any retry
+    assert r.oom is None and r.reserved_bytes == 120 * MiB and r.num_alloc_retries == 0
