@@ -234,3 +234,50 @@ def test_refusals_name_what_is_missing():
     bad = dict(model_profiles()["qwen-7b"].config, kv_channels=0)
     with pytest.raises(ConfigError, match="kv_channels"):
         spec_from_config(bad)
+
+
+# ------------------------------------------------------------------------------- config-class defaults
+# Small configs counted by hand from the modeling files, with the shape-deciding keys left to each family's
+# config class (QWenConfig, InternLM2Config, ChatGLMConfig, MiniCPMConfig defaults).
+def _count(config):
+    return spec_from_config(config).params_total
+
+
+def test_qwen_bias_default_and_switch():
+    base = {"model_type": "qwen", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "kv_channels": 16, "intermediate_size": 256, "vocab_size": 100}
+    h, proj, ff, v = 64, 64, 128, 100
+    layer = (h * 3 * proj + 3 * proj) + h * proj + 2 * h * ff + ff * h + 2 * h
+    assert _count(base) == 2 * layer + 2 * v * h + h          # no_bias defaults to True: only c_attn biased
+    biased = layer + proj + 2 * ff + h                         # c_proj, w1, w2, mlp.c_proj gain biases
+    assert _count(dict(base, no_bias=False)) == 2 * biased + 2 * v * h + h
+
+
+def test_internlm2_bias_defaults_to_true():
+    base = {"model_type": "internlm2", "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "intermediate_size": 96, "vocab_size": 50}
+    qkv = (4 + 2 * 2) * 16
+    layer = 64 * qkv + 64 * 64 + 3 * 64 * 96 + 2 * 64
+    assert _count(dict(base, bias=False)) == layer + 2 * 50 * 64 + 64
+    assert _count(base) == layer + qkv + 64 + 2 * 50 * 64 + 64  # wqkv and wo biased
+
+
+def test_chatglm_defaults_and_switches():
+    base = {"model_type": "chatglm", "hidden_size": 64, "num_layers": 2, "num_attention_heads": 4,
+            "kv_channels": 16, "ffn_hidden_size": 96, "padded_vocab_size": 80}
+    h, ffn, v = 64, 96, 80
+    mha = h * 3 * 64 + 64 * h + h * 2 * ffn + ffn * h + 2 * h    # multi_query_attention defaults to False
+    assert _count(base) == 2 * mha + 2 * v * h + h
+    mqa = dict(base, multi_query_attention=True, multi_query_group_num=2, add_qkv_bias=True)
+    qkv = 64 + 2 * 16 * 2
+    assert _count(mqa) == 2 * (h * qkv + qkv + 64 * h + h * 2 * ffn + ffn * h + 2 * h) + 2 * v * h + h
+    ln = dict(base, rmsnorm=False, post_layer_norm=False)        # LayerNorms with bias, no final norm
+    assert _count(ln) == 2 * (mha + 2 * h) + 2 * v * h
+
+
+def test_minicpm_ties_unless_told_not_to():
+    base = {"model_type": "minicpm", "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
+            "intermediate_size": 96, "vocab_size": 50}
+    layer = 4 * 64 * 64 + 3 * 64 * 96 + 2 * 64
+    assert _count(base) == layer + 50 * 64 + 64
+    assert _count(dict(base, tie_word_embeddings=False)) == layer + 2 * 50 * 64 + 64
