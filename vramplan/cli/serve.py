@@ -104,9 +104,12 @@ def plan_text(d: dict[str, Any], explain: bool) -> str:
         lines += [f"  {c['name']}: {c['formula']}" for c in d["components"]]
     lines.append("")
     if d["engine"] == "vllm":
-        groups = ", ".join(f"{g['kind']} ×{g['layers']}" + (f" (window {g['sliding_window']:,})"
-                                                              if g["sliding_window"] else "")
-                           for g in d["kv_groups"])
+        kinds: dict[str, int] = {}
+        for g in d["kv_groups"]:
+            label = f"{g['kind']} ×{g['layers']}" + (f" (window {g['sliding_window']:,})" if g["sliding_window"]
+                                                      else "")
+            kinds[label] = kinds.get(label, 0) + 1
+        groups = ", ".join(f"{n} groups of {label}" if n > 1 else label for label, n in kinds.items())
         lines += [f"KV groups: {groups}; {d['bytes_per_block']:,} B per block of {d['block_size']} tokens",
                   f"# GPU blocks: {d['num_gpu_blocks']:,}",
                   f"Available KV cache memory: {_gib(d['available_kv_bytes'])} GiB",
@@ -134,7 +137,8 @@ def plan_text(d: dict[str, Any], explain: bool) -> str:
               help="A card from `vramplan gpus` or a size such as 80GB / 80GiB.")
 @click.option("--tp", type=int, default=1, show_default=True, help="Tensor-parallel size (GPUs per replica).")
 @click.option("--max-model-len", type=int, default=None,
-              help="Tokens per request (default: the model's max_position_embeddings).")
+              help="Tokens per request (default: the longest the engine accepts: max_position_embeddings, "
+                   "rope-scaled where vLLM scales it).")
 @click.option("--gpu-memory-utilization", type=float, default=None,
               help="vLLM: fraction of the card the engine may use [default: 0.92, vLLM 0.33].")
 @click.option("--mem-fraction-static", type=float, default=None,
