@@ -113,7 +113,13 @@ def format_bytes(n_bytes: int, unit: str = "GiB", digits: int = 2) -> str:
         raise ValueError(f"unknown unit {unit!r}; choose one of {', '.join(scale)}")
     if unit == "B":
         return f"{n_bytes:,} B"
-    return f"{n_bytes / scale[unit]:,.{digits}f} {unit}"
+    # exact integer arithmetic (a float quotient is off by bytes above 2**53 B), rounding half to even as format()
+    q, r = divmod(abs(n_bytes) * 10**digits, scale[unit])
+    if 2 * r > scale[unit] or (2 * r == scale[unit] and q % 2):
+        q += 1
+    whole, frac = divmod(q, 10**digits)
+    sign = "-" if n_bytes < 0 and q else ""
+    return f"{sign}{whole:,}" + (f".{frac:0{digits}d}" if digits else "") + f" {unit}"
 
 
 def ceil_div(a: int, b: int) -> int:
