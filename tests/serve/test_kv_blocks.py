@@ -12,7 +12,7 @@ import pytest
 
 from vramplan.errors import SetupError
 from vramplan.profiles import Gpu, resolve_model
-from vramplan.serve.model import kv_layers, layer_types
+from vramplan.serve.ranks import kv_layers, layer_types
 from vramplan.serve.vllm import blocks_per_request, bytes_per_block, kv_groups, num_blocks, plan_vllm
 
 GiB = 2**30

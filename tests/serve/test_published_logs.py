@@ -24,7 +24,7 @@ import math
 import pytest
 
 from vramplan.profiles import Gpu, resolve_model
-from vramplan.serve.model import activation_peak, kv_layers, weights_per_rank
+from vramplan.serve.ranks import activation_peak, kv_layers, weights_per_rank
 from vramplan.serve.sglang import cell_size
 from vramplan.serve.vllm import blocks_per_request, bytes_per_block, kv_groups, plan_vllm
 

@@ -7,7 +7,7 @@ import pytest
 from vramplan.errors import SetupError
 from vramplan.profiles import Gpu, resolve_model
 from vramplan.serve.capacity import smallest_setup, tp_sizes
-from vramplan.serve.model import activation_peak, weights_per_rank
+from vramplan.serve.ranks import activation_peak, weights_per_rank
 from vramplan.serve.sglang import plan_sglang
 from vramplan.serve.vllm import plan_vllm
 
@@ -36,7 +36,7 @@ def test_llama31_70b_tp4_shards_every_projection():
 def test_kv_heads_are_replicated_beyond_their_count():
     """Llama-3.1-70B at TP 16: 8 KV heads, so each rank holds one (k_proj 128×8192 per rank, not 64×8192)."""
     s = spec("llama-3.1-70b")
-    from vramplan.serve.model import rank_numel
+    from vramplan.serve.ranks import rank_numel
 
     k = s.tensor("model.layers.0.self_attn.k_proj.weight")
     assert rank_numel(k, "attn_k", s, 16) == 128 * 8192
@@ -46,7 +46,7 @@ def test_kv_heads_are_replicated_beyond_their_count():
 def test_row_parallel_bias_is_whole_and_column_bias_split():
     """Qwen2.5-7B: q/k/v carry biases (column-parallel: split with their heads)."""
     s = spec("qwen2.5-7b")
-    from vramplan.serve.model import rank_numel
+    from vramplan.serve.ranks import rank_numel
 
     qb = s.tensor("model.layers.0.self_attn.q_proj.bias")
     assert rank_numel(qb, "attn_q", s, 2) == 3584 // 2

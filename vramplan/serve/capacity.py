@@ -38,7 +38,7 @@ class Option:
 
 def tp_sizes(spec: ModelSpec, sizes: Iterable[int] = TP_SIZES) -> list[int]:
     """TP sizes vLLM accepts for ``spec``: they divide the attention heads, and divide or are divided by
-    the KV heads (``vramplan.serve.model.check_tp``)."""
+    the KV heads (``vramplan.serve.ranks.check_tp``)."""
     kv = spec.num_kv_heads
     return [t for t in sizes if spec.num_heads % t == 0 and (kv % t == 0 or t % kv == 0)]
 

@@ -28,7 +28,7 @@ from ..errors import SetupError
 from ..profiles import Gpu
 from ..shapes.spec import ModelSpec
 from ..units import MiB
-from .model import Component, check_tp, kv_dtype_bytes, kv_layers, parse_dtype, weights_per_rank
+from .ranks import Component, check_tp, kv_dtype_bytes, kv_layers, parse_dtype, weights_per_rank
 
 RELEASE = "sglang 0.5.23"
 

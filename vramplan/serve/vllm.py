@@ -32,7 +32,7 @@ The KV cache (``vllm/v1/kv_cache_interface.py``, ``vllm/v1/core/kv_cache_plannin
   ``GPU KV cache size: int(max_concurrency × L) tokens`` and ``Maximum concurrency for L tokens per
   request: X.XXx`` (``update_kv_cache_capacity``).
 
-What is measured at runtime and estimated here: the activation peak (:func:`vramplan.serve.model.activation_peak`),
+What is measured at runtime and estimated here: the activation peak (:func:`vramplan.serve.ranks.activation_peak`),
 non-torch memory (default :data:`NON_TORCH_BYTES`) and the CUDA-graph pool (:func:`cudagraph_estimate`).
 """
 
@@ -45,7 +45,7 @@ from ..errors import SetupError
 from ..profiles import Gpu
 from ..shapes.spec import ModelSpec
 from ..units import GiB, MiB, ceil_div
-from .model import (
+from .ranks import (
     Component,
     LayerKV,
     activation_peak,
