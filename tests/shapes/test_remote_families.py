@@ -281,3 +281,16 @@ def test_minicpm_ties_unless_told_not_to():
     layer = 4 * 64 * 64 + 3 * 64 * 96 + 2 * 64
     assert _count(base) == layer + 50 * 64 + 64
     assert _count(dict(base, tie_word_embeddings=False)) == layer + 2 * 50 * 64 + 64
+
+
+def test_qwen_first_release_config_spelling():
+    # Qwen-7B-Chat's first config.json (GPT-2 key names, ffn_hidden_size, padded_vocab_size), shape keys verbatim
+    # from the mirror github.com/undefdev/Qwen-7B-Chat; its modeling file builds the same tree as Qwen-7B's
+    first = {"model_type": "qwen", "architectures": ["QWenLMHeadModel"], "n_embd": 4096, "n_head": 32, "n_layer": 32,
+             "n_positions": 6144, "ffn_hidden_size": 22016, "kv_channels": 128, "no_bias": True,
+             "padded_vocab_size": 151936, "vocab_size": 151936, "seq_length": 2048, "tie_word_embeddings": False}
+    assert _count(first) == CHECKPOINT_INDEX["qwen-7b"][0] // 2
+    # ffn_hidden_size really sizes the MLP (8192 // 2 per w1/w2), and padded rows only the embedding
+    small = dict(first, ffn_hidden_size=8192, padded_vocab_size=152064)
+    delta_mlp = 32 * 3 * 4096 * (11008 - 4096)
+    assert _count(first) - _count(small) == delta_mlp - (152064 - 151936) * 4096

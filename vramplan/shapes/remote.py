@@ -106,13 +106,22 @@ def _qwen(config: Mapping[str, Any], d: Dims, source: str) -> list[Tensor]:
 
     Config defaults (``QWenConfig``): ``kv_channels`` 128, ``intermediate_size`` 22016, ``no_bias`` True,
     ``tie_word_embeddings`` False.
+
+    The first release (August 2023; Qwen-7B-Chat's ``modeling_qwen.py`` in the mirror
+    github.com/undefdev/Qwen-7B-Chat at 04df5dd57b94b9ed20498ee42063ea9e164f98b3) names the same tree with
+    GPT-2 keys (``n_embd``, ``n_head``, ``n_layer``, ``n_positions``: its ``attribute_map``), sizes the MLP from
+    ``ffn_hidden_size`` and the embedding from ``padded_vocab_size`` (the head from ``vocab_size``); both
+    spellings are read here.
     """
     h = d.hidden_size
     proj = _int(config, "kv_channels", source, 128) * d.num_heads
-    ff = _int(config, "intermediate_size", source, 22016) // 2
+    ff_key = "ffn_hidden_size" if config.get("intermediate_size") is None and "ffn_hidden_size" in config \
+        else "intermediate_size"
+    ff = _int(config, ff_key, source, 22016) // 2
+    emb_rows = _int(config, "padded_vocab_size", source, d.vocab_size)
     bias = not _bool(config, "no_bias", source, True)
     ts = _Collector()
-    ts.embedding("transformer.wte", d.vocab_size, h)
+    ts.embedding("transformer.wte", emb_rows, h)
     for i in range(d.num_layers):
         p = f"transformer.h.{i}"
         ts.norm(f"{p}.ln_1", h)
