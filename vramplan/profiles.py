@@ -292,12 +292,19 @@ def gpu_catalogue() -> tuple[Gpu, ...]:
     return tuple(sorted(gpus, key=lambda g: (g.memory_bytes, g.name)))
 
 
+#: The largest card size accepted (1 PiB = 2**50 bytes): far beyond any accelerator, and every product the
+#: estimator forms with it stays an exact float (a 400-digit size overflowed).
+MAX_GPU_BYTES = 1 << 50
+
+
 def resolve_gpu(name: str) -> Gpu:
     """A catalogue card by name or alias (case-insensitive), or a plain size such as ``24GB``/``24GiB``/``80G``.
 
     Raises:
         UnknownGpuError: neither a known card nor a readable size.
     """
+    from .io import brief
+
     key = str(name).strip().lower()
     for g in gpu_catalogue():
         if key == g.name or key in (a.lower() for a in g.aliases):
@@ -306,8 +313,11 @@ def resolve_gpu(name: str) -> Gpu:
         try:
             size = parse_size(name)
         except SizeError as exc:
-            raise UnknownGpuError(f"unknown GPU {name!r}: {exc}") from None
+            raise UnknownGpuError(f"unknown GPU {brief(name)}: {exc}") from None
+        if size > MAX_GPU_BYTES:
+            raise UnknownGpuError(f"GPU size {brief(name)} is more than {MAX_GPU_BYTES // 2**50} PiB, the largest "
+                                  "vramplan accepts; write the card's memory, such as 80GB")
         return Gpu(name=str(name).strip(), memory_bytes=size, from_size=True)
     names = [g.name for g in gpu_catalogue()]
-    raise UnknownGpuError(f"unknown GPU {name!r}{close_matches(key, names)}: use a card from `vramplan gpus` "
+    raise UnknownGpuError(f"unknown GPU {brief(name)}{close_matches(key[:100], names)}: use a card from `vramplan gpus` "
                           "or a size such as 24GB, 24GiB or 80G")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
+from ..io import brief
 
 # Field names per meaning, in the order transformers' config classes resolve them (``attribute_map``).
 _KEYS = {
@@ -59,6 +60,12 @@ _HEAD_DIM_FROM_HIDDEN = frozenset({"bloom", "gpt2", "gpt_neox", "opt", "falcon"}
 #: spec holds every layer's tensors, so a config with 10**9 layers would take hours and gigabytes to build.
 MAX_LAYERS = 4096
 
+#: Largest width, head count, vocabulary or expert count a config may declare (16,777,216): about 60 times the
+#: widest released model, small enough that every byte count formed from them stays an exact float.
+MAX_DIM = 1 << 24
+#: Largest ``max_position_embeddings`` accepted (2**40; read for warnings and fit's limits only).
+MAX_POSITIONS = 1 << 40
+
 #: Boolean fields the builders read: a JSON ``true``/``false`` (or 0/1) is accepted; a string such as
 #: ``"false"`` is refused, since Python (and so a config class) would read any non-empty string as true.
 BOOL_FIELDS = ("tie_word_embeddings", "attention_bias", "mlp_bias", "qkv_bias", "qk_layernorm",
@@ -82,8 +89,6 @@ def check_types(config: Any, source: str = "config.json") -> None:
     Raises:
         ConfigError: naming ``source``, the field, the value (shortened) and the type expected.
     """
-    from ..io import brief
-
     if not isinstance(config, Mapping):
         raise ConfigError(f"{source}: expected a JSON object, got {type(config).__name__}")
     for key in config:
@@ -106,6 +111,9 @@ def check_types(config: Any, source: str = "config.json") -> None:
         value = config.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise ConfigError(f"{source}: field '{key}' must be an integer >= 0, got {brief(value)}")
+        if value is not None and value > MAX_DIM:
+            raise ConfigError(f"{source}: field '{key}' is {brief(value)}, more than the {MAX_DIM:,} vramplan "
+                              "accepts; fix the config")
     for key in STR_FIELDS:
         value = config.get(key)
         if value is not None and not isinstance(value, str):
@@ -148,10 +156,13 @@ def _positive_int(config: Mapping[str, Any], meaning: str, source: str, *, requi
             raise ConfigError(f"{source}: missing field '{first}'{also}; pass the model's full config.json")
         return default
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        from ..io import brief
-
         key = next(k for k in _keys(config, meaning) if config.get(k) is not None)
         raise ConfigError(f"{source}: field '{key}' must be a positive integer, got {brief(value)}")
+    limit = MAX_POSITIONS if meaning == "max_position_embeddings" else MAX_DIM
+    if value > limit:
+        key = next(k for k in _keys(config, meaning) if config.get(k) is not None)
+        raise ConfigError(f"{source}: field '{key}' is {brief(value)}, more than the {limit:,} vramplan accepts; "
+                          "fix the config")
     return value
 
 
@@ -204,8 +215,9 @@ def read_dims(config: Mapping[str, Any], source: str = "config.json") -> Dims:
     if head_dim is None and family not in _HEAD_DIM_FROM_HIDDEN:
         head_dim = _family_default(config, "head_dim")
     if head_dim is not None:
-        if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim <= 0:
-            raise ConfigError(f"{source}: field 'head_dim' must be a positive integer, got {head_dim!r}")
+        if isinstance(head_dim, bool) or not isinstance(head_dim, int) or not 0 < head_dim <= MAX_DIM:
+            raise ConfigError(f"{source}: field 'head_dim' must be a positive integer up to {MAX_DIM:,}, "
+                              f"got {head_dim!r}")
     else:
         if hidden % heads:
             raise ConfigError(

@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import ConfigError
-from .config import Dims, get, read_dims
+from ..io import brief
+from .config import MAX_DIM, Dims, get, read_dims
 from .roles import classify, layer_index
 from .spec import ModelSpec, Tensor
 
@@ -87,9 +88,9 @@ def _int(config: Mapping[str, Any], key: str, source: str, default: int | None =
         value = default
     if value is None:
         raise ConfigError(f"{source}: missing field '{key}'; pass the model's full config.json")
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or value > MAX_DIM:
         rule = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ConfigError(f"{source}: field '{key}' must be {rule}, got {value!r}")
+        raise ConfigError(f"{source}: field '{key}' must be {rule} up to {MAX_DIM:,}, got {brief(value)}")
     return value
 
 
