@@ -395,9 +395,16 @@ def _target_matches(cfg: _Peft, name: str) -> bool:
     return found
 
 
+#: model types whose model class defines no ``get_output_embeddings()`` (it returns None), so PEFT's all-linear
+#: keeps the output layer: ChatGLM2/3 and GLM-4's remote code (``modeling_chatglm.py``,
+#: ``ChatGLMForConditionalGeneration`` defines none; ``transformer.output_layer`` is a plain ``nn.Linear``)
+NO_OUTPUT_EMBEDDINGS = frozenset({"chatglm"})
+
+
 def _linear_names(spec: ModelSpec, tree: _Tree) -> list[str]:
-    """``_maybe_include_all_linear_layers``: every Linear/Conv1D except the output embedding."""
-    head = spec.output_head
+    """``_maybe_include_all_linear_layers``: every Linear/Conv1D except the module ``get_output_embeddings()``
+    returns (none for :data:`NO_OUTPUT_EMBEDDINGS`)."""
+    head = None if spec.model_type in NO_OUTPUT_EMBEDDINGS else spec.output_head
     return [n for n in tree.names if tree.mtype(n) in ("linear", "conv1d") and n != head]
 
 

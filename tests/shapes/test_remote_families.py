@@ -184,9 +184,6 @@ def test_all_linear(name):
     assert sum(8 * (m.in_features + m.out_features) for m in _linears(_spec(name))) == ALL_LINEAR_R8[name]
 
 
-@pytest.mark.xfail(strict=True, reason="vramplan/lora.py leaves spec.output_head out of all-linear; PEFT leaves out "
-                   "only get_output_embeddings(), which ChatGLMForConditionalGeneration does not define (None), "
-                   "so PEFT adapts transformer.output_layer too")
 def test_chatglm_all_linear_includes_output_layer_as_peft_does():
     layers = 28 * 8 * ((4096 + 4608) + (4096 + 4096) + (4096 + 27392) + (13696 + 4096))
     assert _lora("chatglm3-6b", targets=("all-linear",)) == layers + 8 * (4096 + 65024)
