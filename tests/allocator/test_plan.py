@@ -46,3 +46,11 @@ def test_plan_section():
     assert "expandable_segments:True" not in [f.name for f in es.fixes]
     with pytest.raises(AllocConfError):
         allocator_plan(spec, Setup(batch=4, seq=8192), None, "expandable_segments:yes")
+
+
+def test_notes_on_settings_that_do_less_than_expected():
+    from vramplan.allocator.conf import parse_alloc_conf
+    from vramplan.allocator.plan import conf_notes
+
+    assert "no effect without a memory fraction" in conf_notes(parse_alloc_conf("garbage_collection_threshold:0.8"))[0]
+    assert conf_notes(parse_alloc_conf("garbage_collection_threshold:0.8,per_process_memory_fraction:0.9")) == ()

@@ -82,10 +82,24 @@ class AllocatorPlan:
     fixes: tuple[Fix, ...]
     capacity_bytes: int | None
     reason: str
+    notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"lengths": self.lengths, **self.run.to_dict(), "capacity_bytes": self.capacity_bytes,
-                "reason": self.reason, "fixes": [f.to_dict() for f in self.fixes]}
+                "reason": self.reason, "fixes": [f.to_dict() for f in self.fixes], "notes": list(self.notes)}
+
+
+def conf_notes(conf: Any) -> tuple[str, ...]:
+    """What the source says about settings that do less than users expect."""
+    notes = []
+    if conf.garbage_collection_threshold and conf.memory_fraction is None:
+        notes.append("garbage_collection_threshold has no effect without a memory fraction: malloc calls "
+                     "garbage_collect_cached_blocks only when set_per_process_memory_fraction (or "
+                     "per_process_memory_fraction) is set (c10/cuda/CUDACachingAllocator.cpp)")
+    if conf.expandable_segments and conf.max_split_size is not None:
+        notes.append("with expandable_segments:True every block may be split (should_split), so "
+                     "max_split_size_mb only keeps oversize blocks from serving smaller requests")
+    return tuple(notes)
 
 
 def _reason(run: RunReserved, dist: LengthDist | None) -> str:
@@ -119,4 +133,5 @@ def allocator_plan(spec: Any, setup: Any, lengths: str | None, alloc_conf: str |
     conf = parse_alloc_conf(alloc_conf)
     run, fixes = reserved_fixes(spec, setup, dist, steps, conf, capacity_bytes, batching=batching,
                                 long_samples=long_samples, seed=seed)
-    return AllocatorPlan(lengths or f"fixed {setup.seq}", run, tuple(fixes), capacity_bytes, _reason(run, dist))
+    return AllocatorPlan(lengths or f"fixed {setup.seq}", run, tuple(fixes), capacity_bytes, _reason(run, dist),
+                         conf_notes(conf))
