@@ -61,3 +61,13 @@ def test_claims_table_is_current():
     text = (ROOT / "README.md").read_text()
     current = text.split("<!-- claims:start -->\n", 1)[1].split("\n<!-- claims:end -->", 1)[0]
     assert current == markdown(), "README claims table is stale: regenerate with `python -m vramplan.claims`"
+
+
+def test_readme_names_every_plan_option():
+    """README's plan-options paragraph is a hand-written list: it must not drift from the declarations."""
+    from vramplan.setup import SETUP_OPTIONS
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    para = text[text.index("Plan options (the same on"):text.index("Bad input (an unknown model")]
+    missing = [o.flag for o in SETUP_OPTIONS if f"`{o.flag}" not in para]
+    assert missing == [], f"README's plan options lack {missing}"
