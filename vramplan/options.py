@@ -7,17 +7,20 @@ that spells an option is derived from these declarations (:func:`options_of`): t
 columns, and the keys of plan files (``vramplan/planner.py``). Option names are a contract: scripts, plan files
 and CI depend on them.
 
-This module is a leaf (it imports only :mod:`vramplan.errors`), so that the dataclasses it describes can use it.
+This module is a leaf (it imports only :mod:`vramplan.errors` and :func:`vramplan.io.brief`), so that the
+dataclasses it describes can use it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from .errors import close_matches
+from .io import brief
 
 #: how an option's value is written and read: a command-line value or a plan-file value
 Kind = Literal["choice", "int", "number", "bool", "flag", "str", "list", "layers", "size-or-name", "margin"]
@@ -61,9 +64,9 @@ class Option:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"option {self.name!r}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
+            raise ValueError(f"option {brief(self.name)}: kind {brief(self.kind)} is not one of {', '.join(KINDS)}")
         if (self.kind == "choice") != bool(self.choices):
-            raise ValueError(f"option {self.name!r}: choices go with kind 'choice' and only with it")
+            raise ValueError(f"option {brief(self.name)}: choices go with kind 'choice' and only with it")
         if not self.field:
             object.__setattr__(self, "field", self.name)
 
@@ -111,12 +114,12 @@ def read_bool(v: Any) -> bool:
         return v
     if isinstance(v, str) and v.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
         return v.strip().lower() in ("true", "yes", "on", "1")
-    raise ValueError(f"must be true or false, got {v!r}")
+    raise ValueError(f"must be true or false, got {brief(v)}")
 
 
 def read_int(v: Any) -> int:
     if isinstance(v, bool):
-        raise ValueError(f"must be an integer, got {v!r}")
+        raise ValueError(f"must be an integer, got {brief(v)}")
     if isinstance(v, int):
         return v
     if isinstance(v, float) and v.is_integer():
@@ -125,16 +128,16 @@ def read_int(v: Any) -> int:
         if len(v.strip()) > 4000:           # int() refuses beyond sys.get_int_max_str_digits()
             raise ValueError(f"must be an integer, got a {len(v.strip()):,}-digit number")
         return int(v.strip())
-    raise ValueError(f"must be an integer, got {v!r}")
+    raise ValueError(f"must be an integer, got {brief(v)}")
 
 
 def read_number(v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-        raise ValueError(f"must be a number, got {v!r}")
+        raise ValueError(f"must be a number, got {brief(v)}")
     try:
         return float(v)
-    except ValueError:
-        raise ValueError(f"must be a number, got {v!r}") from None
+    except (ValueError, OverflowError):       # OverflowError: an integer beyond float range
+        raise ValueError(f"must be a number, got {brief(v)}") from None
 
 
 def read_list(v: Any) -> str:
@@ -143,41 +146,41 @@ def read_list(v: Any) -> str:
         return v
     if isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v):
         return ",".join(v)
-    raise ValueError(f"must be a list of names or a comma-separated string, got {v!r}")
+    raise ValueError(f"must be a list of names or a comma-separated string, got {brief(v)}")
 
 
 def read_layers(v: Any) -> str:
     if isinstance(v, bool):
-        raise ValueError(f"must be layer indices such as [0, 1] or '0,1,4-7', got {v!r}")
+        raise ValueError(f"must be layer indices such as [0, 1] or '0,1,4-7', got {brief(v)}")
     if isinstance(v, int):
         return str(v)
     if isinstance(v, str):
         return v
     if isinstance(v, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) for x in v):
         return ",".join(map(str, v))
-    raise ValueError(f"must be layer indices such as [0, 1] or '0,1,4-7', got {v!r}")
+    raise ValueError(f"must be layer indices such as [0, 1] or '0,1,4-7', got {brief(v)}")
 
 
 def read_margin(v: Any) -> float:
     if isinstance(v, bool):
-        raise ValueError(f"must be a percentage such as 10% or a fraction such as 0.1, got {v!r}")
+        raise ValueError(f"must be a percentage such as 10% or a fraction such as 0.1, got {brief(v)}")
     if isinstance(v, (int, float)):
-        value = float(v)
+        value = float(v) if not isinstance(v, int) or abs(v) < 10**300 else math.inf
     elif isinstance(v, str):
         t = v.strip()
         try:
             value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
         except ValueError:
-            raise ValueError(f"must be a percentage such as 10% or a fraction such as 0.1, got {v!r}") from None
+            raise ValueError(f"must be a percentage such as 10% or a fraction such as 0.1, got {brief(v)}") from None
     else:
-        raise ValueError(f"must be a percentage such as 10% or a fraction such as 0.1, got {v!r}")
+        raise ValueError(f"must be a percentage such as 10% or a fraction such as 0.1, got {brief(v)}")
     if not 0 <= value < 1:
         bare = not (isinstance(v, str) and v.strip().endswith("%"))
         if bare and 1 <= value < 100:
             shown = f"{value:g}"
-            raise ValueError(f"must be a fraction below 1 or a percentage, got {v!r}: for {shown} percent "
+            raise ValueError(f"must be a fraction below 1 or a percentage, got {brief(v)}: for {shown} percent "
                              f"write {shown}% (or {value / 100:g})")
-        raise ValueError(f"must be between 0% and 100% (a fraction from 0 to below 1), got {v!r}")
+        raise ValueError(f"must be between 0% and 100% (a fraction from 0 to below 1), got {brief(v)}")
     return value
 
 
@@ -189,11 +192,11 @@ def read_value(o: Option, value: Any) -> Any:
     """
     if o.kind in ("str", "size-or-name"):
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise ValueError(f"must be a string, got {value!r}")
+            raise ValueError(f"must be a string, got {brief(value)}")
         return str(value)
     if o.kind == "choice":
         if not isinstance(value, str) or value.lower() not in o.choices:
-            raise ValueError(f"{value!r} is not one of: {', '.join(o.choices)}{close_matches(str(value), o.choices)}")
+            raise ValueError(f"{brief(value)} is not one of: {', '.join(o.choices)}{close_matches(str(value), o.choices)}")
         return value.lower()
     return {"bool": read_bool, "flag": read_bool, "int": read_int, "number": read_number, "list": read_list,
             "layers": read_layers, "margin": read_margin}[o.kind](value)

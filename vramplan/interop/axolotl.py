@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ForeignConfigError
+from ..io import brief
 from .hf import optim_from_trainer
 from .util import truthy
 
@@ -16,7 +17,7 @@ def from_axolotl(d: Mapping[str, Any]) -> dict[str, Any]:
     adapter = d.get("adapter")
     adapter = str(adapter).lower() if adapter else None
     if adapter not in (None, "lora", "qlora"):
-        raise ForeignConfigError("adapter", f"{adapter!r} is not modelled; use lora or qlora")
+        raise ForeignConfigError("adapter", f"{brief(adapter)} is not modelled; use lora or qlora")
     four, eight = truthy(d.get("load_in_4bit", False)), truthy(d.get("load_in_8bit", False))
     if adapter is None:
         if four or eight:

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ForeignConfigError, SetupError, close_matches
+from ..io import brief
 from ..lora import LoraConfig
 
 #: HF Trainer ``optim`` names -> vramplan optimizers (transformers/training_args.py OptimizerNames)
@@ -79,7 +80,7 @@ def options_from_training_args(args: Any) -> dict[str, Any]:
     if optim is not None:
         name = str(getattr(optim, "value", optim))
         if name not in TRAINER_OPTIMS:
-            raise SetupError(f"TrainingArguments.optim {name!r} is not modelled; use one of "
+            raise SetupError(f"TrainingArguments.optim {brief(name)} is not modelled; use one of "
                              f"{', '.join(sorted(TRAINER_OPTIMS))}")
         out["optim"] = TRAINER_OPTIMS[name]
     return out
@@ -93,7 +94,7 @@ def optim_from_trainer(name: Any, key: str = "optim") -> str:
     """
     n = str(getattr(name, "value", name))
     if n not in TRAINER_OPTIMS:
-        raise ForeignConfigError(key, f"optimizer {n!r} is not modelled{close_matches(n, list(TRAINER_OPTIMS))}; "
+        raise ForeignConfigError(key, f"optimizer {brief(n)} is not modelled{close_matches(n, list(TRAINER_OPTIMS))}; "
                                       f"use one of {', '.join(sorted(TRAINER_OPTIMS))}")
     return TRAINER_OPTIMS[n]
 
@@ -124,7 +125,7 @@ def from_training_args_json(d: Mapping[str, Any]) -> dict[str, Any]:
         if values[key] is not None:
             values[key] = as_bool(values[key], key)
     if values["optim"] is not None and not isinstance(values["optim"], str):
-        raise ForeignConfigError("optim", f"must be an optimizer name such as adamw_torch, got {values['optim']!r}")
+        raise ForeignConfigError("optim", f"must be an optimizer name such as adamw_torch, got {brief(values['optim'])}")
     try:
         o = options_from_training_args(SimpleNamespace(**values))
     except SetupError as exc:

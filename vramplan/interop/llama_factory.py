@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ForeignConfigError
+from ..io import brief
 from .hf import optim_from_trainer
 from .util import as_int, truthy
 
@@ -15,22 +16,22 @@ def from_llama_factory(d: Mapping[str, Any]) -> dict[str, Any]:
     o: dict[str, Any] = {"model": d["model_name_or_path"]}
     stage = d.get("stage", "sft")
     if stage not in ("sft", "pt"):
-        raise ForeignConfigError("stage", f"stage {stage!r} is not modelled (it holds a reference or value "
+        raise ForeignConfigError("stage", f"stage {brief(stage)} is not modelled (it holds a reference or value "
                                                 "model as well); only sft and pt are")
     ft = str(d.get("finetuning_type", "lora")).lower()
     if ft not in ("lora", "full"):
         raise ForeignConfigError("finetuning_type",
-                   f"{ft!r} is not modelled (freeze trains a subset of layers); use lora or full")
+                   f"{brief(ft)} is not modelled (freeze trains a subset of layers); use lora or full")
     qbit = d.get("quantization_bit")
     if qbit is not None:
         if str(d.get("quantization_method", "bnb")).lower() not in ("bnb", "bitsandbytes"):
             raise ForeignConfigError("quantization_method",
-                       f"{d.get('quantization_method')!r} is not modelled; only bitsandbytes (bnb) is")
+                       f"{brief(d.get('quantization_method'))} is not modelled; only bitsandbytes (bnb) is")
         if ft == "full":
             raise ForeignConfigError("quantization_bit", "full fine-tuning of a quantized model is not "
                                                                "possible; use finetuning_type: lora")
         if as_int(qbit, "quantization_bit") not in (4, 8):
-            raise ForeignConfigError("quantization_bit", f"must be 4 or 8, got {qbit!r}")
+            raise ForeignConfigError("quantization_bit", f"must be 4 or 8, got {brief(qbit)}")
         o["method"] = "qlora"
         o["quant"] = "int8" if int(qbit) == 8 else str(d.get("quantization_type", "nf4")).lower()
         o["double_quant"] = truthy(d.get("double_quantization", True))

@@ -49,7 +49,7 @@ class PlanEntry:
 
 def _err(file: str, index: int, count: int, key: str | None, msg: str) -> PlanFileError:
     where = f"{file}: plan {index} of {count}"
-    return PlanFileError(f"{where}: key {key!r}: {msg}" if key else f"{where}: {msg}")
+    return PlanFileError(f"{where}: key {brief(key)}: {msg}" if key else f"{where}: {msg}")
 
 
 def _normalize_keys(d: Mapping[Any, Any], file: str, index: int, count: int,
