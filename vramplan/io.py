@@ -504,10 +504,14 @@ def _write_named(target: Path, data: bytes, mode: int | None) -> None:
     tmp: str | None = None
     try:
         tmp = str(target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}{_TEMP_SUFFIX}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+                     | getattr(os, "O_BINARY", 0), 0o666)
         try:
             if mode is not None:
-                os.fchmod(fd, mode)
+                if hasattr(os, "fchmod"):
+                    os.fchmod(fd, mode)
+                else:                        # Windows before Python 3.13
+                    os.chmod(tmp, mode)
             _write_all(fd, data)
         finally:
             os.close(fd)

@@ -285,6 +285,17 @@ def test_extreme_flag_values_are_one_line(flag, value, words):
     assert words in r.stderr
 
 
+@pytest.mark.parametrize(("flag", "value"), [("--batch", HUGE), ("--rank", HUGE), ("--alpha", "nan"),
+                                             ("--layers-to-transform", "0-999999999"), ("--gpus", "0"),
+                                             ("--margin", "10")])
+def test_extreme_flags_on_the_other_commands(flag, value):
+    vp("fit", "qwen3-0.6b", "--gpu", "t4", flag, value, "--json", codes=(2,))
+    vp("gpus", "--fits", "qwen3-0.6b", flag, value, "--json", codes=(2,))
+    vp("sweep", "--model", "qwen3-0.6b", flag, value, codes=(2,))
+    if flag in ("--rank", "--alpha", "--layers-to-transform"):
+        vp("params", "qwen3-0.6b", flag, value, "--json", codes=(2,))
+
+
 def test_alpha_inf_never_prints_infinity():
     for value in ("inf", "1e999", "nan"):
         r = vp("plan", "qwen3-0.6b", "--alpha", value, "--json", codes=(2,))
