@@ -182,7 +182,7 @@ def read_text(path: str | os.PathLike[str], max_bytes: int = CONFIG_MAX_BYTES, *
     return decode_utf8(read_bytes(path, max_bytes, error=error, what=what), path, error=error, what=what)
 
 
-def _too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
     """Whether lists/dicts nest deeper than ``limit`` (iterative: no recursion of our own)."""
     stack = [(value, 1)]
     while stack:
@@ -217,7 +217,7 @@ def parse_json(text: str, path: str | os.PathLike[str], *, error: type[VramplanE
             from None
     except ValueError as exc:      # an integer beyond sys.get_int_max_str_digits()
         raise error(f"{short_path(p)}: the {what} is not valid JSON for vramplan: {str(exc).split(':')[0]}") from None
-    if _too_deep(data):
+    if too_deep(data):
         raise error(f"{short_path(p)}: the {what} nests lists or objects deeper than vramplan reads ({MAX_DEPTH} levels)")
     return data
 
@@ -276,7 +276,7 @@ def _yaml_expanded_size(root: Any, limit: int) -> tuple[int, int]:
 
 
 def parse_yaml(text: str, path: str | os.PathLike[str], *, error: type[VramplanError] = InputFileError,
-               what: str = "file") -> Any:
+               what: str = "file", not_yaml: str = "not YAML") -> Any:
     """One YAML document with PyYAML's safe loader, refusing documents whose aliases expand past
     :data:`YAML_MAX_NODES` nodes, recursive aliases, and nesting deeper than :data:`MAX_DEPTH`.
 
@@ -305,7 +305,7 @@ def parse_yaml(text: str, path: str | os.PathLike[str], *, error: type[VramplanE
         if "nesting depth" in str(exc):     # libyaml's own limit (1,000 levels)
             raise error(f"{short_path(p)}: the {what} nests lists or mappings deeper than vramplan reads "
                         f"({MAX_DEPTH} levels)") from None
-        raise error(f"{short_path(p)}: not YAML: {yaml_problem(exc)}") from None
+        raise error(f"{short_path(p)}: {not_yaml}: {yaml_problem(exc)}") from None
     except RecursionError:
         raise error(f"{short_path(p)}: the {what} nests lists or mappings deeper than vramplan reads ({MAX_DEPTH} levels)") \
             from None
@@ -316,9 +316,10 @@ def parse_yaml(text: str, path: str | os.PathLike[str], *, error: type[VramplanE
 
 
 def read_yaml(path: str | os.PathLike[str], max_bytes: int = CONFIG_MAX_BYTES, *,
-              error: type[VramplanError] = InputFileError, what: str = "file") -> Any:
+              error: type[VramplanError] = InputFileError, what: str = "file", not_yaml: str = "not YAML") -> Any:
     """A YAML file, bounded in size, depth and alias expansion (:func:`read_text`, :func:`parse_yaml`)."""
-    return parse_yaml(read_text(path, max_bytes, error=error, what=what), path, error=error, what=what)
+    return parse_yaml(read_text(path, max_bytes, error=error, what=what), path, error=error, what=what,
+                      not_yaml=not_yaml)
 
 
 # ------------------------------------------------------------------------------------------------ outputs
