@@ -33,10 +33,11 @@ def profiles_dir() -> Path:
 
 
 def _yaml_load(path: Path) -> Any:
-    """A bundled profile, read like every input (:func:`vramplan.io.read_yaml`: size-capped, safe loader)."""
+    """A bundled profile, read like every input (:func:`vramplan.io.read_yaml`: size-capped, safe loader), less
+    the alias-bomb walk: the files are vramplan's own, and every command reads all of them."""
     from .io import read_yaml
 
-    return read_yaml(path, error=ConfigError, what="bundled profile")
+    return read_yaml(path, error=ConfigError, what="bundled profile", trusted=True)
 
 
 # ------------------------------------------------------------------------------------------------ models

@@ -173,6 +173,12 @@ class Setup:
         return self.method != "inference"
 
     @property
+    def distributed(self) -> bool:
+        """Whether one rank's share replaces the single-GPU model states (``estimate/distributed.py``): training
+        on N > 1 GPUs, or a sharding engine on one. ``--gpus 1 --strategy ddp`` is plain single-GPU training."""
+        return self.training and (self.gpus > 1 or self.strategy != "ddp")
+
+    @property
     def compute_dtype(self) -> str:
         return {"bf16": "bf16", "fp16": "fp16", "32": "fp32"}[self.precision.split("-")[0]]
 

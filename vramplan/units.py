@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from fractions import Fraction
 
 from .errors import VramplanError
 
@@ -81,6 +80,8 @@ def read_size(text: str) -> Size:
         )
     scale, unit = _UNITS[written.lower()]
     # Exact arithmetic: "0.1GB" is 100,000,000 B and a 20-digit byte count stays exact (a float would not).
+    from fractions import Fraction  # exact; imported here: every command imports this module
+
     n_bytes = round(Fraction(number) * scale)
     if n_bytes < 1:
         raise SizeError(f"size {text!r} must be at least one byte")

@@ -90,7 +90,7 @@ TRAIN_PHASES = ("forward", "backward", "backward (layers)")
 def applies(setup: Setup) -> bool:
     """Whether the per-rank model replaces the single-GPU model states (training on N > 1 GPUs, or a
     sharding engine on one). ``--gpus 1 --strategy ddp`` is plain single-GPU training."""
-    return setup.training and (setup.gpus > 1 or setup.strategy != "ddp")
+    return setup.distributed
 
 
 # ------------------------------------------------------------------------------------------------- result

@@ -6,7 +6,6 @@ from typing import Any
 
 from ..setup import Setup
 from ..shapes.spec import ModelSpec
-from .distributed import OFFLOADS_BY_STRATEGY, PREFERENCE
 from .estimator import estimate
 
 
@@ -38,6 +37,8 @@ def smallest_gpus(spec: ModelSpec, setup: Setup, gpu: Any, margin: float = 0.0,
         one = setup.with_(gpus=1, strategy="ddp", offload="none")
         return (1, "ddp") if _fits(spec, one, gpu, margin) else None
     best: tuple[int, str] | None = None
+    from .distributed import OFFLOADS_BY_STRATEGY, PREFERENCE
+
     for strategy in PREFERENCE:
         if setup.offload not in OFFLOADS_BY_STRATEGY[strategy]:
             continue

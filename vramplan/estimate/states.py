@@ -7,17 +7,21 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..dtypes import BYTES, alloc
 from ..memo import IdCache
 from ..setup import Setup
 from ..shapes.spec import ModelSpec
-from . import distributed, overhead
+from . import overhead
 from .activations import LayerActivations
 from .optimizer import optimizer_states, optimizer_step_transient
 from .structure import Structure, layout_setup, static_structure, structural_setup
 from .structure import clear_caches as _clear_structures
 from .timeline import PHASES, StateTerms
+
+if TYPE_CHECKING:
+    from .distributed import RankStates
 from .weights import Placement, adapter_formula, gradient_bytes, head_component, weight_formula
 
 
@@ -38,7 +42,7 @@ class ModelStates:
     casts_head: int                   # the part of ``casts`` that is the output head's copy
     casts_backward: int               # the copies held at the start of backward (autograd saved them)
     casts_layer: int                  # one decoder layer's copies
-    rank: distributed.RankStates | None         # one rank's share on several GPUs / a sharding engine
+    rank: RankStates | None                     # one rank's share on several GPUs / a sharding engine
     structure: Structure                        # the layout placed on the GPU (weights, LoRA plan, counts)
     compute: Structure                          # the layout whose layer traces give the activations
     timeline: StateTerms | None = None          # training only: the fixed terms of phase_peaks
@@ -118,7 +122,11 @@ def _build_states(spec: ModelSpec, st: Structure, setup: Setup) -> ModelStates:
         casts_bwd, casts_layer = casts, casts // max(spec.num_layers, 1)
 
     # ---- multi-GPU: one rank's weights, gradients, optimizer states and buffers (distributed.py)
-    rank = distributed.rank_states(spec, setup, st) if (setup.training and distributed.applies(setup)) else None
+    rank = None
+    if setup.distributed:       # imported only then: a single-GPU plan does not load the per-rank model
+        from .distributed import rank_states
+
+        rank = rank_states(spec, setup, st)
     sa = st                          # the layout whose layer traces give the activations
     if rank is not None:
         comps = [c for c in comps if not c[0].startswith(("weights/", "adapters/"))]
