@@ -264,3 +264,9 @@ def test_check_output_path(tmp_path):
                 io.check_output_path(ro / "out.csv")
         finally:
             os.chmod(ro, 0o700)
+
+
+def test_streams_are_written_in_place(tmp_path):
+    r = subprocess.run([sys.executable, "-c", "from vramplan import io; io.atomic_write_text('/dev/stdout', 'hi')"],
+                       capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout) == (0, "hi"), r.stderr

@@ -431,6 +431,15 @@ def clean_stale_temps(target: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
+def _is_stream(target: Path) -> bool:
+    """A character device (``/dev/stdout``, a terminal) or a FIFO: written in place, not replaced."""
+    try:
+        mode = os.stat(target).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+
+
 def _mode_for(target: Path) -> int | None:
     """The permission bits of the file ``target`` replaces, or ``None`` for a new file."""
     try:
@@ -531,13 +540,18 @@ def _write_named(target: Path, data: bytes, mode: int | None) -> None:
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (see the module docstring): a replaced file keeps its mode, a new
-    one gets the umask's; a symbolic link is followed (the file it names is replaced, the link kept).
+    one gets the umask's; a symbolic link is followed (the file it names is replaced, the link kept); a
+    character device or FIFO (``/dev/stdout``) is written in place, as a stream.
 
     Raises:
         OutputPathError: the path cannot be written (a folder, under a file, no permission), one line.
     """
     target = Path(os.path.realpath(os.fspath(path)))
     try:
+        if _is_stream(Path(path)):    # --out /dev/stdout, a FIFO: a stream cannot be replaced, only written
+            with open(path, "wb") as fh:
+                fh.write(data)
+            return Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.is_dir():
             raise OutputPathError(f"{path}: is a folder; name a file")

@@ -154,7 +154,7 @@ def sweep(*, models: tuple[str, ...], gpus_: tuple[str, ...], margin: str, trust
     text = render(result.rows, [c.name for c in cards], fmt, title)
     if out:
         atomic_write_text(out, text)
-        click.echo(f"vramplan: wrote {len(result.rows):,} rows to {out}", err=True)
+        click.echo(f"vramplan: wrote {len(result.rows):,} row{'s' if len(result.rows) != 1 else ''} to {out}", err=True)
     else:
         click.echo(text, nl=False)
 
