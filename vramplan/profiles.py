@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -54,24 +55,48 @@ class ModelProfile:
     path: Path
 
 
+def _read_profile(path: Path) -> ModelProfile:
+    d = _yaml_load(path)
+    return ModelProfile(d["name"], d.get("hf_id", ""), tuple(d.get("aliases") or ()), d.get("source", ""),
+                        int(d["params_total"]), d["config"], path)
+
+
 @lru_cache(maxsize=1)
 def model_profiles() -> dict[str, ModelProfile]:
     """All bundled model profiles by canonical name."""
-    out: dict[str, ModelProfile] = {}
-    for path in sorted((profiles_dir() / "models").glob("*.yaml")):
-        d = _yaml_load(path)
-        out[d["name"]] = ModelProfile(d["name"], d.get("hf_id", ""), tuple(d.get("aliases") or ()),
-                                      d.get("source", ""), int(d["params_total"]), d["config"], path)
-    return out
+    profiles = (_read_profile(path) for path in sorted((profiles_dir() / "models").glob("*.yaml")))
+    return {p.name: p for p in profiles}
+
+
+@lru_cache(maxsize=64)
+def _profile_named(name: str) -> ModelProfile | None:
+    """The profile whose canonical name is ``name``, read alone from ``<name>.yaml`` (every profile file is named
+    after its profile; tests/test_profiles_data.py checks it): a bundled name resolves without reading the
+    other profiles, which is most of a cold ``plan``. ``None`` when there is no such file."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name):
+        return None
+    path = profiles_dir() / "models" / f"{name}.yaml"
+    if not path.is_file():
+        return None
+    p = _read_profile(path)
+    return p if p.name == name else None
 
 
 @lru_cache(maxsize=1)
 def _alias_index() -> dict[str, str]:
+    """Every name, Hub id and alias (lowercased) -> the profile's name. Only the head of each file is parsed
+    (the keys above ``config:``, where every profile keeps them): resolving a Hub id costs no full parse of the
+    other profiles' configs, which is most of a cold ``plan``."""
+    from .io import parse_yaml, read_text
+
     index: dict[str, str] = {}
-    for p in model_profiles().values():
-        for key in (p.name, p.hf_id, *p.aliases):
+    for path in sorted((profiles_dir() / "models").glob("*.yaml")):
+        text = read_text(path, error=ConfigError, what="bundled profile")
+        head, sep, _ = text.partition("\nconfig:")
+        d = parse_yaml(head if sep else text, path, error=ConfigError, what="bundled profile", trusted=True)
+        for key in (d["name"], d.get("hf_id", ""), *(d.get("aliases") or ())):
             if key:
-                index[key.lower()] = p.name
+                index[key.lower()] = d["name"]
     return index
 
 
@@ -213,9 +238,11 @@ def resolve_model(name: str, *, trust_remote_code: bool = False) -> ResolvedMode
     from .io import brief
 
     key = name.strip()
-    hit = _alias_index().get(key.lower())
-    if hit is not None:
-        p = model_profiles()[hit]
+    p = _profile_named(key.lower())
+    if p is None:
+        hit = _alias_index().get(key.lower())
+        p = _profile_named(hit) if hit is not None else None
+    if p is not None:
         spec = build_spec(p.config, p.name, str(p.path))
         return ResolvedModel(p.name, spec, "profile", p.source, p)
     path = Path(os.path.expanduser(key))
@@ -311,6 +338,9 @@ def resolve_gpu(name: str) -> Gpu:
         if key == g.name or key in (a.lower() for a in g.aliases):
             return g
     if key and key[0].isdigit():
+        if len(key) > 40:         # no size needs more; the reader's message would quote every digit
+            raise UnknownGpuError(f"unknown GPU {brief(name)}: {len(key):,} characters is too long for a size; "
+                                  "write the card's memory, such as 24GB, 24GiB or 80G")
         try:
             size = parse_size(name)
         except SizeError as exc:
