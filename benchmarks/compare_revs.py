@@ -96,7 +96,9 @@ def describe(rev: str | None) -> dict:
 
 
 def env_for(tree: Path, cache: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
+    # PYTHONDONTWRITEBYTECODE (set on CI machines and on this one) would make every "cold" run compile the sources
+    # anew, which an installed package never does (pip writes the bytecode): the warm-up run writes it here
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP", "PYTHONDONTWRITEBYTECODE")}
     env.update(PYTHONPATH=str(tree), HF_HUB_OFFLINE="1", VRAMPLAN_CACHE=str(cache), PYTHONHASHSEED="0")
     return env
 
