@@ -47,6 +47,16 @@ class ForeignConfigError(VramplanError):
         self.message = message
 
 
+class CannotCheckError(VramplanError):
+    """A training config that is read but cannot be checked: a stage, method or setting vramplan does not model
+    (DPO's reference model, a pre-quantized AWQ checkpoint, partial training...), or a value the file leaves to
+    the launcher; ``reason`` says which. ``vramplan check`` reports the file as "cannot check: <reason>"."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class SimulationError(VramplanError):
     """A model that cannot be executed on fake tensors."""
 
