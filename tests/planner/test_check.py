@@ -40,7 +40,7 @@ def test_plans_list_one_line_each_exit_1_when_one_does_not_fit(tmp_path):
     r = vp("check", f)
     assert r.exit_code == 1
     lines = r.stdout.splitlines()
-    assert len(lines) == 2
+    assert len(lines) == 3 and lines[2] == "summary: 1 fits, 1 does not fit, 0 cannot check, 0 bad file (2 plans in 1 files)"
     assert lines[0].startswith("ok   llama-3.1-8b · qlora · nf4+DQ · r=16 q_proj,k_proj,v_proj,o_proj")
     assert lines[1].startswith("FAIL llama-3.1-8b · lora") and "(too big)" in lines[1]
     assert re.search(r"\d+\.\d\d / 23\.99 GiB on rtx-4090 \(headroom -?\d+\.\d\d GiB, 10% margin\)", lines[0])
@@ -61,7 +61,7 @@ def test_single_mapping_dash_keys_json_and_overrides(tmp_path):
     assert d[0]["margin"] == 0.5
     # several files: every plan of every file
     g = write(tmp_path, "two.yaml", PLANS)
-    assert len(vp("check", f, g).stdout.splitlines()) == 3
+    assert len(vp("check", f, g).stdout.splitlines()) == 3 + 1      # three plans and the summary
 
 
 LLAMA_FACTORY = """\
@@ -113,11 +113,13 @@ TRAINING_ARGS = {"output_dir": "out", "per_device_train_batch_size": 4, "gradien
 
 @pytest.mark.parametrize("name,text,gpu,equivalent", [
     ("llamafactory.yaml", LLAMA_FACTORY, "rtx-4090",
-     ["llama-3.1-8b", "--method", "qlora", "--rank", "16", "--targets", "all-linear", "--seq", "4096", "--batch",
-      "2", "--grad-ckpt", "--attn", "flash", "--precision", "bf16-mixed"]),
+     # lora_alpha unset = 2 * lora_rank (LLaMA-Factory finetuning_args.py:587); no prepare_model_for_kbit_training
+     ["llama-3.1-8b", "--method", "qlora", "--rank", "16", "--alpha", "32", "--targets", "all-linear", "--seq", "4096",
+      "--batch", "2", "--grad-ckpt", "--attn", "flash", "--precision", "bf16-mixed", "--no-kbit-prep"]),
     ("axolotl.yml", AXOLOTL, "a100-40gb",
+     # flash attention casts the kbit-prepared norms/embeddings back to bf16 (axolotl loaders/model.py:456-476)
      ["qwen2.5-7b", "--method", "qlora", "--rank", "32", "--alpha", "16", "--targets", "all-linear", "--seq", "2048",
-      "--batch", "2", "--grad-ckpt", "--attn", "flash", "--optim", "paged-adamw-8bit"]),
+      "--batch", "2", "--grad-ckpt", "--attn", "flash", "--optim", "paged-adamw-8bit", "--no-kbit-prep"]),
     ("args.json", json.dumps(TRAINING_ARGS), "rtx-4090",
      ["qwen3-0.6b", "--method", "full", "--batch", "4", "--seq", "1024", "--grad-ckpt", "--optim", "adamw-8bit"]),
 ])
@@ -127,7 +129,7 @@ def test_training_configs_read_as_the_setup_they_train(tmp_path, name, text, gpu
     p = vp_json("plan", *equivalent, "--gpu", gpu)
     assert d[0]["setup"] == p["setup"]
     assert d[0]["device_used_bytes"] == p["device_used_bytes"]
-    assert d[0]["format"] == {"llamafactory.yaml": "llama-factory", "axolotl.yml": "axolotl",
+    assert d[0]["format"] == {"llamafactory.yaml": "llamafactory", "axolotl.yml": "axolotl",
                               "args.json": "training-args"}[name]
 
 
@@ -149,7 +151,7 @@ def test_training_args_model_from_the_command_line(tmp_path):
     ("gpu: t4\nmodel: qwen3-0.6b\ntargets: [nope]\n", "key 'targets': --targets 'nope' matches no module"),
     ("gpu: t4\nmodel: qwen3-0.6b\nmethod: qlora\nquant: none\n", "key 'method': --method qlora needs"),
     ("gpu: t44\nmodel: qwen3-0.6b\n", "key 'gpu': unknown GPU 't44' (did you mean: t4?)"),
-    ("gpu: t4\nmodel: not-a-model-anywhere\n", "key 'model': unknown model"),
+    ("gpu: t4\nmodel: not-a-model-anywhere\n", "plan 1 of 1: cannot check: unknown model"),
     ("model: qwen3-0.6b\n", "key 'gpu': missing"),
     ("gpu: t4\nmodel: qwen3-0.6b\nmargin: 120%\n", "key 'margin': must be between 0% and 100%"),
     ("gpu: t4\nplans:\n  - model: qwen3-0.6b\n  - 7\n", "plan 2 of 2: expected a mapping"),
@@ -162,16 +164,22 @@ def test_bad_plan_files_exit_2_naming_file_plan_and_key(tmp_path, text, needle):
     f = write(tmp_path, "bad.vramplan.yaml", text)
     r = vp("check", f)
     assert r.exit_code == 2, r.stdout
-    assert r.stdout == ""
+    assert ("bad file: " in r.stdout) != ("cannot check: " in r.stdout) and r.stdout.count("\n") == 2   # + summary
     line = r.stderr.strip()
     assert len(line.splitlines()) == 1 and line.startswith(f"vramplan: error: {f}: ") and needle in line, line
 
 
-def test_bad_file_anywhere_stops_before_any_verdict(tmp_path):
+def test_a_bad_file_never_hides_the_others(tmp_path):
     good = write(tmp_path, "a.yaml", "gpu: t4\nmodel: qwen3-0.6b\n")
     bad = write(tmp_path, "b.yaml", "gpu: t4\nmodel: qwen3-0.6b\nbatch: -1\n")
-    r = vp("check", good, bad)
-    assert r.exit_code == 2 and r.stdout == "" and "b.yaml: plan 1 of 1: key 'batch'" in r.stderr
+    big = write(tmp_path, "c.yaml", "gpu: t4\nmodel: qwen3-0.6b\nbatch: 64\nseq: 8192\n")
+    r = vp("check", good, bad, big)
+    lines = r.stdout.splitlines()
+    assert r.exit_code == 2 and "b.yaml: plan 1 of 1: key 'batch'" in r.stderr
+    assert lines[0].startswith("ok   qwen3-0.6b") and lines[0].endswith("a.yaml plan 1")
+    assert lines[1].startswith(f"bad file: {bad}: plan 1 of 1: key 'batch'")
+    assert lines[2].startswith("FAIL qwen3-0.6b") and lines[2].endswith("c.yaml plan 1")
+    assert lines[3] == "summary: 1 fits, 1 does not fit, 0 cannot check, 1 bad file (3 plans in 3 files)"
 
 
 def test_not_json_and_missing_file(tmp_path):
@@ -183,13 +191,21 @@ def test_not_json_and_missing_file(tmp_path):
 
 
 @pytest.mark.parametrize("text,needle", [
-    (LLAMA_FACTORY.replace("finetuning_type: lora", "finetuning_type: freeze"), "key 'finetuning_type'"),
-    (LLAMA_FACTORY.replace("stage: sft", "stage: dpo"), "key 'stage'"),
-    (AXOLOTL.replace("optimizer: paged_adamw_8bit", "optimizer: adamw_sparkly"), "key 'optimizer'"),
+    (LLAMA_FACTORY.replace("finetuning_type: lora", "finetuning_type: freeze"), "cannot check: finetuning_type"),
+    (LLAMA_FACTORY.replace("stage: sft", "stage: dpo"), "cannot check: stage dpo"),
 ])
-def test_unmodelled_training_config_values_exit_2(tmp_path, text, needle):
+def test_unmodelled_training_config_values_cannot_be_checked_exit_2(tmp_path, text, needle):
     r = vp("check", write(tmp_path, "c.yaml", text), "--gpu", "a100-80gb")
-    assert r.exit_code == 2 and needle in r.stderr, r.stderr
+    assert r.exit_code == 2 and needle in r.stderr and r.stdout.startswith(needle), (r.stdout, r.stderr)
+    assert r.stdout.splitlines()[-1] == "summary: 0 fits, 0 does not fit, 1 cannot check, 0 bad file (1 plans in 1 files)"
+
+
+def test_unmodelled_optimizer_is_named_not_refused(tmp_path):
+    r = vp("check", write(tmp_path, "c.yaml", AXOLOTL.replace("optimizer: paged_adamw_8bit",
+                                                                "optimizer: adamw_sparkly")), "--gpu", "a100-80gb")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.splitlines()[1] == "     ignored: optimizer adamw_sparkly (not in vramplan's --optim list: " \
+                                       "optimizer not modelled)"
 
 
 def test_pre_commit_hook_definition():

@@ -17,37 +17,76 @@ from .render import echo_json, gib, setup_line
 @click_option(option_named("margin"), default=None, show_default=False,
               help="Headroom kept free instead of each plan's margin, e.g. 10%.")
 @click.option("--model", default=None, help="Model for files that do not name one (TrainingArguments JSON).")
+@click_option(option_named("seq"), default=None, show_default=False,
+              help="Tokens per sequence for files that leave it open (no truncation: torchtune max_seq_len null, "
+                   "TRL max_length None, ms-swift without --max_length).")
+@click_option(option_named("gpus"), default=None, show_default=False,
+              help="Number of GPUs for sharded files that leave it to the launcher (torchrun, accelerate).")
 @json_option
-def check(files: tuple[str, ...], *, gpu: str | None, margin: str | None, model: str | None, as_json: bool) -> None:
-    """Check that every plan in FILES fits its GPU; print one line per plan.
+def check(files: tuple[str, ...], *, gpu: str | None, margin: str | None, model: str | None, seq: int | None,
+          gpus: int | None, as_json: bool) -> None:
+    """Check that every plan in FILES fits its GPU; print one line per plan and a summary.
 
     A plan file is YAML or JSON: one mapping whose keys are the long options of `vramplan plan` (dashes or
     underscores: model, method, rank, targets, batch, seq, grad_ckpt, attn, optim, precision, quant, gpu,
     margin, ...), or `plans:` with a list of such mappings (other top-level keys are defaults for each).
-    LLaMA-Factory and axolotl training YAMLs and transformers TrainingArguments JSON are recognised by their
-    keys and read as the setup they train.
+    Training configs are recognised and read as their framework means them: LLaMA-Factory (flat and v1),
+    axolotl, ms-swift (swift sft command lines in .sh files and its YAML/JSON), torchtune recipes, TRL
+    SFTConfig, transformers TrainingArguments JSON, and launch scripts (llamafactory-cli, axolotl train,
+    tune run, accelerate launch, torchrun) with the DeepSpeed/accelerate files they name.
 
-    Exit code 0 when every plan fits, 1 when any does not, 2 on a bad file (naming file, plan and key).
+    Each file is checked on its own: a plan is ok, FAIL, "cannot check: reason" (a stage, setting or model
+    vramplan cannot model) or "bad file: reason"; keys that change memory but are not modelled are listed as
+    ignored. Exit code 2 if any file is bad or cannot be checked, else 1 if any plan does not fit, else 0.
     """
-    from ..planner import check_plans, read_plan_file
+    from ..errors import VramplanError
+    from ..planner.check import CheckOverrides, check_files, exit_code, summary
     from .plan import parse_margin
-
-    m = parse_margin(margin) if margin is not None else None
-    entries = [e for f in files for e in read_plan_file(f, gpu=gpu, margin=m, model=model)]
-    results = check_plans(entries, setup_from_options)
-    from ..setup import ignored_options
     from .render import warn
 
-    for r in results:
-        for w in ignored_options(r.entry.options, r.estimate.setup):
-            warn(f"{r.entry.where}: {w}")
+    m = parse_margin(margin) if margin is not None else None
+    outcomes = check_files(files, setup_from_options, CheckOverrides(gpu, m, model, seq, gpus))
+    for o in outcomes:
+        for w in o.warnings:
+            warn(f"{o.where}: {w}")
     if as_json:
-        echo_json([r.to_dict() for r in results])
+        echo_json([o.to_dict() for o in outcomes])
     else:
-        for r in results:
-            click.echo(check_line(r.to_dict(), r.estimate.to_dict() | {"model": r.model}))
-    if not all(r.fit.fits for r in results):
+        for o in outcomes:
+            click.echo(outcome_line(o))
+            if o.ignored:
+                click.echo(f"     ignored: {'; '.join(o.ignored)}")
+        c = summary(outcomes)
+        click.echo(f"summary: {c['fits']} fits, {c['does_not_fit']} does not fit, {c['cannot_check']} cannot check, "
+                   f"{c['bad_file']} bad file ({len(outcomes)} plans in {len(files)} files)")
+    code = exit_code(outcomes)
+    if code == 2:
+        problems = [o for o in outcomes if o.status in ("cannot-check", "bad-file")]
+        first = problems[0]
+        what = "cannot check" if first.status == "cannot-check" else "bad file"
+        msg = first.reason or ""
+        if first.status == "cannot-check" or not msg.startswith(first.file):
+            msg = f"{first.where}: {what}: {msg}"
+        if len(msg) > 400:
+            msg = msg[:397] + "..."
+        if len(problems) > 1:
+            msg = f"{len(problems)} plans cannot be checked or are in bad files; first: {msg}"
+        raise VramplanError(msg)
+    if code == 1:
         sys.exit(1)
+
+
+def outcome_line(o) -> str:
+    """One line per plan: ``ok``/``FAIL`` with the setup and the numbers, or ``cannot check: reason`` /
+    ``bad file: reason`` with where."""
+    if o.estimate is not None:
+        r = o.to_dict()
+        return check_line(r, o.estimate.to_dict() | {"model": o.model})
+    where = o.file + (f" plan {o.plan}" if o.plan is not None and o.count > 1 else "")
+    if o.status == "cannot-check":
+        return f"cannot check: {o.reason} · {where}"
+    reason = o.reason or ""
+    return f"bad file: {reason}" if reason.startswith(o.file) else f"bad file: {reason} · {where}"
 
 
 def check_line(d: dict, plan_json: dict) -> str:

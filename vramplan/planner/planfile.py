@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from ..errors import ForeignConfigError, PlanFileError, close_matches
-from ..interop import TRAINING_ARGS_KEYS, from_axolotl, from_llama_factory
+from ..interop import from_axolotl, from_llama_factory
 from ..interop.axolotl import KEY_SOURCES as axolotl_keys
+from ..interop.detect import detect_mapping, plan_options
 from ..interop.hf import KEY_SOURCES as training_args_keys
 from ..interop.hf import from_training_args_json
 from ..interop.llama_factory import KEY_SOURCES as llama_factory_keys
@@ -73,6 +75,13 @@ def _normalize_keys(d: Mapping[Any, Any], file: str, index: int, count: int,
     return out
 
 
+def normalize_plan_keys(d: Mapping[Any, Any], file: str, index: int, count: int,
+                        sources: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Plan keys read and validated by their options (``check`` on another tool's config): errors name the file,
+    the plan and, through ``sources``, the key the user wrote."""
+    return _normalize_keys(d, file, index, count, sources)
+
+
 # ---- foreign formats -------------------------------------------------------------------------------
 def _from_training_args(d: Mapping[str, Any]) -> dict[str, Any]:
     """transformers ``TrainingArguments`` JSON plus vramplan keys (``model``, ``method``, ``rank``, ``seq``...):
@@ -92,18 +101,17 @@ FOREIGN_READERS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
     "llama-factory": from_llama_factory, "axolotl": from_axolotl, "training-args": _from_training_args}
 
 
+#: the other formats vramplan.interop reads (LLaMA-Factory v1 before TrainingArguments: it has output_dir)
+for _fmt in ("llamafactory-v1", "msswift", "torchtune", "trl-config", "trl-cli-config", "trl-args-json",
+             "deepspeed-json", "accelerate-config"):
+    FOREIGN_READERS[_fmt] = partial(plan_options, _fmt)
+
+
 def detect_format(d: Mapping[str, Any]) -> str:
-    """``vramplan`` / ``axolotl`` / ``llama-factory`` / ``training-args``, from a plan mapping's keys."""
-    keys = {str(k).replace("-", "_") for k in d}
-    if "plans" in keys:
-        return "vramplan"
-    if "base_model" in keys:
-        return "axolotl"
-    if "model_name_or_path" in keys:
-        return "llama-factory"
-    if keys & set(TRAINING_ARGS_KEYS) - set(PLAN_KEYS):
-        return "training-args"
-    return "vramplan"
+    """``vramplan`` / ``training-args`` / ``llama-factory`` / ``llamafactory-v1`` / ``axolotl`` / ``msswift`` /
+    ``torchtune`` / ``trl-*``..., from a plan mapping's keys (:func:`vramplan.interop.detect.detect_mapping`)."""
+    fmt = detect_mapping(d, frozenset(PLAN_KEYS))
+    return "llama-factory" if fmt == "llamafactory" else fmt
 
 
 def read_plan_file(path: str | Path, gpu: str | None = None, margin: float | None = None,
