@@ -10,7 +10,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..errors import CannotCheckError, ForeignConfigError, PlanFileError, UnknownModelError, VramplanError
+from ..errors import (
+    CannotCheckError,
+    ForeignConfigError,
+    PlanFileError,
+    TargetError,
+    UnknownModelError,
+    VramplanError,
+)
 from ..estimate import Estimate, Fit, estimate
 from ..setup import Setup
 from .planfile import PlanEntry
@@ -247,6 +254,13 @@ def check_files(paths: Sequence[str | os.PathLike[str]], make_setup: Callable[[d
             item.name = e.name
             try:
                 setup = make_setup(dict(e.options))
+            except TargetError as exc:
+                # another tool's targets that vramplan's PEFT mirror cannot apply: not the user's mistake
+                foreign = e.format not in ("vramplan", "training-args")
+                item.status = "cannot-check" if foreign else "bad-file"
+                item.reason = f"LoRA targets: {exc}" if foreign else str(_plan_error(e, exc))
+                out.append(item)
+                continue
             except VramplanError as exc:
                 item.status, item.reason = "bad-file", str(_plan_error(e, exc))
                 out.append(item)
