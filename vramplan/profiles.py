@@ -73,7 +73,7 @@ def _profile_named(name: str) -> ModelProfile | None:
     """The profile whose canonical name is ``name``, read alone from ``<name>.yaml`` (every profile file is named
     after its profile; tests/test_profiles_data.py checks it): a bundled name resolves without reading the
     other profiles, which is most of a cold ``plan``. ``None`` when there is no such file."""
-    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name):
+    if len(name) > 200 or not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name):    # 200: no "File name too long"
         return None
     path = profiles_dir() / "models" / f"{name}.yaml"
     if not path.is_file():
