@@ -99,7 +99,7 @@ def read_torchtune(d: Mapping[str, Any], file: str | os.PathLike[str] | None = N
         o["method"] = "qlora" if name.startswith("qlora") or truthy(m.get("quantize_base", False)) else "lora"
         if o["method"] == "qlora":
             o["quant"], o["double_quant"] = "nf4", True     # torchao NF4Tensor (modules/peft/lora.py:86)
-        o["kbit_prep"] = False
+            o["kbit_prep"] = False                          # no peft prepare_model_for_kbit_training
         o["rank"] = as_int(m.get("lora_rank", 8), "model.lora_rank")
         o["alpha"] = m.get("lora_alpha", 16)
         o["lora_dropout"] = m.get("lora_dropout", 0.0)             # _model_builders.py:83-92
