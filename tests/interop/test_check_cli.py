@@ -111,8 +111,8 @@ def test_json_records_the_full_setup_as_plan_json_does():
     assert len(d) == 1 and set(d[0]) == RECORD_KEYS
     rec = d[0]
     e = EXPECTED[f"torchtune/{TT_LORA_1B.name}"]
-    p = json.loads(vp("plan", *_plan_args(e["setup"], "llama-3.2-1b"), "--seq", "2048", "--gpu", "h100-80gb",
-                      "--json").stdout)
+    p = json.loads(vp("plan", *_plan_args(e["setup"], "llama-3.2-1b"), "--seq", "2048", "--stack", "torchtune",
+                      "--gpu", "h100-80gb", "--json").stdout)
     assert set(rec["setup"]) == set(p["setup"])
     assert rec["setup"] == p["setup"]
     for k in ("peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes"):

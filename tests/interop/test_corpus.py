@@ -133,6 +133,10 @@ def test_corpus_file_read_as_its_framework_means_it(f):
     r = readings[0]
     assert r.cannot_check is None, r.cannot_check
     bad = _compare(f, e, r)
+    stack = {"llamafactory": "llama-factory", "axolotl": "axolotl", "msswift": "ms-swift", "torchtune": "torchtune",
+             "trl": "hf" if e.get("trl_version") == "v0.19.1" else "trl"}[f.split("/")[0]]
+    if r.options.get("stack") != stack:
+        bad.append(f"stack: expected {stack}, read {r.options.get('stack')}")
     assert not bad, f"{f}:\n  " + "\n  ".join(bad)
 
 

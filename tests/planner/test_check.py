@@ -115,11 +115,11 @@ TRAINING_ARGS = {"output_dir": "out", "per_device_train_batch_size": 4, "gradien
     ("llamafactory.yaml", LLAMA_FACTORY, "rtx-4090",
      # lora_alpha unset = 2 * lora_rank (LLaMA-Factory finetuning_args.py:587); no prepare_model_for_kbit_training
      ["llama-3.1-8b", "--method", "qlora", "--rank", "16", "--alpha", "32", "--targets", "all-linear", "--seq", "4096",
-      "--batch", "2", "--grad-ckpt", "--attn", "flash", "--precision", "bf16-mixed", "--no-kbit-prep"]),
+      "--batch", "2", "--grad-ckpt", "--attn", "flash", "--precision", "bf16-mixed", "--no-kbit-prep", "--stack", "llama-factory"]),
     ("axolotl.yml", AXOLOTL, "a100-40gb",
      # flash attention casts the kbit-prepared norms/embeddings back to bf16 (axolotl loaders/model.py:456-476)
      ["qwen2.5-7b", "--method", "qlora", "--rank", "32", "--alpha", "16", "--targets", "all-linear", "--seq", "2048",
-      "--batch", "2", "--grad-ckpt", "--attn", "flash", "--optim", "paged-adamw-8bit", "--no-kbit-prep"]),
+      "--batch", "2", "--grad-ckpt", "--attn", "flash", "--optim", "paged-adamw-8bit", "--no-kbit-prep", "--stack", "axolotl"]),
     ("args.json", json.dumps(TRAINING_ARGS), "rtx-4090",
      ["qwen3-0.6b", "--method", "full", "--batch", "4", "--seq", "1024", "--grad-ckpt", "--optim", "adamw-8bit"]),
 ])

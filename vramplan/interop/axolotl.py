@@ -46,6 +46,7 @@ def read_axolotl(d: Mapping[str, Any], file: str | os.PathLike[str] | None = Non
         raise ForeignConfigError("base_model", f"must name a model, got {brief(model)}")
     r = Reading("axolotl", model)
     o = r.options
+    o["stack"] = "axolotl"
     if d.get("rl"):
         r.stage = str(d["rl"]).lower()
         raise CannotCheckError(f"rl: {r.stage} (TRL {r.stage.upper()} trainer via axolotl: chosen/rejected forwards "

@@ -65,6 +65,7 @@ def read_llama_factory(d: Mapping[str, Any], file: str | os.PathLike[str] | None
         raise ForeignConfigError("model_name_or_path", f"must name a model, got {brief(model)}")
     r = Reading(fmt, model)
     o = r.options
+    o["stack"] = "llama-factory"
     stage = str(d.get("stage", "sft")).lower()         # finetuning_args.py:460
     r.stage = stage
     if stage not in ("sft", "pt"):
@@ -213,6 +214,7 @@ def read_llama_factory_v1(d: Mapping[str, Any], file: str | os.PathLike[str] | N
     """
     r = Reading("llamafactory-v1", str(d["model"]))
     o = r.options
+    o["stack"] = "llama-factory"
     dataset = str(d.get("train_dataset", ""))
     if stage is None and _V1_NOT_SFT.search(os.path.basename(dataset)):
         raise CannotCheckError(f"train_dataset {brief(dataset)} is preference data: v1 takes the stage from the "

@@ -65,6 +65,7 @@ def read_msswift(args: Mapping[str, Any], file: str | os.PathLike[str] | None = 
         raise ForeignConfigError("model", f"must name a model, got {brief(model)}")
     r = Reading(fmt, model)
     o = r.options
+    o["stack"] = "ms-swift"
     if command == "rlhf":
         kind = str(a.get("rlhf_type", "dpo")).lower()
         r.stage = kind

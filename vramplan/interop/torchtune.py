@@ -91,6 +91,7 @@ def read_torchtune(d: Mapping[str, Any], file: str | os.PathLike[str] | None = N
     if model is None:
         raise CannotCheckError(f"the checkpoint is not named (no `tune download` comment); builder {builder}")
     o = r.options
+    o["stack"] = "torchtune"
     m = d.get("model")
     if not isinstance(m, Mapping):
         raise CannotCheckError("no model section (model._component_): not a fine-tuning recipe vramplan reads")

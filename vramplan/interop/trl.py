@@ -54,6 +54,8 @@ def read_trl(d: Mapping[str, Any], file: str | os.PathLike[str] | None = None, *
     old = version == "v0.19.1" or (version is None and "max_seq_length" in d)
     r = Reading(fmt or ("trl-config" if old else "trl-cli-config"), model)
     o = r.options
+    # the trl stack is TRL >= 0.26 (no kbit prep, fused LM head); v0.19.1 is the HF Trainer + PEFT recipe
+    o["stack"] = "hf" if old else "trl"
     pref = [k for k in _PREF_KEYS if k in d]
     if pref:
         r.stage = "dpo"
