@@ -293,6 +293,7 @@ def check_files(paths: Sequence[str | os.PathLike[str]], make_setup: Callable[[d
                 continue
             item.model = models[key].name
             item.estimate = est
+            item.warnings += [w for w in est.warnings if w not in item.warnings]   # the stack's unmodelled
             assert est.fit is not None
             item.status = "ok" if est.fit.fits else "fail"
             out.append(item)
