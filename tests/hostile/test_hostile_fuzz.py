@@ -66,10 +66,17 @@ FLAGS = ["--batch", "--seq", "--gpus", "--rank", "--alpha", "--lora-dropout", "-
 @FUZZ
 @given(values=st.dictionaries(st.sampled_from(FLAGS), flag_texts, min_size=1, max_size=3))
 def test_fuzz_plan_flags(values):
-    args = ["plan", "qwen3-0.6b", "--json"]
+    args = []
     for flag, value in values.items():
         args += [flag, value]
-    vp(*args)
+    vp("plan", "qwen3-0.6b", "--json", *args)
+    if "--gpu" not in values:
+        vp("gpus", "--fits", "qwen3-0.6b", "--json", *args)
+    lora_only = [a for f, v in values.items() if f in ("--rank", "--alpha", "--lora-dropout",
+                                                       "--layers-to-transform", "--targets", "--target-regex")
+                 for a in (f, v)]
+    if lora_only:
+        vp("params", "qwen3-0.6b", "--json", *lora_only)
 
 
 @FUZZ
