@@ -148,3 +148,16 @@ def test_launch_script_reads_the_files_it_names(tmp_path):
     s = d[0]["setup"]
     assert (s["gpus"], s["strategy"], s["offload"], s["grad_ckpt"]) == (2, "fsdp", "none", True)
     assert d[0]["references"][0].endswith("fsdp2_lora/fsdp2.json")
+
+
+def test_docs_ci_md_documents_every_json_key():
+    """docs/ci.md's --json table names every key of a record, and no other."""
+    import re
+
+    doc = (CORPUS.parents[2] / "docs" / "ci.md").read_text()
+    section = doc.split("### `--json`", 1)[1].split("\n### ", 1)[0]
+    keys = set()
+    for row in section.splitlines():
+        if row.startswith("| `"):
+            keys |= set(re.findall(r"`([a-z_]+)`", row.split("|")[1]))
+    assert keys == RECORD_KEYS
