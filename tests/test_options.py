@@ -135,7 +135,7 @@ def test_profile_takes_every_setup_option_it_can_run() -> None:
     from vramplan.cli.profile import NOT_PROFILED
 
     opts = _long_options("profile")
-    assert set(SETUP_OPTION_NAMES) - set(opts) == set(NOT_PROFILED) == {"loss"}
+    assert set(SETUP_OPTION_NAMES) - set(opts) == set(NOT_PROFILED) == {"loss", "stack"}
     assert opts["new_tokens"].default == 0     # inference profiles decode --new-tokens tokens
 
 

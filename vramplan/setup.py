@@ -16,6 +16,7 @@ from .errors import SetupError
 from .lora import LoraConfig
 from .options import Option, option, options_of
 from .shapes.config import MAX_LAYERS
+from .stacks import STACK_NAMES, STACKS
 
 #: The largest layer index ``--layers-to-transform`` takes (the last layer of the deepest model planned).
 MAX_LAYER_INDEX = MAX_LAYERS - 1
@@ -83,9 +84,9 @@ class Setup:
                         help="Base-weight quantization (bitsandbytes); qlora defaults to nf4.")
     double_quant: bool = option(True, kind="bool", help="bnb_4bit_use_double_quant.")
     quant_blocksize: int = option(64, kind="int", help="4-bit quantization block size.")
-    precision: str = option("bf16-mixed", kind="choice", choices=PRECISIONS,
+    precision: str = option("bf16-mixed", kind="choice", choices=PRECISIONS, unset=True,
                             help="mixed = autocast with fp32 trainable weights (HF Trainer bf16=True); "
-                                 "true = everything in that dtype.")
+                                 "true = everything in that dtype (default: bf16-mixed, or the --stack's).")
     lora: LoraConfig | None = field(default_factory=LoraConfig)
     batch: int = option(1, kind="int", help="Sequences per step (per GPU).")
     seq: int = option(2048, kind="int", help="Tokens per sequence (inference: prompt + generated).")
@@ -93,20 +94,25 @@ class Setup:
                              help="Gradient checkpointing (default: on for qlora, as prepare_model_for_kbit_training "
                                   "does; off otherwise).")
     attn: str = option("sdpa", kind="choice", choices=ATTNS, help="Attention kernel.")
-    optim: str = option("adamw", kind="choice", choices=OPTIMS,
-                        help="Optimizer (adamw = torch fused AdamW, the HF Trainer default).")
-    loss: str = option("standard", kind="choice", choices=LOSSES,
-                       help="standard = full fp32 logits; chunked = fused linear cross-entropy.")
+    optim: str = option("adamw", kind="choice", choices=OPTIMS, unset=True,
+                        help="Optimizer (adamw = torch fused AdamW, the HF Trainer default; or the --stack's).")
+    loss: str = option("standard", kind="choice", choices=LOSSES, unset=True,
+                       help="standard = full fp32 logits; chunked = fused linear cross-entropy (default: standard, "
+                            "or the --stack's).")
     kbit_prep: bool = option(
-        True, kind="bool",
+        True, kind="bool", unset=True,
         help="QLoRA: peft's prepare_model_for_kbit_training (fp32 copies of the non-quantized weights, fp32 residual "
-             "stream, input grads for checkpointing), as the HF Trainer + PEFT recipe calls it; --no-kbit-prep for "
-             "stacks that do not (ms-swift, torchtune, LitGPT).")
+             "stream, input grads for checkpointing), as the HF Trainer + PEFT recipe calls it (the default, or the "
+             "--stack's: ms-swift, LLaMA-Factory, torchtune, LitGPT and recent TRL do not).")
     gpus: int = option(1, kind="int", help="Number of GPUs (data parallel ranks).")
     strategy: str = option("ddp", kind="choice", choices=STRATEGIES, help="Multi-GPU strategy.")
     offload: str = option("none", kind="choice", choices=OFFLOADS, help="CPU offload (ZeRO / FSDP).")
     # inference: how many of `seq` tokens are generated (the rest is the prompt); 0 = prefill only
     new_tokens: int = option(0, kind="int", help="Inference: tokens generated after the prompt (part of --seq).")
+    stack: str = option("hf", kind="choice", choices=STACK_NAMES,
+                        help="The framework the run is launched with: its defaults for the options it decides "
+                             "(a flag given here still wins) and what it does that is not modelled yet, as "
+                             "warnings (docs/stacks.md).")
 
     # ------------------------------------------------------------------------------------------ create
     @classmethod
@@ -121,6 +127,12 @@ class Setup:
         if quant is None:
             quant = "nf4" if method == "qlora" else "none"
         quant = _choice(quant, QUANTS, "--quant")
+        stack = STACKS[_choice(kwargs.get("stack", "hf"), STACK_NAMES, "--stack")]
+        for name, d in stack.defaults_for(quant != "none").items():    # what the stack decides, unless given
+            if name == "grad_ckpt":
+                grad_ckpt = d.value if grad_ckpt is None else grad_ckpt
+            elif kwargs.get(name) is None:
+                kwargs[name] = d.value
         if method == "qlora" and quant == "none":
             raise SetupError("--method qlora needs a quantized base: use --quant nf4 (default), fp4 or int8, "
                              "or --method lora for a bf16 base")

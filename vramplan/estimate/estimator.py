@@ -23,8 +23,9 @@ from functools import lru_cache
 
 from ..dtypes import BYTES, alloc
 from ..lora import PEFT_TABLE_VERSION
-from ..setup import Setup
+from ..setup import Setup, option_named
 from ..shapes.spec import ModelSpec
+from ..stacks import STACKS, applies
 from ..units import GiB
 from . import overhead
 from .inference import inference_bytes
@@ -317,11 +318,32 @@ def assumptions(spec: ModelSpec, setup: Setup, st: Structure) -> list[str]:
                  f"from {st.plan.default_source}: vramplan's mirrored table (peft {PEFT_TABLE_VERSION}) lacks it")
     if spec.model_type in ("bloom",):
         a.append("bloom's ALiBi attention materializes the scores (eager-like) whatever --attn says")
-    return a
+    return a + stack_assumptions(setup)
+
+
+def stack_assumptions(setup: Setup) -> list[str]:
+    """What ``--stack`` decided, each default with its source, and whether the stack's code was cross-checked."""
+    stack = STACKS[setup.stack]
+    if setup.stack == "hf":
+        return []
+    decided = stack.defaults_for(setup.quantized)
+    out = [f"--stack {stack.name}: {stack.title}, read at {stack.release}"]
+    out += [f"--stack {stack.name} default {option_named(n).flag} {d.value} (unless given): {d.source}"
+            for n, d in decided.items()]
+    if not stack.cross_checked:
+        out.append(f"--stack {stack.name}: not cross-checked (its real code has not been run against this estimate)")
+    return out
+
+
+def stack_warnings(setup: Setup) -> list[str]:
+    """What the stack does that the estimate does not follow yet (never silence)."""
+    stack = STACKS[setup.stack]
+    return [f"--stack {stack.name}: {u.what} — not modelled ({u.source})" for u in stack.unmodelled
+            if applies(u, training=setup.training, quantized=setup.quantized, lora=setup.lora is not None)]
 
 
 def warnings_for(spec: ModelSpec, setup: Setup) -> list[str]:
-    w = []
+    w = stack_warnings(setup)
     if spec.max_position_embeddings and setup.seq > spec.max_position_embeddings:
         w.append(f"--seq {setup.seq} exceeds the model's max_position_embeddings {spec.max_position_embeddings}")
     if not setup.training and (setup.gpus > 1 or setup.strategy != "ddp"):

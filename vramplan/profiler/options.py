@@ -20,8 +20,9 @@ LOOPS = ("trainer", "plain")
 DEVICES = ("auto", "cuda", "cpu")
 AXES = ("batch", "seq")
 #: setup options the profiler does not take: its loops compute the loss the model's own way (no fused chunked
-#: cross-entropy), so ``--loss chunked`` could not be run as asked
-NOT_PROFILED = ("loss",)
+#: cross-entropy), so ``--loss chunked`` could not be run as asked; and it runs the HF Trainer + PEFT stack (or a
+#: plain loop), never another framework's code, so ``--stack`` could not either
+NOT_PROFILED = ("loss", "stack")
 #: ``--until-oom`` stops doubling here even without an OOM (a host with unbounded swap would never stop).
 UNTIL_OOM_MAX_DOUBLINGS = 20
 
