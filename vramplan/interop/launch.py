@@ -272,7 +272,8 @@ def _cli(w: list[str], env: Mapping[str, str], file: Any, lo: Mapping[str, Any])
             return None
         if pos and pos[0].endswith((".yaml", ".yml", ".json")):
             data, path, _ = _config(pos[0], file, "config")
-            d = {**data, **opts}
+            # `llamafactory-cli train x.yaml key=value` overrides the file (hparams/parser.py read_args)
+            d = {**data, **dict(p.split("=", 1) for p in pos[1:] if "=" in p), **opts}
             if is_v1(d):
                 r = read_llama_factory_v1(d, path, stage=None if sub == "train" else sub)
             else:

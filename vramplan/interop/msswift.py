@@ -158,6 +158,8 @@ def read_msswift(args: Mapping[str, Any], file: str | os.PathLike[str] | None = 
         o["precision"] = "32-true"
     elif o["method"] == "full" and o["strategy"] not in ("zero1", "zero2", "zero3"):
         o["precision"] = f"{half}-true"      # the model is loaded in torch_dtype; nothing upcasts it
+    elif o["method"] != "full" and str(a.get("lora_dtype") or "").lower() in ("bfloat16", "bf16", "float16", "fp16"):
+        o["precision"] = f"{half}-true"      # --lora_dtype keeps the adapters 16-bit (swift/tuners/peft.py:147-160)
     else:
         o["precision"] = f"{half}-mixed"     # fp32 adapters (swift/tuners/peft.py:147-160) or DeepSpeed masters
     impl = str(a.get("attn_impl") or "").lower()

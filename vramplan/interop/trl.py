@@ -116,6 +116,8 @@ def read_trl(d: Mapping[str, Any], file: str | os.PathLike[str] | None = None, *
             o["optim"] = None
             r.ignored.append(f"optim {opt} (optimizer not modelled)")
     liger = truthy(d.get("use_liger_kernel", False))
+    if liger:
+        r.ignored.append("use_liger_kernel RMSNorm/RoPE/SwiGLU kernels (activation memory: not modelled)")
     loss_type = str(d.get("loss_type") or "").lower()
     if old:
         o["loss"] = "chunked" if liger else "standard"               # no chunked loss in v0.19.1
