@@ -17,6 +17,7 @@ from .lora import LoraConfig
 from .options import Option, option, options_of
 from .shapes.config import MAX_LAYERS
 from .stacks import STACK_NAMES, STACKS
+from .versions import format_versions, parse_versions
 
 #: The largest layer index ``--layers-to-transform`` takes (the last layer of the deepest model planned).
 MAX_LAYER_INDEX = MAX_LAYERS - 1
@@ -113,6 +114,11 @@ class Setup:
                         help="The framework the run is launched with: its defaults for the options it decides "
                              "(a flag given here still wins) and what it does that is not modelled yet, as "
                              "warnings (docs/stacks.md).")
+    versions: str | None = option(None, kind="str",
+                                  help="Library versions the run uses, PKG=VER[,PKG=VER...] (torch, transformers, peft, "
+                                       "bitsandbytes, accelerate, a stack's package): each change of memory behaviour "
+                                       "they predate is a warning. Default: the installed versions, else the pinned "
+                                       "ones.")
 
     # ------------------------------------------------------------------------------------------ create
     @classmethod
@@ -146,11 +152,14 @@ class Setup:
             lora = lora if lora is not None else LoraConfig()
         else:
             lora = None
+        if kwargs.get("versions") is not None:
+            kwargs["versions"] = format_versions(parse_versions(kwargs["versions"]))
         s = cls(method=method, quant=quant, grad_ckpt=bool(grad_ckpt), lora=lora, **kwargs)
         s.validate()
         return s
 
     def validate(self) -> None:
+        parse_versions(self.versions)
         for o in options_of(Setup):
             if o.kind == "choice":
                 _choice(getattr(self, o.field), o.choices, o.flag)

@@ -19,7 +19,6 @@ No I/O and no printing here; renderers read the :class:`~vramplan.estimate.resul
 from __future__ import annotations
 
 from collections import defaultdict
-from functools import lru_cache
 
 from ..dtypes import BYTES, alloc
 from ..lora import PEFT_TABLE_VERSION
@@ -27,6 +26,7 @@ from ..setup import Setup, option_named
 from ..shapes.spec import ModelSpec
 from ..stacks import STACKS, applies
 from ..units import GiB
+from ..versions import modelled_versions, version_warnings
 from . import overhead
 from .inference import inference_bytes
 from .logits import loss_formula
@@ -258,7 +258,7 @@ def _finish(spec: ModelSpec, setup: Setup, d: ModelStates, comps: dict | tuple, 
         peak_allocated_bytes=peak, peak_reserved_bytes=reserved, device_used_bytes=device,
         phases=phases, assumptions=tuple(assumptions(spec, setup, st) + (rank.assumptions if rank else [])),
         warnings=tuple(warnings_for(spec, setup) + (rank.warnings if rank else [])),
-        fit=fit, versions=_versions(), extra=rank.extra(setup) if rank is not None else {})
+        fit=fit, versions=_versions(setup), extra=rank.extra(setup) if rank is not None else {})
 
 
 def check_breakdown(comps: dict[str, list], peak: int, phase: str) -> None:
@@ -318,6 +318,9 @@ def assumptions(spec: ModelSpec, setup: Setup, st: Structure) -> list[str]:
                  f"from {st.plan.default_source}: vramplan's mirrored table (peft {PEFT_TABLE_VERSION}) lacks it")
     if spec.model_type in ("bloom",):
         a.append("bloom's ALiBi attention materializes the scores (eager-like) whatever --attn says")
+    versions = modelled_versions(setup.versions)
+    if any(origin != "installed" for _, origin in versions.values()):
+        a.append("library versions: " + ", ".join(f"{k} {v} ({origin})" for k, (v, origin) in versions.items()))
     return a + stack_assumptions(setup)
 
 
@@ -343,7 +346,7 @@ def stack_warnings(setup: Setup) -> list[str]:
 
 
 def warnings_for(spec: ModelSpec, setup: Setup) -> list[str]:
-    w = stack_warnings(setup)
+    w = stack_warnings(setup) + version_warnings(modelled_versions(setup.versions))
     if spec.max_position_embeddings and setup.seq > spec.max_position_embeddings:
         w.append(f"--seq {setup.seq} exceeds the model's max_position_embeddings {spec.max_position_embeddings}")
     if not setup.training and (setup.gpus > 1 or setup.strategy != "ddp"):
@@ -352,32 +355,9 @@ def warnings_for(spec: ModelSpec, setup: Setup) -> list[str]:
     return w
 
 
-@lru_cache(maxsize=1)
-def _versions() -> dict[str, str]:
-    """Versions of the libraries whose behaviour the formulas follow.
-
-    Read from the ``*.dist-info`` folder names on ``sys.path`` (no imports, and cheaper than
-    ``importlib.metadata``, which costs ~0.1 s to import on a cold start).
-    """
-    import os
-    import sys
-
+def _versions(setup: Setup) -> dict[str, str]:
+    """The library versions the numbers are for (``vramplan/versions.py``: ``--versions``, else installed, else
+    the pinned set)."""
     from ..version import __version__
 
-    wanted = {"torch": None, "transformers": None, "peft": None, "bitsandbytes": None}
-    for entry in sys.path:
-        if not entry or not os.path.isdir(entry):
-            continue
-        try:
-            names = os.listdir(entry)
-        except OSError:
-            continue
-        for name in names:
-            if name.endswith(".dist-info"):
-                pkg, _, rest = name[: -len(".dist-info")].partition("-")
-                key = pkg.lower().replace("_", "-")
-                if key in wanted and wanted[key] is None:
-                    wanted[key] = rest
-        if all(wanted.values()):
-            break
-    return {"vramplan": __version__, **{k: v or "not installed" for k, v in wanted.items()}}
+    return {"vramplan": __version__, **{k: v for k, (v, _) in modelled_versions(setup.versions).items()}}

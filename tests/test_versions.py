@@ -1,0 +1,78 @@
+"""``--versions``: the library versions an estimate is for, and a warning for each change of memory behaviour the
+named versions predate (issue 14). Releases are the ones docs/stacks.md dates from each library's source."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from vramplan.cli.main import cli
+from vramplan.errors import SetupError
+from vramplan.setup import setup_from_options
+from vramplan.versions import PINNED, modelled_versions, parse_versions, release_tuple, version_warnings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pinned_versions_are_the_tested_stack():
+    pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)$", (ROOT / ".ci" / "constraints.txt").read_text(), re.M))
+    assert {k: pins[k] for k in PINNED} == PINNED
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("bitsandbytes=0.43.1", {"bitsandbytes": "0.43.1"}),
+    (" Transformers = 4.44.2 , peft=0.11.1", {"transformers": "4.44.2", "peft": "0.11.1"}),
+    ("torch==2.4.0", {"torch": "2.4.0"}), ("ms_swift=3.2.0", {"ms-swift": "3.2.0"}), ("", {}),
+])
+def test_parse(text, expected):
+    assert parse_versions(text) == expected
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("bitsandbytes", "is not PKG=VER"), ("numpy=2.0", "not one vramplan models"), ("torch=latest", "not a release"),
+])
+def test_parse_refuses(text, fragment):
+    with pytest.raises(SetupError, match=fragment):
+        parse_versions(text)
+
+
+def test_release_tuple_drops_local_and_pre_release_parts():
+    assert release_tuple("2.13.0+cpu") == (2, 13, 0) and release_tuple("4.43.0.dev0") == (4, 43, 0)
+    assert release_tuple("0.43.1") < release_tuple("0.43.2") < release_tuple("0.50.0")
+
+
+@pytest.mark.parametrize(("bnb", "changes"), [("0.43.1", ["0.43.2", "0.50.0"]), ("0.43.2", ["0.50.0"]),
+                                              ("0.49.2", ["0.50.0"]), ("0.50.0", []), ("0.50.2", [])])
+def test_a_warning_per_change_the_version_predates(bnb, changes):
+    w = version_warnings(modelled_versions(f"bitsandbytes={bnb}"))
+    got = [re.search(r"predates (\S+):", x).group(1) for x in w if x.startswith("bitsandbytes")]
+    assert got == changes
+
+
+def test_the_pinned_stack_gets_no_version_warning():
+    assert version_warnings({k: (v, "pinned") for k, v in PINNED.items()}) == []
+
+
+def test_versions_reach_the_json_and_the_setup():
+    r = CliRunner().invoke(cli, ["plan", "llama-3.2-1b", "--method", "qlora", "--versions",
+                                 "transformers=4.44.2,bitsandbytes=0.43.1", "--json"], catch_exceptions=False)
+    d = json.loads(r.stdout)
+    assert d["setup"]["versions"] == "bitsandbytes=0.43.1,transformers=4.44.2"     # canonical: sorted
+    assert d["versions"]["bitsandbytes"] == "0.43.1" and d["versions"]["transformers"] == "4.44.2"
+    assert sum("predates" in w for w in d["warnings"]) == 5     # transformers 4.46/4.49/4.54, bnb 0.43.2/0.50.0
+    assert any("transformers 4.44.2 (--versions)" in a for a in d["assumptions"])
+
+
+def test_bad_versions_are_one_line_exit_2():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "vramplan", "plan", "llama-3.2-1b", "--versions", "bnb=1"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "'bnb'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    with pytest.raises(SetupError):
+        setup_from_options({"versions": "peft"})
