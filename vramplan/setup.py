@@ -114,7 +114,7 @@ class Setup:
                         help="The framework the run is launched with: its defaults for the options it decides "
                              "(a flag given here still wins) and what it does that is not modelled yet, as "
                              "warnings (docs/stacks.md).")
-    versions: str | None = option(None, kind="str",
+    versions: str | None = option(None, kind="str", repeat_only=True,
                                   help="Library versions the run uses, PKG=VER[,PKG=VER...] (torch, transformers, peft, "
                                        "bitsandbytes, accelerate, a stack's package): each change of memory behaviour "
                                        "they predate is a warning. Default: the installed versions, else the pinned "
