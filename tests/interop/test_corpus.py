@@ -153,3 +153,41 @@ def test_undecided_values_are_only_those_the_file_leaves_open():
             assert readings[0].options["seq"] is None
     assert {f.split("/")[0] for f in open_seq} == {"torchtune", "trl", "msswift"}
     assert all(EXPECTED[f]["setup"]["seq"] is None or f.startswith("msswift/") for f in open_seq)
+
+
+ODD_VALUES = (5, -1, 1.5, True, None, "x", "none", "", [], [1], {"a": 1})
+
+
+@pytest.mark.parametrize("f", [f for f in sorted(EXPECTED) if not f.endswith(".sh")])
+def test_wrong_types_in_a_real_config_are_one_line_errors(f):
+    """Every key (nested too) of every corpus config set to each odd value: the reader answers with a vramplan
+    error (one line: bad file or cannot check) or a reading, never another exception."""
+    import copy
+
+    from vramplan.errors import VramplanError
+    from vramplan.interop.detect import read_mapping
+
+    path = CORPUS / f
+    text = path.read_text()
+    data = yaml.safe_load(text)
+
+    def keypaths(d, prefix=()):
+        for k, v in d.items():
+            yield (*prefix, k)
+            if isinstance(v, dict):
+                yield from keypaths(v, (*prefix, k))
+
+    for kp in list(keypaths(data)):
+        for odd in ODD_VALUES:
+            d = copy.deepcopy(data)
+            cur = d
+            for k in kp[:-1]:
+                cur = cur[k]
+            cur[kp[-1]] = odd
+            fmt = detect_mapping(d)
+            if fmt in ("vramplan", "training-args"):
+                continue
+            try:
+                read_mapping(fmt, d, path, text)
+            except VramplanError as exc:
+                assert str(exc) and "\n" not in str(exc), (kp, odd, str(exc))

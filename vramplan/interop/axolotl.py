@@ -20,6 +20,13 @@ from .util import as_int, truthy
 _TORCHAO = {"adamw_torch_4bit": "torchao 4-bit states", "adamw_torch_8bit": "torchao 8-bit states"}
 
 
+def _words(v: Any) -> list[str]:
+    """A list value as strings (a scalar is one item)."""
+    if v is None:
+        return []
+    return [str(x) for x in v] if isinstance(v, (list, tuple)) else [str(v)]
+
+
 def _optimizer(d: Mapping[str, Any], r: Reading) -> str | None:
     name = d.get("optimizer")
     if name is None:
@@ -93,7 +100,7 @@ def read_axolotl(d: Mapping[str, Any], file: str | os.PathLike[str] | None = Non
         elif d.get("lora_target_modules") is not None:
             o["targets"] = d["lora_target_modules"]
         if d.get("unfrozen_parameters"):
-            r.ignored.append(f"unfrozen_parameters ({', '.join(map(str, d['unfrozen_parameters']))[:80]}: "
+            r.ignored.append(f"unfrozen_parameters ({', '.join(_words(d['unfrozen_parameters']))[:80]}: "
                              "parameters trained beside the adapter: not modelled)")
     o["batch"] = as_int(d.get("micro_batch_size", 1), "micro_batch_size")       # schemas/training.py:77
     o["seq"] = as_int(d.get("sequence_len", 512), "sequence_len")               # schemas/config.py:665
@@ -125,7 +132,7 @@ def read_axolotl(d: Mapping[str, Any], file: str | os.PathLike[str] | None = Non
     else:
         o["attn"] = "sdpa"
     o["optim"] = _optimizer(d, r)
-    plugins = " ".join(map(str, d.get("plugins") or ()))
+    plugins = " ".join(_words(d.get("plugins")))
     chunked = ("CutCrossEntropyPlugin" in plugins or truthy(d.get("cut_cross_entropy", False))
                or truthy(d.get("liger_fused_linear_cross_entropy", False))
                or truthy(d.get("chunked_cross_entropy", False)))
@@ -161,7 +168,7 @@ def read_axolotl(d: Mapping[str, Any], file: str | os.PathLike[str] | None = Non
         if fc is not None and not isinstance(fc, Mapping):
             raise ForeignConfigError("fsdp_config", f"must be a mapping, got {brief(fc)}")
         fc = fc or {}
-        words = " ".join(map(str, fsdp)) if isinstance(fsdp, list) else str(fsdp or "")
+        words = " ".join(_words(fsdp))
         version = str(d.get("fsdp_version", fc.get("fsdp_version", 1)))
         if version == "2":
             reshard = fc.get("reshard_after_forward", fc.get("fsdp_reshard_after_forward", True))
