@@ -207,3 +207,32 @@ def test_foreign_values_that_cannot_be_read_name_their_key():
     with pytest.raises(ForeignConfigError) as exc:
         read_axolotl({"base_model": "m", "micro_batch_size": "two"})
     assert exc.value.key == "micro_batch_size"
+
+
+def test_torchrun_and_tune_run_launchers(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    corpus = Path(__file__).resolve().parents[1] / "data" / "configs"
+    (tmp_path / "examples" / "deepspeed").mkdir(parents=True)
+    shutil.copy(corpus / "llamafactory/examples__deepspeed__ds_z3_config.json",
+                tmp_path / "examples/deepspeed/ds_z3_config.json")
+    cfg = tmp_path / "examples" / "sft.yaml"
+    cfg.write_text("model_name_or_path: meta-llama/Llama-3.1-8B\nfinetuning_type: full\nbf16: true\n"
+                   "per_device_train_batch_size: 2\ndeepspeed: examples/deepspeed/ds_z3_config.json\n")
+    script = tmp_path / "run.sh"
+    script.write_text("torchrun --nproc_per_node 4 --master_port 29500 src/train.py examples/sft.yaml\n")
+    (r,) = read_script(script.read_text(), script)
+    assert (r.options["gpus"], r.options["strategy"], r.options["offload"], r.options["batch"]) == \
+        (4, "zero3", "none", 2)
+    assert r.format == "llamafactory" and [Path(x).name for x in r.references] == ["sft.yaml", "ds_z3_config.json"]
+    # a torchtune built-in config name resolves through the repository layout (recipes/configs/NAME.yaml);
+    # here the corpus's flattened copy beside the script
+    shutil.copy(corpus / "torchtune/recipes__configs__llama3_1__8B_lora.yaml",
+                tmp_path / "recipes__configs__llama3_1__8B_lora.yaml")
+    tune = tmp_path / "tune.sh"
+    tune.write_text("tune run --nproc_per_node 2 lora_finetune_distributed --config llama3_1/8B_lora "
+                    "tokenizer.max_seq_len=4096 batch_size=1\n")
+    (t,) = read_script(tune.read_text(), tune)
+    assert (t.options["gpus"], t.options["strategy"], t.options["seq"], t.options["batch"]) == (2, "fsdp", 4096, 1)
+    assert t.model == "meta-llama/Meta-Llama-3.1-8B-Instruct" and not t.undecided

@@ -296,10 +296,22 @@ def _cli(w: list[str], env: Mapping[str, str], file: Any, lo: Mapping[str, Any])
             return None
         topts, rest = _split_launcher(w[2:])
         recipe = rest[0] if rest else None
-        p2, o2 = parse_args(rest[1:])
-        if not o2.get("config") or o2["config"] is True:
+        ref = None
+        p2: list[str] = []             # key=value overrides (OmegaConf dotlist)
+        i = 1
+        while i < len(rest):
+            word = rest[i]
+            if word in ("--config", "-c") and i + 1 < len(rest):
+                ref = rest[i + 1]
+                i += 2
+                continue
+            if word.startswith("--config="):
+                ref = word.split("=", 1)[1]
+            elif "=" in word and not word.startswith("-"):
+                p2.append(word)
+            i += 1
+        if not ref:
             raise CannotCheckError("tune run without --config")
-        ref = str(o2["config"])
         if not ref.endswith((".yaml", ".yml")):
             ref = f"recipes/configs/{ref}.yaml"          # a built-in config name: llama3_1/8B_lora
         data, path, text = _config(ref, file, "--config")
