@@ -161,3 +161,13 @@ def test_docs_ci_md_documents_every_json_key():
         if row.startswith("| `"):
             keys |= set(re.findall(r"`([a-z_]+)`", row.split("|")[1]))
     assert keys == RECORD_KEYS
+
+
+def test_training_arguments_optimizer_not_modelled_is_named(tmp_path):
+    f = tmp_path / "args.json"
+    f.write_text(json.dumps({"output_dir": "o", "per_device_train_batch_size": 2, "optim": "galore_adamw",
+                             "bf16": True, "model": "qwen3-0.6b", "gpu": "a100-80gb"}))
+    d = json.loads(vp("check", str(f), "--json").stdout)
+    assert d[0]["status"] == "ok" and d[0]["format"] == "training-args" and d[0]["gpu"] == "a100-80gb"
+    assert d[0]["ignored"] == ["optim galore_adamw (optimizer not modelled: checked as adamw)"]
+    assert d[0]["setup"]["batch"] == 2 and d[0]["setup"]["optim"] == "adamw"

@@ -77,7 +77,7 @@ def detect_mapping(d: Mapping[str, Any], plan_keys: set[str] | frozenset[str] = 
 
 
 def read_mapping(fmt: str, d: Mapping[str, Any], file: str | os.PathLike[str] | None = None,
-                 text: str = "") -> list[Reading]:
+                 text: str = "", plan_keys: set[str] | frozenset[str] = frozenset()) -> list[Reading]:
     """The plans of a config of format ``fmt`` (from :func:`detect_mapping`; not ``vramplan``/``training-args``).
 
     Raises:
@@ -113,6 +113,10 @@ def read_mapping(fmt: str, d: Mapping[str, Any], file: str | os.PathLike[str] | 
         return [read_trl(d, file, fmt=fmt)]
     if fmt == "trl-args-json":
         return [read_trl_args_json(d, file)]
+    if fmt == "training-args":
+        from .hf import read_training_args
+
+        return [read_training_args(d, file, plan_keys)]
     raise ValueError(f"format {fmt!r} is not a foreign config format")
 
 

@@ -136,6 +136,32 @@ def from_training_args_json(d: Mapping[str, Any]) -> dict[str, Any]:
     return o
 
 
+def read_training_args(d: Mapping[str, Any], file: Any = None, plan_keys: Any = frozenset()):
+    """A ``TrainingArguments``/``SFTConfig`` JSON as a :class:`~vramplan.interop.reading.Reading`: the fields of
+    :func:`from_training_args_json`, plan keys written beside them (``model``, ``method``, ``rank``, ``seq``,
+    ``gpu``...) on top, and an optimizer name vramplan does not model named in ``ignored`` (checked as AdamW).
+
+    Raises:
+        ForeignConfigError: a value of the wrong type, naming its key.
+    """
+    from .reading import Reading
+
+    optim = d.get("optim")
+    unknown = isinstance(optim, str) and str(getattr(optim, "value", optim)) not in TRAINER_OPTIMS
+    o = from_training_args_json({k: v for k, v in d.items() if not (unknown and k == "optim")})
+    plan = {str(k).replace("-", "_"): v for k, v in d.items()
+            if isinstance(k, str) and k.replace("-", "_") in plan_keys and k != "optim"}
+    model = plan.pop("model", None)
+    if model is not None and not isinstance(model, str):
+        raise ForeignConfigError("model", f"must name a model, got {brief(model)}")
+    o.update(plan)
+    r = Reading("training-args", model, o)
+    if unknown:
+        r.options["optim"] = None
+        r.ignored.append(f"optim {optim} (optimizer not modelled: checked as adamw)")
+    return r
+
+
 #: plan keys this reader sets -> the TrainingArguments keys they come from (errors name the user's key)
 KEY_SOURCES = {"batch": "per_device_train_batch_size", "seq": "max_seq_length", "precision": "bf16",
                "grad_ckpt": "gradient_checkpointing", "optim": "optim"}

@@ -166,9 +166,9 @@ def _read_file(path: str, ov: CheckOverrides) -> list[PlanOutcome | PlanEntry]:
             if not isinstance(data, dict):
                 return list(read_plan_file(path, gpu=ov.gpu, margin=ov.margin, model=ov.model))  # its own message
             fmt = detect_mapping(data, frozenset(PLAN_KEYS))
-            if fmt in ("vramplan", "training-args"):
+            if fmt == "vramplan":
                 return list(read_plan_file(path, gpu=ov.gpu, margin=ov.margin, model=ov.model))
-            readings = read_mapping(fmt, data, path, text)
+            readings = read_mapping(fmt, data, path, text, frozenset(PLAN_KEYS))
     except CannotCheckError as exc:
         return [PlanOutcome(file, "cannot-check", fmt, reason=exc.reason)]
     except ForeignConfigError as exc:
@@ -201,13 +201,12 @@ def _read_file(path: str, ov: CheckOverrides) -> list[PlanOutcome | PlanEntry]:
                                "pass --gpus N")
         model = r.model or ov.model
         if model is None:
-            missing.append("the file names no model; pass --model")
-        if missing:
-            base.reason = "; ".join(missing)
+            base.status = "bad-file"
+            base.reason = f"{base.where}: key 'model': missing: name the model in the file or pass --model"
             out.append(base)
             continue
-        if ov.gpu is None:
-            base.status, base.reason = "bad-file", f"{base.where}: key 'gpu': training configs name no card; pass --gpu"
+        if missing:
+            base.reason = "; ".join(missing)
             out.append(base)
             continue
         kind = r.format
@@ -218,7 +217,17 @@ def _read_file(path: str, ov: CheckOverrides) -> list[PlanOutcome | PlanEntry]:
             base.status, base.reason = "bad-file", str(exc)
             out.append(base)
             continue
-        entry = PlanEntry(file, i, n, base.format or kind, norm, model, ov.gpu, ov.margin or 0.0, None)
+        name = norm.pop("name", None)
+        gpu = ov.gpu if ov.gpu is not None else norm.pop("gpu", None)
+        norm.pop("gpu", None)
+        margin = ov.margin if ov.margin is not None else norm.pop("margin", None)
+        norm.pop("margin", None)
+        if gpu is None:
+            base.status, base.reason = "bad-file", f"{base.where}: key 'gpu': missing: training configs name no card; " \
+                                                   "pass --gpu"
+            out.append(base)
+            continue
+        entry = PlanEntry(file, i, n, base.format or kind, norm, model, gpu, margin or 0.0, name)
         out.append(PlanOutcome(file, "ok", base.format, i, n, model_id=model, ignored=list(r.ignored),
                                references=list(r.references), entry=entry))
     return out
