@@ -165,6 +165,8 @@ def test_trl_head_defaults_and_handbook_version():
                     "use_peft": True, "load_in_4bit": True})
     assert (old.format, old.options["loss"], old.options["double_quant"], old.options["kbit_prep"]) == \
         ("trl-config", "standard", False, True)
+    head = read_trl({"model_name_or_path": "m", "use_peft": True, "load_in_4bit": True})
+    assert head.options["kbit_prep"] is False      # not called since trl 0.26.0
     with pytest.raises(CannotCheckError, match="DPO"):
         read_trl({"model_name_or_path": "m", "beta": 0.1})
 

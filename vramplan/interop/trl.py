@@ -70,9 +70,11 @@ def read_trl(d: Mapping[str, Any], file: str | os.PathLike[str] | None = None, *
         o["method"], o["quant"] = "qlora", str(d.get("bnb_4bit_quant_type", "nf4")).lower()
         # use_bnb_nested_quant default False (trl/trainer/utils.py@v0.19.1:912-920, model_config.py)
         o["double_quant"] = truthy(d.get("use_bnb_nested_quant", False))
-        o["kbit_prep"] = True      # SFTTrainer._prepare_peft_model -> prepare_model_for_kbit_training
+        # v0.19.1: SFTTrainer._prepare_peft_model calls prepare_model_for_kbit_training
+        # (sft_trainer.py@v0.19.1:554-582); no longer since trl 0.26.0 (vramplan/stacks.py, the trl stack)
+        o["kbit_prep"] = old
     elif peft and eight:
-        o["method"], o["quant"], o["kbit_prep"] = "qlora", "int8", True
+        o["method"], o["quant"], o["kbit_prep"] = "qlora", "int8", old
     else:
         o["method"] = "lora" if peft else "full"
     if peft:                                                         # model_config.py:107-118
