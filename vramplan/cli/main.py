@@ -6,13 +6,37 @@ stderr and exit code 2, never a traceback. Exit code 1 is reserved for "does not
 
 from __future__ import annotations
 
-import importlib
+import os
+import signal
 import sys
 
-import click
 
-from ..version import __version__
-from ..errors import VramplanError
+def _interrupted_early(signum: int, frame: object) -> None:
+    """Ctrl-C before the command runs (while Python imports): one line and exit 130, no traceback. Nothing
+    has been written yet, so the process can end at once."""
+    os.write(2, b"vramplan: aborted\n")
+    os._exit(130)
+
+
+def _run_as_program() -> bool:
+    """Whether this process is the ``vramplan`` command (the console script or ``python -m vramplan``), not a
+    program or test importing the CLI, whose Ctrl-C must stay its own."""
+    arg0 = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return arg0 in ("vramplan", "vramplan.exe") or (
+        arg0 == "__main__.py" and os.path.basename(os.path.dirname(sys.argv[0])) == "vramplan")
+
+
+# installed before the heavy imports below (click: ~20 ms); main() gives Python's handler back, so that a
+# Ctrl-C while a command runs raises KeyboardInterrupt and every atomic write cleans up after itself
+if _run_as_program() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, _interrupted_early)
+
+import importlib  # noqa: E402
+
+import click  # noqa: E402
+
+from ..errors import VramplanError  # noqa: E402
+from ..version import __version__  # noqa: E402
 
 #: command name -> "module:attribute"; imported only when the command runs, so ``plan`` loads no other
 #: command. ``vramplan --help`` imports them all, to show each command's own short help (no second copy).
@@ -57,6 +81,8 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the group, turning user errors into one line and exit code 2."""
+    if signal.getsignal(signal.SIGINT) is _interrupted_early:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         rv = cli.main(args=argv, prog_name="vramplan", standalone_mode=False)
     except VramplanError as exc:
@@ -68,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         click.echo(f"vramplan: error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("vramplan: aborted", err=True)
         sys.exit(130)
     except click.exceptions.Exit as exc:
