@@ -27,23 +27,42 @@ def report(*, paths: tuple[str, ...], out: str | None, fmt: str, title: str) -> 
     from ..extras import require
 
     require("report", "vramplan report")
-    from ..io import atomic_write_text
+    from ..io import atomic_write_text, check_output_path, refuse_overwriting_input
     from ..report import bench_rows, collect, run_views, runs_page, to_csv, to_markdown
 
+    target = out or (DEFAULT_HTML if fmt == "html" else None)
+    if target is not None and target != "-":
+        check_output_path(target, "--out")
     sources = collect(list(paths))
+    if target is not None and target != "-":
+        refuse_overwriting_input(target, input_files(paths, sources), "--out")
     views = run_views(sources)
     for v in views:
         if not v.readable:
             warn(f"{v.source}: {v.notices[0]}; reported on the page")
+        elif v.notices:            # a wrong schema, missing parts: drawn as far as they go, and said here too
+            more = f" (and {len(v.notices) - 1} more)" if len(v.notices) > 1 else ""
+            warn(f"{v.source}: {v.notices[0]}{more}; shown on the page as far as it can be read")
     if fmt == "html":
         text = runs_page(sources, title=title)
-        target = out or DEFAULT_HTML
     else:
         rows = bench_rows(views)
         text = to_markdown(rows) if fmt == "md" else to_csv(rows)
-        target = out
     if target is None or target == "-":
         click.echo(text, nl=False)
         return
     atomic_write_text(target, text)
     click.echo(f"vramplan: wrote {target} ({len(views)} input{'s' if len(views) != 1 else ''})", err=True)
+
+
+def input_files(paths: tuple[str, ...], sources: list) -> list[str]:
+    """Every file the report read: the arguments, the ``*.json`` of folders among them, and each source (the
+    records that summaries list); the output must be none of them."""
+    from pathlib import Path
+
+    out: list[str] = []
+    for arg in paths:
+        p = Path(arg)
+        out += [str(f) for f in sorted(p.glob("*.json"))] if p.is_dir() else [arg]
+    out += [s.label for s in sources if " runs[" not in s.label]
+    return out

@@ -31,21 +31,37 @@ class Source:
 
 
 def read_json(path: Path, label: str) -> Source:
-    """Parse one file; a missing file, non-UTF-8 bytes or invalid JSON become the Source's ``problem``."""
+    """Parse one file; a missing file, anything but a regular file (a FIFO would block, ``/dev/zero`` never
+    ends), more than :data:`vramplan.io.RECORD_MAX_BYTES`, non-UTF-8 bytes, invalid or too deeply nested JSON
+    become the Source's ``problem``."""
+    from ..io import RECORD_MAX_BYTES, read_bytes, short_path, too_deep
+
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        return Source(label, problem=f"cannot read: {exc.strerror or exc}")
+        os.stat(path)
+    except (OSError, ValueError) as exc:
+        return Source(label, problem=f"cannot read: {getattr(exc, 'strerror', None) or exc}")
+    try:
+        raw = read_bytes(path, RECORD_MAX_BYTES, error=ReportInputError, what="run record")
+    except ReportInputError as exc:
+        msg = str(exc)
+        prefix = f"{short_path(path)}: "
+        return Source(label, problem=msg[len(prefix):] if msg.startswith(prefix) else msg)
     try:
         text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return Source(label, problem="not JSON: not UTF-8 text")
+    except UnicodeDecodeError as exc:
+        return Source(label, problem=f"not JSON: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+                                     f"{exc.start:,})")
     try:
-        return Source(label, data=json.loads(text))
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         return Source(label, problem=f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
     except RecursionError:
         return Source(label, problem="not usable JSON: nested too deeply")
+    except ValueError as exc:          # an integer beyond sys.get_int_max_str_digits()
+        return Source(label, problem=f"not usable JSON: {str(exc).split(':')[0]}")
+    if too_deep(data):
+        return Source(label, problem="not usable JSON: nested too deeply")
+    return Source(label, data=data)
 
 
 def _is_summary(data: Any) -> bool:
