@@ -86,41 +86,55 @@ def run_id(options: dict[str, Any]) -> str:
 
 
 def load_matrix(path: str | Path) -> tuple[list[Run], float]:
-    """Read and validate a matrix file. Raises :class:`PlanFileError` naming file, run index and key."""
-    import yaml
+    """Read and validate a matrix file (:func:`vramplan.io.read_yaml`: a regular UTF-8 file of at most
+    16 MiB, depth and alias limits). Keys must be strings, ``model`` and ``id`` strings, every setup option a
+    value of its kind (:func:`vramplan.options.read_value`), ``budget_minutes`` a finite positive number.
+
+    Raises:
+        PlanFileError: naming file, run index and key.
+    """
+    from ..io import CONFIG_MAX_BYTES, brief, read_yaml
+    from ..options import read_value
 
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PlanFileError(f"{p}: cannot read it ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise PlanFileError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    data = read_yaml(p, CONFIG_MAX_BYTES, error=PlanFileError, what="matrix", not_yaml="not valid YAML")
     if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
         raise PlanFileError(f"{p}: expected a mapping with a 'runs:' list")
     for k in data:
+        if not isinstance(k, str):
+            raise PlanFileError(f"{p}: key {brief(k)}: keys must be strings")
         if k not in TOP_KEYS:
             raise PlanFileError(f"{p}: unknown key {k!r}{close_matches(k, sorted(TOP_KEYS))}")
     defaults = data.get("defaults") or {}
     if not isinstance(defaults, dict):
         raise PlanFileError(f"{p}: 'defaults' must be a mapping")
+    options = {o.name: o for o in SETUP_OPTIONS}
     runs: list[Run] = []
     seen: set[str] = set()
     for i, entry in enumerate(data["runs"]):
         if not isinstance(entry, dict) or "model" not in entry:
             raise PlanFileError(f"{p}: run {i}: expected a mapping with a 'model' key")
         opts = {**defaults, **entry}
-        for k in opts:
+        for k, v in opts.items():
+            if not isinstance(k, str):
+                raise PlanFileError(f"{p}: run {i}: key {brief(k)}: keys must be strings")
             if k not in RUN_KEYS:
                 raise PlanFileError(f"{p}: run {i}: unknown key {k!r}{close_matches(k, sorted(RUN_KEYS))}")
+            if k in ("model", "id") and not isinstance(v, str):
+                raise PlanFileError(f"{p}: run {i}: key {k!r}: must be a string, got {brief(v)}")
+            if k in options and v is not None:
+                try:
+                    read_value(options[k], v)
+                except ValueError as exc:
+                    raise PlanFileError(f"{p}: run {i}: key {k!r}: {exc}") from None
         rid = run_id(opts)
         if rid in seen:
             raise PlanFileError(f"{p}: run {i}: duplicates an earlier run ({rid}); give it an 'id'")
         seen.add(rid)
         runs.append(Run(i, rid, opts))
     budget = data.get("budget_minutes", 25)
-    if not isinstance(budget, (int, float)) or budget <= 0:
-        raise PlanFileError(f"{p}: budget_minutes must be a positive number, got {budget!r}")
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget < float("inf"):
+        raise PlanFileError(f"{p}: budget_minutes must be a positive number of minutes, got {brief(budget)}")
     return runs, float(budget) * 60
 
 
@@ -141,12 +155,18 @@ def profile_argv(run: Run, out_dir: Path) -> list[str]:
 
 
 def _records(run_dir: Path) -> list[dict[str, Any]]:
+    """The run records in ``run_dir`` (read with :func:`vramplan.io.read_json`'s caps); unreadable ones skipped."""
+    from ..errors import VramplanError
+    from ..io import RECORD_MAX_BYTES, read_json
+
     out = []
     for f in sorted(run_dir.glob("*.json")):
         try:
-            out.append({**json.loads(f.read_text()), "_path": str(f)})
-        except (OSError, json.JSONDecodeError):
+            data = read_json(f, RECORD_MAX_BYTES)
+        except VramplanError:
             continue
+        if isinstance(data, dict):
+            out.append({**data, "_path": str(f)})
     return out
 
 
