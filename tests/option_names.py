@@ -4,5 +4,6 @@ derived command-line options, sweep axes, plan-file keys and sweep columns are c
 #: every setup option, in command-line order (``vramplan plan --help``)
 SETUP_OPTION_NAMES = ("method", "quant", "double_quant", "quant_blocksize", "precision", "batch", "seq", "grad_ckpt",
                       "attn", "optim", "loss", "kbit_prep", "gpus", "strategy", "offload", "new_tokens", "stack", "versions",
+                      "lengths", "alloc_conf",
                       "rank", "alpha", "targets", "target_regex", "modules_to_save", "layers_to_transform", "dora",
                       "lora_dropout")

@@ -119,6 +119,14 @@ class Setup:
                                        "bitsandbytes, accelerate, a stack's package): each change of memory behaviour "
                                        "they predate is a warning. Default: the installed versions, else the pinned "
                                        "ones.")
+    lengths: str | None = option(None, kind="str", repeat_only=True,
+                                 help="Sample lengths for a run-level reserved peak (plan): a list (300,812), a "
+                                      "length,count histogram file (.csv/.json) or a profile (alpaca), then "
+                                      "@RULE,... (longest|fixed|pack, truncate|drop, steps=N, seed=N). Default: "
+                                      "every sample is --seq tokens (docs/allocator.md).")
+    alloc_conf: str | None = option(None, kind="str", repeat_only=True,
+                                    help="PYTORCH_CUDA_ALLOC_CONF of the run (e.g. expandable_segments:True), "
+                                         "replayed through the caching allocator model (plan; docs/allocator.md).")
 
     # ------------------------------------------------------------------------------------------ create
     @classmethod
@@ -239,6 +247,9 @@ class Setup:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        for k in ("lengths", "alloc_conf"):     # only when given: plans without them keep their JSON
+            if d[k] is None:
+                del d[k]
         if self.lora is not None:
             lc = self.lora
             d["lora"] = {"r": lc.r, "alpha": lc.alpha,

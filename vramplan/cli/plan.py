@@ -65,6 +65,12 @@ def plan(model: str, *, as_json: bool, explain: bool, html_path: str | None, gpu
         data["warnings"] = [*ignored, *data.get("warnings", [])]
     for w in est.warnings:
         warn(w)
+    if setup.lengths is not None or setup.alloc_conf is not None:     # issue 20: the caching allocator's run
+        from ..allocator.plan import allocator_plan, capacity_from
+
+        cap = (capacity_from(g.memory_bytes, est.device_used_bytes, est.peak_reserved_bytes)
+               if g is not None else None)
+        data["allocator"] = allocator_plan(resolved.spec, setup, setup.lengths, setup.alloc_conf, cap).to_dict()
     if html_path:
         from ..extras import require
 
@@ -78,8 +84,39 @@ def plan(model: str, *, as_json: bool, explain: bool, html_path: str | None, gpu
         echo_json(data)
     else:
         click.echo(plan_text(data, explain=explain))
+        if "allocator" in data:
+            click.echo(allocator_text(data["allocator"]))
     if est.fit is not None and not est.fit.fits:
         sys.exit(1)
+    if data.get("allocator", {}).get("oom_step") is not None:
+        sys.exit(1)
+
+
+def allocator_text(a: dict) -> str:
+    """The human view of a plan's ``allocator`` section (``vramplan/allocator/plan.py``)."""
+    from .render import gib, table
+
+    b, s = a["longest_batch_seq"]
+    conf = a["alloc_conf"] or "default"
+    lines = ["", f"allocator (PYTORCH_CUDA_ALLOC_CONF {conf}; lengths {a['lengths']}, {a['batching']} batching, "
+                 f"{a['steps']} steps, longest {b} × {s:,}):"]
+    lines.append(f"  run peak reserved  {gib(a['peak_reserved_bytes']):>9s} GiB  ← max_memory_reserved over the run")
+    lines.append(f"  run peak allocated {gib(a['peak_allocated_bytes']):>9s} GiB  ← max_memory_allocated over the run")
+    lines.append(f"  analytic reserved  {gib(a['analytic_reserved_bytes']):>9s} GiB  ← allocated + slack at the "
+                 "longest step")
+    if a["capacity_bytes"] is not None:
+        oom = f"OOM at step {a['oom_step']}" if a["oom_step"] is not None else "no OOM"
+        lines.append(f"  on {gib(a['capacity_bytes'])} GiB for the allocator: {oom}")
+    lines.append(f"  reason: {a['reason']}")
+    lines += [f"  note: {n}" for n in a.get("notes", ())]
+    rows = [[f["fix"], gib(f["peak_reserved_bytes"]), gib(f["saved_bytes"]),
+             "OOM at step " + str(f["oom_step"]) if f["oom_step"] is not None else "", f["how"]]
+            for f in a["fixes"]]
+    if rows:
+        lines.append("  fixes, best first:")
+        body = table(["fix", "peak reserved GiB", "saved GiB", "", "how"], rows, "lrrll")
+        lines += ["    " + line for line in body.splitlines()]
+    return "\n".join(lines)
 
 
 def parse_margin(text: str) -> float:
