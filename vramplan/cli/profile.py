@@ -120,10 +120,13 @@ def profile(model: str, *, steps: int, warmup: int, sample_hz: float, out: str, 
     from ..extras import require
 
     require("profile", "vramplan profile")
+    from ..io import check_output_path
     from ..profiler import RunOptions, profile_run
     from ..profiler import until_oom as run_until_oom
 
     setup = setup_from_options(opts)
+    # an --out that cannot be written is refused before measuring, so a run is never lost to it
+    check_output_path(out if out.endswith(".json") else f"{out.rstrip('/')}/run.json", "--out")
     options = RunOptions(steps=steps, warmup=warmup, sample_hz=sample_hz, out=out, loop=loop, snapshot=snapshot,
                          device=device)
     options.validate()

@@ -11,7 +11,7 @@ from ..units import GiB, MiB
 
 
 def echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=False))
+    click.echo(json.dumps(data, indent=2, sort_keys=False, allow_nan=False))    # NaN/Infinity are not JSON
 
 
 def table(headers: list[str], rows: list[list[str]], align: str | None = None) -> str:
