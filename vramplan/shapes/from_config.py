@@ -13,64 +13,9 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..io import brief
+from .collect import TensorCollector
 from .config import MAX_DIM, Dims, get, read_dims
-from .roles import classify, layer_index
 from .spec import ModelSpec, Tensor
-
-
-class _Tensors:
-    """Collects tensors in module order, assigning roles with the shared classifier."""
-
-    def __init__(self) -> None:
-        self.items: list[Tensor] = []
-
-    def add(self, module: str, param: str, shape: tuple[int, ...], module_type: str,
-            tied_to: str | None = None, role: str | None = None) -> None:
-        self.items.append(Tensor(
-            name=f"{module}.{param}",
-            shape=tuple(int(d) for d in shape),
-            role=role or classify(module, param, module_type),
-            module_type=module_type,
-            layer=layer_index(module),
-            tied_to=tied_to,
-        ))
-
-    def linear(self, module: str, in_f: int, out_f: int, bias: bool = False) -> None:
-        self.add(module, "weight", (out_f, in_f), "linear")
-        if bias:
-            self.add(module, "bias", (out_f,), "linear")
-
-    def conv1d(self, module: str, in_f: int, out_f: int) -> None:
-        """transformers' ``Conv1D`` (gpt2): weight stored (in, out), always with a bias."""
-        self.add(module, "weight", (in_f, out_f), "conv1d")
-        self.add(module, "bias", (out_f,), "conv1d")
-
-    def embedding(self, module: str, num: int, dim: int) -> None:
-        self.add(module, "weight", (num, dim), "embedding")
-
-    def norm(self, module: str, dim: int, bias: bool = False) -> None:
-        self.add(module, "weight", (dim,), "norm")
-        if bias:
-            self.add(module, "bias", (dim,), "norm")
-
-    def router(self, module: str, num_experts: int, hidden: int) -> None:
-        """A transformers-5 ``*TopKRouter``: a bare ``weight`` [E, H], not an nn.Linear."""
-        self.add(module, "weight", (num_experts, hidden), "other")
-
-    def experts(self, module: str, num_experts: int, hidden: int, inter: int) -> None:
-        """A transformers-5 ``*Experts`` module: fused 3-D ``gate_up_proj`` [E, 2I, H] and ``down_proj`` [E, H, I]."""
-        self.add(module, "gate_up_proj", (num_experts, 2 * inter, hidden), "experts")
-        self.add(module, "down_proj", (num_experts, hidden, inter), "experts")
-
-    def gated_mlp(self, module: str, hidden: int, inter: int, bias: bool = False) -> None:
-        self.linear(f"{module}.gate_proj", hidden, inter, bias)
-        self.linear(f"{module}.up_proj", hidden, inter, bias)
-        self.linear(f"{module}.down_proj", inter, hidden, bias)
-
-    def head(self, module: str, hidden: int, vocab: int, tied_to: str | None, bias: bool = False) -> None:
-        self.add(module, "weight", (vocab, hidden), "linear", tied_to=tied_to, role="lm_head")
-        if bias:
-            self.add(module, "bias", (vocab,), "linear", role="bias")
 
 
 def _flag(config: Mapping[str, Any], key: str, default: Any) -> Any:
@@ -111,7 +56,7 @@ def _llama_like(config: Mapping[str, Any], d: Dims, source: str, *, family: str)
     qk_norm = family in ("qwen3", "gemma3_text")
     sandwich = family in ("gemma2", "gemma3_text")   # pre/post feed-forward norms
 
-    ts = _Tensors()
+    ts = TensorCollector()
     ts.embedding("model.embed_tokens", d.vocab_size, h)
     for i in range(d.num_layers):
         p = f"model.layers.{i}"
@@ -145,7 +90,7 @@ def _tie(config: Mapping[str, Any], default: bool, source_tensor: str) -> str | 
     return source_tensor if bool(_flag(config, "tie_word_embeddings", default)) else None
 
 
-def _attention(ts: _Tensors, p: str, d: Dims, bias: bool, o_bias: bool) -> None:
+def _attention(ts: TensorCollector, p: str, d: Dims, bias: bool, o_bias: bool) -> None:
     q_out, kv_out = d.num_heads * d.head_dim, d.num_kv_heads * d.head_dim
     ts.linear(f"{p}.q_proj", d.hidden_size, q_out, bias)
     ts.linear(f"{p}.k_proj", d.hidden_size, kv_out, bias)
@@ -176,7 +121,7 @@ def _mixtral(config: Mapping[str, Any], d: Dims, source: str) -> list[Tensor]:
     inter = _int(config, "intermediate_size", source)
     n_exp = _int(config, "num_experts" if config.get("num_experts") is not None else "num_local_experts",
                  source, 8)
-    ts = _Tensors()
+    ts = TensorCollector()
     ts.embedding("model.embed_tokens", d.vocab_size, h)
     for i in range(d.num_layers):
         p = f"model.layers.{i}"
@@ -212,7 +157,7 @@ def _qwen_moe(config: Mapping[str, Any], d: Dims, source: str, *, family: str) -
         qkv_bias, o_bias = bool(_flag(config, "qkv_bias", True)), False
     else:
         qkv_bias = o_bias = bool(_flag(config, "attention_bias", False))
-    ts = _Tensors()
+    ts = TensorCollector()
     ts.embedding("model.embed_tokens", d.vocab_size, h)
     for i in range(d.num_layers):
         p = f"model.layers.{i}"
@@ -247,7 +192,7 @@ def _phi3(config: Mapping[str, Any], d: Dims, source: str) -> list[Tensor]:
     h, hd = d.hidden_size, d.head_dim
     inter = _int(config, "intermediate_size", source)
     q_out, kv_out = d.num_heads * hd, d.num_kv_heads * hd
-    ts = _Tensors()
+    ts = TensorCollector()
     ts.embedding("model.embed_tokens", d.vocab_size, h)
     for i in range(d.num_layers):
         p = f"model.layers.{i}"
@@ -274,7 +219,7 @@ def _phi(config: Mapping[str, Any], d: Dims, source: str) -> list[Tensor]:
     inter = _int(config, "intermediate_size", source)
     qk_ln = bool(_flag(config, "qk_layernorm", False))
     q_out, kv_out = d.num_heads * hd, d.num_kv_heads * hd
-    ts = _Tensors()
+    ts = TensorCollector()
     ts.embedding("model.embed_tokens", d.vocab_size, h)
     for i in range(d.num_layers):
         p = f"model.layers.{i}"
@@ -303,7 +248,7 @@ def _gpt2(config: Mapping[str, Any], d: Dims, source: str) -> list[Tensor]:
     """
     h = d.hidden_size
     inner = _int(config, "n_inner", source, 4 * h)
-    ts = _Tensors()
+    ts = TensorCollector()
     ts.embedding("transformer.wte", d.vocab_size, h)
     ts.embedding("transformer.wpe", d.max_position_embeddings or 1024, h)
     for i in range(d.num_layers):
@@ -331,7 +276,7 @@ def _bloom(config: Mapping[str, Any], d: Dims, source: str) -> list[Tensor]:
     Source: transformers ``models/bloom/modeling_bloom.py`` (``BloomModel``, ``BloomBlock``, ``BloomMLP``).
     """
     h = d.hidden_size
-    ts = _Tensors()
+    ts = TensorCollector()
     ts.embedding("transformer.word_embeddings", d.vocab_size, h)
     ts.norm("transformer.word_embeddings_layernorm", h, bias=True)
     for i in range(d.num_layers):
@@ -357,7 +302,7 @@ def _gpt_neox(config: Mapping[str, Any], d: Dims, source: str) -> list[Tensor]:
     h = d.hidden_size
     inter = _int(config, "intermediate_size", source)
     attn_bias = bool(_flag(config, "attention_bias", True))
-    ts = _Tensors()
+    ts = TensorCollector()
     ts.embedding("gpt_neox.embed_in", d.vocab_size, h)
     for i in range(d.num_layers):
         p = f"gpt_neox.layers.{i}"
@@ -393,7 +338,7 @@ def _opt(config: Mapping[str, Any], d: Dims, source: str) -> list[Tensor]:
         if affine:
             ts.norm(module, h, bias=True)
 
-    ts = _Tensors()
+    ts = TensorCollector()
     ts.embedding("model.decoder.embed_tokens", d.vocab_size, proj)
     ts.embedding("model.decoder.embed_positions", (d.max_position_embeddings or 2048) + 2, h)
     if proj != h:
@@ -439,7 +384,7 @@ def _falcon(config: Mapping[str, Any], d: Dims, source: str) -> list[Tensor]:
     n_ln = config.get("num_ln_in_parallel_attn")
     if n_ln is None and new_arch:
         n_ln = 2
-    ts = _Tensors()
+    ts = TensorCollector()
     ts.embedding("transformer.word_embeddings", d.vocab_size, h)
     for i in range(d.num_layers):
         p = f"transformer.h.{i}"

@@ -20,8 +20,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import ConfigError
+from .collect import TensorCollector
 from .config import Dims
-from .roles import classify, layer_index
 from .spec import Tensor
 
 Builder = Callable[[Mapping[str, Any], Dims, str], list[Tensor]]
@@ -30,35 +30,6 @@ Builder = Callable[[Mapping[str, Any], Dims, str], list[Tensor]]
 #: Baichuan 1 (64,000) does not. The same rule tells the two apart in ipex-llm's ``convert.py``
 #: (``model.config.model_type == "baichuan" and model.config.vocab_size == 125696``), vLLM and llama.cpp.
 BAICHUAN2_VOCAB = 125696
-
-
-class _Collector:
-    """Tensors in module order; roles from the shared classifier unless the family's name is ambiguous."""
-
-    def __init__(self) -> None:
-        self.items: list[Tensor] = []
-
-    def add(self, module: str, param: str, shape: tuple[int, ...], module_type: str, *,
-            role: str | None = None, tied_to: str | None = None) -> None:
-        self.items.append(Tensor(f"{module}.{param}", tuple(int(d) for d in shape),
-                                 role or classify(module, param, module_type), module_type,
-                                 layer_index(module), tied_to))
-
-    def linear(self, module: str, in_f: int, out_f: int, bias: bool, role: str | None = None) -> None:
-        self.add(module, "weight", (out_f, in_f), "linear", role=role)
-        if bias:
-            self.add(module, "bias", (out_f,), "linear", role="bias")
-
-    def embedding(self, module: str, num: int, dim: int) -> None:
-        self.add(module, "weight", (num, dim), "embedding", role="embedding")
-
-    def norm(self, module: str, dim: int, bias: bool = False) -> None:
-        self.add(module, "weight", (dim,), "norm")
-        if bias:
-            self.add(module, "bias", (dim,), "norm")
-
-    def head(self, module: str, hidden: int, vocab: int, tied_to: str | None, module_type: str = "linear") -> None:
-        self.add(module, "weight", (vocab, hidden), module_type, role="lm_head", tied_to=tied_to)
 
 
 def _int(config: Mapping[str, Any], key: str, source: str, default: int) -> int:
@@ -120,7 +91,7 @@ def _qwen(config: Mapping[str, Any], d: Dims, source: str) -> list[Tensor]:
     ff = _int(config, ff_key, source, 22016) // 2
     emb_rows = _int(config, "padded_vocab_size", source, d.vocab_size)
     bias = not _bool(config, "no_bias", source, True)
-    ts = _Collector()
+    ts = TensorCollector()
     ts.embedding("transformer.wte", emb_rows, h)
     for i in range(d.num_layers):
         p = f"transformer.h.{i}"
@@ -156,7 +127,7 @@ def _internlm2(config: Mapping[str, Any], d: Dims, source: str) -> list[Tensor]:
     h, hd = d.hidden_size, _head_dim(d, source, "internlm2")
     bias = _bool(config, "bias", source, True)
     inter = _int(config, "intermediate_size", source, 11008)
-    ts = _Collector()
+    ts = TensorCollector()
     ts.embedding("model.tok_embeddings", d.vocab_size, h)
     for i in range(d.num_layers):
         p = f"model.layers.{i}"
@@ -219,7 +190,7 @@ def _chatglm(config: Mapping[str, Any], d: Dims, source: str) -> list[Tensor]:
     bias = _bool(config, "add_bias_linear", source, False)
     qkv_bias = bias or _bool(config, "add_qkv_bias", source, False)
     layer_norm = not _bool(config, "rmsnorm", source, True)
-    ts = _Collector()
+    ts = TensorCollector()
     ts.embedding("transformer.embedding.word_embeddings", vocab, h)
     for i in range(d.num_layers):
         p = f"transformer.encoder.layers.{i}"
@@ -261,7 +232,7 @@ def _baichuan(config: Mapping[str, Any], d: Dims, source: str) -> list[Tensor]:
                           if inter is not None else
                           f"{source}: missing field 'intermediate_size'; pass the model's full config.json")
     v2 = d.vocab_size == BAICHUAN2_VOCAB
-    ts = _Collector()
+    ts = TensorCollector()
     ts.embedding("model.embed_tokens", d.vocab_size, h)
     for i in range(d.num_layers):
         p = f"model.layers.{i}"
@@ -307,7 +278,7 @@ def _minicpm(config: Mapping[str, Any], d: Dims, source: str) -> list[Tensor]:
     inter = _int(config, "intermediate_size", source, 11008)
     bias = _bool(config, "attention_bias", source, False)
     q_out, kv_out = d.num_heads * hd, d.num_kv_heads * hd
-    ts = _Collector()
+    ts = TensorCollector()
     ts.embedding("model.embed_tokens", d.vocab_size, h)
     for i in range(d.num_layers):
         p = f"model.layers.{i}"
