@@ -39,6 +39,9 @@ def fit(model: str, *, as_json: bool, gpu: str | None, margin: str, trust_remote
     setup = setup_from_options(opts)
     for w in ignored_warnings(opts, setup):
         warn(w)
+    if setup.lengths is not None or setup.alloc_conf is not None:
+        warn("--lengths/--alloc-conf: fit does not replay the caching allocator yet; its limits use the "
+             "single-step reserved estimate (vramplan plan reports the run-level reserved peak)")
     g = resolve_gpu(gpu)
     m = parse_margin(margin)
     resolved = resolve_model(model, trust_remote_code=trust_remote_code)

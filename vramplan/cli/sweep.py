@@ -131,6 +131,9 @@ def sweep(*, models: tuple[str, ...], gpus_: tuple[str, ...], margin: str, trust
     model_list = list({r.name: (r.name, r.spec) for r in resolved}.values())
 
     setups, invalid = build_setups(axes)
+    if any(s.lengths is not None or s.alloc_conf is not None for s in setups):
+        warn("--lengths/--alloc-conf: sweep rows do not replay the caching allocator yet; their reserved column is "
+             "the single-step estimate (vramplan plan reports the run-level reserved peak)")
     if invalid:
         reasons = sorted({str(e) for e in invalid})
         warn(f"skipped {len(invalid)} invalid combination{'s' if len(invalid) != 1 else ''}: "
