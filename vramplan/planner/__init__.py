@@ -15,7 +15,6 @@ tested exception: :func:`~vramplan.planner.cards.device_used_on`). No torch impo
 from __future__ import annotations
 
 from .cards import CardVerdict, PriceFileError, card_verdicts, device_used_on, fit_on, load_prices
-from .check import CheckResult, check_plans
 from .fit import (
                      MAX_SUGGESTED_GPUS,
                      SHARDED,
@@ -27,21 +26,7 @@ from .fit import (
                      max_seq,
                      suggest,
 )
-from .page import plan_page_data
-from .planfile import FOREIGN_READERS, PLAN_KEYS, PLAN_OPTIONS, PlanEntry, detect_format, read_plan_file
 from .search import BATCH_LIMIT, MIN_GPUS_LIMIT, RANK_LIMIT, SEQ_LIMIT, SEQ_STEP, search_max
-from .sweeps import (
-                     COUNTER_COLUMNS,
-                     OPTION_COLUMNS,
-                     SweepResult,
-                     gib_column,
-                     gpu_columns,
-                     product,
-                     setup_columns,
-                     structure_key,
-                     sweep,
-                     sweep_row,
-)
 
 __all__ = ["BATCH_LIMIT", "COUNTER_COLUMNS", "FOREIGN_READERS", "MAX_SUGGESTED_GPUS", "MIN_GPUS_LIMIT",
            "OPTION_COLUMNS", "PLAN_KEYS", "PLAN_OPTIONS", "RANK_LIMIT", "SEQ_LIMIT", "SEQ_STEP", "SHARDED",
@@ -49,3 +34,21 @@ __all__ = ["BATCH_LIMIT", "COUNTER_COLUMNS", "FOREIGN_READERS", "MAX_SUGGESTED_G
            "card_verdicts", "check_plans", "detect_format", "device_used_on", "fit_on", "fit_report",
            "gib_column", "gpu_columns", "load_prices", "max_batch", "max_rank", "max_seq", "plan_page_data",
            "product", "read_plan_file", "search_max", "setup_columns", "structure_key", "suggest", "sweep", "sweep_row"]
+
+#: names imported on first use, so a command loads only what it runs: the plan-file modules load every
+#: foreign-config reader (vramplan/interop, about 11 ms), which plan, fit and sweep never need; fit needs neither
+#: the sweep nor the plan page
+_LAZY = {"CheckResult": "check", "check_plans": "check", "FOREIGN_READERS": "planfile", "PLAN_KEYS": "planfile",
+         "PLAN_OPTIONS": "planfile", "PlanEntry": "planfile", "detect_format": "planfile",
+         "read_plan_file": "planfile", "plan_page_data": "page",
+         **dict.fromkeys(("COUNTER_COLUMNS", "OPTION_COLUMNS", "SweepResult", "gib_column", "gpu_columns", "product",
+                          "setup_columns", "structure_key", "sweep", "sweep_row"), "sweeps")}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{module}", __name__), name)
