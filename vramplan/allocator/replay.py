@@ -65,7 +65,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .conf import DEFAULT, AllocConf
-from .trace import Alloc, EmptyCache, Event, Free, Mark, TraceError
+from .trace import Alloc, EmptyCache, Event, Free, Mark, check_event
 
 K_MIN_BLOCK_SIZE = 512                 # kMinBlockSize: all sizes are rounded to at least 512 bytes
 K_SMALL_SIZE = 1 << 20                 # kSmallSize: largest "small" allocation is 1 MiB
@@ -628,11 +628,8 @@ def replay_trace(events: Iterable[Event], conf: AllocConf = DEFAULT, capacity_by
     last_reserved = a.reserved
     n = -1
     for n, e in enumerate(events):
+        check_event(n, e, live)
         if isinstance(e, Alloc):
-            if e.size < 1:
-                raise TraceError(f"trace event {n}: alloc of {e.size} bytes (sizes are >= 1 byte)")
-            if e.id in live:
-                raise TraceError(f"trace event {n}: id {e.id} is allocated again before its free")
             try:
                 live[e.id] = a.malloc(e.size, e.stream)
             except OutOfMemory as exc:
@@ -643,10 +640,7 @@ def replay_trace(events: Iterable[Event], conf: AllocConf = DEFAULT, capacity_by
             if a.allocated > m_alloc:
                 m_alloc = a.allocated
         elif isinstance(e, Free):
-            b = live.pop(e.id, None)
-            if b is None:
-                raise TraceError(f"trace event {n}: free of id {e.id}, which is not allocated")
-            a.free(b)
+            a.free(live.pop(e.id))
         elif isinstance(e, EmptyCache):
             a.empty_cache()
         elif isinstance(e, Mark):

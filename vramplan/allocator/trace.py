@@ -19,7 +19,7 @@ address) converts with :func:`from_snapshot_trace`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -51,20 +51,26 @@ class Mark(NamedTuple):
 Event = Alloc | Free | EmptyCache | Mark
 
 
+def check_event(n: int, e: Event, live: Container[int]) -> None:
+    """Raise :class:`TraceError` when event ``n`` cannot happen given the ids ``live`` before it: a size below
+    1 byte, an alloc of an id still live, a free of an id that is not live."""
+    if isinstance(e, Alloc):
+        if e.size < 1:
+            raise TraceError(f"trace event {n}: alloc of {e.size} bytes (sizes are >= 1 byte)")
+        if e.id in live:
+            raise TraceError(f"trace event {n}: id {e.id} is allocated again before its free")
+    elif isinstance(e, Free) and e.id not in live:
+        raise TraceError(f"trace event {n}: free of id {e.id}, which is not allocated")
+
+
 def check_trace(events: Iterable[Event]) -> None:
-    """Raise :class:`TraceError` at the first event that cannot happen: a size below 1 byte, an alloc of an
-    id still live, a free of an id that is not live."""
+    """Raise :class:`TraceError` at the first event that cannot happen (:func:`check_event`)."""
     live: set[int] = set()
     for n, e in enumerate(events):
+        check_event(n, e, live)
         if isinstance(e, Alloc):
-            if e.size < 1:
-                raise TraceError(f"trace event {n}: alloc of {e.size} bytes (sizes are >= 1 byte)")
-            if e.id in live:
-                raise TraceError(f"trace event {n}: id {e.id} is allocated again before its free")
             live.add(e.id)
         elif isinstance(e, Free):
-            if e.id not in live:
-                raise TraceError(f"trace event {n}: free of id {e.id}, which is not allocated")
             live.discard(e.id)
 
 
