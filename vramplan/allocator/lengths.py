@@ -97,7 +97,10 @@ def _histogram_file(path: Path) -> LengthDist:
     if size > MAX_HISTOGRAM_BYTES:
         raise LengthsError(f"--lengths {str(path)!r} is {size:,} bytes; a histogram file must be at most "
                            f"{MAX_HISTOGRAM_BYTES:,} (give length,count rows, not one row per sample)")
-    text = path.read_text()
+    from ..io import read_text
+
+    # the bounded reader: a FIFO or a device given as the file is refused without blocking, bad UTF-8 named
+    text = read_text(path, MAX_HISTOGRAM_BYTES, error=LengthsError, what="--lengths histogram")
     pairs: list[tuple[int, float]] = []
     try:
         if path.suffix.lower() == ".json":

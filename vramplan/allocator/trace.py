@@ -18,7 +18,6 @@ address) converts with :func:`from_snapshot_trace`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Container, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -111,11 +110,10 @@ def from_json(items: Sequence[dict[str, Any]], where: str = "trace") -> list[Eve
 
 def read_trace(path: str | Path) -> list[Event]:
     """Read a JSON trace file (see the module docstring) and check it."""
+    from ..io import RECORD_MAX_BYTES, read_json
+
     p = Path(path)
-    try:
-        items = json.loads(p.read_text())
-    except (OSError, ValueError) as exc:
-        raise TraceError(f"trace {str(p)!r} cannot be read as JSON: {exc}") from None
+    items = read_json(p, RECORD_MAX_BYTES, error=TraceError, what="trace")    # bounded: size, FIFOs, depth
     if not isinstance(items, list):
         raise TraceError(f"trace {str(p)!r} must hold a JSON list of events, got {type(items).__name__}")
     events = from_json(items, f"trace {str(p)!r}")
