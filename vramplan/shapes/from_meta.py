@@ -113,10 +113,9 @@ def spec_from_meta(config: Mapping[str, Any] | str, name: str = "", *, trust_rem
     """
     key = None
     if isinstance(config, str):
-        import json
+        from ..io import read_json
 
-        with open(os.path.join(config, "config.json"), encoding="utf-8") as fh:
-            cfg_dict = json.load(fh)
+        cfg_dict = read_json(os.path.join(config, "config.json"), error=ConfigError, what="config.json")
     else:
         # Only config dicts are cached: a folder's own modeling code (trust_remote_code) is not in the key.
         cfg_dict = dict(config)
