@@ -257,7 +257,7 @@ def _finish(spec: ModelSpec, setup: Setup, d: ModelStates, comps: dict | tuple, 
         components=tuple(sorted(components, key=lambda c: (c.group, -c.bytes))), peak_phase=phase,
         peak_allocated_bytes=peak, peak_reserved_bytes=reserved, device_used_bytes=device,
         phases=phases, assumptions=tuple(assumptions(spec, setup, st) + (rank.assumptions if rank else [])),
-        warnings=tuple(warnings_for(spec, setup) + (rank.warnings if rank else [])),
+        warnings=tuple(warnings_for(spec, setup) + gpu_warnings(setup, gpu) + (rank.warnings if rank else [])),
         fit=fit, versions=_versions(setup), extra=rank.extra(setup) if rank is not None else {})
 
 
@@ -353,6 +353,24 @@ def warnings_for(spec: ModelSpec, setup: Setup) -> list[str]:
         w.append(f"--method inference on --gpus {setup.gpus} --strategy {setup.strategy}: estimated as one full "
                  "replica per GPU (data parallel); sharded inference is not modelled")
     return w
+
+
+def gpu_warnings(setup: Setup, gpu) -> list[str]:
+    """What the setup asks of the card that the card cannot do (the estimate still assumes it ran): bf16 before
+    Ampere, FlashAttention 2 before Ampere. A card given as a size has no architecture: nothing to say."""
+    if gpu is None or getattr(gpu, "from_size", False) or not getattr(gpu, "compute_capability", ""):
+        return []
+    cc = tuple(int(x) for x in str(gpu.compute_capability).split(".")[:2] if x.isdigit())
+    out = []
+    if setup.compute_dtype == "bf16" and not gpu.bf16:
+        # transformers TrainingArguments.__post_init__: bf16 needs is_torch_bf16_gpu_available() (compute 8.0+)
+        out.append(f"{gpu.name} ({gpu.architecture}, compute {gpu.compute_capability}) has no bf16: the HF Trainer "
+                   f"refuses --precision {setup.precision} there; use fp16-mixed or fp16-true")
+    if setup.attn == "flash" and gpu.vendor == "nvidia" and cc and cc < (8, 0):
+        # flash-attn 2 README: Ampere, Ada or Hopper GPUs (compute 8.0+); Turing only in FlashAttention 1.x
+        out.append(f"{gpu.name} ({gpu.architecture}, compute {gpu.compute_capability}): FlashAttention 2 needs "
+                   "Ampere or newer (compute 8.0+); use --attn sdpa")
+    return out
 
 
 def _versions(setup: Setup) -> dict[str, str]:
