@@ -30,15 +30,15 @@ from .search import BATCH_LIMIT, MIN_GPUS_LIMIT, RANK_LIMIT, SEQ_LIMIT, SEQ_STEP
 
 __all__ = ["BATCH_LIMIT", "COUNTER_COLUMNS", "FOREIGN_READERS", "MAX_SUGGESTED_GPUS", "MIN_GPUS_LIMIT",
            "OPTION_COLUMNS", "PLAN_KEYS", "PLAN_OPTIONS", "RANK_LIMIT", "SEQ_LIMIT", "SEQ_STEP", "SHARDED",
-           "CardVerdict", "CheckResult", "FitReport", "PlanEntry", "PriceFileError", "Suggestion", "SweepResult",
-           "card_verdicts", "check_plans", "detect_format", "device_used_on", "fit_on", "fit_report",
+           "CardVerdict", "FitReport", "PlanEntry", "PriceFileError", "Suggestion", "SweepResult",
+           "card_verdicts", "check_files", "detect_format", "device_used_on", "fit_on", "fit_report",
            "gib_column", "gpu_columns", "load_prices", "max_batch", "max_rank", "max_seq", "plan_page_data",
            "product", "read_plan_file", "search_max", "setup_columns", "structure_key", "suggest", "sweep", "sweep_row"]
 
 #: names imported on first use, so a command loads only what it runs: the plan-file modules load every
 #: foreign-config reader (vramplan/interop, about 11 ms), which plan, fit and sweep never need; fit needs neither
 #: the sweep nor the plan page
-_LAZY = {"CheckResult": "check", "check_plans": "check", "FOREIGN_READERS": "planfile", "PLAN_KEYS": "planfile",
+_LAZY = {"check_files": "check", "FOREIGN_READERS": "planfile", "PLAN_KEYS": "planfile",
          "PLAN_OPTIONS": "planfile", "PlanEntry": "planfile", "detect_format": "planfile",
          "read_plan_file": "planfile", "plan_page_data": "page",
          **dict.fromkeys(("COUNTER_COLUMNS", "OPTION_COLUMNS", "SweepResult", "gib_column", "gpu_columns", "product",
