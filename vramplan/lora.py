@@ -58,6 +58,7 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import TargetError, close_matches
 from .memo import IdCache
@@ -178,6 +179,25 @@ class LoraConfig:
     dropout: float = option(0.0, kind="number", name="lora_dropout", unset=True,
                             help="LoRA dropout (PEFT default 0; > 0 saves a dropped copy of each adapted input).")
     target_parameters: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as a plan's ``setup.lora`` JSON (lists for tuples); :meth:`from_dict` reads it back."""
+        return {"r": self.r, "alpha": self.alpha,
+                "targets": list(self.targets) if self.targets is not None else None,
+                "target_regex": self.target_regex, "modules_to_save": list(self.modules_to_save),
+                "layers_to_transform": list(self.layers_to_transform)
+                if self.layers_to_transform is not None else None,
+                "dora": self.dora, "dropout": self.dropout}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LoraConfig:
+        """A config from :meth:`to_dict`'s JSON (missing keys take PEFT's defaults)."""
+        return cls(r=d.get("r", 8), alpha=d.get("alpha", 8),
+                   targets=tuple(d["targets"]) if d.get("targets") is not None else None,
+                   target_regex=d.get("target_regex"), modules_to_save=tuple(d.get("modules_to_save") or ()),
+                   layers_to_transform=tuple(d["layers_to_transform"])
+                   if d.get("layers_to_transform") is not None else None,
+                   dora=bool(d.get("dora", False)), dropout=float(d.get("dropout", 0.0)))
 
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:

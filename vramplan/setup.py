@@ -23,22 +23,27 @@ from .versions import format_versions, parse_versions
 MAX_LAYER_INDEX = MAX_LAYERS - 1
 
 Method = Literal["full", "lora", "qlora", "inference"]
-Quant = Literal["none", "nf4", "fp4", "int8"]
+Quant = Literal["none", "nf4", "fp4", "int8", "gptq", "awq", "fp8"]
 Precision = Literal["bf16-mixed", "bf16-true", "fp16-mixed", "fp16-true", "32-true"]
 Optim = Literal["adamw", "adamw-8bit", "paged-adamw", "paged-adamw-8bit", "adafactor", "sgd", "lion"]
 Attn = Literal["sdpa", "flash", "eager"]
-Loss = Literal["standard", "chunked"]
-Strategy = Literal["ddp", "fsdp", "fsdp-grad-op", "zero1", "zero2", "zero3"]
+Loss = Literal["standard", "chunked", "torchtune-chunked", "litgpt-chunked", "trl-fused"]
+Strategy = Literal["ddp", "fsdp", "fsdp1", "fsdp-grad-op", "zero1", "zero2", "zero3"]
 Offload = Literal["none", "optimizer", "params"]
 
 METHODS: tuple[str, ...] = ("full", "lora", "qlora", "inference")
-QUANTS: tuple[str, ...] = ("none", "nf4", "fp4", "int8")
+QUANTS: tuple[str, ...] = ("none", "nf4", "fp4", "int8", "gptq", "awq", "fp8")
+#: bitsandbytes quantizations (load-time, ``BitsAndBytesConfig``); the others are pre-quantized checkpoints
+BNB_QUANTS: tuple[str, ...] = ("nf4", "fp4", "int8")
 PRECISIONS: tuple[str, ...] = ("bf16-mixed", "bf16-true", "fp16-mixed", "fp16-true", "32-true")
 OPTIMS: tuple[str, ...] = ("adamw", "adamw-8bit", "paged-adamw", "paged-adamw-8bit", "adafactor", "sgd", "lion")
 ATTNS: tuple[str, ...] = ("sdpa", "flash", "eager")
-LOSSES: tuple[str, ...] = ("standard", "chunked")
-STRATEGIES: tuple[str, ...] = ("ddp", "fsdp", "fsdp-grad-op", "zero1", "zero2", "zero3")
+LOSSES: tuple[str, ...] = ("standard", "chunked", "torchtune-chunked", "litgpt-chunked", "trl-fused")
+STRATEGIES: tuple[str, ...] = ("ddp", "fsdp", "fsdp1", "fsdp-grad-op", "zero1", "zero2", "zero3")
 OFFLOADS: tuple[str, ...] = ("none", "optimizer", "params")
+ADAPTER_DTYPES: tuple[str, ...] = ("auto", "fp32", "compute")
+FROZEN_DTYPES: tuple[str, ...] = ("compute", "fp32")
+CACHES: tuple[str, ...] = ("dynamic", "static", "sliding", "quantized-int4", "quantized-int2", "offloaded")
 
 #: bytes per element of the dtypes vramplan reasons about
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1, "uint8": 1, "int64": 8, "bool": 1}
@@ -85,21 +90,47 @@ class Setup:
                         help="Base-weight quantization (bitsandbytes); qlora defaults to nf4.")
     double_quant: bool = option(True, kind="bool", help="bnb_4bit_use_double_quant.")
     quant_blocksize: int = option(64, kind="int", help="4-bit quantization block size.")
+    quant_bits: int = option(4, kind="int", help="Bits per weight of a GPTQ/AWQ checkpoint (2, 3, 4 or 8).")
+    quant_group: int = option(128, kind="int", help="GPTQ/AWQ group size (-1 = one group per output column).")
+    quant_skip: tuple[str, ...] = option((), kind="list", unset=True, repeat_only=True,
+                                         help="Modules left unquantized (BitsAndBytesConfig llm_int8_skip_modules, "
+                                              "a checkpoint's modules_to_not_convert).")
+    quant_head: bool = option(False, kind="bool", unset=True,
+                              help="Quantize the output head too (LitGPT's BitsandbytesPrecision replaces every "
+                                   "nn.Linear; transformers skips the head). Default: off, or the --stack's.")
     precision: str = option("bf16-mixed", kind="choice", choices=PRECISIONS, unset=True,
                             help="mixed = autocast with fp32 trainable weights (HF Trainer bf16=True); "
                                  "true = everything in that dtype (default: bf16-mixed, or the --stack's).")
+    adapter_dtype: str = option("auto", kind="choice", choices=ADAPTER_DTYPES,
+                                help="dtype of the LoRA weights: fp32 (PEFT autocast_adapter_dtype), compute (the "
+                                     "--precision dtype, as torchtune and LitGPT build them), or auto: fp32 under "
+                                     "-mixed, compute under -true.")
+    frozen_dtype: str = option("compute", kind="choice", choices=FROZEN_DTYPES, unset=True,
+                               help="dtype of the frozen, unquantized base weights: compute, or fp32 (LitGPT's "
+                                    "bf16-mixed). Default: compute, or the --stack's.")
     lora: LoraConfig | None = field(default_factory=LoraConfig)
     batch: int = option(1, kind="int", help="Sequences per step (per GPU).")
     seq: int = option(2048, kind="int", help="Tokens per sequence (inference: prompt + generated).")
     grad_ckpt: bool = option(False, kind="bool", unset=True,
                              help="Gradient checkpointing (default: on for qlora, as prepare_model_for_kbit_training "
                                   "does; off otherwise).")
+    act_offload: bool = option(False, kind="bool", unset=True,
+                               help="Offload saved activations to CPU (torchtune enable_activation_offloading; "
+                                    "Unsloth's offloaded checkpoints). Default: off, or the --stack's.")
     attn: str = option("sdpa", kind="choice", choices=ATTNS, help="Attention kernel.")
+    kv_expand: bool = option(False, kind="bool", unset=True,
+                             help="K and V are repeated to every query head before attention (torchtune, LitGPT). "
+                                  "Default: off, or the --stack's.")
     optim: str = option("adamw", kind="choice", choices=OPTIMS, unset=True,
                         help="Optimizer (adamw = torch fused AdamW, the HF Trainer default; or the --stack's).")
+    optim_in_bwd: bool = option(False, kind="bool", unset=True,
+                                help="The optimizer step runs inside backward, one parameter at a time (torchtune "
+                                     "optimizer_in_bwd). Default: off, or the --stack's.")
     loss: str = option("standard", kind="choice", choices=LOSSES, unset=True,
-                       help="standard = full fp32 logits; chunked = fused linear cross-entropy (default: standard, "
-                            "or the --stack's).")
+                       help="standard = full fp32 logits; chunked = Liger fused linear cross-entropy; "
+                            "torchtune-chunked = CEWithChunkedOutputLoss (8 chunks); litgpt-chunked = 128-token "
+                            "chunked cross-entropy; trl-fused = TRL's fused LM head (default: standard, or the "
+                            "--stack's).")
     kbit_prep: bool = option(
         True, kind="bool", unset=True,
         help="QLoRA: peft's prepare_model_for_kbit_training (fp32 copies of the non-quantized weights, fp32 residual "
@@ -110,6 +141,10 @@ class Setup:
     offload: str = option("none", kind="choice", choices=OFFLOADS, help="CPU offload (ZeRO / FSDP).")
     # inference: how many of `seq` tokens are generated (the rest is the prompt); 0 = prefill only
     new_tokens: int = option(0, kind="int", help="Inference: tokens generated after the prompt (part of --seq).")
+    cache: str = option("dynamic", kind="choice", choices=CACHES,
+                        help="Inference: the KV cache (transformers' cache_implementation).")
+    cache_len: int = option(0, kind="int",
+                            help="Inference: max_cache_len of a static or sliding cache (0 = --seq).")
     stack: str = option("hf", kind="choice", choices=STACK_NAMES,
                         help="The framework the run is launched with: its defaults for the options it decides "
                              "(a flag given here still wins) and what it does that is not modelled yet, as "
@@ -179,14 +214,24 @@ class Setup:
         for o in options_of(Setup):
             if o.kind == "bool" and not isinstance(getattr(self, o.field), bool):
                 raise SetupError(f"{o.flag} must be true or false, got {_quote(getattr(self, o.field))}")
+        if self.quant_bits not in (2, 3, 4, 8):
+            raise SetupError(f"--quant-bits must be 2, 3, 4 or 8 (GPTQ/AWQ), got {_quote(self.quant_bits)}")
+        if self.quant == "awq" and self.quant_bits != 4:
+            raise SetupError(f"--quant awq stores 4-bit weights (AutoAWQ), got --quant-bits {self.quant_bits}")
+        if self.quant_group != -1 and self.quant_group not in (16, 32, 64, 128, 256, 512, 1024, 2048, 4096):
+            raise SetupError(f"--quant-group must be -1 or a power of two from 16 to 4096, got "
+                             f"{_quote(self.quant_group)}")
+        if isinstance(self.cache_len, bool) or not isinstance(self.cache_len, int) or not 0 <= self.cache_len <= MAX_SEQ:
+            raise SetupError(f"--cache-len must be an integer from 0 (= --seq) to {MAX_SEQ:,}, got "
+                             f"{_quote(self.cache_len)}")
         if self.quant_blocksize not in (32, 64, 128, 256, 512, 1024, 2048, 4096):
             raise SetupError(f"--quant-blocksize must be a power of two from 32 to 4096 (bitsandbytes), "
                              f"got {self.quant_blocksize!r}")
         if self.new_tokens < 0 or self.new_tokens >= self.seq:
             raise SetupError(f"--new-tokens must be >= 0 and smaller than --seq {self.seq}, "
                              f"got {_quote(self.new_tokens)}")
-        if self.offload == "params" and self.strategy not in ("zero3", "fsdp"):
-            raise SetupError(f"--offload params needs --strategy zero3 or fsdp (got --strategy {self.strategy}): "
+        if self.offload == "params" and self.strategy not in ("zero3", "fsdp", "fsdp1"):
+            raise SetupError(f"--offload params needs --strategy zero3, fsdp or fsdp1 (got --strategy {self.strategy}): "
                              "only ZeRO-3 and FSDP shard parameters")
         if self.offload == "optimizer" and self.strategy not in ("zero1", "zero2", "zero3"):
             raise SetupError(f"--offload optimizer needs --strategy zero1, zero2 or zero3 (got --strategy "
@@ -225,6 +270,8 @@ class Setup:
         """dtype of the frozen, unquantized base weights as loaded (``from_pretrained(dtype=...)``)."""
         if self.method == "full" and self.mixed:
             return "fp32"       # trainable weights are fp32 masters under mixed precision
+        if self.frozen_dtype == "fp32" and self.training:
+            return "fp32"
         return self.compute_dtype
 
     @property
@@ -233,8 +280,18 @@ class Setup:
         return "fp32" if self.mixed else self.compute_dtype
 
     @property
+    def adapter_weight_dtype(self) -> str:
+        """dtype of the LoRA weights: ``--adapter-dtype``, where ``auto`` is :attr:`trainable_dtype`."""
+        return {"auto": self.trainable_dtype, "fp32": "fp32", "compute": self.compute_dtype}[self.adapter_dtype]
+
+    @property
     def quantized(self) -> bool:
         return self.quant != "none"
+
+    @property
+    def bnb(self) -> bool:
+        """Quantized by bitsandbytes at load time (nf4, fp4, int8), not a pre-quantized GPTQ/AWQ/FP8 checkpoint."""
+        return self.quant in BNB_QUANTS
 
     @property
     def tokens(self) -> int:
@@ -251,28 +308,16 @@ class Setup:
             if d[k] is None:
                 del d[k]
         if self.lora is not None:
-            lc = self.lora
-            d["lora"] = {"r": lc.r, "alpha": lc.alpha,
-                         "targets": list(lc.targets) if lc.targets is not None else None,
-                         "target_regex": lc.target_regex, "modules_to_save": list(lc.modules_to_save),
-                         "layers_to_transform": list(lc.layers_to_transform)
-                         if lc.layers_to_transform is not None else None,
-                         "dora": lc.dora, "dropout": lc.dropout}
+            d["lora"] = self.lora.to_dict()
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Setup:
         d = dict(d)
         lora = d.pop("lora", None)
-        lc = None
-        if lora is not None:
-            lc = LoraConfig(r=lora.get("r", 8), alpha=lora.get("alpha", 8),
-                            targets=tuple(lora["targets"]) if lora.get("targets") is not None else None,
-                            target_regex=lora.get("target_regex"),
-                            modules_to_save=tuple(lora.get("modules_to_save") or ()),
-                            layers_to_transform=tuple(lora["layers_to_transform"])
-                            if lora.get("layers_to_transform") is not None else None,
-                            dora=bool(lora.get("dora", False)), dropout=float(lora.get("dropout", 0.0)))
+        lc = LoraConfig.from_dict(lora) if lora is not None else None
+        if "quant_skip" in d:
+            d["quant_skip"] = tuple(d["quant_skip"] or ())
         s = cls(lora=lc, **d)
         s.validate()
         return s
@@ -343,13 +388,13 @@ def parse_layers(value: str | None) -> tuple[int, ...] | None:
     return tuple(out)
 
 
-_LORA_FIELD_DEFAULTS = {f.name: f.default for f in fields(LoraConfig)}
+_FIELD_DEFAULTS = {f.name: f.default for cls in (LoraConfig, Setup) for f in fields(cls)}
 
 
 def _option_value(o: Option, value: Any) -> Any:
     """A command-line value (a string for lists and layers) as the dataclass field holds it."""
     if o.kind == "list":       # an empty list is the field's own default: None (PEFT's targets) or ()
-        return split_list(value) or _LORA_FIELD_DEFAULTS.get(o.field)
+        return split_list(value) or _FIELD_DEFAULTS.get(o.field)
     if o.kind == "layers":
         return parse_layers(value)
     if o.kind == "choice" and isinstance(value, str):
@@ -426,6 +471,24 @@ def ignored_options(given: dict[str, Any], s: Setup) -> list[str]:
         train_only = [n for n in ("optim", "grad_ckpt") if n in names]
         if train_only:
             out.append(f"{flags(train_only)} ignored: --method inference has no optimizer and no backward pass")
+    if s.quant not in ("gptq", "awq"):
+        group = [n for n in ("quant_bits", "quant_group") if n in names]
+        if group:
+            out.append(f"{flags(group)} ignored: {'they apply' if len(group) > 1 else 'it applies'} to GPTQ/AWQ "
+                       f"checkpoints (--quant gptq or awq), not --quant {s.quant}")
+    if not s.quantized:
+        base_q = [n for n in ("quant_skip", "quant_head") if n in names and given[n]]
+        if base_q:
+            out.append(f"{flags(base_q)} ignored: --quant none has no quantized weights")
+    if s.training:
+        serve_only = [n for n in ("cache", "cache_len") if n in names]
+        if serve_only:
+            out.append(f"{flags(serve_only)} ignored: the KV cache is an inference option (--method inference)")
+    else:
+        train_only = [n for n in ("act_offload", "optim_in_bwd", "adapter_dtype", "frozen_dtype") if n in names
+                      and given[n] not in (False, "auto", "compute")]
+        if train_only:
+            out.append(f"{flags(train_only)} ignored: --method inference does not train")
     if s.quant not in ("nf4", "fp4"):
         four_bit = [n for n in ("double_quant", "quant_blocksize") if n in names]
         if four_bit:

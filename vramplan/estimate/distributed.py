@@ -77,7 +77,7 @@ GPUS_PER_NODE = 8
 SHARDED = ("fsdp", "fsdp-grad-op", "zero1", "zero2", "zero3")
 #: which ``--offload`` each strategy supports (setup.py validates the same table)
 OFFLOADS_BY_STRATEGY: dict[str, tuple[str, ...]] = {
-    "ddp": ("none",), "fsdp": ("none", "params"), "fsdp-grad-op": ("none",),
+    "ddp": ("none",), "fsdp": ("none", "params"), "fsdp1": ("none", "params"), "fsdp-grad-op": ("none",),
     "zero1": ("none", "optimizer"), "zero2": ("none", "optimizer"), "zero3": ("none", "optimizer", "params"),
 }
 #: order in which :func:`smallest_gpus` prefers strategies at the same GPU count: least communication first
