@@ -67,5 +67,8 @@ def replay_on_device(events: Sequence[Event], alloc_conf: str = "", timeout_s: f
 
 
 if __name__ == "__main__":                                   # pragma: no cover - needs a GPU
-    with open(sys.argv[1]) as fh:
-        print(json.dumps(_run(from_json(json.load(fh)))))
+    from ..io import RECORD_MAX_BYTES, read_json
+    from .trace import TraceError
+
+    # bounded, like every trace file (read_trace would also check it; the trace given here is replayed as is)
+    print(json.dumps(_run(from_json(read_json(sys.argv[1], RECORD_MAX_BYTES, error=TraceError, what="trace")))))

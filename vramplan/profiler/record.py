@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_write_text
+from ..errors import VramplanError
+from ..io import RECORD_MAX_BYTES, atomic_write_text, read_json
 from .phases import PEAK_KEYS, PHASE_NAMES
 from .sampler import SAMPLE_COLUMNS
 
@@ -47,6 +48,11 @@ COMPARED = ("peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes")
 
 class RecordError(ValueError):
     """A record that does not follow the schema (a bug in the writer, or a foreign file)."""
+
+
+class RecordFileError(RecordError, VramplanError):
+    """A record file that cannot be read at all: not a regular file, larger than
+    :data:`~vramplan.io.RECORD_MAX_BYTES`, not UTF-8, not JSON, nested too deep (one line naming the file)."""
 
 
 @dataclass
@@ -352,7 +358,16 @@ def write_record(rec: dict[str, Any], path: str | Path) -> Path:
 
 
 def load_record(path: str | Path) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as fh:
-        rec = json.load(fh)
+    """A ``vramplan.run/1`` record read through :func:`vramplan.io.read_json` (a FIFO or a device is refused
+    before it is opened, at most :data:`~vramplan.io.RECORD_MAX_BYTES`, UTF-8, nested at most
+    :data:`~vramplan.io.MAX_DEPTH` deep) and validated.
+
+    Raises:
+        RecordFileError: the file cannot be read as JSON (one line naming it).
+        RecordError: it is JSON but not a record (:func:`validate_record`).
+    """
+    rec = read_json(path, RECORD_MAX_BYTES, error=RecordFileError, what="run record")
+    if not isinstance(rec, dict):
+        raise RecordError(f"{path}: a run record is a JSON object, got {type(rec).__name__}")
     validate_record(rec)
     return rec

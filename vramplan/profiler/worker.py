@@ -16,13 +16,14 @@ launcher stop the other ranks instead of leaving them waiting in a collective.
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 EXIT = {"ok": 0, "oom": 1, "error": 3, "interrupted": 130}
+#: the keys of the spec ``vramplan.profiler.launch`` writes for the ranks
+SPEC_KEYS = ("launcher", "setup", "options", "ranks_dir", "model")
 
 
 def _term_as_interrupt(signum: int, frame: Any) -> None:
@@ -38,12 +39,18 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("usage: python -m vramplan.profiler.worker SPEC.json (started by vramplan profile)\n")
         return 2
     from ..errors import VramplanError
+    from ..io import CONFIG_MAX_BYTES, read_json
     from ..setup import Setup
     from .options import Rank, RunOptions
     from .runner import profile_run
 
-    spec = json.loads(Path(argv[0]).read_text())
     try:
+        # the bounded reader: a FIFO, a device or a damaged file is one line (exit 2), never a hang or a traceback
+        spec = read_json(argv[0], CONFIG_MAX_BYTES, what="worker spec")
+        missing = [k for k in SPEC_KEYS if not isinstance(spec, dict) or k not in spec]
+        if missing:
+            raise VramplanError(f"{argv[0]}: the worker spec lacks {', '.join(missing)} (it is written by "
+                                "vramplan profile; do not start the worker by hand)")
         rank = Rank.from_env(spec["launcher"])
     except VramplanError as exc:
         sys.stderr.write(f"vramplan: error: {exc}\n")

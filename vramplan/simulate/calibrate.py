@@ -67,6 +67,29 @@ def _path(key: str):
     return cache_dir() / "calibration" / f"{key}.json"
 
 
+#: the largest calibration cache entry read (an entry is a few hundred bytes)
+MAX_ENTRY_BYTES = 64 << 10
+
+
+def read_cached(path) -> Calibration | None:
+    """The calibration stored at ``path``, or ``None`` when there is none or it cannot be used: read through
+    :func:`vramplan.io.read_json` (a FIFO, a device, a file over :data:`MAX_ENTRY_BYTES`, binary or deeply
+    nested content is refused without blocking or reading it whole), so a damaged entry is measured again."""
+    from ..errors import VramplanError
+    from ..io import read_json
+
+    try:
+        d = read_json(path, MAX_ENTRY_BYTES, what="calibration cache entry")
+        cal = Calibration(**d) if isinstance(d, dict) else None
+    except (VramplanError, TypeError, ValueError):
+        return None                               # missing or damaged: measured again
+    ints = (cal.per_token_bytes, cal.per_bss_bytes, cal.const_bytes, cal.first_layer_delta_bytes) if cal else ()
+    if cal is None or not all(type(v) is int for v in ints) or not isinstance(cal.key, str) \
+            or not isinstance(cal.versions, dict):
+        return None
+    return cal
+
+
 def calibrate(spec: ModelSpec, setup: Setup, *, use_cache: bool = True) -> Calibration:
     """Measure (or read from the cache) the per-layer coefficients of ``spec`` under ``setup``.
 
@@ -81,12 +104,9 @@ def calibrate(spec: ModelSpec, setup: Setup, *, use_cache: bool = True) -> Calib
         raise SimulationError("calibration measures training activations; --method inference saves none")
     key = cache_key(spec, setup)
     path = _path(key)
-    if use_cache and path.is_file():
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-            return Calibration(**d)
-        except (OSError, ValueError, TypeError):
-            pass                                  # a damaged entry is measured again
+    cached = read_cached(path) if use_cache else None
+    if cached is not None:
+        return cached
     base = structural_setup(setup)
     layer_bytes: list[int] = []
     first_delta = 0
