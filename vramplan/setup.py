@@ -307,6 +307,7 @@ class Setup:
         for k in ("lengths", "alloc_conf"):     # only when given: plans without them keep their JSON
             if d[k] is None:
                 del d[k]
+        d["quant_skip"] = list(self.quant_skip)
         if self.lora is not None:
             d["lora"] = self.lora.to_dict()
         return d

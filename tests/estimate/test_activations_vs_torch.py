@@ -243,16 +243,17 @@ def build_model(family: str, setup: Setup, *, use_cache: bool | None = None) -> 
     if setup.method in ("lora", "qlora"):
         model.requires_grad_(False)
         lc = peft.LoraConfig(r=RANK, lora_alpha=RANK, target_modules="all-linear")
-        model = peft.get_peft_model(model, lc, autocast_adapter_dtype=setup.mixed)
+        model = peft.get_peft_model(model, lc, autocast_adapter_dtype=setup.adapter_weight_dtype == "fp32")
         if setup.quantized and setup.grad_ckpt:
             model.enable_input_require_grads()   # what prepare_model_for_kbit_training does with checkpointing
     return model
 
 
-def make_setup(method: str, precision: str, attn: str = "sdpa", grad_ckpt: bool = False) -> Setup:
+def make_setup(method: str, precision: str, attn: str = "sdpa", grad_ckpt: bool = False,
+               adapter_dtype: str = "auto") -> Setup:
     lora = LoraConfig(r=RANK, alpha=RANK, targets=("all-linear",)) if method in ("lora", "qlora") else None
     return Setup.create(method=method, precision=precision, lora=lora, batch=BATCH, seq=SEQ, attn=attn,
-                        grad_ckpt=grad_ckpt)
+                        grad_ckpt=grad_ckpt, adapter_dtype=adapter_dtype)
 
 
 def estimated(family: str, setup: Setup) -> list[list[tuple[int, str, str]]]:
@@ -341,6 +342,38 @@ def test_saved_activations_match_torch(family, method, precision, attn):
             cpu_only = router_cpu_upcast_bytes(family) if method == "lora" and precision == "bf16-true" else 0
             assert casts == cpu_only, ("without autocast no parameter is copied, except peft's CPU-only fp32 "
                                        f"upcast of a bf16 router ParamWrapper ({cpu_only} B); got {casts} B")
+
+
+# --adapter-dtype against PEFT's real dtypes: fp32 adapters on a bf16 base without autocast (PEFT's default
+# autocast_adapter_dtype=True when the model is loaded in bf16 and no AMP runs: peft casts each adapted input to
+# fp32, ``_cast_input_dtype``), and bf16 adapters under autocast (TRL's QLoRA cast after get_peft_model)
+ADAPTER_CASES = [
+    *[(f, "lora", "bf16-true", "fp32") for f in ("llama", "qwen3", "gemma2", "phi3", "mixtral", "gpt2")],
+    # (not mixtral: on CPU peft upcasts a bf16 router ParamWrapper's factors to fp32, which autocast casts back and
+    # saves, CPU-only copies that the CASES above check apart)
+    *[(f, "lora", "bf16-mixed", "compute") for f in ("llama", "qwen3", "gemma2")],
+    *[(f, "qlora", "bf16-true", "fp32") for f in ("llama", "mixtral")],
+    ("llama", "qlora", "bf16-mixed", "compute"),
+]
+
+
+@pytest.mark.parametrize("family,method,precision,adapter_dtype", ADAPTER_CASES,
+                         ids=["-".join(c) for c in ADAPTER_CASES])
+def test_adapter_dtype_saved_activations_match_torch(family, method, precision, adapter_dtype):
+    setup = make_setup(method, precision, adapter_dtype=adapter_dtype)
+    torch.manual_seed(0)
+    with _cuda_autocast_query_on_cpu():
+        model = build_model(family, setup)
+        saved = measure(model, model.config.num_hidden_layers, setup.autocast)
+    lora_dtypes = {p.dtype for n, p in model.named_parameters() if "lora_" in n}
+    assert lora_dtypes == {torch.float32 if setup.adapter_weight_dtype == "fp32" else torch.bfloat16}, \
+        f"PEFT built adapters in {lora_dtypes}; --adapter-dtype {adapter_dtype} says {setup.adapter_weight_dtype}"
+    for i, layer_est in enumerate(estimated(family, setup)):
+        # parameter casts count: the adapters' .to(bf16) copies are made (and saved) on CUDA as on CPU
+        items = saved[i].items(with_casts=True)
+        measured, expected = sum(n for n, _ in items), sum(n for n, _, _ in layer_est)
+        assert measured == expected, (f"{family} {method} {precision} --adapter-dtype {adapter_dtype} layer {i}: "
+                                      f"torch saved {measured:,} B, the trace {expected:,} B; {_diff(items, layer_est)}")
 
 
 @pytest.mark.parametrize("family,method,precision", [("llama", "lora", "bf16-mixed"), ("phi3", "full", "bf16-true"),

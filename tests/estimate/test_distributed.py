@@ -315,7 +315,7 @@ def test_cli_offload_params_without_sharding_is_one_line_exit_2():
     proc = _run("plan", QWEN, "--method", "full", "--gpus", "4", "--offload", "params")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("vramplan: error: --offload params needs --strategy zero3 or fsdp")
+    assert len(lines) == 1 and lines[0].startswith("vramplan: error: --offload params needs --strategy zero3, fsdp or fsdp1")
     assert proc.stdout == ""
 
 

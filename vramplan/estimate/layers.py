@@ -149,7 +149,7 @@ def build_layers(spec: ModelSpec, placements: list[Placement], plan: LoraPlan | 
             a = adapters.get(t.module)
             lin = Lin(t.module, in_f, out_f, p.dtype if p.quant == "none" else p.quant, p.trainable)
             if a is not None and lcfg is not None:
-                lin.lora_r, lin.lora_dtype = a.rank, setup.trainable_dtype
+                lin.lora_r, lin.lora_dtype = a.rank, setup.adapter_weight_dtype
                 lin.dropout, lin.dora = lcfg.dropout, lcfg.dora
             role = t.role
             if role in layer.lin:              # two modules with one role (e.g. gpt2 cross-attn): keep both
@@ -177,8 +177,9 @@ def build_layers(spec: ModelSpec, placements: list[Placement], plan: LoraPlan | 
 def _param_lora_dtype(p: Placement, setup: Setup) -> str:
     """dtype of a ParamWrapper's lora_A/lora_B: ``_move_adapter_to_device_of_base_layer`` gives them the wrapped
     parameter's dtype (fp32 after ``prepare_model_for_kbit_training``), and ``autocast_adapter_dtype`` (mixed
-    precision) upcasts 16-bit adapters to fp32 — measured on peft 0.21.2 (tests/estimate)."""
-    return "fp32" if setup.mixed else p.dtype
+    precision, or ``--adapter-dtype fp32``) upcasts 16-bit adapters to fp32 — measured on peft 0.21.2
+    (tests/estimate)."""
+    return "fp32" if setup.adapter_weight_dtype == "fp32" else p.dtype
 
 
 class Program:

@@ -121,13 +121,13 @@ def adapter_tensors(plan: LoraPlan | None, placements: list[Placement], setup: S
     dtypes PEFT gives them. Adapters frozen inside a saved module still take memory (``frozen=True``)."""
     if plan is None:
         return []
-    dtype = setup.trainable_dtype
+    dtype = setup.adapter_weight_dtype
     placed = {p.tensor.name: p for p in placements}
     out: list[TrainableTensor] = []
     for a in plan.adapters:
         k = a.rank
-        dtype = setup.trainable_dtype
-        if a.parameter is not None and not setup.mixed:
+        dtype = setup.adapter_weight_dtype
+        if a.parameter is not None and dtype != "fp32":
             # a ParamWrapper adapter takes the wrapped parameter's dtype (fp32 after kbit preparation)
             wrapped = placed.get(f"{a.module}.{a.parameter}")
             if wrapped is not None and wrapped.quant == "none":

@@ -199,12 +199,13 @@ def build(spec: ModelSpec, setup: Setup, num_layers: int | None = None) -> Built
                 import peft
 
                 try:
-                    # adapters born on meta (no CPU init); fp32 adapters under mixed precision (PEFT's default
-                    # autocast_adapter_dtype=True), the model's dtype when everything runs in one dtype
+                    # adapters born on meta (no CPU init); fp32 adapters (PEFT's default
+                    # autocast_adapter_dtype=True) under mixed precision or --adapter-dtype fp32, the model's
+                    # dtype when everything runs in one dtype or --adapter-dtype compute
+                    upcast = setup.adapter_weight_dtype == "fp32"
                     with torch.device("meta"):
-                        model = peft.get_peft_model(model, peft_config(setup, spec),
-                                                    autocast_adapter_dtype=setup.mixed)
-                    if not setup.mixed:
+                        model = peft.get_peft_model(model, peft_config(setup, spec), autocast_adapter_dtype=upcast)
+                    if not upcast:
                         _adapters_in_base_dtype(model)
                 except Exception as exc:  # noqa: BLE001
                     raise SimulationError(f"peft.get_peft_model refused the LoRA config: {exc}") from exc
