@@ -7,5 +7,6 @@ SETUP_OPTION_NAMES = ("method", "quant", "double_quant", "quant_blocksize", "qua
                       "act_offload", "attn", "kv_expand", "optim", "optim_in_bwd", "loss", "kbit_prep", "gpus",
                       "strategy", "offload", "new_tokens", "cache", "cache_len", "stack", "versions",
                       "lengths", "alloc_conf",
-                      "rank", "alpha", "targets", "target_regex", "modules_to_save", "layers_to_transform", "dora",
-                      "lora_dropout")
+                      "rank", "alpha", "targets", "target_regex", "modules_to_save", "layers_to_transform",
+                      "layers_pattern", "dora", "lora_dropout", "target_parameters", "exclude_modules", "exclude_regex",
+                      "rank_pattern", "alpha_pattern", "bias", "lora_bias", "trainable_tokens")

@@ -62,7 +62,7 @@ from typing import Any
 
 from .errors import TargetError, close_matches
 from .memo import IdCache
-from .options import option
+from .options import option, read_pattern, read_tokens
 from .shapes.spec import ModelSpec, Module, Tensor
 
 #: the peft release the tables below mirror (and that .ci/constraints.txt pins)
@@ -137,6 +137,20 @@ def installed_peft_default(model_type: str) -> tuple[tuple[str, ...] | str | Non
     return (found if isinstance(found, str) else tuple(found)), f"the installed peft {version('peft')}'s table"
 
 
+#: PEFT ``LoraConfig.bias`` values (``peft/tuners/lora/config.py``)
+BIAS_MODES: tuple[str, ...] = ("none", "all", "lora_only")
+
+
+def _tokens_json(tokens: tuple[tuple[str, tuple[int, ...]], ...]) -> list[int] | dict[str, list[int]] | None:
+    """``trainable_tokens`` as PEFT writes ``trainable_token_indices``: a list for the input embedding, else a
+    mapping of module names to indices."""
+    if not tokens:
+        return None
+    if len(tokens) == 1 and tokens[0][0] == "":
+        return list(tokens[0][1])
+    return {k: list(v) for k, v in tokens}
+
+
 #: The largest LoRA rank accepted: beyond the width of any model (fit's rank search stops at 2**14).
 MAX_RANK = 1 << 16
 
@@ -174,20 +188,57 @@ class LoraConfig:
         help="Comma list of modules trained in full as copies (e.g. embed_tokens,lm_head).")
     layers_to_transform: tuple[int, ...] | None = option(None, kind="layers", repeat_only=True,
                                                          help="Only these layer indices, e.g. 0,1,4-7.")
-    layers_pattern: str | None = None
+    layers_pattern: tuple[str, ...] | None = option(
+        None, kind="list", repeat_only=True,
+        help="With --layers-to-transform: the name of the layer list whose index counts (PEFT layers_pattern, "
+             "e.g. layers or h; default: the first numbered segment).")
     dora: bool = option(False, kind="bool", help="DoRA: adds a magnitude vector per adapted module.")
     dropout: float = option(0.0, kind="number", name="lora_dropout", unset=True,
                             help="LoRA dropout (PEFT default 0; > 0 saves a dropped copy of each adapted input).")
-    target_parameters: tuple[str, ...] = ()
+    target_parameters: tuple[str, ...] = option(
+        (), kind="list", unset=True, repeat_only=True,
+        help="Comma list of module.param suffixes wrapped by PEFT's ParamWrapper (e.g. experts.gate_up_proj).")
+    exclude_modules: tuple[str, ...] = option(
+        (), kind="list", unset=True, repeat_only=True,
+        help="Comma list of module names or name suffixes never adapted (PEFT exclude_modules as a list).")
+    exclude_regex: str | None = option(
+        None, kind="str", repeat_only=True,
+        help="Full-match regex over module names never adapted (PEFT exclude_modules as a string).")
+    rank_pattern: tuple[tuple[str, int], ...] = option(
+        (), kind="pattern", unset=True, repeat_only=True,
+        help="Per-module ranks, NAME=RANK items such as q_proj=64,v_proj=32 (PEFT rank_pattern: a key is a name "
+             "suffix or a regex, the first that matches wins).")
+    alpha_pattern: tuple[tuple[str, float], ...] = option(
+        (), kind="pattern", unset=True, repeat_only=True,
+        help="Per-module alphas, NAME=ALPHA items (PEFT alpha_pattern; no effect on memory).")
+    bias: str = option("none", kind="choice", choices=BIAS_MODES, unset=True,
+                       help="Which base biases train (PEFT bias): none, all (every bias), or lora_only (biases of "
+                            "adapted modules). Default none.")
+    lora_bias: bool = option(False, kind="bool",
+                             help="A trainable bias on each lora_B (PEFT lora_bias; Linear adapters only).")
+    trainable_tokens: tuple[tuple[str, tuple[int, ...]], ...] = option(
+        (), kind="tokens", unset=True, repeat_only=True,
+        help="Embedding rows trained (PEFT trainable_token_indices): indices such as 0,1,5-9 for the input "
+             "embedding, or MODULE=INDICES groups such as embed_tokens=0-9,lm_head=0-9.")
 
     def to_dict(self) -> dict[str, Any]:
-        """The options as a plan's ``setup.lora`` JSON (lists for tuples); :meth:`from_dict` reads it back."""
-        return {"r": self.r, "alpha": self.alpha,
-                "targets": list(self.targets) if self.targets is not None else None,
-                "target_regex": self.target_regex, "modules_to_save": list(self.modules_to_save),
-                "layers_to_transform": list(self.layers_to_transform)
-                if self.layers_to_transform is not None else None,
-                "dora": self.dora, "dropout": self.dropout}
+        """The options as a plan's ``setup.lora`` JSON (lists for tuples, mappings for patterns); :meth:`from_dict`
+        reads it back. A field added after the first release is written only when it is not its default, so
+        that plans written before it stay byte-identical."""
+        d: dict[str, Any] = {
+            "r": self.r, "alpha": self.alpha,
+            "targets": list(self.targets) if self.targets is not None else None,
+            "target_regex": self.target_regex, "modules_to_save": list(self.modules_to_save),
+            "layers_to_transform": list(self.layers_to_transform) if self.layers_to_transform is not None else None,
+            "dora": self.dora, "dropout": self.dropout}
+        extra: dict[str, Any] = {
+            "layers_pattern": list(self.layers_pattern) if self.layers_pattern is not None else None,
+            "target_parameters": list(self.target_parameters), "exclude_modules": list(self.exclude_modules),
+            "exclude_regex": self.exclude_regex, "rank_pattern": dict(self.rank_pattern),
+            "alpha_pattern": dict(self.alpha_pattern), "bias": self.bias, "lora_bias": self.lora_bias,
+            "trainable_tokens": _tokens_json(self.trainable_tokens)}
+        d.update({k: v for k, v in extra.items() if v not in (None, [], {}, "none", False)})
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LoraConfig:
@@ -197,9 +248,16 @@ class LoraConfig:
                    target_regex=d.get("target_regex"), modules_to_save=tuple(d.get("modules_to_save") or ()),
                    layers_to_transform=tuple(d["layers_to_transform"])
                    if d.get("layers_to_transform") is not None else None,
-                   dora=bool(d.get("dora", False)), dropout=float(d.get("dropout", 0.0)))
+                   layers_pattern=tuple(d["layers_pattern"]) if d.get("layers_pattern") is not None else None,
+                   dora=bool(d.get("dora", False)), dropout=float(d.get("dropout", 0.0)),
+                   target_parameters=tuple(d.get("target_parameters") or ()),
+                   exclude_modules=tuple(d.get("exclude_modules") or ()), exclude_regex=d.get("exclude_regex"),
+                   rank_pattern=d.get("rank_pattern") or (), alpha_pattern=d.get("alpha_pattern") or (),
+                   bias=d.get("bias", "none"), lora_bias=bool(d.get("lora_bias", False)),
+                   trainable_tokens=d.get("trainable_tokens") or ())
 
     def __post_init__(self) -> None:
+        self._normalize()
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
             raise TargetError(f"--rank must be an integer >= 1, got {_quote(self.r)}")
         if self.r > MAX_RANK:
@@ -228,7 +286,81 @@ class LoraConfig:
             raise TargetError(f"--layers-pattern cannot be combined with {self._string_target_flag} (PEFT rule); "
                               "pass --targets names instead")
         if self.layers_pattern and self.layers_to_transform is None:
-            raise TargetError(f"--layers-pattern {self.layers_pattern!r} needs --layers-to-transform (PEFT rule)")
+            raise TargetError(f"--layers-pattern {','.join(self.layers_pattern)!r} needs --layers-to-transform "
+                              "(PEFT rule)")
+        self._check_new_fields()
+
+    def _normalize(self) -> None:
+        """Accept what the Python API and config readers hand over (a dict for a pattern, a string for
+        ``layers_pattern``, lists for tuples, the command line's text) and store the hashable form."""
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        flags = {"rank_pattern": "--rank-pattern", "alpha_pattern": "--alpha-pattern",
+                 "trainable_tokens": "--trainable-tokens"}
+        for name in ("rank_pattern", "alpha_pattern", "trainable_tokens"):
+            value = getattr(self, name)
+            if value is None or (isinstance(value, (tuple, list, dict, str)) and not value):
+                put(name, ())       # PEFT's empty trainable_token_indices wraps nothing worth counting: none
+                continue
+            try:
+                put(name, read_tokens(value) if name == "trainable_tokens" else read_pattern(value))
+            except ValueError as exc:
+                raise TargetError(f"{flags[name]} {exc}") from None
+        if isinstance(self.layers_pattern, str):
+            put("layers_pattern", (self.layers_pattern,) if self.layers_pattern else None)
+        elif isinstance(self.layers_pattern, list):
+            put("layers_pattern", tuple(self.layers_pattern) or None)
+        elif self.layers_pattern == ():
+            put("layers_pattern", None)
+        for name in ("targets", "modules_to_save", "layers_to_transform", "target_parameters", "exclude_modules"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                raise TargetError(f"--{name.replace('_', '-')} must be a list of names, got the string "
+                                  f"{_quote(value)} (a regex goes in --target-regex / --exclude-regex)")
+            if isinstance(value, (list, set, frozenset)):
+                put(name, tuple(sorted(value)) if isinstance(value, (set, frozenset)) else tuple(value))
+        if isinstance(self.bias, str):
+            put("bias", self.bias.lower())
+
+    def _check_new_fields(self) -> None:
+        """The options added for issue 15 (PEFT fields beyond the original eight), with PEFT's own rules."""
+        for name in ("layers_pattern", "target_parameters", "exclude_modules"):
+            value = getattr(self, name)
+            if value is not None and not all(isinstance(x, str) and x for x in value):
+                raise TargetError(f"--{name.replace('_', '-')} must be non-empty names, got {_quote(value)}")
+        if self.exclude_regex is not None:
+            if not isinstance(self.exclude_regex, str):
+                raise TargetError(f"--exclude-regex must be a regex string, got {_quote(self.exclude_regex)}")
+            try:
+                re.compile(self.exclude_regex)
+            except re.error as exc:
+                raise TargetError(f"--exclude-regex {self.exclude_regex!r} does not compile: {exc}; write a Python "
+                                  "regular expression matched against full module names") from None
+        if self.exclude_regex is not None and self.exclude_modules:
+            raise TargetError("--exclude-modules and --exclude-regex cannot be combined (PEFT's exclude_modules is "
+                              "either a list of names or one regex); fold the names into the regex")
+        for flag, pattern in (("--rank-pattern", self.rank_pattern), ("--alpha-pattern", self.alpha_pattern)):
+            for key, value in pattern:
+                try:
+                    re.compile(rf"(.*\.)?({key})$")       # peft.utils.other.get_pattern_key
+                except re.error as exc:
+                    raise TargetError(f"{flag} key {key!r} does not compile as a regex: {exc}") from None
+                if flag == "--rank-pattern" and (isinstance(value, bool) or not isinstance(value, int)
+                                                 or not 1 <= value <= MAX_RANK):
+                    raise TargetError(f"--rank-pattern {key}={value!r}: a rank must be an integer from 1 to "
+                                      f"{MAX_RANK:,} (PEFT refuses r <= 0)")
+        if self.bias not in BIAS_MODES:
+            raise TargetError(f"--bias must be one of {', '.join(BIAS_MODES)} (PEFT LoraConfig.bias), got "
+                              f"{_quote(self.bias)}{close_matches(str(self.bias), BIAS_MODES)}")
+        if not isinstance(self.lora_bias, bool):
+            raise TargetError(f"--lora-bias must be true or false, got {_quote(self.lora_bias)}")
+        if self.lora_bias and self.dora:
+            # peft/tuners/lora/config.py LoraConfig.__post_init__
+            raise TargetError("--lora-bias cannot be combined with --dora (PEFT: lora_bias=True is not supported for "
+                              "DoRA); drop one of them")
+        if not isinstance(self.dora, bool):
+            raise TargetError(f"--dora must be true or false, got {_quote(self.dora)}")
 
     @property
     def all_linear(self) -> bool:
@@ -271,6 +403,7 @@ class Adapter:
     parameter: str | None = None    # ParamWrapper: the wrapped parameter's name (``gate_up_proj``)
     num_experts: int = 1
     frozen: bool = False    # inside a modules_to_save module: the copy trains, this original does not
+    bias_params: int = 0    # lora_bias: ``lora_B``'s bias, ``out_features`` (``peft/tuners/lora/layer.py:264``)
 
     @property
     def name(self) -> str:
@@ -278,7 +411,30 @@ class Adapter:
 
     @property
     def params(self) -> int:
-        return self.lora_params + self.dora_params
+        return self.lora_params + self.dora_params + self.bias_params
+
+
+@dataclass(frozen=True)
+class TokenAdapter:
+    """``trainable_token_indices`` on one module: PEFT's ``TrainableTokensLayer``
+    (``peft/tuners/trainable_tokens/layer.py``).
+
+    It holds a trainable ``trainable_tokens_delta`` of ``(len(indices), dim)`` (duplicates included), a buffer
+    ``trainable_tokens_original`` of the same shape (memory, not a parameter), and in every forward
+    ``get_merged_weights`` builds a full copy of the wrapped weight with the rows replaced. A ``tied`` adapter
+    (the output head tied to the embedding) shares the embedding's delta and adds no parameter.
+    """
+
+    module: str
+    module_type: str            # embedding or linear
+    rows: int                   # len(indices)
+    dim: int                    # embedding_dim, or a Linear's in_features
+    weight_numel: int           # the wrapped weight: what each forward's merged copy holds
+    tied: bool = False
+
+    @property
+    def params(self) -> int:
+        return 0 if self.tied else self.rows * self.dim
 
 
 @dataclass(frozen=True)
@@ -305,6 +461,33 @@ class LoraPlan:
     #: set when the default targets came from the installed PEFT's own table (a model type vramplan's mirror
     #: lacks): which table; ``None`` when targets were given or came from the mirror
     default_source: str | None = None
+    #: base biases made trainable by ``bias="all"``/``"lora_only"`` (tensor names; they keep the base dtype)
+    trainable_biases: tuple[str, ...] = ()
+    bias_params: int = 0
+    #: ``trainable_token_indices`` wrappers
+    token_adapters: tuple[TokenAdapter, ...] = ()
+
+    @property
+    def token_params(self) -> int:
+        return sum(t.params for t in self.token_adapters)
+
+    @property
+    def memory_notes(self) -> tuple[str, ...]:
+        """What these extra trainables hold beyond the counts, one line each (for the estimate's warnings)."""
+        out = []
+        if self.trainable_biases:
+            out.append(f"bias={self.config.bias!r}: {len(self.trainable_biases):,} base biases "
+                       f"({self.bias_params:,} params) train in the base dtype: they get gradients and "
+                       "optimizer states")
+        lb = sum(a.bias_params for a in self.adapters)
+        if lb:
+            out.append(f"lora_bias: {lb:,} lora_B bias params (adapter dtype) train")
+        for t in self.token_adapters:
+            own = "shares the embedding's delta" if t.tied else \
+                f"a {t.rows:,} x {t.dim:,} trainable delta plus a buffer of the original rows"
+            out.append(f"trainable_token_indices on {t.module}: {own}; every forward builds a merged copy of the "
+                       f"{t.weight_numel:,}-element weight (PEFT TrainableTokensLayer.get_merged_weights)")
+        return tuple(out)
 
     @property
     def adapter_params(self) -> int:
@@ -317,12 +500,14 @@ class LoraPlan:
 
     @property
     def trainable(self) -> int:
-        return sum(a.params for a in self.adapters if not a.frozen) + self.saved_params
+        return sum(a.params for a in self.adapters if not a.frozen) + self.saved_params + self.bias_params \
+            + self.token_params
 
     @property
     def total(self) -> int:
-        """``all params`` as PEFT prints it: base + adapters + modules_to_save copies."""
-        return self.base_params + self.adapter_params + self.saved_params
+        """``all params`` as PEFT prints it: base + adapters + modules_to_save copies + trainable-token deltas
+        (trainable biases are base parameters: already counted)."""
+        return self.base_params + self.adapter_params + self.saved_params + self.token_params
 
 
 # ------------------------------------------------------------------------------------------ the model tree
@@ -380,8 +565,9 @@ class _Peft:
     target_parameters: frozenset[str]
     modules_to_save: tuple[str, ...]
     layers_to_transform: tuple[int, ...] | None
-    layers_pattern: str | None
+    layers_pattern: tuple[str, ...] | None
     rank_pattern: dict[str, int] = field(default_factory=dict)
+    exclude: str | frozenset[str] | None = None     # exclude_modules: a regex or names
 
 
 def _saved_excludes(name: str, modules_to_save: Iterable[str]) -> bool:
@@ -389,16 +575,33 @@ def _saved_excludes(name: str, modules_to_save: Iterable[str]) -> bool:
     return any(re.match(rf"(^|.*\.){m}($|\..*)", name) for m in modules_to_save)
 
 
-def _layer_of(name: str, pattern: str | None) -> int | None:
-    if pattern:
-        m = re.match(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", name)
+def _layer_of(name: str, patterns: tuple[str, ...] | None) -> int | None:
+    if patterns:
+        m = None
+        for pattern in patterns:        # the first pattern that matches decides
+            m = re.match(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", name)
+            if m is not None:
+                break
     else:
         m = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", name)
     return int(m.group("idx")) if m else None
 
 
+def _excluded(cfg: _Peft, name: str) -> bool:
+    """``check_target_module_exists``'s first test: ``exclude_modules`` as a full-match regex, or names equal to
+    ``name`` or ending ``"." + entry``."""
+    ex = cfg.exclude
+    if not ex:
+        return False
+    if isinstance(ex, str):
+        return re.fullmatch(ex, name) is not None
+    return name in ex or any(name.endswith("." + e) for e in ex)
+
+
 def _target_matches(cfg: _Peft, name: str) -> bool:
     """``peft.tuners.tuners_utils.check_target_module_exists`` (an excluded module is ``False``)."""
+    if cfg.exclude and _excluded(cfg, name):
+        return False
     if cfg.modules_to_save and _saved_excludes(name, cfg.modules_to_save):
         return False
     tm = cfg.target_modules
@@ -503,7 +706,10 @@ def plan_lora(spec: ModelSpec, config: LoraConfig) -> LoraPlan:
         (frozenset(config.targets) if config.targets is not None else None),
         target_parameters=frozenset(config.target_parameters),
         modules_to_save=config.modules_to_save,
-        layers_to_transform=config.layers_to_transform, layers_pattern=config.layers_pattern)
+        layers_to_transform=config.layers_to_transform, layers_pattern=config.layers_pattern,
+        rank_pattern=dict(config.rank_pattern),
+        exclude=config.exclude_regex if config.exclude_regex is not None
+        else (frozenset(config.exclude_modules) or None))
 
     used: tuple[str, ...] | str
     if config.target_regex is not None:
@@ -579,6 +785,14 @@ def plan_lora(spec: ModelSpec, config: LoraConfig) -> LoraPlan:
             "ParamWrapper (fused MoE experts and routers in transformers 5) requires lora_dropout 0")
 
     if not chosen and not params:
+        if cfg.exclude:
+            bare = _Peft(cfg.target_modules, cfg.target_parameters, (), cfg.layers_to_transform, cfg.layers_pattern)
+            hidden = next((n for n in tree.names if _target_matches(bare, n)), None)
+            if hidden is not None and _excluded(cfg, hidden):
+                flag = "--exclude-regex" if config.exclude_regex is not None else "--exclude-modules"
+                raise TargetError(
+                    f"every module {_targets_flag(config)} matches (e.g. {hidden!r}) is excluded by {flag}, so "
+                    "PEFT adapts nothing (\"All modules were excluded\"); narrow the exclusion")
         if config.modules_to_save:
             bare = _Peft(cfg.target_modules, cfg.target_parameters, (), cfg.layers_to_transform,
                          cfg.layers_pattern)
@@ -608,6 +822,14 @@ def plan_lora(spec: ModelSpec, config: LoraConfig) -> LoraPlan:
             f"--modules-to-save {','.join(config.modules_to_save)!r} matches no module of {spec.name}; "
             f"modules with weights are: {_module_names_hint(spec)}")
 
+    if config.lora_bias:
+        if params:
+            raise TargetError(f"--lora-bias cannot be used with parameter {params[0][1].name!r}: PEFT's ParamWrapper "
+                              "(fused MoE experts and routers in transformers 5) does not work with lora_bias=True")
+        emb = next((n for n in chosen if tree.mtype(n) == "embedding"), None)
+        if emb is not None:
+            raise TargetError(f"--lora-bias cannot be used on the embedding {emb!r}: PEFT's lora.Embedding does "
+                              "not support lora_bias=True; drop it from the targets or drop --lora-bias")
     adapters = [_module_adapter(tree.owners[n], config, _rank(cfg, n, config.r)) for n in chosen]
     adapters += [_param_adapter(name, t, tree, _rank(cfg, t.name, config.r)) for name, t in params]
     saved: list[SavedModule] = []
@@ -623,19 +845,111 @@ def plan_lora(spec: ModelSpec, config: LoraConfig) -> LoraPlan:
         saved.append(SavedModule(n, sum(t.numel for t in copied) + a_params, role,
                                  tuple(t.name for t in copied), a_params))
 
+    biases = _trainable_biases(spec, config, chosen, wrapped, saved_names)
+    tokens = _token_adapters(spec, tree, config, adapted, saved_names)
     return LoraPlan(config, tuple(adapters), tuple(saved), spec.params_total, used,
-                    tuple(sorted(cfg.target_parameters)), default_source)
+                    tuple(sorted(cfg.target_parameters)), default_source, tuple(t.name for t in biases),
+                    sum(t.numel for t in biases), tokens)
+
+
+def _trainable_biases(spec: ModelSpec, config: LoraConfig, chosen: list[str], wrapped: set[str],
+                      saved_names: list[str]) -> list[Tensor]:
+    """``BaseTuner._mark_only_adapters_as_trainable`` (``peft/tuners/tuners_utils.py``): ``bias="all"`` sets
+    ``requires_grad`` on every parameter named ``bias`` or ``*.bias``; ``"lora_only"`` on the bias of each LoRA
+    layer (an adapted module or a ParamWrapper's module). The modules_to_save wrappers are made afterwards and
+    freeze their originals, whose copies already count as trainable (measured on peft 0.21.2)."""
+    if config.bias == "none":
+        return []
+    inside = tuple(n + "." for n in saved_names)
+    owners = set(chosen) | wrapped
+    out = []
+    for t in spec.tensors:
+        if t.tied_to is not None or t.param_name != "bias" or t.name.startswith(inside):
+            continue
+        if config.bias == "all" or t.module in owners:
+            out.append(t)
+    return out
+
+
+def _token_adapters(spec: ModelSpec, tree: _Tree, config: LoraConfig, adapted: set[str],
+                    saved_names: list[str]) -> tuple[TokenAdapter, ...]:
+    """``peft/utils/other.py::set_additional_trainable_modules`` for ``trainable_token_indices``.
+
+    A list targets the input embedding; a mapping names modules, each wrapping every module whose name ends with
+    the key (``_set_trainable``, plain ``str.endswith``; a key that matches nothing raises). On a model with
+    ``tie_word_embeddings``, the modules tied to the embedding (the output head) are wrapped as tied adapters
+    sharing the embedding's delta -- unless the mapping names the head with other indices (then it gets its own
+    delta, and nothing is tied) or the embedding itself is not wrapped.
+    """
+    if not config.trainable_tokens:
+        return ()
+    embedding = next((t for t in spec.tensors if t.role == "embedding" and t.tied_to is None), None)
+    if embedding is None:
+        raise TargetError(f"--trainable-tokens needs an input embedding, and {spec.name} has none")
+    emb_name = embedding.module
+    tied_heads = [t.module for t in spec.tensors if t.tied_to == embedding.name] if spec.tie_word_embeddings else []
+    groups = dict(config.trainable_tokens)
+    if "" in groups:
+        groups = {emb_name: groups.pop(""), **groups}
+    for key in groups:
+        if key in config.modules_to_save:
+            raise TargetError(f"--trainable-tokens {key!r} is also in --modules-to-save: PEFT trains the embedding "
+                              f"either fully or by rows, not both; drop it from one of them")
+    skip: set[str] = set()
+    if len(groups) > 1 and tied_heads:
+        tied_keys = [k for k in groups if emb_name.endswith(k)
+                     or any(h.endswith(k) or k in h.split(".") for h in tied_heads)]
+        mismatch = len(tied_keys) >= 2 and any(groups[k] != groups[tied_keys[0]] for k in tied_keys[1:])
+        if len(tied_keys) >= 2 and not mismatch:
+            skip = set(tied_keys) & set(tied_heads)
+    else:
+        mismatch = False
+    out: list[TokenAdapter] = []
+    for key, indices in groups.items():
+        if key in skip:
+            continue
+        found = [n for n in tree.names if n.endswith(key)]
+        if not found:
+            raise TargetError(f"--trainable-tokens module {key!r} matches no module of {spec.name} (PEFT matches the "
+                              f"end of each module name); the input embedding is {emb_name!r}")
+        for n in found:
+            out.append(_token_adapter(spec, tree, n, indices, adapted, saved_names))
+    if tied_heads and any(t.module == emb_name for t in out) and not mismatch:
+        for h in tied_heads:
+            emb = next(t for t in out if t.module == emb_name)
+            out.append(TokenAdapter(h, "linear", emb.rows, emb.dim, emb.weight_numel, tied=True))
+    return tuple(out)
+
+
+def _token_adapter(spec: ModelSpec, tree: _Tree, name: str, indices: tuple[int, ...], adapted: set[str],
+                   saved_names: list[str]) -> TokenAdapter:
+    mtype = tree.mtype(name)
+    if name in adapted:
+        raise TargetError(f"--trainable-tokens cannot wrap {name!r}: it is a LoRA target and PEFT refuses "
+                          "trainable tokens on a LoRA layer; drop it from the targets")
+    if mtype not in ("embedding", "linear"):
+        raise TargetError(f"--trainable-tokens module {name!r} is {_KIND.get(mtype, 'not an embedding')}; PEFT's "
+                          "TrainableTokensLayer wraps an nn.Embedding or nn.Linear only")
+    weight = next(t for t in tree.direct[name] if t.param_name == "weight")
+    rows_total, dim = weight.shape[0], weight.shape[1]
+    bad = next((i for i in indices if i >= rows_total), None)
+    if bad is not None:
+        raise TargetError(f"--trainable-tokens index {bad:,} is beyond {name!r}'s {rows_total:,} rows (torch raises "
+                          "IndexError when PEFT copies them); use indices below the vocabulary size")
+    return TokenAdapter(name, mtype, len(indices), dim, weight.numel)
 
 
 def _frozen(a: Adapter) -> Adapter:
     return Adapter(a.module, a.module_type, a.in_features, a.out_features, a.layer, a.role, a.lora_params,
-                   a.dora_params, a.rank, a.parameter, a.num_experts, frozen=True)
+                   a.dora_params, a.rank, a.parameter, a.num_experts, frozen=True, bias_params=a.bias_params)
 
 
 def _module_adapter(m: Module, config: LoraConfig, rank: int) -> Adapter:
     lora = rank * (m.in_features + m.out_features)
     dora = m.out_features if config.dora else 0
-    return Adapter(m.name, m.module_type, m.in_features, m.out_features, m.layer, m.role, lora, dora, rank)
+    bias = m.out_features if config.lora_bias else 0
+    return Adapter(m.name, m.module_type, m.in_features, m.out_features, m.layer, m.role, lora, dora, rank,
+                   bias_params=bias)
 
 
 def _param_adapter(module: str, t: Tensor, tree: _Tree, rank: int) -> Adapter:
