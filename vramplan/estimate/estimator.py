@@ -22,6 +22,7 @@ from collections import defaultdict
 
 from ..dtypes import BYTES, alloc
 from ..lora import PEFT_TABLE_VERSION
+from ..quantized import KBIT_CHECKPOINTING, KBIT_UPCAST_SKIPPED, checkpoint_setup, kernel_notes, setup_scheme
 from ..setup import Setup, option_named
 from ..shapes.spec import ModelSpec
 from ..stacks import STACKS, applies
@@ -55,9 +56,11 @@ def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0, *, de
         margin: a fraction of the card's memory kept free for the verdict.
         detail: ``False`` (sweeps): the counters and the peak phase only, the same numbers, no components.
     """
+    # a pre-quantized checkpoint (its config.json's quantization_config) is planned as stored
+    setup, *quant_notes = checkpoint_setup(spec.config, setup, spec.name)
     d = model_states(spec, setup)
     if not setup.training:
-        return _inference(spec, setup, d, gpu, margin)
+        return _inference(spec, setup, d, gpu, margin, quant_notes)
     a = d.activations.at(setup.batch, setup.seq)
     peaks = phase_peaks(d.timeline, a)
     peak, phase = peak_of(peaks)
@@ -69,7 +72,7 @@ def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0, *, de
     check_breakdown(comps, peak, phase)
     buf_load = d.rank.buffer_bytes("load") if d.rank is not None else 0
     phases = {"load": d.static_weights + overhead.CUBLAS_WORKSPACE_BYTES + buf_load, **phases}
-    return _finish(spec, setup, d, comps, peak, phase, phases, d.opt_paged, gpu, margin)
+    return _finish(spec, setup, d, comps, peak, phase, phases, d.opt_paged, gpu, margin, quant_notes=quant_notes)
 
 
 def _merge(items: list[Item], counter: str = "allocated") -> dict[str, list]:
@@ -196,7 +199,8 @@ def _gradients(d: ModelStates) -> str:
     return f"one gradient per trainable element ({d.trainable_numel:,}) in the parameter's dtype ({dts})"
 
 
-def _inference(spec: ModelSpec, setup: Setup, d: ModelStates, gpu, margin: float) -> Estimate:
+def _inference(spec: ModelSpec, setup: Setup, d: ModelStates, gpu, margin: float,
+               quant_notes: list[list[str]] | None = None) -> Estimate:
     """Prefill of ``seq - new_tokens`` prompt tokens and decoding to ``seq``: weights + KV cache + the prefill's
     transient working set under ``torch.no_grad`` (nothing saved)."""
     b, s, kv_dtype = setup.batch, setup.seq, setup.compute_dtype
@@ -213,7 +217,7 @@ def _inference(spec: ModelSpec, setup: Setup, d: ModelStates, gpu, margin: float
         ("buffers/cublas_workspace", cublas, "cuBLAS workspace (CublasHandlePool.cpp)")])
     peak = sum(v[0] for v in comps.values())
     phases = {"load": d.static_weights + cublas, "prefill": peak, "decode": peak - work}
-    return _finish(spec, setup, d, comps, peak, "prefill", phases, 0, gpu, margin)
+    return _finish(spec, setup, d, comps, peak, "prefill", phases, 0, gpu, margin, quant_notes=quant_notes)
 
 
 def _overheads(setup: Setup, gpu, peak: int) -> list[tuple[str, int, str, str]]:
@@ -229,7 +233,8 @@ def _overheads(setup: Setup, gpu, peak: int) -> list[tuple[str, int, str, str]]:
 
 
 def _finish(spec: ModelSpec, setup: Setup, d: ModelStates, comps: dict | tuple, peak: int, phase: str,
-            phases: dict, paged: int, gpu, margin: float, detail: bool = True) -> Estimate:
+            phases: dict, paged: int, gpu, margin: float, detail: bool = True,
+            quant_notes: list[list[str]] | None = None) -> Estimate:
     """The counters (reserved = allocated + slack; device = reserved + context + paged + outside torch) and the
     result."""
     st, rank = d.structure, d.rank
@@ -252,12 +257,13 @@ def _finish(spec: ModelSpec, setup: Setup, d: ModelStates, comps: dict | tuple, 
                                     "resident on the GPU while there is room (evicted to host RAM under pressure)",
                                     "device"))
     components += outside
+    qa, qw = quant_assumptions(setup, spec, quant_notes)
     return Estimate(
         model=spec.name, setup=setup, params_total=st.params_total, params_trainable=st.params_trainable,
         components=tuple(sorted(components, key=lambda c: (c.group, -c.bytes))), peak_phase=phase,
         peak_allocated_bytes=peak, peak_reserved_bytes=reserved, device_used_bytes=device,
-        phases=phases, assumptions=tuple(assumptions(spec, setup, st) + (rank.assumptions if rank else [])),
-        warnings=tuple(warnings_for(spec, setup) + gpu_warnings(setup, gpu) + (rank.warnings if rank else [])),
+        phases=phases, assumptions=tuple(assumptions(spec, setup, st) + qa + (rank.assumptions if rank else [])),
+        warnings=tuple(warnings_for(spec, setup) + gpu_warnings(setup, gpu) + qw + (rank.warnings if rank else [])),
         fit=fit, versions=_versions(setup), extra=rank.extra(setup) if rank is not None else {})
 
 
@@ -302,7 +308,7 @@ def assumptions(spec: ModelSpec, setup: Setup, st: Structure) -> list[str]:
         "optimizer states counted from the second step on (they persist after the first step)",
         "no padding (every sequence exactly --seq tokens), no packed-sequence masks",
     ]
-    if setup.quantized and setup.training and setup.kbit_prep:
+    if setup.quantized and setup.training and setup.kbit_prep and setup.quant not in KBIT_UPCAST_SKIPPED:
         a.append("prepare_model_for_kbit_training: non-quantized parameters upcast to fp32 (embeddings, norms, "
                  "lm_head), residual stream in fp32, gradient checkpointing on by default")
     if spec.is_moe:
@@ -322,6 +328,27 @@ def assumptions(spec: ModelSpec, setup: Setup, st: Structure) -> list[str]:
     if any(origin != "installed" for _, origin in versions.values()):
         a.append("library versions: " + ", ".join(f"{k} {v} ({origin})" for k, (v, origin) in versions.items()))
     return a + stack_assumptions(setup)
+
+
+def quant_assumptions(setup: Setup, spec: ModelSpec, notes: list[list[str]] | None) -> tuple[list[str], list[str]]:
+    """What a pre-quantized checkpoint (``notes``: :func:`vramplan.quantized.checkpoint_setup`'s) and the GPTQ/AWQ/FP8
+    kernels add to the assumptions and warnings."""
+    a, w = (list(notes[0]), list(notes[1])) if notes else ([], [])
+    if setup.quantized and not setup.bnb:
+        ka, kw = kernel_notes(setup_scheme(setup, spec.config), training=setup.training)
+        a += ka
+        w += kw
+        if setup.distributed:
+            w.append(f"--quant {setup.quant} with --strategy {setup.strategy} on {setup.gpus} GPUs: the quantized "
+                     "buffers are counted whole on every rank (not cross-checked against FSDP/DeepSpeed)")
+    if setup.quantized and setup.training and setup.kbit_prep:
+        if setup.quant in KBIT_UPCAST_SKIPPED:
+            a.append("prepare_model_for_kbit_training on a GPTQ model: no fp32 upcast (peft skips it for GPTQ); "
+                     "checkpointing and input gradients as for bitsandbytes")
+        elif setup.quant not in KBIT_CHECKPOINTING and setup.grad_ckpt:
+            a.append(f"prepare_model_for_kbit_training does not enable checkpointing for {setup.quant} models (peft "
+                     "utils/other.py): --grad-ckpt is the model's gradient_checkpointing_enable()")
+    return a, w
 
 
 def stack_assumptions(setup: Setup) -> list[str]:

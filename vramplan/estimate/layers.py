@@ -41,7 +41,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..dtypes import BYTES
 from ..lora import LoraPlan
+from ..quantized import CHECKPOINT_QUANTS
 from ..setup import Setup
 from ..shapes.spec import ModelSpec
 from .graph import Size, Sym, Tracer, tok
@@ -84,7 +86,7 @@ class Lin:
 
     @property
     def quantized(self) -> bool:
-        return self.wdtype in ("nf4", "fp4", "int8")
+        return self.wdtype in ("nf4", "fp4", "int8", *CHECKPOINT_QUANTS)
 
     def key(self) -> tuple:
         return (self.in_f, self.out_f, self.wdtype, self.trainable, self.lora_r, self.lora_dtype, self.dropout,
@@ -259,7 +261,15 @@ class Program:
         rows = x.size.per_token // max(lin.in_f, 1)
         out_size = Size(0, rows * lin.out_f, 0)
         name = lin.name.rpartition(".")[2]
-        if lin.quantized:
+        if lin.wdtype in CHECKPOINT_QUANTS:
+            # gptqmodel TritonV2QuantLinear / AwqGemmFn, transformers FP8LinearFunction: output in the input's dtype,
+            # only the quantized buffers saved; in training the weight is dequantized (in x out, input dtype) as a
+            # transient in forward and backward; the inference kernels fuse it (vramplan/quantized.py kernel_notes)
+            out = tr.new(f"{name} output", out_size, x.dtype, True)
+            tr.op(f"matmul_{lin.wdtype}", (x,), (out,))
+            if self.setup.training:
+                tr.constants.append((f"{name} dequantized weight", lin.in_f * lin.out_f * BYTES[x.dtype]))
+        elif lin.quantized:
             xq = tr.cast(x, self.c, f"{name} input.to({self.c})")
             out = tr.new(f"{name} output", out_size, self.c, True)
             tr.op("matmul_4bit" if lin.wdtype != "int8" else "matmul_8bit", (xq,), (out,))
@@ -298,10 +308,11 @@ class Program:
     def _lora(self, tr: Tracer, x: Sym, result: Sym, lin: Lin, rows: int) -> Sym:
         name = lin.name.rpartition(".")[2]
         r = lin.lora_r
-        four_bit = lin.quantized and lin.wdtype != "int8"
+        four_bit = lin.wdtype in ("nf4", "fp4", "awq")
         convert = True
         if four_bit:
-            result = tr.fresh("clone", result, f"{name} result.clone()")       # peft lora/bnb.py
+            if lin.wdtype != "awq":       # peft lora/awq.py AwqLoraLinear.forward has no clone
+                result = tr.fresh("clone", result, f"{name} result.clone()")       # peft lora/bnb.py
             convert = not tr.autocast         # `requires_conversion = not torch.is_autocast_enabled()`
             xa = tr.cast(x, lin.lora_dtype, f"{name} input.to({lin.lora_dtype})") if convert else x
         else:

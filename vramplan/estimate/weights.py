@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from ..dtypes import BYTES, alloc, bnb_4bit_parts, bnb_int8_parts
 from ..lora import LoraPlan
+from ..quantized import KBIT_UPCAST_SKIPPED, linear_parts, setup_scheme, skipped
 from ..setup import Setup
 from ..shapes.spec import ModelSpec, Tensor
 from ..units import ceil_div
@@ -32,8 +33,8 @@ class Placement:
     """One weight tensor as it sits on the GPU: allocations by component, dtype, trainability."""
 
     tensor: Tensor
-    dtype: str                         # storage dtype; "nf4"/"fp4"/"int8" for quantized weights
-    quant: str                         # "none", "nf4", "fp4", "int8"
+    dtype: str                         # storage dtype; the --quant value for quantized weights
+    quant: str                         # "none", "nf4", "fp4", "int8", "gptq", "awq", "fp8"
     trainable: bool
     parts: tuple[tuple[str, int], ...]  # (component, bytes) per CUDA allocation
 
@@ -78,24 +79,40 @@ def weight_component(t: Tensor) -> str:
     return "weights/other"
 
 
-def quantizable(t: Tensor, spec: ModelSpec) -> bool:
-    """``replace_with_bnb_linear`` converts this weight: an ``nn.Linear`` weight outside the skip list."""
-    return (t.module_type == "linear" and t.param_name == "weight" and t.role != "lm_head"
-            and t.tied_to is None and t.module != spec.output_head)
+def quantizable(t: Tensor, spec: ModelSpec, skip: tuple[str, ...] = (), quant: str = "nf4", head: bool = False) -> bool:
+    """``replace_with_bnb_linear`` (and ``replace_with_awq_linear``, ``replace_with_fp8_linear``) converts this
+    weight: an ``nn.Linear`` weight outside the skip list (the output head, ``skip``: ``llm_int8_skip_modules``,
+    ``modules_to_not_convert``, matched as transformers' ``should_convert_module``). GPTQ converts only the Linear
+    modules inside the decoder blocks (optimum ``GPTQQuantizer.convert_model``: ``block_name_to_quantize``).
+
+    ``head=True`` (``--quant-head`` on a bitsandbytes base): the untied output head too, as Lightning's
+    ``BitsandbytesPrecision`` replaces every ``nn.Linear`` not under ``ignore_modules`` (lightning 2.6.6
+    fabric/plugins/precision/bitsandbytes.py:425-448 ``_convert_layers``; litgpt 0.5.13 finetune/lora.py:149 gives
+    none). A tied head is the embedding matrix and stays as it is."""
+    is_head = t.role == "lm_head" or t.module == spec.output_head
+    return (t.module_type == "linear" and t.param_name == "weight" and (head or not is_head)
+            and t.tied_to is None
+            and not (skip and skipped(t.module, skip)) and (quant != "gptq" or t.layer is not None))
 
 
 def place_weights(spec: ModelSpec, setup: Setup) -> list[Placement]:
     """Every non-tied weight tensor of the base model with its dtype and allocations."""
     out: list[Placement] = []
     quant = setup.quant if setup.quantized else "none"
-    kbit_prep = setup.quantized and setup.training and setup.kbit_prep
+    scheme = setup_scheme(setup, spec.config) if setup.quantized else None
+    skip = scheme.skip if scheme is not None else ()
+    # peft prepare_model_for_kbit_training leaves a GPTQ model's dtypes alone (KBIT_UPCAST_SKIPPED)
+    kbit_prep = setup.quantized and setup.training and setup.kbit_prep and quant not in KBIT_UPCAST_SKIPPED
     quantized_modules = set()
     for t in spec.tensors:
         if t.tied_to is not None:
             continue
         comp = weight_component(t)
-        if quant != "none" and quantizable(t, spec):
+        if quant != "none" and quantizable(t, spec, skip, quant, head=setup.quant_head and setup.bnb):
             quantized_modules.add(t.module)
+            if scheme is not None and not setup.bnb:
+                out.append(Placement(t, quant, quant, False, tuple(linear_parts(scheme, t.shape[0], t.shape[1]))))
+                continue
             if quant in ("nf4", "fp4"):
                 p = bnb_4bit_parts(t.numel, setup.quant_blocksize, setup.double_quant)
                 parts = [("weights/quantized", p.pop("packed"))] + [("weights/quant_constants", b) for b in p.values()]
@@ -112,6 +129,8 @@ def place_weights(spec: ModelSpec, setup: Setup) -> list[Placement]:
                 dtype = "fp32"
             if quant in ("nf4", "fp4") and t.role == "bias" and t.module in quantized_modules:
                 dtype = setup.compute_dtype if setup.compute_dtype != "fp32" else "fp32"
+            if quant in ("gptq", "awq") and t.role == "bias" and t.module in quantized_modules:
+                dtype = "fp16"       # an fp16 buffer of the quant linear (register_buffer("bias", fp16)): no upcast
         out.append(Placement(t, dtype, "none", trainable, ((comp, t.numel * BYTES[dtype]),)))
     return out
 
@@ -182,6 +201,8 @@ def weight_formula(comp: str, ps: list[Placement], setup: Setup) -> str:
     """The explanation of a ``weights/*`` component placed as ``ps``."""
     n = sum(p.numel for p in ps)
     dtypes = sorted({p.dtype for p in ps})
+    if comp in ("weights/quantized", "weights/quant_constants") and not setup.bnb:
+        return checkpoint_formula(comp, ps, setup)
     if comp == "weights/quantized":
         if setup.quant == "int8":
             return f"{n:,} int8 elements (bitsandbytes Int8Params), 1 B each, in {len(ps)} Linear weights"
@@ -197,6 +218,25 @@ def weight_formula(comp: str, ps: list[Placement], setup: Setup) -> str:
                     "to 512 B (double quantization, QLoRA §2)")
         return f"{blocks:,} blocks of {setup.quant_blocksize}: fp32 absmax (4 B each) + 64 B code per weight"
     return f"{n:,} elements in {', '.join(dtypes)} ({len(ps)} tensors, each allocation rounded to 512 B)"
+
+
+def checkpoint_formula(comp: str, ps: list[Placement], setup: Setup) -> str:
+    """The explanation of a GPTQ/AWQ/FP8 checkpoint's ``weights/quantized`` or ``weights/quant_constants``."""
+    n = sum(p.numel for p in ps)
+    q = setup.quant
+    if comp == "weights/quantized":
+        return {"gptq": f"{n:,} weights of {len(ps)} Linear modules, {setup.quant_bits} bits packed into int32 "
+                        "qweight [ceil(in*bits/32), out] (gptqmodel GPTQQuantLinear._register_gptq_buffers)",
+                "awq": f"{n:,} weights of {len(ps)} Linear modules, 4 bits packed into int32 qweight (gptqmodel "
+                       "AWQuantLinear / AutoAWQ WQLinear)",
+                "fp8": f"{n:,} float8_e4m3fn weights of {len(ps)} Linear modules, 1 B each (transformers "
+                       "FP8Linear)"}[q]
+    return {"gptq": f"per group of {setup.quant_group} input rows: int32 qzeros + fp16 scales; int32 g_idx per input "
+                    "row (gptqmodel GPTQQuantLinear), each allocation rounded to 512 B",
+            "awq": f"per group of {setup.quant_group} input rows: int32 qzeros + fp16 scales (gptqmodel AWQuantLinear), "
+                   "each allocation rounded to 512 B",
+            "fp8": "fp32 weight_scale_inv per 128x128 block (or per tensor/channel as the checkpoint says; "
+                   "transformers FP8Linear), each allocation rounded to 512 B"}[q]
 
 
 def adapter_formula(comp: str, adapters: tuple[TrainableTensor, ...], plan: LoraPlan | None) -> str:
