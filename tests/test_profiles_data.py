@@ -49,6 +49,7 @@ PUBLISHED_TOTALS = {
     "gpt2": 124_439_808,  # the classic GPT-2 small count (tied head)
     "pythia-1.4b": 1_414_647_808,  # Pythia paper, table of total parameters
     "baichuan-7b": 7_000_559_616,  # Baichuan-7B checkpoint total
+    "gemma-7b": 786_432_000 + 7_751_248_896,  # Gemma report (arXiv:2403.08295) Table 2: embedding + non-embedding
     # print_trainable_parameters: "all params: 389,584,896" with 43,815,936 trainable (LoRA + a
     # modules_to_save copy of word_embeddings), so the base model is the difference.
     "bloom-389m-zh": 389_584_896 - 43_815_936,
