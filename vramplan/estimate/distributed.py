@@ -74,7 +74,7 @@ NCCL_BYTES = NCCL_BUFFSIZE * NCCL_CHANNELS * NCCL_BUFFERS_PER_CHANNEL
 #: ``num_gpus_per_node``.
 GPUS_PER_NODE = 8
 
-SHARDED = ("fsdp", "fsdp-grad-op", "zero1", "zero2", "zero3")
+SHARDED = ("fsdp", "fsdp1", "fsdp-grad-op", "zero1", "zero2", "zero3")
 #: which ``--offload`` each strategy supports (setup.py validates the same table)
 OFFLOADS_BY_STRATEGY: dict[str, tuple[str, ...]] = {
     "ddp": ("none",), "fsdp": ("none", "params"), "fsdp1": ("none", "params"), "fsdp-grad-op": ("none",),
@@ -432,6 +432,316 @@ def _fsdp(spec: ModelSpec, setup: Setup, st: Structure) -> RankStates:
     return r
 
 
+# -------------------------------------------------------------------------------------------------- FSDP1
+#: FSDP1 (``torch.distributed.fsdp.FullyShardedDataParallel``, torch 2.13) as the HF Trainer's FSDP1 path and
+#: Lightning's ``FSDPStrategy`` build it: ``use_orig_params=True`` (transformers 5.24 training_args.py:2876,
+#: default "true"; lightning 2.6.6 fabric/strategies/fsdp.py:169, ``setdefault``). accelerate's own default is
+#: False (accelerate 1.16 utils/dataclasses.py:1813) and torchtune 0.2.1 passes none (False); it moves only the
+#: alignment padding below.
+FSDP1_USE_ORIG_PARAMS = True
+#: with ``use_orig_params`` every original parameter starts at a 16-byte boundary of the unsharded flat
+#: parameter (torch/distributed/fsdp/_flat_param.py ``_get_aligned_numel``: ``ALIGNMENT = 16`` bytes, "from
+#: TorchInductor", in the forward/backward dtype) and the FlatParameter is padded to a multiple of the world size
+#: (``_init_flat_param_and_metadata``); without it, only the last rank's shard is padded (``_get_shard``).
+FSDP1_ALIGN_BYTES = 16
+#: decoder-layer units unsharded at once: the one computing and the next one. ``limit_all_gathers=True`` (the
+#: default; Lightning and LitGPT pass it) lets the CPU thread run at most two FSDP instances' all-gathers ahead
+#: ("GPU memory usage from only two consecutive FSDP instances", fully_sharded_data_parallel.py docstring), and
+#: ``backward_prefetch=BACKWARD_PRE`` (the constructor default) gathers the previous layer at each pre-backward.
+#: An upper bound for the HF Trainer's FSDP1 defaults (``forward_prefetch`` false, ``backward_prefetch``
+#: NO_PREFETCH: transformers 5.24 training_args.py:2870-2875), which can free one before gathering the next.
+FSDP1_LAYERS_GATHERED = 2
+
+
+def flat_param_layout(numels: tuple[int, ...] | list[int], world_size: int,
+                      aligned_numel: int = 0) -> tuple[tuple[int, ...], int, int]:
+    """(offset of each parameter, numel of the FlatParameter before sharding, numel of one rank's shard).
+
+    ``torch/distributed/fsdp/_flat_param.py`` (torch 2.13): ``_init_flat_param_and_metadata`` concatenates the
+    parameters in module order, with ``aligned_numel > 0`` (``use_orig_params``; 16 B / element size) a padding
+    tensor before each one that does not start on a multiple of it, then pads the total to a multiple of the
+    world size. ``shard`` keeps ``flatten().chunk(world_size)[rank]`` padded to the first chunk's size
+    (``_get_unpadded_shard``/``_get_shard``): ceil(total / N) elements on every rank; the all-gather destination
+    ``_full_param_padded`` is N × that (``init_flat_param_attributes``).
+    """
+    total = 0
+    offsets = []
+    for k in numels:
+        if aligned_numel > 0 and total % aligned_numel:
+            total += aligned_numel - total % aligned_numel
+        offsets.append(total)
+        total += k
+    if aligned_numel > 0 and total % world_size:
+        total += world_size - total % world_size
+    return tuple(offsets), total, ceil_div(total, world_size)
+
+
+def flat_param_numel(numels: tuple[int, ...] | list[int], world_size: int,
+                     aligned_numel: int = 0) -> tuple[int, int]:
+    """(numel of the FlatParameter before sharding, numel of one rank's shard): :func:`flat_param_layout`."""
+    _, total, shard = flat_param_layout(numels, world_size, aligned_numel)
+    return total, shard
+
+
+@dataclass(frozen=True)
+class Fsdp1Unit:
+    """One FSDP1 instance's FlatParameter as one rank holds it.
+
+    ``members``: (name, component, numel, dtype, trainable) in flattening order; ``dtype`` the FlatParameter's
+    (FSDP1 flattens one dtype; a unit that mixes them is warned about and sized in the first one's elements).
+    """
+
+    name: str                        # "layer3", "root", "adapter:<tensor>"
+    layer: int | None                # the decoder layer it computes in (None for the root)
+    members: tuple[tuple[str, str, int, str, bool], ...]
+    dtype: str
+    gather_dtype: str                # MixedPrecision.param_dtype (the unsharded copy and its gradient)
+    flat_numel: int                  # FlatParameter before sharding (its .grad in backward has this size)
+    shard_numel: int                 # per rank, padded
+    world_size: int
+    offsets: tuple[int, ...] = ()    # each member's offset in the unsharded FlatParameter
+    use_orig_params: bool = FSDP1_USE_ORIG_PARAMS
+
+    @property
+    def requires_grad(self) -> bool:
+        """FlatParameter.requires_grad: any member's (``_validate_tensors_to_flatten``: a logical OR)."""
+        return any(m[4] for m in self.members)
+
+    @property
+    def shard_bytes(self) -> int:
+        return alloc(self.shard_numel * BYTES[self.dtype])
+
+    @property
+    def gathered_bytes(self) -> int:
+        """``_full_param_padded``: N × shard elements in the gather dtype, one allocation."""
+        return alloc(self.flat_padded * BYTES[self.gather_dtype])
+
+    @property
+    def flat_padded(self) -> int:
+        """Elements of the padded unsharded FlatParameter: world size × shard."""
+        return self.shard_numel * self.world_size
+
+    def slices(self, rank: int) -> tuple[int, ...]:
+        """Elements of each member inside ``rank``'s shard (``_get_shard_metadata``: the original parameter's view
+        under ``use_orig_params`` is that slice, or empty)."""
+        lo, hi = rank * self.shard_numel, (rank + 1) * self.shard_numel
+        return tuple(max(0, min(hi, off + m[2]) - max(lo, off))
+                     for off, m in zip(self.offsets, self.members, strict=True))
+
+    def optimizer_tensors(self) -> tuple[TrainableTensor, ...]:
+        """What the optimizer holds for this unit on the rank with the most trainable elements in its shard:
+        with ``use_orig_params`` the original parameters' non-empty slices (a parameter outside the shard has
+        no gradient, so no state); without it the FlatParameter's padded shard itself."""
+        if not self.requires_grad:
+            return ()
+        if not self.use_orig_params:
+            return (TrainableTensor(self.name, self.shard_numel, self.dtype, self.members[0][1],
+                                    (self.shard_numel,)),)
+
+        def trained(r: int) -> int:
+            return sum(k for k, m in zip(self.slices(r), self.members, strict=True) if m[4])
+
+        best = max(range(self.world_size), key=trained)
+        return tuple(TrainableTensor(m[0], k, self.dtype, m[1], (k,))
+                     for k, m in zip(self.slices(best), self.members, strict=True) if m[4] and k)
+
+
+def fsdp1_units(spec: ModelSpec, setup: Setup, st: Structure,
+                use_orig_params: bool = FSDP1_USE_ORIG_PARAMS) -> tuple[tuple[Fsdp1Unit, ...], list[str]]:
+    """The FSDP1 units of ``setup`` on ``setup.gpus`` ranks, and warnings about what FSDP1 would refuse.
+
+    Wrapping as the stacks configure it: ``transformer_auto_wrap_policy`` on the decoder layer class
+    (``_no_split_modules``: accelerate 1.16 utils/dataclasses.py ``set_auto_wrap_policy``; Lightning/LitGPT
+    ``FSDPStrategy(auto_wrap_policy={Block})``, litgpt 0.5.13 finetune/full.py:108; torchtune 0.2.1
+    ``ModuleWrapPolicy({TransformerDecoderLayer})``), one FlatParameter per decoder layer; the root FSDP instance
+    flattens everything left (embedding, final norm, lm_head; a tied weight once, ``shared_param_memo``). Each
+    adapter tensor is its own unit: the HF Trainer wraps every leaf module whose weight requires grad (peft
+    0.21.2 utils/other.py:1271-1308 ``fsdp_auto_wrap_policy``, set by transformers 5.24 distributed/fsdp.py:266-279),
+    torchtune 0.2.1 ``lora_fsdp_wrap_policy`` likewise (utils/_distributed.py:248-280).
+    """
+    n = setup.gpus
+    warnings: list[str] = []
+    packed = setup.compute_dtype if BYTES[setup.compute_dtype] == 2 else "bf16"   # bnb_4bit_quant_storage
+    members: dict[str, list[tuple[str, str, int, str, bool]]] = defaultdict(list)
+    layer_of: dict[str, int | None] = {}
+    for p in st.placements:
+        t = p.tensor
+        u = f"layer{t.layer}" if t.layer is not None else "root"
+        layer_of[u] = t.layer
+        if p.quant == "int8":
+            continue                        # Int8Params: "Cannot flatten integer dtype tensors" (warned below)
+        if p.quant in ("nf4", "fp4"):
+            nb = sum(b for c, b in p.parts if c == "weights/quantized")
+            members[u].append((t.name, "weights/quantized", ceil_div(nb, 2), packed, False))
+        else:
+            comp = p.parts[0][0] if p.parts else "weights/other"
+            members[u].append((t.name, comp, p.numel, p.dtype, p.trainable))
+    known = {p.tensor.module: f"layer{p.tensor.layer}" for p in st.placements if p.tensor.layer is not None}
+    for t in st.adapters:
+        u = f"adapter:{t.name}"
+        owner = _owner(_adapter_module(t.name), known)
+        layer_of[u] = int(owner[5:]) if owner else None
+        members[u].append((t.name, t.component, t.numel, t.dtype, not t.frozen))
+    units = []
+    for name, ms in members.items():
+        dtypes = sorted({m[3] for m in ms})
+        dtype = ms[0][3]
+        if len(dtypes) > 1:
+            warnings.append(f"FSDP1 flattens one dtype per FlatParameter and raises on {name} ({', '.join(dtypes)}: "
+                            "_flat_param.py _validate_tensors_to_flatten, 'Must flatten tensors with uniform dtype'); "
+                            f"estimated in {dtype} elements")
+            ms = [(a, c, ceil_div(k * BYTES[d], BYTES[dtype]), dtype, tr) for a, c, k, d, tr in ms]
+        if len({m[4] for m in ms}) > 1:
+            warnings.append(f"FSDP1 unit {name} mixes frozen and trainable parameters: with use_orig_params its "
+                            "gradient covers the frozen ones too (FullyShardedDataParallel docstring)")
+        gather = setup.compute_dtype if setup.mixed else dtype
+        align = FSDP1_ALIGN_BYTES // BYTES[gather] if use_orig_params else 0
+        offsets, flat, shard = flat_param_layout([m[2] for m in ms], n, align)
+        units.append(Fsdp1Unit(name, layer_of[name], tuple(ms), dtype, gather, flat, shard, n, offsets,
+                               use_orig_params))
+    if setup.quant == "int8":
+        warnings.append("FSDP1 cannot flatten int8 (LLM.int8) weights ('Cannot flatten integer dtype tensors', "
+                        "_flat_param.py): estimated whole on every rank, as if ignored_modules")
+    return tuple(units), warnings
+
+
+def _unit_grad_peak(u: Fsdp1Unit, setup: Setup) -> int:
+    """Bytes of one unit's gradient work in backward beyond its sharded gradient (counted with the gradients).
+
+    The original parameters are views of the FlatParameter (``_get_unflat_views``: ``split`` then ``view``), so
+    autograd's ``SplitWithSizesBackward`` concatenates the parameters' gradients into one unsharded flat gradient
+    while they are all alive: 2 × the unit in the gather dtype. Then ``_post_backward_hook`` (_runtime_utils.py)
+    pads it to N × shard when needed (``_get_reduce_scatter_tensors``: an ``F.pad`` copy), reduce-scatters into a
+    shard-sized tensor in ``reduce_dtype`` and casts that to the FlatParameter's dtype
+    (``_cast_grad_to_param_dtype``), the shard kept as ``_saved_grad_shard``."""
+    g = BYTES[u.gather_dtype]
+    unsharded = alloc(u.flat_numel * g)
+    pad = alloc(u.flat_padded * g) if u.flat_padded != u.flat_numel else 0
+    reduced = alloc(u.shard_numel * g) if u.gather_dtype != u.dtype else 0
+    return max(2 * unsharded, unsharded + pad + reduced)
+
+
+def _fsdp1(spec: ModelSpec, setup: Setup, st: Structure) -> RankStates:
+    n = setup.gpus
+    offload = setup.offload == "params"
+    units, warns = fsdp1_units(spec, setup, st)
+    # ---- sharded FlatParameters: one allocation per unit, spread over its members' components by numel
+    wsum: dict[str, int] = defaultdict(int)
+    cpu_w = cpu_g = 0
+    for u in units:
+        if offload:
+            cpu_w += u.shard_bytes
+            cpu_g += u.shard_bytes          # _cpu_grad: zeros_like(_local_shard), pinned, for every unit
+            continue
+        by_comp: dict[str, int] = defaultdict(int)
+        for m in u.members:
+            by_comp[m[1]] += m[2]
+        total = sum(by_comp.values()) or 1
+        given = 0
+        for c, k in by_comp.items():
+            share = u.shard_bytes * k // total
+            wsum[c] += share
+            given += share
+        wsum[max(by_comp, key=lambda c: by_comp[c])] += u.shard_bytes - given
+    for p in st.placements:                 # not FSDP parameters: whole on every rank
+        for comp, nb in p.parts:
+            if comp == "weights/quant_constants" or p.quant == "int8":
+                wsum[comp] += alloc(nb)
+    weights = [(c, b, f"per rank: one padded 1/{n} shard of each FlatParameter (FSDP1 FULL_SHARD: a FlatParameter "
+                      "per decoder layer, one for the root, one per adapter; torch/distributed/fsdp/_flat_param.py "
+                      "FlatParamHandle.shard), spread over its parameters by element count"
+                + ("; bitsandbytes quant_state and int8 weights are not flattened: whole on every rank"
+                   if c == "weights/quant_constants" or setup.quant == "int8" else ""))
+               for c, b in sorted(wsum.items())]
+    # ---- sharded gradients (the whole unit when any member trains) and optimizer states
+    grad_units = [u for u in units if u.requires_grad]
+    grads = sum(u.shard_bytes for u in grad_units)
+    opt_tensors_t = tuple(t for u in grad_units for t in u.optimizer_tensors())
+    opt_gpu, opt_paged, opt_formula = optimizer_states(opt_tensors_t, setup) if opt_tensors_t else (
+        0, 0, "no trainable parameter")
+    opt_formula = (f"per rank, on the original parameters' slices of the 1/{n} shards (use_orig_params, "
+                   "_flat_param.py _use_sharded_views; per unit the rank holding the most): " + opt_formula)
+    cpu: dict[str, int] = {}
+    grads_step = grads
+    if offload:
+        # CPUOffload(offload_params=True): the shards and _cpu_grad live in pinned CPU memory and the optimizer
+        # steps there; the reduce-scattered shard stays on the GPU as _saved_grad_shard until
+        # _finalize_params at the end of backward (prepare_gradient_for_optim deletes it), so backward still
+        # accumulates every unit's sharded gradient on the GPU
+        cpu = {"params": cpu_w, "gradients": cpu_g, "optimizer_states": opt_gpu + opt_paged}
+        grads_step = 0
+        opt_gpu = opt_paged = 0
+    r = RankStates(compute=_compute_static(spec, setup, st), weights=weights, grads=grads, grad_head=0,
+                   grads_step=grads_step,
+                   grad_formula=(f"sharded gradients: the padded 1/{n} shard of every FlatParameter that requires grad, "
+                                 "in its dtype (_runtime_utils.py _reduce_grad -> _accumulate_sharded_grad: "
+                                 "_saved_grad_shard); the root's arrives last, at the end of backward")
+                                + ("; copied to the CPU (_offload_grad) but kept on the GPU until _finalize_params"
+                                   if offload else ""),
+                   opt_gpu=opt_gpu, opt_paged=opt_paged,
+                   opt_formula=opt_formula + (" — on the CPU (CPUOffload)" if offload else ""),
+                   opt_tmp=0 if offload else optimizer_step_transient(opt_tensors_t, setup), cpu=cpu)
+    r.warnings.extend(warns)
+    # ---- unsharded parameters
+    root = next((u for u in units if u.name == "root"), None)
+    root_g = root.gathered_bytes if root else 0
+    per_layer: dict[int | None, int] = defaultdict(int)
+    mp_shard = 0
+    for u in units:
+        if u.name == "root":
+            continue
+        per_layer[u.layer] += u.gathered_bytes
+        if u.gather_dtype != u.dtype or offload:
+            # pre_unshard: the next layer's shard copied to the compute device in the gather dtype (_mp_shard,
+            # or flat_param_to under CPU offload) while it is gathered, freed after (post_unshard); the root's
+            # is gathered first, with no layer unsharded
+            mp_shard = max(mp_shard, alloc(u.shard_numel * BYTES[u.gather_dtype]))
+    big = max(per_layer.values(), default=0)
+    gdt = setup.compute_dtype if setup.mixed else "the stored dtype"
+    gathered = root_g + FSDP1_LAYERS_GATHERED * big + mp_shard
+    how = (f"unsharded FlatParameters (_full_param_padded, N × shard) in {gdt}: the root's ({root_g:,} B: embedding, "
+           "final norm, lm_head), never resharded after forward (_runtime_utils.py _post_forward_reshard: "
+           "'not state._is_root'), so alive from the first forward to the end of backward; "
+           f"{FSDP1_LAYERS_GATHERED} decoder layers ({big:,} B each with their adapters: the one computing and the next, "
+           "limit_all_gathers / BACKWARD_PRE)" + (f"; the low-precision shard being gathered ({mp_shard:,} B)"
+                                                   if mp_shard else ""))
+    for phase in ("forward", "backward", "backward (layers)"):
+        r.add_buffer((phase,), "buffers/allgather", gathered, how)
+    # ---- gradient work in backward
+    layer_rs = max((_unit_grad_peak(u, setup) for u in grad_units if u.name != "root"), default=0)
+    held = 0
+    root_rs = 0
+    if root is not None and root.requires_grad:
+        tied = any(t.tied_to is not None and t.role == "lm_head" for t in spec.tensors)
+        g = BYTES[root.gather_dtype]
+        roles = {p.tensor.name: p.tensor.role for p in st.placements}
+        held = sum(alloc(k * g) for name, _, k, _, tr in root.members
+                   if tr and (roles.get(name) not in ("embedding", "position_embedding") or
+                              (tied and roles.get(name) == "embedding")))
+        root_rs = _unit_grad_peak(root, setup)
+    rs = max(held + layer_rs, root_rs)
+    r.add_buffer(("backward (layers)",), "buffers/reduce_buckets", rs,
+                 "the unsharded gradient work of one decoder layer (its parameters' gradients and the flat gradient "
+                 "SplitWithSizesBackward concatenates them into, then the reduce-scatter: _runtime_utils.py "
+                 "_post_backward_hook, _reduce_grad)"
+                 + (f" + the root's head/norm gradients ({held:,} B), held unsharded from lm_head's backward to the "
+                    "embedding's at the end, since the root's flat gradient needs every view's gradient; or the root's "
+                    f"own concatenation at the end ({root_rs:,} B), whichever is larger" if held or root_rs else ""))
+    r.device = _nccl(setup)
+    r.model_states = {"weights": sum(b for _, b, _ in weights), "gradients": grads, "optimizer_states": opt_gpu}
+    r.assumptions.append(
+        f"FSDP1 FULL_SHARD on {n} GPU{'s' if n > 1 else ''} (FullyShardedDataParallel, use_orig_params="
+        f"{FSDP1_USE_ORIG_PARAMS}): a FlatParameter per decoder layer, the root's (embedding, final norm, lm_head) "
+        "unsharded from forward to the end of backward, each adapter its own unit"
+        + (f"; MixedPrecision(param_dtype={setup.compute_dtype}), no autocast weight copies" if setup.mixed else "")
+        + ("; CPUOffload(offload_params=True): shards, gradients and optimizer states in pinned CPU memory, the "
+           "optimizer steps on the CPU" if offload else ""))
+    if setup.quant in ("nf4", "fp4"):
+        r.assumptions.append("FSDP1-QLoRA: bnb_4bit_quant_storage=bfloat16, the packed 4-bit data flattened with the "
+                             "layer (same bytes as uint8); quant_state stays whole per rank")
+    return r
+
+
 # ---------------------------------------------------------------------------------------------- DeepSpeed
 def _module_bytes(spec: ModelSpec, st: Structure, b: int) -> tuple[int, int, int, int, str]:
     """(largest module params, its bytes, largest trainable module params, its bytes, its name) in the
@@ -629,6 +939,8 @@ def rank_states(spec: ModelSpec, setup: Setup, st: Structure) -> RankStates:
         r = _ddp(spec, setup, st)
     elif setup.strategy in ("fsdp", "fsdp-grad-op"):
         r = _fsdp(spec, setup, st)
+    elif setup.strategy == "fsdp1":
+        r = _fsdp1(spec, setup, st)
     else:
         r = _zero(spec, setup, st)
     if setup.gpus == 1 and setup.strategy in SHARDED:
