@@ -3,10 +3,14 @@
 ``vramplan.plan(model, ...)`` estimates a setup; see :mod:`vramplan.api`. Nothing here imports torch.
 """
 
-from __future__ import annotations
+# The first instruction (no ``from __future__`` import before it: that is an import too): a Ctrl-C while the
+# command starts is one line and exit 130, no traceback (vramplan/startup.py).
+from .startup import install as _install_ctrl_c
 
-from .hooks import set_layer_calibrator
-from .version import __version__
+_install_ctrl_c()
+
+from .hooks import set_layer_calibrator  # noqa: E402
+from .version import __version__  # noqa: E402
 
 __all__ = ["plan", "__version__"]
 

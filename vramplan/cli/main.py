@@ -6,37 +6,14 @@ stderr and exit code 2, never a traceback. Exit code 1 is reserved for "does not
 
 from __future__ import annotations
 
-import os
-import signal
+import importlib
 import sys
 
+import click
 
-def _interrupted_early(signum: int, frame: object) -> None:
-    """Ctrl-C before the command runs (while Python imports): one line and exit 130, no traceback. Nothing
-    has been written yet, so the process can end at once."""
-    os.write(2, b"vramplan: aborted\n")
-    os._exit(130)
-
-
-def _run_as_program() -> bool:
-    """Whether this process is the ``vramplan`` command (the console script or ``python -m vramplan``), not a
-    program or test importing the CLI, whose Ctrl-C must stay its own."""
-    arg0 = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    return arg0 in ("vramplan", "vramplan.exe") or (
-        arg0 == "__main__.py" and os.path.basename(os.path.dirname(sys.argv[0])) == "vramplan")
-
-
-# installed before the heavy imports below (click: ~20 ms); main() gives Python's handler back, so that a
-# Ctrl-C while a command runs raises KeyboardInterrupt and every atomic write cleans up after itself
-if _run_as_program() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-    signal.signal(signal.SIGINT, _interrupted_early)
-
-import importlib  # noqa: E402
-
-import click  # noqa: E402
-
-from ..errors import VramplanError  # noqa: E402
-from ..version import __version__  # noqa: E402
+from .. import startup
+from ..errors import VramplanError
+from ..version import __version__
 
 #: command name -> "module:attribute"; imported only when the command runs, so ``plan`` loads no other
 #: command. ``vramplan --help`` imports them all, to show each command's own short help (no second copy).
@@ -70,7 +47,11 @@ class LazyGroup(click.Group):
         if target is None:
             return None
         module, attr = target.split(":")
-        return getattr(importlib.import_module(module), attr)
+        command = getattr(importlib.import_module(module), attr)
+        # the command's imports are done: from here a Ctrl-C raises KeyboardInterrupt, so that an atomic write
+        # under way cleans up, and main() turns it into one line and exit 130 (vramplan/startup.py)
+        startup.restore()
+        return command
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -81,8 +62,6 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the group, turning user errors into one line and exit code 2."""
-    if signal.getsignal(signal.SIGINT) is _interrupted_early:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         rv = cli.main(args=argv, prog_name="vramplan", standalone_mode=False)
     except VramplanError as exc:
