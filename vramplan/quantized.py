@@ -21,8 +21,8 @@ layouts of the libraries transformers 5 loads them with:
   ``[out, in]``, ``weight_scale_inv`` fp32 ``[ceil(out/b0), ceil(in/b1)]`` for ``weight_block_size`` (128, 128)
   as DeepSeek-V3 and Qwen3-FP8 ship, a 0-dim fp32 for per-tensor scales, ``activation_scale`` fp32 scalar for the
   static scheme. compressed-tensors FP8 (``compressed_tensors/quantization/lifecycle/initialize.py``): fp8
-  ``weight``, ``weight_scale`` per tensor ``[1]``, per channel ``[out, 1]`` or per block, ``input_scale`` for
-  static activations, scales in fp32 for fp8 weights (``initialize_qparams``).
+  ``weight``, ``weight_scale`` (model dtype) and fp8 ``weight_zero_point`` per tensor ``[1]``, per channel
+  ``[out, 1]`` or per block, ``input_scale``/``input_zero_point`` for static activations.
 * bitsandbytes pre-quantized (``unsloth/*-bnb-4bit``): the :func:`vramplan.dtypes.bnb_4bit_parts` layouts.
 """
 
@@ -153,19 +153,30 @@ def awq_parts(in_features: int, out_features: int, bits: int, group_size: int, v
 
 
 def fp8_parts(out_features: int, in_features: int, block: tuple[int, int] | None = FP8_BLOCK,
-              strategy: str = "block", static_activations: bool = False) -> dict[str, int]:
-    """Bytes of one FP8 linear's weight and scales (transformers ``FP8Linear``; compressed-tensors).
+              strategy: str = "block", static_activations: bool = False,
+              compressed_tensors: bool = False) -> dict[str, int]:
+    """Bytes of one FP8 linear's weight and scales.
 
-    Block-wise: ``weight_scale_inv`` fp32 ``[ceil(out/b0), ceil(in/b1)]``; per tensor: one fp32 (a 0-dim
-    tensor: ``torch.tensor(1.0)``); per channel: ``[out, 1]`` fp32.
+    transformers ``FP8Linear``: block-wise ``weight_scale_inv`` fp32 ``[ceil(out/b0), ceil(in/b1)]``, per tensor a
+    0-dim fp32 (``torch.tensor(1.0)``); ``activation_scale`` a 0-dim fp32 for the static scheme.
+    compressed-tensors (``initialize_module_for_quantization``, 0.20.0): ``weight_scale`` in the model's dtype
+    (2 B) and an fp8 ``weight_zero_point`` of the same shape, ``[1]`` per tensor, ``[out, 1]`` per channel,
+    ``[ceil(out/b0), ceil(in/b1)]`` per block; static activations add ``input_scale`` (2 B) + ``input_zero_point``
+    (1 B). The fp8 weight itself, 1 B per element, either way.
     """
     if strategy == "block" and block is not None:
-        scales = ceil_div(out_features, block[0]) * ceil_div(in_features, block[1]) * 4
+        n_scales = ceil_div(out_features, block[0]) * ceil_div(in_features, block[1])
     elif strategy == "channel":
-        scales = out_features * 4
+        n_scales = out_features
     else:
-        scales = 4
-    parts = {"weight": out_features * in_features, "weight_scale": scales}
+        n_scales = 1
+    parts = {"weight": out_features * in_features}
+    if compressed_tensors:
+        parts.update(weight_scale=n_scales * 2, weight_zero_point=n_scales)
+        if static_activations:
+            parts.update(input_scale=2, input_zero_point=1)
+        return parts
+    parts["weight_scale"] = n_scales * 4
     if static_activations:
         parts["input_scale"] = 4
     return parts
@@ -181,7 +192,8 @@ def linear_parts(scheme: Scheme, out_features: int, in_features: int) -> list[tu
         p = awq_parts(in_features, out_features, scheme.bits, scheme.group_size, scheme.fmt or "gemm")
         packed = p.pop("qweight")
     elif scheme.quant == "fp8":
-        p = fp8_parts(out_features, in_features, scheme.block, scheme.strategy, scheme.static_activations)
+        p = fp8_parts(out_features, in_features, scheme.block, scheme.strategy, scheme.static_activations,
+                      scheme.fmt == "compressed-tensors")
         packed = p.pop("weight")
     else:
         raise ValueError(f"linear_parts: {scheme.quant!r} is not a pre-quantized format ({', '.join(CHECKPOINT_QUANTS)})")
