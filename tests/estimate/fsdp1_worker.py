@@ -7,8 +7,8 @@ whose weight requires grad its own unit: peft 0.21.2 ``fsdp_auto_wrap_policy``'s
 ``MixedPrecision(param_dtype, reduce_dtype)`` and ``use_orig_params`` as given, runs one forward, backward and
 AdamW step, and reports per FSDP unit what torch allocated: the sharded FlatParameter, its padding, the
 all-gather destination ``_full_param_padded``, the sharded gradient; and the optimizer's state sizes per rank.
-Rank 0 also records the CPU allocations of backward (``torch.profiler`` memory events) and when each
-post-backward hook ran. Only torch is imported (the children would otherwise spend most of their time
+Rank 0 also records the CPU allocations of its second forward and backward (``torch.profiler`` memory events)
+and when each post-backward hook ran. Only torch is imported (the children would otherwise spend most of their time
 importing).
 """
 
@@ -142,14 +142,13 @@ def run(rank: int, world: int, port: int, cases: list[dict], out_path: str) -> N
         fsdp(x).float().sum().backward()          # lazy init (allocates _full_param_padded) in this forward
         fsdp.zero_grad(set_to_none=True)
         trace = None
-        out = fsdp(x).float().sum()
         if rank == 0 and case.get("trace"):
             from torch.profiler import ProfilerActivity, profile
             with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-                out.backward()
+                fsdp(x).float().sum().backward()
             trace = allocations(prof)
         else:
-            out.backward()
+            fsdp(x).float().sum().backward()
         for key, fp in _flat_params(fsdp, FSDP):
             u = units[key]
             u["full_param_padded"] = [fp._full_param_padded.numel(), str(fp._full_param_padded.dtype)]

@@ -268,16 +268,35 @@ def test_optimizer_states_per_rank_match_torch(measured, case):
 
 
 @pytest.mark.slow
-def test_root_head_gradient_is_held_through_the_layers_backward(measured):
-    """Rank 0's CPU allocations during backward (torch.profiler memory events): a bf16 allocation of exactly
-    lm_head's size (131 × 36 × 2 B) is made before the first decoder layer's post-backward hook and freed only
-    after the last one, i.e. the head's gradient waits for the embedding's, as the estimate counts it."""
+def test_what_is_alive_in_backward_matches_torch(measured):
+    """Rank 0's CPU allocations during its second forward and backward (torch.profiler memory events, full
+    fine-tuning, bf16 MixedPrecision, three ranks), against the moments the estimate counts:
+
+    * the root's unsharded FlatParameter (bf16, padded) is gathered before the decoder layers' forward and freed
+      only in the root's post-backward hook, after both layers' (never resharded after forward);
+    * a bf16 allocation of exactly lm_head's size (131 × 36 × 2 B), its gradient, is made before the first
+      layer's post-backward hook and freed after the last one: it waits for the embedding's;
+    * when the last layer's post-backward hook starts, three allocations of a layer's padded bf16 size are
+      alive: that layer's unsharded parameters, the previous layer's (prefetched by BACKWARD_PRE) and the flat
+      gradient autograd concatenated (FSDP1_LAYERS_GATHERED = 2, plus the unit's gradient).
+    """
     cases, ranks = measured
+    spec, setup, use_orig, _ = cases[0]
+    units = _expected_units(spec, setup, use_orig)
+    root = next(u for u in units.values() if u.name == "root")
+    layer = next(u for u in units.values() if u.name == "layer1")
     trace = ranks[0][0]["trace"]
-    hooks = trace["hooks"]
+    hooks, allocs = trace["hooks"], trace["allocs"]
     assert len(hooks) == 3, "two decoder layers and the root, the root's last"
+
+    def alive(a, t):
+        return a[1] <= t and (a[2] is None or a[2] > t)
+
+    layer_size, root_size = 2 * layer.flat_padded, 2 * root.flat_padded
+    first_layer = min(a[1] for a in allocs if a[0] == layer_size)
+    assert [a for a in allocs if a[0] == root_size and a[1] < first_layer and a[2] is not None
+            and a[2] > hooks[1][1]], "the root's gathered parameters do not live from forward to its own hook"
     head = TINY["vocab_size"] * TINY["hidden_size"] * 2
-    first_layer_start, last_layer_end = hooks[0][0], hooks[1][1]
-    held = [a for a in trace["allocs"] if a[0] == head and a[1] < first_layer_start
-            and (a[2] is None or a[2] > last_layer_end)]
-    assert held, "no head-sized gradient alive across the decoder layers' post-backward hooks"
+    assert [a for a in allocs if a[0] == head and a[1] < hooks[0][0] and a[2] is not None
+            and a[2] > hooks[1][1]], "no head-sized gradient alive across the decoder layers' post-backward hooks"
+    assert sum(1 for a in allocs if a[0] == layer_size and alive(a, hooks[0][0])) == 3
