@@ -141,9 +141,20 @@ def test_fsdp1_on_one_gpu_warns_and_offload_optimizer_is_refused():
 
 
 def test_int8_and_mixed_dtype_units_warn():
+    """FSDP1 raises where torch would: integer tensors, and a FlatParameter of two dtypes (QLoRA after
+    prepare_model_for_kbit_training: bf16-stored 4-bit data next to fp32 norms), one warning for all layers."""
     s = llama8b()
     int8 = estimate(s, Setup.create(method="qlora", quant="int8", gpus=2, strategy="fsdp1"))
     assert any("cannot flatten int8" in w for w in int8.warnings)
+    kbit = estimate(s, Setup.create(method="qlora", gpus=4, strategy="fsdp1"))
+    mixed = [w for w in kbit.warnings if "Must flatten tensors with uniform dtype" in w]
+    assert len(mixed) == 1 and "layer0-layer31 (bf16 and fp32" in mixed[0] and "--no-kbit-prep" in mixed[0]
+    plain = estimate(s, Setup.create(method="qlora", kbit_prep=False, gpus=4, strategy="fsdp1"))
+    assert not plain.warnings
+    # the packed 4-bit data is flattened and sharded: ~1/4 of the single-GPU bytes per rank
+    one = estimate(s, Setup.create(method="qlora", kbit_prep=False))
+    q1, q4 = one.component("weights/quantized"), plain.component("weights/quantized")
+    assert q1 / 4 <= q4 <= q1 / 4 + 512 * 33, "one 512-B-rounded shard per unit"
 
 
 @pytest.mark.parametrize("method,n,offload", [("full", 2, "none"), ("full", 8, "none"), ("lora", 4, "none"),

@@ -583,26 +583,45 @@ def fsdp1_units(spec: ModelSpec, setup: Setup, st: Structure,
         layer_of[u] = int(owner[5:]) if owner else None
         members[u].append((t.name, t.component, t.numel, t.dtype, not t.frozen))
     units = []
+    mixed_dtype: dict[str, list[str]] = defaultdict(list)
+    mixed_grad: list[str] = []
     for name, ms in members.items():
         dtypes = sorted({m[3] for m in ms})
         dtype = ms[0][3]
         if len(dtypes) > 1:
-            warnings.append(f"FSDP1 flattens one dtype per FlatParameter and raises on {name} ({', '.join(dtypes)}: "
-                            "_flat_param.py _validate_tensors_to_flatten, 'Must flatten tensors with uniform dtype'); "
-                            f"estimated in {dtype} elements")
+            mixed_dtype[" and ".join(dtypes)].append(name)
             ms = [(a, c, ceil_div(k * BYTES[d], BYTES[dtype]), dtype, tr) for a, c, k, d, tr in ms]
         if len({m[4] for m in ms}) > 1:
-            warnings.append(f"FSDP1 unit {name} mixes frozen and trainable parameters: with use_orig_params its "
-                            "gradient covers the frozen ones too (FullyShardedDataParallel docstring)")
+            mixed_grad.append(name)
         gather = setup.compute_dtype if setup.mixed else dtype
         align = FSDP1_ALIGN_BYTES // BYTES[gather] if use_orig_params else 0
         offsets, flat, shard = flat_param_layout([m[2] for m in ms], n, align)
         units.append(Fsdp1Unit(name, layer_of[name], tuple(ms), dtype, gather, flat, shard, n, offsets,
                                use_orig_params))
+    for dts, names in mixed_dtype.items():
+        warnings.append(f"FSDP1 flattens one dtype per FlatParameter and raises on {_unit_list(names)} ({dts}: "
+                        "_flat_param.py _validate_tensors_to_flatten, 'Must flatten tensors with uniform dtype')"
+                        + ("; with QLoRA use --no-kbit-prep, whose fp32 copies cause it" if setup.kbit_prep else "")
+                        + "; estimated with each unit in its first parameter's dtype")
+    if mixed_grad:
+        warnings.append(f"FSDP1 units {_unit_list(mixed_grad)} mix frozen and trainable parameters: with "
+                        "use_orig_params the FlatParameter's gradient covers the frozen ones too "
+                        "(FullyShardedDataParallel docstring), as estimated")
     if setup.quant == "int8":
         warnings.append("FSDP1 cannot flatten int8 (LLM.int8) weights ('Cannot flatten integer dtype tensors', "
                         "_flat_param.py): estimated whole on every rank, as if ignored_modules")
     return tuple(units), warnings
+
+
+def _unit_list(names: list[str]) -> str:
+    """``layer0-layer31`` for a run of decoder layers, else the names."""
+    layers = [int(n[5:]) for n in names if n.startswith("layer")]
+    rest = [n for n in names if not n.startswith("layer")]
+    if layers and layers == list(range(layers[0], layers[0] + len(layers))) and len(layers) > 2:
+        head = [f"layer{layers[0]}-layer{layers[-1]}"]
+    else:
+        head = [f"layer{i}" for i in layers]
+    return ", ".join(head + rest)
 
 
 def _unit_grad_peak(u: Fsdp1Unit, setup: Setup) -> int:
