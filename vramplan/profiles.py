@@ -100,6 +100,30 @@ def _alias_index() -> dict[str, str]:
     return index
 
 
+@dataclass(frozen=True)
+class QuantizedCheckpoint:
+    """An official pre-quantized variant of a bundled model (``profiles/quantized.yaml``)."""
+
+    id: str
+    profile: str
+    quantization_config: Mapping[str, Any]
+    source: str
+
+
+@lru_cache(maxsize=1)
+def quantized_checkpoints() -> dict[str, QuantizedCheckpoint]:
+    """Pre-quantized Hub ids (lowercased) -> their profile and ``quantization_config``: resolved offline with their
+    quantization, never aliased silently to the 16-bit profile."""
+    path = profiles_dir() / "quantized.yaml"
+    if not path.is_file():
+        return {}
+    out = {}
+    for d in _yaml_load(path)["checkpoints"]:
+        c = QuantizedCheckpoint(d["id"], d["profile"], d["quantization_config"], d.get("source", ""))
+        out[c.id.lower()] = c
+    return out
+
+
 def bundled_model_names() -> list[str]:
     return sorted(model_profiles())
 
@@ -238,6 +262,13 @@ def resolve_model(name: str, *, trust_remote_code: bool = False) -> ResolvedMode
     from .io import brief
 
     key = name.strip()
+    q = quantized_checkpoints().get(key.lower())
+    if q is not None:       # an official pre-quantized variant: its profile's shapes, its own quantization_config
+        p = _profile_named(q.profile)
+        if p is None:
+            raise ConfigError(f"profiles/quantized.yaml: {q.id} names profile {q.profile!r}, which is not bundled")
+        config = {**p.config, "quantization_config": dict(q.quantization_config)}
+        return ResolvedModel(q.id, build_spec(config, q.id, str(p.path)), "profile", q.source, p)
     p = _profile_named(key.lower())
     if p is None:
         hit = _alias_index().get(key.lower())

@@ -417,9 +417,9 @@ def checkpoint_setup(config: Mapping[str, Any] | None, setup: Any, source: str =
     if skip != tuple(setup.quant_skip):
         changes["quant_skip"] = skip
     new = setup.with_(**changes)
-    how = f"{ckpt.label} as stored ({ckpt.source})" + (f"; unquantized: {', '.join(ckpt.skip)}" if ckpt.skip else "")
-    assumptions = [f"pre-quantized checkpoint: {how}"
-                   + (", used since --quant was not given" if setup.quant == "none" else "")]
+    assumptions = [f"pre-quantized checkpoint: {ckpt.label} as stored ({ckpt.source})"
+                   + (", used since --quant was not given" if setup.quant == "none" else "")
+                   + (f"; left unquantized: {', '.join(ckpt.skip)}" if ckpt.skip else "")]
     return new, assumptions, warnings
 
 

@@ -1,0 +1,62 @@
+"""Pre-quantized checkpoints resolve by id with their quantization (issue 16), and a config.json's
+quantization_config is planned as stored. The per-Linear bytes are pinned against the real libraries in
+tests/estimate/test_prequantized.py; here: which checkpoint gets which scheme, read from profiles/quantized.yaml
+and from a local config.json."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vramplan.estimate import estimate
+from vramplan.profiles import quantized_checkpoints, resolve_model
+from vramplan.setup import Setup
+
+EXPECTED = {   # id -> (bundled profile, --quant, bits) as each checkpoint's config.json states it
+    "Qwen/Qwen2.5-7B-Instruct-GPTQ-Int4": ("qwen2.5-7b", "gptq", 4),
+    "Qwen/Qwen2.5-7B-Instruct-GPTQ-Int8": ("qwen2.5-7b", "gptq", 8),
+    "Qwen/Qwen2.5-7B-Instruct-AWQ": ("qwen2.5-7b", "awq", 4),
+    "hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ-INT4": ("llama-3.1-8b", "awq", 4),
+    "hugging-quants/Meta-Llama-3.1-8B-Instruct-GPTQ-INT4": ("llama-3.1-8b", "gptq", 4),
+    "unsloth/llama-3-8b-bnb-4bit": ("llama-3-8b", "nf4", 4),
+    "Qwen/Qwen3-8B-FP8": ("qwen3-8b", "fp8", 4),
+}
+
+
+def test_every_listed_checkpoint_is_expected():
+    assert {c.id for c in quantized_checkpoints().values()} == set(EXPECTED)
+
+
+@pytest.mark.parametrize("hub_id", EXPECTED)
+def test_prequantized_ids_resolve_offline_with_their_quantization(hub_id, monkeypatch):
+    monkeypatch.setenv("VRAMPLAN_OFFLINE", "1")
+    profile, quant, bits = EXPECTED[hub_id]
+    r = resolve_model(hub_id)
+    base = resolve_model(profile)
+    assert r.name == hub_id and r.spec.tensors == base.spec.tensors     # the profile's shapes
+    est = estimate(r.spec, Setup.create(method="inference"))
+    assert (est.setup.quant, est.setup.quant_bits if quant in ("gptq", "awq") else bits) == (quant, bits)
+    assert any(a.startswith("pre-quantized checkpoint:") for a in est.assumptions)
+    # never the bf16 plan silently: the weights are smaller than the 16-bit profile's
+    assert est.peak_allocated_bytes < estimate(base.spec, Setup.create(method="inference")).peak_allocated_bytes
+
+
+def test_lora_on_a_gptq_checkpoint_keeps_the_base_quantized(monkeypatch):
+    monkeypatch.setenv("VRAMPLAN_OFFLINE", "1")
+    r = resolve_model("Qwen/Qwen2.5-7B-Instruct-GPTQ-Int4")
+    est = estimate(r.spec, Setup.create(method="qlora"))
+    assert est.setup.quant == "gptq" and est.params_trainable > 0
+    assert any(c.name == "adapters/lora" for c in est.components)
+    assert any("--quant nf4 not used" in w for w in est.warnings) is not False   # qlora's default nf4 is overridden
+
+
+def test_local_config_json_with_quantization_config(tmp_path):
+    cfg = dict(resolve_model("qwen2.5-0.5b").profile.config)
+    cfg["quantization_config"] = {"quant_method": "awq", "bits": 4, "group_size": 128, "version": "gemv",
+                                  "zero_point": True}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    est = estimate(resolve_model(str(path)).spec, Setup.create(method="inference"))
+    assert est.setup.quant == "awq"
+    assert any("AWQ 4-bit, group 128, gemv" in a for a in est.assumptions)
