@@ -16,6 +16,40 @@ from .hf import TRAINER_OPTIMS
 from .reading import Reading, deepspeed_options, finish
 from .util import as_int, truthy
 
+#: axolotl keys forwarded to PEFT's LoraConfig -> vramplan LoRA options (loaders/adapter.py:140-200 at 067b021c,
+#: schemas/peft.py:53-124); axolotl always passes bias="none" (adapter.py:198)
+PEFT_KEYS = {"lora_target_parameters": "target_parameters", "lora_rank_pattern": "rank_pattern",
+             "lora_alpha_pattern": "alpha_pattern", "peft_layers_to_transform": "layers_to_transform",
+             "peft_layers_pattern": "layers_pattern", "peft_trainable_token_indices": "trainable_tokens"}
+#: axolotl PEFT keys that change memory and are not modelled (adapter.py:140-164)
+_PEFT_UNMODELLED = {"peft_layer_replication": "layers replicated with their own adapters",
+                    "peft_ensure_weight_tying": "tied layers share their adapters"}
+
+
+def _peft_keys(d: Mapping[str, Any], o: dict[str, Any], r: Reading) -> None:
+    """The PEFT ``LoraConfig`` fields axolotl forwards beyond rank, alpha, dropout and targets."""
+    for key, name in PEFT_KEYS.items():
+        v = d.get(key)
+        if v is not None and v != [] and v != {}:
+            o[name] = [v] if key == "lora_target_parameters" and isinstance(v, str) else v
+    ex = d.get("lora_exclude_modules")        # getattr(cfg, "lora_exclude_modules", None) or None (adapter.py:197)
+    if ex:
+        o["exclude_regex" if isinstance(ex, str) else "exclude_modules"] = ex
+    for key, what in _PEFT_UNMODELLED.items():
+        if truthy(d.get(key) or False):
+            r.ignored.append(f"{key} ({what}: not modelled)")
+    init = d.get("peft_init_lora_weights")
+    if init not in (None, True, False) and str(init).lower() not in ("true", "false", "gaussian", "orthogonal"):
+        r.ignored.append(f"peft_init_lora_weights {init} (its initialization pass is not modelled; the step is "
+                         "plain LoRA)")
+    peft = d.get("peft")
+    if isinstance(peft, Mapping) and isinstance(peft.get("loftq_config"), Mapping) \
+            and peft["loftq_config"].get("loftq_bits"):
+        r.ignored.append("peft.loftq_config (LoftQ quantizes the base itself: not modelled)")
+    if d.get("peft_autocast_adapter_dtype") is not None and not truthy(d["peft_autocast_adapter_dtype"]):
+        o["adapter_dtype"] = "compute"        # get_peft_model(autocast_adapter_dtype=False): base-dtype adapters
+
+
 #: optimizer names axolotl takes that vramplan does not model (torchao low-bit AdamW and others)
 _TORCHAO = {"adamw_torch_4bit": "torchao 4-bit states", "adamw_torch_8bit": "torchao 8-bit states"}
 
@@ -102,6 +136,7 @@ def read_axolotl(d: Mapping[str, Any], file: str | os.PathLike[str] | None = Non
         if d.get("unfrozen_parameters"):
             r.ignored.append(f"unfrozen_parameters ({', '.join(_words(d['unfrozen_parameters']))[:80]}: "
                              "parameters trained beside the adapter: not modelled)")
+        _peft_keys(d, o, r)
     o["batch"] = as_int(d.get("micro_batch_size", 1), "micro_batch_size")       # schemas/training.py:77
     o["seq"] = as_int(d.get("sequence_len", 512), "sequence_len")               # schemas/config.py:665
     # bf16: auto -> True on a bf16 GPU (utils/config/__init__.py:156-167), model loaded in that dtype
@@ -197,7 +232,9 @@ def from_axolotl(d: Mapping[str, Any]) -> dict[str, Any]:
 
 
 #: plan keys this reader sets -> the axolotl keys they come from (errors name the user's key)
-KEY_SOURCES = {"model": "base_model", "rank": "lora_r", "alpha": "lora_alpha", "lora_dropout": "lora_dropout",
+KEY_SOURCES = {**{v: k for k, v in PEFT_KEYS.items()}, "exclude_modules": "lora_exclude_modules",
+               "exclude_regex": "lora_exclude_modules", "adapter_dtype": "peft_autocast_adapter_dtype",
+               "model": "base_model", "rank": "lora_r", "alpha": "lora_alpha", "lora_dropout": "lora_dropout",
                "modules_to_save": "lora_modules_to_save", "dora": "peft_use_dora", "targets": "lora_target_modules",
                "batch": "micro_batch_size", "seq": "sequence_len", "grad_ckpt": "gradient_checkpointing",
                "optim": "optimizer"}

@@ -179,6 +179,10 @@ KEY_SOURCES = {"model": "model_name_or_path", "rank": "lora_rank", "alpha": "lor
 
 # ------------------------------------------------------------------------------------------------ v1
 #: top-level keys of the v1 schema (v1/config/model_args.py, training_args.py): ``model:`` plus any of these
+#: LLaMA-Factory v1 ``LoraParams`` fields (v1/plugins/model_plugins/peft.py:32-63 at ff6d4d12)
+V1_LORA_PARAMS = frozenset({"name", "r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora", "use_dora",
+                            "modules_to_save", "adapter_name_or_path", "export_dir", "export_size",
+                            "export_hub_model_id", "infer_dtype", "export_legacy_format"})
 V1_PLUGIN_KEYS = ("peft_config", "quant_config", "dist_config", "kernel_config", "optim_config", "model_class",
                   "train_dataset")
 
@@ -243,11 +247,22 @@ def read_llama_factory_v1(d: Mapping[str, Any], file: str | os.PathLike[str] | N
     else:
         o["method"] = "lora" if peft is not None else "full"         # v1/core/model_engine.py:204-207
     if peft is not None:                                            # v1/plugins/model_plugins/peft.py:32-63
+        unknown = sorted(set(map(str, peft)) - V1_LORA_PARAMS)
+        if unknown:                                                 # v1/utils/plugin.py:87-93 refuses them
+            raise ForeignConfigError(f"peft_config.{unknown[0]}",
+                                     f"is not a LoraParams field: LLaMA-Factory refuses unknown peft_config keys "
+                                     f"(v1/utils/plugin.py:87-93); its fields are {', '.join(sorted(V1_LORA_PARAMS))}")
         rank = as_int(peft.get("r", 8), "peft_config.r")
         o["rank"] = rank
         o["alpha"] = peft.get("lora_alpha", 16)
         o["lora_dropout"] = peft.get("lora_dropout", 0.05)
         o["targets"] = _targets(peft.get("target_modules", "all"))
+        # use_dora and modules_to_save reach LoraConfig (peft.py:186-196); use_rslora only scales
+        o["dora"] = truthy(peft.get("use_dora", False))
+        o["modules_to_save"] = peft.get("modules_to_save") or None
+        if peft.get("adapter_name_or_path"):
+            r.ignored.append("peft_config.adapter_name_or_path (training continues a saved adapter, whose own "
+                             "rank and targets are not read: checked as peft_config's)")
     o["batch"] = as_int(d.get("micro_batch_size", 1), "micro_batch_size")   # v1/config/training_args.py:33-36
     o["seq"] = as_int(d.get("cutoff_len", 2048), "cutoff_len")
     # bf16 default true (training_args.py:61-64); full tuning: model.to(fp32) masters; LoRA: fp32 adapters

@@ -107,6 +107,15 @@ def read_msswift(args: Mapping[str, Any], file: str | os.PathLike[str] | None = 
         o["lora_dropout"] = a.get("lora_dropout", 0.05)
         tm = a.get("target_modules", "all-linear")
         o["targets"] = "all-linear" if tm in ("all-linear", ["all-linear"]) else tm
+        if a.get("target_regex"):                                    # tuner_args.py:201-202 replaces the list
+            o["targets"], o["target_regex"] = None, a["target_regex"]
+        if a.get("target_parameters"):                               # pipelines/train/tuner.py:204-205
+            o["target_parameters"] = a["target_parameters"]
+        # --lora_bias none|all is PEFT's bias (tuner_args.py:136, tuner.py:185), not its lora_bias
+        o["bias"] = str(a.get("lora_bias") or "none").lower()
+        init = str(a.get("init_weights", "true")).lower()            # tuner_args.py:152, tuner.py:190
+        if init in ("lora-ga", "loftq") or init.startswith(("eva", "corda")):
+            r.ignored.append(f"init_weights {init} (an initialization pass before training: not modelled)")
         mts = a.get("modules_to_save")
         o["modules_to_save"] = mts if mts else None
         if a.get("use_dora") is not None:

@@ -85,6 +85,12 @@ def read_trl(d: Mapping[str, Any], file: str | os.PathLike[str] | None = None, *
         o["targets"] = tm if tm else None
         mts = d.get("lora_modules_to_save")
         o["modules_to_save"] = mts if mts else None
+        # get_peft_config (trainer/utils.py:254-275): target_parameters and use_dora reach LoraConfig too;
+        # bias is always "none", use_rslora only scales
+        if d.get("lora_target_parameters"):
+            o["target_parameters"] = d["lora_target_parameters"]
+        if not _none(d.get("use_dora")):
+            o["dora"] = truthy(d["use_dora"])
     o["batch"] = as_int(d.get("per_device_train_batch_size", 8), "per_device_train_batch_size")  # transformers
     seq_key = "max_seq_length" if "max_seq_length" in d else "max_length"
     seq = d.get(seq_key, 1024)                                       # sft_config.py:205-207
