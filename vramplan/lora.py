@@ -623,6 +623,24 @@ def _target_matches(cfg: _Peft, name: str) -> bool:
 #: ``ChatGLMForConditionalGeneration`` defines none; ``transformer.output_layer`` is a plain ``nn.Linear``)
 NO_OUTPUT_EMBEDDINGS = frozenset({"chatglm"})
 
+#: peft 0.21.2 ``tuners_utils._check_lora_target_modules_mamba``: on these model types a LoRA target whose last
+#: name is one of :data:`MAMBA_INCOMPATIBLE` raises before the module is wrapped (``all-linear`` included: it
+#: names every mixer's ``out_proj``). Jamba, Zamba2, Bamba are not in PEFT's set.
+MAMBA_MODEL_TYPES = frozenset({"falcon_h1", "mamba", "mamba2", "falcon_mamba", "nemotron_h"})
+MAMBA_INCOMPATIBLE = ("out_proj", "conv1d")
+
+
+def _check_mamba_target(spec: ModelSpec, name: str, config: LoraConfig) -> None:
+    """PEFT's Mamba guard, called as ``BaseTuner._check_target_module_compatiblity`` is: on each matched module
+    before it is wrapped, in ``named_modules`` order."""
+    leaf = name.rpartition(".")[2]
+    if spec.model_type in MAMBA_MODEL_TYPES and leaf in MAMBA_INCOMPATIBLE:
+        others = ", ".join(m for m in MAMBA_INCOMPATIBLE if m != leaf)
+        raise TargetError(
+            f"target {name!r}: PEFT refuses LoRA on '{leaf}' in Mamba-based models (model_type "
+            f"{spec.model_type!r}; incompatible: {', '.join(MAMBA_INCOMPATIBLE)}); pass {_targets_flag(config)} "
+            f"without {leaf}{' and ' + others if others else ''} (e.g. in_proj)")
+
 
 def _linear_names(spec: ModelSpec, tree: _Tree) -> list[str]:
     """``_maybe_include_all_linear_layers``: every Linear/Conv1D except the module ``get_output_embeddings()``
@@ -744,6 +762,7 @@ def plan_lora(spec: ModelSpec, config: LoraConfig) -> LoraPlan:
     for name in tree.names:
         if not _target_matches(cfg, name):
             continue
+        _check_mamba_target(spec, name, config)
         mtype = tree.mtype(name)
         if mtype not in _LORA_TYPES:
             what = _KIND.get(mtype, f"a module of type {mtype!r}")

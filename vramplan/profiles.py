@@ -18,7 +18,7 @@ from typing import Any
 
 from .errors import ConfigError, UnknownGpuError, UnknownModelError, close_matches
 from .shapes.config import check_types
-from .shapes.from_config import FAMILIES, model_type_of, spec_from_config
+from .shapes.from_config import FAMILIES, has_builder, model_type_of, spec_from_config
 from .shapes.spec import ModelSpec
 from .units import MiB, SizeError, parse_size
 
@@ -156,7 +156,7 @@ def cache_dir() -> Path:
 def build_spec(config: Mapping[str, Any], name: str, source: str, *, trust_remote_code: bool = False) -> ModelSpec:
     """Pure-Python builder for known families, the meta-device builder (imports torch) for the rest."""
     check_types(config, source)
-    if model_type_of(config) in FAMILIES:
+    if has_builder(model_type_of(config)):
         return spec_from_config(config, name=name, source=source)
     from .shapes.from_meta import spec_from_meta
 
@@ -284,7 +284,7 @@ def resolve_model(name: str, *, trust_remote_code: bool = False) -> ResolvedMode
             raise ConfigError(f"{path}: a folder without config.json; pass a model folder or its config.json")
         config = _read_config_file(cfg_path)
         config = _text_config(config)
-        if model_type_of(config) not in FAMILIES:
+        if not has_builder(model_type_of(config)):
             from .shapes.from_meta import spec_from_meta
 
             spec = spec_from_meta(str(path) if config.get("auto_map") else config, name=path.name,
@@ -308,8 +308,12 @@ def resolve_model(name: str, *, trust_remote_code: bool = False) -> ResolvedMode
 
 
 def _text_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Multimodal wrappers (gemma3, ...) keep the language model under ``text_config``; plan that."""
+    """A wrapper that keeps a text-only language model under ``text_config``: plan that. A multimodal checkpoint
+    (a ``vision_config`` or ``audio_config`` beside it: gemma3, llava, qwen2_vl, mllama, llama4, ...) is planned as
+    its own class, vision tower included (issue 16: never a silent text-only count)."""
     text = config.get("text_config")
+    if any(k in config for k in ("vision_config", "audio_config")):
+        return config
     if isinstance(text, dict) and model_type_of(config) not in FAMILIES and text.get("model_type") in FAMILIES:
         merged = dict(text)
         merged.setdefault("architectures", config.get("architectures"))

@@ -15,7 +15,7 @@ from ..errors import ConfigError
 from ..io import brief
 from .collect import TensorCollector
 from .config import MAX_DIM, Dims, get, read_dims
-from .spec import ModelSpec, Tensor
+from .spec import OUTSIDE_LANGUAGE_MODEL, ModelSpec, Tensor
 
 
 def _flag(config: Mapping[str, Any], key: str, default: Any) -> Any:
@@ -40,26 +40,31 @@ def _int(config: Mapping[str, Any], key: str, source: str, default: int | None =
 
 
 # ------------------------------------------------------------------------------------------ llama-like
-def _llama_like(config: Mapping[str, Any], d: Dims, source: str, *, family: str) -> list[Tensor]:
+def _llama_like(config: Mapping[str, Any], d: Dims, source: str, *, family: str,
+                prefix: str = "model", ts: TensorCollector | None = None, tie: bool | None = None) -> list[Tensor]:
     """Llama, Mistral, Qwen2/2.5, Qwen3, Baichuan (``W_pack``), Gemma, Gemma-2, Gemma-3 (text).
 
-    Sources: transformers ``models/{llama,mistral,qwen2,qwen3,gemma,gemma2,gemma3}/modeling_*.py``.
+    Sources: transformers ``models/{llama,mistral,qwen2,qwen3,gemma,gemma2,gemma3}/modeling_*.py``. ``prefix`` is
+    where the decoder sits (``model.language_model`` inside Gemma-3's multimodal class), ``ts`` a collector that
+    already holds the modules registered before it, ``tie`` a head tie the caller decided (the multimodal class
+    reads its own config's ``tie_word_embeddings``).
     """
     h, hd = d.hidden_size, d.head_dim
     q_out, kv_out = d.num_heads * hd, d.num_kv_heads * hd
     inter = _int(config, "intermediate_size", source)
     default_tie = family in ("gemma", "gemma2", "gemma3_text")
-    tie = bool(_flag(config, "tie_word_embeddings", default_tie))
+    if tie is None:
+        tie = bool(_flag(config, "tie_word_embeddings", default_tie))
     qkv_bias = {"qwen2": True}.get(family, bool(_flag(config, "attention_bias", False)))
     o_bias = False if family == "qwen2" else bool(_flag(config, "attention_bias", False))
     mlp_bias = bool(_flag(config, "mlp_bias", False)) if family == "llama" else False
     qk_norm = family in ("qwen3", "gemma3_text")
     sandwich = family in ("gemma2", "gemma3_text")   # pre/post feed-forward norms
 
-    ts = TensorCollector()
-    ts.embedding("model.embed_tokens", d.vocab_size, h)
+    ts = ts if ts is not None else TensorCollector()
+    ts.embedding(f"{prefix}.embed_tokens", d.vocab_size, h)
     for i in range(d.num_layers):
-        p = f"model.layers.{i}"
+        p = f"{prefix}.layers.{i}"
         if family == "baichuan":
             ts.linear(f"{p}.self_attn.W_pack", h, 3 * h)
             ts.linear(f"{p}.self_attn.o_proj", h, h)
@@ -79,8 +84,8 @@ def _llama_like(config: Mapping[str, Any], d: Dims, source: str, *, family: str)
         if sandwich:
             ts.norm(f"{p}.pre_feedforward_layernorm", h)
             ts.norm(f"{p}.post_feedforward_layernorm", h)
-    ts.norm("model.norm", h)
-    ts.head("lm_head", h, d.vocab_size, "model.embed_tokens.weight" if tie else None)
+    ts.norm(f"{prefix}.norm", h)
+    ts.head("lm_head", h, d.vocab_size, f"{prefix}.embed_tokens.weight" if tie else None)
     return ts.items
 
 
@@ -405,6 +410,112 @@ def _falcon(config: Mapping[str, Any], d: Dims, source: str) -> list[Tensor]:
     return ts.items
 
 
+# ------------------------------------------------------------------------------------- Gemma 3 multimodal
+#: ``Gemma3TextConfig`` defaults (transformers 5.24 ``models/gemma3/configuration_gemma3.py``) for the shape keys
+#: a published Gemma-3 ``text_config`` may leave out (google/gemma-3-4b-it's leaves out vocab_size, the head
+#: counts and head_dim).
+GEMMA3_TEXT_DEFAULTS: dict[str, int] = {
+    "vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
+    "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "max_position_embeddings": 131072}
+#: ``SiglipVisionConfig`` defaults (transformers 5.24 ``models/siglip/configuration_siglip.py``).
+SIGLIP_VISION_DEFAULTS: dict[str, Any] = {
+    "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+    "num_channels": 3, "image_size": 224, "patch_size": 16, "vision_use_head": True}
+
+#: The text config key a multimodal wrapper keeps its language model under, by wrapper ``model_type``, and the
+#: class the pure-Python builder mirrors.
+MULTIMODAL_CLASSES: dict[str, str] = {"gemma3": "Gemma3ForConditionalGeneration"}
+
+
+def language_config(config: Mapping[str, Any], text_defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A multimodal wrapper's config with its language model's keys at the top level, for the readers of flat
+    keys (dimensions, sliding windows, softcapping, the serve and KV-cache code).
+
+    The wrapper's ``model_type``, ``architectures`` and ``tie_word_embeddings`` are kept, the text config's are not
+    (``Gemma3ForConditionalGeneration`` ties its head by the wrapper's flag, default True, whatever the text config
+    says); ``text_config`` and ``vision_config`` stay nested, so
+    the transformers config can still be rebuilt from it. ``text_defaults`` fill the shape keys the text config
+    leaves to its config class. A config without a ``text_config`` mapping is returned as it is.
+    """
+    text = config.get("text_config")
+    if not isinstance(text, Mapping):
+        return dict(config)
+    merged: dict[str, Any] = {k: v for k, v in config.items()}
+    merged.update({k: v for k, v in text.items() if k not in ("model_type", "architectures", "tie_word_embeddings")})
+    for key, value in (text_defaults or {}).items():
+        if merged.get(key) is None and value is not None:
+            merged[key] = value
+    merged["text_config"] = dict(text)
+    return merged
+
+
+def _vision_int(vision: Mapping[str, Any], key: str, source: str) -> int:
+    return _int(vision, key, f"{source} vision_config", SIGLIP_VISION_DEFAULTS[key])
+
+
+def _siglip_tower(ts: TensorCollector, prefix: str, vision: Mapping[str, Any], source: str) -> int:
+    """``SiglipVisionModel`` as transformers 5.24 registers it (``models/siglip/modeling_siglip.py``):
+    ``embeddings.patch_embedding`` (``nn.Conv2d(num_channels, hidden, patch, patch)`` with bias),
+    ``embeddings.position_embedding`` (``(image_size // patch_size) ** 2`` rows), per encoder layer
+    ``layer_norm1``, ``self_attn.{k,v,q,out}_proj`` (biased), ``layer_norm2``, ``mlp.fc1``/``fc2`` (biased),
+    then ``post_layernorm`` and, with ``vision_use_head`` (default True), the attention-pooling ``head``
+    (``probe``, an ``nn.MultiheadAttention``, ``layernorm``, ``mlp``). Returns the tower's width."""
+    h = _vision_int(vision, "hidden_size", source)
+    inter = _vision_int(vision, "intermediate_size", source)
+    layers = _vision_int(vision, "num_hidden_layers", source)
+    channels = _vision_int(vision, "num_channels", source)
+    patch = _vision_int(vision, "patch_size", source)
+    image = _vision_int(vision, "image_size", source)
+    ts.add(f"{prefix}.embeddings.patch_embedding", "weight", (h, channels, patch, patch), "other")
+    ts.add(f"{prefix}.embeddings.patch_embedding", "bias", (h,), "other")
+    ts.embedding(f"{prefix}.embeddings.position_embedding", (image // patch) ** 2, h)
+    for i in range(layers):
+        p = f"{prefix}.encoder.layers.{i}"
+        ts.norm(f"{p}.layer_norm1", h, bias=True)
+        for name in ("k_proj", "v_proj", "q_proj", "out_proj"):
+            ts.linear(f"{p}.self_attn.{name}", h, h, True)
+        ts.norm(f"{p}.layer_norm2", h, bias=True)
+        ts.linear(f"{p}.mlp.fc1", h, inter, True)
+        ts.linear(f"{p}.mlp.fc2", inter, h, True)
+    ts.norm(f"{prefix}.post_layernorm", h, bias=True)
+    use_head = vision.get("vision_use_head")
+    if SIGLIP_VISION_DEFAULTS["vision_use_head"] if use_head is None else bool(use_head):
+        ts.add(f"{prefix}.head", "probe", (1, 1, h), "other")
+        ts.add(f"{prefix}.head.attention", "in_proj_weight", (3 * h, h), "other")
+        ts.add(f"{prefix}.head.attention", "in_proj_bias", (3 * h,), "other")
+        ts.linear(f"{prefix}.head.attention.out_proj", h, h, True)
+        ts.norm(f"{prefix}.head.layernorm", h, bias=True)
+        ts.linear(f"{prefix}.head.mlp.fc1", h, inter, True)
+        ts.linear(f"{prefix}.head.mlp.fc2", inter, h, True)
+    return h
+
+
+def _gemma3_multimodal(config: Mapping[str, Any], d: Dims, source: str) -> list[Tensor]:
+    """``Gemma3ForConditionalGeneration`` (google/gemma-3-4b-it, 12b-it, 27b-it): ``model.vision_tower`` (SigLIP),
+    ``model.multi_modal_projector`` (a bare ``mm_input_projection_weight`` [vision hidden, text hidden] and an
+    RMSNorm ``mm_soft_emb_norm`` of the vision width; the average pooling owns nothing), ``model.language_model``
+    (``Gemma3TextModel``) and ``lm_head``, tied to the text embedding by the wrapper's ``tie_word_embeddings``
+    (default True; ``_tied_weights_keys``).
+
+    Source: transformers 5.24 ``models/gemma3/modeling_gemma3.py`` (``Gemma3Model.__init__``,
+    ``Gemma3MultiModalProjector.__init__``) and ``configuration_gemma3.py`` (``Gemma3Config``: the vision config
+    defaults to ``SiglipVisionConfig()``).
+    """
+    vision = config.get("vision_config") or {}
+    if not isinstance(vision, Mapping):
+        raise ConfigError(f"{source}: field 'vision_config' must be an object, got {brief(vision)}")
+    vt = vision.get("model_type")
+    if vt not in (None, "siglip_vision_model"):
+        raise ConfigError(f"{source}: vision_config model_type {vt!r}: vramplan's Gemma-3 builder mirrors the SigLIP "
+                          "tower (siglip_vision_model) only")
+    ts = TensorCollector()
+    vh = _siglip_tower(ts, "model.vision_tower", vision, source)
+    ts.add("model.multi_modal_projector", "mm_input_projection_weight", (vh, d.hidden_size), "other")
+    ts.norm("model.multi_modal_projector.mm_soft_emb_norm", vh)
+    tie = bool(_flag(config, "tie_word_embeddings", True))
+    return _llama_like(config, d, source, family="gemma3_text", prefix="model.language_model", ts=ts, tie=tie)
+
+
 #: family (config ``model_type``) -> builder returning the tensors in transformers' module order
 FAMILIES: dict[str, Callable[[Mapping[str, Any], Dims, str], list[Tensor]]] = {
     **{fam: (lambda c, d, s, _f=fam: _llama_like(c, d, s, family=_f))
@@ -421,9 +532,23 @@ FAMILIES: dict[str, Callable[[Mapping[str, Any], Dims, str], list[Tensor]]] = {
     "falcon": _falcon,
 }
 
+#: multimodal wrapper (config ``model_type``) -> builder of the checkpoint's own class, vision tower included
+#: (issue 16); kept apart from :data:`FAMILIES`, the decoder-only text families
+MULTIMODAL_FAMILIES: dict[str, Callable[[Mapping[str, Any], Dims, str], list[Tensor]]] = {
+    "gemma3": _gemma3_multimodal,
+}
+
+#: per multimodal wrapper, the defaults its text config class gives the shape keys
+_TEXT_DEFAULTS: dict[str, Mapping[str, Any]] = {"gemma3": GEMMA3_TEXT_DEFAULTS}
+
 
 def supported_families() -> tuple[str, ...]:
-    return tuple(sorted(FAMILIES))
+    return tuple(sorted({*FAMILIES, *MULTIMODAL_FAMILIES}))
+
+
+def has_builder(model_type: str) -> bool:
+    """Whether :func:`spec_from_config` builds this ``model_type`` without torch."""
+    return model_type in FAMILIES or model_type in MULTIMODAL_FAMILIES
 
 
 def model_type_of(config: Mapping[str, Any]) -> str:
@@ -444,11 +569,14 @@ def spec_from_config(config: Mapping[str, Any], name: str = "", source: str = "c
             :func:`vramplan.shapes.from_meta.spec_from_meta` for those).
     """
     mt = model_type_of(config)
-    if mt not in FAMILIES:
+    if not has_builder(mt):
         raise ConfigError(f"{source}: model_type {mt!r} has no pure-Python builder "
                           f"(known: {', '.join(supported_families())}); use the meta-device builder")
-    d = read_dims(config, source)
-    return assemble(config, d, FAMILIES[mt](config, d, source), name=name, model_type=mt, origin="config")
+    flat = language_config(config, _TEXT_DEFAULTS[mt]) if mt in MULTIMODAL_CLASSES else config
+    d = read_dims(flat, source)
+    builder = MULTIMODAL_FAMILIES.get(mt) or FAMILIES[mt]
+    return assemble(flat, d, builder(flat, d, source), name=name, model_type=mt, origin="config",
+                    architecture=MULTIMODAL_CLASSES.get(mt))
 
 
 # Config-class defaults for summary fields a config may leave out (transformers ``configuration_*.py``;
@@ -456,13 +584,23 @@ def spec_from_config(config: Mapping[str, Any], name: str = "", source: str = "c
 _DEFAULT_ACT = {"llama": "silu", "mistral": "silu", "qwen2": "silu", "qwen3": "silu", "mixtral": "silu",
                 "qwen2_moe": "silu", "qwen3_moe": "silu", "phi3": "silu", "phi": "gelu_new", "gpt2": "gelu_new",
                 "bloom": "gelu_pytorch_tanh", "gpt_neox": "gelu", "opt": "relu", "falcon": "gelu",
-                "gemma": "gelu_pytorch_tanh", "gemma2": "gelu_pytorch_tanh", "gemma3_text": "gelu_pytorch_tanh"}
+                "gemma": "gelu_pytorch_tanh", "gemma2": "gelu_pytorch_tanh", "gemma3_text": "gelu_pytorch_tanh",
+                "gemma3": "gelu_pytorch_tanh"}
 _DEFAULT_TOP_K = {"mixtral": 2, "qwen2_moe": 4, "qwen3_moe": 8}
 
 
 def assemble(config: Mapping[str, Any], d: Dims, tensors: list[Tensor], *, name: str, model_type: str,
-             origin: str) -> ModelSpec:
-    """Derive the scalar summary fields from the config and the tensors (shared by both builders)."""
+             origin: str, architecture: str | None = None, notes: tuple[str, ...] = (),
+             plan_refusal: str | None = None) -> ModelSpec:
+    """Derive the scalar summary fields from the config and the tensors (shared by both builders).
+
+    ``architecture`` is the class the tensors are of, when the builder knows it (else the config's first
+    ``architectures`` entry); the summary fields describe the language model only (a multimodal checkpoint's
+    vision tower has LayerNorms with biases and its own MLP width). ``notes`` are added to those
+    :func:`model_notes` derives.
+    """
+    all_tensors = tensors
+    tensors = [t for t in tensors if t.role not in OUTSIDE_LANGUAGE_MODEL]
     roles = {t.role for t in tensors}
     inter = 0
     for t in tensors:
@@ -486,10 +624,11 @@ def assemble(config: Mapping[str, Any], d: Dims, tensors: list[Tensor], *, name:
     has_ln_bias = any(t.module_type == "norm" and t.param_name == "bias" for t in tensors)
     sliding = config.get("sliding_window") if config.get("use_sliding_window", True) is not False else None
     archs = config.get("architectures") or [""]
+    arch = architecture or str(archs[0])
     return ModelSpec(
         name=name or str(config.get("_name_or_path") or model_type),
         model_type=model_type,
-        architecture=str(archs[0]),
+        architecture=arch,
         hidden_size=d.hidden_size,
         num_layers=d.num_layers,
         num_heads=d.num_heads,
@@ -508,13 +647,40 @@ def assemble(config: Mapping[str, Any], d: Dims, tensors: list[Tensor], *, name:
         experts_per_token=int(config.get("num_experts_per_tok") or config.get("moe_topk")
                               or _DEFAULT_TOP_K.get(model_type, 0)) if n_exp else 0,
         moe_intermediate_size=moe_inter,
-        tensors=tuple(tensors),
+        tensors=tuple(all_tensors),
         config=dict(config),
         origin=origin,
+        notes=tuple(model_notes(all_tensors, arch or model_type)) + tuple(notes),
+        plan_refusal=plan_refusal,
     )
 
 
-__all__ = ["spec_from_config", "assemble", "supported_families", "FAMILIES", "get", "model_type_of"]
+def model_notes(tensors: list[Tensor], architecture: str) -> list[str]:
+    """What a plan of this model does not model, from its tensors: a multimodal checkpoint's vision tower and
+    projector (counted and placed as frozen weights; their forward, and the image tokens' cost in the tower, are
+    not modelled) and state-space mixers (their layers have no analytic replay)."""
+    out = []
+    parts: dict[str, int] = {}
+    for t in tensors:
+        if t.tied_to is None and t.role in OUTSIDE_LANGUAGE_MODEL:
+            parts[t.role] = parts.get(t.role, 0) + t.numel
+    if parts:
+        out.append(
+            f"counted as {architecture}: vision tower {parts.get('vision_tower', 0):,} and projector "
+            f"{parts.get('vision_projector', 0):,} parameters are weights in the plan, but encoding images is not "
+            "modelled (the tower's activations and its per-image working set); image tokens count only as part "
+            "of --seq for the language model")
+    if any(t.role.startswith("ssm_") for t in tensors):
+        out.append(
+            f"{architecture}: state-space (Mamba) mixer layers have no analytic replay; their activations come from "
+            "the simulator's 1- and 2-layer calibration, and inference plans count no recurrent state cache "
+            "(conv and SSM states)")
+    return out
+
+
+__all__ = ["spec_from_config", "assemble", "supported_families", "FAMILIES", "get", "model_type_of", "language_config",
+           "has_builder", "MULTIMODAL_FAMILIES",
+           "model_notes", "GEMMA3_TEXT_DEFAULTS", "SIGLIP_VISION_DEFAULTS", "MULTIMODAL_CLASSES"]
 
 
 # Families whose modeling code ships with the checkpoint (auto_map), built from their published modeling files

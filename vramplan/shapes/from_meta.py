@@ -15,10 +15,23 @@ from typing import Any
 
 from ..errors import ConfigError
 from . import cache
-from .config import read_dims
-from .from_config import assemble, model_type_of
+from .config import Dims, read_dims
+from .from_config import assemble, language_config, model_type_of
 from .roles import classify, layer_index
 from .spec import ModelSpec, Tensor
+
+#: The shape keys read from transformers' resolved config object (``attribute_map`` aliases such as T5's
+#: ``d_model`` -> ``hidden_size``, and the config class's defaults) where the config dict does not spell them.
+RESOLVED_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+                 "vocab_size", "max_position_embeddings")
+#: Spellings of attention shape keys that mean something else in an attention-free config (``Mamba2Config``:
+#: ``num_heads`` / ``head_dim`` are SSM heads).
+_ATTENTION_KEYS = ("num_attention_heads", "n_head", "num_heads", "n_heads", "num_key_value_heads", "num_kv_heads",
+                   "n_head_kv", "multi_query_group_num", "head_dim")
+
+#: Model kinds, with the auto class that builds each (transformers ``models/auto/modeling_auto.py``).
+KIND_CLASSES = {"causal": "AutoModelForCausalLM", "multimodal": "AutoModelForImageTextToText",
+                "seq2seq": "AutoModelForSeq2SeqLM"}
 
 
 def hf_config(config: Mapping[str, Any] | str, *, trust_remote_code: bool = False, source: str = "config.json"):
@@ -39,26 +52,71 @@ def hf_config(config: Mapping[str, Any] | str, *, trust_remote_code: bool = Fals
     kwargs = {k: v for k, v in config.items()
               if k != "model_type" and (not k.startswith("_") or k == "_remove_final_layer_norm")}
     mt = model_type_of(config)
-    try:
-        return transformers.AutoConfig.for_model(mt, **kwargs)
-    except (ValueError, KeyError) as exc:
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if mt not in CONFIG_MAPPING:
         raise ConfigError(f"{source}: transformers {transformers.__version__} does not know model_type {mt!r} "
-                          "(pass a model folder with its modeling code and --trust-remote-code)") from exc
+                          "(pass a model folder with its modeling code and --trust-remote-code)")
+    logging.getLogger("transformers").setLevel(logging.ERROR)   # token ids outside tiny vocabularies, etc.
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            return transformers.AutoConfig.for_model(mt, **kwargs)
+    except Exception as exc:    # the config class's own validation (huggingface_hub StrictDataclassError, ValueError)
+        reason = str(getattr(exc, "__cause__", None) or exc).strip().splitlines() or [type(exc).__name__]
+        raise ConfigError(f"{source}: transformers {transformers.__version__} refuses this {mt} config: "
+                          f"{reason[-1].strip()}") from exc
+
+
+def model_kind(cfg: Any) -> str:
+    """``seq2seq`` (an encoder-decoder config transformers maps to a seq2seq LM: t5, mt5, bart, ...),
+    ``multimodal`` (a model type with an image-text-to-text class: gemma3, llava, qwen2_vl, mllama, llama4, ...;
+    these win over the text-only causal class some of them also map to, such as ``MllamaForCausalLM``), else
+    ``causal``."""
+    from transformers.models.auto import modeling_auto as auto
+
+    mt = getattr(cfg, "model_type", "")
+    if getattr(cfg, "is_encoder_decoder", False) and mt in auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
+        return "seq2seq"
+    if mt in auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return "multimodal"
+    return "causal"
+
+
+def _own_class(cfg: Any, architectures: Any) -> Any:
+    """The class the checkpoint names first in ``architectures``, when transformers has it for this config class."""
+    import transformers
+
+    if not isinstance(architectures, list) or not architectures or not isinstance(architectures[0], str):
+        return None
+    cls = getattr(transformers, architectures[0], None)
+    return cls if isinstance(cls, type) and getattr(cls, "config_class", None) is type(cfg) else None
 
 
 def meta_model(config: Mapping[str, Any] | str, *, trust_remote_code: bool = False, source: str = "config.json"):
-    """Instantiate the causal-LM class for ``config`` on the meta device (no storage)."""
+    """Instantiate the model class for ``config`` on the meta device (no storage).
+
+    Causal LMs through ``AutoModelForCausalLM``; multimodal and encoder-decoder checkpoints as their own class
+    (the first ``architectures`` entry when transformers has it for this config class, else
+    ``AutoModelForImageTextToText`` / ``AutoModelForSeq2SeqLM``), so that a vision tower or an encoder is counted.
+    """
     import torch
     import transformers
 
     cfg = hf_config(config, trust_remote_code=trust_remote_code, source=source)
+    kind = "causal" if isinstance(config, str) else model_kind(cfg)
+    auto = getattr(transformers, KIND_CLASSES[kind])
+    own = _own_class(cfg, config.get("architectures")) if kind != "causal" and not isinstance(config, str) else None
     # transformers warns about token ids outside tiny test vocabularies; that is not our user's concern.
     logging.getLogger("transformers").setLevel(logging.ERROR)
     with torch.device("meta"), contextlib.redirect_stderr(io.StringIO()):
         try:
-            return transformers.AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code)
+            if own is not None:
+                return own._from_config(cfg)
+            return auto.from_config(cfg, trust_remote_code=trust_remote_code)
         except (ValueError, OSError, ImportError, AttributeError, TypeError, AssertionError) as exc:
-            raise ConfigError(f"{source}: transformers cannot build a causal LM for model_type "
+            what = {"causal": "a causal LM", "multimodal": "an image-text-to-text model",
+                    "seq2seq": "a seq2seq LM"}[kind]
+            raise ConfigError(f"{source}: transformers cannot build {what} ({KIND_CLASSES[kind]}) for model_type "
                               f"{getattr(cfg, 'model_type', '?')!r}: {str(exc).splitlines()[0]}") from exc
 
 
@@ -121,15 +179,71 @@ def spec_from_meta(config: Mapping[str, Any] | str, name: str = "", *, trust_rem
         cfg_dict = dict(config)
         key = cache.spec_key(cfg_dict)
         if key is not None:
-            hit = cache.load(key, cfg_dict, name)
+            hit = cache.load(key, language_config(cfg_dict), name)
             if hit is not None:
-                read_dims(cfg_dict, source)      # the same validation errors as a fresh build
+                # the same validation errors as a fresh build, the resolved keys taken from the cached spec
+                cached = {"hidden_size": hit.hidden_size, "num_hidden_layers": hit.num_layers,
+                          "num_attention_heads": hit.num_heads or None, "num_key_value_heads": hit.num_kv_heads or None,
+                          "head_dim": hit.head_dim or None, "vocab_size": hit.vocab_size,
+                          "max_position_embeddings": hit.max_position_embeddings}
+                resolved_dims(language_config(cfg_dict), cached, source, always=hit.is_multimodal)
                 return hit
     model = meta_model(config, trust_remote_code=trust_remote_code, source=source)
-    dims = read_dims(cfg_dict, source)
-    spec = assemble(cfg_dict, dims, tensors_of(model), name=name or str(cfg_dict.get("_name_or_path", "")),
+    flat = language_config(cfg_dict)
+    text_cfg = model.config.get_text_config(decoder=True)
+    kind = "causal" if isinstance(config, str) else model_kind(model.config)
+    dims = resolved_dims(flat, {k: getattr(text_cfg, k, None) for k in RESOLVED_KEYS}, source,
+                         always=kind == "multimodal")
+    arch = type(model).__name__ if kind != "causal" else None
+    refusal = None
+    if kind == "seq2seq":
+        refusal = (f"{arch} is an encoder-decoder model: vramplan counts its parameters and LoRA adapters exactly "
+                   "(vramplan params), but does not model its memory (encoder and decoder activations at separate "
+                   "source and target lengths, cross-attention, the encoder output every decoder layer reads); "
+                   "only decoder-only and multimodal decoder models can be planned")
+    spec = assemble(flat, dims, tensors_of(model), name=name or str(cfg_dict.get("_name_or_path", "")),
                     model_type=model_type_of(cfg_dict) or getattr(model.config, "model_type", ""),
-                    origin="meta")
+                    origin="meta", architecture=arch, plan_refusal=refusal)
     if key is not None:
         cache.store(key, spec)
     return spec
+
+
+def resolved_dims(flat: Mapping[str, Any], resolved: Mapping[str, Any], source: str, *, always: bool = False) -> Dims:
+    """:func:`vramplan.shapes.config.read_dims` on ``flat`` with the shape keys it does not spell taken from
+    ``resolved`` (what transformers' config object answers: ``attribute_map`` aliases and class defaults), so a
+    config transformers builds is not refused for a key it leaves to its class.
+
+    An attention-free model (``resolved`` has no ``num_attention_heads``: Mamba, Mamba-2, Falcon-Mamba) has 0
+    heads, 0 KV heads and head_dim 0; its own ``num_heads`` / ``head_dim`` (Mamba-2's SSM heads) are not read as
+    attention heads. Unless ``always`` (a multimodal config: the pure-Python Gemma-3 builder fills its text
+    config's defaults the same way), the keys are filled only where the config alone does not read.
+    """
+    from dataclasses import replace
+
+    attention_free = resolved.get("num_attention_heads") is None
+    if not attention_free and not always:
+        try:
+            return read_dims(flat, source)      # a config that spells its shape keys reads as it always did
+        except ConfigError:
+            pass                                # retried with the keys it leaves to its config class
+    filled = dict(flat)
+    if attention_free:
+        for k in _ATTENTION_KEYS:
+            filled.pop(k, None)
+        filled.update(num_attention_heads=1, num_key_value_heads=1, head_dim=1)   # placeholders, replaced below
+    spelled = {k: k in flat for k in RESOLVED_KEYS}
+    from .config import get
+
+    meanings = {"hidden_size": "hidden_size", "num_hidden_layers": "num_layers", "num_attention_heads": "num_heads",
+                "num_key_value_heads": "num_kv_heads", "vocab_size": "vocab_size",
+                "max_position_embeddings": "max_position_embeddings"}
+    for k, value in resolved.items():
+        if value is None or k not in RESOLVED_KEYS or (attention_free and k in _ATTENTION_KEYS):
+            continue
+        meaning = meanings.get(k)
+        present = flat.get(k) is not None if meaning is None else get(flat, meaning) is not None
+        if not present and not spelled[k]:
+            filled[k] = value
+    d = read_dims(filled, source)
+    return replace(d, num_heads=0, num_kv_heads=0, head_dim=0) if attention_free else d

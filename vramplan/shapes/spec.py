@@ -29,8 +29,16 @@ Role = Literal[
     "norm",                 # RMSNorm/LayerNorm weight (and LayerNorm bias)
     "bias",                 # the bias of a Linear/Conv1D
     "lm_head",              # output projection
+    "vision_tower",         # any tensor of a multimodal checkpoint's vision encoder (SigLIP, CLIP, Qwen2-VL visual)
+    "vision_projector",     # the vision-to-text projector (multi_modal_projector, Qwen2-VL visual.merger)
+    "ssm_in", "ssm_x", "ssm_dt", "ssm_out",   # Mamba mixer Linears: in_proj, x_proj, dt_proj, out_proj
+    "ssm_conv",             # the mixer's depthwise nn.Conv1d (weight and bias)
+    "ssm_param",            # the mixer's bare A_log / D / dt_bias parameters
     "other",
 ]
+
+#: Roles outside the language model of a multimodal checkpoint (no decoder layer, no LoRA default target).
+OUTSIDE_LANGUAGE_MODEL = ("vision_tower", "vision_projector")
 
 #: The kind of module that owns the tensor; decides what PEFT can wrap and what bitsandbytes quantizes.
 ModuleType = Literal["linear", "conv1d", "embedding", "norm", "experts", "other"]
@@ -92,7 +100,8 @@ class Module:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """The exact shapes of a causal language model.
+    """The exact shapes of a model: a causal language model, the checkpoint's own multimodal class (its vision
+    tower and projector as their own roles), an encoder-decoder model (counted, not planned: ``plan_refusal``).
 
     ``tensors`` holds every weight tensor in transformers' ``named_modules`` order. Scalar fields summarize
     the architecture for the estimator. Two specs compare equal when all of these agree; ``config`` (the raw
@@ -121,6 +130,17 @@ class ModelSpec:
     tensors: tuple[Tensor, ...]
     config: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False, hash=False)
     origin: str = field(default="config", compare=False)
+    #: what every plan of this model must say it does not model (a multimodal checkpoint's vision tower
+    #: activations, a state-space mixer's activations); one sentence each
+    notes: tuple[str, ...] = ()
+    #: why a memory plan cannot be made for this model although its parameters are counted exactly (an
+    #: encoder-decoder model); ``None`` when it can
+    plan_refusal: str | None = None
+
+    def __post_init__(self) -> None:
+        # the on-disk spec cache (cache.py) stores tuples as JSON lists
+        if not isinstance(self.notes, tuple):
+            object.__setattr__(self, "notes", tuple(self.notes))
 
     # ----------------------------------------------------------------------------------------- counts
     @property
@@ -134,6 +154,20 @@ class ModelSpec:
             if t.tied_to is None:
                 out[t.role] = out.get(t.role, 0) + t.numel
         return out
+
+    def params_by_component(self) -> dict[str, int]:
+        """Unique parameters by part of the checkpoint: ``language_model`` and, for a multimodal one,
+        ``vision_tower`` and ``vision_projector`` (the roles in :data:`OUTSIDE_LANGUAGE_MODEL`)."""
+        out = {"language_model": 0}
+        for t in self.tensors:
+            if t.tied_to is None:
+                part = t.role if t.role in OUTSIDE_LANGUAGE_MODEL else "language_model"
+                out[part] = out.get(part, 0) + t.numel
+        return out
+
+    @property
+    def is_multimodal(self) -> bool:
+        return any(t.role in OUTSIDE_LANGUAGE_MODEL for t in self.tensors)
 
     @property
     def is_moe(self) -> bool:
