@@ -1,4 +1,4 @@
-"""Per-rank memory of multi-GPU training: DDP, FSDP2 as accelerate applies it, DeepSpeed ZeRO-1/2/3, CPU offload.
+"""Per-rank memory of multi-GPU training: DDP, FSDP2 as accelerate applies it, FSDP1, DeepSpeed ZeRO-1/2/3, CPU offload.
 
 ``estimate(spec, setup)`` calls :func:`rank_states` when ``setup`` trains with more than one GPU or with a
 sharding strategy, and uses what it returns in place of the single-GPU weights, gradients and optimizer
@@ -15,6 +15,11 @@ What each strategy keeps on a rank (N = ``--gpus``, ψ = parameters, ψ_T = trai
   the units being computed (decoder layers; the input embedding; ``[final norm, lm_head]`` kept unsharded
   after forward; everything for SHARD_GRAD_OP), gathered in the compute dtype under mixed precision; the
   unsharded gradients and the reduce-scatter input of one unit in backward.
+* **fsdp1** (``FullyShardedDataParallel``, FULL_SHARD, ``use_orig_params=True`` as the HF Trainer and Lightning
+  set it): one FlatParameter per decoder layer, one for the root (embedding, final norm, lm_head), one per
+  adapter; each rank holds ceil(padded numel / N) elements of each; the root stays unsharded from the first
+  forward to the end of backward, two layers are unsharded at once, and the root's head gradient waits for the
+  embedding's (docs/fsdp1.md).
 * **zero1/2/3** (DeepSpeed ``stage_1_and_2.py`` / ``stage3.py``): the module cast to the 16-bit compute
   dtype (``engine._configure_distributed_model``); fp32 master weights, fp32 gradients and optimizer states
   partitioned 1/N; 16-bit gradients partitioned from stage 2, parameters from stage 3; the IPG reduce bucket
