@@ -15,6 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 
 from vramplan.dtypes import alloc
 from vramplan.errors import SetupError
@@ -313,3 +316,28 @@ def test_what_is_alive_in_backward_matches_torch(measured):
     assert [a for a in allocs if a[0] == head and a[1] < hooks[0][0] and a[2] is not None
             and a[2] > hooks[1][1]], "no head-sized gradient alive across the decoder layers' post-backward hooks"
     assert sum(1 for a in allocs if a[0] == layer_size and alive(a, hooks[0][0])) == 3
+
+
+@settings(max_examples=20, deadline=None, derandomize=True)
+@given(n=hs.integers(min_value=2, max_value=63), method=hs.sampled_from(["full", "lora"]),
+       offload=hs.sampled_from(["none", "params"]))
+def test_per_rank_memory_never_grows_with_more_gpus(n, method, offload):
+    """smallest_gpus' binary search needs it: the padded unsharded FlatParameters can grow by < N elements
+    with N, far less than every shard shrinks."""
+    s = resolve_model("qwen2.5-0.5b").spec
+    a = estimate(s, Setup.create(method=method, gpus=n, strategy="fsdp1", offload=offload))
+    b = estimate(s, Setup.create(method=method, gpus=n + 1, strategy="fsdp1", offload=offload))
+    assert b.device_used_bytes <= a.device_used_bytes
+
+
+def test_cli_plan_json_for_fsdp1():
+    from vramplan.cli.main import cli
+
+    res = CliRunner().invoke(cli, ["plan", "qwen2.5-0.5b", "--method", "full", "--gpus", "4", "--strategy", "fsdp1",
+                                   "--json"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    assert d["per_rank"]["strategy"] == "fsdp1" and d["cpu_bytes_per_node"] == 0
+    alloc_sum = sum(v for k, v in d["breakdown_bytes"].items() if d["counters"][k] == "allocated")
+    assert alloc_sum == d["peak_allocated_bytes"]
+    assert d["breakdown_bytes"]["buffers/allgather"] > 0
