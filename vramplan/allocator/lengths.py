@@ -3,8 +3,9 @@ analytic estimator's terms, and the run-level reserved peak the caching allocato
 
 A run is: draw sample lengths (:func:`parse_lengths`, deterministic with a seed) → batch them
 (:func:`step_shapes`: pad to the longest in the batch, pad to ``--seq``, or pack) → one allocation trace per
-step at that step's shape (:class:`StepModel`, from the estimator's per-layer saved storages, transients,
-logits and gradients) → :func:`~vramplan.allocator.replay.replay_trace` → :class:`RunReserved`.
+step at that step's shape (:class:`StepModel`, from :func:`vramplan.estimate.step_allocations`: the
+estimator's per-layer saved storages, transients, logits and gradients, through its public API) →
+:func:`~vramplan.allocator.replay.replay_trace` → :class:`RunReserved`.
 :func:`reserved_fixes` reruns it with the usual remedies and ranks them.
 """
 
@@ -218,16 +219,6 @@ def step_shapes(dist: LengthDist | None, batch: int, seq: int, steps: int, *, ba
     return out
 
 
-def _model_states(spec: Any, setup: Any) -> Any:
-    """The estimator's structure-level terms (``estimate/states.py::model_states``: ``.timeline`` and
-    ``.activations``), the one place this module reads the estimator's internals."""
-    try:
-        from ..estimate.states import model_states
-    except ImportError:                                  # before the estimate/ split
-        from ..estimate.model import model_states  # type: ignore[no-redef]
-    return model_states(spec, setup)
-
-
 class StepModel:
     """One training step as an allocation trace, at any shape, from the analytic estimator's terms.
 
@@ -246,17 +237,11 @@ class StepModel:
     def __init__(self, spec: Any, setup: Any) -> None:
         if not setup.training:
             raise LengthsError("--lengths models training steps; inference runs are not replayed")
-        d = _model_states(spec, setup)
-        self.d = d
-        self.s = d.timeline
-        self.a = d.activations
-        self.L = max(self.s.num_layers, 1)
-        self.ckpt = bool(self.s.grad_ckpt)
-        layers = []
-        for tr in self.a.traces:
-            terms, n, input_saved, fwd, bwd, const, first = tr
-            layers.extend([(terms, input_saved, fwd, bwd, const)] * n)
-        self.layers = layers
+        from ..estimate import step_allocations
+
+        self.sa = step_allocations(spec, setup)         # the estimator's public description of the step
+        self.L = max(self.sa.num_layers, 1)
+        self.ckpt = self.sa.grad_ckpt
         self._next = 0
 
     def _id(self) -> int:
@@ -268,33 +253,20 @@ class StepModel:
         estimator's placements: data, quantization state), each adapter, two optimizer states per trainable
         tensor (the estimator's optimizer total, shared evenly), and the rest of the estimator's fixed base
         (the cuBLAS workspace) as one block."""
-        sizes: list[int] = []
-        st = getattr(self.d, "structure", None)
-        if st is not None and hasattr(st, "placements"):
-            from ..dtypes import BYTES
-
-            sizes = [b for p in st.placements for _, b in p.parts if b > 0]
-            sizes += [t.numel * BYTES.get(t.dtype, 4) for t in getattr(st, "adapters", ())]
-            trainables = getattr(st, "trainables", ())
-            opt = getattr(self.d, "opt_gpu", 0)
-            if trainables and opt > 0:
-                per = opt // (2 * len(trainables))
-                sizes += [per] * (2 * len(trainables)) if per > 0 else [opt]
-        rest = self.s.base - sum(alloc(x) for x in sizes)
+        sa = self.sa
+        sizes = list(sa.model_state_bytes)
+        rest = sa.fixed_bytes - sum(alloc(x) for x in sizes)
         if not sizes or rest < 0:                       # the states as num_layers + 1 equal blocks
             n = self.L + 1
-            part = self.s.base // n
-            sizes = [part + (self.s.base - part * n if i == 0 else 0) for i in range(n)]
+            part = sa.fixed_bytes // n
+            sizes = [part + (sa.fixed_bytes - part * n if i == 0 else 0) for i in range(n)]
         elif rest > 0:
             sizes.append(rest)
         return [Alloc(self._id(), max(x, 1)) for x in sizes]
 
     def step(self, batch: int, seq: int, label: str = "") -> list[Event]:
         """The events of one step at ``batch`` sequences of ``seq`` tokens."""
-        from ..estimate.activations import max_affine
-        from ..estimate.logits import loss_bytes
-
-        s, a = self.s, self.a
+        sa = self.sa
         T, bss = batch * seq, batch * seq * seq
         ev: list[Event] = [Mark(label)]
         nid = self._id
@@ -311,29 +283,25 @@ class StepModel:
                 if i is not None:
                     ev.append(Free(i))
 
-        resid = alloc(T * a.resid_k)
-        head_casts = new(max(s.casts - self.L * s.casts_layer, 0))
+        resid = sa.resid_bytes(T)
+        head_casts = new(max(sa.casts_bytes - self.L * sa.casts_layer_bytes, 0))
         saved: list[list[int | None]] = []
         casts: list[int | None] = []
-        for terms, _input_saved, fwd, _bwd, _const in self.layers:
-            c = new(s.casts_layer)
-            tmp = new(max_affine(fwd, T, bss) + a.dequant)
-            if self.ckpt:
-                kept = [new(resid)]
-            else:
-                kept = [new(alloc(cc + aa * T + qq * bss)) for cc, aa, qq in terms]
+        for layer in sa.layers:
+            c = new(sa.casts_layer_bytes)
+            tmp = new(layer.forward_transient_bytes(T, bss) + sa.dequant_bytes)
+            kept = [new(resid)] if self.ckpt else [new(x) for x in layer.saved_bytes(T, bss)]
             free(tmp)
             if self.ckpt:
                 free(c)
                 c = None
             saved.append(kept)
             casts.append(c)
-        head = [new(alloc(cc + aa * T + qq * bss)) for cc, aa, qq in a.head]
-        loss_saved, loss_fwd, loss_bwd = loss_bytes(T, *a.loss_args)
-        chunked = a.loss_args[4]
-        f32 = alloc(T * a.loss_args[0] * 4)      # one fp32 tokens x vocab tensor
+        head = [new(x) for x in sa.head_saved_bytes(T, bss)]
+        loss_saved, loss_fwd, loss_bwd = sa.loss(T)
+        f32 = sa.logits_fp32_bytes(T)                  # one fp32 tokens x vocab tensor
         tail: list[int | None] = []
-        if chunked or f32 == 0:
+        if not sa.standard_loss or f32 == 0:
             ls = [new(loss_saved)]
             free(new(loss_fwd))
             free(new(loss_bwd))
@@ -349,28 +317,28 @@ class StepModel:
             tail = [g2]
         free(*ls)
         free(*tail)
-        grads = [new(s.grad_head)]
+        grads = [new(sa.grad_head_bytes)]
         free(head_casts)
-        per_layer = s.grad_layers // self.L
-        for k in range(len(self.layers) - 1, -1, -1):
-            terms, input_saved, fwd, bwd, const = self.layers[k]
+        per_layer = sa.grad_layers_bytes // self.L
+        for k in range(len(sa.layers) - 1, -1, -1):
+            layer = sa.layers[k]
             extra: list[int | None] = []
             if self.ckpt:
-                casts[k] = new(s.casts_layer)
-                rec = [alloc(cc + aa * T + qq * bss) for cc, aa, qq in terms]
-                if input_saved and resid in rec:
+                casts[k] = new(sa.casts_layer_bytes)
+                rec = layer.saved_bytes(T, bss)
+                if layer.input_saved and resid in rec:
                     rec.remove(resid)
                 extra = [new(x) for x in rec]
-                free(new(max_affine(fwd, T, bss) + a.dequant))
-            ws = new(max_affine(bwd, T, bss) + const)
-            grads.append(new(per_layer + (s.grad_layers - per_layer * self.L if k == 0 else 0)))
+                free(new(layer.forward_transient_bytes(T, bss) + sa.dequant_bytes))
+            ws = new(layer.backward_working_bytes(T, bss))
+            grads.append(new(per_layer + (sa.grad_layers_bytes - per_layer * self.L if k == 0 else 0)))
             free(ws)
             free(*extra)
             free(*saved[k])
             free(casts[k])
-            if k == len(self.layers) - 1:
+            if k == len(sa.layers) - 1:
                 free(*head)
-        free(new(s.opt_tmp))
+        free(new(sa.optimizer_step_bytes))
         free(*grads)
         return ev
 
@@ -461,7 +429,7 @@ def run_reserved(spec: Any, setup: Any, lengths: LengthDist | str | None, steps:
     if r.oom is not None:
         oom_step = int(r.oom.mark.split()[-1]) if r.oom.mark.startswith("step ") else 0
     longest = max(shapes, key=lambda x: x[0] * x[1])
-    from ..estimate.grid import estimate_counters
+    from ..estimate import estimate_counters
 
     analytic = estimate_counters(spec, setup, [longest])[0].peak_reserved_bytes
     per_step = [mk.peak_reserved_bytes for mk in r.marks]
