@@ -109,14 +109,17 @@ class Tracer:
 
     Args:
         autocast: the autocast dtype (``bf16``/``fp16``) or ``None`` when autocast is off.
+        no_grad: inference (``torch.no_grad``): autograd records nothing, so :meth:`save` keeps nothing alive.
     """
 
-    def __init__(self, autocast: str | None) -> None:
+    def __init__(self, autocast: str | None, no_grad: bool = False) -> None:
         self.autocast = autocast
+        self.no_grad = no_grad
         self.events: list[tuple[str, Storage]] = []      # ("alloc"|"use", storage) in program order
         self.ops: list[Op] = []
         self.saved: dict[int, Storage] = {}
         self.constants: list[tuple[str, int]] = []       # size-independent transients (dequant buffers)
+        self.bwd_constants: list[tuple[str, int]] = []   # the same in backward, where they differ (4-bit grad_input)
         self.section = "other"
 
     # --------------------------------------------------------------------------------------- basics
@@ -147,6 +150,8 @@ class Tracer:
         self.ops.append(Op(name, inputs, outputs))
 
     def save(self, by: str, *xs: Sym | None) -> None:
+        if self.no_grad:
+            return
         for x in xs:
             if x is not None and not x.storage.param:
                 x.storage.saved_by.append(f"{by} saves {x.label}")
@@ -220,6 +225,30 @@ class Tracer:
                 k = BYTES[st.dtype]
                 c, a, q = c + st.size.const * k, a + st.size.per_token * k, q + st.size.per_bss * k
                 dying.setdefault(max(last.get(id(st), i), i), []).append(st)
+            out.append((Size(c, a, q), st.label))
+            for d in dying.pop(i, ()):
+                k = BYTES[d.dtype]
+                c, a, q = c - d.size.const * k, a - d.size.per_token * k, q - d.size.per_bss * k
+        return out
+
+    def live_candidates(self, hold: tuple[Storage, ...] = ()) -> list[tuple[Size, str]]:
+        """Inference (``no_grad``): for each point of the region, the bytes of every storage allocated in it
+        that is alive there — from its allocation to its last use, or to the end of the region for ``hold``
+        (the output, KV-cache entries) — as sizes in bytes. Storages from before the region (its input) are
+        not counted."""
+        last: dict[int, int] = {}
+        for i, (_kind, st) in enumerate(self.events):
+            last[id(st)] = i
+        held = {id(s) for s in hold}
+        c = a = q = 0
+        dying: dict[int, list[Storage]] = {}
+        out: list[tuple[Size, str]] = []
+        for i, (kind, st) in enumerate(self.events):
+            if kind == "alloc":
+                k = BYTES[st.dtype]
+                c, a, q = c + st.size.const * k, a + st.size.per_token * k, q + st.size.per_bss * k
+                if id(st) not in held:
+                    dying.setdefault(max(last.get(id(st), i), i), []).append(st)
             out.append((Size(c, a, q), st.label))
             for d in dying.pop(i, ()):
                 k = BYTES[d.dtype]

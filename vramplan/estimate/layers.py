@@ -214,6 +214,9 @@ class Program:
         # DynamicCache in the training forward (config.use_cache, default True); checkpointed layers drop it
         self.kv_cache = (setup.training and not setup.grad_ckpt
                          and bool(spec.config.get("use_cache", True)))
+        # inference (no_grad): what the cache's update does to the new K/V (vramplan/estimate/inference.py)
+        self.infer_cache = None
+        self.attn_locals: tuple[Sym, ...] = ()
 
     # ---------------------------------------------------------------------------------------- pieces
     def norm(self, tr: Tracer, x: Sym, n: Norm | None, name: str) -> Sym:
@@ -271,8 +274,11 @@ class Program:
                 tr.constants.append((f"{name} dequantized weight", lin.in_f * lin.out_f * BYTES[x.dtype]))
         elif lin.quantized:
             xq = tr.cast(x, self.c, f"{name} input.to({self.c})")
+            # no_grad: the dequantized weight as a storage, alive while the matmul runs (bitsandbytes MatMul4Bit)
+            wq = (tr.new(f"{name} dequantized weight", Size(lin.in_f * lin.out_f), self.c, False),) \
+                if tr.no_grad else ()
             out = tr.new(f"{name} output", out_size, self.c, True)
-            tr.op("matmul_4bit" if lin.wdtype != "int8" else "matmul_8bit", (xq,), (out,))
+            tr.op("matmul_4bit" if lin.wdtype != "int8" else "matmul_8bit", (xq, *wq), (out,))
             # MatMul4Bit/MatMul8bitLt keep the packed weight only; the dequantized weight is a transient
             tr.constants.append((f"{name} dequantized weight", lin.in_f * lin.out_f * 2))
             out = tr.cast(out, x.dtype, f"{name} output.to({x.dtype})")
@@ -383,7 +389,10 @@ class Program:
 
     def attention(self, tr: Tracer, layer: LayerInfo, h: Sym) -> Sym:
         with tr.in_section("attention"):
-            return self._attention(tr, layer, h)
+            out = self._attention(tr, layer, h)
+        # no_grad: the module's input and its query/key/value locals live until forward returns (after o_proj)
+        self.attn_locals = (h, *self.attn_locals)
+        return out
 
     def _attention(self, tr: Tracer, layer: LayerInfo, h: Sym) -> Sym:
         s = self.spec
@@ -420,8 +429,11 @@ class Program:
             # DynamicCache.update: torch.cat([empty, k]) — copies, which attention then uses
             k = tr.fresh("cat", k, "k (DynamicCache copy)")
             v = tr.fresh("cat", v, "v (DynamicCache copy)")
+        elif self.infer_cache is not None:
+            k, v = self.infer_cache(tr, k, v)
         q_hd = q.size.per_token // max(rows * nh, 1)
         out_size = tok(rows * nh * q_hd)
+        self.attn_locals = (q, k, v)
         if not self.eager:
             qc, kc, vc = tr.autocast_in(q), tr.autocast_in(k), tr.autocast_in(v)
             o = tr.new("attention output", out_size, qc.dtype, True)
@@ -479,7 +491,10 @@ class Program:
 
     def mlp(self, tr: Tracer, layer: LayerInfo, h: Sym) -> Sym:
         with tr.in_section("mlp"):
-            return self._mlp(tr, layer, h)
+            out = self._mlp(tr, layer, h)
+        if tr.no_grad:      # the module's input (its ``x``) lives until forward returns
+            tr.op("mlp returns", (h,), ())
+        return out
 
     def _mlp(self, tr: Tracer, layer: LayerInfo, h: Sym) -> Sym:
         s = self.spec
@@ -570,9 +585,12 @@ class Program:
         if s.model_type in ALWAYS_NORM_TOPK or s.config.get("norm_topk_prob"):
             # router_top_value /= sum(...): the in-place div keeps a clone of the original and the sum
             ssum = tr.new("top-k sum", tok(rows), "fp32", True)
-            orig = tr.new("top-k probabilities (clone kept by in-place div)", tok(S), "fp32", False)
-            tr.op("div_", (topv, ssum), (orig,))
-            tr.save("div_", orig, ssum)
+            if tr.no_grad:       # no autograd: the in-place div keeps no clone
+                tr.op("div_", (topv, ssum), ())
+            else:
+                orig = tr.new("top-k probabilities (clone kept by in-place div)", tok(S), "fp32", False)
+                tr.op("div_", (topv, ssum), (orig,))
+                tr.save("div_", orig, ssum)
         if s.model_type not in ALWAYS_NORM_TOPK:     # qwen*_moe: router_top_value.to(router_logits.dtype)
             topv = tr.cast(topv, logits.dtype, "routing weights.to(logits dtype)")
         # ---- experts: sort by expert, gather, two _grouped_mm, weight, unsort, sum over k
@@ -589,6 +607,11 @@ class Program:
         sw = tr.new("routing weights gathered", tok(S), topv.dtype, True)
         tr.op("index", (topv, perm), (sw,))
         tr.save("index", perm)
+        held: tuple[Sym, ...] = ()
+        if tr.no_grad:
+            # histc's input (expert_ids_g.float() on CPU, .int() on CUDA: 4 B each) and its counts
+            held = (tr.new("histc input (4 B per row)", tok(4 * S), "uint8", False),
+                    tr.new("tokens per expert (histc)", Size(4 * E), "uint8", False))
         offs = tr.new("expert offsets (int32: E x 4 B)", Size(4 * E), "uint8", False)
         w_gu = self._expert_weight(tr, ex, E, "experts.gate_up_proj")
         xi = tr.cast(x_e, ex.wdtype, f"gathered tokens.to({ex.wdtype})")   # _grouped_mm is not autocast-enabled
@@ -617,7 +640,10 @@ class Program:
         tr.save("index", inv)
         summed = tr.new("sum over top-k", tok(rows * H), weighted.dtype, True)
         tr.op("sum", (unsorted,), (summed,))
-        return tr.cast(summed, h.dtype, f"moe output.to({h.dtype})")
+        out = tr.cast(summed, h.dtype, f"moe output.to({h.dtype})")
+        if tr.no_grad:      # grouped_mm_experts_forward's locals and the router outputs live until the block returns
+            tr.op("experts return", (logits, topv, topi, perm, tok_idx, x_e, sw, offs, *held), ())
+        return out
 
     # ------------------------------------------------------------------------------------------ layer
     def layer(self, tr: Tracer, x: Sym, layer: LayerInfo) -> Sym:
@@ -628,6 +654,8 @@ class Program:
         o_lin = layer.lin.get("attn_o")
         with tr.in_section("attention"):
             o = self.linear(tr, a, o_lin) if o_lin is not None else a
+        if tr.no_grad:
+            tr.op("attention returns", self.attn_locals, ())
         if self.gemma_norm and "pre_feedforward_layernorm" in n:
             o = self.norm(tr, o, n.get("post_attention_layernorm"), "post_attention_layernorm")
         o = self.dropout(tr, o, "attention residual dropout")

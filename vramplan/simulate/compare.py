@@ -57,7 +57,13 @@ def analytic_quantities(spec: ModelSpec, setup: Setup) -> dict[str, int]:
         if c.group in EXACT_GROUPS:
             out[c.name] = c.bytes
     if not setup.training:
-        out["kv_cache"] = est.component("kv_cache")
+        # the cache the run ends with: after the last decode step, or after the prefill (the simulation's
+        # result.kv_cache), not the estimate's component (the cache at its peak, mid-prefill)
+        from ..estimate.inference import kv_cache_bytes, prefill_cache_bytes
+
+        out["kv_cache"] = (kv_cache_bytes(spec, setup.batch, setup.seq, setup.compute_dtype, setup.cache,
+                                          setup.cache_len) if setup.new_tokens
+                           else prefill_cache_bytes(spec, setup))
         return out
     states = model_states(spec, setup)
     st = states.compute

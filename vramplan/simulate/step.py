@@ -608,6 +608,8 @@ def _inference(spec: ModelSpec, setup: Setup, built: Built, tracker: Tracker) ->
         out = model(input_ids=_inputs(setup, prompt), use_cache=True, logits_to_keep=1)
         cache = out.past_key_values
         last = out.logits[:, -1, :].to(copy=True, dtype=torch.float32)   # generate(): fp32 next-token logits
+        probs = last.softmax(-1)                                          # _sample: the sampler's fp32 probabilities
+        del probs
         del out
         kv = _tag_cache(cache, tracker)
         if setup.new_tokens:
@@ -624,7 +626,8 @@ def _inference(spec: ModelSpec, setup: Setup, built: Built, tracker: Tracker) ->
             tracker.enter("decode", "embedding")
             out = model(input_ids=_inputs(setup, 1), past_key_values=cache, use_cache=True, logits_to_keep=1)
             nxt = out.logits[:, -1, :].to(copy=True, dtype=torch.float32)
-            del out, nxt
+            probs = nxt.softmax(-1)
+            del out, nxt, probs
             kv = _tag_cache(cache, tracker)
         del last
     return RunResult(built.num_layers, {k: v.bytes for k, v in tracker.phase_peaks().items()}, _segments(tracker),
