@@ -1,9 +1,31 @@
 """Activation bytes of one layout at any (batch, seq): the :class:`~vramplan.estimate.timeline.ActTerms` of
-the timeline, from the traced layers (``structure``'s layer traces) and the loss (``logits.py``).
+the timeline, from the traced layers (``structure``'s layer traces), the loss (``logits.py``) and, with
+``--act-offload``, what the offloader leaves on the GPU.
 
 The traces are flattened once per structure into tuples of integer coefficients, so that each point costs a
 few integer operations per saved storage and per transient candidate: the estimator and the sweep's evaluator
 both call :meth:`LayerActivations.at` (one formula, no copy for speed).
+
+Activation offloading (``--act-offload``), two offloaders:
+
+* ``hooks`` — torchtune 0.6.1 ``training/_activation_offloading.py:24-353 OffloadActivations`` (TRL's and
+  axolotl's ``activation_offloading`` use a copy of it), a ``saved_tensors_hooks`` pack hook: every saved tensor
+  of at least ``min_offload_size`` = 1,024 B (``:71``, ``:150-153``) that is not a ``Parameter``/``Buffer`` is
+  copied to (pinned) CPU memory. Only the innermost saved-tensor hooks run, so under non-reentrant checkpointing
+  a layer's own saves are the checkpoint's placeholders and what the offloader sees is the layer input, saved by
+  ``torch.utils.checkpoint``'s ``_NoopSaveInputs``; the recompute in backward runs under the checkpoint's hooks and
+  stays on the GPU. The output head runs under ``NoOpManager`` (``:396-418``): its saves stay. With streams
+  (the default) the last ``max_fwd_stash_size`` = 5 packed tensors stay referenced until their copy is done
+  (``:154-163``, ``:189-193``) — at the end of forward those are the final norm's saves (already in
+  ``activations/head``), during a layer up to 5 layer inputs (checkpointing) or one layer's saves; in backward a
+  tensor brought back stays until the next node that unpacks has run (``:264-338``): two layer inputs, or one
+  layer's saves, at a time.
+* ``unsloth`` — unsloth_zoo 2026.10.9 ``gradient_checkpointing.py:1337-1560 UnslothCheckpointFunction``
+  (``use_gradient_checkpointing="unsloth"``): each checkpointed layer's input above 2 MiB (``MINIMUM_SIZE``,
+  ``:1325``), stored as bf16 when it is fp32 (``:1393-1395``), goes to CPU except the last layer's
+  (``LAST_GC_INDEX``); two persistent device staging buffers of one input each (``GPU_BUFFERS``,
+  ``GPU_BUFFERS_B``: double buffering once more than 512 MiB are free, ``:67``, ``:1305-1313``, ``:1430-1447``,
+  counted as an upper bound). Without checkpointing nothing is offloaded.
 """
 
 from __future__ import annotations
@@ -13,10 +35,24 @@ from typing import Any
 from ..dtypes import BYTES, alloc, alloc_sum
 from ..setup import Setup
 from ..shapes.spec import ModelSpec
-from .logits import final_logit_softcapping, loss_bytes
+from .logits import final_logit_softcapping, logits_kept, loss_bytes, loss_code
 from .timeline import ActTerms
 
 _new = tuple.__new__     # builds the NamedTuple without its Python-level __new__ (called once per sweep row)
+
+#: torchtune 0.6.1 ``OffloadActivations(max_fwd_stash_size=5, min_offload_size=1024)`` (``_activation_offloading.py:66-72``)
+OFFLOAD_STASH, OFFLOAD_MIN_BYTES = 5, 1024
+#: unsloth_zoo 2026.10.9 ``gradient_checkpointing.py:1325`` ``MINIMUM_SIZE = 2 * 1024 * 1024``
+UNSLOTH_MIN_BYTES = 2 * 1024 * 1024
+OFFLOADERS = ("none", "hooks", "unsloth")
+
+
+def offloader(setup: Setup) -> str:
+    """Which offloader ``--act-offload`` means for this setup: Unsloth's checkpointer under ``--stack unsloth``
+    (its offloading is part of its gradient checkpointing), else torchtune's ``OffloadActivations`` hooks."""
+    if not setup.act_offload or not setup.training:
+        return "none"
+    return "unsloth" if setup.stack == "unsloth" else "hooks"
 
 
 def max_affine(cands: tuple[tuple[int, int, int], ...], tokens: int, bss: int) -> int:
@@ -29,11 +65,17 @@ def max_affine(cands: tuple[tuple[int, int, int], ...], tokens: int, bss: int) -
     return best
 
 
+def _head_placement(layout: Any) -> Any:
+    placements = getattr(layout, "placements", ())
+    head = next((p for p in placements if p.tensor.role == "lm_head"), None)
+    return head if head is not None else next((p for p in placements if p.tensor.role == "embedding"), None)
+
+
 class LayerActivations:
     """The activation terms of one layout (``layout``: a structure with ``layer_traces``, ``head``,
-    ``resid_dtype`` and ``logits_dtype``) under ``setup``'s checkpointing, loss and compute dtype."""
+    ``resid_dtype`` and ``logits_dtype``) under ``setup``'s checkpointing, loss, compute dtype and offloading."""
 
-    __slots__ = ("traces", "head", "resid_k", "num_layers", "grad_ckpt", "dequant", "loss_args")
+    __slots__ = ("traces", "head", "resid_k", "num_layers", "grad_ckpt", "dequant", "loss_args", "offload")
 
     def __init__(self, spec: ModelSpec, setup: Setup, layout: Any) -> None:
         distinct = {id(tr): tr for tr in layout.layer_traces}
@@ -51,18 +93,26 @@ class LayerActivations:
         self.num_layers = spec.num_layers
         self.grad_ckpt = setup.grad_ckpt
         self.dequant = max((t[5] for t in self.traces), default=0)
+        head = _head_placement(layout)
+        head_bytes = BYTES.get(head.compute_dtype, 0) if head is not None else 0
+        # positional, in loss_bytes' order (vramplan/allocator/lengths.py calls loss_bytes(T, *loss_args))
         self.loss_args = (spec.vocab_size, spec.hidden_size, BYTES[layout.logits_dtype],
-                          BYTES[setup.compute_dtype], setup.loss == "chunked", final_logit_softcapping(spec))
+                          BYTES[setup.compute_dtype], loss_code(setup.loss), final_logit_softcapping(spec),
+                          setup.autocast, BYTES[layout.resid_dtype], head_bytes,
+                          bool(head is not None and head.trainable))
+        self.offload = OFFLOADERS.index(offloader(setup))
 
     def at(self, batch: int, seq: int) -> ActTerms:
         """The terms at ``batch`` sequences of ``seq`` tokens."""
         T, bss = batch * seq, batch * seq * seq
         ckpt = self.grad_ckpt
         resid = alloc(T * self.resid_k)
-        fwd_tmp = bwd_ws = recompute = layer_sum = first_saved = 0
+        fwd_tmp = bwd_ws = recompute = layer_sum = first_saved = one_layer = 0
         for terms, n, input_saved, fwd, bwd, const, first in self.traces:
             saved = alloc_sum(terms, T, bss)
             layer_sum += saved * n
+            if saved > one_layer:
+                one_layer = saved
             if first:
                 first_saved = saved
             v = max_affine(fwd, T, bss)
@@ -76,6 +126,22 @@ class LayerActivations:
                 v = saved - (resid if input_saved else 0)
                 if v > recompute:
                     recompute = v
-        saved, fwd, bwd = loss_bytes(T, *self.loss_args)
-        return _new(ActTerms, (self.num_layers * resid if ckpt else layer_sum, alloc_sum(self.head, T, bss), saved,
-                               fwd, bwd, fwd_tmp, self.dequant, bwd_ws, recompute, resid, first_saved))
+        args = self.loss_args
+        saved, fwd, bwd = loss_bytes(T, *args, seq=seq)
+        kept = logits_kept(T, args[0], args[2], args[4], seq=seq)
+        layer_acts = self.num_layers * resid if ckpt else layer_sum
+        gpu_acts, bwd_acts, stash, buffers, offloaded = layer_acts, layer_acts, 0, 0, 0
+        if self.offload == 1:                            # torchtune / TRL OffloadActivations
+            if ckpt and T * self.resid_k >= OFFLOAD_MIN_BYTES:
+                gpu_acts, offloaded = 0, layer_acts
+                stash, bwd_acts = min(OFFLOAD_STASH, self.num_layers) * resid, min(2, self.num_layers) * resid
+            elif not ckpt:
+                gpu_acts, offloaded, stash, bwd_acts = 0, layer_acts, one_layer, one_layer
+        elif self.offload == 2 and ckpt and self.num_layers > 1:     # Unsloth's offloaded checkpoints
+            store = T * min(self.resid_k, 2 * args[1])      # fp32 inputs are stored as bf16
+            if store > UNSLOTH_MIN_BYTES:
+                gpu_acts = bwd_acts = resid                  # the last layer's input is not offloaded
+                buffers = 2 * alloc(store)
+                offloaded = (self.num_layers - 1) * store
+        return _new(ActTerms, (gpu_acts, alloc_sum(self.head, T, bss), saved, fwd, bwd, fwd_tmp, self.dequant,
+                               bwd_ws, recompute, resid, first_saved, kept, stash, bwd_acts, buffers, offloaded))

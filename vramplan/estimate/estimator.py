@@ -19,6 +19,7 @@ No I/O and no printing here; renderers read the :class:`~vramplan.estimate.resul
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 
 from ..dtypes import BYTES, alloc
 from ..lora import PEFT_TABLE_VERSION
@@ -29,8 +30,10 @@ from ..stacks import STACKS, applies
 from ..units import GiB
 from ..versions import modelled_versions, version_warnings
 from . import overhead
-from .inference import inference_assumptions, inference_bytes, inference_warnings, kv_cache_formula
-from .logits import loss_formula
+from .activations import offloader
+from .inference import inference_bytes
+from .logits import loss_code, loss_formula
+from .optimizer import step_timeline
 from .result import BreakdownError, Component, Estimate
 from .states import ModelStates, model_states
 from .structure import CATEGORY, Structure
@@ -61,6 +64,8 @@ def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0, *, de
     d = model_states(spec, setup)
     if not setup.training:
         return _inference(spec, setup, d, gpu, margin, quant_notes)
+    if setup.optim_in_bwd:      # the step in backward: one gradient at a time (optimizer.py step_timeline)
+        d = replace(d, timeline=step_timeline(d.timeline, d.structure.trainables, setup, d.rank is not None))
     a = d.activations.at(setup.batch, setup.seq)
     peaks = phase_peaks(d.timeline, a)
     peak, phase = peak_of(peaks)
@@ -96,6 +101,7 @@ def _training_items(spec: ModelSpec, setup: Setup, d: ModelStates, a: ActTerms, 
     if d.rank is not None:
         items += d.rank.buffers[phase]
     items.append(_cublas_workspace())
+    items += _every_phase(spec, setup, d, a)
     if phase in ("forward", "backward") or (phase == "backward (layers)" and at_start):
         live = {"forward": ts.casts, "backward": ts.casts_backward}.get(
             phase, ts.casts_backward + (ts.casts_layer if ckpt else 0))
@@ -118,6 +124,18 @@ def _training_items(spec: ModelSpec, setup: Setup, d: ModelStates, a: ActTerms, 
     return items
 
 
+def _every_phase(spec: ModelSpec, setup: Setup, d: ModelStates, a: ActTerms) -> list[Item]:
+    """Terms alive in every phase: logits the loop keeps (LitGPT) and an offloader's staging buffers (Unsloth)."""
+    return [("logits/kept_by_loop", a.kept, "the training loop keeps the model output alive through backward and "
+             "optimizer.step(), and through the next forward until it is rebound: "
+             + loss_formula(spec, setup.batch * setup.seq, d.compute.logits_dtype, setup.compute_dtype,
+                            loss_code(setup.loss), setup.seq, setup.autocast)),
+            ("buffers/offload_staging", a.buffers,
+             "Unsloth's offloaded checkpoints: two persistent device staging buffers of one layer input each "
+             "(GPU_BUFFERS, GPU_BUFFERS_B double buffer; unsloth_zoo 2026.10.9 gradient_checkpointing.py:1305-1313, "
+             ":1430-1488)")]
+
+
 def _cublas_workspace() -> Item:
     return ("buffers/cublas_workspace", overhead.CUBLAS_WORKSPACE_BYTES,
             "cuBLAS workspace through the caching allocator: ':4096:8' = 32 MiB + 1 MiB cuBLASLt "
@@ -135,6 +153,8 @@ def _layer_activations(spec: ModelSpec, setup: Setup, d: ModelStates, a: ActTerm
     """What the decoder layers save: their inputs with checkpointing, else every saved tensor by part."""
     sa, n_layers = d.compute, spec.num_layers
     T, bss = setup.batch * setup.seq, setup.batch * setup.seq * setup.seq
+    if a.offloaded:
+        return [_offloaded_layers(setup, a, a.layer_acts, "at the end of forward and the loss's backward")]
     if setup.grad_ckpt:
         return [("activations/checkpoint_inputs", a.layer_acts,
                  f"gradient checkpointing saves each layer's input: {n_layers} layers × tokens {T:,} × hidden "
@@ -152,6 +172,19 @@ def _layer_activations(spec: ModelSpec, setup: Setup, d: ModelStates, a: ActTerm
     return [(k, v, _act_formula(k, sa, T, bss, n_layers)) for k, v in sorted(by_cat.items())]
 
 
+def _offloaded_layers(setup: Setup, a: ActTerms, n: int, when: str) -> Item:
+    """The layer activations an offloader leaves on the GPU (``activations.py``), and what went to CPU."""
+    if offloader(setup) == "unsloth":
+        rule = ("Unsloth's offloaded checkpoints move each checkpointed layer input over 2 MiB to CPU (fp32 stored as "
+                "bf16), except the last layer's (unsloth_zoo 2026.10.9 gradient_checkpointing.py:1337-1560)")
+    else:
+        rule = ("torchtune OffloadActivations moves every saved tensor >= 1,024 B that is not a parameter to CPU "
+                "(checkpointing: the layer inputs only); the output head's saves stay, the last 5 packed tensors "
+                "stay until their copy is done, a tensor brought back stays until the next node runs (torchtune "
+                "0.6.1 training/_activation_offloading.py:133-353, :396-418)")
+    return ("activations/layers_on_gpu", n, f"{rule}: on the GPU {when} {_fmt(n)}; in CPU memory {_fmt(a.offloaded)}")
+
+
 def _head_activations(spec: ModelSpec, setup: Setup, d: ModelStates, a: ActTerms) -> Item:
     T, bss = setup.batch * setup.seq, setup.batch * setup.seq * setup.seq
     return ("activations/head", a.head_saved, _head_formula(d.compute, T, bss, spec))
@@ -159,27 +192,30 @@ def _head_activations(spec: ModelSpec, setup: Setup, d: ModelStates, a: ActTerms
 
 def _loss(spec: ModelSpec, setup: Setup, d: ModelStates) -> str:
     return loss_formula(spec, setup.batch * setup.seq, d.compute.logits_dtype, setup.compute_dtype,
-                        setup.loss == "chunked")
+                        loss_code(setup.loss), setup.seq, setup.autocast)
 
 
 def _forward_temporaries(spec: ModelSpec, setup: Setup, d: ModelStates, a: ActTerms) -> Item:
     """The larger of the loss's forward temporaries and one layer's (with a dequantized weight)."""
-    tmp = max(a.loss_fwd_tmp, a.fwd_tmp + a.dequant)
+    tmp = max(a.loss_fwd_tmp, a.fwd_tmp + a.dequant + a.stash)
     if tmp == a.loss_fwd_tmp:
         return ("logits/forward_temporaries", tmp, _loss(spec, setup, d))
-    return ("buffers/layer_temporaries", tmp, "largest set of a layer's short-lived tensors in forward")
+    return ("buffers/layer_temporaries", tmp, "largest set of a layer's short-lived tensors in forward"
+            + (f" (+ {_fmt(a.stash)} the offloader keeps while their copy to CPU runs)" if a.stash else ""))
 
 
 def _first_layer_backward(spec: ModelSpec, setup: Setup, d: ModelStates, a: ActTerms) -> list[Item]:
     """The last decoder layer's backward (the first to run): every activation still saved, its recompute."""
     ts = d.timeline
-    items = _layer_activations(spec, setup, d, a)
+    items = ([_offloaded_layers(setup, a, a.bwd_layer_acts, "at the last layer's backward")] if a.offloaded
+             else _layer_activations(spec, setup, d, a))
     if setup.grad_ckpt:
         items.append(("activations/recomputed_layer", a.recompute + a.fwd_tmp,
                       "one layer's activations recomputed in backward (checkpointing)"))
     items += [_head_activations(spec, setup, d, a),
               ("gradients/trainable", ts.grad_head + ts.grad_layers // max(spec.num_layers, 1),
-               "gradients produced so far")]
+               _in_bwd_gradient() if ts.step_in_bwd or setup.optim_in_bwd else "gradients produced so far"),
+              ("buffers/optimizer_step", ts.step_in_bwd, "one parameter's optimizer step temporaries (in backward)")]
     return items
 
 
@@ -189,7 +225,15 @@ def _last_layer_backward(setup: Setup, d: ModelStates, a: ActTerms) -> list[Item
     return [("activations/remaining", (a.resid if setup.grad_ckpt else a.first_layer_acts) + a.recompute,
              "activations of the first layer, last to be freed"),
             ("buffers/autocast_weight_casts", ts.casts_layer, "autocast copies of one layer's weights"),
-            ("gradients/trainable", ts.grad_head + ts.grad_layers, _gradients(d))]
+            ("gradients/trainable", ts.grad_head + ts.grad_layers,
+             _in_bwd_gradient() if setup.optim_in_bwd and d.rank is None else _gradients(d)),
+            ("buffers/optimizer_step", ts.step_in_bwd, "one parameter's optimizer step temporaries (in backward)")]
+
+
+def _in_bwd_gradient() -> str:
+    return ("optimizer step in backward: each parameter's step runs in its post-accumulate-grad hook, which frees "
+            "its gradient, so the largest single gradient is counted (torchtune 0.6.1 training/memory.py:219-242 "
+            "register_optim_in_bwd_hooks)")
 
 
 def _gradients(d: ModelStates) -> str:
@@ -201,30 +245,23 @@ def _gradients(d: ModelStates) -> str:
 
 def _inference(spec: ModelSpec, setup: Setup, d: ModelStates, gpu, margin: float,
                quant_notes: list[list[str]] | None = None) -> Estimate:
-    """Prefill of ``seq - new_tokens`` prompt tokens and decoding to ``seq`` under ``torch.no_grad``: weights + the
-    KV cache + the largest set of tensors alive at once (``inference.py``), at the larger of the two peaks."""
+    """Prefill of ``seq - new_tokens`` prompt tokens and decoding to ``seq``: weights + KV cache + the prefill's
+    transient working set under ``torch.no_grad`` (nothing saved)."""
     b, s, kv_dtype = setup.batch, setup.seq, setup.compute_dtype
-    r = inference_bytes(spec, d.structure, b, s, setup.new_tokens, kv_dtype, setup)
+    kv, work, logits = inference_bytes(spec, d.structure, b, s, setup.new_tokens, kv_dtype)
     cublas = overhead.CUBLAS_WORKSPACE_BYTES
     comps = _merge(list(d.weight_comps))
-    prompt = s - setup.new_tokens
     comps.update((name, [n, formula, "allocated"]) for name, n, formula in [   # listed even when 0
-        ("kv_cache", r.kv_cache, kv_cache_formula(spec, setup, prompt if r.phase == "prefill" else s, r.phase)),
-        (f"activations/{r.phase}_working_set", r.working_set,
-         f"the largest set of tensors alive at once in the {r.phase} under no_grad (batch {b} × "
-         f"{prompt if r.phase == 'prefill' else 1:,} tokens): a decoder layer's live set replayed op by op "
-         "(vramplan/estimate/layers.py on graph.py, nothing saved), the layer input, inputs_embeds, input_ids, "
-         "position ids, rotary cos/sin and 4-D masks (transformers 5.24 LlamaModel.forward, masking_utils.py)"),
-        ("logits/last_token", r.logits,
-         "generate's last-position logits (logits_to_keep=1), their fp32 copy and the sampler's fp32 "
-         "probabilities (generation/utils.py _sample); 0 when the peak is inside a layer"),
+        ("kv_cache", kv, f"2 (K,V) × {spec.num_layers} layers × batch {b} × seq {s} × kv heads "
+                         f"{spec.num_kv_heads} × head_dim {spec.head_dim} × {BYTES[kv_dtype]} B (transformers "
+                         "DynamicCache)"),
+        ("activations/prefill_working_set", work, "one layer's tensors during the prefill under no_grad "
+                                                  "(upper bound: all alive at once)"),
+        ("logits/last_token", logits, "logits of the last position, fp32 upcast for sampling"),
         ("buffers/cublas_workspace", cublas, "cuBLAS workspace (CublasHandlePool.cpp)")])
     peak = sum(v[0] for v in comps.values())
-    base = d.static_weights + cublas
-    phases = {"load": base, "prefill": base + r.prefill}
-    if setup.new_tokens:
-        phases["decode"] = base + r.decode
-    return _finish(spec, setup, d, comps, peak, r.phase, phases, 0, gpu, margin, quant_notes=quant_notes)
+    phases = {"load": d.static_weights + cublas, "prefill": peak, "decode": peak - work}
+    return _finish(spec, setup, d, comps, peak, "prefill", phases, 0, gpu, margin, quant_notes=quant_notes)
 
 
 def _overheads(setup: Setup, gpu, peak: int) -> list[tuple[str, int, str, str]]:
@@ -334,8 +371,6 @@ def assumptions(spec: ModelSpec, setup: Setup, st: Structure) -> list[str]:
     versions = modelled_versions(setup.versions)
     if any(origin != "installed" for _, origin in versions.values()):
         a.append("library versions: " + ", ".join(f"{k} {v} ({origin})" for k, (v, origin) in versions.items()))
-    if not setup.training:
-        a += inference_assumptions(spec, setup)
     return a + stack_assumptions(setup)
 
 
@@ -381,10 +416,34 @@ def stack_warnings(setup: Setup) -> list[str]:
             if applies(u, training=setup.training, quantized=setup.quantized, lora=setup.lora is not None)]
 
 
-def warnings_for(spec: ModelSpec, setup: Setup) -> list[str]:
-    w = stack_warnings(setup) + version_warnings(modelled_versions(setup.versions))
+def loss_step_warnings(setup: Setup) -> list[str]:
+    """What ``--loss``, ``--optim-in-bwd`` and ``--act-offload`` do that the estimate does not follow as given."""
+    w = []
     if not setup.training:
-        w += inference_warnings(spec, setup)
+        return w
+    if setup.optim_in_bwd and setup.distributed:
+        w.append(f"--optim-in-bwd on --gpus {setup.gpus} --strategy {setup.strategy}: the per-parameter step in "
+                 "backward is modelled on one GPU only; gradients are estimated as without it")
+    off = offloader(setup)
+    if off == "unsloth" and not setup.grad_ckpt:
+        w.append("--act-offload under --stack unsloth: Unsloth offloads only checkpointed layer inputs "
+                 "(use_gradient_checkpointing='unsloth'); without --grad-ckpt nothing is offloaded")
+    if off == "hooks" and not setup.grad_ckpt and setup.stack == "torchtune":
+        w.append("--act-offload without --grad-ckpt: torchtune refuses enable_activation_offloading without "
+                 "enable_activation_checkpointing (recipes/lora_finetune_single_device.py:167-175); estimated as "
+                 "OffloadActivations over every saved tensor, as TRL's and axolotl's activation_offloading allow")
+    if off != "none" and setup.autocast and setup.method == "full":
+        w.append("--act-offload: autocast's cached weight copies are saved tensors the offloader moves too; the "
+                 "estimate keeps them on the GPU (an upper bound)")
+    if setup.loss == "trl-fused":
+        w.append("--loss trl-fused: every position is counted as label-valid (an upper bound: positions masked by "
+                 "completion_only_loss or padding are not projected on CUDA); the Triton path is modelled (CPU's "
+                 "torch path makes about seven fp32 tile-sized temporaries more)")
+    return w
+
+
+def warnings_for(spec: ModelSpec, setup: Setup) -> list[str]:
+    w = stack_warnings(setup) + version_warnings(modelled_versions(setup.versions)) + loss_step_warnings(setup)
     if spec.max_position_embeddings and setup.seq > spec.max_position_embeddings:
         w.append(f"--seq {setup.seq} exceeds the model's max_position_embeddings {spec.max_position_embeddings}")
     if not setup.training and (setup.gpus > 1 or setup.strategy != "ddp"):

@@ -19,6 +19,7 @@ from ..setup import Setup
 from ..shapes.spec import ModelSpec
 from . import overhead
 from .inference import inference_bytes
+from .optimizer import step_timeline
 from .states import model_states
 from .timeline import peak_of, phase_peaks
 
@@ -60,15 +61,15 @@ def estimate_counters(spec: ModelSpec, setup: Setup, batches_seqs: Sequence[tupl
     if not setup.training:
         cublas = overhead.CUBLAS_WORKSPACE_BYTES
         for b, s in batches_seqs:
-            r = inference_bytes(spec, d.structure, b, s, setup.new_tokens, setup.compute_dtype, setup)
-            peak = d.static_weights + r.peak + cublas
+            peak = d.static_weights + sum(inference_bytes(spec, d.compute, b, s, setup.new_tokens,
+                                                          setup.compute_dtype)) + cublas
             reserved = peak + frag(peak)
-            append(Counters(peak, reserved, reserved + ctx, r.phase))
+            append(Counters(peak, reserved, reserved + ctx, "prefill"))
         return out
     rank = d.rank
     outside = sum(c.bytes for c in rank.device) if rank is not None else 0                  # type: ignore
     device_extra = ctx + d.opt_paged + outside
-    states, at = d.timeline, d.activations.at
+    states, at = step_timeline(d.timeline, d.structure.trainables, setup, rank is not None), d.activations.at
     for b, s in batches_seqs:
         peak, phase = peak_of(phase_peaks(states, at(b, s)))
         reserved = peak + frag(peak)

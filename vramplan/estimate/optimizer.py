@@ -1,9 +1,11 @@
-"""Optimizer states and the temporaries of ``optimizer.step()``, per trainable tensor, in allocator bytes."""
+"""Optimizer states and the temporaries of ``optimizer.step()``, per trainable tensor, in allocator bytes; and the
+step inside backward (``--optim-in-bwd``: torchtune ``optimizer_in_bwd``)."""
 
 from __future__ import annotations
 
 from ..dtypes import BYTES, PAGED_MIN_NUMEL, adam8bit_state_parts, alloc
 from ..setup import Setup
+from .timeline import StateTerms, optimizer_in_backward
 from .weights import TrainableTensor
 
 
@@ -31,9 +33,11 @@ def optimizer_states(trainables: tuple[TrainableTensor, ...], setup: Setup) -> t
                 gpu += sum(alloc(b) for b in big)
             gpu += sum(alloc(b) for b in small)
         # the shared dynamic/udynamic quantization maps, moved to the GPU with the first 8-bit state only
-        # (Optimizer2State.init_state: tensors below min_8bit_size never touch them)
-        if any("absmax1" in adam8bit_state_parts(t.numel) for t in trainables):
-            gpu += 2 * alloc(256 * 4)
+        # (Optimizer2State.init_state: tensors below min_8bit_size never touch them); in backward, one optimizer
+        # per parameter (torchtune recipes/full_finetune_single_device.py:468-473) moves its own pair
+        eight_bit = sum(1 for t in trainables if "absmax1" in adam8bit_state_parts(t.numel))
+        if eight_bit:
+            gpu += 2 * alloc(256 * 4) * (eight_bit if setup.optim_in_bwd else 1)
         formula = ("bitsandbytes AdamW8bit: uint8 exp_avg/exp_avg_sq + fp32 absmax per 256 for tensors >= 4096 "
                    "elements, fp32 states below (bitsandbytes/optim/optimizer.py Optimizer2State.init_state)"
                    + ("; paged (cudaMallocManaged) for tensors >= 1e5 elements (get_state_buffer)"
@@ -77,3 +81,18 @@ def optimizer_step_transient(trainables: tuple[TrainableTensor, ...], setup: Set
         biggest = max(trainables, key=lambda t: t.numel)
         return 2 * alloc(biggest.numel * BYTES[biggest.dtype])
     return 0
+
+
+def largest_gradient(trainables: tuple[TrainableTensor, ...]) -> int:
+    """Allocator bytes of the largest single gradient (in its parameter's dtype)."""
+    return max((alloc(t.numel * BYTES[t.dtype]) for t in trainables), default=0)
+
+
+def step_timeline(timeline: StateTerms, trainables: tuple[TrainableTensor, ...], setup: Setup,
+                  distributed: bool = False) -> StateTerms:
+    """The timeline's fixed terms for ``setup``'s optimizer: as built, or with the step in backward
+    (:func:`~.timeline.optimizer_in_backward`: the largest gradient and one tensor's step temporaries). Several
+    GPUs keep the timeline as built (a warning says so)."""
+    if not setup.optim_in_bwd or distributed or not setup.training:
+        return timeline
+    return optimizer_in_backward(timeline, largest_gradient(trainables), optimizer_step_transient(trainables, setup))

@@ -13,6 +13,13 @@ The phases, in the order of a step of the HF Trainer loop (a tie goes to the ear
   checkpointing, its recompute) and the last (the first layer's activations, every gradient);
 * ``optimizer`` — ``optimizer.step()``: gradients, states and the step's temporaries (activations are gone).
 
+Two terms are alive in every phase: logits a training loop keeps (LitGPT's ``logits`` list, ``logits.py``) and
+an offloader's persistent staging buffers (Unsloth's, ``activations.py``). With ``--act-offload`` the layer
+activations on the GPU are what the offloader leaves there (``ActTerms.layer_acts`` in forward and at the
+loss's backward, ``bwd_layer_acts`` at the last layer's backward, ``stash`` while a layer runs forward). With the
+optimizer step in backward (``--optim-in-bwd``, :func:`optimizer_in_backward`) one parameter's gradient at a time
+is alive and the step's temporaries move into ``backward (layers)``.
+
 Every term is allocator-rounded bytes; :class:`StateTerms` holds those fixed by the structure,
 :class:`ActTerms` those that depend on batch and sequence length (``activations.py`` computes them).
 """
@@ -39,6 +46,7 @@ class StateTerms(NamedTuple):
     buffers: tuple[int, int, int, int]   # per phase of PHASES: multi-GPU buffers (DDP buckets, gathers, ...)
     num_layers: int
     grad_ckpt: bool
+    step_in_bwd: int = 0   # optimizer in backward: one parameter's step temporaries, during backward (layers)
 
 
 class ActTerms(NamedTuple):
@@ -55,29 +63,47 @@ class ActTerms(NamedTuple):
     recompute: int         # the recomputed layer's saves, less its checkpointed input (checkpointing only)
     resid: int             # one layer input (the residual stream at these tokens)
     first_layer_acts: int  # what layer 0 saves (freed last)
+    kept: int = 0          # logits the loop keeps alive in every phase (LitGPT)
+    stash: int = 0         # offloading: tensors kept on the GPU while a layer runs forward (copy in flight)
+    bwd_layer_acts: int = 0  # the layer activations on the GPU at the last layer's backward (= layer_acts unless offloaded)
+    buffers: int = 0       # offloading: persistent device staging buffers (alive in every phase)
+    offloaded: int = 0     # offloading: bytes of activations moved to CPU memory (not on the GPU)
 
 
 def phase_peaks(s: StateTerms, a: ActTerms) -> tuple[int, int, int, int, bool]:
     """Allocated bytes of each phase of :data:`PHASES`, and whether the ``backward (layers)`` peak is its
     first moment (the first layer's backward, all activations still saved) rather than its last."""
-    base, casts, casts_bwd, casts_layer, grad_head, grad_layers, grads_step, opt_tmp, buf, n_layers, ckpt = s
+    (base, casts, casts_bwd, casts_layer, grad_head, grad_layers, grads_step, opt_tmp, buf, n_layers, ckpt,
+     step) = s
     (layer_acts, head_saved, logits_saved, loss_fwd_tmp, loss_bwd_tmp, fwd_tmp, dequant, bwd_ws, recompute,
-     resid, first_layer_acts) = a
+     resid, first_layer_acts, kept, stash, bwd_layer_acts, buffers, _) = a
     acts_total = layer_acts + head_saved + logits_saved
-    tmp = fwd_tmp + dequant
-    forward = base + casts + acts_total + (loss_fwd_tmp if loss_fwd_tmp > tmp else tmp) + buf[0]
-    backward = base + casts_bwd + acts_total + loss_bwd_tmp + buf[1]
+    live = kept + buffers
+    tmp = fwd_tmp + dequant + stash
+    forward = base + casts + acts_total + live + (loss_fwd_tmp if loss_fwd_tmp > tmp else tmp) + buf[0]
+    backward = base + casts_bwd + acts_total + live + loss_bwd_tmp + buf[1]
     if ckpt:
-        first = (casts_bwd + casts_layer + layer_acts + head_saved + grad_head + recompute + fwd_tmp + bwd_ws
-                 + grad_layers // (n_layers or 1))
+        first = (casts_bwd + casts_layer + bwd_layer_acts + head_saved + grad_head + recompute + fwd_tmp + bwd_ws
+                 + grad_layers // (n_layers or 1) + step)
         # the autocast weight copies are freed layer by layer with the activations that saved them
-        last = resid + recompute + grad_head + grad_layers + bwd_ws + casts_layer
+        last = resid + recompute + grad_head + grad_layers + bwd_ws + casts_layer + step
     else:
-        first = casts_bwd + layer_acts + head_saved + grad_head + bwd_ws + grad_layers // (n_layers or 1)
-        last = first_layer_acts + recompute + grad_head + grad_layers + bwd_ws + casts_layer
+        first = casts_bwd + bwd_layer_acts + head_saved + grad_head + bwd_ws + grad_layers // (n_layers or 1) + step
+        last = first_layer_acts + recompute + grad_head + grad_layers + bwd_ws + casts_layer + step
     at_start = first >= last
-    layers = base + (first if at_start else last) + buf[2]
-    return forward, backward, layers, base + grads_step + opt_tmp + buf[3], at_start
+    layers = base + live + (first if at_start else last) + buf[2]
+    return forward, backward, layers, base + live + grads_step + opt_tmp + buf[3], at_start
+
+
+def optimizer_in_backward(s: StateTerms, grad_one: int, step_one: int) -> StateTerms:
+    """The fixed terms with the optimizer step in backward (torchtune ``optimizer_in_bwd``): each parameter's
+    step runs in its post-accumulate-grad hook and its gradient is freed there (torchtune 0.6.1
+    ``training/memory.py:219-242 register_optim_in_bwd_hooks``: ``step()`` then ``zero_grad()``, one optimizer per
+    parameter, ``recipes/full_finetune_single_device.py:468-478``; torch ``Tensor.register_post_accumulate_grad_hook``).
+    Autograd runs ``AccumulateGrad`` as soon as it is ready (it has the highest sequence number), so one gradient
+    — at most ``grad_one``, the largest — is alive at a time in ``backward (layers)``, with one parameter's step
+    temporaries ``step_one``; ``optimizer.step()`` has nothing left to do."""
+    return s._replace(grad_head=grad_one, grad_layers=0, grads_step=0, opt_tmp=0, step_in_bwd=step_one)
 
 
 def peak_of(peaks: tuple[int, int, int, int, bool]) -> tuple[int, str]:
