@@ -13,7 +13,16 @@ from click.testing import CliRunner
 from vramplan.cli.main import cli
 from vramplan.errors import SetupError
 from vramplan.setup import setup_from_options
-from vramplan.versions import PINNED, modelled_versions, parse_versions, release_tuple, version_warnings
+from vramplan.versions import (
+    CHANGES,
+    PINNED,
+    modelled_versions,
+    parse_versions,
+    predates,
+    release_tuple,
+    version_assumptions,
+    version_warnings,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,10 +56,32 @@ def test_release_tuple_drops_local_and_pre_release_parts():
 
 @pytest.mark.parametrize(("bnb", "changes"), [("0.43.1", ["0.43.2", "0.50.0"]), ("0.43.2", ["0.50.0"]),
                                               ("0.49.2", ["0.50.0"]), ("0.50.0", []), ("0.50.2", [])])
-def test_a_warning_per_change_the_version_predates(bnb, changes):
-    w = version_warnings(modelled_versions(f"bitsandbytes={bnb}"))
-    got = [re.search(r"predates (\S+):", x).group(1) for x in w if x.startswith("bitsandbytes")]
+def test_an_assumption_per_modelled_change_the_version_predates(bnb, changes):
+    """bitsandbytes' two changes are modelled (vramplan/estimate/layers.py): assumptions, never warnings."""
+    versions = modelled_versions(f"bitsandbytes={bnb}")
+    got = [re.search(r"predates (\S+):", x).group(1) for x in version_assumptions(versions)
+           if x.startswith("bitsandbytes")]
     assert got == changes
+    assert not [w for w in version_warnings(versions) if w.startswith("bitsandbytes")]
+
+
+@pytest.mark.parametrize("tf", ["4.44.2", "4.48.3", "4.53.3"])
+def test_a_warning_per_change_not_modelled(tf):
+    versions = modelled_versions(f"transformers={tf}")
+    expected = [c.release for c in CHANGES if c.package == "transformers" and not c.modelled
+                and release_tuple(tf) < release_tuple(c.release)]
+    got = [re.search(r"predates (\S+):", x).group(1) for x in version_warnings(versions)
+           if x.startswith("transformers")]
+    assert got == expected and got
+
+
+def test_every_modelled_change_names_code_that_exists():
+    """``modelled`` says where the older behaviour is priced: that file and function must exist."""
+    for c in CHANGES:
+        if not c.modelled:
+            continue
+        path, func = re.match(r"(vramplan/\S+\.py) (\w+)\.(\w+)", c.modelled).group(1, 3)
+        assert re.search(rf"def {func}\(", (ROOT / path).read_text()), c
 
 
 def test_the_pinned_stack_gets_no_version_warning():
@@ -63,8 +94,16 @@ def test_versions_reach_the_json_and_the_setup():
     d = json.loads(r.stdout)
     assert d["setup"]["versions"] == "bitsandbytes=0.43.1,transformers=4.44.2"     # canonical: sorted
     assert d["versions"]["bitsandbytes"] == "0.43.1" and d["versions"]["transformers"] == "4.44.2"
-    assert sum("predates" in w for w in d["warnings"]) == 5     # transformers 4.46/4.49/4.54, bnb 0.43.2/0.50.0
+    assert sum("predates" in w for w in d["warnings"]) == 3     # transformers 4.46/4.49/4.54
+    # bitsandbytes 0.43.2 and 0.50.0 are modelled: an assumption each
+    assert sum("bitsandbytes 0.43.1 (--versions) predates" in a for a in d["assumptions"]) == 2
     assert any("transformers 4.44.2 (--versions)" in a for a in d["assumptions"])
+
+
+def test_predates():
+    v = modelled_versions("bitsandbytes=0.43.1")
+    assert predates(v, "bitsandbytes", "0.43.2") and not predates(v, "bitsandbytes", "0.43.1")
+    assert not predates(v, "litgpt", "0.5.11")       # a package not named is not older
 
 
 def test_bad_versions_are_one_line_exit_2():

@@ -43,6 +43,7 @@ STRATEGIES: tuple[str, ...] = ("ddp", "fsdp", "fsdp1", "fsdp-grad-op", "zero1", 
 OFFLOADS: tuple[str, ...] = ("none", "optimizer", "params")
 ADAPTER_DTYPES: tuple[str, ...] = ("auto", "fp32", "compute")
 FROZEN_DTYPES: tuple[str, ...] = ("compute", "fp32")
+DEVICE_MAP_CHOICES: tuple[str, ...] = ("none", "auto", "balanced", "balanced_low_0", "sequential")
 CACHES: tuple[str, ...] = ("dynamic", "static", "sliding", "quantized-int4", "quantized-int2", "offloaded")
 
 #: bytes per element of the dtypes vramplan reasons about
@@ -145,6 +146,13 @@ class Setup:
                         help="Inference: the KV cache (transformers' cache_implementation).")
     cache_len: int = option(0, kind="int",
                             help="Inference: max_cache_len of a static or sliding cache (0 = --seq).")
+    device_map: str = option("none", kind="choice", choices=DEVICE_MAP_CHOICES,
+                             help="Inference: from_pretrained(device_map=...) over --gpus GPUs (auto, balanced, "
+                                  "balanced_low_0, sequential): the split transformers makes and each GPU's peak.")
+    max_memory: str | None = option(None, kind="str", repeat_only=True,
+                                    help="Inference with --device-map: from_pretrained's max_memory, one size for "
+                                         "every GPU (20GiB) or 0=20GiB,1=30GiB,cpu=64GiB. Default: each --gpu's "
+                                         "free memory, then the CPU.")
     stack: str = option("hf", kind="choice", choices=STACK_NAMES,
                         help="The framework the run is launched with: its defaults for the options it decides "
                              "(a flag given here still wins) and what it does that is not modelled yet, as "
@@ -237,6 +245,11 @@ class Setup:
             raise SetupError(f"--offload optimizer needs --strategy zero1, zero2 or zero3 (got --strategy "
                              f"{self.strategy}): it is DeepSpeed's offload_optimizer; FSDP offloads parameters, "
                              "gradients and optimizer states together (--strategy fsdp --offload params)")
+        if self.device_map != "none" and self.method != "inference":
+            raise SetupError(f"--device-map {self.device_map} splits a model for inference (--method inference); "
+                             "training across GPUs is --gpus N --strategy ...")
+        if self.max_memory is not None and self.device_map == "none":
+            raise SetupError("--max-memory is the budget of --device-map: add --device-map auto")
         if self.offload != "none" and self.method == "inference":
             raise SetupError(f"--offload {self.offload} is a training option (ZeRO/FSDP offload); "
                              "use --offload none with --method inference")
@@ -304,9 +317,11 @@ class Setup:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("lengths", "alloc_conf"):     # only when given: plans without them keep their JSON
+        for k in ("lengths", "alloc_conf", "max_memory"):     # only when given: plans without them keep their JSON
             if d[k] is None:
                 del d[k]
+        if d["device_map"] == "none":
+            del d["device_map"]
         d["quant_skip"] = list(self.quant_skip)
         if self.lora is not None:
             d["lora"] = self.lora.to_dict()

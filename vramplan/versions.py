@@ -3,7 +3,8 @@ release, each with the release it landed in and its source (``docs/stacks.md``, 
 
 The estimator follows the behaviour of the tested stack (:data:`PINNED`, the versions of ``.ci/constraints.txt``).
 ``--versions PKG=VER,...`` names the versions a run really uses; where one of them predates a change in
-:data:`CHANGES`, the estimate says so in ``warnings`` (the older behaviour is not modelled yet), never silently.
+:data:`CHANGES`, the estimate follows the older behaviour where that change is ``modelled`` (an ``assumptions`` line
+names it and the code that prices it) and says so in ``warnings`` where it is not yet, never silently.
 Without ``--versions`` the installed versions are used (read from ``*.dist-info`` names, no import), else the
 pinned ones.
 """
@@ -26,12 +27,16 @@ PACKAGES: tuple[str, ...] = (*PINNED, "trl", "ms-swift", "llamafactory", "axolot
 
 @dataclass(frozen=True)
 class Change:
-    """A memory behaviour that changed in ``package`` at ``release``; before it, ``before`` held."""
+    """A memory behaviour that changed in ``package`` at ``release``; before it, ``before`` held.
+
+    ``modelled``: where the estimator prices the older behaviour (empty: not yet, a warning instead).
+    """
 
     package: str
     release: str
     before: str
     source: str
+    modelled: str = ""
 
 
 CHANGES: tuple[Change, ...] = (
@@ -45,9 +50,14 @@ CHANGES: tuple[Change, ...] = (
     Change("peft", "0.12.0", "adapters take the base layer's dtype (no autocast_adapter_dtype fp32 upcast)",
            "peft 0.12.0 mapping.py, peft_model.py (absent in 0.11.1)"),
     Change("bitsandbytes", "0.43.2", "MatMul4Bit.forward saves its input for backward (+tokens x in_features x 2 B "
-           "per quantized Linear)", "bitsandbytes 0.43.1 autograd/_functions.py:515-516 (PR #1270)"),
+           "per quantized Linear whose compute-dtype input is not saved otherwise)",
+           "bitsandbytes 0.43.1 autograd/_functions.py:515-516 ctx.tensors = (A, B); 0.43.2 :516 (None, B), PR #1270",
+           "vramplan/estimate/layers.py Program.linear: the 4-bit matmul saves its input"),
     Change("bitsandbytes", "0.50.0", "the 4-bit forward dequantizes in the quant-state dtype, then casts (two "
-           "copies of the weight)", "bitsandbytes 0.49.2 autograd/_functions.py:315 vs 0.50.0 :324-334"),
+           "copies of the weight when the quant-state dtype is not the compute dtype)",
+           "bitsandbytes 0.49.2 autograd/_functions.py:315 dequantize_4bit(B, quant_state).to(A.dtype) vs 0.50.0 "
+           ":324-343 gemm_4bit (backends/cuda/ops.py _dequant_linear_fallback: one copy in A.dtype)",
+           "vramplan/estimate/layers.py Program.linear: the forward's dequantized copies"),
     Change("accelerate", "1.6.0", "no FSDP2: --strategy fsdp is FSDP1 with flat parameters",
            "accelerate 1.6.0 utils/dataclasses.py (absent in 1.5.2)"),
 )
@@ -130,12 +140,25 @@ def modelled_versions(given: str | None) -> dict[str, tuple[str, str]]:
     return out
 
 
+def predates(versions: dict[str, tuple[str, str]], package: str, release: str) -> bool:
+    """Whether the version of ``package`` in ``versions`` (as :func:`modelled_versions` gives them) is older than
+    ``release``; ``False`` when the package is not named."""
+    v = versions.get(package)
+    return v is not None and release_tuple(v[0]) < release_tuple(release)
+
+
+def _predated(versions: dict[str, tuple[str, str]], modelled: bool) -> list[tuple[Change, tuple[str, str]]]:
+    return [(c, versions[c.package]) for c in CHANGES
+            if bool(c.modelled) == modelled and predates(versions, c.package, c.release)]
+
+
 def version_warnings(versions: dict[str, tuple[str, str]]) -> list[str]:
-    """One warning per change in :data:`CHANGES` that the named versions predate (not modelled yet)."""
-    out = []
-    for c in CHANGES:
-        v = versions.get(c.package)
-        if v is not None and release_tuple(v[0]) < release_tuple(c.release):
-            out.append(f"{c.package} {v[0]} ({v[1]}) predates {c.release}: before it, {c.before} — not modelled, "
-                       f"the estimate follows {c.package} >= {c.release} ({c.source})")
-    return out
+    """One warning per change in :data:`CHANGES` that the named versions predate and that is not modelled yet."""
+    return [f"{c.package} {v} ({origin}) predates {c.release}: before it, {c.before} — not modelled, the estimate "
+            f"follows {c.package} >= {c.release} ({c.source})" for c, (v, origin) in _predated(versions, False)]
+
+
+def version_assumptions(versions: dict[str, tuple[str, str]]) -> list[str]:
+    """One ``assumptions`` line per modelled change in :data:`CHANGES` that the named versions predate."""
+    return [f"{c.package} {v} ({origin}) predates {c.release}: {c.before} — modelled ({c.source}; {c.modelled})"
+            for c, (v, origin) in _predated(versions, True)]

@@ -58,13 +58,18 @@ def plan(model: str, *, as_json: bool, explain: bool, html_path: str | None, gpu
         if code:
             sys.exit(code)
         return
-    est = estimate(resolved.spec, setup, g, m)
+    # with --device-map the verdict is per GPU of the split (the device_map section), not for one card
+    est = estimate(resolved.spec, setup, g if setup.device_map == "none" else None, m)
     data = est.to_dict()
     data["model"] = resolved.name
     if ignored:
         data["warnings"] = [*ignored, *data.get("warnings", [])]
     for w in est.warnings:
         warn(w)
+    if setup.device_map != "none":        # issue 17: from_pretrained(device_map=...) over --gpus GPUs
+        data["device_map"] = device_map_data(resolved.spec, setup, data, g, m)
+        for w in data["device_map"]["warnings"]:
+            warn(w)
     if setup.lengths is not None or setup.alloc_conf is not None:     # issue 20: the caching allocator's run
         from ..allocator.plan import allocator_plan, capacity_from
 
@@ -86,10 +91,46 @@ def plan(model: str, *, as_json: bool, explain: bool, html_path: str | None, gpu
         click.echo(plan_text(data, explain=explain))
         if "allocator" in data:
             click.echo(allocator_text(data["allocator"]))
-    if est.fit is not None and not est.fit.fits:
+        if "device_map" in data:
+            click.echo(device_map_text(data["device_map"]))
+    if "device_map" in data:
+        if data["device_map"]["fits"] is False:
+            sys.exit(1)
+    elif est.fit is not None and not est.fit.fits:
         sys.exit(1)
     if data.get("allocator", {}).get("oom_step") is not None:
         sys.exit(1)
+
+
+def device_map_data(spec, setup, data: dict, g, margin: float) -> dict:
+    """The ``device_map`` section (``vramplan/estimate/device_map.py``) for this plan's single-GPU components."""
+    from ..errors import SetupError
+    from ..estimate.device_map import device_map_section
+    from ..estimate.overhead import cuda_context_bytes, uses_bitsandbytes
+
+    if setup.quantized:
+        raise SetupError(f"--device-map with --quant {setup.quant} is not modelled yet (transformers sizes quantized "
+                         "parameters through the quantizer); plan it with --quant none, or without --device-map")
+    context = cuda_context_bytes(g.architecture if g is not None else None, uses_bitsandbytes(setup))
+    free = g.memory_bytes - context if g is not None else None
+    return device_map_section(spec, setup, data["breakdown_bytes"], g, margin, free, context)
+
+
+def device_map_text(d: dict) -> str:
+    """The human view of a plan's ``device_map`` section."""
+    from ..units import gib
+
+    lines = ["", f"device map ({d['strategy']}, {d['gpus']} GPUs; {d['source']}):",
+             f"  {'GPU':>4} {'layers':>10} {'weights':>9} {'KV cache':>9} {'working':>9} {'allocated':>10} "
+             f"{'nvidia-smi':>10}  fits"]
+    for r in d["devices"]:
+        fits = {True: "yes", False: "NO", None: "-"}[r["fits"]]
+        head = " +lm_head" if r["holds_lm_head"] else ""
+        lines.append(f"  {r['device']:>4} {r['layers']:>10} {gib(r['weights_bytes']):>9.2f} "
+                     f"{gib(r['kv_cache_bytes']):>9.2f} {gib(r['working_set_bytes']):>9.2f} "
+                     f"{gib(r['peak_allocated_bytes']):>10.2f} {gib(r['device_used_bytes']):>10.2f}  {fits}{head}")
+    lines.append("  (GiB; allocated = max_memory_allocated, nvidia-smi = reserved + CUDA context)")
+    return "\n".join(lines)
 
 
 def allocator_text(a: dict) -> str:

@@ -75,7 +75,8 @@ class LayerActivations:
     """The activation terms of one layout (``layout``: a structure with ``layer_traces``, ``head``,
     ``resid_dtype`` and ``logits_dtype``) under ``setup``'s checkpointing, loss, compute dtype and offloading."""
 
-    __slots__ = ("traces", "head", "resid_k", "num_layers", "grad_ckpt", "dequant", "loss_args", "offload")
+    __slots__ = ("traces", "head", "resid_k", "num_layers", "grad_ckpt", "dequant", "loss_args", "offload",
+                 "head_dequant")
 
     def __init__(self, spec: ModelSpec, setup: Setup, layout: Any) -> None:
         distinct = {id(tr): tr for tr in layout.layer_traces}
@@ -83,16 +84,18 @@ class LayerActivations:
         for tr in layout.layer_traces:
             counts[id(tr)] = counts.get(id(tr), 0) + 1
         # per distinct trace: saved terms, layers using it, input saved, forward transients, backward
-        # candidates (+ its largest constant: a dequantized weight), whether layer 0 uses it
+        # candidates (+ its largest backward constant: a dequantized weight), whether layer 0 uses it
         first = id(layout.layer_traces[0]) if layout.layer_traces else None
         self.traces = tuple((tr.saved_terms, counts[k], tr.input_saved, tuple(c for c, _ in tr.fwd_transients),
-                             tuple(c for c, _ in tr.bwd_candidates), tr.max_constant, k == first)
+                             tuple(c for c, _ in tr.bwd_candidates), tr.max_bwd_constant, k == first)
                             for k, tr in distinct.items())
         self.head = layout.head.saved_terms
         self.resid_k = BYTES[layout.resid_dtype] * spec.hidden_size
         self.num_layers = spec.num_layers
         self.grad_ckpt = setup.grad_ckpt
-        self.dequant = max((t[5] for t in self.traces), default=0)
+        self.dequant = max((tr.max_constant for tr in distinct.values()), default=0)
+        # a quantized output head (--quant-head): its dequantized copies in forward and backward (head_moments)
+        self.head_dequant = (layout.head.max_constant, layout.head.max_bwd_constant)
         head = _head_placement(layout)
         head_bytes = BYTES.get(head.compute_dtype, 0) if head is not None else 0
         # positional, in loss_bytes' order (vramplan/allocator/lengths.py calls loss_bytes(T, *loss_args))
@@ -101,6 +104,17 @@ class LayerActivations:
                           setup.autocast, BYTES[layout.resid_dtype], head_bytes,
                           bool(head is not None and head.trainable))
         self.offload = OFFLOADERS.index(offloader(setup))
+
+    def head_moments(self, tokens: int) -> tuple[int, int]:
+        """A quantized output head's matmul at ``tokens``, forward and backward: its output logits (or their
+        gradient, in the logits dtype) and its dequantized weight copies (``layers.py Program._dequant_4bit``), plus
+        the input gradient (tokens × hidden, compute dtype) in backward. 0, 0 for an unquantized head."""
+        hf, hb = self.head_dequant
+        if not hf:
+            return 0, 0
+        vocab, hidden, logits_b, compute_b = self.loss_args[:4]
+        logits = alloc(tokens * vocab * logits_b)
+        return logits + hf, logits + hb + alloc(tokens * hidden * compute_b)
 
     def at(self, batch: int, seq: int) -> ActTerms:
         """The terms at ``batch`` sequences of ``seq`` tokens."""
@@ -128,6 +142,11 @@ class LayerActivations:
                     recompute = v
         args = self.loss_args
         saved, fwd, bwd = loss_bytes(T, *args, seq=seq)
+        if self.head_dequant[0]:
+            hf, hb = self.head_moments(T)
+            # phase_peaks adds the loss's saved tensors to both moments; at the head's matmul they do not exist yet
+            # (forward) or are freed (its backward, after log_softmax's): the head's moment, less them
+            fwd, bwd = max(fwd, hf - saved), max(bwd, hb - saved)
         kept = logits_kept(T, args[0], args[2], args[4], seq=seq)
         layer_acts = self.num_layers * resid if ckpt else layer_sum
         gpu_acts, bwd_acts, stash, buffers, offloaded = layer_acts, layer_acts, 0, 0, 0

@@ -28,7 +28,7 @@ from ..setup import Setup, option_named
 from ..shapes.spec import ModelSpec
 from ..stacks import STACKS, applies
 from ..units import GiB
-from ..versions import modelled_versions, version_warnings
+from ..versions import modelled_versions, version_assumptions, version_warnings
 from . import overhead
 from .activations import offloader
 from .inference import inference_bytes
@@ -191,8 +191,14 @@ def _head_activations(spec: ModelSpec, setup: Setup, d: ModelStates, a: ActTerms
 
 
 def _loss(spec: ModelSpec, setup: Setup, d: ModelStates) -> str:
-    return loss_formula(spec, setup.batch * setup.seq, d.compute.logits_dtype, setup.compute_dtype,
+    text = loss_formula(spec, setup.batch * setup.seq, d.compute.logits_dtype, setup.compute_dtype,
                         loss_code(setup.loss), setup.seq, setup.autocast)
+    hf, hb = d.activations.head_moments(setup.batch * setup.seq) if d.activations is not None else (0, 0)
+    if hf:
+        text += (f"; a quantized output head's matmul, when larger: logits + its dequantized copies, {_fmt(hf)} in "
+                 f"forward, + the input gradient {_fmt(hb)} in backward, less the loss's saved log-probs (not yet "
+                 "made, or freed) — vramplan/estimate/layers.py Program._dequant_4bit")
+    return text
 
 
 def _forward_temporaries(spec: ModelSpec, setup: Setup, d: ModelStates, a: ActTerms) -> Item:
@@ -371,6 +377,8 @@ def assumptions(spec: ModelSpec, setup: Setup, st: Structure) -> list[str]:
     versions = modelled_versions(setup.versions)
     if any(origin != "installed" for _, origin in versions.values()):
         a.append("library versions: " + ", ".join(f"{k} {v} ({origin})" for k, (v, origin) in versions.items()))
+    a += version_assumptions(versions)
+    a += behaviour_assumptions(spec, setup)
     return a + stack_assumptions(setup)
 
 
@@ -395,6 +403,32 @@ def quant_assumptions(setup: Setup, spec: ModelSpec, notes: list[list[str]] | No
     return a, w
 
 
+def behaviour_assumptions(spec: ModelSpec, setup: Setup) -> list[str]:
+    """The issue-14 behaviour switches in use (``--quant-head``, ``--frozen-dtype fp32``, ``--kv-expand``, the
+    quant-state dtype), each with its source."""
+    from .layers import quant_state_dtype
+
+    out = []
+    if setup.training and setup.quant_head and setup.bnb and not spec.tie_word_embeddings:
+        out.append(f"--quant-head: the output head is stored {setup.quant} like the other Linears (Lightning "
+                   "BitsandbytesPrecision replaces every nn.Linear: lightning 2.6.6 fabric/plugins/precision/"
+                   "bitsandbytes.py:425-448); its dequantized copies are the transient of its matmul")
+    if setup.training and setup.frozen_dtype == "fp32" and setup.method != "full":
+        out.append("--frozen-dtype fp32: the frozen base in fp32 (Lightning bf16-mixed autocasts only: lightning 2.6.6 "
+                   "fabric/plugins/precision/amp.py); each frozen Linear's weight is cast to "
+                   f"{setup.compute_dtype} at every call and the copy saved for backward (not in autocast's cache: "
+                   "aten/src/ATen/autocast_mode.cpp cached_cast caches leaves that require grad only)")
+    if setup.kv_expand and spec.num_kv_heads != spec.num_heads and setup.attn != "eager":
+        out.append(f"--kv-expand: K and V repeated from {spec.num_kv_heads} to {spec.num_heads} heads before SDPA, "
+                   "which saves the expanded copies (torchtune 0.6.1 modules/attention.py:285-300; litgpt 0.5.13 "
+                   "model.py:533-539)")
+    if setup.quant in ("nf4", "fp4") and quant_state_dtype(setup) != setup.compute_dtype:
+        out.append(f"4-bit weights quantized from {quant_state_dtype(setup)} (Lightning _Linear4bit.quantize: "
+                   "weight.to(torch.half), lightning 2.6.6 fabric/plugins/precision/bitsandbytes.py:336-351): every "
+                   f"dequantization is a {quant_state_dtype(setup)} copy then a {setup.compute_dtype} cast (CUDA path)")
+    return out
+
+
 def stack_assumptions(setup: Setup) -> list[str]:
     """What ``--stack`` decided, each default with its source, and whether the stack's code was cross-checked."""
     stack = STACKS[setup.stack]
@@ -414,6 +448,21 @@ def stack_warnings(setup: Setup) -> list[str]:
     stack = STACKS[setup.stack]
     return [f"--stack {stack.name}: {u.what} — not modelled ({u.source})" for u in stack.unmodelled
             if applies(u, training=setup.training, quantized=setup.quantized, lora=setup.lora is not None)]
+
+
+def behaviour_warnings(spec: ModelSpec, setup: Setup) -> list[str]:
+    """Combinations of the issue-14 switches that the estimate cannot follow as given."""
+    w = []
+    if setup.training and setup.quant_head and setup.bnb and spec.tie_word_embeddings:
+        w.append("--quant-head: the output head is tied to the embeddings here, so it is left unquantized (LitGPT "
+                 "keeps a separate lm_head even for tied checkpoints — an extra quantized head, not modelled)")
+    if setup.training and setup.quant_head and setup.bnb and setup.loss in ("chunked", "trl-fused"):
+        w.append(f"--quant-head with --loss {setup.loss}: a fused loss reads lm_head.weight directly, which a "
+                 "quantized head does not have; the head's matmul is estimated as for the standard loss")
+    if setup.training and setup.frozen_dtype == "fp32" and setup.method != "full" and not setup.autocast:
+        w.append(f"--frozen-dtype fp32 with --precision {setup.precision} (no autocast): F.linear refuses a "
+                 f"{setup.compute_dtype} input with an fp32 weight; LitGPT keeps an fp32 base only under bf16-mixed")
+    return w
 
 
 def loss_step_warnings(setup: Setup) -> list[str]:
@@ -443,7 +492,8 @@ def loss_step_warnings(setup: Setup) -> list[str]:
 
 
 def warnings_for(spec: ModelSpec, setup: Setup) -> list[str]:
-    w = stack_warnings(setup) + version_warnings(modelled_versions(setup.versions)) + loss_step_warnings(setup)
+    w = (stack_warnings(setup) + version_warnings(modelled_versions(setup.versions)) + behaviour_warnings(spec, setup)
+         + loss_step_warnings(setup))
     if spec.max_position_embeddings and setup.seq > spec.max_position_embeddings:
         w.append(f"--seq {setup.seq} exceeds the model's max_position_embeddings {spec.max_position_embeddings}")
     if not setup.training and (setup.gpus > 1 or setup.strategy != "ddp"):

@@ -46,6 +46,7 @@ from ..lora import LoraPlan
 from ..quantized import CHECKPOINT_QUANTS
 from ..setup import Setup
 from ..shapes.spec import ModelSpec
+from ..versions import modelled_versions, predates
 from .graph import Size, Sym, Tracer, tok
 from .weights import Placement
 
@@ -61,6 +62,20 @@ CAT_ROPE_FAMILIES = ("phi", "phi3", "gpt_neox")
 
 #: families that route MoE tokens with a renormalized top-k always (Mixtral) or by ``norm_topk_prob``
 ALWAYS_NORM_TOPK = ("mixtral",)
+
+
+def quant_state_dtype(setup: Setup) -> str:
+    """The dtype bitsandbytes' ``QuantState`` records for a 4-bit weight, which ``dequantize_4bit`` returns: the
+    dtype the weight was quantized from (bitsandbytes 0.50.2 functional.py ``quantize_4bit``: ``QuantState(...,
+    dtype=A.dtype)``; ``dequantize_4bit``: ``out`` in ``quant_state.dtype``).
+
+    transformers quantizes each weight as loaded, in the compute dtype. Lightning's ``_Linear4bit.quantize`` casts
+    to fp16 first whatever the precision (lightning 2.6.6 fabric/plugins/precision/bitsandbytes.py:336-351
+    ``weight.contiguous().to(device=device, dtype=torch.half)``; ``to_empty``/``reset_parameters`` :352-382), so
+    under LitGPT's bf16-true every dequantized weight is an fp16 copy, then a bf16 cast (its CUDA path; on CPU the
+    plugin leaves the weight's own dtype). Derived from ``--stack`` until a Setup option states it.
+    """
+    return "fp16" if setup.stack == "litgpt" else setup.compute_dtype
 
 
 class UnknownLayout(Exception):
@@ -217,6 +232,18 @@ class Program:
         # inference (no_grad): what the cache's update does to the new K/V (vramplan/estimate/inference.py)
         self.infer_cache = None
         self.attn_locals: tuple[Sym, ...] = ()
+        # --kv-expand: K and V repeated to every query head before SDPA (torchtune 0.6.1 modules/attention.py:285-300
+        # expand + flatten; litgpt 0.5.13 model.py:533-539 repeat_interleave), which then saves the expanded copies
+        self.kv_expand = setup.kv_expand
+        # bitsandbytes 4-bit matmul by release (versions.CHANGES): <= 0.43.1 MatMul4Bit.forward saves its input
+        # (0.43.1 autograd/_functions.py:515-516 ctx.tensors = (A, B); 0.43.2 :516 (None, B), PR #1270); <= 0.49.2
+        # the forward dequantizes in the quant-state dtype, then casts to A.dtype (0.49.2 :315
+        # dequantize_4bit(B, quant_state).to(A.dtype)); 0.50.0 goes through gemm_4bit, one copy in A.dtype
+        # (0.50.0 :324-343; 0.50.2 backends/cuda/ops.py:904-916 _dequant_linear_fallback)
+        versions = modelled_versions(setup.versions)
+        self.bnb_saves_input = predates(versions, "bitsandbytes", "0.43.2")
+        self.bnb_fwd_cast = predates(versions, "bitsandbytes", "0.50.0")
+        self.qs = quant_state_dtype(setup)
 
     # ---------------------------------------------------------------------------------------- pieces
     def norm(self, tr: Tracer, x: Sym, n: Norm | None, name: str) -> Sym:
@@ -279,8 +306,11 @@ class Program:
                 if tr.no_grad else ()
             out = tr.new(f"{name} output", out_size, self.c, True)
             tr.op("matmul_4bit" if lin.wdtype != "int8" else "matmul_8bit", (xq, *wq), (out,))
-            # MatMul4Bit/MatMul8bitLt keep the packed weight only; the dequantized weight is a transient
-            tr.constants.append((f"{name} dequantized weight", lin.in_f * lin.out_f * 2))
+            if lin.wdtype == "int8":
+                # MatMul8bitLt keeps the int8 weight; its 16-bit dequantized copy is a transient
+                tr.constants.append((f"{name} dequantized weight", lin.in_f * lin.out_f * 2))
+            else:
+                self._dequant_4bit(tr, xq, lin, name)
             out = tr.cast(out, x.dtype, f"{name} output.to({x.dtype})")
         else:
             xi = tr.autocast_in(x)
@@ -291,14 +321,31 @@ class Program:
                 tr.save("linear", xi)
                 # a trainable fp32 weight under autocast: its cached copy is counted once per weight in
                 # buffers/autocast_weight_casts (estimator.py)
-            elif tr.autocast and lin.wdtype != tr.autocast and xi.rg:
-                # a frozen weight is not in autocast's cache: its cast copy is made here and saved for grad_input
+            elif tr.autocast and lin.wdtype != tr.autocast:
+                # a frozen weight is not in autocast's cache (cached_cast caches leaves that require grad only,
+                # aten/src/ATen/autocast_mode.cpp): its cast copy is made at every call and saved for grad_input
+                # (a frozen fp32 base: kbit prep's head, --frozen-dtype fp32); a transient when no grad flows
                 wc = tr.new(f"{name}.weight ({tr.autocast} autocast copy)", Size(lin.in_f * lin.out_f), tr.autocast,
                             False)
-                tr.save("linear", wc)
+                if xi.rg:
+                    tr.save("linear", wc)
         if lin.lora_r:
             out = self.lora(tr, x, out, lin, rows)
         return out
+
+    def _dequant_4bit(self, tr: Tracer, xq: Sym, lin: Lin, name: str) -> None:
+        """What ``MatMul4Bit`` keeps and dequantizes (bitsandbytes ``autograd/_functions.py``, by release; see
+        ``__init__``): the input ``A`` when <= 0.43.1 saves it; in forward, ``dequantize_4bit`` in the quant-state
+        dtype then ``.to(A.dtype)`` (both alive at the cast) before 0.50.0, one ``A.dtype`` copy from 0.50.0 on
+        (an upper bound where the fused kernel takes small batches: no copy); in backward, always
+        ``dequantize_4bit(B, ctx.state).to(grad_output.dtype)`` (0.43.1 :540, 0.50.0 :384)."""
+        if self.bnb_saves_input and xq.rg:
+            tr.save("MatMul4Bit (bitsandbytes <= 0.43.1)", xq)
+        n = lin.in_f * lin.out_f
+        qs, cast = n * BYTES[self.qs], n * BYTES[self.c] if self.qs != self.c else 0
+        how = f"{self.qs}" + (f", then .to({self.c})" if cast else "")
+        tr.constants.append((f"{name} dequantized weight ({how})", qs + cast if self.bnb_fwd_cast else n * BYTES[self.c]))
+        tr.bwd_constants.append((f"{name} dequantized weight in backward ({how})", qs + cast))
 
     def lora(self, tr: Tracer, x: Sym, result: Sym, lin: Lin, rows: int) -> Sym:
         with tr.in_section("lora_inputs"):
@@ -433,6 +480,13 @@ class Program:
             k, v = self.infer_cache(tr, k, v)
         q_hd = q.size.per_token // max(rows * nh, 1)
         out_size = tok(rows * nh * q_hd)
+        if not self.eager and self.kv_expand and kv != nh:
+            # torchtune k.unsqueeze(2).expand(...).flatten(1, 2) / litgpt k.repeat_interleave(q_per_kv, dim=1): new
+            # tensors with every query head, which SDPA saves in place of the n_kv-head k and v
+            k = tr.fresh("repeat_interleave", k, "k expanded to every query head (--kv-expand)")
+            k.size = k.storage.size = out_size
+            v = tr.fresh("repeat_interleave", v, "v expanded to every query head (--kv-expand)")
+            v.size = v.storage.size = out_size
         self.attn_locals = (q, k, v)
         if not self.eager:
             qc, kc, vc = tr.autocast_in(q), tr.autocast_in(k), tr.autocast_in(v)

@@ -39,6 +39,7 @@ class LayerTrace:
     bwd_candidates: tuple[tuple[Size, str], ...]
     constants: tuple[tuple[str, int], ...]      # dequantization buffers etc. (bytes, size-independent)
     out_dtype: str
+    bwd_constants: tuple[tuple[str, int], ...] = ()   # backward's where larger (a 4-bit weight's grad_input copies)
 
     @cached_property
     def saved_terms(self) -> tuple[tuple[int, int, int], ...]:
@@ -65,7 +66,13 @@ class LayerTrace:
 
     @cached_property
     def max_constant(self) -> int:
+        """The largest size-independent forward transient (a dequantized weight)."""
         return max((b for _, b in self.constants), default=0)
+
+    @cached_property
+    def max_bwd_constant(self) -> int:
+        """The largest size-independent backward transient: the forward's, or a larger backward dequantization."""
+        return max([self.max_constant, *(b for _, b in self.bwd_constants)])
 
 
 def _layer_key(layer: LayerInfo) -> tuple:
@@ -86,6 +93,7 @@ def trace_layer(program: Program, layer: LayerInfo, resid_dtype: str, input_rg: 
         bwd_candidates=tuple(prune(tr.backward_candidates())),
         constants=tuple(tr.constants),
         out_dtype=out.dtype,
+        bwd_constants=tuple(tr.bwd_constants),
     )
 
 
@@ -244,7 +252,7 @@ def _trace_head(spec: ModelSpec, setup: Setup, placements: list[Placement], prog
         program.linear(tr, h, lin)
     saved = tuple(tr.saved_storages())
     return LayerTrace(saved, any(s is x.storage for s in saved), tuple(prune(tr.transient_candidates())),
-                      (), tuple(tr.constants), resid)
+                      (), tuple(tr.constants), resid, tuple(tr.bwd_constants))
 
 
 _LAYOUT: dict[Setup, Setup] = {}
