@@ -17,7 +17,7 @@ from ..errors import ConfigError
 from . import cache
 from .config import Dims, read_dims
 from .from_config import assemble, language_config, model_type_of
-from .roles import classify, layer_index
+from .roles import classify, component_of, layer_index
 from .spec import ModelSpec, Tensor
 
 #: The shape keys read from transformers' resolved config object (``attribute_map`` aliases such as T5's
@@ -145,6 +145,8 @@ def tensors_of(model: Any) -> list[Tensor]:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     for mod_name, module in model.named_modules():
         mtype = module_type_of(module)
+        if mtype == "experts" and component_of(mod_name) is not None:
+            mtype = "other"             # a 3-D parameter of a vision tower (SigLIP's pooling probe) is no expert
         for pname, p in module.named_parameters(recurse=False):
             full = f"{mod_name}.{pname}" if mod_name else pname
             tied = seen.get(id(p))
