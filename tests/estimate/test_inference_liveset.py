@@ -1,0 +1,133 @@
+"""The inference prefill peak against real CPU forward passes (issue 17).
+
+Tiny transformers models (randomly initialised from config objects, transformers 5.24) run ``model(input_ids,
+use_cache=True, logits_to_keep=1)`` under ``torch.no_grad`` as ``generate``'s prefill does, then take the fp32 copy
+and the sampler's probabilities. A ``TorchDispatchMode`` written here (independent of vramplan's simulator) records
+every new storage, rounded to the CUDA caching allocator's 512-B blocks, and frees it when the storage dies; the
+parameters' storages are known beforehand and not counted. Its peak is what the estimate's prefill adds to the
+weights (``inference_bytes(...).prefill``): they must agree within 1 %.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils._pytree import tree_leaves  # noqa: E402
+
+from vramplan.estimate.inference import inference_bytes  # noqa: E402
+from vramplan.estimate.states import model_states  # noqa: E402
+from vramplan.profiles import build_spec  # noqa: E402
+from vramplan.setup import Setup  # noqa: E402
+
+
+class Allocations(TorchDispatchMode):
+    """Live bytes of the storages ops create (512-B blocks), and their peak."""
+
+    def __init__(self, known: set[int]) -> None:
+        super().__init__()
+        self.known, self.live, self.total, self.peak = known, {}, 0, 0
+
+    def _free(self, key: int) -> None:
+        n, _ = self.live.pop(key)
+        self.total -= n
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                st = t.untyped_storage()
+                k = id(st)
+                if k in self.live or k in self.known or st.nbytes() == 0:
+                    continue
+                n = -(-st.nbytes() // 512) * 512
+                self.live[k] = (n, weakref.ref(st, lambda _r, k=k: self._free(k)))
+                self.total += n
+                self.peak = max(self.peak, self.total)
+        return out
+
+
+FAMILIES = {
+    "llama": {},
+    "qwen2": {},
+    "qwen3": {"head_dim": 16},
+    "mistral": {"sliding_window": None},
+    "phi3": {"pad_token_id": 0},
+    "gemma3_text": {"head_dim": 16, "sliding_window": 64, "query_pre_attn_scalar": 16,
+                    "hidden_act": "gelu_pytorch_tanh"},
+    "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2},
+}
+
+
+def tiny(model_type: str) -> dict:
+    cfg = dict(model_type=model_type, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, vocab_size=1000, max_position_embeddings=65536,
+               tie_word_embeddings=False, hidden_act="silu")
+    cfg.update(FAMILIES[model_type])
+    return cfg
+
+
+def measured_prefill(cfg: dict, prompt: int, attn: str = "sdpa", cache=None) -> int:
+    c = dict(cfg)
+    hf = transformers.AutoConfig.for_model(c.pop("model_type"), **c)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(hf, dtype=torch.bfloat16, attn_implementation=attn).eval()
+    known = {id(p.untyped_storage()) for p in [*model.parameters(), *model.buffers()]}
+    with torch.no_grad():
+        mode = Allocations(known)
+        with mode:
+            ids = torch.randint(0, hf.vocab_size, (1, prompt))
+            kw = {"cache": cache(hf)} if cache is not None else {}
+            out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **kw)
+            last = out.logits[:, -1, :].to(copy=True, dtype=torch.float32)
+            probs = last.softmax(-1)
+            del out, last, probs
+    return mode.peak
+
+
+def analytic_prefill(cfg: dict, prompt: int, **setup) -> int:
+    spec = build_spec(cfg, f"tiny-{cfg['model_type']}", "test")
+    s = Setup.create(method="inference", precision="bf16-true", seq=prompt, **setup)
+    return inference_bytes(spec, model_states(spec, s).structure, 1, prompt, 0, "bf16", s).prefill
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+@pytest.mark.parametrize("prompt", [128, 4096])
+def test_prefill_peak_matches_a_real_cpu_forward(model_type, prompt):
+    cfg = tiny(model_type)
+    real = measured_prefill(cfg, prompt)
+    est = analytic_prefill(cfg, prompt)
+    assert abs(est - real) <= 0.01 * real, (
+        f"{model_type} at {prompt} tokens: estimate {est:,} B, real CPU forward {real:,} B "
+        f"({(est - real) / real:+.2%}; tolerance 1 %: per-storage 512-B rounding of small tensors)")
+
+
+def test_the_working_set_grows_with_the_mlp_live_set_not_every_tensor():
+    """Llama: at the MLP the gate is dead, act(gate), up and their product (3·i) are alive with the layer input,
+    the residual, the norm output and inputs_embeds (4·h), the rotary cos/sin (2·head_dim), input_ids and
+    position_ids (int64) and both layers' K/V (4·kv·head_dim): 1,904 B per token here, counted by hand."""
+    cfg = tiny("llama")
+    h, i, hd, kv = 64, 176, 16, 2
+    per_token = 2 * (3 * i + 4 * h + 2 * hd + 2 * 2 * kv * hd) + 8 + 8
+    assert per_token == 1904
+    for prompt in (1024, 2048):
+        assert analytic_prefill(cfg, prompt) == measured_prefill(cfg, prompt) == per_token * prompt
+
+
+def test_static_cache_prefill_matches_a_real_cpu_forward():
+    """StaticCache preallocates max_cache_len positions for K and V of every layer (StaticLayer.lazy_initialization);
+    the prefill's update is index_copy_ in place."""
+    from transformers import StaticCache
+
+    cfg, prompt, cache_len = tiny("llama"), 1024, 1536
+    real = measured_prefill(cfg, prompt, cache=lambda hf: StaticCache(config=hf, max_cache_len=cache_len))
+    spec = build_spec(cfg, "tiny-llama", "test")
+    s = Setup.create(method="inference", precision="bf16-true", seq=cache_len, new_tokens=cache_len - prompt,
+                     cache="static", cache_len=cache_len)
+    est = inference_bytes(spec, model_states(spec, s).structure, 1, cache_len, cache_len - prompt, "bf16", s).prefill
+    assert abs(est - real) <= 0.01 * real, f"static: estimate {est:,} B, real {real:,} B"
