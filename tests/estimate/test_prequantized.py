@@ -222,3 +222,48 @@ def test_fp8linear_parameters_when_installed():
         m = fp8.FP8Linear(i, o, block_size=block)
         got = {k: v.numel() * v.element_size() for k, v in m.named_parameters()}
         assert (got["weight"], got["weight_scale_inv"]) == want
+
+
+# Whole models, every quantized module: optimum 2.3.0 ``GPTQQuantizer(..., backend="torch").convert_model`` with
+# gptqmodel 7.7.0 on a meta-device transformers 5.23 model built from the bundled profile's config (qweight +
+# qzeros + scales + g_idx of every QuantLinear), and transformers' ``replace_with_fp8_linear`` with
+# ``FineGrainedFP8Config(weight_block_size=(128, 128))`` and ``modules_to_not_convert=["lm_head"]`` (weight +
+# weight_scale_inv of every FP8Linear). Module sets equal vramplan's quantized placements in every case.
+WHOLE_MODEL = {
+    # (profile, quant, bits, group): (quantized modules, bytes)
+    ("qwen2.5-0.5b", "gptq", 4, 128): (168, 186_885_120),
+    ("qwen2.5-0.5b", "gptq", 3, -1): (168, 135_890_304),
+    ("llama-3.2-1b", "gptq", 8, 64): (112, 1_020_002_304),
+    ("qwen2.5-7b", "gptq", 4, 128): (196, 3_394_621_440),
+    ("qwen2.5-7b", "gptq", 8, 128): (196, 6_682_755_072),
+    ("qwen2.5-0.5b", "fp8", 8, 128): (168, 357_913_920),
+    ("llama-3.2-1b", "fp8", 8, 128): (112, 973_316_096),
+}
+
+
+@pytest.mark.parametrize("key", WHOLE_MODEL)
+def test_whole_model_quantized_bytes_match_optimum_and_transformers(key):
+    profile, quant, bits, group = key
+    spec = resolve_model(profile).spec
+    kw = {"quant_bits": bits, "quant_group": group} if quant == "gptq" else {}
+    q = [p for p in place_weights(spec, Setup.create(method="inference", quant=quant, **kw)) if p.quant == quant]
+    assert (len(q), sum(b for p in q for _, b in p.parts)) == WHOLE_MODEL[key]
+
+
+def test_optimum_convert_model_when_installed():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("gptqmodel")
+    optimum_gptq = pytest.importorskip("optimum.gptq")
+    import transformers
+
+    cfg = dict(resolve_model("qwen2.5-0.5b").profile.config)
+    c = transformers.AutoConfig.for_model(cfg.pop("model_type"), **{k: v for k, v in cfg.items()
+                                                                     if k != "architectures"})
+    with torch.device("meta"):
+        m = transformers.AutoModelForCausalLM.from_config(c, dtype=torch.bfloat16)
+    optimum_gptq.GPTQQuantizer(bits=4, group_size=128, desc_act=False, sym=True, backend="torch").convert_model(
+        m, device_map="cpu")
+    theirs = [sum(b.numel() * b.element_size() for k, b in mod.named_buffers(recurse=False)
+                  if k in ("qweight", "qzeros", "scales", "g_idx")) for _, mod in m.named_modules()
+              if hasattr(mod, "qweight")]
+    assert (len(theirs), sum(theirs)) == WHOLE_MODEL[("qwen2.5-0.5b", "gptq", 4, 128)]
