@@ -204,7 +204,9 @@ def test_token_and_bias_details() -> None:
     assert (emb.module, emb.rows, emb.dim, emb.params) == ("model.embed_tokens", 3, 896, 3 * 896)
     assert (head.module, head.tied, head.params) == ("lm_head", True, 0)
     assert emb.weight_numel == 151_936 * 896
-    assert len(plan.memory_notes) == 3
+    assert [n.split(":")[0] for n in plan.memory_notes] == ["trainable_token_indices on model.embed_tokens",
+                                                            "trainable_token_indices on lm_head"]
+    assert "saved for backward" in plan.memory_notes[1] and "transient" in plan.memory_notes[0]
 
 
 @pytest.mark.parametrize(("kw", "match"), [

@@ -473,20 +473,17 @@ class LoraPlan:
 
     @property
     def memory_notes(self) -> tuple[str, ...]:
-        """What these extra trainables hold beyond the counts, one line each (for the estimate's warnings)."""
+        """What these trainables do to memory beyond their tensors, one line each (for the estimate's warnings):
+        the merged weight ``TrainableTokensLayer.get_merged_weights`` builds in every forward (``W.index_copy``,
+        in the wrapped weight's dtype) -- a transient for an embedding, saved for backward by ``F.linear`` on an
+        output head. The tensors themselves (deltas, their buffers, trainable biases, lora_B biases) are data
+        on this plan for the estimator to price."""
         out = []
-        if self.trainable_biases:
-            out.append(f"bias={self.config.bias!r}: {len(self.trainable_biases):,} base biases "
-                       f"({self.bias_params:,} params) train in the base dtype: they get gradients and "
-                       "optimizer states")
-        lb = sum(a.bias_params for a in self.adapters)
-        if lb:
-            out.append(f"lora_bias: {lb:,} lora_B bias params (adapter dtype) train")
         for t in self.token_adapters:
-            own = "shares the embedding's delta" if t.tied else \
-                f"a {t.rows:,} x {t.dim:,} trainable delta plus a buffer of the original rows"
-            out.append(f"trainable_token_indices on {t.module}: {own}; every forward builds a merged copy of the "
-                       f"{t.weight_numel:,}-element weight (PEFT TrainableTokensLayer.get_merged_weights)")
+            kept = "saved for backward by F.linear" if t.module_type == "linear" else "a forward transient"
+            out.append(f"trainable_token_indices on {t.module}: every forward builds a merged copy of its "
+                       f"{t.weight_numel:,}-element weight ({kept}; peft TrainableTokensLayer.get_merged_weights) "
+                       "-- not modelled")
         return tuple(out)
 
     @property
