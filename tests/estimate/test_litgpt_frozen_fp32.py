@@ -21,8 +21,8 @@ from vramplan.profiles import resolve_model  # noqa: E402
 from vramplan.setup import Setup  # noqa: E402
 from vramplan.shapes import spec_from_config  # noqa: E402
 
-B, T, H, I, NH, KV, HS, V = 1, 32, 128, 320, 4, 2, 32, 512
-TINY = dict(model_type="llama", hidden_size=H, intermediate_size=I, num_attention_heads=NH, num_key_value_heads=KV,
+B, T, H, FF, NH, KV, HS, V = 1, 32, 128, 320, 4, 2, 32, 512
+TINY = dict(model_type="llama", hidden_size=H, intermediate_size=FF, num_attention_heads=NH, num_key_value_heads=KV,
             head_dim=HS, num_hidden_layers=2, vocab_size=V, max_position_embeddings=128, tie_word_embeddings=False,
             hidden_act="silu", attention_dropout=0.0)
 
@@ -55,7 +55,7 @@ def _saved_weight_copies(run, frozen_shapes: set[tuple[int, ...]]) -> int:
 def _first_principles() -> tuple[int, int, int]:
     """Frozen Linears whose input requires grad save a bf16 copy: layer 0 (its input, the frozen embedding's
     output, needs none) o + gate + up + down; layer 1 q, k, v too; the head V × H."""
-    layer0 = 2 * (H * NH * HS + 3 * H * I)
+    layer0 = 2 * (H * NH * HS + 3 * H * FF)
     return layer0, layer0 + 2 * (H * NH * HS + 2 * H * KV * HS), 2 * V * H
 
 
@@ -92,7 +92,7 @@ def test_frozen_fp32_without_autocast_warns():
 def test_litgpt_bf16_mixed_saves_the_copies_vramplan_counts():
     litgpt_lora = pytest.importorskip("litgpt.lora")
     cfg = litgpt_lora.Config(n_layer=2, n_embd=H, n_head=NH, n_query_groups=KV, head_size=HS, vocab_size=V,
-                             padded_vocab_size=V, block_size=128, intermediate_size=I, mlp_class_name="LLaMAMLP",
+                             padded_vocab_size=V, block_size=128, intermediate_size=FF, mlp_class_name="LLaMAMLP",
                              norm_class_name="RMSNorm", bias=False, rotary_percentage=1.0, parallel_residual=False,
                              lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_query=True, lora_value=True)
     torch.manual_seed(0)
