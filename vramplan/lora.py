@@ -240,6 +240,32 @@ class LoraConfig:
         d.update({k: v for k, v in extra.items() if v not in (None, [], {}, "none", False)})
         return d
 
+    def peft_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of the ``peft.LoraConfig`` a user writes for this config (the simulator's
+        ``get_peft_model`` uses them); :func:`vramplan.interop.hf.lora_from_peft` reads that config back."""
+        if self.target_regex is not None:
+            targets: Any = self.target_regex
+        elif self.targets is None:
+            targets = None
+        elif self.all_linear:
+            targets = self.targets[0]
+        else:
+            targets = list(self.targets)
+        kw: dict[str, Any] = {"r": self.r, "lora_alpha": self.alpha, "target_modules": targets,
+                              "lora_dropout": self.dropout, "use_dora": self.dora, "bias": self.bias,
+                              "lora_bias": self.lora_bias}
+        optional = {
+            "modules_to_save": list(self.modules_to_save) or None,
+            "layers_to_transform": list(self.layers_to_transform) if self.layers_to_transform is not None else None,
+            "layers_pattern": list(self.layers_pattern) if self.layers_pattern else None,
+            "target_parameters": list(self.target_parameters) or None,
+            "exclude_modules": self.exclude_regex if self.exclude_regex is not None
+            else (list(self.exclude_modules) or None),
+            "rank_pattern": dict(self.rank_pattern) or None, "alpha_pattern": dict(self.alpha_pattern) or None,
+            "trainable_token_indices": _tokens_json(self.trainable_tokens)}
+        kw.update({k: v for k, v in optional.items() if v is not None})
+        return kw
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LoraConfig:
         """A config from :meth:`to_dict`'s JSON (missing keys take PEFT's defaults)."""

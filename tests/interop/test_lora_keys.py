@@ -272,3 +272,19 @@ def test_lora_config_python_api_accepts_peft_shapes() -> None:
     lc = LoraConfig(rank_pattern={"q_proj": 64}, exclude_modules=["k_proj"], layers_pattern="layers",
                     layers_to_transform=[0], targets=["q_proj"])
     assert lc.layers_pattern == ("layers",) and lc.exclude_modules == ("k_proj",) and lc.targets == ("q_proj",)
+
+
+@pytest.mark.parametrize("lc", [
+    LoraConfig(), LoraConfig(r=16, targets=("all-linear",), exclude_regex=r".*mlp.*"),
+    LoraConfig(targets=("q_proj", "v_proj"), layers_to_transform=(0, 1), layers_pattern=("layers",),
+               rank_pattern={"q_proj": 64}, alpha_pattern={"v_proj": 2.5}, bias="all", lora_bias=True,
+               trainable_tokens={"embed_tokens": [1], "lm_head": [2]}, modules_to_save=("norm",),
+               exclude_modules=("model.layers.0.self_attn.v_proj",), target_parameters=("mlp.down_proj.weight",)),
+    LoraConfig(target_regex=r".*\.q_proj", trainable_tokens=[3, 4], dora=True, dropout=0.1),
+])
+def test_peft_kwargs_build_the_same_config_in_peft(lc: LoraConfig) -> None:
+    """``LoraConfig.peft_kwargs`` (what the simulator hands to PEFT) survives peft's own LoraConfig and reads
+    back equal."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnmodelledFieldWarning)
+        assert lora_from_peft(peft.LoraConfig(task_type="CAUSAL_LM", **lc.peft_kwargs())) == lc
