@@ -165,6 +165,14 @@ class ModelSpec:
                 out[part] = out.get(part, 0) + t.numel
         return out
 
+    def require_plannable(self) -> None:
+        """Raise the one-line :class:`~vramplan.errors.ConfigError` of :attr:`plan_refusal`, if any: what a
+        memory estimate calls before it models anything."""
+        if self.plan_refusal is not None:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"{self.name or self.model_type}: {self.plan_refusal}")
+
     @property
     def is_multimodal(self) -> bool:
         return any(t.role in OUTSIDE_LANGUAGE_MODEL for t in self.tensors)

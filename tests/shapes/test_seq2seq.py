@@ -1,0 +1,129 @@
+"""Encoder-decoder models (t5, flan-t5, mt5, bart) are counted as ``AutoModelForSeq2SeqLM`` builds them (issue 16),
+with PEFT's LoRA counts, and their memory plans are refused in one line that says what is not modelled.
+
+Expected values come from the real classes built on meta in each test and from real PEFT 0.21.2; tiny configs from
+transformers' config classes (no Hub).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+
+from vramplan.errors import ConfigError
+from vramplan.lora import DEFAULT_TARGETS, LoraConfig, plan_lora
+from vramplan.shapes.spec import ModelSpec
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def _configs() -> dict[str, tuple[str, Any]]:
+    T = transformers
+    t5 = {"d_model": 64, "d_ff": 128, "num_layers": 2, "num_decoder_layers": 3, "num_heads": 4, "d_kv": 16,
+          "vocab_size": 512}
+    return {
+        "t5": ("T5ForConditionalGeneration", T.T5Config(**t5)),
+        # flan-t5 / t5 v1.1: gated-gelu (wi_0, wi_1), untied head
+        "flan-t5": ("T5ForConditionalGeneration",
+                    T.T5Config(**t5, feed_forward_proj="gated-gelu", tie_word_embeddings=False)),
+        "mt5": ("MT5ForConditionalGeneration", T.MT5Config(**t5)),
+        "bart": ("BartForConditionalGeneration", T.BartConfig(
+            d_model=64, encoder_ffn_dim=128, decoder_ffn_dim=96, encoder_layers=2, decoder_layers=1,
+            encoder_attention_heads=4, decoder_attention_heads=2, vocab_size=512, max_position_embeddings=128)),
+    }
+
+
+CONFIGS = _configs()
+
+
+def _as_dict(cfg: Any, cls: str) -> dict[str, Any]:
+    d = json.loads(cfg.to_json_string())
+    d["architectures"] = [cls]
+    return d
+
+
+def _real(cls: str, config: dict[str, Any]):
+    kwargs = {k: v for k, v in config.items() if k != "model_type" and not k.startswith("_")}
+    cfg = transformers.AutoConfig.for_model(config["model_type"], **kwargs)
+    with torch.device("meta"):
+        return getattr(transformers, cls)(cfg)
+
+
+def _spec(family: str, monkeypatch) -> tuple[str, dict[str, Any], ModelSpec]:
+    from vramplan.shapes.from_meta import spec_from_meta
+
+    monkeypatch.setenv("VRAMPLAN_NO_CACHE", "1")
+    cls, cfg = CONFIGS[family]
+    config = _as_dict(cfg, cls)
+    return cls, config, spec_from_meta(config, family)
+
+
+@pytest.mark.parametrize("family", sorted(CONFIGS))
+def test_counted_as_the_seq2seq_class(family, monkeypatch):
+    cls, config, spec = _spec(family, monkeypatch)
+    model = _real(cls, config)
+    assert spec.architecture == cls
+    assert spec.params_total == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("family", sorted(CONFIGS))
+@pytest.mark.parametrize("targets", [None, ("all-linear",)])
+def test_lora_counts_match_peft(family, targets, monkeypatch):
+    """PEFT's defaults: t5/mt5 q,v; bart q_proj,v_proj (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING)."""
+    cls, config, spec = _spec(family, monkeypatch)
+    lp = plan_lora(spec, LoraConfig(r=4, targets=targets))
+    model = peft.get_peft_model(_real(cls, config), peft.LoraConfig(
+        r=4, target_modules=None if targets is None else "all-linear"))
+    assert lp.trainable == model.get_nb_trainable_parameters()[0]
+    if targets is None:
+        assert lp.targets_used == DEFAULT_TARGETS[spec.model_type]
+
+
+@pytest.mark.parametrize("family", sorted(CONFIGS))
+def test_plans_are_refused_saying_what_is_missing(family, monkeypatch):
+    cls, _, spec = _spec(family, monkeypatch)
+    assert spec.plan_refusal is not None
+    with pytest.raises(ConfigError) as exc:
+        spec.require_plannable()
+    msg = str(exc.value)
+    assert "\n" not in msg and cls in msg and "encoder-decoder" in msg
+    assert "source and target lengths" in msg and "vramplan params" in msg
+
+
+def test_decoder_only_specs_are_plannable():
+    from vramplan.profiles import resolve_model
+
+    spec = resolve_model("qwen2.5-0.5b").spec
+    assert spec.plan_refusal is None
+    spec.require_plannable()
+
+
+def test_bart_is_not_built_as_its_decoder_only_causal_lm(monkeypatch):
+    """transformers also maps bart to BartForCausalLM (the decoder alone): the encoder must be counted."""
+    _, config, spec = _spec("bart", monkeypatch)
+    causal = _real("BartForCausalLM", config)
+    assert spec.params_total > sum(p.numel() for p in causal.parameters())
+    assert any(t.name.startswith("model.encoder.") for t in spec.tensors)
+
+
+def test_params_cli_counts_t5_with_its_default_targets(tmp_path, capsys, monkeypatch):
+    from vramplan.cli.main import main
+
+    monkeypatch.setenv("VRAMPLAN_NO_CACHE", "1")
+    cls, cfg = CONFIGS["t5"]
+    config = _as_dict(cfg, cls)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    model = peft.get_peft_model(_real(cls, config), peft.LoraConfig(r=8))
+    with pytest.raises(SystemExit) as exc:
+        main(["params", str(path), "--rank", "8"])
+    out, err = capsys.readouterr()
+    assert exc.value.code in (0, None), err
+    trainable, total = model.get_nb_trainable_parameters()
+    assert f"trainable params: {trainable:,d} || all params: {total:,d}" in out
