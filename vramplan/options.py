@@ -225,14 +225,14 @@ def read_pattern(v: Any) -> tuple[tuple[str, int | float], ...]:
     if isinstance(v, str):
         if len(v) > MAX_PATTERN_TEXT:
             raise ValueError(f"must be at most {MAX_PATTERN_TEXT:,} characters, got {len(v):,}")
-        pairs, part = [], ""
+        pairs, part = [], None
         for piece in v.split(","):
-            part = f"{part},{piece}" if part else piece
+            part = f"{part},{piece}" if part else piece       # an empty item (a doubled comma) is skipped
             key, eq, num = part.rpartition("=")
             if eq and key.strip() and _pattern_number(num) is not None:
                 pairs.append((key.strip(), _pattern_number(num)))
-                part = ""
-        if part.strip():
+                part = None
+        if part is not None and part.strip():
             raise ValueError(f"item {brief(part.strip())} is not NAME=NUMBER: {_PATTERN_HOW}")
     elif isinstance(v, dict) or (hasattr(v, "items") and hasattr(v, "keys")):
         pairs = list(v.items())
