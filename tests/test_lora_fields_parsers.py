@@ -8,7 +8,7 @@ import string
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vramplan.options import read_pattern, read_tokens
+from vramplan.options import Option, read_pattern, read_tokens, value_text
 
 #: regex-ish key characters: commas and braces included (``layers\.{0,3}``), "=" excluded (it ends a key); a key
 #: does not start with a comma (an empty item, a doubled comma, is skipped)
@@ -23,12 +23,14 @@ def test_pattern_text_round_trip(d: dict[str, int]) -> None:
     text = ",".join(f"{k}={v}" for k, v in d.items())
     assert read_pattern(text) == tuple(d.items())
     assert read_pattern(d) == tuple(d.items())
+    assert read_pattern(value_text(Option("p", "pattern", ""), read_pattern(d))) == tuple(d.items())
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(min_value=0, max_value=(1 << 31) - 1), min_size=1, max_size=30))
 def test_token_list_round_trip(indices: list[int]) -> None:
     assert read_tokens(",".join(map(str, indices))) == (("", tuple(indices)),)
+    assert value_text(Option("t", "tokens", ""), read_tokens(indices)) == ",".join(map(str, indices))
     assert read_tokens(indices) == (("", tuple(indices)),)
 
 
@@ -39,6 +41,7 @@ def test_token_list_round_trip(indices: list[int]) -> None:
 def test_token_groups_round_trip(groups: dict[str, list[int]]) -> None:
     text = ",".join(f"{k}=" + ",".join(map(str, v)) for k, v in groups.items())
     assert read_tokens(text) == tuple((k, tuple(v)) for k, v in groups.items())
+    assert value_text(Option("t", "tokens", ""), read_tokens(text)) == text
 
 
 @settings(max_examples=300, deadline=None)

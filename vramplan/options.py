@@ -338,6 +338,19 @@ def read_tokens(v: Any) -> tuple[tuple[str, tuple[int, ...]], ...]:
     return (("", _token_indices(v, "")),)
 
 
+def value_text(o: Option, value: Any) -> str | None:
+    """A ``pattern`` or ``tokens`` value as its command-line text (``q_proj=64,v_proj=32``;
+    ``0,1,2`` or ``embed_tokens=0,1,lm_head=2``), which :func:`read_pattern` / :func:`read_tokens` read back;
+    ``None`` when empty. For a table column (the sweep's)."""
+    if not value:
+        return None
+    if o.kind == "pattern":
+        return ",".join(f"{k}={v!r}" for k, v in value)
+    if o.kind == "tokens":
+        return ",".join(",".join(map(str, idx)) if not k else f"{k}=" + ",".join(map(str, idx)) for k, idx in value)
+    raise ValueError(f"option {brief(o.name)}: value_text reads pattern and tokens options, not {brief(o.kind)}")
+
+
 def read_value(o: Option, value: Any) -> Any:
     """A plan-file value of option ``o``, checked and read by its kind.
 
