@@ -77,7 +77,7 @@ def _torchtune_step(b: int, s: int):
     return (w, x, labels), forward, lambda loss: loss.backward()
 
 
-@pytest.mark.parametrize("b, s", [(1, 1024), (2, 300), (1, 1000)])
+@pytest.mark.parametrize("b, s", [(1, 1024), (2, 300)])
 def test_torchtune_chunked_loss_matches_its_code(b, s):
     inputs, fwd, bwd = _torchtune_step(b, s)
     f, k = _run(inputs, fwd, bwd)
@@ -119,8 +119,7 @@ def _litgpt_step(b: int, s: int, autocast: bool):
     return (w, x, targets), forward, lambda st: st[0].backward()
 
 
-@pytest.mark.parametrize("b, s, autocast", [(1, 1024, False), (1, 1024, True), (2, 512, False), (2, 300, True),
-                                            (1, 1000, False)])
+@pytest.mark.parametrize("b, s, autocast", [(1, 1024, False), (1, 1024, True), (2, 300, True), (1, 1000, False)])
 def test_litgpt_chunked_loss_matches_its_code(b, s, autocast):
     inputs, fwd, bwd = _litgpt_step(b, s, autocast)
     f, k = _run(inputs, fwd, bwd)
