@@ -317,6 +317,8 @@ def _text_config(config: dict[str, Any]) -> dict[str, Any]:
     if isinstance(text, dict) and model_type_of(config) not in FAMILIES and text.get("model_type") in FAMILIES:
         merged = dict(text)
         merged.setdefault("architectures", config.get("architectures"))
+        if config.get("quantization_config") is not None:     # the checkpoint's storage stays with it
+            merged.setdefault("quantization_config", config["quantization_config"])
         return merged
     return config
 

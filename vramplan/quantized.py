@@ -63,6 +63,8 @@ class Scheme:
         skip: modules left unquantized (``modules_to_not_convert``, ``llm_int8_skip_modules``, ``ignore``).
         double_quant, blocksize: bitsandbytes 4-bit ``bnb_4bit_use_double_quant`` and block size (64).
         source: where the scheme was read (``quantization_config of <file>``).
+        only: GPTQ ``modules_in_block_to_quantize`` flattened: only block modules whose names end with one of
+            these are quantized (optimum ``GPTQQuantizer.convert_model``); empty = every block Linear.
     """
 
     quant: str
@@ -80,6 +82,7 @@ class Scheme:
     double_quant: bool = True
     blocksize: int = 64
     source: str = ""
+    only: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -200,6 +203,14 @@ def linear_parts(scheme: Scheme, out_features: int, in_features: int) -> list[tu
     return [("weights/quantized", packed)] + [("weights/quant_constants", b) for b in p.values()]
 
 
+def converted(module: str, scheme: Scheme) -> bool:
+    """Whether a Linear the converter would take is quantized under ``scheme``'s own lists: outside ``skip``
+    and, for GPTQ with ``modules_in_block_to_quantize``, one of those (``name.endswith(layer)``, as optimum)."""
+    if scheme.skip and skipped(module, scheme.skip):
+        return False
+    return not scheme.only or any(module.endswith(x) for x in scheme.only)
+
+
 def skipped(module: str, skip: tuple[str, ...]) -> bool:
     """transformers ``should_convert_module`` (``quantizers/quantizers_utils.py``): a module is left unquantized
     when a pattern equals its name, is a dotted suffix of it (``lm_head``, ``mlp.gate``) or a dotted prefix."""
@@ -277,9 +288,15 @@ def scheme_from_config(qc: Any, source: str = "config.json") -> Scheme:
         fmt = qc.get("checkpoint_format") or qc.get("format") or "gptq"
         if fmt not in ("gptq", "gptq_v2"):
             raise ConfigError(f"{source}: GPTQ checkpoint_format {fmt!r} is not planned (gptq, gptq_v2)")
+        only = qc.get("modules_in_block_to_quantize")
+        if only is not None and (not isinstance(only, list) or not all(
+                isinstance(g, list) and all(isinstance(x, str) for x in g) for g in only)):
+            raise ConfigError(f"{source}: quantization_config field 'modules_in_block_to_quantize' must be a list of "
+                              f"lists of module names, got {only!r}")
         return Scheme("gptq", method, bits, _group(qc, source), _bool(qc, "desc_act", False, source),
                       _bool(qc, "sym", True, source), fmt,
-                      skip=_names(qc, ("modules_to_not_convert",), source), source=where)
+                      skip=_names(qc, ("modules_to_not_convert",), source), source=where,
+                      only=tuple(x for g in only for x in g) if only else ())
     if method == "awq":
         bits = _int(qc, "bits", qc.get("w_bit") or 4, source, (4,))
         fmt = str(qc.get("version") or qc.get("format") or "gemm").lower()
@@ -401,7 +418,8 @@ def checkpoint_setup(config: Mapping[str, Any] | None, setup: Any, source: str =
                          "--method qlora (LoRA on the quantized base) or an unquantized checkpoint")
     warnings: list[str] = []
     if setup.quant not in ("none", ckpt.quant):
-        warnings.append(f"--quant {setup.quant} not used: the checkpoint is already quantized ({ckpt.label}) and "
+        default = " (--method qlora's default)" if setup.method == "qlora" and setup.quant == "nf4" else ""
+        warnings.append(f"--quant {setup.quant}{default} not used: the checkpoint is already quantized ({ckpt.label}) and "
                         "transformers loads it as stored, ignoring a quantization_config passed for another method "
                         "(quantizers/auto.py merge_quantization_configs)")
     changes: dict[str, Any] = {"quant": ckpt.quant}

@@ -171,7 +171,9 @@ def test_conflicting_quant_warns_and_the_checkpoint_wins():
     spec = _quantized_spec(QWEN_GPTQ)
     est = estimate(spec, Setup.create(method="qlora", quant="nf4"))
     assert est.setup.quant == "gptq"
-    assert any("--quant nf4 not used" in w for w in est.warnings)
+    assert any(w.startswith("--quant nf4 (--method qlora's default) not used") for w in est.warnings)
+    given = estimate(spec, Setup.create(method="inference", quant="int8"))
+    assert given.setup.quant == "gptq" and any(w.startswith("--quant int8 not used") for w in given.warnings)
     with pytest.raises(SetupError, match="--method full cannot train the pre-quantized checkpoint"):
         estimate(spec, Setup.create(method="full"))
 

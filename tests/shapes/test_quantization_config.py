@@ -48,7 +48,8 @@ def test_lora_on_a_gptq_checkpoint_keeps_the_base_quantized(monkeypatch):
     est = estimate(r.spec, Setup.create(method="qlora"))
     assert est.setup.quant == "gptq" and est.params_trainable > 0
     assert any(c.name == "adapters/lora" for c in est.components)
-    assert any("--quant nf4 not used" in w for w in est.warnings) is not False   # qlora's default nf4 is overridden
+    # qlora's default --quant nf4 gives way to the checkpoint's GPTQ, with transformers' warning
+    assert any(w.startswith("--quant nf4 (--method qlora's default) not used") for w in est.warnings)
 
 
 def test_local_config_json_with_quantization_config(tmp_path):
@@ -60,3 +61,49 @@ def test_local_config_json_with_quantization_config(tmp_path):
     est = estimate(resolve_model(str(path)).spec, Setup.create(method="inference"))
     assert est.setup.quant == "awq"
     assert any("AWQ 4-bit, group 128, gemv" in a for a in est.assumptions)
+
+
+def test_bad_quantization_config_type_is_refused_at_read(tmp_path):
+    from vramplan.errors import ConfigError
+
+    cfg = dict(resolve_model("qwen2.5-0.5b").profile.config)
+    cfg["quantization_config"] = "gptq"
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="field 'quantization_config' must be an object"):
+        resolve_model(str(path))
+
+
+def test_unplanned_quant_method_is_a_one_line_error_not_a_bf16_plan(tmp_path):
+    from vramplan.errors import ConfigError
+
+    cfg = dict(resolve_model("qwen2.5-0.5b").profile.config)
+    cfg["quantization_config"] = {"quant_method": "hqq", "nbits": 4}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="quant_method 'hqq' is not planned yet"):
+        estimate(resolve_model(str(path)).spec, Setup.create(method="inference"))
+
+
+def test_gptq_modules_in_block_to_quantize_limits_what_is_quantized():
+    import dataclasses
+
+    from vramplan.estimate.weights import place_weights
+
+    spec = resolve_model("qwen2.5-0.5b").spec
+    qc = {"quant_method": "gptq", "bits": 4, "group_size": 128,
+          "modules_in_block_to_quantize": [["self_attn.q_proj", "self_attn.k_proj"], ["mlp.down_proj"]]}
+    spec = dataclasses.replace(spec, config={**spec.config, "quantization_config": qc})
+    s = estimate(spec, Setup.create(method="inference")).setup
+    q = {p.tensor.module.rpartition(".")[2] for p in place_weights(spec, s) if p.quant == "gptq"}
+    assert q == {"q_proj", "k_proj", "down_proj"}
+
+
+def test_text_config_wrapper_keeps_the_checkpoints_quantization(tmp_path):
+    text = dict(resolve_model("qwen2.5-0.5b").profile.config)
+    cfg = {"model_type": "wrapper_lm", "architectures": ["X"], "text_config": text,
+           "quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    est = estimate(resolve_model(str(path)).spec, Setup.create(method="inference"))
+    assert est.setup.quant == "fp8"

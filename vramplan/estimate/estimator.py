@@ -390,6 +390,10 @@ def quant_assumptions(setup: Setup, spec: ModelSpec, notes: list[list[str]] | No
         ka, kw = kernel_notes(setup_scheme(setup, spec.config), training=setup.training)
         a += ka
         w += kw
+        if spec.is_moe:
+            w.append(f"MoE with --quant {setup.quant}: the fused expert weights are counted unquantized (16-bit); "
+                     "a quantized checkpoint stores them quantized per expert (transformers' FP8Experts, gptqmodel's "
+                     "defused experts): not modelled, the estimate is high")
         if setup.distributed:
             w.append(f"--quant {setup.quant} with --strategy {setup.strategy} on {setup.gpus} GPUs: the quantized "
                      "buffers are counted whole on every rank (not cross-checked against FSDP/DeepSpeed)")

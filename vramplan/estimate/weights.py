@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from ..dtypes import BYTES, alloc, bnb_4bit_parts, bnb_int8_parts
 from ..lora import LoraPlan
-from ..quantized import KBIT_UPCAST_SKIPPED, linear_parts, setup_scheme, skipped
+from ..quantized import KBIT_UPCAST_SKIPPED, converted, linear_parts, setup_scheme, skipped
 from ..setup import Setup
 from ..shapes.spec import ModelSpec, Tensor
 from ..units import ceil_div
@@ -108,7 +108,8 @@ def place_weights(spec: ModelSpec, setup: Setup) -> list[Placement]:
         if t.tied_to is not None:
             continue
         comp = weight_component(t)
-        if quant != "none" and quantizable(t, spec, skip, quant, head=setup.quant_head and setup.bnb):
+        if quant != "none" and quantizable(t, spec, skip, quant, head=setup.quant_head and setup.bnb) \
+                and (scheme is None or not scheme.only or converted(t.module, scheme)):
             quantized_modules.add(t.module)
             if scheme is not None and not setup.bnb:
                 out.append(Placement(t, quant, quant, False, tuple(linear_parts(scheme, t.shape[0], t.shape[1]))))

@@ -82,7 +82,8 @@ STR_FIELDS = ("model_type", "hidden_act", "hidden_activation", "activation_funct
 def check_types(config: Any, source: str = "config.json") -> None:
     """Refuse values of the wrong JSON type in the fields the builders read, before any of them is used.
 
-    ``architectures`` must be a list of strings, ``text_config`` a mapping, the :data:`BOOL_FIELDS` booleans
+    ``architectures`` must be a list of strings, ``text_config`` and ``quantization_config`` mappings, the
+    :data:`BOOL_FIELDS` booleans
     (or 0/1), the :data:`COUNT_FIELDS` integers >= 0 and the :data:`STR_FIELDS` strings (``null`` is
     "not given" everywhere, as in transformers' config classes).
 
@@ -98,6 +99,11 @@ def check_types(config: Any, source: str = "config.json") -> None:
     if archs is not None and (not isinstance(archs, list) or not all(isinstance(a, str) for a in archs)):
         raise ConfigError(f"{source}: field 'architectures' must be a list of class names such as "
                           f"[\"LlamaForCausalLM\"], got {brief(archs)}")
+    qc = config.get("quantization_config")
+    if qc is not None and not isinstance(qc, Mapping):
+        # read by vramplan/quantized.py scheme_from_config when a plan is made (a pre-quantized checkpoint)
+        raise ConfigError(f"{source}: field 'quantization_config' must be an object (transformers' "
+                          f"QuantizationConfigMixin.to_dict), got {brief(qc)}")
     text = config.get("text_config")
     if text is not None and not isinstance(text, Mapping):
         raise ConfigError(f"{source}: field 'text_config' must be an object (the language model's config), "
