@@ -246,10 +246,11 @@ def read_pattern(v: Any) -> tuple[tuple[str, int | float], ...]:
     for key, num in pairs:
         if not isinstance(key, str) or not key.strip() or len(key) > 1000:
             raise ValueError(f"key {brief(key)} must be a module name or regex (1 to 1,000 characters)")
+        given = num
         if isinstance(num, str):
             num = _pattern_number(num)
         if isinstance(num, bool) or not isinstance(num, (int, float)) or not _finite_number(num):
-            raise ValueError(f"value of {brief(key)} must be a number, got {brief(num)}")
+            raise ValueError(f"value of {brief(key)} must be a number, got {brief(given)}")
         out[key] = num          # a repeated key keeps its first place and its last value, as a dict does
     return tuple(out.items())
 

@@ -156,6 +156,13 @@ def lora_from_peft(cfg: Any) -> LoraConfig:
     return LoraConfig(**kw)
 
 
+#: plan keys :func:`read_adapter_config` sets -> the adapter_config.json keys they come from (errors name the
+#: user's key)
+ADAPTER_KEY_SOURCES: dict[str, str] = {**{v: k for k, v in PEFT_LORA_READ.items()},
+                                       "target_regex": "target_modules", "exclude_regex": "exclude_modules",
+                                       "model": "base_model_name_or_path"}
+
+
 def read_adapter_config(d: Mapping[str, Any], file: Any = None):
     """A PEFT ``adapter_config.json`` (``LoraConfig.save_pretrained``) as a
     :class:`~vramplan.interop.reading.Reading`: ``method lora``, the LoRA options, the model from
