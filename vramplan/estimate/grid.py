@@ -61,10 +61,10 @@ def estimate_counters(spec: ModelSpec, setup: Setup, batches_seqs: Sequence[tupl
     if not setup.training:
         cublas = overhead.CUBLAS_WORKSPACE_BYTES
         for b, s in batches_seqs:
-            peak = d.static_weights + sum(inference_bytes(spec, d.compute, b, s, setup.new_tokens,
-                                                          setup.compute_dtype)) + cublas
+            r = inference_bytes(spec, d.structure, b, s, setup.new_tokens, setup.compute_dtype, setup)
+            peak = d.static_weights + r.peak + cublas
             reserved = peak + frag(peak)
-            append(Counters(peak, reserved, reserved + ctx, "prefill"))
+            append(Counters(peak, reserved, reserved + ctx, r.phase))
         return out
     rank = d.rank
     outside = sum(c.bytes for c in rank.device) if rank is not None else 0                  # type: ignore
