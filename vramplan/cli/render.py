@@ -62,6 +62,15 @@ def setup_line(d: dict) -> str:
         tg = lora["target_regex"] or ",".join(lora["targets"] or ["peft default"])
         parts.append(f"r={lora['r']} {tg}" + (" dora" if lora["dora"] else ""))
     parts.append(f"batch {s['batch']} × seq {s['seq']:,}")
+    if s["method"] == "inference":        # no optimizer, no autocast: the weights' dtype is what --precision sets
+        parts += [s["attn"], s["precision"].split("-")[0].replace("32", "fp32") + " weights"]
+        if s.get("cache", "dynamic") != "dynamic":
+            parts.append(f"{s['cache']} cache")
+        if s.get("device_map", "none") != "none":
+            parts.append(f"{s['gpus']} GPUs device_map {s['device_map']}")
+        elif s.get("gpus", 1) > 1:
+            parts.append(f"{s['gpus']} replicas")
+        return " · ".join(parts)
     if s["grad_ckpt"]:
         parts.append("grad ckpt")
     parts += [s["attn"], s["optim"], s["precision"]]
