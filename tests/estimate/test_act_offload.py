@@ -113,6 +113,9 @@ def test_offload_estimates_llama3_8b():
     mib = 2**20
     assert base.component("activations/checkpoint_inputs") == 32 * 16 * mib
     assert tt.component("activations/checkpoint_inputs") == 0
+    # plan --json: the host memory the offloader holds (pinned), outside every GPU counter
+    assert tt.to_dict()["activation_offload"] == {"offloader": "hooks", "cpu_bytes": 512 * mib, "gpu_layer_bytes": 0}
+    assert "activation_offload" not in base.to_dict()
     d = model_states(spec, Setup.create(**kw, act_offload=True))
     a = d.activations.at(1, 2048)
     assert (a.offloaded, a.layer_acts, a.bwd_layer_acts) == (512 * mib, 0, 32 * mib)

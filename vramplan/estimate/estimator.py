@@ -77,7 +77,11 @@ def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0, *, de
     check_breakdown(comps, peak, phase)
     buf_load = d.rank.buffer_bytes("load") if d.rank is not None else 0
     phases = {"load": d.static_weights + overhead.CUBLAS_WORKSPACE_BYTES + buf_load, **phases}
-    return _finish(spec, setup, d, comps, peak, phase, phases, d.opt_paged, gpu, margin, quant_notes=quant_notes)
+    est = _finish(spec, setup, d, comps, peak, phase, phases, d.opt_paged, gpu, margin, quant_notes=quant_notes)
+    if a.offloaded:     # --act-offload: what the offloader holds in (pinned) host memory, outside every GPU counter
+        est = replace(est, extra={**est.extra, "activation_offload": {
+            "offloader": offloader(setup), "cpu_bytes": a.offloaded, "gpu_layer_bytes": a.layer_acts}})
+    return est
 
 
 def _merge(items: list[Item], counter: str = "allocated") -> dict[str, list]:
@@ -346,26 +350,18 @@ def _head_formula(st: Structure, T: int, bss: int, spec: ModelSpec) -> str:
 
 
 def assumptions(spec: ModelSpec, setup: Setup, st: Structure) -> list[str]:
-    if setup.training:
-        a = [
-            f"precision {setup.precision}: "
-            + ("autocast to " + setup.compute_dtype + " with fp32 trainable weights (HF Trainer bf16/fp16=True)"
-               if setup.autocast else "no autocast; every tensor in " + setup.compute_dtype),
-            f"base weights loaded in {setup.base_dtype}" + (" (fp32 masters for full fine-tuning)"
-                                                            if setup.method == "full" and setup.mixed else ""),
-            "HF Trainer loop: model outputs (bf16 logits) are dropped before backward; zero_grad(set_to_none=True)",
-            f"attention: {setup.attn}" + (" (flash / memory-efficient kernel: O(seq) saved tensors)"
-                                          if setup.attn != "eager" else " (scores materialized: O(seq²))"),
-            "optimizer states counted from the second step on (they persist after the first step)",
-            "no padding (every sequence exactly --seq tokens), no packed-sequence masks",
-        ]
-    else:           # no optimizer, no backward, no autocast: from_pretrained(dtype=...) then generate()
-        a = [
-            f"weights loaded in {setup.compute_dtype} (from_pretrained(dtype=...)), no autocast",
-            f"attention: {setup.attn}" + (" (flash / memory-efficient kernel: no seq x seq scores)"
-                                          if setup.attn != "eager" else " (scores materialized: O(seq²))"),
-            "no padding (every prompt exactly --seq - --new-tokens tokens)",
-        ]
+    a = [
+        f"precision {setup.precision}: "
+        + ("autocast to " + setup.compute_dtype + " with fp32 trainable weights (HF Trainer bf16/fp16=True)"
+           if setup.autocast else "no autocast; every tensor in " + setup.compute_dtype),
+        f"base weights loaded in {setup.base_dtype}" + (" (fp32 masters for full fine-tuning)"
+                                                        if setup.method == "full" and setup.mixed else ""),
+        "HF Trainer loop: model outputs (bf16 logits) are dropped before backward; zero_grad(set_to_none=True)",
+        f"attention: {setup.attn}" + (" (flash / memory-efficient kernel: O(seq) saved tensors)"
+                                      if setup.attn != "eager" else " (scores materialized: O(seq²))"),
+        "optimizer states counted from the second step on (they persist after the first step)",
+        "no padding (every sequence exactly --seq tokens), no packed-sequence masks",
+    ]
     if setup.quantized and setup.training and setup.kbit_prep and setup.quant not in KBIT_UPCAST_SKIPPED:
         a.append("prepare_model_for_kbit_training: non-quantized parameters upcast to fp32 (embeddings, norms, "
                  "lm_head), residual stream in fp32, gradient checkpointing on by default")
