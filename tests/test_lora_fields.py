@@ -204,9 +204,21 @@ def test_token_and_bias_details() -> None:
     assert (emb.module, emb.rows, emb.dim, emb.params) == ("model.embed_tokens", 3, 896, 3 * 896)
     assert (head.module, head.tied, head.params) == ("lm_head", True, 0)
     assert emb.weight_numel == 151_936 * 896
-    assert [n.split(":")[0] for n in plan.memory_notes] == ["trainable_token_indices on model.embed_tokens",
-                                                            "trainable_token_indices on lm_head"]
-    assert "saved for backward" in plan.memory_notes[1] and "transient" in plan.memory_notes[0]
+    assert [n.split(":")[0] for n in plan.warnings] == ["trainable_token_indices on model.embed_tokens",
+                                                        "trainable_token_indices on lm_head"]
+    assert "saved for backward" in plan.warnings[1] and "transient" in plan.warnings[0]
+
+
+def test_options_without_effect_are_named() -> None:
+    spec = spec_from_config(QWEN, name="qwen-2")
+    plan = plan_lora(spec, LoraConfig(targets=("q_proj", "v_proj"), rank_pattern={"proj": 4, "q_proj": 16,
+                                                                                  r".*\.q_proj": 2},
+                                      exclude_modules=("nothing_like_this",)))
+    assert plan.unused == ("--rank-pattern proj=4 matches no adapted module (an earlier key may take them): no effect",
+                           r"--rank-pattern .*\.q_proj=2 matches no adapted module (an earlier key may take them): "
+                           "no effect", "--exclude-modules excludes no module of the model: no effect (PEFT warns the "
+                           "same)")
+    assert plan_lora(spec, LoraConfig(rank_pattern={"q_proj": 16})).unused == ()
 
 
 @pytest.mark.parametrize(("kw", "match"), [

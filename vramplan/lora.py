@@ -492,19 +492,21 @@ class LoraPlan:
     bias_params: int = 0
     #: ``trainable_token_indices`` wrappers
     token_adapters: tuple[TokenAdapter, ...] = ()
+    #: options that had no effect (a rank_pattern key no adapter takes, an exclusion that excludes nothing)
+    unused: tuple[str, ...] = ()
 
     @property
     def token_params(self) -> int:
         return sum(t.params for t in self.token_adapters)
 
     @property
-    def memory_notes(self) -> tuple[str, ...]:
-        """What these trainables do to memory beyond their tensors, one line each (for the estimate's warnings):
-        the merged weight ``TrainableTokensLayer.get_merged_weights`` builds in every forward (``W.index_copy``,
-        in the wrapped weight's dtype) -- a transient for an embedding, saved for backward by ``F.linear`` on an
-        output head. The tensors themselves (deltas, their buffers, trainable biases, lora_B biases) are data
-        on this plan for the estimator to price."""
-        out = []
+    def warnings(self) -> tuple[str, ...]:
+        """Lines for the estimate's warnings: options that had no effect (:attr:`unused`), and what the
+        trainables do to memory beyond their tensors -- the merged weight ``TrainableTokensLayer.get_merged_weights``
+        builds in every forward (``W.index_copy``, in the wrapped weight's dtype): a transient for an embedding,
+        saved for backward by ``F.linear`` on an output head. The tensors themselves (deltas, their buffers,
+        trainable biases, lora_B biases) are data on this plan for the estimator to price."""
+        out = list(self.unused)
         for t in self.token_adapters:
             kept = "saved for backward by F.linear" if t.module_type == "linear" else "a forward transient"
             out.append(f"trainable_token_indices on {t.module}: every forward builds a merged copy of its "
@@ -891,7 +893,27 @@ def plan_lora(spec: ModelSpec, config: LoraConfig) -> LoraPlan:
     tokens = _token_adapters(spec, tree, config, adapted, saved_names)
     return LoraPlan(config, tuple(adapters), tuple(saved), spec.params_total, used,
                     tuple(sorted(cfg.target_parameters)), default_source, tuple(t.name for t in biases),
-                    sum(t.numel for t in biases), tokens)
+                    sum(t.numel for t in biases), tokens, _unused(tree, config, cfg, chosen, params))
+
+
+def _unused(tree: _Tree, config: LoraConfig, cfg: _Peft, chosen: list[str],
+            params: list[tuple[str, Tensor]]) -> tuple[str, ...]:
+    """A ``rank_pattern``/``alpha_pattern`` key that no adapter takes (``get_pattern_key``: the first key that
+    matches wins, so a shadowed key counts too; PEFT says nothing), and an exclusion that excludes no module
+    (PEFT warns: "You have passed exclude_modules=... but no modules were excluded")."""
+    keys = chosen + [t.name for _, t in params]
+    out = []
+    for flag, pattern in (("--rank-pattern", config.rank_pattern), ("--alpha-pattern", config.alpha_pattern)):
+        if not pattern:
+            continue
+        taken = {next((p for p, _ in pattern if re.match(rf"(.*\.)?({p})$", k)), None) for k in keys}
+        for p, v in pattern:
+            if p not in taken:
+                out.append(f"{flag} {p}={v} matches no adapted module (an earlier key may take them): no effect")
+    if cfg.exclude and not any(_excluded(cfg, n) for n in tree.names):
+        flag = "--exclude-regex" if config.exclude_regex is not None else "--exclude-modules"
+        out.append(f"{flag} excludes no module of the model: no effect (PEFT warns the same)")
+    return tuple(out)
 
 
 def _trainable_biases(spec: ModelSpec, config: LoraConfig, chosen: list[str], wrapped: set[str],
