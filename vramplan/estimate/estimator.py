@@ -350,18 +350,26 @@ def _head_formula(st: Structure, T: int, bss: int, spec: ModelSpec) -> str:
 
 
 def assumptions(spec: ModelSpec, setup: Setup, st: Structure) -> list[str]:
-    a = [
-        f"precision {setup.precision}: "
-        + ("autocast to " + setup.compute_dtype + " with fp32 trainable weights (HF Trainer bf16/fp16=True)"
-           if setup.autocast else "no autocast; every tensor in " + setup.compute_dtype),
-        f"base weights loaded in {setup.base_dtype}" + (" (fp32 masters for full fine-tuning)"
-                                                        if setup.method == "full" and setup.mixed else ""),
-        "HF Trainer loop: model outputs (bf16 logits) are dropped before backward; zero_grad(set_to_none=True)",
-        f"attention: {setup.attn}" + (" (flash / memory-efficient kernel: O(seq) saved tensors)"
-                                      if setup.attn != "eager" else " (scores materialized: O(seq²))"),
-        "optimizer states counted from the second step on (they persist after the first step)",
-        "no padding (every sequence exactly --seq tokens), no packed-sequence masks",
-    ]
+    if setup.training:
+        a = [
+            f"precision {setup.precision}: "
+            + ("autocast to " + setup.compute_dtype + " with fp32 trainable weights (HF Trainer bf16/fp16=True)"
+               if setup.autocast else "no autocast; every tensor in " + setup.compute_dtype),
+            f"base weights loaded in {setup.base_dtype}" + (" (fp32 masters for full fine-tuning)"
+                                                            if setup.method == "full" and setup.mixed else ""),
+            "HF Trainer loop: model outputs (bf16 logits) are dropped before backward; zero_grad(set_to_none=True)",
+            f"attention: {setup.attn}" + (" (flash / memory-efficient kernel: O(seq) saved tensors)"
+                                          if setup.attn != "eager" else " (scores materialized: O(seq²))"),
+            "optimizer states counted from the second step on (they persist after the first step)",
+            "no padding (every sequence exactly --seq tokens), no packed-sequence masks",
+        ]
+    else:           # no optimizer, no backward, no autocast: from_pretrained(dtype=...) then generate()
+        a = [
+            f"weights loaded in {setup.compute_dtype} (from_pretrained(dtype=...)), no autocast",
+            f"attention: {setup.attn}" + (" (flash / memory-efficient kernel: no seq x seq scores)"
+                                          if setup.attn != "eager" else " (scores materialized: O(seq²))"),
+            "no padding (every prompt exactly --seq - --new-tokens tokens)",
+        ]
     if setup.quantized and setup.training and setup.kbit_prep and setup.quant not in KBIT_UPCAST_SKIPPED:
         a.append("prepare_model_for_kbit_training: non-quantized parameters upcast to fp32 (embeddings, norms, "
                  "lm_head), residual stream in fp32, gradient checkpointing on by default")
