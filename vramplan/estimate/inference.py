@@ -368,6 +368,14 @@ def inference_bytes(spec: ModelSpec, layout: Any, batch: int, seq: int, new_toke
                 step = max(step, max_affine(ll.cands, batch, batch * (n_static if static else seq)))
         inner = alloc(BYTES[layout.resid_dtype] * spec.hidden_size * batch) + step
         outer = model_level_bytes(spec, batch, 1, n_static if static else seq, kv_dtype, attn, cache, wins)
+        if cache == "dynamic" and any(wins):
+            # the first step: DynamicSlidingWindowLayer still holds the whole prompt's storage (a view of the
+            # prefill's states) until its update replaces it; the first layer's update adds its new keys
+            w0 = wins[0]
+            first_kv = 2 * len(wins) * alloc(per * P)
+            first_grow = alloc(per * (min(P + 1, w0) if w0 else P + 1))
+            if first_kv + first_grow > kv + grow:
+                kv, grow = first_kv, first_grow
         layer_peak = kv + grow + inner + outer + steady
         logits_peak = kv + steady + alloc(batch * spec.vocab_size * c) + 2 * alloc(batch * spec.vocab_size * 4)
         decode = max(layer_peak, logits_peak)
