@@ -650,12 +650,26 @@ def assemble(config: Mapping[str, Any], d: Dims, tensors: list[Tensor], *, name:
         tensors=tuple(all_tensors),
         config=dict(config),
         origin=origin,
-        notes=tuple(model_notes(all_tensors, arch or model_type)) + tuple(notes),
+        notes=tuple(model_notes(all_tensors, arch or model_type, model_type)) + tuple(notes),
         plan_refusal=plan_refusal,
     )
 
 
-def model_notes(tensors: list[Tensor], architecture: str) -> list[str]:
+#: model types whose layers are (partly) recurrent or convolutional, and what those layers are (transformers 5.24
+#: ``models/<type>/modeling_<type>.py``); Mamba mixers are also recognised by their tensors (``ssm_*`` roles)
+RECURRENT_LAYERS: dict[str, str] = {
+    "mamba": "state-space (Mamba) mixer layers", "mamba2": "state-space (Mamba-2) mixer layers",
+    "falcon_mamba": "state-space (Mamba) mixer layers", "jamba": "state-space (Mamba) mixer layers",
+    "zamba": "state-space (Mamba) mixer layers", "zamba2": "state-space (Mamba-2) mixer layers",
+    "falcon_h1": "state-space (Mamba-2) mixer layers", "bamba": "state-space (Mamba-2) mixer layers",
+    "granitemoehybrid": "state-space (Mamba-2) mixer layers", "nemotron_h": "state-space (Mamba-2) mixer layers",
+    "lfm2": "short-convolution layers (Lfm2ShortConv)", "lfm2_moe": "short-convolution layers (Lfm2MoeShortConv)",
+    "qwen3_next": "Gated DeltaNet linear-attention layers (Qwen3NextGatedDeltaNet)",
+    "recurrent_gemma": "RG-LRU recurrent blocks (RecurrentGemmaRecurrentBlock)",
+}
+
+
+def model_notes(tensors: list[Tensor], architecture: str, model_type: str = "") -> list[str]:
     """What a plan of this model does not model, from its tensors: a multimodal checkpoint's vision tower and
     projector (counted and placed as frozen weights; their forward, and the image tokens' cost in the tower, are
     not modelled) and state-space mixers (their layers have no analytic replay)."""
@@ -670,11 +684,15 @@ def model_notes(tensors: list[Tensor], architecture: str) -> list[str]:
             f"{parts.get('vision_projector', 0):,} parameters are weights in the plan, but encoding images is not "
             "modelled (the tower's activations and its per-image working set); image tokens count only as part "
             "of --seq for the language model")
-    if any(t.role.startswith("ssm_") for t in tensors):
+    what = RECURRENT_LAYERS.get(model_type)
+    if what is None and any(t.role.startswith("ssm_") for t in tensors):
+        what = "state-space (Mamba) mixer layers"
+    if what is not None:
         out.append(
-            f"{architecture}: state-space (Mamba) mixer layers have no analytic replay; their activations come from "
-            "the simulator's 1- and 2-layer calibration, and inference plans count no recurrent state cache "
-            "(conv and SSM states)")
+            f"{architecture}: its {what} have no analytic replay: their activations are the simulator's calibration "
+            "of the model's first layers (one cost per such layer), and an inference plan's cache is KV for every "
+            "layer at the attention heads' width (none without attention), without the recurrent and convolution "
+            "states")
     return out
 
 

@@ -133,6 +133,8 @@ def module_type_of(module: Any) -> str:
         return "conv1d"
     if isinstance(module, nn.LayerNorm) or "Norm" in cls:
         return "norm"
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return "other"      # Mamba's depthwise nn.Conv1d, a vision tower's patch nn.Conv2d: 3-D+ weights, no experts
     if any(p.dim() == 3 for p in module.parameters(recurse=False)):
         return "experts"
     return "other"
