@@ -250,7 +250,18 @@ def model_level_bytes(spec: ModelSpec, batch: int, q: int, kv: int, dtype: str, 
             total += alloc(batch * q * kv * c)
         elif _needs_mask(batch, q, kv, attn, w, static):
             total += alloc(batch * q * kv)
+    if unused_sliding_mask(spec, q, attn):
+        total += alloc(batch * q * kv)
     return total
+
+
+def unused_sliding_mask(spec: ModelSpec, q: int, attn: str) -> bool:
+    """Qwen2-MoE without ``use_sliding_window``: ``Qwen2MoeConfig.__post_init__`` sets ``sliding_window = 0`` (not
+    ``None``) and ``Qwen2MoeModel.forward`` builds ``create_sliding_window_causal_mask`` anyway, which a window of 0
+    cannot skip: a (batch, 1, q, kv) boolean mask no layer reads, alive for the whole forward (transformers 5.24
+    models/qwen2_moe). Not with flash-attn (2-D masks) nor for one query."""
+    return (spec.model_type == "qwen2_moe" and attn != "flash" and q > 1
+            and not spec.config.get("use_sliding_window", False))
 
 
 def _needs_mask(batch: int, q: int, kv: int, attn: str, window: int | None, static: bool) -> bool:
@@ -332,6 +343,11 @@ def inference_bytes(spec: ModelSpec, layout: Any, batch: int, seq: int, new_toke
                 own = 0 if static or cache == "offloaded" else cache_upto(ll.last) - cache_upto(ll.last - 1)
                 best, kv_at = total, before + own
                 work = total - kv_at
+    if unused_sliding_mask(spec, P, attn):
+        # building it (masking_utils sdpa_mask: the causal `le` and two bitwise_and) holds three at once
+        build = persistent + alloc(BYTES[kv_dtype] * spec.hidden_size * T) + alloc(8 * P) + 3 * alloc(batch * P * P)
+        if build > best:
+            best, kv_at, work = build, 0, build
     # the head: final norm over every position, lm_head on the last one (or all), generate's fp32 copy + sampler
     rows = T if full_logits else batch
     kv_end = static_all if static else cache_upto(len(wins) - 1)
