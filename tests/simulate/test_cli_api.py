@@ -94,3 +94,15 @@ def test_setups_the_simulation_does_not_cover_raise(tiny):
         simulate(spec, Setup.create(method="full", gpus=2))
     with pytest.raises(SimulationError, match="unified memory"):
         simulate(spec, Setup.create(method="lora", optim="paged-adamw"))
+
+
+def test_simulation_reports_each_run_before_it_starts(tiny):
+    """``--mode both`` takes seconds: the command line shows one line per simulated run (issue 18)."""
+    from vramplan.profiles import resolve_model
+    from vramplan.setup import Setup
+    from vramplan.simulate import simulate
+
+    heard: list[str] = []
+    simulate(resolve_model(tiny).spec, Setup.create(method="full", seq=32), progress=heard.append)
+    assert heard == ["simulating 2 of 6 layers on meta tensors (run 1 of 2)",
+                     "simulating 3 of 6 layers on meta tensors (run 2 of 2)"]

@@ -41,6 +41,17 @@ def both_text(analytic: dict, simulated: dict, rows: list[dict[str, Any]]) -> st
     return "\n".join(lines)
 
 
+def _progress(message: str) -> None:
+    """A simulated run takes seconds (issue 18: ``--mode both`` ran 10+ s with nothing shown): say so on a terminal's
+    stderr (scripts reading stderr keep their one-line errors)."""
+    import sys
+
+    import click
+
+    if sys.stderr.isatty():
+        click.echo(f"vramplan: {message}", err=True)
+
+
 def plan_mode(mode: str, resolved: Any, setup: Setup, gpu: Any, margin: float, *, sim_layers: str,
               as_json: bool, explain: bool, html_path: str | None) -> int:
     """Run ``vramplan plan`` in ``simulate`` or ``both`` mode; return the exit code (1: does not fit).
@@ -55,7 +66,7 @@ def plan_mode(mode: str, resolved: Any, setup: Setup, gpu: Any, margin: float, *
 
     spec = resolved.spec
     if mode == "simulate":
-        est = simulate(spec, setup, gpu, margin, sim_layers=sim_layers)
+        est = simulate(spec, setup, gpu, margin, sim_layers=sim_layers, progress=_progress)
         data = est.to_dict()
         data["model"] = resolved.name
         for w in est.warnings:
@@ -71,7 +82,7 @@ def plan_mode(mode: str, resolved: Any, setup: Setup, gpu: Any, margin: float, *
     a = analytic.to_dict()
     a["model"] = resolved.name
     try:
-        sim = simulate(spec, setup, gpu, margin, sim_layers=sim_layers)
+        sim = simulate(spec, setup, gpu, margin, sim_layers=sim_layers, progress=_progress)
     except SimulationError as exc:
         warn(f"{exc} — showing the analytic estimate only")
         _html(html_path, spec, setup, a, gpu)

@@ -13,6 +13,7 @@ stays cheap.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SimulationError
@@ -26,7 +27,7 @@ __all__ = ["simulate", "calibrated_layer_bytes", "SimulationError"]
 
 
 def simulate(spec: ModelSpec, setup: Setup, gpu: Any = None, margin: float = 0.0,
-             sim_layers: str | int = "auto") -> Estimate:
+             sim_layers: str | int = "auto", progress: Callable[[str], None] | None = None) -> Estimate:
     """Simulate one step of ``setup`` on ``spec`` and return its Estimate.
 
     Args:
@@ -35,6 +36,7 @@ def simulate(spec: ModelSpec, setup: Setup, gpu: Any = None, margin: float = 0.0
         gpu: a :class:`vramplan.profiles.Gpu` for the fit verdict; ``margin`` keeps that fraction free.
         sim_layers: ``"auto"`` (simulate two periods of layers and three, extrapolate), ``"all"``, or a layer
             count ``N`` (simulate ``N`` and ``N + period``).
+        progress: called with one line before each simulated run (the command line prints it on stderr).
 
     Raises:
         SimulationError: the architecture or setup cannot run on meta tensors; the message names the op.
@@ -43,7 +45,7 @@ def simulate(spec: ModelSpec, setup: Setup, gpu: Any = None, margin: float = 0.0
     from .extrapolate import simulate_combined
 
     check_supported(setup)
-    return to_estimate(spec, setup, simulate_combined(spec, setup, sim_layers), gpu, margin)
+    return to_estimate(spec, setup, simulate_combined(spec, setup, sim_layers, progress), gpu, margin)
 
 
 def calibrated_layer_bytes(spec: ModelSpec, setup: Setup) -> tuple[int, int] | None:

@@ -16,6 +16,7 @@ without the index, shapes, roles), the adapters placed in it, and per-layer conf
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import SetupError
@@ -207,10 +208,15 @@ def combine(plan: Plan, r1: RunResult, r2: RunResult) -> Combined:
                     per_layer, _line(r1.kv_cache, r2.kv_cache, x1, x2, x), [r1, r2])
 
 
-def simulate_combined(spec: ModelSpec, setup: Setup, sim_layers: str | int = "auto") -> Combined:
-    """Run the simulation the plan asks for and combine the runs."""
+def simulate_combined(spec: ModelSpec, setup: Setup, sim_layers: str | int = "auto",
+                      progress: Callable[[str], None] | None = None) -> Combined:
+    """Run the simulation the plan asks for and combine the runs (``progress`` hears of each run first)."""
     from .step import run
 
     plan = plan_depths(spec, setup, sim_layers)
-    runs = [run(spec, setup, n) for n in plan.depths]
+    runs = []
+    for i, n in enumerate(plan.depths, 1):
+        if progress is not None:
+            progress(f"simulating {n} of {spec.num_layers} layers on meta tensors (run {i} of {len(plan.depths)})")
+        runs.append(run(spec, setup, n))
     return single(plan, runs[0]) if len(runs) == 1 else combine(plan, runs[0], runs[1])
