@@ -26,6 +26,12 @@ def fit(model: str, *, as_json: bool, gpu: str | None, margin: str, trust_remote
     optimizer, chunked loss, shorter sequences, a smaller batch with gradient accumulation, fewer targets,
     sharding over more GPUs) with the memory each saves, most first.
 
+    With --lengths or --alloc-conf the run is replayed through PyTorch's caching allocator (as vramplan plan
+    does, seconds per replay): the verdict is the run's (no out-of-memory error over its steps on the card,
+    JSON fits_on "run_peak_reserved_bytes"), and so are the largest batch and rank (and seq when every step
+    has one shape; with varying --lengths the largest seq stays the single-step estimate, every sample that
+    long). The allocator section lists the run's reserved peak and the ranked allocator fixes.
+
     Exit code 0 when it fits, 1 when it does not, 2 on bad input.
     """
     from ..errors import SetupError
@@ -39,9 +45,6 @@ def fit(model: str, *, as_json: bool, gpu: str | None, margin: str, trust_remote
     setup = setup_from_options(opts)
     for w in ignored_warnings(opts, setup):
         warn(w)
-    if setup.lengths is not None or setup.alloc_conf is not None:
-        warn("--lengths/--alloc-conf: fit does not replay the caching allocator yet; its limits use the "
-             "single-step reserved estimate (vramplan plan reports the run-level reserved peak)")
     g = resolve_gpu(gpu)
     m = parse_margin(margin)
     resolved = resolve_model(model, trust_remote_code=trust_remote_code)
@@ -55,7 +58,7 @@ def fit(model: str, *, as_json: bool, gpu: str | None, margin: str, trust_remote
         echo_json(data)
     else:
         click.echo(fit_text(data, SEQ_STEP, resolved.spec.max_position_embeddings, MIN_GPUS_LIMIT))
-    if not report.fit.fits:
+    if not report.fits:
         sys.exit(1)
 
 
@@ -80,14 +83,27 @@ def fit_text(d: dict, seq_step: int, max_positions: int | None, max_gpus: int = 
     s = p["setup"]
     at_limit = set(d["at_limit"])
     margin = f" with {f['margin']:.0%} margin" if f.get("margin") else ""
+    run = d.get("allocator")
+    step = f"one step with every sample {s['seq']:,} tokens: " if run is not None else ""
     lines = [setup_line(p),
-             f"{f['gpu']} ({gib(f['capacity_bytes'])} GiB): {'FITS' if f['fits'] else 'DOES NOT FIT'}{margin} — "
-             f"device used {gib(p['device_used_bytes'])} GiB, headroom {gib(f['headroom_bytes'])} GiB", ""]
+             f"{f['gpu']} ({gib(f['capacity_bytes'])} GiB): {step}{'FITS' if f['fits'] else 'DOES NOT FIT'}{margin} — "
+             f"device used {gib(p['device_used_bytes'])} GiB, headroom {gib(f['headroom_bytes'])} GiB"]
+    single = set(d.get("single_step", ()))
+    if run is not None:
+        b, sq = run["longest_batch_seq"]
+        verdict = "FITS" if d["fits"] else f"DOES NOT FIT (out of memory at step {run['oom_step']})"
+        lines.append(f"the run ({run['steps']} steps of --lengths {run['lengths']}, longest {b} × {sq:,}; "
+                     f"PYTORCH_CUDA_ALLOC_CONF {run['alloc_conf'] or 'default'}): {verdict} — run peak reserved "
+                     f"{gib(run['peak_reserved_bytes'])} GiB of {gib(run['capacity_bytes'])} GiB the allocator may "
+                     "reserve; the verdict and the searches below are the run's")
+    lines.append("")
 
     def largest(value: int | None, what: str, name: str) -> str:
         if value is None:
             return f"largest {what}: none fits"
         more = " (search limit: at least this)" if name in at_limit else ""
+        if name in single:
+            more += " (single-step estimate: every sample this long)"
         return f"largest {what}: {value:,}{more}"
 
     lines.append(largest(d["max_batch"], f"batch at seq {s['seq']:,}", "batch"))
@@ -99,11 +115,16 @@ def fit_text(d: dict, seq_step: int, max_positions: int | None, max_gpus: int = 
         lines.append(largest(d["max_rank"], f"rank at batch {s['batch']} × seq {s['seq']:,}", "rank"))
     lines.append(fewest_gpus_line(d.get("min_gpus"), f["gpu"], s, max_gpus))
     if d["suggestions"]:
-        lines += ["", "changes that save memory (one at a time, most saved first):"]
+        basis = "single-step estimate; " if run is not None else ""
+        lines += ["", f"changes that save memory ({basis}one at a time, most saved first):"]
         rows = [[x["change"], gib(x["saves_bytes"]), "yes" if x["fits_after"] else "no", x["option"]]
                 for x in d["suggestions"]]
         lines.append(table(["change", "saves GiB", "fits after", "option"], rows, "lrll"))
-    elif not f["fits"]:
+    elif not d["fits"]:
         lines += ["", "no single change modelled by vramplan saves memory on this setup"]
+    if run is not None:
+        from .plan import allocator_text
+
+        lines.append(allocator_text(run))
     lines += ["", "GiB = 2**30 bytes"]
     return "\n".join(lines)

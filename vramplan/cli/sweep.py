@@ -86,17 +86,27 @@ def _split(given: tuple[str, ...]) -> list[str]:
 @click.option("--max-rows", type=click.IntRange(min=1), default=SWEEP_MAX_ROWS, show_default=True,
               help="Refuse a sweep whose product (models x combinations of the lists) exceeds this, before "
                    "building anything.")
+@click.option("--columns", "columns_", default=None, metavar="COLUMNS",
+              help="Columns to write, in order (comma list): column names (model, option names such as rank or "
+                   "grad_ckpt, params_trainable, peak_reserved_bytes, device_used (GiB), <gpu>_fits, ...) and "
+                   "the groups auto (model, method, the options that vary across the rows, every result), all, "
+                   "options, results. Default: auto for csv, md and html; all for jsonl.")
 def sweep(*, models: tuple[str, ...], gpus_: tuple[str, ...], margin: str, trust_remote_code: bool, fmt: str,
-          out: str | None, title: str, max_rows: int, **given: tuple[str, ...]) -> None:
+          out: str | None, title: str, max_rows: int, columns_: str | None, **given: tuple[str, ...]) -> None:
     """Estimate every combination of the plan options given as comma lists, one row each.
 
     Every option of `vramplan plan` takes a comma-separated list (--rank 8,16,64 --batch 1,2,4
     --grad-ckpt true,false); --targets, --target-regex, --modules-to-save and --layers-to-transform already
     hold commas, so repeat them for alternatives. Rows hold the model, every setup option (defaults filled
     in), params_trainable, the three counters in bytes and GiB (2**30), peak_phase, and per --gpu whether it
-    fits and the headroom. Invalid combinations (e.g. --method full with --quant nf4) are skipped with a
-    warning; combinations that come out identical (LoRA options with --method full) are evaluated once.
-    Rows go to stdout, or atomically to --out; progress and warnings go to stderr.
+    fits and the headroom. With --lengths or --alloc-conf each row also replays the caching allocator over
+    the run (as vramplan plan does, seconds a row): run_peak_allocated_bytes, run_peak_reserved_bytes,
+    run_fragmentation_share, run_peak_reserved (GiB) and per --gpu <gpu>_run_fits (the run raises no OOM
+    there). CSV, Markdown and HTML show the model, the method, the options that vary across the rows and
+    every result unless --columns says otherwise; JSONL records hold every column. Invalid combinations
+    (e.g. --method full with --quant nf4) are skipped with a warning; combinations that come out identical
+    (LoRA options with --method full) are evaluated once. Rows go to stdout, or atomically to --out;
+    progress and warnings go to stderr.
     """
     import math
 
@@ -131,9 +141,12 @@ def sweep(*, models: tuple[str, ...], gpus_: tuple[str, ...], margin: str, trust
     model_list = list({r.name: (r.name, r.spec) for r in resolved}.values())
 
     setups, invalid = build_setups(axes)
-    if any(s.lengths is not None or s.alloc_conf is not None for s in setups):
-        warn("--lengths/--alloc-conf: sweep rows do not replay the caching allocator yet; their reserved column is "
-             "the single-step estimate (vramplan plan reports the run-level reserved peak)")
+    replay = any(s.lengths is not None or s.alloc_conf is not None for s in setups)
+    if replay:
+        check_replay_options(setups)
+    card_names = [c.name for c in cards]
+    wanted = parse_columns(columns_ if columns_ is not None else ("all" if fmt == "jsonl" else "auto"),
+                           columns(card_names, replay), card_names)
     if invalid:
         reasons = sorted({str(e) for e in invalid})
         warn(f"skipped {len(invalid)} invalid combination{'s' if len(invalid) != 1 else ''}: "
@@ -154,7 +167,8 @@ def sweep(*, models: tuple[str, ...], gpus_: tuple[str, ...], margin: str, trust
              + "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} more" if len(reasons) > 3 else ""))
     if not result.rows:
         raise VramplanError("the sweep produced no row: every combination was refused (see the warning above)")
-    text = render(result.rows, [c.name for c in cards], fmt, title)
+    cols = resolve_columns(wanted, result.rows, card_names, replay)
+    text = render(result.rows, card_names, fmt, title, cols)
     if out:
         atomic_write_text(out, text)
         click.echo(f"vramplan: wrote {len(result.rows):,} row{'s' if len(result.rows) != 1 else ''} to {out}", err=True)
@@ -177,17 +191,102 @@ def build_setups(axes: dict[str, list[Any]]) -> tuple[list[Any], list[Exception]
     return list(setups), invalid
 
 
-# ---------------------------------------------------------------------------------------------- render
-def columns(gpu_names: list[str]) -> list[str]:
-    """The sweep table's columns, in order."""
+def check_replay_options(setups: list[Any]) -> None:
+    """Read every distinct ``--lengths`` and ``--alloc-conf`` of the sweep before any row is estimated, so that
+    a bad value is one error (exit 2), not a warning per skipped row.
+
+    Raises:
+        LengthsError, AllocConfError: the first bad value, one line.
+    """
+    from ..allocator.conf import parse_alloc_conf
+    from ..allocator.plan import parse_lengths_option, run_options
+
+    for text in dict.fromkeys(s.lengths for s in setups):
+        parse_lengths_option(text)
+        run_options(text)
+    for text in dict.fromkeys(s.alloc_conf for s in setups):
+        parse_alloc_conf(text)
+
+
+# ---------------------------------------------------------------------------------------------- columns
+#: the groups ``--columns`` accepts besides column names
+COLUMN_GROUPS = ("auto", "all", "options", "results")
+#: option columns ``auto`` always shows: what a row is
+KEY_COLUMNS = ("model", "method")
+
+
+def columns(gpu_names: list[str], replay: bool = False) -> list[str]:
+    """The sweep table's columns, in order (``replay``: with the run-level columns of ``--lengths``)."""
     from ..planner import COUNTER_COLUMNS, OPTION_COLUMNS, gib_column, gpu_columns
+    from ..planner.sweeps import RUN_COLUMNS, run_fits_column
 
     cols = ["model", *OPTION_COLUMNS, "params_trainable", *COUNTER_COLUMNS, "peak_phase",
             *(gib_column(c) for c in COUNTER_COLUMNS)]
+    if replay:
+        cols += [*RUN_COLUMNS, gib_column("run_peak_reserved_bytes")]
     for g in gpu_names:
         fits, head = gpu_columns(g)
         cols += [fits, head, gib_column(head)]
+        if replay:
+            cols.append(run_fits_column(g))
     return cols
+
+
+def parse_columns(text: str, known: list[str], gpu_names: list[str]) -> list[str]:
+    """``--columns``: the names and groups asked for, in order, checked against ``known`` (the sweep's columns).
+    An option may be named by its flag too (``grad-ckpt``, ``--grad-ckpt``).
+
+    Raises:
+        VramplanError: an unknown name, quoted, with the closest columns.
+    """
+    from ..errors import VramplanError, close_matches
+    from ..planner.sweeps import RUN_COLUMNS
+
+    by_flag = {o.flag.lstrip("-"): o.name for o in sweep_options()}
+    out: list[str] = []
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise VramplanError(f"--columns {text!r} names no column: give names (model,rank,device_used_bytes) or "
+                            f"one of {', '.join(COLUMN_GROUPS)}")
+    for item in items:
+        name = item if item in known or item in COLUMN_GROUPS else by_flag.get(item.lstrip("-"), item)
+        if name not in known and name not in COLUMN_GROUPS:
+            if name in RUN_COLUMNS or name.endswith("_run_fits") or name == "run_peak_reserved (GiB)":
+                raise VramplanError(f"--columns {item!r}: the run-level columns come with --lengths or --alloc-conf")
+            hint = close_matches(item, [*known, *COLUMN_GROUPS])
+            cards = (f"; the card columns are <gpu>_fits, <gpu>_headroom_bytes for the --gpu cards "
+                     f"({', '.join(gpu_names)})" if gpu_names else "")
+            raise VramplanError(f"--columns {item!r} is not a sweep column{hint}: use option names (rank, "
+                                f"grad_ckpt, ...), results (params_trainable, peak_reserved_bytes, device_used_bytes, "
+                                f"peak_phase, ...){cards}, or {', '.join(COLUMN_GROUPS)}")
+        out.append(name)
+    return out
+
+
+def resolve_columns(wanted: list[str], rows: list[dict[str, Any]], gpu_names: list[str],
+                    replay: bool = False) -> list[str]:
+    """The columns to write: ``wanted`` (:func:`parse_columns`) with its groups expanded against ``rows``:
+    ``auto`` is the model, the method, every option whose value differs between rows, and every result;
+    ``options`` every option column, ``results`` every other column; names keep their order, repeats dropped."""
+    from ..planner import OPTION_COLUMNS
+
+    every = columns(gpu_names, replay)
+    options = [c for c in every if c in OPTION_COLUMNS]
+    results = [c for c in every if c != "model" and c not in OPTION_COLUMNS]
+    varying = {c for c in options if len({_key(r.get(c)) for r in rows}) > 1}
+    groups = {"all": every, "options": options, "results": results,
+              "auto": [c for c in every if c in KEY_COLUMNS or c in varying or c in results]}
+    out: list[str] = []
+    for name in wanted:
+        out.extend(groups.get(name, [name]))
+    return list(dict.fromkeys(out))
+
+
+def _key(value: Any) -> Any:
+    return repr(value) if isinstance(value, (list, dict)) else value
+
+
+# ---------------------------------------------------------------------------------------------- render
 
 
 def _records(rows: list[dict[str, Any]], cols: list[str]) -> list[dict[str, Any]]:
@@ -195,11 +294,14 @@ def _records(rows: list[dict[str, Any]], cols: list[str]) -> list[dict[str, Any]
     return [{c: r.get(c) for c in cols} for r in rows]
 
 
-def render(rows: list[dict[str, Any]], gpu_names: list[str], fmt: str, title: str) -> str:
-    """The sweep table in ``fmt``. CSV, Markdown and JSONL are written with the standard library (no pandas)."""
-    from ..planner import COUNTER_COLUMNS, gib_column, gpu_columns
+def render(rows: list[dict[str, Any]], gpu_names: list[str], fmt: str, title: str,
+           cols: list[str] | None = None) -> str:
+    """The sweep table in ``fmt`` with the columns ``cols`` (``None``: every column, :func:`columns`). CSV,
+    Markdown and JSONL are written with the standard library (no pandas)."""
+    from ..planner import gib_column
 
-    cols = columns(gpu_names)
+    if cols is None:
+        cols = columns(gpu_names, any("run_peak_reserved_bytes" in r for r in rows))
     records = _records(rows, cols)
     if fmt == "csv":
         import csv
@@ -222,7 +324,8 @@ def render(rows: list[dict[str, Any]], gpu_names: list[str], fmt: str, title: st
     require("report", "sweep --format html")
     from ..report import table_page
 
-    gib_cols = {gib_column(c) for c in COUNTER_COLUMNS} | {gib_column(gpu_columns(g)[1]) for g in gpu_names}
+    # a GiB copy is left out when its bytes column is shown
+    gib_cols = {gib_column(c) for c in cols if c.endswith("_bytes")}
     return table_page([{k: v for k, v in r.items() if k not in gib_cols} for r in records], title)
 
 

@@ -43,19 +43,47 @@ class FitReport:
     #: the fewest GPUs of this card on which the setup fits per rank, and the strategy
     #: (:func:`vramplan.estimate.search.smallest_gpus`); ``None``: not even :data:`MIN_GPUS_LIMIT`
     min_gpus: tuple[int, str] | None = None
+    #: with ``--lengths``/``--alloc-conf``: the caching allocator's replay of the run on this card
+    #: (:class:`vramplan.allocator.plan.AllocatorPlan`), which then decides the verdict and the searches
+    allocator: Any = None
+    #: the searches decided by the single-step estimate although the run is replayed (``seq`` with varying
+    #: lengths: every sample that long)
+    single_step: tuple[str, ...] = ()
 
     @property
     def fit(self) -> Fit:
+        """The single-step verdict of the estimate (``device_used_bytes`` against the card)."""
         assert self.estimate.fit is not None
         return self.estimate.fit
 
+    @property
+    def fits(self) -> bool:
+        """The verdict: the replayed run raises no out-of-memory error on the card when the run is replayed,
+        else the single-step estimate's."""
+        if self.allocator is not None:
+            return self.allocator.run.oom_step is None
+        return self.fit.fits
+
+    @property
+    def fits_on(self) -> str:
+        """Which counter decides: ``run_peak_reserved_bytes`` (the allocator replay) or ``device_used_bytes``."""
+        return "run_peak_reserved_bytes" if self.allocator is not None else "device_used_bytes"
+
     def to_dict(self, plan_json: dict[str, Any] | None = None) -> dict[str, Any]:
-        return {"fits": self.fit.fits, "headroom_bytes": self.fit.headroom_bytes, "max_batch": self.max_batch,
-                "max_seq": self.max_seq, "seq_step": SEQ_STEP, "max_rank": self.max_rank,
-                "at_limit": list(self.at_limit), "suggestions": [s.to_dict() for s in self.suggestions],
-                "min_gpus": (None if self.min_gpus is None
-                             else {"gpus": self.min_gpus[0], "strategy": self.min_gpus[1]}),
-                "plan": plan_json if plan_json is not None else self.estimate.to_dict()}
+        d = {"fits": self.fits, "fits_on": self.fits_on, "headroom_bytes": self.fit.headroom_bytes,
+             "max_batch": self.max_batch, "max_seq": self.max_seq, "seq_step": SEQ_STEP, "max_rank": self.max_rank,
+             "at_limit": list(self.at_limit), "suggestions": [s.to_dict() for s in self.suggestions],
+             "min_gpus": (None if self.min_gpus is None
+                          else {"gpus": self.min_gpus[0], "strategy": self.min_gpus[1]}),
+             "plan": plan_json if plan_json is not None else self.estimate.to_dict()}
+        if self.allocator is not None:
+            d["single_step"] = list(self.single_step)
+            d["allocator"] = self.allocator.to_dict()
+        return d
+
+
+#: a verdict on one setup: ``fits(setup)``
+Verdict = Callable[[Setup], bool]
 
 
 def _fits(spec: ModelSpec, setup: Setup, gpu: Any, margin: float) -> bool:
@@ -64,27 +92,79 @@ def _fits(spec: ModelSpec, setup: Setup, gpu: Any, margin: float) -> bool:
     return est.fit.fits
 
 
-def max_batch(spec: ModelSpec, setup: Setup, gpu: Any, margin: float = 0.0) -> int | None:
-    """Largest batch that fits at ``setup.seq`` (``None``: not even 1)."""
-    return search_max(lambda b: _fits(spec, setup.with_(batch=b), gpu, margin), 1, BATCH_LIMIT, setup.batch)
+def _single_step(spec: ModelSpec, gpu: Any, margin: float) -> Verdict:
+    return lambda s: _fits(spec, s, gpu, margin)
 
 
-def max_seq(spec: ModelSpec, setup: Setup, gpu: Any, margin: float = 0.0) -> int | None:
+def max_batch(spec: ModelSpec, setup: Setup, gpu: Any, margin: float = 0.0, fits: Verdict | None = None,
+              start: int | None = None) -> int | None:
+    """Largest batch that fits at ``setup.seq`` (``None``: not even 1). ``fits``: the verdict (default: the
+    single-step estimate on ``gpu``); ``start``: where the search starts (default: the setup's batch)."""
+    ok = fits or _single_step(spec, gpu, margin)
+    return search_max(lambda b: ok(setup.with_(batch=b)), 1, BATCH_LIMIT, start or setup.batch)
+
+
+def max_seq(spec: ModelSpec, setup: Setup, gpu: Any, margin: float = 0.0, fits: Verdict | None = None,
+            start: int | None = None) -> int | None:
     """Largest multiple of :data:`SEQ_STEP` that fits at ``setup.batch`` (``None``: not even the smallest one
-    above ``new_tokens``)."""
+    above ``new_tokens``). ``fits``, ``start``: as :func:`max_batch` (``start`` in tokens)."""
+    ok = fits or _single_step(spec, gpu, margin)
     lo = setup.new_tokens // SEQ_STEP + 1
-    k = search_max(lambda k: _fits(spec, setup.with_(seq=k * SEQ_STEP), gpu, margin), lo, SEQ_LIMIT // SEQ_STEP,
-                   max(lo, setup.seq // SEQ_STEP))
+    k = search_max(lambda k: ok(setup.with_(seq=k * SEQ_STEP)), lo, SEQ_LIMIT // SEQ_STEP,
+                   max(lo, (start or setup.seq) // SEQ_STEP))
     return None if k is None else k * SEQ_STEP
 
 
-def max_rank(spec: ModelSpec, setup: Setup, gpu: Any, margin: float = 0.0) -> int | None:
-    """Largest LoRA rank that fits at the setup's batch and seq (``None``: not LoRA, or not even r=1)."""
+def max_rank(spec: ModelSpec, setup: Setup, gpu: Any, margin: float = 0.0, fits: Verdict | None = None,
+             start: int | None = None) -> int | None:
+    """Largest LoRA rank that fits at the setup's batch and seq (``None``: not LoRA, or not even r=1).
+    ``fits``, ``start``: as :func:`max_batch`."""
     if setup.lora is None or setup.method not in ("lora", "qlora"):
         return None
     lora = setup.lora
-    return search_max(lambda r: _fits(spec, setup.with_(lora=replace(lora, r=r)), gpu, margin), 1, RANK_LIMIT,
-                      lora.r)
+    ok = fits or _single_step(spec, gpu, margin)
+    return search_max(lambda r: ok(setup.with_(lora=replace(lora, r=r))), 1, RANK_LIMIT, start or lora.r)
+
+
+def run_verdict(spec: ModelSpec, gpu: Any, margin: float) -> Verdict:
+    """The verdict of a replayed run (``--lengths``/``--alloc-conf``): the caching allocator replays the run's
+    steps (``vramplan/allocator``: the setup's ``--lengths`` steps, seed and batching, its ``--alloc-conf``) on
+    what it may reserve on ``gpu`` — the card less ``margin`` and what the estimate places outside the
+    allocator (the CUDA context, paged optimizer states) — and the setup fits when no step raises an
+    out-of-memory error. One step model per structure is reused across batch and sequence length."""
+    from ..allocator.conf import parse_alloc_conf
+    from ..allocator.lengths import StepModel, run_reserved
+    from ..allocator.plan import capacity_from, parse_lengths_option, run_options
+    from ..estimate import overhead
+    from .sweeps import structure_key
+
+    models: dict[Setup, StepModel] = {}
+
+    def fits(s: Setup) -> bool:
+        est = estimate(spec, s, gpu, margin, detail=False)
+        cap = capacity_from(overhead.usable_bytes(gpu.memory_bytes, margin), est.device_used_bytes,
+                            est.peak_reserved_bytes)
+        if cap <= 0:
+            return False
+        key = structure_key(s)
+        if key not in models:
+            models[key] = StepModel(spec, s)
+        dist, batching, long_samples = parse_lengths_option(s.lengths)
+        steps, seed = run_options(s.lengths)
+        run = run_reserved(spec, s, dist, steps, parse_alloc_conf(s.alloc_conf), cap, batching=batching,
+                           long_samples=long_samples, seed=seed, model=models[key])
+        return run.oom_step is None
+
+    return fits
+
+
+def _one_shape(setup: Setup) -> bool:
+    """Whether every step of the replayed run has the setup's own shape (no ``--lengths``, or fixed padding):
+    then a longer ``--seq`` is a longer step, and the run replays in a few steps (cheap)."""
+    from ..allocator.plan import parse_lengths_option
+
+    dist, batching, _ = parse_lengths_option(setup.lengths)
+    return dist is None or batching == "fixed"
 
 
 def fit_report(spec: ModelSpec, setup: Setup, gpu: Any, margin: float = 0.0) -> FitReport:
@@ -93,6 +173,13 @@ def fit_report(spec: ModelSpec, setup: Setup, gpu: Any, margin: float = 0.0) -> 
 
     The GPU count comes from the estimator's per-rank model (``estimate/distributed.py``, ``docs/multi-gpu.md``):
     ``--batch`` stays per GPU, the setup's ``--gpus``/``--strategy`` are replaced, its ``--offload`` is kept.
+
+    With ``--lengths`` or ``--alloc-conf`` the run is replayed through the caching allocator
+    (:func:`run_verdict`): the verdict and the largest batch and rank are the run's (no out-of-memory error on
+    the card over its steps), searched from the single-step answers; the largest sequence length too when the
+    run has one shape (no ``--lengths``, or ``@fixed``), else it stays the single-step one (every sample
+    that long; listed in ``single_step``). The fewest GPUs and the suggested changes are single-step
+    estimates; the allocator's own fixes come with the replay (``allocator``).
     """
     if gpu is None:
         raise SetupError("fit needs a card: pass --gpu (a name from `vramplan gpus` or a size such as 24GB)")
@@ -100,13 +187,30 @@ def fit_report(spec: ModelSpec, setup: Setup, gpu: Any, margin: float = 0.0) -> 
     assert est.fit is not None
     mb, ms, mr = max_batch(spec, setup, gpu, margin), max_seq(spec, setup, gpu, margin), max_rank(spec, setup, gpu,
                                                                                                   margin)
+    allocator, single_step = None, ()
+    from .sweeps import replays
+
+    if replays(setup):
+        from ..allocator.plan import allocator_plan, capacity_from
+        from ..estimate import overhead
+
+        cap = capacity_from(overhead.usable_bytes(gpu.memory_bytes, margin), est.device_used_bytes,
+                            est.peak_reserved_bytes)
+        allocator = allocator_plan(spec, setup, setup.lengths, setup.alloc_conf, cap)
+        run_fits = run_verdict(spec, gpu, margin)
+        mb = max_batch(spec, setup, gpu, margin, run_fits, start=mb)
+        mr = max_rank(spec, setup, gpu, margin, run_fits, start=mr)
+        if _one_shape(setup):
+            ms = max_seq(spec, setup, gpu, margin, run_fits, start=ms)
+        else:
+            single_step = ("seq",)
     limits = [n for n, v, lim in (("batch", mb, BATCH_LIMIT), ("seq", ms, SEQ_LIMIT), ("rank", mr, RANK_LIMIT))
               if v is not None and v >= lim]
     suggestions: tuple[Suggestion, ...] = ()
-    if not est.fit.fits:
+    if not est.fit.fits or (allocator is not None and allocator.run.oom_step is not None):
         suggestions = tuple(suggest(spec, setup, gpu, margin, est, mb, ms))
     fewest = smallest_gpus(spec, setup, gpu, margin, max_gpus=MIN_GPUS_LIMIT)
-    return FitReport(est, mb, ms, mr, suggestions, tuple(limits), fewest)
+    return FitReport(est, mb, ms, mr, suggestions, tuple(limits), fewest, allocator, single_step)
 
 
 def _candidates(spec: ModelSpec, s: Setup, mb: int | None, ms: int | None) -> Iterator[tuple[str, str, Any]]:

@@ -18,6 +18,9 @@ from ..units import GiB
 #: the option columns of a sweep row, in order: every setup option, by its name (``rank``, ``lora_dropout``)
 OPTION_COLUMNS: tuple[str, ...] = tuple(o.name for o in SETUP_OPTIONS)
 COUNTER_COLUMNS = ("peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes")
+#: the run-level columns of a sweep with ``--lengths``/``--alloc-conf`` (the caching allocator's replay of the
+#: run, ``vramplan/allocator``): what ``vramplan plan --lengths ... --json`` reports under ``allocator``
+RUN_COLUMNS = ("run_peak_allocated_bytes", "run_peak_reserved_bytes", "run_fragmentation_share")
 
 
 def setup_columns(setup: Setup) -> dict[str, Any]:
@@ -33,6 +36,56 @@ def gib_column(name: str) -> str:
 def gpu_columns(gpu_name: str) -> tuple[str, str]:
     """Column names of one card's verdict: ``<gpu>_fits``, ``<gpu>_headroom_bytes``."""
     return f"{gpu_name}_fits", f"{gpu_name}_headroom_bytes"
+
+
+def run_fits_column(gpu_name: str) -> str:
+    """``<gpu>_run_fits``: the replayed run on that card raises no out-of-memory error."""
+    return f"{gpu_name}_run_fits"
+
+
+def replays(setup: Setup) -> bool:
+    """Whether a row of ``setup`` replays the caching allocator (``--lengths`` or ``--alloc-conf`` given)."""
+    return setup.lengths is not None or setup.alloc_conf is not None
+
+
+def run_columns(spec: ModelSpec, setup: Setup, row: dict[str, Any], gpus: Sequence[Any] = (), margin: float = 0.0,
+                model: Any = None) -> dict[str, Any]:
+    """The run-level columns of one row: the caching allocator replayed over the run of ``--lengths``
+    (``vramplan/allocator/plan.py``: its steps, seed and batching rules) with ``--alloc-conf`` and no memory
+    limit, as ``vramplan plan --lengths ... --json``'s ``allocator`` without ``--gpu``; and, per card,
+    ``<gpu>_run_fits``: whether the run replayed on what the allocator may reserve there (the card less
+    ``--margin`` and what the estimate places outside the allocator: the CUDA context) raises no OOM.
+
+    A card on which the unlimited run's reserved peak fits needs no second replay: the allocator behaves the
+    same until a cudaMalloc fails (unless a memory fraction, which depends on the card, is set). ``model``: a :class:`~vramplan.allocator.lengths.StepModel` of the row's
+    structure, reused across its batch and seq.
+
+    Raises:
+        LengthsError, AllocConfError: a bad ``--lengths`` or ``--alloc-conf`` (one line each).
+    """
+    from ..allocator.conf import parse_alloc_conf
+    from ..allocator.lengths import run_reserved
+    from ..allocator.plan import capacity_from, parse_lengths_option, run_options
+
+    dist, batching, long_samples = parse_lengths_option(setup.lengths)
+    steps, seed = run_options(setup.lengths)
+    conf = parse_alloc_conf(setup.alloc_conf)
+    kw = dict(batching=batching, long_samples=long_samples, seed=seed, model=model)
+    run = run_reserved(spec, setup, dist, steps, conf, None, **kw)
+    out: dict[str, Any] = {"run_peak_allocated_bytes": run.peak_allocated_bytes,
+                           "run_peak_reserved_bytes": run.peak_reserved_bytes,
+                           "run_fragmentation_share": round(run.fragmentation_share, 4),
+                           "run_peak_reserved (GiB)": run.peak_reserved_bytes / GiB}
+    for g in gpus:
+        usable = overhead.usable_bytes(g.memory_bytes, margin)
+        on_card = usable - row[gpu_columns(g.name)[1]]          # the row's device_used on this card
+        cap = capacity_from(usable, on_card, row["peak_reserved_bytes"])
+        # without a memory fraction (which scales with the card) the capped run is the unlimited one while
+        # every cudaMalloc fits: replayed again only when its peak does not
+        same = conf.memory_fraction is None and run.peak_reserved_bytes <= cap
+        out[run_fits_column(g.name)] = (same
+                                        or run_reserved(spec, setup, dist, steps, conf, cap, **kw).oom_step is None)
+    return out
 
 
 def sweep_row(model: str, spec: ModelSpec, setup: Setup, gpus: Sequence[Any] = (), margin: float = 0.0,
@@ -117,6 +170,15 @@ def sweep(models: Sequence[tuple[str, ModelSpec]], setups: Sequence[Setup], gpus
                 continue
             for i, c in zip(idx, counters, strict=True):
                 rows[i] = sweep_row(name, spec, setups[i], gpus, margin, cols[i], c, trainable)
+            if replays(first):          # only with --lengths/--alloc-conf: the replay costs seconds a row
+                from ..allocator.lengths import StepModel
+
+                try:
+                    model = StepModel(spec, first)
+                    for i in idx:
+                        rows[i].update(run_columns(spec, setups[i], rows[i], gpus, margin, model))
+                except VramplanError as exc:
+                    result.skipped.extend((name, str(exc)) for i in idx if rows.pop(i, None) is not None)
             if progress is not None:
                 progress(len(idx))
         result.rows.extend(rows[i] for i in range(len(setups)) if i in rows)
