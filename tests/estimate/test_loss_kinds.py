@@ -232,3 +232,20 @@ def test_stack_losses_below_standard_at_llama3_2k():
                         2 * T * Vl + 2 * T * Vl + 2 * 2 * 128 * Vl, rel_tol=1e-3)  # ≈ 501 + 501 + 63 MiB
     tr = loss_bytes(T, Vl, h, 2, 2, TRL, False, True, 2, 2, False, seq=T)
     assert tr.backward_tmp < 200 * 2**20 and tr.forward_tmp < 200 * 2**20              # tile 128 MiB + vectors
+
+
+@pytest.mark.parametrize("kw", [dict(loss=k) for k in LOSS_KINDS[2:]] + [
+    dict(act_offload=True, grad_ckpt=True), dict(act_offload=True, grad_ckpt=True, stack="unsloth")])
+def test_sweep_grid_equals_estimate(kw):
+    """The sweep's evaluator and the estimator read the same terms (grid.py): counters equal at every point."""
+    from vramplan.estimate import estimate
+    from vramplan.estimate.grid import estimate_counters
+    from vramplan.profiles import resolve_model
+    from vramplan.setup import Setup
+
+    spec = resolve_model("qwen2.5-0.5b").spec
+    s = Setup.create(method="lora", **kw)
+    points = [(2, 1000), (1, 4096)]
+    for (b, q), c in zip(points, estimate_counters(spec, s, points), strict=True):
+        e = estimate(spec, s.with_(batch=b, seq=q))           # detail=True: the components sum to the peak
+        assert (c.peak_allocated_bytes, c.peak_phase) == (e.peak_allocated_bytes, e.peak_phase)
