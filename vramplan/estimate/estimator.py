@@ -497,6 +497,10 @@ def loss_step_warnings(setup: Setup) -> list[str]:
         w.append("--act-offload without --grad-ckpt: torchtune refuses enable_activation_offloading without "
                  "enable_activation_checkpointing (recipes/lora_finetune_single_device.py:167-175); estimated as "
                  "OffloadActivations over every saved tensor, as TRL's and axolotl's activation_offloading allow")
+    if off == "hooks" and not setup.grad_ckpt:
+        w.append("--act-offload without --grad-ckpt: the CPU-memory figure counts each saved activation once; "
+                 "OffloadActivations copies every packed tensor, so one saved twice and F.linear's transposed weight "
+                 "views (not Parameters) are copied again (measured on a torchtune Llama): a lower bound")
     if off != "none" and setup.autocast and setup.method == "full":
         w.append("--act-offload: autocast's cached weight copies are saved tensors the offloader moves too; the "
                  "estimate keeps them on the GPU (an upper bound)")
