@@ -164,6 +164,16 @@ def test_gemma3_4b_it_counts_as_transformers_builds_it():
         "vision_tower": sum(p.numel() for p in inner.vision_tower.parameters()),
         "vision_projector": sum(p.numel() for p in inner.multi_modal_projector.parameters())}
     assert spec.architecture == "Gemma3ForConditionalGeneration" and spec.origin == "config"
+    # the bundled profile counts the language model alone and says, with the class's own numbers, what it leaves out
+    from vramplan.profiles import resolve_model
+
+    profile = resolve_model("google/gemma-3-4b-it").spec
+    assert profile.params_total == sum(p.numel() for p in inner.language_model.parameters())
+    tower = sum(p.numel() for p in inner.vision_tower.parameters())
+    proj = sum(p.numel() for p in inner.multi_modal_projector.parameters())
+    assert any(f"vision tower ({tower:,} parameters) and projector ({proj:,})" in n
+               and f"{spec.params_total:,} in all as Gemma3ForConditionalGeneration" in n for n in profile.notes), \
+        profile.notes
     # the language model's summary, not the SigLIP tower's (LayerNorm with bias, width 4304)
     assert (spec.hidden_size, spec.num_layers, spec.intermediate_size, spec.norm_type, spec.sliding_window) == \
         (2560, 34, 10240, "rmsnorm", 1024)

@@ -650,7 +650,7 @@ def assemble(config: Mapping[str, Any], d: Dims, tensors: list[Tensor], *, name:
         tensors=tuple(all_tensors),
         config=dict(config),
         origin=origin,
-        notes=tuple(model_notes(all_tensors, arch or model_type, model_type)) + tuple(notes),
+        notes=tuple(model_notes(all_tensors, arch or model_type, model_type, config)) + tuple(notes),
         plan_refusal=plan_refusal,
     )
 
@@ -669,11 +669,37 @@ RECURRENT_LAYERS: dict[str, str] = {
 }
 
 
-def model_notes(tensors: list[Tensor], architecture: str, model_type: str = "") -> list[str]:
+def _left_out_vision(config: Mapping[str, Any], source: str = "config.json") -> tuple[int, int] | None:
+    """For a Gemma-3 text config that also names its checkpoint's SigLIP ``vision_config`` (the bundled
+    ``gemma-3-*`` profiles: the language model of ``google/gemma-3-*-it``), the tower's and the projector's
+    parameter counts that the text model leaves out (as :func:`_gemma3_multimodal` builds them); else None."""
+    vision = config.get("vision_config")
+    if str(config.get("model_type")) != "gemma3_text" or not isinstance(vision, Mapping):
+        return None
+    if vision.get("model_type") not in (None, "siglip_vision_model"):
+        return None
+    ts = TensorCollector()
+    vh = _siglip_tower(ts, "vision_tower", vision, source)
+    hidden = get(config, "hidden_size")
+    return sum(t.numel for t in ts.items), vh * int(hidden) + vh if isinstance(hidden, int) else vh
+
+
+def model_notes(tensors: list[Tensor], architecture: str, model_type: str = "",
+                config: Mapping[str, Any] | None = None) -> list[str]:
     """What a plan of this model does not model, from its tensors: a multimodal checkpoint's vision tower and
     projector (counted and placed as frozen weights; their forward, and the image tokens' cost in the tower, are
-    not modelled) and state-space mixers (their layers have no analytic replay)."""
+    not modelled), a text model whose config names the vision tower it leaves out, and recurrent or state-space
+    layers (no analytic replay)."""
     out = []
+    left_out = _left_out_vision(config) if config is not None else None
+    if left_out is not None:
+        tower, proj = left_out
+        text = sum(t.numel for t in tensors if t.tied_to is None)
+        out.append(
+            f"counted as {architecture}, the language model alone: the checkpoint's SigLIP vision tower "
+            f"({tower:,} parameters) and projector ({proj:,}) named in its vision_config are not in this plan "
+            f"({text + tower + proj:,} in all as Gemma3ForConditionalGeneration); pass the checkpoint's own "
+            "config.json to plan the multimodal class")
     parts: dict[str, int] = {}
     for t in tensors:
         if t.tied_to is None and t.role in OUTSIDE_LANGUAGE_MODEL:
