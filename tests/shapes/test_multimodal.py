@@ -112,6 +112,7 @@ def test_counted_as_the_checkpoints_own_class(family, monkeypatch):
     assert spec.num_layers == cfg.get_text_config().num_hidden_layers
     assert spec.hidden_size == cfg.get_text_config().hidden_size
     assert any(f"counted as {cls}" in n and "not modelled" in n for n in spec.notes), spec.notes
+    assert any("cross-attention" in n for n in spec.notes) == (family == "mllama")
 
 
 @pytest.mark.parametrize("family", sorted(CONFIGS))

@@ -710,6 +710,11 @@ def model_notes(tensors: list[Tensor], architecture: str, model_type: str = "",
             f"{parts.get('vision_projector', 0):,} parameters are weights in the plan, but encoding images is not "
             "modelled (the tower's activations and its per-image working set); image tokens count only as part "
             "of --seq for the language model")
+    if any(".cross_attn." in t.name for t in tensors if t.role not in OUTSIDE_LANGUAGE_MODEL):
+        out.append(
+            f"{architecture}: its cross-attention decoder layers (MllamaCrossAttentionDecoderLayer) are replayed as "
+            "self-attention over the text tokens; the image keys and values they attend to (per tile) are not "
+            "modelled")
     what = RECURRENT_LAYERS.get(model_type)
     if what is None and any(t.role.startswith("ssm_") for t in tensors):
         what = "state-space (Mamba) mixer layers"
