@@ -533,6 +533,8 @@ class Program:
         s_in = tr.cast(masked, sm_dt, f"scores ({sm_dt} for softmax)")
         probs_sm = tr.new(f"softmax output ({sm_dt})", scores_size, sm_dt, True)
         tr.op("softmax", (s_in,), (probs_sm,))
+        if tr.no_grad:      # attn_weights (the masked scores) is rebound only when softmax returns
+            tr.op("softmax returns", (masked,), ())
         tr.save("softmax", probs_sm)
         probs = tr.cast(probs_sm, v.dtype if self.spec.model_type == "gpt2" else q.dtype, "probs.to(dtype)")
         pc, vc = tr.autocast_in(probs), tr.autocast_in(v)

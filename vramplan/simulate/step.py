@@ -597,6 +597,24 @@ def _retag_parameters(built: Built, tracker: Tracker) -> None:
             rec.tag, rec.component = "buffer", "buffers/model"
 
 
+def _new_cache(model: Any, setup: Setup) -> dict[str, Any]:
+    """The cache ``generate`` builds for ``setup.cache`` (generation/utils.py ``_prepare_cache_for_generation``):
+    none given for ``dynamic`` (the model builds ``DynamicCache(config)``), a ``StaticCache`` of ``--cache-len``
+    (0 = ``--seq``) positions for ``static`` and ``sliding``. The quantized caches need optimum-quanto and the
+    offloaded one CUDA streams: neither runs on the meta device."""
+    if setup.cache == "dynamic":
+        return {}
+    if setup.cache in ("static", "sliding"):
+        from transformers import StaticCache
+
+        return {"cache": StaticCache(config=model.config, max_cache_len=setup.cache_len or setup.seq)}
+    raise SimulationError(f"cannot simulate --cache {setup.cache}: "
+                          + ("QuantizedCache needs optimum-quanto's kernels on real tensors"
+                             if setup.cache.startswith("quantized") else
+                             "DynamicCache(offloading=True) copies through CUDA streams")
+                          + "; use --mode analytic")
+
+
 def _inference(spec: ModelSpec, setup: Setup, built: Built, tracker: Tracker) -> RunResult:
     model = built.model
     prompt = setup.seq - setup.new_tokens
@@ -605,7 +623,7 @@ def _inference(spec: ModelSpec, setup: Setup, built: Built, tracker: Tracker) ->
     tracker.enter("load")
     with torch.no_grad():
         tracker.enter("prefill", "embedding")
-        out = model(input_ids=_inputs(setup, prompt), use_cache=True, logits_to_keep=1)
+        out = model(input_ids=_inputs(setup, prompt), use_cache=True, logits_to_keep=1, **_new_cache(model, setup))
         cache = out.past_key_values
         last = out.logits[:, -1, :].to(copy=True, dtype=torch.float32)   # generate(): fp32 next-token logits
         probs = last.softmax(-1)                                          # _sample: the sampler's fp32 probabilities
@@ -617,7 +635,8 @@ def _inference(spec: ModelSpec, setup: Setup, built: Built, tracker: Tracker) ->
             tracker.counting = False
             del cache, last
             tracker.phase = "prefill (cache fill)"
-            out = model(input_ids=_inputs(setup, setup.seq - 1), use_cache=True, logits_to_keep=1)
+            out = model(input_ids=_inputs(setup, setup.seq - 1), use_cache=True, logits_to_keep=1,
+                        **_new_cache(model, setup))
             cache = out.past_key_values
             last = out.logits[:, -1, :].to(copy=True, dtype=torch.float32)
             del out
