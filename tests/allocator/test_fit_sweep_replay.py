@@ -88,7 +88,7 @@ def test_fit_decides_on_the_run_and_says_so():
     on_card = _plan_allocator(*MODEL, "--lengths", LENGTHS, "--gpu", "rtx-4090")
     assert d["fits"] == (on_card["oom_step"] is None) is True
     assert d["allocator"]["peak_reserved_bytes"] == on_card["peak_reserved_bytes"]
-    assert d["single_step"] == ["seq"]
+    assert d["single_step"] == ["seq"] and d["min_gpus"] == {"gpus": 1, "strategy": "ddp"}    # the run fits one card
     # the largest batch is the run's: it runs on the card without OOM, one more does not
     mb = d["max_batch"]
     rest = ["--seq", "4096", "--lengths", LENGTHS, "--gpu", "rtx-4090"]
@@ -100,6 +100,7 @@ def test_fit_decides_on_the_run_and_says_so():
     assert "one step with every sample 4,096 tokens: DOES NOT FIT" in text.stdout
     assert "the run (6 steps of --lengths alpaca@steps=6" in text.stdout and "): FITS — run peak reserved" in text.stdout
     assert "(single-step estimate: every sample this long)" in text.stdout and "fixes, best first" in text.stdout
+    assert "fewest rtx-4090 that fit: 1 (a single GPU)\n" in text.stdout
 
 
 def test_fit_without_lengths_is_unchanged():

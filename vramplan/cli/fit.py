@@ -113,7 +113,8 @@ def fit_text(d: dict, seq_step: int, max_positions: int | None, max_gpus: int = 
     lines.append(seq_line)
     if s["method"] in ("lora", "qlora"):
         lines.append(largest(d["max_rank"], f"rank at batch {s['batch']} × seq {s['seq']:,}", "rank"))
-    lines.append(fewest_gpus_line(d.get("min_gpus"), f["gpu"], s, max_gpus))
+    lines.append(fewest_gpus_line(d.get("min_gpus"), f["gpu"], s, max_gpus)
+                 + (" (single-step estimate)" if "min_gpus" in single else ""))
     if d["suggestions"]:
         basis = "single-step estimate; " if run is not None else ""
         lines += ["", f"changes that save memory ({basis}one at a time, most saved first):"]

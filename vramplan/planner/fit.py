@@ -46,8 +46,8 @@ class FitReport:
     #: with ``--lengths``/``--alloc-conf``: the caching allocator's replay of the run on this card
     #: (:class:`vramplan.allocator.plan.AllocatorPlan`), which then decides the verdict and the searches
     allocator: Any = None
-    #: the searches decided by the single-step estimate although the run is replayed (``seq`` with varying
-    #: lengths: every sample that long)
+    #: the answers given by the single-step estimate although the run is replayed: ``seq`` with varying
+    #: lengths (every sample that long), ``min_gpus`` unless the run fits this one card
     single_step: tuple[str, ...] = ()
 
     @property
@@ -178,8 +178,9 @@ def fit_report(spec: ModelSpec, setup: Setup, gpu: Any, margin: float = 0.0) -> 
     (:func:`run_verdict`): the verdict and the largest batch and rank are the run's (no out-of-memory error on
     the card over its steps), searched from the single-step answers; the largest sequence length too when the
     run has one shape (no ``--lengths``, or ``@fixed``), else it stays the single-step one (every sample
-    that long; listed in ``single_step``). The fewest GPUs and the suggested changes are single-step
-    estimates; the allocator's own fixes come with the replay (``allocator``).
+    that long; listed in ``single_step``). The fewest GPUs is 1 when the run fits the card, else the
+    single-step search's; the suggested changes are single-step estimates; the allocator's own fixes come with
+    the replay (``allocator``).
     """
     if gpu is None:
         raise SetupError("fit needs a card: pass --gpu (a name from `vramplan gpus` or a size such as 24GB)")
@@ -187,7 +188,8 @@ def fit_report(spec: ModelSpec, setup: Setup, gpu: Any, margin: float = 0.0) -> 
     assert est.fit is not None
     mb, ms, mr = max_batch(spec, setup, gpu, margin), max_seq(spec, setup, gpu, margin), max_rank(spec, setup, gpu,
                                                                                                   margin)
-    allocator, single_step = None, ()
+    allocator = None
+    single_step: tuple[str, ...] = ()
     from .sweeps import replays
 
     if replays(setup):
@@ -210,6 +212,11 @@ def fit_report(spec: ModelSpec, setup: Setup, gpu: Any, margin: float = 0.0) -> 
     if not est.fit.fits or (allocator is not None and allocator.run.oom_step is not None):
         suggestions = tuple(suggest(spec, setup, gpu, margin, est, mb, ms))
     fewest = smallest_gpus(spec, setup, gpu, margin, max_gpus=MIN_GPUS_LIMIT)
+    if allocator is not None:
+        if allocator.run.oom_step is None and setup.gpus == 1:
+            fewest = (1, "ddp")                 # the replayed run fits this one card
+        else:
+            single_step += ("min_gpus",)
     return FitReport(est, mb, ms, mr, suggestions, tuple(limits), fewest, allocator, single_step)
 
 
