@@ -194,3 +194,12 @@ def test_left_padded_batch_prefill_matches_a_real_cpu_forward(model_type, batch,
     s = Setup.create(method="inference", precision="bf16-true", batch=batch, seq=prompt)
     est = inference_bytes(spec, model_states(spec, s).structure, batch, prompt, 0, "bf16", s).prefill
     assert abs(est - mode.peak) <= 0.01 * mode.peak, f"estimate {est:,} B, real {mode.peak:,} B"
+
+
+def test_eager_prefill_matches_a_real_cpu_forward():
+    """eager_attention_forward: the masked scores (bf16), softmax's fp32 input copy and output alive at once, with
+    the float causal mask eager_mask builds for the whole forward."""
+    cfg, prompt = tiny("llama"), 1024
+    real = measured_prefill(cfg, prompt, attn="eager")
+    est = analytic_prefill(cfg, prompt, attn="eager")
+    assert abs(est - real) <= 0.01 * real, f"eager: estimate {est:,} B, real {real:,} B"
