@@ -203,3 +203,21 @@ def test_eager_prefill_matches_a_real_cpu_forward():
     real = measured_prefill(cfg, prompt, attn="eager")
     est = analytic_prefill(cfg, prompt, attn="eager")
     assert abs(est - real) <= 0.01 * real, f"eager: estimate {est:,} B, real {real:,} B"
+
+
+def test_full_logits_prefill_matches_a_real_cpu_forward():
+    """A plain forward (logits_to_keep=0): lm_head over every position, the final norm's output its input."""
+    cfg, prompt = tiny("llama"), 2048
+    c = dict(cfg)
+    hf = transformers.AutoConfig.for_model(c.pop("model_type"), **c)
+    model = transformers.AutoModelForCausalLM.from_config(hf, dtype=torch.bfloat16, attn_implementation="sdpa").eval()
+    known = {id(p.untyped_storage()) for p in [*model.parameters(), *model.buffers()]}
+    with torch.no_grad():
+        mode = Allocations(known)
+        with mode:
+            out = model(input_ids=torch.randint(0, hf.vocab_size, (1, prompt)), use_cache=True, logits_to_keep=0)
+            del out
+    spec = build_spec(cfg, "tiny-llama", "test")
+    s = Setup.create(method="inference", precision="bf16-true", seq=prompt)
+    r = inference_bytes(spec, model_states(spec, s).structure, 1, prompt, 0, "bf16", s, full_logits=True)
+    assert r.logits == prompt * 1000 * 2 and r.prefill == mode.peak
