@@ -34,7 +34,8 @@ def optimizer_states(trainables: tuple[TrainableTensor, ...], setup: Setup) -> t
             gpu += sum(alloc(b) for b in small)
         # the shared dynamic/udynamic quantization maps, moved to the GPU with the first 8-bit state only
         # (Optimizer2State.init_state: tensors below min_8bit_size never touch them); in backward, one optimizer
-        # per parameter (torchtune recipes/full_finetune_single_device.py:468-473) moves its own pair
+        # per parameter (torchtune recipes/full_finetune_single_device.py:468-473) moves its own pair: the maps are
+        # per optimizer instance (bitsandbytes 0.50.2 optim/optimizer.py:134 self.name2qmap, :513-516 .to(p.device))
         eight_bit = sum(1 for t in trainables if "absmax1" in adam8bit_state_parts(t.numel))
         if eight_bit:
             gpu += 2 * alloc(256 * 4) * (eight_bit if setup.optim_in_bwd else 1)
