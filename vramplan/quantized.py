@@ -484,3 +484,27 @@ def kernel_notes(scheme: Scheme, *, training: bool) -> tuple[list[str], list[str
                      "layouts are counted from compressed_tensors 0.20 initialize_qparams; kernel temporaries "
                      "not modelled")
     return a, w
+
+
+def check_lora_targets(setup: Any) -> None:
+    """PEFT's ``target_modules="all-linear"`` collects ``torch.nn.Linear`` and ``Conv1D`` modules only
+    (peft 0.21.2 ``tuners_utils._maybe_include_all_linear_layers``); gptqmodel's GPTQ and AWQ quant linears are
+    ``nn.Module``s, so on a fully quantized GPTQ/AWQ model it finds nothing and ``get_peft_model`` raises
+    ``NoMatchingPeftModuleError`` (measured: optimum 2.3.0 ``convert_model`` on a 2-layer Llama, then
+    ``get_peft_model(LoraConfig(target_modules="all-linear"))``; ``["q_proj", "v_proj"]`` works and trains as
+    many parameters as on the 16-bit model). FP8Linear and bitsandbytes' layers subclass ``nn.Linear``.
+
+    Raises:
+        SetupError: all-linear LoRA on a GPTQ/AWQ base with every block Linear quantized.
+    """
+    lora = getattr(setup, "lora", None)
+    if lora is None or setup.quant not in ("gptq", "awq") or tuple(lora.targets or ()) != ("all-linear",):
+        return
+    if setup.quant_skip:
+        return          # the unquantized Linears are matched; what PEFT then adapts is those only
+    from .errors import SetupError
+
+    raise SetupError(f"--targets all-linear on a --quant {setup.quant} base: PEFT's all-linear matches nn.Linear "
+                     "modules only and gptqmodel's quant linears are not, so get_peft_model raises "
+                     "NoMatchingPeftModuleError; name the modules, e.g. --targets "
+                     "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")

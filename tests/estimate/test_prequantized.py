@@ -269,3 +269,20 @@ def test_optimum_convert_model_when_installed():
                   if k in ("qweight", "qzeros", "scales", "g_idx")) for _, mod in m.named_modules()
               if hasattr(mod, "qweight")]
     assert (len(theirs), sum(theirs)) == WHOLE_MODEL[("qwen2.5-0.5b", "gptq", 4, 128)]
+
+
+def test_all_linear_lora_on_gptq_or_awq_is_refused_as_peft_does():
+    """peft 0.21.2 get_peft_model(LoraConfig(target_modules="all-linear")) on a 2-layer Llama converted by optimum
+    2.3.0 + gptqmodel 7.7.0 raised NoMatchingPeftModuleError; target_modules=["q_proj", "v_proj"] trained 14,336
+    parameters, what r=8 on q (256 -> 256) and v (256 -> 128) gives on the 16-bit model: 2 x 8 x (512 + 384)."""
+    from vramplan.lora import LoraConfig
+
+    spec = resolve_model("llama-3-8b").spec
+    for quant in ("gptq", "awq"):
+        with pytest.raises(SetupError, match="all-linear on a --quant"):
+            estimate(spec, Setup.create(method="qlora", quant=quant, lora=LoraConfig(targets=("all-linear",))))
+    named = LoraConfig(targets=("q_proj", "v_proj"))
+    assert estimate(spec, Setup.create(method="qlora", quant="gptq", lora=named)).params_trainable == \
+        estimate(spec, Setup.create(method="lora", lora=named)).params_trainable
+    fp8 = estimate(spec, Setup.create(method="qlora", quant="fp8", lora=LoraConfig(targets=("all-linear",))))
+    assert fp8.params_trainable > 0          # FP8Linear is an nn.Linear: all-linear matches it

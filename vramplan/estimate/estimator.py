@@ -23,7 +23,14 @@ from dataclasses import replace
 
 from ..dtypes import BYTES, alloc
 from ..lora import PEFT_TABLE_VERSION
-from ..quantized import KBIT_CHECKPOINTING, KBIT_UPCAST_SKIPPED, checkpoint_setup, kernel_notes, setup_scheme
+from ..quantized import (
+    KBIT_CHECKPOINTING,
+    KBIT_UPCAST_SKIPPED,
+    check_lora_targets,
+    checkpoint_setup,
+    kernel_notes,
+    setup_scheme,
+)
 from ..setup import Setup, option_named
 from ..shapes.spec import ModelSpec
 from ..stacks import STACKS, applies
@@ -61,6 +68,7 @@ def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0, *, de
     """
     # a pre-quantized checkpoint (its config.json's quantization_config) is planned as stored
     setup, *quant_notes = checkpoint_setup(spec.config, setup, spec.name)
+    check_lora_targets(setup)
     d = model_states(spec, setup)
     if not setup.training:
         return _inference(spec, setup, d, gpu, margin, quant_notes)
