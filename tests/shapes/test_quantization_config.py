@@ -107,3 +107,20 @@ def test_text_config_wrapper_keeps_the_checkpoints_quantization(tmp_path):
     path.write_text(json.dumps(cfg))
     est = estimate(resolve_model(str(path)).spec, Setup.create(method="inference"))
     assert est.setup.quant == "fp8"
+
+
+def test_compressed_tensors_fp8_dynamic_config():
+    """The layout of llm-compressor's FP8-Dynamic checkpoints (config_groups with channel-wise fp8 weights and
+    dynamic per-token fp8 inputs, lm_head ignored)."""
+    from vramplan.quantized import linear_parts, scheme_from_config
+
+    qc = {"quant_method": "compressed-tensors", "format": "float-quantized", "ignore": ["lm_head"],
+          "config_groups": {"group_0": {"targets": ["Linear"],
+                                        "weights": {"num_bits": 8, "type": "float", "strategy": "channel",
+                                                    "symmetric": True, "dynamic": False},
+                                        "input_activations": {"num_bits": 8, "type": "float", "strategy": "token",
+                                                              "dynamic": True}}}}
+    s = scheme_from_config(qc)
+    assert (s.quant, s.strategy, s.static_activations, s.skip) == ("fp8", "channel", False, ("lm_head",))
+    # 14336 x 4096: fp8 weight, bf16 [out, 1] scale, fp8 [out, 1] zero point (compressed-tensors 0.20.0)
+    assert [b for _, b in linear_parts(s, 14336, 4096)] == [58_720_256, 28_672, 14_336]
