@@ -286,3 +286,22 @@ def test_all_linear_lora_on_gptq_or_awq_is_refused_as_peft_does():
         estimate(spec, Setup.create(method="lora", lora=named)).params_trainable
     fp8 = estimate(spec, Setup.create(method="qlora", quant="fp8", lora=LoraConfig(targets=("all-linear",))))
     assert fp8.params_trainable > 0          # FP8Linear is an nn.Linear: all-linear matches it
+
+
+@pytest.mark.parametrize(("method", "quant", "largest"), [
+    # Llama-3-8B's largest Linear is down_proj, 14336 x 4096 = 58,720,256 weights (first principles on the kernels'
+    # code): GPTQ TritonV2 quant_matmul dequantizes in the input's dtype (bf16: GPTQ is not upcast by kbit prep);
+    # FP8 backward dequantizes in the gradient's dtype (fp32 after kbit prep's upcast); AWQ dequantizes to fp16,
+    # then .to(fp32): both alive; inference kernels fuse the dequantization
+    ("qlora", "gptq", 58_720_256 * 2),
+    ("qlora", "fp8", 58_720_256 * 4),
+    ("qlora", "awq", 58_720_256 * 6),
+    ("inference", "gptq", 0),
+    ("inference", "awq", 0),
+    ("inference", "fp8", 0),
+])
+def test_dequantized_weight_transient(method, quant, largest):
+    from vramplan.estimate.states import model_states
+
+    d = model_states(resolve_model("llama-3-8b").spec, Setup.create(method=method, quant=quant))
+    assert d.compute.layer_traces[-1].max_constant == largest

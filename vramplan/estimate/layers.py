@@ -298,7 +298,10 @@ class Program:
             out = tr.new(f"{name} output", out_size, x.dtype, True)
             tr.op(f"matmul_{lin.wdtype}", (x,), (out,))
             if self.setup.training:
-                tr.constants.append((f"{name} dequantized weight", lin.in_f * lin.out_f * BYTES[x.dtype]))
+                # AwqGemmFn dequantizes to fp16 (the model's dtype: quantizer_awq casts bf16 to fp16) and then
+                # .to(x.dtype): a second, fp32 copy when kbit preparation made the stream fp32 (gemm_awq.py)
+                per = (2 + (4 if x.dtype == "fp32" else 0)) if lin.wdtype == "awq" else BYTES[x.dtype]
+                tr.constants.append((f"{name} dequantized weight", lin.in_f * lin.out_f * per))
         elif lin.quantized:
             xq = tr.cast(x, self.c, f"{name} input.to({self.c})")
             # no_grad: the dequantized weight as a storage, alive while the matmul runs (bitsandbytes MatMul4Bit)
