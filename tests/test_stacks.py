@@ -20,13 +20,18 @@ from vramplan.stacks import STACKS
 QLORA_DEFAULTS = {
     "hf": dict(kbit_prep=True, grad_ckpt=True, optim="adamw", loss="standard", precision="bf16-mixed"),
     # trl >= 0.26 no longer calls prepare_model_for_kbit_training; SFTConfig GC on since 0.22; fused LM head 1.15
-    "trl": dict(kbit_prep=False, grad_ckpt=True, loss="chunked"),
+    "trl": dict(kbit_prep=False, grad_ckpt=True, loss="trl-fused", adapter_dtype="compute"),  # + bf16 QLoRA adapters
     "ms-swift": dict(kbit_prep=False, grad_ckpt=True),          # no call in ms-swift 4.6.0; GC on by default
     "llama-factory": dict(kbit_prep=False, grad_ckpt=True),     # own prepare_model_for_training; GC unless disabled
     "axolotl": dict(kbit_prep=False, grad_ckpt=False),          # cast back to bf16 after the upcast; GC off
-    "torchtune": dict(kbit_prep=False, precision="bf16-true", grad_ckpt=True),
-    "litgpt": dict(kbit_prep=False, grad_ckpt=False, optim="paged-adamw", precision="bf16-true"),
-    "unsloth": dict(kbit_prep=False, grad_ckpt=True, optim="adamw-8bit", loss="chunked"),
+    # CEWithChunkedOutputLoss in every SFT config; K/V expanded before SDPA (modules/attention.py)
+    "torchtune": dict(kbit_prep=False, precision="bf16-true", grad_ckpt=True, loss="torchtune-chunked",
+                      kv_expand=True, optim_in_bwd=False),
+    # BitsandbytesPrecision quantizes the head, from fp16; 128-token chunked CE; repeat_interleave of K/V
+    "litgpt": dict(kbit_prep=False, grad_ckpt=False, optim="paged-adamw", precision="bf16-true", quant_head=True,
+                   quant_state_dtype="fp16", loss="litgpt-chunked", kv_expand=True, frozen_dtype="compute"),
+    # use_gradient_checkpointing="unsloth" offloads the checkpointed inputs
+    "unsloth": dict(kbit_prep=False, grad_ckpt=True, optim="adamw-8bit", loss="chunked", act_offload=True),
 }
 
 
@@ -50,6 +55,15 @@ def test_a_given_flag_wins_over_the_stack():
 def test_quantized_only_defaults_leave_lora_alone():
     s = setup_from_options({"method": "lora", "stack": "litgpt"})
     assert (s.optim, s.precision) == ("adamw", "bf16-mixed")      # PagedAdamW and bf16-true come with --quantize
+    # LitGPT LoRA's bf16-mixed keeps the frozen base fp32 (Lightning autocasts over an fp32 module)
+    assert (s.frozen_dtype, s.base_dtype, s.quant_head) == ("fp32", "fp32", False)
+    assert setup_from_options({"method": "qlora", "stack": "litgpt"}).base_dtype == "bf16"
+
+
+def test_full_only_defaults():
+    """torchtune's optimizer_in_bwd is in its full-finetune configs only (8B_full_single_device.yaml:66)."""
+    assert setup_from_options({"method": "full", "stack": "torchtune"}).optim_in_bwd is True
+    assert setup_from_options({"method": "lora", "stack": "torchtune"}).optim_in_bwd is False
 
 
 @pytest.mark.parametrize("stack", sorted(STACKS))

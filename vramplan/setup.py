@@ -96,16 +96,20 @@ class Setup:
     quant_skip: tuple[str, ...] = option((), kind="list", unset=True, repeat_only=True,
                                          help="Modules left unquantized (BitsAndBytesConfig llm_int8_skip_modules, "
                                               "a checkpoint's modules_to_not_convert).")
+    quant_state_dtype: str = option("compute", kind="choice", choices=("compute", "fp16"), unset=True,
+                                    help="dtype 4-bit weights are quantized from (bitsandbytes QuantState.dtype, what "
+                                         "each dequantization returns): compute (transformers) or fp16 (Lightning's "
+                                         "_Linear4bit.quantize). Default: compute, or the --stack's.")
     quant_head: bool = option(False, kind="bool", unset=True,
                               help="Quantize the output head too (LitGPT's BitsandbytesPrecision replaces every "
                                    "nn.Linear; transformers skips the head). Default: off, or the --stack's.")
     precision: str = option("bf16-mixed", kind="choice", choices=PRECISIONS, unset=True,
                             help="mixed = autocast with fp32 trainable weights (HF Trainer bf16=True); "
                                  "true = everything in that dtype (default: bf16-mixed, or the --stack's).")
-    adapter_dtype: str = option("auto", kind="choice", choices=ADAPTER_DTYPES,
+    adapter_dtype: str = option("auto", kind="choice", choices=ADAPTER_DTYPES, unset=True,
                                 help="dtype of the LoRA weights: fp32 (PEFT autocast_adapter_dtype), compute (the "
                                      "--precision dtype, as torchtune and LitGPT build them), or auto: fp32 under "
-                                     "-mixed, compute under -true.")
+                                     "-mixed, compute under -true (default: auto, or the --stack's).")
     frozen_dtype: str = option("compute", kind="choice", choices=FROZEN_DTYPES, unset=True,
                                help="dtype of the frozen, unquantized base weights: compute, or fp32 (LitGPT's "
                                     "bf16-mixed). Default: compute, or the --stack's.")
@@ -185,7 +189,7 @@ class Setup:
             quant = "nf4" if method == "qlora" else "none"
         quant = _choice(quant, QUANTS, "--quant")
         stack = STACKS[_choice(kwargs.get("stack", "hf"), STACK_NAMES, "--stack")]
-        for name, d in stack.defaults_for(quant != "none").items():    # what the stack decides, unless given
+        for name, d in stack.defaults_for(quant != "none", method == "full").items():   # the stack's, unless given
             if name == "grad_ckpt":
                 grad_ckpt = d.value if grad_ckpt is None else grad_ckpt
             elif kwargs.get(name) is None:
@@ -283,8 +287,8 @@ class Setup:
         """dtype of the frozen, unquantized base weights as loaded (``from_pretrained(dtype=...)``)."""
         if self.method == "full" and self.mixed:
             return "fp32"       # trainable weights are fp32 masters under mixed precision
-        if self.frozen_dtype == "fp32" and self.training:
-            return "fp32"
+        if self.frozen_dtype == "fp32" and self.training and self.mixed:
+            return "fp32"       # LitGPT's bf16-mixed: autocast over an fp32 module (under -true it is converted)
         return self.compute_dtype
 
     @property
@@ -492,6 +496,9 @@ def ignored_options(given: dict[str, Any], s: Setup) -> list[str]:
         if group:
             out.append(f"{flags(group)} ignored: {'they apply' if len(group) > 1 else 'it applies'} to GPTQ/AWQ "
                        f"checkpoints (--quant gptq or awq), not --quant {s.quant}")
+    if "frozen_dtype" in names and given["frozen_dtype"] == "fp32" and s.training and not s.mixed:
+        out.append(f"--frozen-dtype fp32 ignored: --precision {s.precision} converts the whole model to "
+                   f"{s.compute_dtype} (fp32 frozen weights go with -mixed precision, as LitGPT's bf16-mixed)")
     if not s.quantized:
         base_q = [n for n in ("quant_skip", "quant_head") if n in names and given[n]]
         if base_q:

@@ -20,7 +20,9 @@ from typing import Any
 class Default:
     """An option value a stack uses when the option is not given.
 
-    ``when``: ``"always"``, or ``"quantized"`` (only with a 4/8-bit base, e.g. LitGPT's paged AdamW).
+    ``when``: ``"always"``, ``"quantized"`` (only with a 4/8-bit base, e.g. LitGPT's paged AdamW),
+    ``"unquantized"`` (only with a 16-bit base, e.g. LitGPT's fp32 frozen base under bf16-mixed) or ``"full"``
+    (full fine-tuning only, e.g. torchtune's optimizer_in_bwd).
     """
 
     option: str
@@ -51,9 +53,11 @@ class Stack:
     cross_checked: bool = False         # whether its real code was run against the estimate (issue 14, item 4)
     notes: tuple[str, ...] = field(default=())
 
-    def defaults_for(self, quantized: bool) -> dict[str, Default]:
-        """The defaults that apply to a setup with (or without) a quantized base, by option name."""
-        return {d.option: d for d in self.defaults if d.when == "always" or (d.when == "quantized" and quantized)}
+    def defaults_for(self, quantized: bool, full: bool = False) -> dict[str, Default]:
+        """The defaults that apply to a setup with (or without) a quantized base and full fine-tuning, by option."""
+        return {d.option: d for d in self.defaults
+                if d.when == "always" or d.when == ("quantized" if quantized else "unquantized")
+                or (d.when == "full" and full)}
 
 
 _KBIT = "prepare_model_for_kbit_training is not called"
@@ -67,14 +71,16 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
         Default("kbit_prep", False, f"{_KBIT} since trl 0.26.0 (trl 1.16.0 trainer/sft_trainer.py: no call)"),
         Default("grad_ckpt", True, "SFTConfig.gradient_checkpointing=True since trl 0.22.0 "
                                    "(trl 1.16.0 trainer/base_config.py:62-67)"),
-        Default("loss", "chunked", "the loss goes through a fused LM head, no batch x seq x vocab logits, since "
-                                   "trl 1.15.0 (trl 1.16.0 trainer/sft_trainer.py:1125-1147); modelled as vramplan's "
-                                   "chunked loss"),
+        Default("loss", "trl-fused", "add_fused_lm_head(outputs=(log_probs, entropy, is_top1)): tiles of min(N, "
+                                     "4,096) tokens x 32,768 columns, no batch x seq x vocab logits, since trl 1.15.0 "
+                                     "(trl 1.16.0 trainer/sft_trainer.py:1142-1147, :1611; trainer/utils.py:1548-1698; "
+                                     "kernels/chunked_logprob.py:31, :347)"),
+        Default("adapter_dtype", "compute", "QLoRA: every trainable parameter but DoRA's magnitude is cast to bf16 "
+                                            "after get_peft_model (trl 1.16.0 trainer/sft_trainer.py:902-911)",
+                "quantized"),
     ), unmodelled=(
-        Unmodelled("QLoRA adapters cast to bf16 after get_peft_model (the estimate keeps fp32 adapters under "
-                   "autocast)", "trl 1.16.0 trainer/sft_trainer.py:846-857", "quantized"),
-        Unmodelled("the fused LM head's 4,096 x 32,768 tile differs from the chunked loss's chunk",
-                   "trl 1.16.0 trainer/utils.py:1548-1698, kernels/chunked_logprob.py:31"),
+        Unmodelled("the CPU/torch path of the fused LM head makes about seven more fp32 tiles; the estimate follows "
+                   "the CUDA Triton path", "trl 1.16.0 trainer/utils.py:1548-1698", "training"),
     )),
     Stack("ms-swift", "ms-swift (swift sft)", "ms-swift 4.6.0", defaults=(
         Default("kbit_prep", False, f"{_KBIT} (ms-swift 4.6.0: no call in the package; pipelines/train/tuner.py:"
@@ -108,13 +114,19 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
         Default("grad_ckpt", True, "enable_activation_checkpointing: True in the shipped LoRA/QLoRA configs "
                                    "(torchtune 0.6.1 recipes/configs; the recipe default is off, "
                                    "recipes/lora_finetune_single_device.py:161-185)"),
+        Default("loss", "torchtune-chunked", "CEWithChunkedOutputLoss in 133 of 153 shipped configs, every SFT one "
+                                             "(torchtune 0.6.1 recipes/configs/llama3_1/8B_lora_single_device.yaml:70-71, "
+                                             "8B_qlora_single_device.yaml:69-70); the recipe sets the chunked output "
+                                             "and deletes the logits before backward "
+                                             "(recipes/lora_finetune_single_device.py:300-302, :656-659)"),
+        Default("kv_expand", True, "k.unsqueeze(2).expand(...).flatten(1, 2) before SDPA (torchtune 0.6.1 "
+                                   "modules/attention.py:285-300)"),
+        Default("optim_in_bwd", True, "optimizer_in_bwd: True in 15 full-finetune single-device/low-memory configs of "
+                                      "torchtune 0.6.1, e.g. recipes/configs/llama3_1/8B_full_single_device.yaml:66; "
+                                      "no LoRA recipe has it", "full"),
     ), unmodelled=(
         Unmodelled("QLoRA quantizes with torchao's NF4Tensor, not bitsandbytes (a different layout and no saved "
                    "input)", "torchtune 0.6.1 modules/peft/lora.py (LoRALinear quantize_base), torchao NF4Tensor", "quantized"),
-        Unmodelled("CEWithChunkedOutputLoss (8 chunks upcast to fp32 one at a time) lowers the loss's backward "
-                   "peak; the estimate uses the standard loss", "torchtune 0.6.1 modules/loss/ce_chunked_output_loss.py:30-80"),
-        Unmodelled("K and V are expanded to every query head before attention (+2 x tokens x (heads - kv_heads) x "
-                   "head_dim x 2 B per layer)", "torchtune 0.6.1 modules/attention.py:285-300", "always"),
     )),
     Stack("litgpt", "LitGPT (litgpt finetune)", "litgpt 0.5.13", defaults=(
         Default("kbit_prep", False, "no PEFT: nothing upcast (litgpt 0.5.13 finetune/lora.py)"),
@@ -123,13 +135,27 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
                                         "finetune/lora.py:218-233)", "quantized"),
         Default("precision", "bf16-true", "--quantize accepts only bf16-true (litgpt 0.5.13 finetune/lora.py:131)",
                 "quantized"),
+        Default("quant_head", True, "BitsandbytesPrecision replaces every nn.Linear, the head included: litgpt 0.5.13 "
+                                    "finetune/lora.py:149 passes no ignore_modules (lightning 2.6.6 fabric/plugins/"
+                                    "precision/bitsandbytes.py:425-448 _convert_layers); measured on CPU "
+                                    "(tests/estimate/test_quant_head.py)", "quantized"),
+        Default("quant_state_dtype", "fp16", "_Linear4bit.quantize casts to fp16 first whatever the precision "
+                                             "(lightning 2.6.6 fabric/plugins/precision/bitsandbytes.py:336-351 "
+                                             "weight.contiguous().to(dtype=torch.half))", "quantized"),
+        Default("frozen_dtype", "fp32", "default precision bf16-mixed (litgpt 0.5.13 finetune/lora.py:131, utils.py:"
+                                        "363-380 get_default_supported_precision(training=True)) only autocasts "
+                                        "(lightning 2.6.6 fabric/plugins/precision/amp.py): the frozen base stays "
+                                        "fp32; measured (tests/estimate/test_litgpt_frozen_fp32.py)", "unquantized"),
+        Default("kv_expand", True, "k/v.repeat_interleave(q_per_kv, dim=1) before SDPA (litgpt 0.5.13 model.py:"
+                                   "533-539); measured (tests/estimate/test_kv_expand.py)"),
+        Default("loss", "litgpt-chunked", "model(input_ids, lm_head_chunk_size=128) + chunked_cross_entropy; the "
+                                          "logits list lives through backward and optimizer.step() (litgpt 0.5.13 "
+                                          "finetune/lora.py:355-366, adapter.py:304-307, utils.py:302-330, "
+                                          "model.py:177-179)"),
     ), unmodelled=(
-        Unmodelled("BitsandbytesPrecision quantizes every nn.Linear, the output head included (measured on CPU)",
-                   "lightning 2.6.6 fabric/plugins/precision/bitsandbytes.py:425-448", "quantized"),
-        Unmodelled("its default bf16-mixed keeps the frozen base in fp32 (about 4 B per frozen parameter)",
-                   "lightning 2.6.6 fabric/plugins/precision/amp.py (autocast only); litgpt 0.5.13 finetune/lora.py:131", "lora"),
-        Unmodelled("the logits (128-token chunks) stay alive through backward", "litgpt 0.5.13 finetune/lora.py:355-359"),
-        Unmodelled("K and V are expanded to every query head before attention", "litgpt 0.5.13 model.py:533-539", "always"),
+        Unmodelled("finetune/full.py makes one batch x seq x vocab logits tensor and, at batch > 1, copies all the "
+                   "shifted logits, not just the last chunk (the estimate uses the LoRA scripts' 128-token chunks)",
+                   "litgpt 0.5.13 finetune/full.py:282-284", "training"),
     )),
     Stack("unsloth", "Unsloth (FastLanguageModel + TRL)", "unsloth 2026.10.9", defaults=(
         Default("kbit_prep", False, "its own prepare_model_for_training upcasts nothing frozen (unsloth_zoo "
@@ -137,9 +163,10 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
         Default("grad_ckpt", True, "use_gradient_checkpointing='unsloth' (unsloth 2026.10.9 models/llama.py:4579)"),
         Default("optim", "adamw-8bit", "Unsloth's patched TRL configs default to adamw_8bit (unsloth 2026.10.9 models/rl.py:3310-3325)"),
         Default("loss", "chunked", "fused cross-entropy, no batch x seq x vocab logits (unsloth 2026.10.9 models/llama.py:2087-2124)"),
+        Default("act_offload", True, "use_gradient_checkpointing='unsloth' offloads the checkpointed layer inputs "
+                                     "(unsloth 2026.10.9 models/llama.py:4579; unsloth_zoo 2026.10.9 "
+                                     "gradient_checkpointing.py:1305-1313, :1337-1560)"),
     ), unmodelled=(
-        Unmodelled("checkpointed layer inputs are offloaded to CPU (the estimate keeps them on the GPU: an upper "
-                   "bound)", "unsloth_zoo 2026.10.9 gradient_checkpointing.py:598-640"),
         Unmodelled("its fused cross-entropy sizes chunks to min(4 GiB, half of free memory)",
                    "unsloth_zoo 2026.10.9 fused_losses/cross_entropy_loss.py:225-303"),
         Unmodelled("patched modules are compiled, which changes which tensors are saved", "unsloth 2026.10.9 kernels/",

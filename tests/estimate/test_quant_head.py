@@ -32,6 +32,8 @@ TINY = dict(model_type="llama", hidden_size=H, intermediate_size=320, num_attent
 
 
 def _setup(**kw) -> Setup:
+    if kw.get("stack") == "litgpt":       # the stack's default (Setup.create applies it; the dataclass does not)
+        kw.setdefault("quant_state_dtype", "fp16")
     s = Setup(**{"method": "qlora", "quant": "nf4", "lora": LoraConfig(r=4, alpha=8), "batch": 1, "seq": 64,
                  "grad_ckpt": False, **kw})
     s.validate()

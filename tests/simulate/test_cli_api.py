@@ -106,3 +106,11 @@ def test_simulation_reports_each_run_before_it_starts(tiny):
     simulate(resolve_model(tiny).spec, Setup.create(method="full", seq=32), progress=heard.append)
     assert heard == ["simulating 2 of 6 layers on meta tensors (run 1 of 2)",
                      "simulating 3 of 6 layers on meta tensors (run 2 of 2)"]
+
+
+@pytest.mark.parametrize("flags", [("--loss", "litgpt-chunked"), ("--kv-expand",), ("--optim-in-bwd", "--method", "full"),
+                                   ("--stack", "litgpt", "--method", "qlora")])
+def test_another_stacks_step_is_refused_not_simulated_as_hf(tiny, flags):
+    """The simulation runs transformers + peft's step: a stack switch it would silently drop is one error line."""
+    r = vp("plan", tiny, "--mode", "simulate", "--seq", "32", *flags)
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "--mode analytic" in r.stderr

@@ -458,7 +458,7 @@ def stack_assumptions(setup: Setup) -> list[str]:
     stack = STACKS[setup.stack]
     if setup.stack == "hf":
         return []
-    decided = stack.defaults_for(setup.quantized)
+    decided = stack.defaults_for(setup.quantized, setup.method == "full")
     out = [f"--stack {stack.name}: {stack.title}, read at {stack.release}"]
     out += [f"--stack {stack.name} default {option_named(n).flag} {d.value} (unless given): {d.source}"
             for n, d in decided.items()]

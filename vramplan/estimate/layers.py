@@ -73,9 +73,9 @@ def quant_state_dtype(setup: Setup) -> str:
     to fp16 first whatever the precision (lightning 2.6.6 fabric/plugins/precision/bitsandbytes.py:336-351
     ``weight.contiguous().to(device=device, dtype=torch.half)``; ``to_empty``/``reset_parameters`` :352-382), so
     under LitGPT's bf16-true every dequantized weight is an fp16 copy, then a bf16 cast (its CUDA path; on CPU the
-    plugin leaves the weight's own dtype). Derived from ``--stack`` until a Setup option states it.
+    plugin leaves the weight's own dtype). ``--quant-state-dtype`` states it (``--stack litgpt``: fp16).
     """
-    return "fp16" if setup.stack == "litgpt" else setup.compute_dtype
+    return "fp16" if setup.quant_state_dtype == "fp16" else setup.compute_dtype
 
 
 class UnknownLayout(Exception):

@@ -132,19 +132,22 @@ def read_torchtune(d: Mapping[str, Any], file: str | os.PathLike[str] | None = N
     if o["precision"] is None:
         raise ForeignConfigError("dtype", f"must be bf16, fp16 or fp32, got {brief(dtype)}")
     o["grad_ckpt"] = truthy(d.get("enable_activation_checkpointing", False))
-    if truthy(d.get("enable_activation_offloading", False)):
-        r.ignored.append("enable_activation_offloading: True (activations offloaded to CPU: not modelled)")
+    # training.OffloadActivations saved-tensor hooks (recipes/lora_finetune_single_device.py:446-449, 480-486)
+    o["act_offload"] = truthy(d.get("enable_activation_offloading", False))
     # gemma2 attention is explicit matmul + soft-capping (models/gemma2/_attention.py): the scores are materialised
     o["attn"] = "eager" if ".gemma2." in builder else "sdpa"
     opt = _component(d, "optimizer")
     o["optim"] = _OPTIMS.get(opt)
     if o["optim"] is None:
         r.ignored.append(f"optimizer {opt or '(none)'} (not modelled)")
-    if truthy(d.get("optimizer_in_bwd", False)):
-        r.ignored.append("optimizer_in_bwd: True (per-parameter optimizer step in backward: gradients not all live "
-                         "at once; not modelled)")
+    # training.register_optim_in_bwd_hooks: each parameter stepped in its post-accumulate-grad hook
+    # (recipes/full_finetune_single_device.py; LoRA recipes have no such key)
+    o["optim_in_bwd"] = truthy(d.get("optimizer_in_bwd", False))
     loss = _component(d, "loss")
-    o["loss"] = "chunked" if any(c in loss for c in _CHUNKED) else "standard"
+    # CEWithChunkedOutputLoss: the decoder returns 8 chunks, each upcast in the loss (modules/loss/
+    # ce_chunked_output_loss.py:30-80); LinearCrossEntropyLoss projects + CE per chunk without full logits
+    o["loss"] = ("torchtune-chunked" if "CEWithChunkedOutputLoss" in loss
+                 else "chunked" if any(c in loss for c in _CHUNKED) else "standard")
     if truthy(d.get("compile", False)):
         r.ignored.append("compile: True (torch.compile fuses kernels and changes activation memory: not modelled)")
     if recipe.endswith("single_device"):

@@ -88,6 +88,15 @@ def check_supported(setup: Setup) -> None:
     if setup.optim.startswith("paged"):
         raise SimulationError(f"--optim {setup.optim} keeps states in CUDA unified memory (cudaMallocManaged), "
                               "which has no meta equivalent; use --mode analytic")
+    # the simulation runs the HF Trainer + PEFT step: what another stack's code does there is not run
+    other = [flag for flag, on in (
+        (f"--loss {setup.loss}", setup.loss not in ("standard", "chunked")),
+        ("--act-offload", setup.act_offload), ("--optim-in-bwd", setup.optim_in_bwd),
+        ("--kv-expand", setup.kv_expand), ("--quant-head", setup.quant_head),
+        ("--quant-state-dtype fp16", setup.quant_state_dtype == "fp16")) if on]
+    if other:
+        raise SimulationError(f"{', '.join(other)}: the simulation runs transformers + peft's own step, not that "
+                              "stack's code; use --mode analytic")
 
 
 def to_estimate(spec: ModelSpec, setup: Setup, c: Combined, gpu=None, margin: float = 0.0) -> Estimate:
