@@ -127,3 +127,16 @@ def test_params_cli_counts_t5_with_its_default_targets(tmp_path, capsys, monkeyp
     assert exc.value.code in (0, None), err
     trainable, total = model.get_nb_trainable_parameters()
     assert f"trainable params: {trainable:,d} || all params: {total:,d}" in out
+
+
+def test_the_refusal_survives_the_spec_cache(tmp_path, monkeypatch):
+    """A cached T5 spec (the second call) still refuses a plan: plan_refusal is stored with the spec."""
+    from vramplan.shapes.from_meta import spec_from_meta
+
+    monkeypatch.setenv("VRAMPLAN_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("VRAMPLAN_NO_CACHE", raising=False)
+    cls, cfg = CONFIGS["t5"]
+    config = _as_dict(cfg, cls)
+    first, second = spec_from_meta(config, "t5"), spec_from_meta(config, "t5")
+    assert list(tmp_path.rglob("*.json")), "the first call stores the spec"
+    assert second == first and second.plan_refusal == first.plan_refusal is not None
