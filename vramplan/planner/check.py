@@ -139,7 +139,7 @@ def _read_file(path: str, ov: CheckOverrides) -> list[PlanOutcome | PlanEntry]:
                 opts[key] = given
             else:
                 missing.append(why)
-        sharded = opts.get("strategy") in ("fsdp", "fsdp-grad-op", "zero1", "zero2", "zero3")
+        sharded = opts.get("strategy") in ("fsdp", "fsdp1", "fsdp-grad-op", "zero1", "zero2", "zero3")
         if opts.get("gpus") is None:
             if ov.gpus is not None:
                 opts["gpus"] = ov.gpus

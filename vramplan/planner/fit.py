@@ -271,7 +271,8 @@ def _candidates(spec: ModelSpec, s: Setup, mb: int | None, ms: int | None) -> It
 
 
 #: sharding strategies ``suggest`` proposes for more GPUs, and how it names them
-SHARDED = {"fsdp": "FSDP (FULL_SHARD)", "zero3": "DeepSpeed ZeRO-3", "fsdp-grad-op": "FSDP (SHARD_GRAD_OP)",
+SHARDED = {"fsdp": "FSDP (FULL_SHARD)", "fsdp1": "FSDP1 (FULL_SHARD, flat parameters)", "zero3": "DeepSpeed ZeRO-3",
+           "fsdp-grad-op": "FSDP (SHARD_GRAD_OP)",
            "zero2": "DeepSpeed ZeRO-2", "zero1": "DeepSpeed ZeRO-1"}
 MAX_SUGGESTED_GPUS = 64
 

@@ -197,6 +197,16 @@ def _device_type(choice: str) -> str:
 def check_launchable(setup: Any, device_type: str) -> None:
     """Refuse, before starting any process, what the ranks could only fail at."""
     n, strategy = setup.gpus, setup.strategy
+    if setup.quantized and not setup.bnb:
+        raise ProfileError(f"--quant {setup.quant} is a pre-quantized checkpoint format: the profiler builds random "
+                           "weights and quantizes them with bitsandbytes at load time (nf4, fp4, int8); estimate it "
+                           "with vramplan plan")
+    if not setup.training and setup.cache != "dynamic":
+        raise ProfileError(f"--cache {setup.cache}: the profiler's decode loop uses transformers' DynamicCache; use "
+                           "--cache dynamic, or estimate it with vramplan plan")
+    if strategy == "fsdp1":
+        raise ProfileError("--strategy fsdp1 cannot be profiled yet: the profiler launches FSDP2 (fsdp_version 2); "
+                           "use --strategy fsdp, or estimate it with vramplan plan")
     if not setup.training and strategy != "ddp":
         raise ProfileError(f"--method inference with --strategy {strategy}: sharded inference is neither modelled "
                            "nor profiled; use --strategy ddp (one replica per GPU)")

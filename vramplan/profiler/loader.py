@@ -121,9 +121,10 @@ def quantization_config(setup: Any) -> Any:
         return None
     from transformers import BitsAndBytesConfig
 
+    skip = {"llm_int8_skip_modules": list(setup.quant_skip)} if setup.quant_skip else {}
     if setup.quant == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    extra: dict[str, Any] = {}
+        return BitsAndBytesConfig(load_in_8bit=True, **skip)
+    extra: dict[str, Any] = dict(skip)
     if setup.strategy in SHARDS_PARAMETERS:
         # FSDP-QLoRA / ZeRO-3 recipe: the packed 4-bit data in a floating dtype so that the engine can shard it
         # (the estimator assumes it: docs/multi-gpu.md, FSDP-QLoRA)
@@ -275,8 +276,12 @@ def build_model(source: str | None, config: dict[str, Any], setup: Any, device: 
             if setup.method in ("lora", "qlora"):
                 from peft import get_peft_model
 
-                model = get_peft_model(model, peft_lora_config(setup.lora),
-                                       autocast_adapter_dtype=setup.mixed)
+                upcast = setup.adapter_weight_dtype == "fp32"      # --adapter-dtype (PEFT's default: fp32)
+                model = get_peft_model(model, peft_lora_config(setup.lora), autocast_adapter_dtype=upcast)
+                if not upcast:         # compute-dtype adapters (TRL's QLoRA cast, sft_trainer.py:902-911)
+                    for p in model.parameters():
+                        if p.requires_grad and p.dtype != torch_dtype(setup.compute_dtype):
+                            p.data = p.data.to(torch_dtype(setup.compute_dtype))
                 notes.append("get_peft_model")
             elif setup.method == "full":
                 model.requires_grad_(True)
