@@ -140,3 +140,19 @@ def test_the_refusal_survives_the_spec_cache(tmp_path, monkeypatch):
     first, second = spec_from_meta(config, "t5"), spec_from_meta(config, "t5")
     assert list(tmp_path.rglob("*.json")), "the first call stores the spec"
     assert second == first and second.plan_refusal == first.plan_refusal is not None
+
+
+@pytest.mark.parametrize("command", [["plan"], ["fit", "--gpu", "a100-80gb"], ["plan", "--method", "inference"]])
+def test_plan_and_fit_on_t5_are_one_refusal_line(tmp_path, capsys, monkeypatch, command):
+    """Every memory estimate starts with require_plannable (estimate/estimator.py, states.py): exit 2, one line."""
+    from vramplan.cli.main import main
+
+    monkeypatch.setenv("VRAMPLAN_NO_CACHE", "1")
+    cls, cfg = CONFIGS["t5"]
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(_as_dict(cfg, cls)))
+    with pytest.raises(SystemExit) as exc:
+        main([command[0], str(path), *command[1:]])
+    out, err = capsys.readouterr()
+    assert exc.value.code == 2 and out == ""
+    assert err.count("\n") == 1 and "does not model its memory" in err

@@ -66,6 +66,7 @@ def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0, *, de
         margin: a fraction of the card's memory kept free for the verdict.
         detail: ``False`` (sweeps): the counters and the peak phase only, the same numbers, no components.
     """
+    spec.require_plannable()     # an encoder-decoder model: counted exactly, not planned (one line)
     # a pre-quantized checkpoint (its config.json's quantization_config) is planned as stored
     setup, *quant_notes = checkpoint_setup(spec.config, setup, spec.name)
     check_lora_targets(setup)
@@ -522,6 +523,7 @@ def loss_step_warnings(setup: Setup) -> list[str]:
 def warnings_for(spec: ModelSpec, setup: Setup) -> list[str]:
     w = (stack_warnings(setup) + version_warnings(modelled_versions(setup.versions)) + behaviour_warnings(spec, setup)
          + loss_step_warnings(setup))
+    w += list(spec.notes)       # what the shapes say a plan of this model does not model (a vision tower, ...)
     if spec.max_position_embeddings and setup.seq > spec.max_position_embeddings:
         w.append(f"--seq {setup.seq} exceeds the model's max_position_embeddings {spec.max_position_embeddings}")
     if not setup.training and (setup.gpus > 1 or setup.strategy != "ddp"):

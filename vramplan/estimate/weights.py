@@ -24,7 +24,7 @@ from ..dtypes import BYTES, alloc, bnb_4bit_parts, bnb_int8_parts
 from ..lora import LoraPlan
 from ..quantized import KBIT_UPCAST_SKIPPED, converted, linear_parts, setup_scheme, skipped
 from ..setup import Setup
-from ..shapes.spec import ModelSpec, Tensor
+from ..shapes.spec import OUTSIDE_LANGUAGE_MODEL, ModelSpec, Tensor
 from ..units import ceil_div
 
 
@@ -64,6 +64,8 @@ class TrainableTensor:
 
 
 def weight_component(t: Tensor) -> str:
+    if t.role in OUTSIDE_LANGUAGE_MODEL:          # a multimodal checkpoint's vision tower and projector
+        return f"weights/{t.role}"
     if t.role in ("embedding", "position_embedding"):
         return "weights/embeddings"
     if t.role == "lm_head":
