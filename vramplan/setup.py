@@ -88,7 +88,9 @@ class Setup:
     method: str = option("lora", kind="choice", choices=METHODS,
                          help="Training method, or inference (prefill + decode).")
     quant: str = option("none", kind="choice", choices=QUANTS, unset=True,
-                        help="Base-weight quantization (bitsandbytes); qlora defaults to nf4.")
+                        help="Base-weight quantization: bitsandbytes nf4/fp4/int8 at load time, or a pre-quantized "
+                             "gptq/awq/fp8 layout; a config.json with a quantization_config is planned as stored "
+                             "(docs/quantized.md). qlora defaults to nf4.")
     double_quant: bool = option(True, kind="bool", help="bnb_4bit_use_double_quant.")
     quant_blocksize: int = option(64, kind="int", help="4-bit quantization block size.")
     quant_bits: int = option(4, kind="int", help="Bits per weight of a GPTQ/AWQ checkpoint (2, 3, 4 or 8).")
@@ -195,8 +197,8 @@ class Setup:
             elif kwargs.get(name) is None:
                 kwargs[name] = d.value
         if method == "qlora" and quant == "none":
-            raise SetupError("--method qlora needs a quantized base: use --quant nf4 (default), fp4 or int8, "
-                             "or --method lora for a bf16 base")
+            raise SetupError("--method qlora needs a quantized base: use --quant nf4 (default), fp4, int8, gptq, awq "
+                             "or fp8, or --method lora for a bf16 base")
         if method == "full" and quant != "none":
             raise SetupError(f"--method full cannot train a quantized base (--quant {quant}); "
                              "use --method qlora, or --quant none")
@@ -494,8 +496,8 @@ def ignored_options(given: dict[str, Any], s: Setup) -> list[str]:
     if s.quant not in ("gptq", "awq"):
         group = [n for n in ("quant_bits", "quant_group") if n in names]
         if group:
-            out.append(f"{flags(group)} ignored: {'they apply' if len(group) > 1 else 'it applies'} to GPTQ/AWQ "
-                       f"checkpoints (--quant gptq or awq), not --quant {s.quant}")
+            out.append(f"{flags(group)} ignored: {'they apply' if len(group) > 1 else 'it applies'} to --quant gptq "
+                       f"or awq (a GPTQ/AWQ checkpoint's own quantization_config sets {'them' if len(group) > 1 else 'it'})")
     if "frozen_dtype" in names and given["frozen_dtype"] == "fp32" and s.training and not s.mixed:
         out.append(f"--frozen-dtype fp32 ignored: --precision {s.precision} converts the whole model to "
                    f"{s.compute_dtype} (fp32 frozen weights go with -mixed precision, as LitGPT's bf16-mixed)")

@@ -114,3 +114,11 @@ def test_another_stacks_step_is_refused_not_simulated_as_hf(tiny, flags):
     """The simulation runs transformers + peft's step: a stack switch it would silently drop is one error line."""
     r = vp("plan", tiny, "--mode", "simulate", "--seq", "32", *flags)
     assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "--mode analytic" in r.stderr
+
+
+def test_a_pre_quantized_checkpoint_is_not_simulated_as_bf16():
+    """Qwen2.5-7B-Instruct-GPTQ-Int4 is stored as GPTQ (profiles/quantized.yaml): simulate refuses, both falls back."""
+    r = vp("plan", "Qwen/Qwen2.5-7B-Instruct-GPTQ-Int4", "--mode", "simulate")
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "--quant gptq" in r.stderr
+    r = vp("plan", "Qwen/Qwen2.5-7B-Instruct-GPTQ-Int4", "--mode", "both", "--method", "inference", "--seq", "64")
+    assert r.exit_code == 0 and "analytic estimate only" in r.stderr

@@ -72,8 +72,10 @@ def plan(model: str, *, as_json: bool, explain: bool, html_path: str | None, gpu
             warn(w)
     if setup.lengths is not None or setup.alloc_conf is not None:     # issue 20: the caching allocator's run
         from ..allocator.plan import allocator_plan, capacity_from
+        from ..estimate.overhead import usable_bytes
 
-        cap = (capacity_from(g.memory_bytes, est.device_used_bytes, est.peak_reserved_bytes)
+        # the card less --margin, as fit and sweep give the replay (planner/fit.py)
+        cap = (capacity_from(usable_bytes(g.memory_bytes, m), est.device_used_bytes, est.peak_reserved_bytes)
                if g is not None else None)
         data["allocator"] = allocator_plan(resolved.spec, setup, setup.lengths, setup.alloc_conf, cap).to_dict()
     if html_path:

@@ -62,10 +62,16 @@ def plan_mode(mode: str, resolved: Any, setup: Setup, gpu: Any, margin: float, *
     import click
 
     from ..estimate import estimate
+    from ..quantized import checkpoint_setup
     from ..simulate import simulate
 
     spec = resolved.spec
+    # a pre-quantized checkpoint runs as stored: the simulation must see its quantization, not refuse too late
+    sim_setup = checkpoint_setup(spec.config, setup, spec.name)[0]
     if mode == "simulate":
+        from ..simulate.components import check_supported
+
+        check_supported(sim_setup)
         est = simulate(spec, setup, gpu, margin, sim_layers=sim_layers, progress=_progress)
         data = est.to_dict()
         data["model"] = resolved.name
@@ -82,6 +88,9 @@ def plan_mode(mode: str, resolved: Any, setup: Setup, gpu: Any, margin: float, *
     a = analytic.to_dict()
     a["model"] = resolved.name
     try:
+        from ..simulate.components import check_supported
+
+        check_supported(sim_setup)
         sim = simulate(spec, setup, gpu, margin, sim_layers=sim_layers, progress=_progress)
     except SimulationError as exc:
         warn(f"{exc} — showing the analytic estimate only")

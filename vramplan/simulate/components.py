@@ -88,6 +88,9 @@ def check_supported(setup: Setup) -> None:
     if setup.optim.startswith("paged"):
         raise SimulationError(f"--optim {setup.optim} keeps states in CUDA unified memory (cudaMallocManaged), "
                               "which has no meta equivalent; use --mode analytic")
+    if setup.quantized and not setup.bnb:
+        raise SimulationError(f"--mode simulate builds bitsandbytes bases only (nf4, fp4, int8); --quant {setup.quant} "
+                              "is planned analytically: use --mode analytic")
     # the simulation runs the HF Trainer + PEFT step: what another stack's code does there is not run
     other = [flag for flag, on in (
         (f"--loss {setup.loss}", setup.loss not in ("standard", "chunked")),
