@@ -77,7 +77,7 @@ def test_params_every_profile_answers():
     for name in bundled_model_names():
         res = r.invoke(cli, ["params", name, "--json"], catch_exceptions=False)
         assert res.exit_code == 0, (name, res.output)
-        assert json.loads(res.output)["params"]["total"] > 0
+        assert json.loads(res.stdout)["params"]["total"] > 0
 
 
 def test_local_config_file_and_folder(tmp_path):

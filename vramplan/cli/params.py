@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .options import json_option, lora_config_from, lora_options, trust_option
-from .render import echo_json
+from .render import echo_json, warn
 
 
 @click.command(short_help="Count total and LoRA-trainable parameters exactly as PEFT does.")
@@ -35,10 +35,16 @@ def params(model: str, *, as_json: bool, trust_remote_code: bool, **opts) -> Non
                          else list(lp.targets_used),
                          "adapted_modules": len(lp.adapters), "adapter_params": lp.adapter_params,
                          "modules_to_save": [s.module for s in lp.saved], "saved_params": lp.saved_params}}
+    data["architecture"] = spec.architecture or spec.model_type      # the class counted (a multimodal one, ...)
+    if spec.notes:
+        data["notes"] = list(spec.notes)
+    for note in spec.notes:
+        warn(note)
     if as_json:
         echo_json(data)
         return
     if lora is None:
-        click.echo(f"{resolved.name}: {total:,} parameters ({spec.model_type}, {spec.num_layers} layers)")
+        click.echo(f"{resolved.name}: {total:,} parameters ({spec.architecture or spec.model_type}, "
+                   f"{spec.num_layers} layers)")
     else:
         click.echo(peft_line(trainable, total))
