@@ -150,9 +150,12 @@ def from_deepspeed(d: Mapping[str, Any], where: str = "deepspeed") -> dict[str, 
     return out
 
 
-#: accelerate ``fsdp_sharding_strategy`` (name or FSDP1's number) -> vramplan strategy
-_FSDP_SHARDING = {"full_shard": "fsdp", "1": "fsdp", "shard_grad_op": "fsdp-grad-op", "2": "fsdp-grad-op",
-                  "no_shard": "ddp", "3": "ddp", "hybrid_shard": "fsdp", "4": "fsdp",
+#: accelerate ``fsdp_sharding_strategy`` of FSDP1 (name or number) -> vramplan strategy: without ``fsdp_version: 2``
+#: accelerate 1.16 builds FSDP1 (``utils/dataclasses.py`` FullyShardedDataParallelPlugin ``fsdp_version`` default 1),
+#: flat parameters (``--strategy fsdp1``); SHARD_GRAD_OP is planned as fsdp-grad-op (FSDP2's reshard_after_forward=
+#: False keeps the same units gathered from forward to backward), HYBRID_SHARD as FULL_SHARD within the node
+_FSDP_SHARDING = {"full_shard": "fsdp1", "1": "fsdp1", "shard_grad_op": "fsdp-grad-op", "2": "fsdp-grad-op",
+                  "no_shard": "ddp", "3": "ddp", "hybrid_shard": "fsdp1", "4": "fsdp1",
                   "hybrid_shard_zero2": "fsdp-grad-op", "5": "fsdp-grad-op"}
 
 
@@ -176,7 +179,7 @@ def from_accelerate(d: Mapping[str, Any], file: str | os.PathLike[str] | None = 
             out["strategy"] = "fsdp" if truthy(fc.get("fsdp_reshard_after_forward", True)) else "fsdp-grad-op"
         else:
             ss = str(fc.get("fsdp_sharding_strategy", "FULL_SHARD")).lower()
-            out["strategy"] = _FSDP_SHARDING.get(ss, "fsdp")
+            out["strategy"] = _FSDP_SHARDING.get(ss, "fsdp1")
         out["offload"] = "params" if truthy(fc.get("fsdp_offload_params", False)) else "none"
         if truthy(fc.get("fsdp_activation_checkpointing", False)):
             out["grad_ckpt"] = True
