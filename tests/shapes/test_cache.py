@@ -159,3 +159,21 @@ def test_default_folder(monkeypatch, tmp_path):
         assert cache.cache_dir() == tmp_path / "xdg" / "vramplan" / "specs"
     monkeypatch.setenv("VRAMPLAN_CACHE_DIR", str(tmp_path / "mine"))
     assert cache.cache_dir() == tmp_path / "mine" / "specs"
+
+
+def test_no_cache_flag_writes_nothing(cache_root, tmp_path, monkeypatch):
+    """``vramplan --no-cache params CONFIG`` builds on meta without touching the cache (issue 16)."""
+    import json as _json
+
+    from click.testing import CliRunner
+
+    from vramplan.cli.main import cli
+
+    config = tmp_path / "config.json"
+    config.write_text(_json.dumps(OLMO2))
+    r = CliRunner().invoke(cli, ["--no-cache", "params", str(config)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert not (cache_root / "specs").exists()
+    monkeypatch.delenv("VRAMPLAN_NO_CACHE", raising=False)      # the flag set it for this process
+    r = CliRunner().invoke(cli, ["params", str(config)], catch_exceptions=False)
+    assert r.exit_code == 0 and (cache_root / "specs").exists()

@@ -56,8 +56,15 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(version=__version__, prog_name="vramplan")
-def cli() -> None:
+@click.option("--no-cache", is_flag=True,
+              help="Neither read nor write the on-disk cache of model shapes built on the meta device (the same as "
+                   "VRAMPLAN_NO_CACHE=1; vramplan/shapes/cache.py).")
+def cli(no_cache: bool = False) -> None:
     """vramplan: exact GPU-memory planning for LoRA, QLoRA, full fine-tuning and inference of LLMs."""
+    if no_cache:
+        import os
+
+        os.environ["VRAMPLAN_NO_CACHE"] = "1"
 
 
 def main(argv: list[str] | None = None) -> None:
