@@ -177,3 +177,14 @@ def test_no_cache_flag_writes_nothing(cache_root, tmp_path, monkeypatch):
     monkeypatch.delenv("VRAMPLAN_NO_CACHE", raising=False)      # the flag set it for this process
     r = CliRunner().invoke(cli, ["params", str(config)], catch_exceptions=False)
     assert r.exit_code == 0 and (cache_root / "specs").exists()
+
+
+def test_a_config_holding_infinity_is_cached(cache_root):
+    """Mamba-2's time_step_limit defaults to (0.0, inf): the key hashes JSON's Infinity, so such configs cache too."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.Mamba2Config(hidden_size=64, num_hidden_layers=2, vocab_size=100, num_heads=4, head_dim=32,
+                                    state_size=16, n_groups=1, expand=2).to_dict()
+    assert float("inf") in cfg["time_step_limit"]
+    first = spec_from_meta(dict(cfg), name="m2")
+    assert _only_entry(cache_root).suffix == ".json"
+    assert spec_from_meta(dict(cfg), name="m2") == first

@@ -90,7 +90,7 @@ def spec_key(config: Mapping[str, Any], *, transformers_version: str | None = No
     The versions default to the installed packages'; they are parameters so that tests can vary them.
     """
     try:
-        canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
     except (TypeError, ValueError):
         return None
     parts = {
