@@ -265,3 +265,31 @@ def test_to_dict_round_trip_and_defaults_unchanged() -> None:
     import json
     assert LoraConfig.from_dict(json.loads(json.dumps(d))) == full
     assert LoraConfig(trainable_tokens=[4, 5]).to_dict()["trainable_tokens"] == [4, 5]
+
+
+@pytest.mark.parametrize("kw", [dict(targets=("q_proj", "v_proj"), lora_bias=True),
+                                dict(targets=("q_proj", "v_proj"), bias="all"),
+                                dict(targets=("q_proj", "v_proj"), bias="lora_only"),
+                                dict(targets=("q_proj",), trainable_tokens=[0, 1, 2, 3]),
+                                dict(targets=("q_proj",), trainable_tokens={"embed_tokens": [1, 2], "lm_head": [3]})],
+                         ids=["lora_bias", "bias-all", "bias-lora_only", "tokens-tied", "tokens-both"])
+def test_estimator_prices_what_peft_trains(kw: dict[str, Any]) -> None:
+    """The estimator's trainable tensors (optimizer-stepped bytes, estimate/weights.py) are PEFT's trainable
+    parameters in their dtypes: a bf16 base with PEFT's default fp32 adapters (autocast_adapter_dtype=True)."""
+    import torch
+
+    from vramplan.dtypes import BYTES
+    from vramplan.estimate.structure import static_structure, structural_setup
+    from vramplan.setup import Setup
+    from vramplan.shapes.from_meta import meta_model
+
+    model = meta_model(QWEN).to(torch.bfloat16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pm = peft.get_peft_model(model, _peft_config(**kw), low_cpu_mem_usage=True)
+    theirs = sorted(p.numel() * p.element_size() for p in pm.parameters() if p.requires_grad)
+    spec = spec_from_config(QWEN, name="qwen-2l")
+    setup = Setup.create(method="lora", lora=LoraConfig(**kw), precision="bf16-mixed")
+    st = static_structure(spec, structural_setup(setup))
+    ours = sorted(t.numel * BYTES[t.dtype] for t in st.trainables)
+    assert sum(ours) == sum(theirs) and len(ours) == len(theirs), (kw, sum(ours), sum(theirs))

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from .errors import SetupError
 from .lora import LoraConfig
-from .options import Option, option, options_of
+from .options import Option, option, options_of, value_text
 from .shapes.config import MAX_LAYERS
 from .stacks import STACK_NAMES, STACKS
 from .versions import format_versions, parse_versions
@@ -462,6 +462,8 @@ def option_columns(s: Setup) -> dict[str, Any]:
         v = getattr(s.lora, o.field) if s.lora is not None else None
         if o.kind in ("list", "layers") and v is not None:
             v = ",".join(map(str, v)) or None
+        elif o.kind in ("pattern", "tokens") and v is not None:
+            v = value_text(o, v)
         row[o.name] = v
     return row
 

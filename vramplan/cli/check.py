@@ -22,9 +22,11 @@ from .render import echo_json, gib, setup_line
                    "TRL max_length None, ms-swift without --max_length).")
 @click_option(option_named("gpus"), default=None, show_default=False,
               help="Number of GPUs for sharded files that leave it to the launcher (torchrun, accelerate).")
+@click_option(option_named("batch"), default=None, show_default=False,
+              help="Sequences per step for files that name none (a PEFT adapter_config.json).")
 @json_option
 def check(files: tuple[str, ...], *, gpu: str | None, margin: str | None, model: str | None, seq: int | None,
-          gpus: int | None, as_json: bool) -> None:
+          gpus: int | None, as_json: bool, batch: int | None = None) -> None:
     """Check that every plan in FILES fits its GPU; print one line per plan and a summary.
 
     A plan file is YAML or JSON: one mapping whose keys are the long options of `vramplan plan` (dashes or
@@ -45,7 +47,7 @@ def check(files: tuple[str, ...], *, gpu: str | None, margin: str | None, model:
     from .render import warn
 
     m = parse_margin(margin) if margin is not None else None
-    outcomes = check_files(files, setup_from_options, CheckOverrides(gpu, m, model, seq, gpus))
+    outcomes = check_files(files, setup_from_options, CheckOverrides(gpu, m, model, seq, gpus, batch))
     for o in outcomes:
         for w in o.warnings:
             warn(f"{o.where}: {w}")

@@ -326,7 +326,8 @@ def _finish(spec: ModelSpec, setup: Setup, d: ModelStates, comps: dict | tuple, 
         components=tuple(sorted(components, key=lambda c: (c.group, -c.bytes))), peak_phase=phase,
         peak_allocated_bytes=peak, peak_reserved_bytes=reserved, device_used_bytes=device,
         phases=phases, assumptions=tuple(assumptions(spec, setup, st) + qa + (rank.assumptions if rank else [])),
-        warnings=tuple(warnings_for(spec, setup) + gpu_warnings(setup, gpu) + qw + (rank.warnings if rank else [])),
+        warnings=tuple(warnings_for(spec, setup) + gpu_warnings(setup, gpu) + qw + (rank.warnings if rank else [])
+                       + list(st.plan.warnings if st.plan is not None else ())),
         fit=fit, versions=_versions(setup), extra=rank.extra(setup) if rank is not None else {})
 
 

@@ -160,7 +160,7 @@ def _buildstatic_structure(spec: ModelSpec, setup: Setup) -> Structure:
     plan = _lora_plan(spec, setup.lora) if setup.method in ("lora", "qlora") and setup.lora is not None else None
     placements = _placements(spec, setup)
     adapters = adapter_tensors(plan, placements, setup)
-    trainables = trainable_tensors(placements, adapters)
+    trainables = trainable_tensors(placements, adapters, plan)
     resid = _resid_dtype(spec, placements, setup)
     program = Program(spec, setup)
     layers = _layers(spec, placements, plan, setup)

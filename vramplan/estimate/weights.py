@@ -163,6 +163,19 @@ def adapter_tensors(plan: LoraPlan | None, placements: list[Placement], setup: S
         if a.dora_params:
             out.append(TrainableTensor(f"{a.name}.lora_magnitude_vector", a.dora_params, dtype,
                                        "adapters/dora_magnitude", (a.dora_params,), a.frozen))
+        if a.bias_params:        # lora_bias: nn.Linear(r, out, bias=True) (peft/tuners/lora/layer.py:264)
+            out.append(TrainableTensor(f"{a.name}.{b_name}.bias", a.bias_params, dtype, "adapters/lora",
+                                       (a.bias_params,), a.frozen))
+    for t in plan.token_adapters:
+        # TrainableTokensLayer: a trainable delta and a buffer of the original rows, both (rows, dim) in the
+        # adapter dtype (autocast_adapter_dtype casts the layer's ParameterDict and BufferDict; measured fp32 on
+        # a bf16 base, peft 0.21.2); a tied head shares the embedding's
+        if not t.tied:
+            out.append(TrainableTensor(f"{t.module}.token_adapter.trainable_tokens_delta", t.params,
+                                       setup.adapter_weight_dtype, "adapters/trainable_tokens", (t.rows, t.dim)))
+            out.append(TrainableTensor(f"{t.module}.token_adapter.trainable_tokens_original", t.params,
+                                       setup.adapter_weight_dtype, "adapters/trainable_tokens", (t.rows, t.dim),
+                                       frozen=True))
     by_name = {p.tensor.name: p for p in placements}
     for s in plan.saved:
         names = s.tensors or tuple(n for n in by_name if n.startswith(s.module + "."))
@@ -179,10 +192,13 @@ def adapter_tensors(plan: LoraPlan | None, placements: list[Placement], setup: S
     return out
 
 
-def trainable_tensors(placements: list[Placement], adapters: list[TrainableTensor]) -> list[TrainableTensor]:
-    """Everything the optimizer steps: trainable base weights (full) and adapters."""
+def trainable_tensors(placements: list[Placement], adapters: list[TrainableTensor],
+                      plan: LoraPlan | None = None) -> list[TrainableTensor]:
+    """Everything the optimizer steps: trainable base weights (full), base biases LoRA's ``bias`` option trains
+    (in their placed dtype; their weight bytes are the placement's) and adapters."""
+    biases = set(plan.trainable_biases) if plan is not None else set()
     out = [TrainableTensor(p.tensor.name, p.numel, p.dtype, weight_component(p.tensor), p.tensor.shape)
-           for p in placements if p.trainable]
+           for p in placements if p.trainable or p.tensor.name in biases]
     return out + [a for a in adapters if not a.frozen]
 
 

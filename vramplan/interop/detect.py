@@ -21,7 +21,7 @@ from .reading import Reading, from_accelerate, from_deepspeed
 
 #: formats :func:`detect_mapping` names; ``vramplan`` and ``training-args`` are read by vramplan's plan-file reader
 FORMATS = ("vramplan", "training-args", "llamafactory", "llamafactory-v1", "axolotl", "msswift", "torchtune",
-           "trl-config", "trl-cli-config", "trl-args-json", "deepspeed-json", "accelerate-config", "launch-script")
+           "trl-config", "trl-cli-config", "trl-args-json", "deepspeed-json", "accelerate-config", "launch-script", "peft-adapter")
 
 
 def is_script(text: str, path: str | os.PathLike[str] | None = None) -> bool:
@@ -53,6 +53,8 @@ def detect_mapping(d: Mapping[str, Any], plan_keys: set[str] | frozenset[str] = 
     keys = {str(k).replace("-", "_") for k in d}
     if "plans" in keys:
         return "vramplan"
+    if "peft_type" in keys and keys & {"r", "target_modules", "lora_alpha"}:
+        return "peft-adapter"                     # a PEFT adapter_config.json (LoraConfig.save_pretrained)
     if is_trl_args_json(d):
         return "trl-args-json"
     if "zero_optimization" in keys:
@@ -113,6 +115,10 @@ def read_mapping(fmt: str, d: Mapping[str, Any], file: str | os.PathLike[str] | 
         return [read_trl(d, file, fmt=fmt)]
     if fmt == "trl-args-json":
         return [read_trl_args_json(d, file)]
+    if fmt == "peft-adapter":
+        from .hf import read_adapter_config
+
+        return [read_adapter_config(d, file)]
     if fmt == "training-args":
         from .hf import read_training_args
 

@@ -181,7 +181,10 @@ def read_adapter_config(d: Mapping[str, Any], file: Any = None):
     model = d.get("base_model_name_or_path")
     if model is not None and not isinstance(model, str):
         raise ForeignConfigError("base_model_name_or_path", f"must name a model, got {brief(model)}")
-    return Reading("peft-adapter", model, {"method": "lora", **options}, ignored=notes)
+    # an adapter's config names no data: the batch and the sequence length are the run's (check's --batch/--seq)
+    return Reading("peft-adapter", model, {"method": "lora", **options, "batch": None, "seq": None}, ignored=notes,
+                   undecided={"batch": "adapter_config.json names no batch size; pass --batch",
+                              "seq": "adapter_config.json names no sequence length; pass --seq"})
 
 
 def _dtype_name(d: Any) -> str:

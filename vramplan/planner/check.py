@@ -91,6 +91,7 @@ class CheckOverrides:
     model: str | None = None
     seq: int | None = None
     gpus: int | None = None
+    batch: int | None = None             # a file that names no batch size (a PEFT adapter_config.json)
 
 
 def _read_file(path: str, ov: CheckOverrides) -> list[PlanOutcome | PlanEntry]:

@@ -13,6 +13,7 @@ from ..errors import ForeignConfigError, PlanFileError, close_matches
 from ..interop import from_axolotl, from_llama_factory
 from ..interop.axolotl import KEY_SOURCES as axolotl_keys
 from ..interop.detect import detect_mapping, plan_options
+from ..interop.hf import ADAPTER_KEY_SOURCES as adapter_keys
 from ..interop.hf import KEY_SOURCES as training_args_keys
 from ..interop.hf import from_training_args_json
 from ..interop.llama_factory import KEY_SOURCES as llama_factory_keys
@@ -95,6 +96,7 @@ def _from_training_args(d: Mapping[str, Any]) -> dict[str, Any]:
 
 #: plan-file formats other than vramplan's own -> plan key -> the key of that format it is read from
 KEY_SOURCES: dict[str, dict[str, str]] = {"llama-factory": llama_factory_keys, "axolotl": axolotl_keys,
+                                          "peft-adapter": adapter_keys,
                                           "training-args": training_args_keys}
 #: plan-file formats other than vramplan's own -> their reader
 FOREIGN_READERS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {

@@ -108,24 +108,7 @@ def peft_config(setup: Setup, spec: ModelSpec):
 
     lc = setup.lora
     assert lc is not None
-    if lc.target_regex is not None:
-        targets: Any = lc.target_regex
-    elif lc.targets is None:
-        targets = None
-    elif lc.all_linear:
-        targets = "all-linear"
-    else:
-        targets = list(lc.targets)
-    kwargs: dict[str, Any] = dict(r=lc.r, lora_alpha=lc.alpha, target_modules=targets, lora_dropout=lc.dropout,
-                                  use_dora=lc.dora, task_type="CAUSAL_LM")
-    if lc.modules_to_save:
-        kwargs["modules_to_save"] = list(lc.modules_to_save)
-    if lc.layers_to_transform is not None:
-        kwargs["layers_to_transform"] = list(lc.layers_to_transform)
-        if lc.layers_pattern:
-            kwargs["layers_pattern"] = lc.layers_pattern
-    if getattr(lc, "target_parameters", ()):
-        kwargs["target_parameters"] = list(lc.target_parameters)
+    kwargs: dict[str, Any] = {**lc.peft_kwargs(), "task_type": "CAUSAL_LM"}
     return peft.LoraConfig(**kwargs)
 
 
