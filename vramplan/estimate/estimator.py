@@ -38,7 +38,7 @@ from ..units import GiB
 from ..versions import modelled_versions, version_assumptions, version_warnings
 from . import overhead
 from .activations import offloader
-from .inference import inference_bytes
+from .inference import inference_assumptions, inference_bytes, inference_warnings, kv_cache_formula
 from .logits import loss_code, loss_formula
 from .optimizer import step_timeline
 from .result import BreakdownError, Component, Estimate
@@ -264,23 +264,31 @@ def _gradients(d: ModelStates) -> str:
 
 def _inference(spec: ModelSpec, setup: Setup, d: ModelStates, gpu, margin: float,
                quant_notes: list[list[str]] | None = None) -> Estimate:
-    """Prefill of ``seq - new_tokens`` prompt tokens and decoding to ``seq``: weights + KV cache + the prefill's
-    transient working set under ``torch.no_grad`` (nothing saved)."""
+    """Prefill of ``seq - new_tokens`` prompt tokens and decoding to ``seq`` under ``torch.no_grad``: weights + the
+    KV cache + the largest set of tensors alive at once (``inference.py``), at the larger of the two peaks."""
     b, s, kv_dtype = setup.batch, setup.seq, setup.compute_dtype
-    kv, work, logits = inference_bytes(spec, d.structure, b, s, setup.new_tokens, kv_dtype)
+    r = inference_bytes(spec, d.structure, b, s, setup.new_tokens, kv_dtype, setup)
     cublas = overhead.CUBLAS_WORKSPACE_BYTES
     comps = _merge(list(d.weight_comps))
+    prompt = s - setup.new_tokens
+    at = prompt if r.phase == "prefill" else s
     comps.update((name, [n, formula, "allocated"]) for name, n, formula in [   # listed even when 0
-        ("kv_cache", kv, f"2 (K,V) × {spec.num_layers} layers × batch {b} × seq {s} × kv heads "
-                         f"{spec.num_kv_heads} × head_dim {spec.head_dim} × {BYTES[kv_dtype]} B (transformers "
-                         "DynamicCache)"),
-        ("activations/prefill_working_set", work, "one layer's tensors during the prefill under no_grad "
-                                                  "(upper bound: all alive at once)"),
-        ("logits/last_token", logits, "logits of the last position, fp32 upcast for sampling"),
+        ("kv_cache", r.kv_cache, kv_cache_formula(spec, setup, at, r.phase)),
+        (f"activations/{r.phase}_working_set", r.working_set,
+         f"the largest set of tensors alive at once in the {r.phase} under no_grad (batch {b} × "
+         f"{prompt if r.phase == 'prefill' else 1:,} tokens): a decoder layer's live set replayed op by op "
+         "(vramplan/estimate/layers.py on graph.py, nothing saved), the layer input, inputs_embeds, input_ids, "
+         "position ids, rotary cos/sin and 4-D masks (transformers 5.24 LlamaModel.forward, masking_utils.py)"),
+        ("logits/last_token", r.logits,
+         "generate's last-position logits (logits_to_keep=1), their fp32 copy and the sampler's fp32 "
+         "probabilities (generation/utils.py _sample); 0 when the peak is inside a layer"),
         ("buffers/cublas_workspace", cublas, "cuBLAS workspace (CublasHandlePool.cpp)")])
     peak = sum(v[0] for v in comps.values())
-    phases = {"load": d.static_weights + cublas, "prefill": peak, "decode": peak - work}
-    return _finish(spec, setup, d, comps, peak, "prefill", phases, 0, gpu, margin, quant_notes=quant_notes)
+    base = d.static_weights + cublas
+    phases = {"load": base, "prefill": base + r.prefill}
+    if setup.new_tokens:
+        phases["decode"] = base + r.decode
+    return _finish(spec, setup, d, comps, peak, r.phase, phases, 0, gpu, margin, quant_notes=quant_notes)
 
 
 def _overheads(setup: Setup, gpu, peak: int) -> list[tuple[str, int, str, str]]:
@@ -401,6 +409,8 @@ def assumptions(spec: ModelSpec, setup: Setup, st: Structure) -> list[str]:
         a.append("library versions: " + ", ".join(f"{k} {v} ({origin})" for k, (v, origin) in versions.items()))
     a += version_assumptions(versions)
     a += behaviour_assumptions(spec, setup)
+    if not setup.training:
+        a += inference_assumptions(spec, setup)
     return a + stack_assumptions(setup)
 
 
@@ -524,6 +534,8 @@ def loss_step_warnings(setup: Setup) -> list[str]:
 def warnings_for(spec: ModelSpec, setup: Setup) -> list[str]:
     w = (stack_warnings(setup) + version_warnings(modelled_versions(setup.versions)) + behaviour_warnings(spec, setup)
          + loss_step_warnings(setup))
+    if not setup.training:
+        w += inference_warnings(spec, setup)
     w += list(spec.notes)       # what the shapes say a plan of this model does not model (a vision tower, ...)
     if spec.max_position_embeddings and setup.seq > spec.max_position_embeddings:
         w.append(f"--seq {setup.seq} exceeds the model's max_position_embeddings {spec.max_position_embeddings}")
