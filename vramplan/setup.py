@@ -148,6 +148,9 @@ class Setup:
     offload: str = option("none", kind="choice", choices=OFFLOADS, help="CPU offload (ZeRO / FSDP).")
     # inference: how many of `seq` tokens are generated (the rest is the prompt); 0 = prefill only
     new_tokens: int = option(0, kind="int", help="Inference: tokens generated after the prompt (part of --seq).")
+    logits: str = option("last", kind="choice", choices=("last", "all"),
+                         help="Inference: logits of the last position (generate, logits_to_keep=1) or of every "
+                              "position (a plain forward, logits_to_keep=0).")
     cache: str = option("dynamic", kind="choice", choices=CACHES,
                         help="Inference: the KV cache (transformers' cache_implementation).")
     cache_len: int = option(0, kind="int",
@@ -508,7 +511,7 @@ def ignored_options(given: dict[str, Any], s: Setup) -> list[str]:
         if base_q:
             out.append(f"{flags(base_q)} ignored: --quant none has no quantized weights")
     if s.training:
-        serve_only = [n for n in ("cache", "cache_len") if n in names]
+        serve_only = [n for n in ("cache", "cache_len", "logits") if n in names]
         if serve_only:
             out.append(f"{flags(serve_only)} ignored: the KV cache is an inference option (--method inference)")
     else:

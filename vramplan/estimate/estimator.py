@@ -267,7 +267,8 @@ def _inference(spec: ModelSpec, setup: Setup, d: ModelStates, gpu, margin: float
     """Prefill of ``seq - new_tokens`` prompt tokens and decoding to ``seq`` under ``torch.no_grad``: weights + the
     KV cache + the largest set of tensors alive at once (``inference.py``), at the larger of the two peaks."""
     b, s, kv_dtype = setup.batch, setup.seq, setup.compute_dtype
-    r = inference_bytes(spec, d.structure, b, s, setup.new_tokens, kv_dtype, setup)
+    r = inference_bytes(spec, d.structure, b, s, setup.new_tokens, kv_dtype, setup,
+                        full_logits=setup.logits == "all")
     cublas = overhead.CUBLAS_WORKSPACE_BYTES
     comps = _merge(list(d.weight_comps))
     prompt = s - setup.new_tokens
@@ -279,6 +280,9 @@ def _inference(spec: ModelSpec, setup: Setup, d: ModelStates, gpu, margin: float
          f"{prompt if r.phase == 'prefill' else 1:,} tokens): a decoder layer's live set replayed op by op "
          "(vramplan/estimate/layers.py on graph.py, nothing saved), the layer input, inputs_embeds, input_ids, "
          "position ids, rotary cos/sin and 4-D masks (transformers 5.24 LlamaModel.forward, masking_utils.py)"),
+        ("logits/all_positions", r.logits,
+         f"every position's logits (--logits all: a forward with logits_to_keep=0, batch {b} × {prompt:,} × vocab "
+         f"{spec.vocab_size:,}); 0 when the peak is inside a layer") if setup.logits == "all" else
         ("logits/last_token", r.logits,
          "generate's last-position logits (logits_to_keep=1), their fp32 copy and the sampler's fp32 "
          "probabilities (generation/utils.py _sample); 0 when the peak is inside a layer"),
@@ -539,9 +543,9 @@ def warnings_for(spec: ModelSpec, setup: Setup) -> list[str]:
     w += list(spec.notes)       # what the shapes say a plan of this model does not model (a vision tower, ...)
     if spec.max_position_embeddings and setup.seq > spec.max_position_embeddings:
         w.append(f"--seq {setup.seq} exceeds the model's max_position_embeddings {spec.max_position_embeddings}")
-    if not setup.training and (setup.gpus > 1 or setup.strategy != "ddp"):
+    if not setup.training and (setup.gpus > 1 or setup.strategy != "ddp") and setup.device_map == "none":
         w.append(f"--method inference on --gpus {setup.gpus} --strategy {setup.strategy}: estimated as one full "
-                 "replica per GPU (data parallel); sharded inference is not modelled")
+                 "replica per GPU (data parallel); --device-map auto splits the model across them instead")
     return w
 
 

@@ -61,7 +61,8 @@ def estimate_counters(spec: ModelSpec, setup: Setup, batches_seqs: Sequence[tupl
     if not setup.training:
         cublas = overhead.CUBLAS_WORKSPACE_BYTES
         for b, s in batches_seqs:
-            r = inference_bytes(spec, d.structure, b, s, setup.new_tokens, setup.compute_dtype, setup)
+            r = inference_bytes(spec, d.structure, b, s, setup.new_tokens, setup.compute_dtype, setup,
+                                full_logits=setup.logits == "all")
             peak = d.static_weights + r.peak + cublas
             reserved = peak + frag(peak)
             append(Counters(peak, reserved, reserved + ctx, r.phase))
