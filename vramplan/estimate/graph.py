@@ -212,39 +212,26 @@ class Tracer:
     def transient_candidates(self, keep: tuple[Storage, ...] = ()) -> list[tuple[Size, str]]:
         """For each point of the forward, the bytes (as sizes per dtype, folded to fp32-equivalent bytes)
         of storages alive there that are not saved: a storage lives from allocation to its last use."""
-        last: dict[int, int] = {}
-        for i, (_kind, st) in enumerate(self.events):
-            last[id(st)] = i
-        forever = set(self.saved) | {id(s) for s in keep}
-        # running totals, updated as storages are allocated and die (linear in the number of events)
-        c = a = q = 0
-        dying: dict[int, list[Storage]] = {}
-        out: list[tuple[Size, str]] = []
-        for i, (kind, st) in enumerate(self.events):
-            if kind == "alloc" and id(st) not in forever:
-                k = BYTES[st.dtype]
-                c, a, q = c + st.size.const * k, a + st.size.per_token * k, q + st.size.per_bss * k
-                dying.setdefault(max(last.get(id(st), i), i), []).append(st)
-            out.append((Size(c, a, q), st.label))
-            for d in dying.pop(i, ()):
-                k = BYTES[d.dtype]
-                c, a, q = c - d.size.const * k, a - d.size.per_token * k, q - d.size.per_bss * k
-        return out
+        return self._alive(uncounted=set(self.saved) | {id(s) for s in keep}, held=set())
 
     def live_candidates(self, hold: tuple[Storage, ...] = ()) -> list[tuple[Size, str]]:
         """Inference (``no_grad``): for each point of the region, the bytes of every storage allocated in it
         that is alive there — from its allocation to its last use, or to the end of the region for ``hold``
         (the output, KV-cache entries) — as sizes in bytes. Storages from before the region (its input) are
         not counted."""
+        return self._alive(uncounted=set(), held={id(s) for s in hold})
+
+    def _alive(self, *, uncounted: set[int], held: set[int]) -> list[tuple[Size, str]]:
+        """The running bytes of the storages allocated in the region, at each event: each from its allocation to
+        its last use, ``held`` ones to the end, ``uncounted`` ones never (linear in the number of events)."""
         last: dict[int, int] = {}
         for i, (_kind, st) in enumerate(self.events):
             last[id(st)] = i
-        held = {id(s) for s in hold}
         c = a = q = 0
         dying: dict[int, list[Storage]] = {}
         out: list[tuple[Size, str]] = []
         for i, (kind, st) in enumerate(self.events):
-            if kind == "alloc":
+            if kind == "alloc" and id(st) not in uncounted:
                 k = BYTES[st.dtype]
                 c, a, q = c + st.size.const * k, a + st.size.per_token * k, q + st.size.per_bss * k
                 if id(st) not in held:
