@@ -119,3 +119,13 @@ def test_stack_in_plan_files_and_sweeps(tmp_path):
 def test_unknown_stack_is_one_line():
     r = CliRunner().invoke(cli, ["plan", "llama-3.2-1b", "--stack", "megatron"])
     assert r.exit_code == 2 and "megatron" in r.output
+
+
+def test_partly_checked_stacks_say_which_parts_and_use_their_own_loop():
+    """LitGPT and torchtune run their own loops; what of their code ran against the rules is named."""
+    for stack, part in (("litgpt", "chunked_cross_entropy"), ("torchtune", "OffloadActivations"), ("trl", "fused LM head")):
+        r = CliRunner().invoke(cli, ["plan", "llama-3.1-8b", "--method", "qlora", "--stack", stack, "--json"],
+                               catch_exceptions=False)
+        a = json.loads(r.stdout)["assumptions"]
+        assert any("not cross-checked as a whole step" in x and part in x for x in a), (stack, a)
+        assert any(x.startswith("HF Trainer loop") for x in a) == (stack == "trl")

@@ -51,6 +51,8 @@ class Stack:
     defaults: tuple[Default, ...] = ()
     unmodelled: tuple[Unmodelled, ...] = ()
     cross_checked: bool = False         # whether its real code was run against the estimate (issue 14, item 4)
+    #: the parts of its code that were run against the estimate's rules on CPU, when not the whole step
+    checked_parts: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
 
     def defaults_for(self, quantized: bool, full: bool = False) -> dict[str, Default]:
@@ -67,7 +69,9 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
           cross_checked=True,
           notes=("the estimator's reference stack: tests/estimate/test_activations_vs_torch.py and the simulation "
                  "run its real code on CPU",)),
-    Stack("trl", "TRL SFTTrainer", "trl 1.16.0", defaults=(
+    Stack("trl", "TRL SFTTrainer", "trl 1.16.0",
+          checked_parts=("the fused LM head's saved tensors and peak (tests/estimate/test_loss_kinds_frameworks.py)",),
+          defaults=(
         Default("kbit_prep", False, f"{_KBIT} since trl 0.26.0 (trl 1.16.0 trainer/sft_trainer.py: no call)"),
         Default("grad_ckpt", True, "SFTConfig.gradient_checkpointing=True since trl 0.22.0 "
                                    "(trl 1.16.0 trainer/base_config.py:62-67)"),
@@ -105,7 +109,10 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
         Unmodelled("the load-time fp32 upcast of the norms before they are cast back",
                    "axolotl 0.21.0 loaders/model.py:1407-1448", "quantized"),
     )),
-    Stack("torchtune", "torchtune (tune run)", "torchtune 0.6.1", defaults=(
+    Stack("torchtune", "torchtune (tune run)", "torchtune 0.6.1",
+          checked_parts=("CEWithChunkedOutputLoss", "OffloadActivations", "register_optim_in_bwd_hooks "
+                         "(tests/estimate/test_loss_kinds_frameworks.py, test_act_offload*.py, test_optim_in_bwd*.py)"),
+          defaults=(
         Default("kbit_prep", False, "no PEFT: nothing upcast (torchtune 0.6.1 recipes/lora_finetune_single_device.py"
                                     ":431 set_default_dtype(bf16))"),
         Default("precision", "bf16-true", "dtype: bf16 builds base and adapters in bf16, no autocast (torchtune "
@@ -128,7 +135,11 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
         Unmodelled("QLoRA quantizes with torchao's NF4Tensor, not bitsandbytes (a different layout and no saved "
                    "input)", "torchtune 0.6.1 modules/peft/lora.py (LoRALinear quantize_base), torchao NF4Tensor", "quantized"),
     )),
-    Stack("litgpt", "LitGPT (litgpt finetune)", "litgpt 0.5.13", defaults=(
+    Stack("litgpt", "LitGPT (litgpt finetune)", "litgpt 0.5.13",
+          checked_parts=("BitsandbytesPrecision's quantized head", "K/V expansion", "the fp32 frozen base under "
+                         "autocast", "chunked_cross_entropy (tests/estimate/test_quant_head.py, test_kv_expand.py, "
+                         "test_litgpt_frozen_fp32.py, test_loss_kinds_frameworks.py)"),
+          defaults=(
         Default("kbit_prep", False, "no PEFT: nothing upcast (litgpt 0.5.13 finetune/lora.py)"),
         Default("grad_ckpt", False, "no activation checkpointing on one GPU (litgpt 0.5.13 finetune/lora.py:522-543)"),
         Default("optim", "paged-adamw", "--quantize always uses bitsandbytes' PagedAdamW, 32-bit (litgpt 0.5.13 "

@@ -379,7 +379,9 @@ def assumptions(spec: ModelSpec, setup: Setup, st: Structure) -> list[str]:
                if setup.autocast else "no autocast; every tensor in " + setup.compute_dtype),
             f"base weights loaded in {setup.base_dtype}" + (" (fp32 masters for full fine-tuning)"
                                                             if setup.method == "full" and setup.mixed else ""),
-            "HF Trainer loop: model outputs (bf16 logits) are dropped before backward; zero_grad(set_to_none=True)",
+            "HF Trainer loop: model outputs (bf16 logits) are dropped before backward; zero_grad(set_to_none=True)"
+            if setup.stack not in ("torchtune", "litgpt") else
+            f"{setup.stack}'s own training loop: its loss and the logits it keeps as --loss {setup.loss} says",
             f"attention: {setup.attn}" + (" (flash / memory-efficient kernel: O(seq) saved tensors)"
                                           if setup.attn != "eager" else " (scores materialized: O(seq²))"),
             "optimizer states counted from the second step on (they persist after the first step)",
@@ -478,7 +480,10 @@ def stack_assumptions(setup: Setup) -> list[str]:
     out = [f"--stack {stack.name}: {stack.title}, read at {stack.release}"]
     out += [f"--stack {stack.name} default {option_named(n).flag} {d.value} (unless given): {d.source}"
             for n, d in decided.items()]
-    if not stack.cross_checked:
+    if not stack.cross_checked and stack.checked_parts:
+        out.append(f"--stack {stack.name}: not cross-checked as a whole step; parts of its code run against these "
+                   f"rules on CPU: {', '.join(stack.checked_parts)}")
+    elif not stack.cross_checked:
         out.append(f"--stack {stack.name}: not cross-checked (its real code has not been run against this estimate)")
     return out
 
