@@ -151,3 +151,12 @@ def test_kbit_prep_is_an_option_everywhere() -> None:
     assert json.loads(out)["setup"]["kbit_prep"] is False
     assert planner.PLAN_KEYS["kbit_prep"] == "bool"
     assert setup_from_options({"method": "qlora"}).kbit_prep is True      # PEFT's QLoRA recipe calls it
+
+
+def test_inference_only_options_in_training_are_named_as_ignored() -> None:
+    """--logits, --cache and --cache-len are inference options: a training plan says it does not use them."""
+    from vramplan.setup import Setup, ignored_options
+
+    s = Setup.create(method="lora")
+    (w,) = ignored_options({"logits": "all", "cache": "static"}, s)
+    assert w.startswith("--cache, --logits ignored") and "--method lora trains" in w

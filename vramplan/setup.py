@@ -513,7 +513,8 @@ def ignored_options(given: dict[str, Any], s: Setup) -> list[str]:
     if s.training:
         serve_only = [n for n in ("cache", "cache_len", "logits") if n in names]
         if serve_only:
-            out.append(f"{flags(serve_only)} ignored: the KV cache is an inference option (--method inference)")
+            out.append(f"{flags(serve_only)} ignored: {'they are inference options' if len(serve_only) > 1 else 'an inference option'} "
+                       f"(--method inference); --method {s.method} trains")
     else:
         train_only = [n for n in ("act_offload", "optim_in_bwd", "adapter_dtype", "frozen_dtype") if n in names
                       and given[n] not in (False, "auto", "compute")]
