@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+from cli_entry import vp
 
 from vramplan.errors import SetupError
 from vramplan.estimate.device_map import layer_ranges, module_tree, parse_max_memory, plan_device_map
@@ -95,25 +96,10 @@ def test_layer_ranges():
     assert layer_ranges(()) == "-"
 
 
-def _vramplan(*args: str):
-    """``vramplan ARGS`` through the console entry point (user errors: one line on stderr, exit 2)."""
-    import click
-    from click.testing import CliRunner
-
-    from vramplan.cli.main import main
-
-    @click.command(context_settings={"ignore_unknown_options": True})
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    def entry(args: tuple[str, ...]) -> None:
-        main(list(args))
-
-    return CliRunner().invoke(entry, list(args), catch_exceptions=False)
-
-
 def test_plan_device_map_section_splits_the_weights_and_decides_the_exit_code():
     import json
 
-    r = _vramplan("plan", "qwen2.5-72b", "--method", "inference", "--seq", "8192", "--device-map", "auto",
+    r = vp("plan", "qwen2.5-72b", "--method", "inference", "--seq", "8192", "--device-map", "auto",
                   "--gpus", "2", "--gpu", "a100-80gb", "--json")
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
@@ -124,7 +110,7 @@ def test_plan_device_map_section_splits_the_weights_and_decides_the_exit_code():
     assert d["fits"] is None, "no single-card verdict beside the per-GPU one"
     assert not any("one full replica" in w for w in d["warnings"])
     # four 24 GB cards: the split fills each with weights (max_memory = free memory) and leaves no room to run
-    r = _vramplan("plan", "llama-3-70b", "--method", "inference", "--device-map", "auto", "--gpus", "4",
+    r = vp("plan", "llama-3-70b", "--method", "inference", "--device-map", "auto", "--gpus", "4",
                   "--gpu", "rtx-4090", "--json")
     assert r.exit_code == 1
     assert json.loads(r.stdout)["device_map"]["fits"] is False
@@ -134,6 +120,6 @@ def test_device_map_is_refused_where_it_does_not_apply():
     for args in (("llama-3-8b", "--device-map", "auto"), ("llama-3-8b", "--method", "inference", "--max-memory", "9GiB"),
                  ("llama-3-8b", "--method", "inference", "--device-map", "auto", "--gpus", "2"),
                  ("llama-3-8b", "--method", "inference", "--quant", "nf4", "--device-map", "auto", "--gpu", "a100-80gb")):
-        r = _vramplan("plan", *args)
+        r = vp("plan", *args)
         assert r.exit_code == 2, (args, r.output)
         assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output

@@ -4,23 +4,10 @@ from __future__ import annotations
 
 import json
 
-import click
 import pytest
-from click.testing import CliRunner
-
-from vramplan.cli.main import main
+from cli_entry import vp
 
 peft = pytest.importorskip("peft")
-
-
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def _entry(args: tuple[str, ...]) -> None:
-    main(list(args))
-
-
-def _vp(*args: str):
-    return CliRunner().invoke(_entry, list(args), catch_exceptions=False)
 
 
 @pytest.fixture
@@ -32,7 +19,7 @@ def adapter(tmp_path):
 
 
 def test_adapter_config_is_read_as_peft_saved_it(adapter):
-    r = _vp("check", str(adapter), "--gpu", "24GB", "--seq", "1024", "--batch", "2", "--json")
+    r = vp("check", str(adapter), "--gpu", "24GB", "--seq", "1024", "--batch", "2", "--json")
     assert r.exit_code == 0, r.stderr
     rec = json.loads(r.stdout)["results"][0] if isinstance(json.loads(r.stdout), dict) else json.loads(r.stdout)[0]
     assert rec["format"] == "peft-adapter" and rec["model"] == "qwen2.5-0.5b"
@@ -42,6 +29,6 @@ def test_adapter_config_is_read_as_peft_saved_it(adapter):
 
 
 def test_an_adapter_names_no_data_so_batch_and_seq_are_asked_for(adapter):
-    r = _vp("check", str(adapter), "--gpu", "24GB")
+    r = vp("check", str(adapter), "--gpu", "24GB")
     assert r.exit_code == 2
     assert "pass --batch" in r.stdout + r.stderr and "pass --seq" in r.stdout + r.stderr

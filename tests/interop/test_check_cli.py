@@ -7,11 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
-import click
 import yaml
-from click.testing import CliRunner
-
-from vramplan.cli.main import main
+from cli_entry import vp
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "configs"
 EXPECTED = yaml.safe_load((CORPUS / "expected.yaml").read_text())["files"]
@@ -28,16 +25,6 @@ RECORD_KEYS = {"file", "format", "plan", "plans_in_file", "name", "status", "mod
                "headroom_bytes", "margin", "setup", "ignored", "warnings", "cannot_check", "bad_file", "references"}
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
-                                 "help_option_names": []})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def _entry(args: tuple[str, ...]) -> None:
-    main(list(args))
-
-
-def vp(*args: str):
-    """``vramplan ARGS`` through the real entry point (user errors -> one line on stderr, exit 2)."""
-    return CliRunner().invoke(_entry, list(args), catch_exceptions=False)
 
 
 def latin1(tmp_path: Path) -> str:

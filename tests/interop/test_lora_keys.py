@@ -11,11 +11,9 @@ import json
 import warnings
 from typing import Any
 
-import click
 import pytest
-from click.testing import CliRunner
+from cli_entry import vp
 
-from vramplan.cli.main import main
 from vramplan.errors import ForeignConfigError, SetupError
 from vramplan.interop.axolotl import read_axolotl
 from vramplan.interop.hf import (
@@ -223,15 +221,6 @@ def test_llama_factory_v1_unknown_peft_key_is_refused() -> None:
 
 
 # ------------------------------------------------------------------------------------- CLI and plan files
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def _entry(args: tuple[str, ...]) -> None:
-    main(list(args))
-
-
-def vp(*args: str):
-    """``vramplan ARGS`` through the real entry point (user errors -> one line on stderr, exit 2)."""
-    return CliRunner().invoke(_entry, list(args), catch_exceptions=False)
 
 
 def test_cli_options_and_bad_input() -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import functools
 import json
 
-import click
-from click.testing import CliRunner, Result
+from cli_entry import vp
 
 
 @functools.cache
@@ -40,18 +39,6 @@ def lora_all(r: int = 16):
     return LoraConfig(r=r, targets=("all-linear",))
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
-                                 "help_option_names": []})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def _entry(args: tuple[str, ...]) -> None:
-    from vramplan.cli.main import main
-
-    main(list(args))
-
-
-def vp(*args: str) -> Result:
-    """``vramplan ARGS`` through the real entry point (user errors -> one line on stderr, exit 2)."""
-    return CliRunner().invoke(_entry, list(args), catch_exceptions=False)
 
 
 def vp_json(*args: str, codes: tuple[int, ...] = (0, 1)) -> dict:
