@@ -82,16 +82,11 @@ def module_tree(spec: ModelSpec, dtype: str) -> tuple[_Node, list[list[str]]]:
 
 
 def _sizes(root: _Node) -> dict[str, int]:
+    """Bytes by module and by parameter name (``compute_module_sizes(only_modules=False)``)."""
     out: dict[str, int] = {}
-
-    def walk(n: _Node) -> None:
+    for n in _walk(root):
         out[n.name] = n.size
-        for p, b in n.params:
-            out[p] = b
-        for c in n.children.values():
-            walk(c)
-
-    walk(root)
+        out.update(n.params)
     return out
 
 
