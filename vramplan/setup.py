@@ -44,6 +44,7 @@ OFFLOADS: tuple[str, ...] = ("none", "optimizer", "params")
 ADAPTER_DTYPES: tuple[str, ...] = ("auto", "fp32", "compute")
 FROZEN_DTYPES: tuple[str, ...] = ("compute", "fp32")
 DEVICE_MAP_CHOICES: tuple[str, ...] = ("none", "auto", "balanced", "balanced_low_0", "sequential")
+TRAIN_VISION: tuple[str, ...] = ("all", "projector", "none")
 CACHES: tuple[str, ...] = ("dynamic", "static", "sliding", "quantized-int4", "quantized-int2", "offloaded")
 
 #: bytes per element of the dtypes vramplan reasons about
@@ -118,6 +119,16 @@ class Setup:
     lora: LoraConfig | None = field(default_factory=LoraConfig)
     batch: int = option(1, kind="int", help="Sequences per step (per GPU).")
     seq: int = option(2048, kind="int", help="Tokens per sequence (inference: prompt + generated).")
+    target_seq: int = option(0, kind="int",
+                             help="Encoder-decoder (T5, BART): decoder (target) tokens per example; --seq is the "
+                                  "encoder (source) length (0 = --seq).")
+    image_tokens: int = option(0, kind="int",
+                               help="Multimodal: image tokens per sequence (part of --seq); the vision tower encodes "
+                                    "the images they stand for (0 = text only).")
+    train_vision: str = option("all", kind="choice", choices=TRAIN_VISION, unset=True,
+                               help="Multimodal: what of the vision side --method trains: all (tower and projector, "
+                                    "like the text model), projector (the tower frozen) or none (both frozen, as "
+                                    "LLaMA-Factory's and ms-swift's defaults). Default: all, or the --stack's.")
     grad_ckpt: bool = option(False, kind="bool", unset=True,
                              help="Gradient checkpointing (default: on for qlora, as prepare_model_for_kbit_training "
                                   "does; off otherwise).")
@@ -241,6 +252,11 @@ class Setup:
         if isinstance(self.cache_len, bool) or not isinstance(self.cache_len, int) or not 0 <= self.cache_len <= MAX_SEQ:
             raise SetupError(f"--cache-len must be an integer from 0 (= --seq) to {MAX_SEQ:,}, got "
                              f"{_quote(self.cache_len)}")
+        for name, flag, upper in (("target_seq", "--target-seq", MAX_SEQ), ("image_tokens", "--image-tokens", self.seq)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= upper:
+                raise SetupError(f"{flag} must be an integer from 0 to {upper:,}"
+                                 f"{' (--seq)' if name == 'image_tokens' else ''}, got {_quote(value)}")
         if self.quant_blocksize not in (32, 64, 128, 256, 512, 1024, 2048, 4096):
             raise SetupError(f"--quant-blocksize must be a power of two from 32 to 4096 (bitsandbytes), "
                              f"got {self.quant_blocksize!r}")
@@ -329,8 +345,9 @@ class Setup:
         for k in ("lengths", "alloc_conf", "max_memory"):     # only when given: plans without them keep their JSON
             if d[k] is None:
                 del d[k]
-        if d["device_map"] == "none":
-            del d["device_map"]
+        for k, default in (("device_map", "none"), ("target_seq", 0), ("image_tokens", 0), ("train_vision", "all")):
+            if d[k] == default:     # only when given: plans of text-only decoder models keep their JSON
+                del d[k]
         d["quant_skip"] = list(self.quant_skip)
         if self.lora is not None:
             d["lora"] = self.lora.to_dict()
