@@ -8,6 +8,7 @@ import json
 import re
 
 import pytest
+from cli_entry import vp
 from click.testing import CliRunner
 
 from vramplan.cli.main import cli
@@ -129,3 +130,46 @@ def test_partly_checked_stacks_say_which_parts_and_use_their_own_loop():
         a = json.loads(r.stdout)["assumptions"]
         assert any("not cross-checked as a whole step" in x and part in x for x in a), (stack, a)
         assert any(x.startswith("HF Trainer loop") for x in a) == (stack == "trl")
+
+
+#: LitGPT's launchers on more than one device (litgpt 0.5.13): finetune/lora.py:152-162 builds a
+#: ModelParallelStrategy whose parallelize_fn (lines 522-541) checkpoint-wraps every Block and fully_shard()s it
+#: (FSDP2); finetune/full.py:107-114 builds FSDPStrategy(auto_wrap_policy={Block},
+#: activation_checkpointing_policy={Block}) (FSDP1, FULL_SHARD by lightning 2.6.6's default); on one device both
+#: use strategy="auto" with no checkpointing.
+@pytest.mark.parametrize(("method", "gpus", "strategy", "grad_ckpt"), [
+    ("lora", 8, "fsdp", True), ("lora", 2, "fsdp", True), ("full", 8, "fsdp1", True), ("full", 4, "fsdp1", True),
+    ("lora", 1, "ddp", False), ("full", 1, "ddp", False)])
+def test_litgpt_multi_gpu_launchers(method, gpus, strategy, grad_ckpt):
+    s = setup_from_options({"method": method, "stack": "litgpt", "gpus": gpus})
+    assert (s.strategy, s.grad_ckpt) == (strategy, grad_ckpt)
+
+
+def test_litgpt_multi_gpu_defaults_yield_to_flags_and_leave_other_stacks_alone():
+    s = setup_from_options({"method": "full", "stack": "litgpt", "gpus": 8, "strategy": "zero3", "grad_ckpt": False})
+    assert (s.strategy, s.grad_ckpt) == ("zero3", False)
+    assert setup_from_options({"method": "full", "gpus": 8}).strategy == "ddp"      # the HF Trainer: DDP
+    # inference on N GPUs is replicas or --device-map, not a training launcher's FSDP
+    assert setup_from_options({"method": "inference", "stack": "litgpt", "gpus": 2}).strategy == "ddp"
+
+
+def test_litgpt_refuses_quantized_multi_gpu_training_in_one_line():
+    # finetune/lora.py:152-156: `if devices * num_nodes > 1: if quantize: raise NotImplementedError(...)`
+    r = vp("plan", "llama-3-8b", "--stack", "litgpt", "--method", "qlora", "--gpus", "2")
+    assert r.exit_code == 2 and "Traceback" not in r.stderr
+    assert "--stack litgpt cannot train a quantized base on more than one GPU" in r.stderr
+    assert "finetune/lora.py:152-156" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert vp("plan", "llama-3-8b", "--stack", "litgpt", "--method", "qlora").exit_code in (0, 1)
+
+
+def test_litgpt_multi_gpu_lora_warns_of_its_fsdp2_units():
+    e = estimate(resolve_model("llama-3-8b").spec, setup_from_options({"method": "lora", "stack": "litgpt", "gpus": 4}))
+    assert any("FSDP2 units are each Block and the root" in w for w in e.warnings)
+    one = estimate(resolve_model("llama-3-8b").spec, setup_from_options({"method": "lora", "stack": "litgpt"}))
+    assert not any("FSDP2 units" in w for w in one.warnings)
+
+
+def test_a_stack_condition_outside_the_vocabulary_is_an_error():
+    from vramplan.stacks import Default
+    with pytest.raises(ValueError, match="unknown condition"):
+        Default("strategy", "fsdp", "x", gpus="many").applies(quantized=False, full=False, gpus=2)

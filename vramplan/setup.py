@@ -155,7 +155,8 @@ class Setup:
              "stream, input grads for checkpointing), as the HF Trainer + PEFT recipe calls it (the default, or the "
              "--stack's: ms-swift, LLaMA-Factory, torchtune, LitGPT and recent TRL do not).")
     gpus: int = option(1, kind="int", help="Number of GPUs (data parallel ranks).")
-    strategy: str = option("ddp", kind="choice", choices=STRATEGIES, help="Multi-GPU strategy.")
+    strategy: str = option("ddp", kind="choice", choices=STRATEGIES, unset=True,
+                           help="Multi-GPU strategy (default: ddp, or the --stack's).")
     offload: str = option("none", kind="choice", choices=OFFLOADS, help="CPU offload (ZeRO / FSDP).")
     # inference: how many of `seq` tokens are generated (the rest is the prompt); 0 = prefill only
     new_tokens: int = option(0, kind="int", help="Inference: tokens generated after the prompt (part of --seq).")
@@ -205,7 +206,14 @@ class Setup:
             quant = "nf4" if method == "qlora" else "none"
         quant = _choice(quant, QUANTS, "--quant")
         stack = STACKS[_choice(kwargs.get("stack", "hf"), STACK_NAMES, "--stack")]
-        for name, d in stack.defaults_for(quant != "none", method == "full").items():   # the stack's, unless given
+        # a stack's multi-GPU defaults are its training launcher's; inference on N GPUs is --device-map's
+        gpus = kwargs.get("gpus", 1) if method != "inference" else 1
+        gpus = gpus if isinstance(gpus, int) and not isinstance(gpus, bool) else 1     # validate() quotes a bad one
+        refusal = stack.refusal_for(quant != "none", method == "full", gpus)
+        if refusal is not None:
+            raise SetupError(f"--stack {stack.name} {refusal.what} ({refusal.source}): use --gpus 1, or another "
+                             "--stack")
+        for name, d in stack.defaults_for(quant != "none", method == "full", gpus).items():   # unless given
             if name == "grad_ckpt":
                 grad_ckpt = d.value if grad_ckpt is None else grad_ckpt
             elif kwargs.get(name) is None:

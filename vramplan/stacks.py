@@ -22,13 +22,39 @@ class Default:
 
     ``when``: ``"always"``, ``"quantized"`` (only with a 4/8-bit base, e.g. LitGPT's paged AdamW),
     ``"unquantized"`` (only with a 16-bit base, e.g. LitGPT's fp32 frozen base under bf16-mixed) or ``"full"``
-    (full fine-tuning only, e.g. torchtune's optimizer_in_bwd).
+    (full fine-tuning only, e.g. torchtune's optimizer_in_bwd). ``gpus``: ``"any"``, ``"single"`` (one GPU) or
+    ``"multi"`` (more than one, e.g. LitGPT's FSDP strategies). Of two defaults of one option that both apply,
+    the later one wins.
     """
 
     option: str
     value: Any
     source: str
     when: str = "always"
+    gpus: str = "any"
+
+    def applies(self, *, quantized: bool, full: bool, gpus: int) -> bool:
+        return _matches(self.when, self.gpus, quantized=quantized, full=full, gpus=gpus)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A setup the stack refuses to launch (its code raises): ``when`` and ``gpus`` as in :class:`Default`."""
+
+    what: str
+    source: str
+    when: str = "always"
+    gpus: str = "any"
+
+    def applies(self, *, quantized: bool, full: bool, gpus: int) -> bool:
+        return _matches(self.when, self.gpus, quantized=quantized, full=full, gpus=gpus)
+
+
+def _matches(when: str, on: str, *, quantized: bool, full: bool, gpus: int) -> bool:
+    if on not in ("any", "single", "multi") or when not in ("always", "quantized", "unquantized", "full"):
+        raise ValueError(f"unknown condition when={when!r} gpus={on!r}")
+    return ((when == "always" or when == ("quantized" if quantized else "unquantized") or (when == "full" and full))
+            and (on == "any" or on == ("multi" if gpus > 1 else "single")))
 
 
 @dataclass(frozen=True)
@@ -41,6 +67,7 @@ class Unmodelled:
     what: str
     source: str
     when: str = "training"
+    gpus: str = "any"           # as in Default: "any", "single" or "multi"
 
 
 @dataclass(frozen=True)
@@ -50,16 +77,19 @@ class Stack:
     release: str                        # the release whose source the entries were read from
     defaults: tuple[Default, ...] = ()
     unmodelled: tuple[Unmodelled, ...] = ()
+    refusals: tuple[Refusal, ...] = ()
     cross_checked: bool = False         # whether its real code was run against the estimate (issue 14, item 4)
     #: the parts of its code that were run against the estimate's rules on CPU, when not the whole step
     checked_parts: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
 
-    def defaults_for(self, quantized: bool, full: bool = False) -> dict[str, Default]:
-        """The defaults that apply to a setup with (or without) a quantized base and full fine-tuning, by option."""
-        return {d.option: d for d in self.defaults
-                if d.when == "always" or d.when == ("quantized" if quantized else "unquantized")
-                or (d.when == "full" and full)}
+    def defaults_for(self, quantized: bool, full: bool = False, gpus: int = 1) -> dict[str, Default]:
+        """The defaults that apply to a setup, by option (the later of two for one option wins)."""
+        return {d.option: d for d in self.defaults if d.applies(quantized=quantized, full=full, gpus=gpus)}
+
+    def refusal_for(self, quantized: bool, full: bool = False, gpus: int = 1) -> Refusal | None:
+        """What the stack's code raises for such a setup, or ``None`` when it launches."""
+        return next((r for r in self.refusals if r.applies(quantized=quantized, full=full, gpus=gpus)), None)
 
 
 _KBIT = "prepare_model_for_kbit_training is not called"
@@ -141,7 +171,16 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
                          "test_litgpt_frozen_fp32.py, test_loss_kinds_frameworks.py)"),
           defaults=(
         Default("kbit_prep", False, "no PEFT: nothing upcast (litgpt 0.5.13 finetune/lora.py)"),
-        Default("grad_ckpt", False, "no activation checkpointing on one GPU (litgpt 0.5.13 finetune/lora.py:522-543)"),
+        Default("grad_ckpt", False, "no activation checkpointing on one GPU (litgpt 0.5.13 finetune/lora.py:164, "
+                                    "full.py:116: strategy 'auto')", gpus="single"),
+        Default("grad_ckpt", True, "every Block checkpoint-wrapped on more than one GPU (litgpt 0.5.13 finetune/"
+                                   "lora.py:522-528 parallelize_fn(activation_checkpointing=True); full.py:108-114 "
+                                   "activation_checkpointing_policy={Block})", gpus="multi"),
+        Default("strategy", "fsdp", "ModelParallelStrategy(parallelize_fn): fully_shard on every Block and the root, "
+                                    "FSDP2 (litgpt 0.5.13 finetune/lora.py:152-162, :522-541)", gpus="multi"),
+        Default("strategy", "fsdp1", "FSDPStrategy(auto_wrap_policy={Block}), FULL_SHARD (litgpt 0.5.13 finetune/"
+                                     "full.py:107-114; lightning 2.6.6 fabric/strategies/fsdp.py:151)", "full",
+                gpus="multi"),
         Default("optim", "paged-adamw", "--quantize always uses bitsandbytes' PagedAdamW, 32-bit (litgpt 0.5.13 "
                                         "finetune/lora.py:218-233)", "quantized"),
         Default("precision", "bf16-true", "--quantize accepts only bf16-true (litgpt 0.5.13 finetune/lora.py:131)",
@@ -163,7 +202,15 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
                                           "logits list lives through backward and optimizer.step() (litgpt 0.5.13 "
                                           "finetune/lora.py:355-366, adapter.py:304-307, utils.py:302-330, "
                                           "model.py:177-179)"),
+    ), refusals=(
+        Refusal("cannot train a quantized base on more than one GPU (NotImplementedError: 'Quantization is currently "
+                "not supported for multi-GPU training')", "litgpt 0.5.13 finetune/lora.py:152-156", "quantized",
+                gpus="multi"),
     ), unmodelled=(
+        Unmodelled("on more than one GPU, LoRA's FSDP2 units are each Block and the root (embedding, final norm and "
+                   "head in one unit, gathered from forward to the end of backward); the estimate uses accelerate's "
+                   "units (the embedding and [norm, head] apart)", "litgpt 0.5.13 finetune/lora.py:522-541",
+                   "lora", gpus="multi"),
         Unmodelled("finetune/full.py makes one batch x seq x vocab logits tensor and, at batch > 1, copies all the "
                    "shifted logits, not just the last chunk (the estimate uses the LoRA scripts' 128-token chunks)",
                    "litgpt 0.5.13 finetune/full.py:282-284", "training"),
@@ -188,7 +235,8 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
 STACK_NAMES: tuple[str, ...] = tuple(STACKS)
 
 
-def applies(u: Unmodelled, *, training: bool, quantized: bool, lora: bool) -> bool:
+def applies(u: Unmodelled, *, training: bool, quantized: bool, lora: bool, gpus: int = 1) -> bool:
     """Whether an unmodelled behaviour concerns a setup (QLoRA-only behaviours do not concern a bf16 LoRA)."""
-    return {"always": True, "training": training, "quantized": training and quantized,
-            "lora": training and lora and not quantized}[u.when]
+    return ({"always": True, "training": training, "quantized": training and quantized,
+             "lora": training and lora and not quantized}[u.when]
+            and u.gpus in ("any", "multi" if gpus > 1 else "single"))

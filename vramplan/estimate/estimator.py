@@ -476,7 +476,7 @@ def stack_assumptions(setup: Setup) -> list[str]:
     stack = STACKS[setup.stack]
     if setup.stack == "hf":
         return []
-    decided = stack.defaults_for(setup.quantized, setup.method == "full")
+    decided = stack.defaults_for(setup.quantized, setup.method == "full", setup.gpus)
     out = [f"--stack {stack.name}: {stack.title}, read at {stack.release}"]
     out += [f"--stack {stack.name} default {option_named(n).flag} {d.value} (unless given): {d.source}"
             for n, d in decided.items()]
@@ -492,7 +492,8 @@ def stack_warnings(setup: Setup) -> list[str]:
     """What the stack does that the estimate does not follow yet (never silence)."""
     stack = STACKS[setup.stack]
     return [f"--stack {stack.name}: {u.what} — not modelled ({u.source})" for u in stack.unmodelled
-            if applies(u, training=setup.training, quantized=setup.quantized, lora=setup.lora is not None)]
+            if applies(u, training=setup.training, quantized=setup.quantized, lora=setup.lora is not None,
+                       gpus=setup.gpus)]
 
 
 def behaviour_warnings(spec: ModelSpec, setup: Setup) -> list[str]:
