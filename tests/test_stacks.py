@@ -92,7 +92,8 @@ def test_unmodelled_behaviours_are_warnings_and_the_stack_is_stated(stack):
                            catch_exceptions=False)
     d = json.loads(r.stdout)
     assert d["setup"]["stack"] == stack
-    expected = [u.what for u in STACKS[stack].unmodelled if u.when in ("always", "training", "quantized")]
+    expected = [u.what for u in STACKS[stack].unmodelled if u.when in ("always", "training", "quantized")
+                and u.gpus in ("any", "single")]     # a plan on one GPU
     for what in expected:
         assert any(what in w for w in d["warnings"]), (stack, what)
     assert any(a.startswith(f"--stack {stack}: not cross-checked") for a in d["assumptions"])
@@ -173,3 +174,12 @@ def test_a_stack_condition_outside_the_vocabulary_is_an_error():
     from vramplan.stacks import Default
     with pytest.raises(ValueError, match="unknown condition"):
         Default("strategy", "fsdp", "x", gpus="many").applies(quantized=False, full=False, gpus=2)
+
+
+#: torchtune 0.6.1: the *_distributed recipes shard with FSDP2 (training/_distributed.py:519-568 shard_model ->
+#: fully_shard); optimizer_in_bwd: True appears only in single-device / low-memory configs (15 of them).
+@pytest.mark.parametrize(("method", "gpus", "strategy", "optim_in_bwd"), [
+    ("full", 1, "ddp", True), ("full", 8, "fsdp", False), ("lora", 8, "fsdp", False), ("lora", 1, "ddp", False)])
+def test_torchtune_distributed_recipes(method, gpus, strategy, optim_in_bwd):
+    s = setup_from_options({"method": method, "stack": "torchtune", "gpus": gpus})
+    assert (s.strategy, s.optim_in_bwd, s.grad_ckpt) == (strategy, optim_in_bwd, True)

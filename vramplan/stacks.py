@@ -160,8 +160,18 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
                                    "modules/attention.py:285-300)"),
         Default("optim_in_bwd", True, "optimizer_in_bwd: True in 15 full-finetune single-device/low-memory configs of "
                                       "torchtune 0.6.1, e.g. recipes/configs/llama3_1/8B_full_single_device.yaml:66; "
-                                      "no LoRA recipe has it", "full"),
+                                      "no LoRA recipe has it; every config that sets it is single-device or "
+                                      "low-memory", "full", gpus="single"),
+        Default("strategy", "fsdp", "the *_distributed recipes shard with FSDP2: fully_shard on every layers.i, "
+                                    "then the root (torchtune 0.6.1 recipes/lora_finetune_distributed.py:472-484, "
+                                    "full_finetune_distributed.py:583-596; training/_distributed.py:519-568 "
+                                    "shard_model)", gpus="multi"),
     ), unmodelled=(
+        Unmodelled("on more than one GPU the FSDP2 units are each layer, the custom_sharded_layers of the config "
+                   "(['tok_embeddings', 'output'] in 7 of its 71 distributed configs) and the root holding the rest; "
+                   "the estimate uses accelerate's units (the embedding and [norm, head] apart)",
+                   "torchtune 0.6.1 training/_distributed.py:470-568 get_shard_conditions, shard_model", "training",
+                   gpus="multi"),
         Unmodelled("QLoRA quantizes with torchao's NF4Tensor, not bitsandbytes (a different layout and no saved "
                    "input)", "torchtune 0.6.1 modules/peft/lora.py (LoRALinear quantize_base), torchao NF4Tensor", "quantized"),
     )),
