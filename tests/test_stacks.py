@@ -183,3 +183,17 @@ def test_a_stack_condition_outside_the_vocabulary_is_an_error():
 def test_torchtune_distributed_recipes(method, gpus, strategy, optim_in_bwd):
     s = setup_from_options({"method": method, "stack": "torchtune", "gpus": gpus})
     assert (s.strategy, s.optim_in_bwd, s.grad_ckpt) == (strategy, optim_in_bwd, True)
+
+
+@pytest.mark.parametrize(("stack", "method", "precision", "dtype"), [
+    # PEFT's get_peft_model(autocast_adapter_dtype=True) upcasts bf16 adapters whatever the precision (peft 0.21.2
+    # mapping_func.py:110, tuners_utils.py:628-641; tests/estimate/test_layout.py builds them)
+    ("hf", "lora", "bf16-true", "fp32"), ("ms-swift", "lora", "bf16-true", "fp32"), ("hf", "lora", "bf16-mixed", "fp32"),
+    # torchtune builds LoRALinear under set_default_dtype(bf16); LitGPT converts the module to bf16 under bf16-true
+    ("torchtune", "lora", None, "bf16"), ("litgpt", "qlora", None, "bf16"), ("litgpt", "lora", "bf16-true", "bf16"),
+    ("litgpt", "lora", None, "fp32"),                   # bf16-mixed: an fp32 module under autocast
+    ("trl", "qlora", None, "bf16"),                     # sft_trainer.py:902-911 casts QLoRA adapters to bf16
+])
+def test_adapter_dtype_follows_who_builds_the_adapters(stack, method, precision, dtype):
+    opts = {"method": method, "stack": stack} | ({"precision": precision} if precision else {})
+    assert setup_from_options(opts).adapter_weight_dtype == dtype

@@ -111,8 +111,9 @@ class Setup:
                                  "true = everything in that dtype (default: bf16-mixed, or the --stack's).")
     adapter_dtype: str = option("auto", kind="choice", choices=ADAPTER_DTYPES, unset=True,
                                 help="dtype of the LoRA weights: fp32 (PEFT autocast_adapter_dtype), compute (the "
-                                     "--precision dtype, as torchtune and LitGPT build them), or auto: fp32 under "
-                                     "-mixed, compute under -true (default: auto, or the --stack's).")
+                                     "--precision dtype, as torchtune and LitGPT build them), or auto: fp32 where "
+                                     "PEFT builds them or under -mixed, else compute (default: auto, or the "
+                                     "--stack's).")
     frozen_dtype: str = option("compute", kind="choice", choices=FROZEN_DTYPES, unset=True,
                                help="dtype of the frozen, unquantized base weights: compute, or fp32 (LitGPT's "
                                     "bf16-mixed). Default: compute, or the --stack's.")
@@ -327,8 +328,13 @@ class Setup:
 
     @property
     def adapter_weight_dtype(self) -> str:
-        """dtype of the LoRA weights: ``--adapter-dtype``, where ``auto`` is :attr:`trainable_dtype`."""
-        return {"auto": self.trainable_dtype, "fp32": "fp32", "compute": self.compute_dtype}[self.adapter_dtype]
+        """dtype of the LoRA weights: ``--adapter-dtype``, where ``auto`` is fp32 when PEFT builds the adapters
+        (``get_peft_model(autocast_adapter_dtype=True)``, its default, upcasts bf16/fp16 adapters whatever the
+        precision) or under -mixed, and the compute dtype where the stack builds its own under -true (torchtune,
+        LitGPT)."""
+        if self.adapter_dtype == "auto":
+            return "fp32" if self.mixed or STACKS[self.stack].peft_adapters else self.compute_dtype
+        return {"fp32": "fp32", "compute": self.compute_dtype}[self.adapter_dtype]
 
     @property
     def quantized(self) -> bool:

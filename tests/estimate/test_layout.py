@@ -135,7 +135,7 @@ def _tiny(family: str, setup: Setup):
         lc = setup.lora
         cfg = peft.LoraConfig(r=lc.r, lora_alpha=lc.alpha, target_modules=lc.targets[0]
                               if lc.targets == ("all-linear",) else list(lc.targets))
-        model = peft.get_peft_model(model, cfg, autocast_adapter_dtype=setup.mixed)
+        model = peft.get_peft_model(model, cfg)     # PEFT's default autocast_adapter_dtype=True, as the HF stack
     return model
 
 
@@ -147,15 +147,14 @@ def _lora(**kw) -> Setup:
 @pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
 def test_lora_adapters_match_peft(family, precision):
     """Every trainable tensor PEFT creates, by (shape, dtype): fp32 under PEFT's default
-    ``autocast_adapter_dtype=True`` (bf16-mixed), the base dtype without it (bf16-true)."""
+    ``autocast_adapter_dtype=True``, whatever the precision (bf16-true included)."""
     setup = _lora(precision=precision)
     model = _tiny(family, setup)
     real = Counter((tuple(p.shape), str(p.dtype)) for p in model.parameters() if p.requires_grad)
     st = static_structure(spec_from_config(TINY[family], name=f"tiny-{family}"), structural_setup(setup))
     est = Counter((tuple(t.shape), DTYPE[t.dtype]) for t in st.trainables)
     assert est == real, f"only PEFT: {dict(real - est)}; only vramplan: {dict(est - real)}"
-    if precision == "bf16-mixed":
-        assert {d for _, d in real} == {"torch.float32"}
+    assert {d for _, d in real} == {"torch.float32"}
 
 
 @pytest.mark.parametrize("family,method,precision,optim", [

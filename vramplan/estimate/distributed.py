@@ -189,7 +189,10 @@ def _compute_static(spec: ModelSpec, setup: Setup, st: Structure) -> Structure:
     (``_cast_module_mixed_precision``) and does not autocast: both run like ``--precision bf16-true``."""
     if setup.strategy == "ddp" or not setup.mixed or setup.compute_dtype == "fp32":
         return st
-    return static_structure(spec, structural_setup(setup.with_(precision=f"{setup.compute_dtype}-true")))
+    # the engine casts the adapters too: PEFT's fp32 default does not survive it
+    adapters = "compute" if setup.adapter_dtype == "auto" else setup.adapter_dtype
+    return static_structure(spec, structural_setup(setup.with_(precision=f"{setup.compute_dtype}-true",
+                                                               adapter_dtype=adapters)))
 
 
 def _nccl(setup: Setup) -> list[Component]:

@@ -143,7 +143,7 @@ def _layers(spec: ModelSpec, placements: tuple[Placement, ...], plan: LoraPlan |
             setup: Setup) -> list[LayerInfo]:
     """``build_layers`` reads the placements, the LoRA plan and the adapters' dtype (``setup.mixed``): shared by
     the attention kernels, optimizers and checkpointing choices of a sweep (read-only)."""
-    return _LAYERS.get((placements, plan), (setup.mixed, setup.trainable_dtype, setup.adapter_dtype),
+    return _LAYERS.get((placements, plan), (setup.mixed, setup.trainable_dtype, setup.adapter_weight_dtype),
                        lambda: build_layers(spec, list(placements), plan, setup))
 
 
