@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from ..quantized import checkpoint_setup
 from ..setup import Setup
 from ..shapes.spec import ModelSpec
 from . import overhead
@@ -52,6 +53,7 @@ def estimate_counters(spec: ModelSpec, setup: Setup, batches_seqs: Sequence[tupl
     Raises:
         VramplanError: what :func:`~vramplan.estimate.estimate` raises for this structure.
     """
+    setup = checkpoint_setup(spec.config, setup, spec.name)[0]     # a pre-quantized checkpoint, as estimate()
     d = model_states(spec, setup)
     arch = getattr(gpu, "architecture", "") if gpu is not None else ""
     ctx = overhead.cuda_context_bytes(arch, overhead.uses_bitsandbytes(setup))

@@ -11,6 +11,7 @@ from typing import Any
 from ..errors import VramplanError
 from ..estimate import estimate, overhead
 from ..estimate.grid import Counters, estimate_counters
+from ..quantized import checkpoint_setup
 from ..setup import SETUP_OPTIONS, Setup, option_columns
 from ..shapes.spec import ModelSpec
 from ..units import GiB
@@ -169,7 +170,10 @@ def sweep(models: Sequence[tuple[str, ModelSpec]], setups: Sequence[Setup], gpus
                     progress(len(idx))
                 continue
             for i, c in zip(idx, counters, strict=True):
-                rows[i] = sweep_row(name, spec, setups[i], gpus, margin, cols[i], c, trainable)
+                # a pre-quantized checkpoint runs as stored: its row shows the quantization it was estimated with
+                ran = checkpoint_setup(spec.config, setups[i], name)[0]
+                rows[i] = sweep_row(name, spec, ran, gpus, margin, cols[i] if ran is setups[i] else None, c,
+                                    trainable)
             if replays(first):          # only with --lengths/--alloc-conf: the replay costs seconds a row
                 from ..allocator.lengths import StepModel
 
