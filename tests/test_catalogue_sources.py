@@ -1,0 +1,166 @@
+"""The catalogue profiles added for issue 16, checked against sources outside vramplan.
+
+Each profile's shapes were transcribed from Lightning-AI/litgpt 0.5.13 ``litgpt/config.py`` (``Config.from_name(row)``
+read from the wheel, ``pip download litgpt==0.5.13 --no-deps``) and, where torchtune has a builder, from
+pytorch/torchtune 0.6.1 ``torchtune/models/*/_model_builders.py``. The values are pinned here, so neither package is
+needed at test time. Three checks per profile:
+
+- the profile's ``config`` carries exactly the pinned shapes (and, for the torchtune rows, torchtune's context, rope
+  base and tying);
+- ``params_total`` equals a hand count from the pinned shapes alone (first principles: one term per weight tensor of
+  the family's modeling file), independent of vramplan's builders and of transformers;
+- where a total is published outside this repository, ``params_total`` equals it.
+
+That ``params_total`` equals the transformers meta build is checked for every profile in tests/test_profiles_data.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+MODELS = Path(__file__).resolve().parents[1] / "profiles" / "models"
+
+#: profile -> litgpt 0.5.13 row and its values: (row, n_layer, n_embd, n_head, head_size, n_query_groups,
+#: intermediate_size, moe_intermediate_size (0: dense), n_expert, n_expert_per_token, padded_vocab_size,
+#: block_size, rope_base, bias (attn_bias or bias), norm_qk)
+LITGPT = {
+    "codellama-7b": ("CodeLlama-7b-hf", 32, 4096, 32, 128, 32, 11008, 0, 0, 0, 32016, 16384, 1000000, False, False),
+    "codellama-13b": ("CodeLlama-13b-hf", 40, 5120, 40, 128, 40, 13824, 0, 0, 0, 32016, 16384, 1000000, False, False),
+    "codellama-34b": ("CodeLlama-34b-hf", 48, 8192, 64, 128, 8, 22016, 0, 0, 0, 32000, 16384, 1000000, False, False),
+    "smollm2-135m": ("SmolLM2-135M", 30, 576, 9, 64, 3, 1536, 0, 0, 0, 49152, 8192, 100000, False, False),
+    "smollm2-360m": ("SmolLM2-360M", 32, 960, 15, 64, 5, 2560, 0, 0, 0, 49152, 8192, 100000, False, False),
+    # litgpt has no Qwen2 rows: Qwen2.5 kept Qwen2's shapes, and torchtune's qwen2 builders (below) agree
+    "qwen2-0.5b": ("Qwen2.5-0.5B", 24, 896, 14, 64, 2, 4864, 0, 0, 0, 151936, 32768, 1000000, True, False),
+    "qwen2-7b": ("Qwen2.5-7B", 28, 3584, 28, 128, 4, 18944, 0, 0, 0, 152064, 131072, 1000000, True, False),
+    "gemma-2b": ("Gemma-2b", 18, 2048, 8, 256, 1, 16384, 0, 0, 0, 256000, 4096, 10000, False, False),
+    "pythia-1b": ("pythia-1b", 16, 2048, 8, 256, 8, 8192, 0, 0, 0, 50304, 2048, 10000, True, False),
+    "pythia-2.8b": ("pythia-2.8b", 32, 2560, 32, 80, 32, 10240, 0, 0, 0, 50304, 2048, 10000, True, False),
+    "pythia-6.9b": ("pythia-6.9b", 32, 4096, 32, 128, 32, 16384, 0, 0, 0, 50432, 2048, 10000, True, False),
+    "pythia-12b": ("pythia-12b", 36, 5120, 40, 128, 40, 20480, 0, 0, 0, 50688, 2048, 10000, True, False),
+    "mixtral-8x22b": ("Mixtral-8x22B-v0.1", 56, 6144, 48, 128, 8, 16384, 0, 8, 2, 32768, 65536, 1000000, False, False),
+    "phi-1.5": ("phi-1_5", 24, 2048, 32, 64, 32, 8192, 0, 0, 0, 51200, 2048, 10000, True, False),
+    "qwen3-235b-a22b": ("Qwen3-235B-A22B", 94, 4096, 64, 128, 4, 12288, 1536, 128, 8, 151936, 40960, 1000000, False,
+                        True),
+    "qwen3-235b-a22b-instruct-2507": ("Qwen3-235B-A22B-Instruct-2507", 94, 4096, 64, 128, 4, 12288, 1536, 128, 8,
+                                      151936, 262144, 5000000, False, True),
+    "qwen3-30b-a3b-instruct-2507": ("Qwen3-30B-A3B-Instruct-2507", 48, 2048, 32, 128, 4, 6144, 768, 128, 8, 151936,
+                                    262144, 10000000, False, True),
+}
+
+#: profile -> torchtune 0.6.1 builder: (builder, vocab_size, num_layers, num_heads, num_kv_heads, embed_dim,
+#: intermediate_dim, max_seq_len, rope_base, tied output)
+TORCHTUNE = {
+    "codellama-7b": ("code_llama2_7b", 32016, 32, 32, 32, 4096, 11008, 16384, 1000000, False),
+    "codellama-13b": ("code_llama2_13b", 32016, 40, 40, 40, 5120, 13824, 16384, 1000000, False),
+    "qwen2-0.5b": ("qwen2_0_5b", 151936, 24, 14, 2, 896, 4864, 32768, 1000000, True),
+    "qwen2-7b": ("qwen2_7b", 152064, 28, 28, 4, 3584, 18944, 32768, 1000000, False),
+    # gemma_2b (head_dim 256); torchtune's Gemma output projection is the token embedding (tied)
+    "gemma-2b": ("gemma_2b", 256000, 18, 8, 1, 2048, 16384, 8192, 10000, True),
+}
+
+#: where each profile's tying comes from (litgpt's Config has no tying flag)
+TIED = {
+    "codellama-7b": False, "codellama-13b": False, "codellama-34b": False,   # Llama 2 architecture, never tied
+    "smollm2-135m": True,   # the config.json printed in satyasundar/erav3-s13 README.md
+    "smollm2-360m": True,   # every SmolLM2 size (the bundled smollm2-1.7b file)
+    "qwen2-0.5b": True, "qwen2-7b": False, "gemma-2b": True,   # torchtune builders above
+    "pythia-1b": False, "pythia-2.8b": False, "pythia-6.9b": False, "pythia-12b": False,   # GPT-NeoX embed_out
+    "mixtral-8x22b": False,
+    "phi-1.5": False,   # litgpt lm_head_bias=True: a biased head is its own tensor
+    "qwen3-235b-a22b": False, "qwen3-235b-a22b-instruct-2507": False, "qwen3-30b-a3b-instruct-2507": False,
+}
+
+#: totals published outside this repository
+PUBLISHED = {
+    # Pythia paper (arXiv:2304.01373), Table 1, total parameters
+    "pythia-1b": 1_011_781_632, "pythia-2.8b": 2_775_208_960, "pythia-6.9b": 6_857_302_016,
+    "pythia-12b": 11_846_072_320,
+    # Gemma report (arXiv:2403.08295) Table 2: 524,288,000 embedding + 1,981,884,416 non-embedding
+    "gemma-2b": 524_288_000 + 1_981_884_416,
+    # "Total Parameters: 134,515,008" under the printed config, satyasundar/erav3-s13 README.md
+    "smollm2-135m": 134_515_008,
+    # the Qwen3-30B-A3B total already bundled (qwen3-30b-a3b.yaml, its meta build): the 2507 release kept the shapes
+    "qwen3-30b-a3b-instruct-2507": 30_532_122_624,
+}
+
+
+def _profile(stem: str) -> dict:
+    with (MODELS / f"{stem}.yaml").open(encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def _hand_count(stem: str) -> int:
+    """Weights of the family's modeling file, one term per tensor, from the pinned litgpt shapes."""
+    _, L, d, h, hd, kv, inter, moe, experts, _top, V, _ctx, _rope, bias, norm_qk = LITGPT[stem]
+    family = _profile(stem)["config"]["model_type"]
+    head = 0 if TIED[stem] else V * d
+    if family == "gpt_neox":   # query_key_value, dense, dense_h_to_4h, dense_4h_to_h (all biased), 2 LayerNorms
+        per = (d * 3 * d + 3 * d) + (d * d + d) + (d * inter + inter) + (inter * d + d) + 2 * 2 * d
+        return V * d + head + L * per + 2 * d
+    if family == "phi":        # q/k/v/dense biased, fc1/fc2 biased, one LayerNorm; biased lm_head, final LayerNorm
+        per = 4 * (d * d + d) + (d * inter + inter) + (inter * d + d) + 2 * d
+        return V * d + (V * d + V) + L * per + 2 * d
+    q, k = h * hd, kv * hd
+    attn = d * q + 2 * d * k + q * d + (q + 2 * k if bias else 0) + (2 * hd if norm_qk else 0)
+    if experts:                # router Linear(d, experts) + experts x (gate, up, down)
+        mlp = d * experts + experts * 3 * d * (moe or inter)
+    else:
+        mlp = 3 * d * inter
+    return V * d + head + L * (attn + mlp + 2 * d) + d
+
+
+@pytest.mark.parametrize("stem", sorted(LITGPT))
+def test_profile_shapes_are_litgpts(stem):
+    row, L, d, h, hd, kv, inter, moe, experts, top, V, _ctx, _rope, _bias, _qk = LITGPT[stem]
+    c = _profile(stem)["config"]
+    assert (c["num_hidden_layers"], c["hidden_size"], c["num_attention_heads"], c["vocab_size"]) == (L, d, h, V), row
+    assert c.get("head_dim", d // h) == hd, row
+    assert c.get("num_key_value_heads", h) == kv, row
+    if moe:
+        assert (c["moe_intermediate_size"], c["num_experts"], c["num_experts_per_tok"]) == (moe, experts, top), row
+    elif experts:
+        assert (c["intermediate_size"], c["num_local_experts"], c["num_experts_per_tok"]) == (inter, experts, top), row
+    else:
+        assert c["intermediate_size"] == inter, row
+    assert bool(c.get("tie_word_embeddings", False)) is TIED[stem]
+
+
+@pytest.mark.parametrize("stem", sorted(s for s in LITGPT if s not in TORCHTUNE))
+def test_context_and_rope_are_litgpts(stem):
+    row, *_, ctx, rope, _bias, _qk = LITGPT[stem]
+    c = _profile(stem)["config"]
+    assert c["max_position_embeddings"] == ctx, row
+    assert c.get("rope_theta", c.get("rotary_emb_base")) == rope, row
+
+
+@pytest.mark.parametrize("stem", sorted(TORCHTUNE))
+def test_profile_matches_torchtune_builder(stem):
+    builder, V, L, h, kv, d, inter, seq, rope, tied = TORCHTUNE[stem]
+    c = _profile(stem)["config"]
+    got = (c["vocab_size"], c["num_hidden_layers"], c["num_attention_heads"], c["num_key_value_heads"],
+           c["hidden_size"], c["intermediate_size"], c["max_position_embeddings"], c["rope_theta"],
+           bool(c.get("tie_word_embeddings", False)))
+    assert got == (V, L, h, kv, d, inter, seq, rope, tied), builder
+
+
+@pytest.mark.parametrize("stem", sorted(LITGPT))
+def test_params_total_is_the_hand_count(stem):
+    assert _profile(stem)["params_total"] == _hand_count(stem)
+
+
+@pytest.mark.parametrize("stem,total", sorted(PUBLISHED.items()))
+def test_params_total_is_the_published_total(stem, total):
+    assert _profile(stem)["params_total"] == total
+
+
+def test_hand_count_fails_on_a_wrong_shape():
+    """The hand count is not a restatement of the file: one changed shape changes it."""
+    saved = LITGPT["codellama-7b"]
+    try:
+        LITGPT["codellama-7b"] = saved[:10] + (32000,) + saved[11:]   # CodeLlama-7b-Python's vocabulary
+        assert _hand_count("codellama-7b") != _profile("codellama-7b")["params_total"]
+    finally:
+        LITGPT["codellama-7b"] = saved
