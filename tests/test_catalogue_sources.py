@@ -30,6 +30,9 @@ LITGPT = {
     "codellama-7b": ("CodeLlama-7b-hf", 32, 4096, 32, 128, 32, 11008, 0, 0, 0, 32016, 16384, 1000000, False, False),
     "codellama-13b": ("CodeLlama-13b-hf", 40, 5120, 40, 128, 40, 13824, 0, 0, 0, 32016, 16384, 1000000, False, False),
     "codellama-34b": ("CodeLlama-34b-hf", 48, 8192, 64, 128, 8, 22016, 0, 0, 0, 32000, 16384, 1000000, False, False),
+    "codellama-70b": ("CodeLlama-70b-hf", 80, 8192, 64, 128, 8, 28672, 0, 0, 0, 32016, 16384, 1000000, False, False),
+    "mistral-large-2407": ("Mistral-Large-Instruct-2407", 88, 12288, 96, 128, 8, 28672, 0, 0, 0, 32768, 32768, 1000000,
+                           False, False),
     "smollm2-135m": ("SmolLM2-135M", 30, 576, 9, 64, 3, 1536, 0, 0, 0, 49152, 8192, 100000, False, False),
     "smollm2-360m": ("SmolLM2-360M", 32, 960, 15, 64, 5, 2560, 0, 0, 0, 49152, 8192, 100000, False, False),
     # litgpt has no Qwen2 rows: Qwen2.5 kept Qwen2's shapes, and torchtune's qwen2 builders (below) agree
@@ -55,6 +58,7 @@ LITGPT = {
 TORCHTUNE = {
     "codellama-7b": ("code_llama2_7b", 32016, 32, 32, 32, 4096, 11008, 16384, 1000000, False),
     "codellama-13b": ("code_llama2_13b", 32016, 40, 40, 40, 5120, 13824, 16384, 1000000, False),
+    "codellama-70b": ("code_llama2_70b", 32016, 80, 64, 8, 8192, 28672, 16384, 1000000, False),
     "qwen2-0.5b": ("qwen2_0_5b", 151936, 24, 14, 2, 896, 4864, 32768, 1000000, True),
     "qwen2-7b": ("qwen2_7b", 152064, 28, 28, 4, 3584, 18944, 32768, 1000000, False),
     # gemma_2b (head_dim 256); torchtune's Gemma output projection is the token embedding (tied)
@@ -63,12 +67,12 @@ TORCHTUNE = {
 
 #: where each profile's tying comes from (litgpt's Config has no tying flag)
 TIED = {
-    "codellama-7b": False, "codellama-13b": False, "codellama-34b": False,   # Llama 2 architecture, never tied
+    "codellama-7b": False, "codellama-13b": False, "codellama-34b": False, "codellama-70b": False,   # Llama 2 architecture, never tied
     "smollm2-135m": True,   # the config.json printed in satyasundar/erav3-s13 README.md
     "smollm2-360m": True,   # every SmolLM2 size (the bundled smollm2-1.7b file)
     "qwen2-0.5b": True, "qwen2-7b": False, "gemma-2b": True,   # torchtune builders above
     "pythia-1b": False, "pythia-2.8b": False, "pythia-6.9b": False, "pythia-12b": False,   # GPT-NeoX embed_out
-    "mixtral-8x22b": False,
+    "mixtral-8x22b": False, "mistral-large-2407": False,
     "phi-1.5": False,   # litgpt lm_head_bias=True: a biased head is its own tensor
     "qwen3-235b-a22b": False, "qwen3-235b-a22b-instruct-2507": False, "qwen3-30b-a3b-instruct-2507": False,
 }
