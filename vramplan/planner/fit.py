@@ -208,15 +208,16 @@ def fit_report(spec: ModelSpec, setup: Setup, gpu: Any, margin: float = 0.0) -> 
             single_step = ("seq",)
     limits = [n for n, v, lim in (("batch", mb, BATCH_LIMIT), ("seq", ms, SEQ_LIMIT), ("rank", mr, RANK_LIMIT))
               if v is not None and v >= lim]
-    suggestions: tuple[Suggestion, ...] = ()
-    if not est.fit.fits or (allocator is not None and allocator.run.oom_step is not None):
-        suggestions = tuple(suggest(spec, setup, gpu, margin, est, mb, ms))
     fewest = smallest_gpus(spec, setup, gpu, margin, max_gpus=MIN_GPUS_LIMIT)
     if allocator is not None:
         if allocator.run.oom_step is None and setup.gpus == 1:
             fewest = (1, "ddp")                 # the replayed run fits this one card
         else:
             single_step += ("min_gpus",)
+    suggestions: tuple[Suggestion, ...] = ()
+    if not est.fit.fits or (allocator is not None and allocator.run.oom_step is not None):
+        suggestions = tuple(_ranked(_single_changes(spec, setup, gpu, margin, est, mb, ms)
+                                    + _more_gpus(spec, setup, gpu, margin, est, fewest)))
     return FitReport(est, mb, ms, mr, suggestions, tuple(limits), fewest, allocator, single_step)
 
 
@@ -270,65 +271,84 @@ def _candidates(spec: ModelSpec, s: Setup, mb: int | None, ms: int | None) -> It
                    "--modules-to-save ''", lambda: s.with_(lora=replace(s.lora, modules_to_save=())))
 
 
-#: sharding strategies ``suggest`` proposes for more GPUs, and how it names them
+#: how ``suggest`` names the strategy :func:`vramplan.estimate.smallest_gpus` found
 SHARDED = {"fsdp": "FSDP (FULL_SHARD)", "fsdp1": "FSDP1 (FULL_SHARD, flat parameters)", "zero3": "DeepSpeed ZeRO-3",
            "fsdp-grad-op": "FSDP (SHARD_GRAD_OP)",
            "zero2": "DeepSpeed ZeRO-2", "zero1": "DeepSpeed ZeRO-1"}
-MAX_SUGGESTED_GPUS = 64
+#: the most GPUs a suggestion names: the limit of the fewest-GPUs search, so that both give one answer
+MAX_SUGGESTED_GPUS = MIN_GPUS_LIMIT
 
 
 def suggest(spec: ModelSpec, setup: Setup, gpu: Any, margin: float, est: Estimate | None = None,
             mb: int | None = None, ms: int | None = None) -> list[Suggestion]:
     """Single changes that lower ``device_used_bytes``, most saved first (changes that save nothing dropped).
 
-    More GPUs: the setup sharded with FSDP (or more ranks of the sharding strategy it already uses), on the
-    smallest of 2, 4, 8 ... times the GPUs that fits (the largest tried when none does); the per-GPU batch is
-    kept. Savings come from the estimator's per-rank model (``estimate/distributed.py``): sharded weights,
-    gradients and optimizer states against the engine's buffers; a change that saves nothing is dropped.
+    More GPUs: the answer of :func:`vramplan.estimate.smallest_gpus` (the fewest GPUs of this card, and the
+    strategy, on which the setup fits per rank: what ``fit`` prints as "fewest"), so the two never disagree;
+    when nothing up to :data:`MAX_SUGGESTED_GPUS` fits, the strategy that saves most on that many. The
+    per-GPU batch is kept. Savings come from the estimator's per-rank model (``estimate/distributed.py``).
     """
     est = est or estimate(spec, setup, gpu, margin)
-    out = []
+    fewest = smallest_gpus(spec, setup, gpu, margin, max_gpus=MIN_GPUS_LIMIT) if setup.training else None
+    return _ranked(_single_changes(spec, setup, gpu, margin, est, mb, ms)
+                   + _more_gpus(spec, setup, gpu, margin, est, fewest))
 
-    def consider(change: str, option: str, make: Callable[[], Setup]) -> Estimate | None:
+
+def _ranked(out: list[Suggestion]) -> list[Suggestion]:
+    return sorted(out, key=lambda x: (-x.saves_bytes, x.change))
+
+
+def _saving(est: Estimate, change: str, option: str, new: Estimate) -> list[Suggestion]:
+    """``[the suggestion]`` when ``new`` uses less device memory than ``est``, else ``[]``."""
+    saves = est.device_used_bytes - new.device_used_bytes
+    assert new.fit is not None
+    return [Suggestion(change, option, saves, new.fit.fits, new.device_used_bytes)] if saves > 0 else []
+
+
+def _single_changes(spec: ModelSpec, setup: Setup, gpu: Any, margin: float, est: Estimate, mb: int | None,
+                    ms: int | None) -> list[Suggestion]:
+    out: list[Suggestion] = []
+    for change, option, make in _candidates(spec, setup, mb, ms):
         try:
             new = estimate(spec, make(), gpu, margin)
         except VramplanError:
-            return None     # a change that is invalid for this model (e.g. no default targets)
-        saves = est.device_used_bytes - new.device_used_bytes
-        if saves > 0:
-            assert new.fit is not None
-            out.append(Suggestion(change, option, saves, new.fit.fits, new.device_used_bytes))
-        return new
-
-    for change, option, make in _candidates(spec, setup, mb, ms):
-        consider(change, option, make)
-    if setup.training:
-        _suggest_more_gpus(spec, setup, gpu, margin, est, out)
-    out.sort(key=lambda x: (-x.saves_bytes, x.change))
+            continue        # a change that is invalid for this model (e.g. no default targets)
+        out += _saving(est, change, option, new)
     return out
 
 
-def _suggest_more_gpus(spec: ModelSpec, setup: Setup, gpu: Any, margin: float, est: Estimate,
-                       out: list[Suggestion]) -> None:
-    strategy = setup.strategy if setup.strategy in SHARDED else "fsdp"
-    counts = [n for n in (setup.gpus * 2 ** k for k in range(7)) if 2 <= n <= MAX_SUGGESTED_GPUS
-              and (n > setup.gpus or strategy != setup.strategy)]
-    best: tuple[int, Estimate] | None = None
-    for n in counts:
+def _more_gpus(spec: ModelSpec, setup: Setup, gpu: Any, margin: float, est: Estimate,
+               fewest: tuple[int, str] | None) -> list[Suggestion]:
+    """The "more GPUs" change, taken from ``fewest`` (``FitReport.min_gpus``): that many GPUs with that strategy;
+    ``None`` (nothing up to :data:`MAX_SUGGESTED_GPUS` fits): that many with the strategy that saves most."""
+    if not setup.training:
+        return []
+    if fewest is not None:
+        n, strategy = fewest
+        if (n, strategy) == (setup.gpus, setup.strategy):
+            return []
         try:
             new = estimate(spec, setup.with_(gpus=n, strategy=strategy), gpu, margin)
         except VramplanError:
-            return
-        assert new.fit is not None
-        best = (n, new)
-        if new.fit.fits:
-            break
-    if best is None:
-        return
-    n, new = best
-    saves = est.device_used_bytes - new.device_used_bytes
-    if saves > 0:
-        assert new.fit is not None
-        out.append(Suggestion(
-            f"{SHARDED[strategy]} across {n} GPUs (per-GPU batch {setup.batch} kept: effective batch × {n})",
-            f"--gpus {n} --strategy {strategy}", saves, new.fit.fits, new.device_used_bytes))
+            return []
+        what = "the fewest that fit"
+    else:
+        from ..estimate.distributed import OFFLOADS_BY_STRATEGY, PREFERENCE
+
+        n, tried = MAX_SUGGESTED_GPUS, []
+        for strategy in PREFERENCE:         # the strategies smallest_gpus searched, a replica per GPU aside
+            if strategy == "ddp" or setup.offload not in OFFLOADS_BY_STRATEGY[strategy]:
+                continue
+            try:
+                tried.append((estimate(spec, setup.with_(gpus=n, strategy=strategy), gpu, margin), strategy))
+            except VramplanError:
+                continue
+        if not tried:
+            return []
+        new, strategy = min(tried, key=lambda t: t[0].device_used_bytes)
+        what = f"none up to {n} fits"
+    if n == 1:
+        return _saving(est, f"a single GPU ({what})", f"--gpus 1 --strategy {strategy}", new)
+    name = SHARDED.get(strategy, strategy)
+    return _saving(est, f"{name} across {n} GPUs ({what}; per-GPU batch {setup.batch} kept: effective batch × {n})",
+                   f"--gpus {n} --strategy {strategy}", new)
