@@ -168,3 +168,41 @@ def test_hand_count_fails_on_a_wrong_shape():
         assert _hand_count("codellama-7b") != _profile("codellama-7b")["params_total"]
     finally:
         LITGPT["codellama-7b"] = saved
+
+
+# ------------------------------------------------------------------ model ids named by the frameworks' examples
+LF, AX = "hiyouga/LLaMA-Factory@ff6d4d12", "axolotl-ai-cloud/axolotl@067b021c"
+SW, TR, TT = "modelscope/ms-swift@3602360a", "huggingface/trl@f2cd5771", "torchtune 0.6.1 wheel recipes/configs"
+
+#: ids first resolved offline for issue 16: id -> (profile, where an example names it)
+FRAMEWORK_IDS = {
+    "EleutherAI/pythia-12b-deduped": ("pythia-12b", f"{AX} examples/archived/pythia-12b/config.yml"),
+    "EleutherAI/pythia-1b-deduped": ("pythia-1b", f"{TR} docs/source/ppo_trainer.md"),
+    "HuggingFaceTB/SmolLM2-135M": ("smollm2-135m", f"{AX} examples/streaming/sft.yaml"),
+    "LLM-Research/Meta-Llama-3.1-8B-Instruct": ("llama-3.1-8b", f"{SW} examples/train/tuners/longlora/train.sh"),
+    "Qwen/QwQ-32B": ("qwen2.5-32b", f"{SW} examples/train/sequence_parallel/sequence_parallel_512k.sh"),
+    "Qwen/Qwen2-0.5B": ("qwen2-0.5b", f"{TR} docs/source/cpo_trainer.md"),
+    "Qwen/Qwen2-0.5B-Instruct": ("qwen2-0.5b", f"{TR} docs/source/cpo_trainer.md"),
+    "Qwen/Qwen2-7B": ("qwen2-7b", f"{AX} examples/qwen2/qlora-fsdp.yaml"),
+    "Qwen/Qwen2-7B-Instruct": ("qwen2-7b", f"{TT} qwen2/7B_full.yaml"),
+    "Qwen/Qwen3-235B-A22B-Instruct-2507": ("qwen3-235b-a22b-instruct-2507",
+                                           f"{LF} examples/ktransformers/train_lora/qwen3moe_lora_sft_kt.yaml"),
+    "Qwen/Qwen3-30B-A3B-Instruct-2507": ("qwen3-30b-a3b-instruct-2507",
+                                         f"{AX} examples/expert_parallel/qwen3_30ba3b_ep_fft_4gpu.yaml"),
+    "codellama/CodeLlama-7b-hf": ("codellama-7b", f"{AX} examples/archived/code-llama/7b/qlora.yml"),
+    "codellama/CodeLlama-13b-hf": ("codellama-13b", f"{AX} examples/archived/code-llama/13b/qlora.yml"),
+    "codellama/CodeLlama-34b-hf": ("codellama-34b", f"{AX} examples/archived/code-llama/34b/qlora.yml"),
+    "meta-llama/CodeLlama-7b-hf": ("codellama-7b", f"{TT} code_llama2/7B_full_low_memory.yaml"),
+    "google/gemma-2b": ("gemma-2b", f"{TT} gemma/2B_lora_single_device.yaml"),
+    "microsoft/phi-1_5": ("phi-1.5", f"{AX} examples/phi/phi-qlora.yml"),
+}
+
+
+@pytest.mark.parametrize("model_id", sorted(FRAMEWORK_IDS))
+def test_framework_model_id_resolves_offline(model_id, monkeypatch):
+    from vramplan.profiles import resolve_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = resolve_model(model_id)
+    assert (r.origin, r.name) == ("profile", FRAMEWORK_IDS[model_id][0]), FRAMEWORK_IDS[model_id][1]
+    assert r.spec.params_total == r.profile.params_total

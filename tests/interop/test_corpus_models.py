@@ -27,7 +27,10 @@ NOT_BUNDLED = {
     "TechxGenus/Meta-Llama-3-8B-Instruct-GPTQ": "pre-quantized GPTQ checkpoint (issue 16)",
     "Skywork/Skywork-Reward-V2-Qwen3-8B": "a reward model (sequence classification); its stage is not modelled",
     "alignment-handbook/zephyr-7b-sft-qlora": "a LoRA adapter repository, not a base model",
-    "mistral-community/Mixtral-8x22B-v0.1": "vocab_size 32000 (base) vs 32768 (Instruct) not confirmed offline",
+    # litgpt 0.5.13 config.py gives vocab 32768 for mistralai's base and Instruct files (bundled: mixtral-8x22b);
+    # no source here shows the community conversion's own config.json, 32000 or 32768
+    "mistral-community/Mixtral-8x22B-v0.1": "vocab_size of the community conversion (32000 or 32768) not confirmed "
+                                            "offline; mistralai/Mixtral-8x22B-v0.1 is bundled as mixtral-8x22b",
 }
 
 #: ids first bundled for the corpus, and the profile each is by its model card (same shapes)
