@@ -40,11 +40,19 @@ class Change:
 
 
 CHANGES: tuple[Change, ...] = (
+    Change("transformers", "4.45.0", "generate computes the logits of every prompt position (no "
+           "num_logits_to_keep): a batch x prompt x vocab tensor at the prefill",
+           "transformers 4.44.2 generation/utils.py (no num_logits_to_keep for the model); 4.45.0 "
+           "generation/utils.py:1903-1904, models/llama/modeling_llama.py:1214",
+           "vramplan/estimate/inference.py inference.inference_bytes: the prefill's head over every position"),
     Change("transformers", "4.46.0", "causal-LM forward upcasts the logits to fp32 (an fp32 batch x seq x vocab "
-           "model output)", "transformers 4.44.2 models/llama/modeling_llama.py:1209-1215; 4.46.0 "
-           "loss/loss_utils.py:32-49"),
+           "model output)", "transformers 4.44.2 models/llama/modeling_llama.py:1208-1215; 4.46.0 "
+           "loss/loss_utils.py:32-49",
+           "vramplan/estimate/logits.py logits.loss_bytes: STANDARD_FP32_OUTPUT (training); inference.py "
+           "inference_bytes: the head's fp32 output"),
     Change("transformers", "4.49.0", "the loss shifts the logits with a second fp32 batch x seq x vocab copy at "
-           "batch > 1", "transformers 4.49.0 loss/loss_utils.py:39"),
+           "batch > 1", "transformers 4.48.3 loss/loss_utils.py:36-39; 4.49.0 loss/loss_utils.py:39 pads the "
+           "labels instead", "vramplan/estimate/logits.py logits.loss_bytes: STANDARD_SHIFTED"),
     Change("transformers", "4.54.0", "the Trainer's default optimizer is foreach AdamW (an extra temporary the "
            "size of one moment at the optimizer step)", "transformers 4.54.0 training_args.py:806-811"),
     Change("peft", "0.12.0", "adapters take the base layer's dtype (no autocast_adapter_dtype fp32 upcast)",

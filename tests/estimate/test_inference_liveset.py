@@ -221,3 +221,21 @@ def test_full_logits_prefill_matches_a_real_cpu_forward():
     s = Setup.create(method="inference", precision="bf16-true", seq=prompt)
     r = inference_bytes(spec, model_states(spec, s).structure, 1, prompt, 0, "bf16", s, full_logits=True)
     assert r.logits == prompt * 1000 * 2 and r.prefill == mode.peak
+
+
+#: ``benchmarks/versions/transformers_logits.py`` under transformers 4.44.2 and 4.45.0 (torch 2.13.0, CPU,
+#: 2026-12-03): the same tiny Llama's generate-style prefill of 2048 tokens. 4.44.2 has no num_logits_to_keep:
+#: every position's logits, upcast to fp32 in the forward; 4.45.0 keeps the last one (in fp32)
+MEASURED_PREFILL = {"4.44.2": 13_074_432, "4.45.0": 3_883_008}
+
+
+@pytest.mark.parametrize("release", sorted(MEASURED_PREFILL))
+def test_older_releases_prefill_matches_their_measured_peak(release):
+    est = analytic_prefill(tiny("llama"), 2048, versions=f"transformers={release}")
+    real = MEASURED_PREFILL[release]
+    assert abs(est - real) <= 0.01 * real, f"transformers {release}: estimate {est:,} B, measured {real:,} B"
+    if release == "4.44.2":         # the head: 2048 x 1000 bf16 logits and their fp32 upcast
+        spec = build_spec(tiny("llama"), "tiny-llama", "test")
+        s = Setup.create(method="inference", precision="bf16-true", seq=2048, versions="transformers=4.44.2")
+        assert inference_bytes(spec, model_states(spec, s).structure, 1, 2048, 0, "bf16", s).logits == \
+            2048 * 1000 * (2 + 4)

@@ -35,6 +35,7 @@ from typing import Any
 from ..dtypes import BYTES, alloc, alloc_sum
 from ..setup import Setup
 from ..shapes.spec import ModelSpec
+from ..versions import modelled_versions
 from .logits import final_logit_softcapping, logits_kept, loss_bytes, loss_code
 from .timeline import ActTerms
 
@@ -100,7 +101,8 @@ class LayerActivations:
         head_bytes = BYTES.get(head.compute_dtype, 0) if head is not None else 0
         # positional, in loss_bytes' order (vramplan/allocator/lengths.py calls loss_bytes(T, *loss_args))
         self.loss_args = (spec.vocab_size, spec.hidden_size, BYTES[layout.logits_dtype],
-                          BYTES[setup.compute_dtype], loss_code(setup.loss), final_logit_softcapping(spec),
+                          BYTES[setup.compute_dtype], loss_code(setup.loss, modelled_versions(setup.versions)),
+                          final_logit_softcapping(spec),
                           setup.autocast, BYTES[layout.resid_dtype], head_bytes,
                           bool(head is not None and head.trainable))
         self.offload = OFFLOADERS.index(offloader(setup))

@@ -142,7 +142,7 @@ def _every_phase(spec: ModelSpec, setup: Setup, d: ModelStates, a: ActTerms) -> 
     return [("logits/kept_by_loop", a.kept, "the training loop keeps the model output alive through backward and "
              "optimizer.step(), and through the next forward until it is rebound: "
              + loss_formula(spec, setup.batch * setup.seq, d.compute.logits_dtype, setup.compute_dtype,
-                            loss_code(setup.loss), setup.seq, setup.autocast)),
+                            loss_code(setup.loss, modelled_versions(setup.versions)), setup.seq, setup.autocast)),
             ("buffers/offload_staging", a.buffers,
              "Unsloth's offloaded checkpoints: two persistent device staging buffers of one layer input each "
              "(GPU_BUFFERS, GPU_BUFFERS_B double buffer; unsloth_zoo 2026.10.9 gradient_checkpointing.py:1305-1313, "
@@ -205,7 +205,7 @@ def _head_activations(spec: ModelSpec, setup: Setup, d: ModelStates, a: ActTerms
 
 def _loss(spec: ModelSpec, setup: Setup, d: ModelStates) -> str:
     text = loss_formula(spec, setup.batch * setup.seq, d.compute.logits_dtype, setup.compute_dtype,
-                        loss_code(setup.loss), setup.seq, setup.autocast)
+                        loss_code(setup.loss, modelled_versions(setup.versions)), setup.seq, setup.autocast)
     hf, hb = d.activations.head_moments(setup.batch * setup.seq) if d.activations is not None else (0, 0)
     if hf:
         text += (f"; a quantized output head's matmul, when larger: logits + its dequantized copies, {_fmt(hf)} in "

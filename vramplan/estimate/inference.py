@@ -56,6 +56,7 @@ from ..dtypes import BYTES, alloc
 from ..memo import IdCache
 from ..setup import Setup
 from ..shapes.spec import ModelSpec
+from ..versions import modelled_versions, predates
 from .activations import max_affine
 from .graph import Storage, Sym, Tracer, prune, tok
 from .layers import Program, UnknownLayout, build_layers
@@ -288,6 +289,12 @@ def inference_bytes(spec: ModelSpec, layout: Any, batch: int, seq: int, new_toke
     setup = setup or Setup.create(method="inference")
     cache, attn = setup.cache, setup.attn
     c = BYTES[kv_dtype]
+    # older transformers (versions.CHANGES): before 4.45.0 generate computes every prompt position's logits (no
+    # num_logits_to_keep; 4.45.0 generation/utils.py:1903-1904 sets it to 1), and before 4.46.0 the forward
+    # upcasts them to fp32, freeing the 16-bit ones (4.45.0 models/llama/modeling_llama.py:1214)
+    versions = modelled_versions(setup.versions)
+    full_logits = full_logits or predates(versions, "transformers", "4.45.0")
+    upcast = c != 4 and predates(versions, "transformers", "4.46.0")
     P = seq - new_tokens
     T = batch * P
     wins = cache_layer_windows(spec)
@@ -351,7 +358,8 @@ def inference_bytes(spec: ModelSpec, layout: Any, batch: int, seq: int, new_toke
     # the head: final norm over every position, lm_head on the last one (or all), generate's fp32 copy + sampler
     rows = T if full_logits else batch
     kv_end = static_all if static else cache_upto(len(wins) - 1)
-    logits = alloc(rows * spec.vocab_size * c) + (0 if full_logits else 2 * alloc(batch * spec.vocab_size * 4))
+    logits = alloc(rows * spec.vocab_size * c) + (alloc(rows * spec.vocab_size * 4) if upcast else 0) \
+        + (0 if full_logits else 2 * alloc(batch * spec.vocab_size * 4))
     head = kv_end + persistent + logits
     if full_logits:
         head += alloc(c * spec.hidden_size * T)          # the final norm's output, lm_head's input
@@ -393,7 +401,8 @@ def inference_bytes(spec: ModelSpec, layout: Any, batch: int, seq: int, new_toke
             if first_kv + first_grow > kv + grow:
                 kv, grow = first_kv, first_grow
         layer_peak = kv + grow + inner + outer + steady
-        logits_peak = kv + steady + alloc(batch * spec.vocab_size * c) + 2 * alloc(batch * spec.vocab_size * 4)
+        logits_peak = kv + steady + alloc(batch * spec.vocab_size * (4 if upcast else c)) \
+            + 2 * alloc(batch * spec.vocab_size * 4)
         decode = max(layer_peak, logits_peak)
         if layer_peak >= logits_peak:
             decode_parts = ("decode", kv, grow + inner + outer + steady, 0)

@@ -28,17 +28,24 @@ while the saved log-probs are freed chunk by chunk: the peak is at the first chu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 from ..dtypes import BYTES, alloc
 from ..shapes.spec import ModelSpec
 from ..units import ceil_div
+from ..versions import predates
 
 _new = tuple.__new__     # builds the NamedTuple without its Python-level __new__ (called once per sweep row)
 
 #: the ``--loss`` kinds, in the order of their codes (:func:`loss_code`)
 LOSS_KINDS = ("standard", "chunked", "torchtune-chunked", "litgpt-chunked", "trl-fused")
 STANDARD, LIGER, TORCHTUNE, LITGPT, TRL = range(5)
+#: the standard loss as older transformers releases run it (``versions.CHANGES``; codes, not ``--loss`` kinds):
+#: before 4.49.0 ``ForCausalLMLoss`` shifts the fp32 logits (``logits[..., :-1, :].contiguous()``, a copy at
+#: batch > 1; 4.48.3 loss/loss_utils.py:36-39); before 4.46.0 the model's own forward upcasts them, so the fp32
+#: logits are the model output and the 16-bit ones are freed at once (4.44.2 models/llama/modeling_llama.py:1208-1215)
+STANDARD_SHIFTED, STANDARD_FP32_OUTPUT = 5, 6
 
 #: torchtune 0.6.1 ``CEWithChunkedOutputLoss.__init__(num_output_chunks=8)`` (``modules/loss/ce_chunked_output_loss.py:30``)
 TORCHTUNE_CHUNKS = 8
@@ -60,16 +67,23 @@ class LossBytes(NamedTuple):
     backward_tmp: int   # transient at the first backward node (gradients of the log-probs and the logits)
 
 
-def loss_code(kind: str) -> int:
-    """The integer :func:`loss_bytes` takes for a ``--loss`` value.
+def loss_code(kind: str, versions: Mapping[str, tuple[str, str]] | None = None) -> int:
+    """The integer :func:`loss_bytes` takes for a ``--loss`` value, and for ``standard`` the transformers release
+    it runs on (``versions`` as :func:`vramplan.versions.modelled_versions` gives them; ``None``: the current one).
 
     Raises:
         ValueError: an unknown kind, with the choices.
     """
     try:
-        return LOSS_KINDS.index(kind)
+        code = LOSS_KINDS.index(kind)
     except ValueError:
         raise ValueError(f"--loss {kind!r} is not a loss kind; choose one of {', '.join(LOSS_KINDS)}") from None
+    if code == STANDARD and versions:
+        if predates(versions, "transformers", "4.46.0"):
+            return STANDARD_FP32_OUTPUT
+        if predates(versions, "transformers", "4.49.0"):
+            return STANDARD_SHIFTED
+    return code
 
 
 def final_logit_softcapping(spec: ModelSpec) -> bool:
@@ -139,6 +153,19 @@ def loss_bytes(tokens: int, vocab: int, hidden: int, logits_bytes: int, compute_
             saved += alloc(tokens * vocab * logits_bytes)
         fwd = alloc(tokens * vocab * logits_bytes) + (alloc(tokens * vocab * 4) if logits_bytes != 4 else 0)
         return _new(LossBytes, (saved, fwd, 2 * alloc(tokens * vocab * 4)))
+    if kind in (STANDARD_SHIFTED, STANDARD_FP32_OUTPUT):
+        s = seq or tokens
+        b = tokens // s
+        rows = b * (s - 1) if s > 1 else tokens                     # the shifted positions
+        saved = alloc(rows * vocab * 4) + (alloc(tokens * vocab * logits_bytes) if softcap else 0)
+        shifted = alloc(rows * vocab * 4) if b > 1 else 0           # at batch 1 the slice is contiguous: a view
+        if kind == STANDARD_FP32_OUTPUT:        # the 16-bit logits are gone once the forward's .float() returns
+            fwd = alloc(tokens * vocab * 4) + shifted
+        else:
+            fwd = alloc(tokens * vocab * logits_bytes) + (alloc(tokens * vocab * 4) if logits_bytes != 4 else 0) \
+                + shifted
+        # backward: the log-probs' fp32 gradient, then slice_backward's zero-filled fp32 tensor of every position
+        return _new(LossBytes, (saved, fwd, alloc(rows * vocab * 4) + alloc(tokens * vocab * 4)))
     if kind == LIGER:
         chunk = chunk_rows(tokens, vocab, hidden)
         return _new(LossBytes, (alloc(tokens * hidden * compute_bytes),
@@ -244,6 +271,17 @@ def loss_formula(spec: ModelSpec, tokens: int, logits_dtype: str, compute_dtype:
                 "an fp32 grad_hidden accumulator and the tile (trl 1.16.0 trainer/utils.py:1548-1698, "
                 "kernels/chunked_logprob.py:299-465, Triton path)")
     upcast = logits_dtype != "fp32"
+    if kind == STANDARD_FP32_OUTPUT:
+        return (f"tokens {tokens:,} × vocab {V:,}: transformers < 4.46 upcasts the logits inside the model's forward "
+                f"(the {logits_dtype} ones freed at once: an fp32 model output), shifts them (a .contiguous() fp32 "
+                "copy at batch > 1) and CrossEntropyLoss saves log_softmax's fp32 output; backward: the log-probs' "
+                "fp32 gradient and slice_backward's fp32 gradient of every position (transformers 4.44.2 "
+                "models/llama/modeling_llama.py:1208-1229)")
+    if kind == STANDARD_SHIFTED:
+        return (f"tokens {tokens:,} × vocab {V:,}: logits in {logits_dtype}, ForCausalLMLoss's logits.float() copy "
+                "and, at batch > 1, the shifted logits' .contiguous() fp32 copy (transformers 4.48.3 "
+                "loss/loss_utils.py:36-39; 4.49.0 pads the labels instead); log_softmax's saved fp32 output; "
+                "backward: the log-probs' fp32 gradient and slice_backward's fp32 gradient of every position")
     return (f"tokens {tokens:,} × vocab {V:,}: logits in {logits_dtype} ({BYTES[logits_dtype]} B), logits.float() "
             f"({'a new fp32 copy' if upcast else 'already fp32'}) and log_softmax's saved fp32 output "
             + (f"plus tanh's saved {logits_dtype} output (final_logit_softcapping) "
