@@ -86,7 +86,9 @@ def plan(model: str, *, as_json: bool, explain: bool, html_path: str | None, gpu
         from ..planner import plan_page_data
         from ..report import plan_page
 
-        atomic_write_text(html_path, plan_page(plan_page_data(resolved.spec, setup, data, g)))
+        # a --device-map plan's page is the split per GPU: the ladder and grid are views of one GPU (issue 17)
+        page_data = data if "device_map" in data else plan_page_data(resolved.spec, setup, data, g)
+        atomic_write_text(html_path, plan_page(page_data))
     if as_json:
         echo_json(data)
     else:
@@ -94,7 +96,7 @@ def plan(model: str, *, as_json: bool, explain: bool, html_path: str | None, gpu
         if "allocator" in data:
             click.echo(allocator_text(data["allocator"]))
         if "device_map" in data:
-            click.echo(device_map_text(data["device_map"]))
+            click.echo(device_map_text(data["device_map"], explain=explain))
     if "device_map" in data:
         if data["device_map"]["fits"] is False:
             sys.exit(1)
@@ -105,21 +107,14 @@ def plan(model: str, *, as_json: bool, explain: bool, html_path: str | None, gpu
 
 
 def device_map_data(spec, setup, data: dict, g, margin: float) -> dict:
-    """The ``device_map`` section (``vramplan/estimate/device_map.py``) for this plan's single-GPU components."""
-    from ..errors import SetupError
-    from ..estimate.device_map import device_map_section
-    from ..estimate.overhead import cuda_context_bytes, uses_bitsandbytes
+    """The ``device_map`` section (:func:`vramplan.planner.sweeps.device_map_data`) for this plan's components."""
+    from ..planner.sweeps import device_map_data as section
 
-    if setup.quantized:
-        raise SetupError(f"--device-map with --quant {setup.quant} is not modelled yet (transformers sizes quantized "
-                         "parameters through the quantizer); plan it with --quant none, or without --device-map")
-    context = cuda_context_bytes(g.architecture if g is not None else None, uses_bitsandbytes(setup))
-    free = g.memory_bytes - context if g is not None else None
-    return device_map_section(spec, setup, data["breakdown_bytes"], g, margin, free, context)
+    return section(spec, setup, data["breakdown_bytes"], g, margin)
 
 
-def device_map_text(d: dict) -> str:
-    """The human view of a plan's ``device_map`` section."""
+def device_map_text(d: dict, explain: bool = False) -> str:
+    """The human view of a plan's ``device_map`` section; ``explain``: the budgets and each GPU's sum."""
     from ..units import gib
 
     lines = ["", f"device map ({d['strategy']}, {d['gpus']} GPUs; {d['source']}):",
@@ -132,6 +127,16 @@ def device_map_text(d: dict) -> str:
                      f"{gib(r['kv_cache_bytes']):>9.2f} {gib(r['working_set_bytes']):>9.2f} "
                      f"{gib(r['peak_allocated_bytes']):>10.2f} {gib(r['device_used_bytes']):>10.2f}  {fits}{head}")
     lines.append("  (GiB; allocated = max_memory_allocated, nvidia-smi = reserved + CUDA context)")
+    if explain:
+        budget = ", ".join(f"{k}: {v:,} B" for k, v in d["max_memory_bytes"].items())
+        lines.append(f"  max_memory given to infer_auto_device_map (after get_balanced_memory): {budget or '-'}")
+        lines.append("  per GPU: allocated = its weights + the KV cache × its layers / all layers + one layer's "
+                     "working set (where it holds layers) + the logits (where lm_head sits) + cuBLAS workspace; "
+                     "reserved = allocated + allocator slack; nvidia-smi = reserved + CUDA context")
+        for r in d["devices"]:
+            lines.append(f"    GPU {r['device']}: {r['weights_bytes']:,} + {r['kv_cache_bytes']:,} + "
+                         f"{r['working_set_bytes']:,} (+ cuBLAS) = {r['peak_allocated_bytes']:,} B allocated; "
+                         f"{r['peak_reserved_bytes']:,} B reserved; {r['device_used_bytes']:,} B nvidia-smi")
     return "\n".join(lines)
 
 

@@ -144,9 +144,10 @@ def sweep(*, models: tuple[str, ...], gpus_: tuple[str, ...], margin: str, trust
     replay = any(s.lengths is not None or s.alloc_conf is not None for s in setups)
     if replay:
         check_replay_options(setups)
+    split = any(s.device_map != "none" for s in setups)
     card_names = [c.name for c in cards]
     wanted = parse_columns(columns_ if columns_ is not None else ("all" if fmt == "jsonl" else "auto"),
-                           columns(card_names, replay), card_names)
+                           columns(card_names, replay, split), card_names)
     if invalid:
         reasons = sorted({str(e) for e in invalid})
         warn(f"skipped {len(invalid)} invalid combination{'s' if len(invalid) != 1 else ''}: "
@@ -167,7 +168,7 @@ def sweep(*, models: tuple[str, ...], gpus_: tuple[str, ...], margin: str, trust
              + "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} more" if len(reasons) > 3 else ""))
     if not result.rows:
         raise VramplanError("the sweep produced no row: every combination was refused (see the warning above)")
-    cols = resolve_columns(wanted, result.rows, card_names, replay)
+    cols = resolve_columns(wanted, result.rows, card_names, replay, split)
     text = render(result.rows, card_names, fmt, title, cols)
     if out:
         atomic_write_text(out, text)
@@ -215,20 +216,25 @@ COLUMN_GROUPS = ("auto", "all", "options", "results")
 KEY_COLUMNS = ("model", "method")
 
 
-def columns(gpu_names: list[str], replay: bool = False) -> list[str]:
-    """The sweep table's columns, in order (``replay``: with the run-level columns of ``--lengths``)."""
+def columns(gpu_names: list[str], replay: bool = False, split: bool = False) -> list[str]:
+    """The sweep table's columns, in order (``replay``: with the run-level columns of ``--lengths``; ``split``:
+    with the per-GPU split of ``--device-map`` rows)."""
     from ..planner import COUNTER_COLUMNS, OPTION_COLUMNS, gib_column, gpu_columns
-    from ..planner.sweeps import RUN_COLUMNS, run_fits_column
+    from ..planner.sweeps import RUN_COLUMNS, SPLIT_COLUMNS, run_fits_column, split_columns
 
     cols = ["model", *OPTION_COLUMNS, "params_trainable", *COUNTER_COLUMNS, "peak_phase",
             *(gib_column(c) for c in COUNTER_COLUMNS)]
     if replay:
         cols += [*RUN_COLUMNS, gib_column("run_peak_reserved_bytes")]
+    if split:
+        cols += list(SPLIT_COLUMNS)
     for g in gpu_names:
         fits, head = gpu_columns(g)
         cols += [fits, head, gib_column(head)]
         if replay:
             cols.append(run_fits_column(g))
+        if split:
+            cols += list(split_columns(g))
     return cols
 
 
@@ -264,13 +270,13 @@ def parse_columns(text: str, known: list[str], gpu_names: list[str]) -> list[str
 
 
 def resolve_columns(wanted: list[str], rows: list[dict[str, Any]], gpu_names: list[str],
-                    replay: bool = False) -> list[str]:
+                    replay: bool = False, split: bool = False) -> list[str]:
     """The columns to write: ``wanted`` (:func:`parse_columns`) with its groups expanded against ``rows``:
     ``auto`` is the model, the method, every option whose value differs between rows, and every result;
     ``options`` every option column, ``results`` every other column; names keep their order, repeats dropped."""
     from ..planner import OPTION_COLUMNS
 
-    every = columns(gpu_names, replay)
+    every = columns(gpu_names, replay, split)
     options = [c for c in every if c in OPTION_COLUMNS]
     results = [c for c in every if c != "model" and c not in OPTION_COLUMNS]
     varying = {c for c in options if len({_key(r.get(c)) for r in rows}) > 1}
@@ -301,7 +307,8 @@ def render(rows: list[dict[str, Any]], gpu_names: list[str], fmt: str, title: st
     from ..planner import gib_column
 
     if cols is None:
-        cols = columns(gpu_names, any("run_peak_reserved_bytes" in r for r in rows))
+        cols = columns(gpu_names, any("run_peak_reserved_bytes" in r for r in rows),
+                       any("split_layers" in r for r in rows))
     records = _records(rows, cols)
     if fmt == "csv":
         import csv

@@ -89,6 +89,89 @@ def run_columns(spec: ModelSpec, setup: Setup, row: dict[str, Any], gpus: Sequen
     return out
 
 
+def device_map_data(spec: ModelSpec, setup: Setup, breakdown: dict[str, int], gpu: Any = None,
+                    margin: float = 0.0) -> dict[str, Any]:
+    """The ``device_map`` section of an inference plan with ``--device-map`` (``vramplan plan --json``): the split
+    :func:`~vramplan.estimate.device_map.device_map_section` makes on ``gpu`` (its memory less the CUDA context
+    each, unless ``--max-memory`` is given) and each GPU's peak; ``breakdown`` is the single-GPU estimate's
+    components. The one place ``plan`` and ``sweep`` get it from.
+
+    Raises:
+        SetupError: a quantized model (not modelled), a bad ``--max-memory``, or neither it nor a GPU.
+    """
+    from ..errors import SetupError
+    from ..estimate.device_map import device_map_section
+    from ..estimate.overhead import cuda_context_bytes, uses_bitsandbytes
+
+    if setup.quantized:
+        raise SetupError(f"--device-map with --quant {setup.quant} is not modelled yet (transformers sizes quantized "
+                         "parameters through the quantizer); plan it with --quant none, or without --device-map")
+    context = cuda_context_bytes(gpu.architecture if gpu is not None else None, uses_bitsandbytes(setup))
+    free = gpu.memory_bytes - context if gpu is not None else None
+    section = device_map_section(spec, setup, breakdown, gpu, margin, free, context)
+    # what each GPU of the split is judged against (the plan page draws it): the card less --margin
+    section["gpu"] = gpu.name if gpu is not None else None
+    section["capacity_bytes"] = overhead.usable_bytes(gpu.memory_bytes, margin) if gpu is not None else None
+    section["cuda_context_bytes"] = context
+    return section
+
+
+#: the card-free columns of a sweep with ``--device-map`` rows: the split ``--max-memory`` gives (empty without it)
+SPLIT_COLUMNS = ("split_layers", "split_max_peak_allocated_bytes", "split_max_device_used_bytes")
+
+
+def split_columns(gpu_name: str) -> tuple[str, str]:
+    """Per card of a sweep with ``--device-map`` rows: ``<gpu>_split_layers``, ``<gpu>_split_max_device_used_bytes``
+    (the split made on that card, and its fullest GPU's nvidia-smi figure)."""
+    return f"{gpu_name}_split_layers", f"{gpu_name}_split_max_device_used_bytes"
+
+
+def split_summary(section: dict[str, Any]) -> dict[str, Any]:
+    """What a sweep row shows of a ``device_map`` section: where the layers went (``0:0-13 1:14-27+lm_head``, and
+    ``cpu:N modules`` / ``disk:N modules`` for what is offloaded), the largest per-GPU peak allocated and
+    nvidia-smi figures."""
+    devices = section["devices"]
+    where = [f"{r['device']}:{r['layers']}" + ("+lm_head" if r["holds_lm_head"] else "") for r in devices]
+    for d in ("cpu", "disk"):
+        n = sum(1 for v in section["device_map"].values() if v == d)
+        if n:
+            where.append(f"{d}:{n} module{'s' if n != 1 else ''}")
+    return {"layers": " ".join(where),
+            "max_peak_allocated_bytes": max((r["peak_allocated_bytes"] for r in devices), default=0),
+            "max_device_used_bytes": max((r["device_used_bytes"] for r in devices), default=0)}
+
+
+def device_map_columns(spec: ModelSpec, setup: Setup, breakdown: dict[str, int], gpus: Sequence[Any] = (),
+                       margin: float = 0.0) -> dict[str, Any]:
+    """The columns of one ``--device-map`` row: the card-free split of ``--max-memory`` (:data:`SPLIT_COLUMNS`,
+    ``None`` without it) and per card the split on that card (:func:`split_columns`) with ``<gpu>_fits`` (every
+    GPU of the split fits, as ``vramplan plan --gpu <card> --device-map ...`` exits 0) and ``<gpu>_headroom_bytes``
+    (the tightest GPU's), replacing the single-GPU verdict.
+
+    Raises:
+        SetupError: as :func:`device_map_data`; without ``--max-memory`` and without a card, there is nothing to
+        split on.
+    """
+    from ..errors import SetupError
+
+    if setup.max_memory is None and not gpus:
+        raise SetupError("--device-map needs the GPUs' memory: pass --gpu (a card or a size) or --max-memory")
+    out: dict[str, Any] = dict.fromkeys(SPLIT_COLUMNS)
+    if setup.max_memory is not None:
+        s = split_summary(device_map_data(spec, setup, breakdown))
+        out.update({f"split_{k}": v for k, v in s.items()})
+    for g in gpus:
+        section = device_map_data(spec, setup, breakdown, g, margin)
+        s = split_summary(section)
+        cap = overhead.usable_bytes(g.memory_bytes, margin)
+        layers_col, used_col = split_columns(g.name)
+        fits_col, head_col, head_gib = _card_columns(g.name)
+        head = min((cap - r["device_used_bytes"] for r in section["devices"]), default=cap)
+        out.update({layers_col: s["layers"], used_col: s["max_device_used_bytes"], fits_col: section["fits"],
+                    head_col: head, head_gib: head / GiB})
+    return out
+
+
 def sweep_row(model: str, spec: ModelSpec, setup: Setup, gpus: Sequence[Any] = (), margin: float = 0.0,
               cols: dict[str, Any] | None = None, counters: Counters | None = None,
               params_trainable: int | None = None) -> dict[str, Any]:
@@ -174,6 +257,13 @@ def sweep(models: Sequence[tuple[str, ModelSpec]], setups: Sequence[Setup], gpus
                 ran = checkpoint_setup(spec.config, setups[i], name)[0]
                 rows[i] = sweep_row(name, spec, ran, gpus, margin, cols[i] if ran is setups[i] else None, c,
                                     trainable)
+            if first.device_map != "none":     # issue 17: the split over --gpus GPUs, per card, as plan gives it
+                try:
+                    for i in idx:         # the setup as given, as plan's device_map section takes it
+                        rows[i].update(device_map_columns(spec, setups[i], estimate(spec, setups[i]).breakdown_bytes,
+                                                          gpus, margin))
+                except VramplanError as exc:
+                    result.skipped.extend((name, str(exc)) for i in idx if rows.pop(i, None) is not None)
             if replays(first):          # only with --lengths/--alloc-conf: the replay costs seconds a row
                 from ..allocator.lengths import StepModel
 

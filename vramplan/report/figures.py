@@ -7,7 +7,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from ..units import GiB
-from .views import Grid, PlanView, RunView
+from .views import DeviceMapView, Grid, PlanView, RunView
 
 GIB_AXIS = "GiB (2^30 bytes)"
 
@@ -162,6 +162,31 @@ def ladder_chart(view: PlanView) -> go.Figure:
     fig.update_xaxes(title_text=GIB_AXIS)
     fig.update_yaxes(autorange="reversed", categoryorder="array", categoryarray=gpus)
     return _layout(fig, "GPU ladder: capacity vs peak (device used)", 160 + 30 * len(gpus), barmode="overlay")
+
+
+def device_map_chart(view: DeviceMapView) -> go.Figure:
+    """One stacked bar per GPU of a ``--device-map`` split (weights, its layers' KV cache, the working set), its
+    reserved and nvidia-smi figures as markers, and the capacity each GPU is judged against as a line."""
+    gpus = [f"GPU {r.device}" + (" (lm_head)" if r.holds_lm_head else "") for r in view.rows]
+    fig = go.Figure()
+    for key, label, color in (("weights_bytes", "weights", PALETTE[0]), ("kv_cache_bytes", "KV cache", PALETTE[1]),
+                              ("working_set_bytes", "working set (+ logits)", PALETTE[2])):
+        fig.add_trace(go.Bar(y=gpus, x=[_gib(getattr(r, key)) for r in view.rows], orientation="h", name=label,
+                             marker_color=color, hovertemplate=f"%{{y}}: %{{x:.3f}} GiB {label}<extra></extra>"))
+    for key, label, symbol in (("peak_allocated_bytes", "peak allocated", "line-ns-open"),
+                               ("peak_reserved_bytes", "peak reserved", "diamond"),
+                               ("device_used_bytes", "device used (nvidia-smi)", "x")):
+        fig.add_trace(go.Scatter(y=gpus, x=[_gib(getattr(r, key)) for r in view.rows], mode="markers", name=label,
+                                 marker={"symbol": symbol, "size": 12, "color": "#111111",
+                                         "line": {"width": 2, "color": "#111111"}},
+                                 hovertemplate=f"%{{y}}: %{{x:.3f}} GiB {label}<extra></extra>"))
+    if view.capacity_bytes is not None:
+        fig.add_vline(x=_gib(view.capacity_bytes), line={"color": LINE_COLORS["capacity_bytes"], "dash": "dot"},
+                      annotation_text=f"capacity {view.gpu or ''}".rstrip(), annotation_position="top")
+    fig.update_xaxes(title_text=GIB_AXIS)
+    fig.update_yaxes(autorange="reversed", categoryorder="array", categoryarray=gpus)
+    return _layout(fig, "Each GPU of the split at its peak", 180 + 40 * len(gpus), barmode="stack",
+                   legend={"orientation": "h", "x": 0, "y": -0.3, "yanchor": "top"})
 
 
 def _hatch(xi: int, yi: int) -> str:

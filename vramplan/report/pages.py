@@ -189,12 +189,29 @@ def plan_page(plan_json: dict[str, Any], title: str | None = None) -> str:
     if view.grid is not None:
         body.append(_chart(figures.grid_chart(view.grid, view.capacity, view.chosen), "plan-grid"))
         charts = True
+    dm = view.device_map
+    if dm is not None:
+        body.append("<h2>Device map</h2>")
+        verdict = {True: "every GPU fits", False: "a GPU does not fit", None: "no --gpu: no verdict"}[dm.fits]
+        body.append(f'<p class="sub">{e(dm.strategy or "?")} over {e(str(dm.gpus or "?"))} GPUs · '
+                    f"{e(verdict)}</p>")
+        body.append(_notices(dm.warnings, "Warnings:"))
+        if dm.rows:
+            body.append(_chart(figures.device_map_chart(dm), "plan-device-map"))
+            charts = True
+            body.append(_table(dm.table_rows(), "device-map"))
+        if dm.budgets:
+            body.append("<h3>max_memory given to infer_auto_device_map</h3>"
+                        + _facts([(f"device {k}", v, "bytes") for k, v in dm.budgets]))
+        if dm.source:
+            body.append(f'<p class="sub">{e(dm.source)}</p>')
     if view.assumptions:
         body.append("<h3>Assumptions</h3><ul>" + "".join(f"<li>{e(a)}</li>" for a in view.assumptions) + "</ul>")
     if view.versions:
         body.append('<h3>Versions</h3><table class="plain">' + "".join(
             f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in view.versions) + "</table>")
-    return _shell(title, [b for b in body if b], with_plotly=charts, with_tables=False)
+    return _shell(title, [b for b in body if b], with_plotly=charts,
+                  with_tables=dm is not None and bool(dm.rows))
 
 
 # ----------------------------------------------------------------------------------------------- table

@@ -37,7 +37,7 @@ class Column:
 
 
 #: words written as acronyms in headers
-_ACRONYMS = {"gpu": "GPU", "rss": "RSS", "nvml": "NVML", "cuda": "CUDA", "lora": "LoRA", "oom": "OOM"}
+_ACRONYMS = {"gpu": "GPU", "rss": "RSS", "nvml": "NVML", "cuda": "CUDA", "lora": "LoRA", "oom": "OOM", "kv": "KV"}
 
 
 def _words(stem: str) -> str:

@@ -64,6 +64,8 @@ def setup_summary(setup: Any) -> str | None:
         return None
     parts: list[str] = []
     method, quant = setup.get("method"), setup.get("quant")
+    if method == "inference":
+        return _inference_summary(setup)
     if isinstance(method, str):
         parts.append(f"{method} {quant}" if isinstance(quant, str) and quant != "none" else method)
     lora = setup.get("lora")
@@ -98,6 +100,26 @@ def setup_summary(setup: Any) -> str | None:
     if isinstance(setup.get("offload"), str) and setup["offload"] != "none":
         parts.append(f"offload {setup['offload']}")
     return " · ".join(parts) if parts else None
+
+
+def _inference_summary(setup: dict[str, Any]) -> str:
+    """An inference setup: no optimizer, no autocast (the weights' dtype is what precision names), no DDP."""
+    quant = setup.get("quant")
+    parts = [f"inference {quant}" if isinstance(quant, str) and quant != "none" else "inference"]
+    batch, seq = setup.get("batch"), setup.get("seq")
+    parts.append(f"batch {batch if batch is not None else '?'} × seq {seq if seq is not None else '?'}")
+    if isinstance(setup.get("new_tokens"), int) and setup["new_tokens"] > 0:
+        parts.append(f"{setup['new_tokens']} new tokens")
+    if isinstance(setup.get("precision"), str):
+        parts.append(setup["precision"].split("-")[0] + " weights")
+    if isinstance(setup.get("attn"), str) and setup["attn"] != "sdpa":
+        parts.append(f"attn {setup['attn']}")
+    if isinstance(setup.get("cache"), str) and setup["cache"] != "dynamic":
+        parts.append(f"{setup['cache']} cache")
+    device_map = setup.get("device_map")
+    if isinstance(device_map, str) and device_map != "none":
+        parts.append(f"device_map {device_map} over {setup.get('gpus', '?')} GPUs")
+    return " · ".join(parts)
 
 
 # ------------------------------------------------------------------------------------------- run view
@@ -426,6 +448,83 @@ class Grid:
     device_used_bytes: list[list[int | float | None]]
 
 
+@dataclass(frozen=True)
+class DeviceRow:
+    """One GPU of a ``--device-map`` split, as the plan JSON's ``device_map.devices`` saved it."""
+
+    device: str
+    layers: str
+    holds_lm_head: bool
+    weights_bytes: int | float
+    kv_cache_bytes: int | float
+    working_set_bytes: int | float
+    peak_allocated_bytes: int | float
+    peak_reserved_bytes: int | float
+    device_used_bytes: int | float
+    fits: bool | None
+
+
+@dataclass
+class DeviceMapView:
+    strategy: str | None
+    gpus: int | None
+    gpu: str | None
+    capacity_bytes: int | float | None
+    fits: bool | None
+    rows: list[DeviceRow] = field(default_factory=list)
+    budgets: list[tuple[str, int | float]] = field(default_factory=list)   # max_memory after balancing
+    warnings: list[str] = field(default_factory=list)
+    source: str | None = None
+
+    def table_rows(self) -> list[dict[str, Any]]:
+        """The per-GPU table, the saved values under their JSON keys (units from the suffixes)."""
+        return [{"GPU": r.device, "layers": r.layers, "lm_head": r.holds_lm_head, "weights_bytes": r.weights_bytes,
+                 "kv_cache_bytes": r.kv_cache_bytes, "working_set_bytes": r.working_set_bytes,
+                 "peak_allocated_bytes": r.peak_allocated_bytes, "peak_reserved_bytes": r.peak_reserved_bytes,
+                 "device_used_bytes": r.device_used_bytes, "fits": r.fits} for r in self.rows]
+
+
+_DEVICE_NUMBERS = ("weights_bytes", "kv_cache_bytes", "working_set_bytes", "peak_allocated_bytes",
+                   "peak_reserved_bytes", "device_used_bytes")
+
+
+def device_map_view(section: Any, notes: list[str]) -> DeviceMapView | None:
+    """The ``device_map`` section of a plan's JSON, a notice per gap."""
+    if not isinstance(section, dict):
+        notes.append(f"device_map: expected an object, found {kind_of(section)}")
+        return None
+    fits = section.get("fits")
+    view = DeviceMapView(_text(section.get("strategy")), section.get("gpus") if is_int(section.get("gpus")) else None,
+                         _text(section.get("gpu")),
+                         section.get("capacity_bytes") if is_number(section.get("capacity_bytes")) else None,
+                         fits if isinstance(fits, bool) else None, source=_text(section.get("source")))
+    devices = section.get("devices")
+    if not isinstance(devices, list):
+        notes.append("device_map.devices: missing, no per-GPU table")
+    else:
+        skipped = 0
+        for r in devices:
+            if (isinstance(r, dict) and (is_int(r.get("device")) or isinstance(r.get("device"), str))
+                    and all(is_number(r.get(k)) for k in _DEVICE_NUMBERS)):
+                view.rows.append(DeviceRow(str(r["device"]), str(r.get("layers", "")), r.get("holds_lm_head") is True,
+                                           *(r[k] for k in _DEVICE_NUMBERS),
+                                           r.get("fits") if isinstance(r.get("fits"), bool) else None))
+            else:
+                skipped += 1
+        if skipped:
+            notes.append(f"device_map.devices: {skipped} of {len(devices)} entries lack device or a size "
+                         "(not shown)")
+    budgets = section.get("max_memory_bytes")
+    if isinstance(budgets, dict):
+        view.budgets = [(str(k), v) for k, v in budgets.items() if is_number(v)]
+    warnings = section.get("warnings")
+    if isinstance(warnings, list):
+        view.warnings = [str(w) for w in warnings]
+    if view.capacity_bytes is None:
+        notes.append("device_map.capacity_bytes: missing (no --gpu), no capacity line on the per-GPU chart")
+    return view
+
+
 @dataclass
 class PlanView:
     title: str
@@ -438,6 +537,7 @@ class PlanView:
     capacity: tuple[str, int | float] | None = None
     assumptions: list[str] = field(default_factory=list)
     versions: list[tuple[str, str]] = field(default_factory=list)
+    device_map: DeviceMapView | None = None
 
 
 def plan_view(plan: Any) -> PlanView:
@@ -462,14 +562,30 @@ def plan_view(plan: Any) -> PlanView:
     else:
         notes.append("params: missing")
     facts.append(("setup", setup_summary(plan.get("setup")), "text"))
+    unsplit = "one GPU, unsplit: " if plan.get("device_map") is not None else ""
     for key, label in (("peak_allocated_bytes", "peak allocated (torch)"),
                        ("peak_reserved_bytes", "peak reserved (torch)"),
                        ("device_used_bytes", "device used (NVML)")):
-        facts.append((label, _number(plan, key, "plan", notes), "bytes"))
+        facts.append((unsplit + label, _number(plan, key, "plan", notes), "bytes"))
     facts.append(("peak phase", _text(plan.get("peak_phase")), "text"))
 
     fits = plan.get("fits")
-    if isinstance(fits, dict) and isinstance(fits.get("gpu"), str) and is_number(fits.get("capacity_bytes")):
+    split = plan.get("device_map")
+    if split is not None:
+        # issue 17: the verdict is per GPU of the split; the top-level counters are one GPU's, as if unsplit
+        view.device_map = device_map_view(split, notes)
+        dm = view.device_map
+        if dm is not None:
+            facts.append(("device map", f"{dm.strategy or '?'} over {dm.gpus or '?'} GPUs", "text"))
+            facts.append(("GPU", dm.gpu, "text"))
+            facts.append(("capacity per GPU", dm.capacity_bytes, "bytes"))
+            if dm.rows:
+                fullest = max(dm.rows, key=lambda r: r.device_used_bytes)
+                facts.append((f"fullest GPU (GPU {fullest.device}), device used", fullest.device_used_bytes,
+                              "bytes"))
+            if dm.fits is not None:
+                facts.append(("fits (every GPU)", "yes" if dm.fits else "no", "text"))
+    elif isinstance(fits, dict) and isinstance(fits.get("gpu"), str) and is_number(fits.get("capacity_bytes")):
         view.capacity = (fits["gpu"], fits["capacity_bytes"])
         facts.append(("GPU", fits["gpu"], "text"))
         facts.append(("capacity", fits["capacity_bytes"], "bytes"))
@@ -494,7 +610,10 @@ def plan_view(plan: Any) -> PlanView:
         notes.append("breakdown_bytes: missing, no breakdown chart")
 
     ladder = plan.get("ladder")
-    if ladder is None:
+    if ladder is None and split is not None and plan.get("grid") is None:
+        notes.append("ladder and grid: not drawn for a --device-map plan (they are views of one GPU holding "
+                     "the whole model); the per-GPU split is below")
+    elif ladder is None:
         notes.append("ladder: missing (run `vramplan plan --html` to add it), no GPU ladder")
     elif not isinstance(ladder, list):
         notes.append(f"ladder: expected an array, found {kind_of(ladder)}")
@@ -513,7 +632,9 @@ def plan_view(plan: Any) -> PlanView:
                          "device_used_bytes (not drawn)")
 
     grid = plan.get("grid")
-    if grid is None:
+    if grid is None and split is not None and ladder is None:
+        pass
+    elif grid is None:
         notes.append("grid: missing (run `vramplan plan --html` to add it), no batch × seq heatmap")
     elif not isinstance(grid, dict):
         notes.append(f"grid: expected an object, found {kind_of(grid)}")
