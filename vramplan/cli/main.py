@@ -67,18 +67,32 @@ def cli(no_cache: bool = False) -> None:
         os.environ["VRAMPLAN_NO_CACHE"] = "1"
 
 
+#: the longest error message printed: a longer one (click quoting a 5,000-character value, a message that
+#: quotes what it was given whole) keeps its first and last characters around "...", as one line
+MAX_ERROR_CHARS = 480
+
+
+def one_line(message: str) -> str:
+    """``message`` as one line of at most :data:`MAX_ERROR_CHARS` characters (the contract's "one line")."""
+    text = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    if len(text) <= MAX_ERROR_CHARS:
+        return text
+    half = (MAX_ERROR_CHARS - 40) // 2
+    return f"{text[:half]}...[{len(text) - 2 * half:,} characters cut]...{text[-half:]}"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the group, turning user errors into one line and exit code 2."""
     try:
         rv = cli.main(args=argv, prog_name="vramplan", standalone_mode=False)
     except VramplanError as exc:
-        click.echo(f"vramplan: error: {exc}", err=True)
+        click.echo(f"vramplan: error: {one_line(str(exc))}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.NoArgsIsHelpError as exc:
         click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
         sys.exit(2)
     except click.ClickException as exc:
-        click.echo(f"vramplan: error: {exc.format_message()}", err=True)
+        click.echo(f"vramplan: error: {one_line(exc.format_message())}", err=True)
         sys.exit(exc.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("vramplan: aborted", err=True)

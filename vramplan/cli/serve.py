@@ -8,7 +8,58 @@ from typing import Any
 import click
 
 from ..errors import SetupError
-from .render import echo_json, table
+from ..setup import MAX_BATCH, MAX_GPUS, MAX_SEQ
+from .render import echo_json, table, warn
+
+
+class _Count(click.ParamType):
+    """An integer option with an upper bound (issue 18: a 400-digit ``--max-num-batched-tokens`` overflowed a
+    float when printed), quoted briefly when too long; lower bounds stay with the engine's own checks."""
+
+    name = "integer"
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = maximum
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        from ..options import read_int
+
+        try:
+            n = read_int(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        if n > self.maximum:
+            text = str(n)
+            got = text if len(text) <= 24 else f"{text[:8]}...{text[-4:]} ({len(text):,} digits)"
+            self.fail(f"must be at most {self.maximum:,}, got {got}", param, ctx)
+        return n
+
+
+#: the options only one engine reads: given with the other, they are named in a warning, never dropped silently
+ENGINE_OPTIONS = {
+    "vllm": ("gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens", "block_size", "non_torch_memory",
+             "activation_memory", "cudagraph_memory", "enforce_eager"),
+    "sglang": ("mem_fraction_static", "page_size", "cuda_context"),
+}
+_ENGINE_NAMES = {"vllm": "vLLM", "sglang": "SGLang"}
+
+
+def ignored_warnings(ctx: click.Context, engine: str, target_concurrency: int | None) -> list[str]:
+    """One warning per kind of option given on the command line that this run does not read."""
+    from click.core import ParameterSource
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+    out = []
+    for other, names in ENGINE_OPTIONS.items():
+        unused = ["--" + n.replace("_", "-") for n in names if other != engine and given(n)]
+        if unused:
+            out.append(f"{', '.join(unused)} ignored: {'it is' if len(unused) == 1 else 'they are'} "
+                       f"{_ENGINE_NAMES[other]}'s, and --engine is {engine}")
+    if target_concurrency is None and given("prices_path"):
+        out.append("--prices ignored: it ranks the setups found for --target-concurrency C; pass that too")
+    return out
 
 
 def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -135,18 +186,18 @@ def plan_text(d: dict[str, Any], explain: bool) -> str:
               help="Serving engine whose memory accounting to reproduce.")
 @click.option("--gpu", "gpu_name", required=True, metavar="CARD",
               help="A card from `vramplan gpus` or a size such as 80GB / 80GiB.")
-@click.option("--tp", type=int, default=1, show_default=True, help="Tensor-parallel size (GPUs per replica).")
-@click.option("--max-model-len", type=int, default=None,
+@click.option("--tp", type=_Count(MAX_GPUS), default=1, show_default=True, help="Tensor-parallel size (GPUs per replica).")
+@click.option("--max-model-len", type=_Count(MAX_SEQ), default=None,
               help="Tokens per request (default: the longest the engine accepts: max_position_embeddings, "
                    "rope-scaled where vLLM scales it).")
 @click.option("--gpu-memory-utilization", type=float, default=None,
               help="vLLM: fraction of the card the engine may use [default: 0.92, vLLM 0.33].")
 @click.option("--mem-fraction-static", type=float, default=None,
               help="SGLang: fraction for weights + KV pool (required with --engine sglang).")
-@click.option("--max-num-seqs", type=int, default=None,
+@click.option("--max-num-seqs", type=_Count(MAX_BATCH), default=None,
               help="vLLM: sequences per step; the profile run samples min(this, batched tokens) rows "
                    "[default: vllm serve's for the card: 1024 on >= 70 GiB cards but A100, else 256].")
-@click.option("--max-num-batched-tokens", type=int, default=None,
+@click.option("--max-num-batched-tokens", type=_Count(MAX_SEQ), default=None,
               help="vLLM: tokens per step, the size of the profiling forward pass [default: vllm serve's for "
                    "the card: 16384 on >= 160 GiB, 8192 on >= 70 GiB but A100, else 2048].")
 @click.option("--kv-cache-dtype", type=click.Choice(["auto", "fp8", "fp8_e4m3", "fp8_e5m2", "bf16", "fp16"]),
@@ -155,8 +206,8 @@ def plan_text(d: dict[str, Any], explain: bool) -> str:
               help="Weight format: the model dtype, or online FP8 (vLLM --quantization fp8).")
 @click.option("--dtype", type=click.Choice(["auto", "bf16", "fp16"]), default="auto", show_default=True,
               help="Model dtype (auto: the config's torch_dtype; float32 checkpoints load in bf16).")
-@click.option("--block-size", type=int, default=16, show_default=True, help="vLLM: tokens per KV block.")
-@click.option("--page-size", type=int, default=1, show_default=True, help="SGLang: tokens per KV page.")
+@click.option("--block-size", type=_Count(MAX_SEQ), default=16, show_default=True, help="vLLM: tokens per KV block.")
+@click.option("--page-size", type=_Count(MAX_SEQ), default=1, show_default=True, help="SGLang: tokens per KV page.")
 @click.option("--non-torch-memory", callback=_size, default=None, metavar="SIZE",
               help="vLLM: measured non-torch memory (its log's non_torch_memory) [default: 256MiB].")
 @click.option("--activation-memory", callback=_size, default=None, metavar="SIZE",
@@ -166,7 +217,7 @@ def plan_text(d: dict[str, Any], explain: bool) -> str:
 @click.option("--enforce-eager", is_flag=True, help="vLLM: no CUDA graphs.")
 @click.option("--cuda-context", callback=_size, default=None, metavar="SIZE",
               help="SGLang: memory in use before the weights load [default: 512MiB].")
-@click.option("--target-concurrency", type=int, default=None, metavar="C",
+@click.option("--target-concurrency", type=_Count(MAX_BATCH), default=None, metavar="C",
               help="Find the smallest TP size per card, and the setup with the least GPU memory, serving C "
                    "sequences of --max-model-len tokens.")
 @click.option("--prices", "prices_path", default=None, type=click.Path(dir_okay=False),
@@ -186,6 +237,8 @@ def serve(*, model: str, engine: str, gpu_name: str, tp: int, target_concurrency
     """
     from ..profiles import resolve_gpu, resolve_model
 
+    for w in ignored_warnings(click.get_current_context(), engine, target_concurrency):
+        warn(w)
     spec = resolve_model(model, trust_remote_code=trust_remote_code).spec
     gpu = resolve_gpu(gpu_name)
     if target_concurrency is None:
