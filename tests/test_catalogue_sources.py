@@ -45,6 +45,8 @@ LITGPT = {
     "pythia-12b": ("pythia-12b", 36, 5120, 40, 128, 40, 20480, 0, 0, 0, 50688, 2048, 10000, True, False),
     "mixtral-8x22b": ("Mixtral-8x22B-v0.1", 56, 6144, 48, 128, 8, 16384, 0, 8, 2, 32768, 65536, 1000000, False, False),
     "phi-1.5": ("phi-1_5", 24, 2048, 32, 64, 32, 8192, 0, 0, 0, 51200, 2048, 10000, True, False),
+    # block_size 4096 in litgpt; the profile is the Hub file (context 131072 with longrope)
+    "phi-3.5-mini": ("Phi-3.5-mini-instruct", 32, 3072, 32, 96, 32, 8192, 0, 0, 0, 32064, 4096, 10000, False, False),
     "qwen3-235b-a22b": ("Qwen3-235B-A22B", 94, 4096, 64, 128, 4, 12288, 1536, 128, 8, 151936, 40960, 1000000, False,
                         True),
     "qwen3-235b-a22b-instruct-2507": ("Qwen3-235B-A22B-Instruct-2507", 94, 4096, 64, 128, 4, 12288, 1536, 128, 8,
@@ -52,6 +54,14 @@ LITGPT = {
     "qwen3-30b-a3b-instruct-2507": ("Qwen3-30B-A3B-Instruct-2507", 48, 2048, 32, 128, 4, 6144, 768, 128, 8, 151936,
                                     262144, 10000000, False, True),
 }
+
+#: profiles whose shapes come from a printed module tree, in the LITGPT layout: scottlogic-alex/llm-memory-calculator
+#: llama-sizes.md @ 93934b33 prints huggyllama/llama-7b and -13b (context 2048: the LLaMA paper, arXiv:2302.13971)
+TREES = {
+    "llama-7b": ("huggyllama/llama-7b", 32, 4096, 32, 128, 32, 11008, 0, 0, 0, 32000, 2048, 10000, False, False),
+    "llama-13b": ("huggyllama/llama-13b", 40, 5120, 40, 128, 40, 13824, 0, 0, 0, 32000, 2048, 10000, False, False),
+}
+SHAPES = {**LITGPT, **TREES}
 
 #: profile -> torchtune 0.6.1 builder: (builder, vocab_size, num_layers, num_heads, num_kv_heads, embed_dim,
 #: intermediate_dim, max_seq_len, rope_base, tied output)
@@ -74,6 +84,8 @@ TIED = {
     "pythia-1b": False, "pythia-2.8b": False, "pythia-6.9b": False, "pythia-12b": False,   # GPT-NeoX embed_out
     "mixtral-8x22b": False, "mistral-large-2407": False,
     "phi-1.5": False,   # litgpt lm_head_bias=True: a biased head is its own tensor
+    "phi-3.5-mini": False,   # the Hub file (tie_word_embeddings false); keras-hub's total counts the head
+    "llama-7b": False, "llama-13b": False,   # the printed trees: lm_head Linear beside embed_tokens
     "qwen3-235b-a22b": False, "qwen3-235b-a22b-instruct-2507": False, "qwen3-30b-a3b-instruct-2507": False,
 }
 
@@ -86,6 +98,8 @@ PUBLISHED = {
     "gemma-2b": 524_288_000 + 1_981_884_416,
     # "Total Parameters: 134,515,008" under the printed config, satyasundar/erav3-s13 README.md
     "smollm2-135m": 134_515_008,
+    # keras-team/keras-hub keras_hub/src/models/phi3/phi3_presets.py, phi3_mini_128k_instruct_en "params"
+    "phi-3.5-mini": 3_821_079_552,
     # the Qwen3-30B-A3B total already bundled (qwen3-30b-a3b.yaml, its meta build): the 2507 release kept the shapes
     "qwen3-30b-a3b-instruct-2507": 30_532_122_624,
 }
@@ -98,7 +112,7 @@ def _profile(stem: str) -> dict:
 
 def _hand_count(stem: str) -> int:
     """Weights of the family's modeling file, one term per tensor, from the pinned litgpt shapes."""
-    _, L, d, h, hd, kv, inter, moe, experts, _top, V, _ctx, _rope, bias, norm_qk = LITGPT[stem]
+    _, L, d, h, hd, kv, inter, moe, experts, _top, V, _ctx, _rope, bias, norm_qk = SHAPES[stem]
     family = _profile(stem)["config"]["model_type"]
     head = 0 if TIED[stem] else V * d
     if family == "gpt_neox":   # query_key_value, dense, dense_h_to_4h, dense_4h_to_h (all biased), 2 LayerNorms
@@ -116,9 +130,9 @@ def _hand_count(stem: str) -> int:
     return V * d + head + L * (attn + mlp + 2 * d) + d
 
 
-@pytest.mark.parametrize("stem", sorted(LITGPT))
-def test_profile_shapes_are_litgpts(stem):
-    row, L, d, h, hd, kv, inter, moe, experts, top, V, _ctx, _rope, _bias, _qk = LITGPT[stem]
+@pytest.mark.parametrize("stem", sorted(SHAPES))
+def test_profile_shapes_are_the_sources(stem):
+    row, L, d, h, hd, kv, inter, moe, experts, top, V, _ctx, _rope, _bias, _qk = SHAPES[stem]
     c = _profile(stem)["config"]
     assert (c["num_hidden_layers"], c["hidden_size"], c["num_attention_heads"], c["vocab_size"]) == (L, d, h, V), row
     assert c.get("head_dim", d // h) == hd, row
@@ -132,9 +146,9 @@ def test_profile_shapes_are_litgpts(stem):
     assert bool(c.get("tie_word_embeddings", False)) is TIED[stem]
 
 
-@pytest.mark.parametrize("stem", sorted(s for s in LITGPT if s not in TORCHTUNE))
-def test_context_and_rope_are_litgpts(stem):
-    row, *_, ctx, rope, _bias, _qk = LITGPT[stem]
+@pytest.mark.parametrize("stem", sorted(s for s in SHAPES if s not in TORCHTUNE and s != "phi-3.5-mini"))
+def test_context_and_rope_are_the_sources(stem):
+    row, *_, ctx, rope, _bias, _qk = SHAPES[stem]
     c = _profile(stem)["config"]
     assert c["max_position_embeddings"] == ctx, row
     assert c.get("rope_theta", c.get("rotary_emb_base")) == rope, row
@@ -150,7 +164,7 @@ def test_profile_matches_torchtune_builder(stem):
     assert got == (V, L, h, kv, d, inter, seq, rope, tied), builder
 
 
-@pytest.mark.parametrize("stem", sorted(LITGPT))
+@pytest.mark.parametrize("stem", sorted(SHAPES))
 def test_params_total_is_the_hand_count(stem):
     assert _profile(stem)["params_total"] == _hand_count(stem)
 
@@ -162,12 +176,12 @@ def test_params_total_is_the_published_total(stem, total):
 
 def test_hand_count_fails_on_a_wrong_shape():
     """The hand count is not a restatement of the file: one changed shape changes it."""
-    saved = LITGPT["codellama-7b"]
+    saved = SHAPES["codellama-7b"]
     try:
-        LITGPT["codellama-7b"] = saved[:10] + (32000,) + saved[11:]   # CodeLlama-7b-Python's vocabulary
+        SHAPES["codellama-7b"] = saved[:10] + (32000,) + saved[11:]   # CodeLlama-7b-Python's vocabulary
         assert _hand_count("codellama-7b") != _profile("codellama-7b")["params_total"]
     finally:
-        LITGPT["codellama-7b"] = saved
+        SHAPES["codellama-7b"] = saved
 
 
 # ------------------------------------------------------------------ model ids named by the frameworks' examples
@@ -195,6 +209,9 @@ FRAMEWORK_IDS = {
     "meta-llama/CodeLlama-7b-hf": ("codellama-7b", f"{TT} code_llama2/7B_full_low_memory.yaml"),
     "google/gemma-2b": ("gemma-2b", f"{TT} gemma/2B_lora_single_device.yaml"),
     "microsoft/phi-1_5": ("phi-1.5", f"{AX} examples/phi/phi-qlora.yml"),
+    "microsoft/Phi-3.5-mini-instruct": ("phi-3.5-mini", f"{AX} examples/phi/lora-3.5.yaml"),
+    "microsoft/Phi-3-mini-128k-instruct": ("phi-3.5-mini", f"{TR} docs/source/dataset_formats.md"),
+    "huggyllama/llama-7b": ("llama-7b", f"{AX} examples/archived/jeopardy-bot/config.yml"),
 }
 
 
