@@ -61,7 +61,18 @@ TREES = {
     "llama-7b": ("huggyllama/llama-7b", 32, 4096, 32, 128, 32, 11008, 0, 0, 0, 32000, 2048, 10000, False, False),
     "llama-13b": ("huggyllama/llama-13b", 40, 5120, 40, 128, 40, 13824, 0, 0, 0, 32000, 2048, 10000, False, False),
 }
-SHAPES = {**LITGPT, **TREES}
+#: Qwen2-MoE profiles, in the LITGPT layout, from config.json copies: Qwen1.5-MoE-A2.7B as the defaults of transformers
+#: 5.24.0 configuration_qwen2_moe.py (docstring checkpoint Qwen/Qwen1.5-MoE-A2.7B), Qwen2-57B-A14B as quoted in
+#: NVIDIA/TensorRT-LLM tests/unittest/_torch/modeling/test_modeling_qwen_moe.py @ 08b2040c
+QWEN2_MOE = {
+    "qwen1.5-moe-a2.7b": ("Qwen1.5-MoE-A2.7B", 24, 2048, 16, 128, 16, 5632, 1408, 60, 4, 151936, 32768, 1000000, True,
+                          False),
+    "qwen2-57b-a14b": ("Qwen2-57B-A14B", 28, 3584, 28, 128, 4, 18944, 2560, 64, 8, 151936, 131072, 1000000, True,
+                       False),
+}
+#: shared_expert_intermediate_size of the Qwen2-MoE profiles (one shared expert and its Linear(d, 1) gate per layer)
+SHARED_EXPERT = {"qwen1.5-moe-a2.7b": 5632, "qwen2-57b-a14b": 20480}
+SHAPES = {**LITGPT, **TREES, **QWEN2_MOE}
 
 #: profile -> torchtune 0.6.1 builder: (builder, vocab_size, num_layers, num_heads, num_kv_heads, embed_dim,
 #: intermediate_dim, max_seq_len, rope_base, tied output)
@@ -86,6 +97,7 @@ TIED = {
     "phi-1.5": False,   # litgpt lm_head_bias=True: a biased head is its own tensor
     "phi-3.5-mini": False,   # the Hub file (tie_word_embeddings false); keras-hub's total counts the head
     "llama-7b": False, "llama-13b": False,   # the printed trees: lm_head Linear beside embed_tokens
+    "qwen1.5-moe-a2.7b": False, "qwen2-57b-a14b": False,   # the config copies
     "qwen3-235b-a22b": False, "qwen3-235b-a22b-instruct-2507": False, "qwen3-30b-a3b-instruct-2507": False,
 }
 
@@ -123,8 +135,10 @@ def _hand_count(stem: str) -> int:
         return V * d + (V * d + V) + L * per + 2 * d
     q, k = h * hd, kv * hd
     attn = d * q + 2 * d * k + q * d + (q + 2 * k if bias else 0) + (2 * hd if norm_qk else 0)
-    if experts:                # router Linear(d, experts) + experts x (gate, up, down)
+    if experts:                # router Linear(d, experts) + experts x (gate, up, down) [+ shared expert and its gate]
         mlp = d * experts + experts * 3 * d * (moe or inter)
+        if stem in SHARED_EXPERT:
+            mlp += 3 * d * SHARED_EXPERT[stem] + d
     else:
         mlp = 3 * d * inter
     return V * d + head + L * (attn + mlp + 2 * d) + d
@@ -139,6 +153,7 @@ def test_profile_shapes_are_the_sources(stem):
     assert c.get("num_key_value_heads", h) == kv, row
     if moe:
         assert (c["moe_intermediate_size"], c["num_experts"], c["num_experts_per_tok"]) == (moe, experts, top), row
+        assert c.get("shared_expert_intermediate_size") == SHARED_EXPERT.get(stem), row
     elif experts:
         assert (c["intermediate_size"], c["num_local_experts"], c["num_experts_per_tok"]) == (inter, experts, top), row
     else:
@@ -172,6 +187,12 @@ def test_params_total_is_the_hand_count(stem):
 @pytest.mark.parametrize("stem,total", sorted(PUBLISHED.items()))
 def test_params_total_is_the_published_total(stem, total):
     assert _profile(stem)["params_total"] == total
+
+
+def test_qwen2_moe_totals_round_to_the_model_cards():
+    """The model cards copied in ZHUI/paddlenlp_model_readme print the totals rounded."""
+    assert round(_profile("qwen1.5-moe-a2.7b")["params_total"] / 1e8) == 143   # "14.3B parameters in total"
+    assert round(_profile("qwen2-57b-a14b")["params_total"] / 1e9) == 57      # "#Params 57B"
 
 
 def test_hand_count_fails_on_a_wrong_shape():
@@ -211,6 +232,8 @@ FRAMEWORK_IDS = {
     "microsoft/phi-1_5": ("phi-1.5", f"{AX} examples/phi/phi-qlora.yml"),
     "microsoft/Phi-3.5-mini-instruct": ("phi-3.5-mini", f"{AX} examples/phi/lora-3.5.yaml"),
     "microsoft/Phi-3-mini-128k-instruct": ("phi-3.5-mini", f"{TR} docs/source/dataset_formats.md"),
+    "Qwen/Qwen1.5-MoE-A2.7B": ("qwen1.5-moe-a2.7b", f"{AX} examples/archived/qwen/qwen2-moe-lora.yaml"),
+    "Qwen/Qwen2-57B-A14B-Instruct": ("qwen2-57b-a14b", f"{SW} examples/megatron/moe/moe.sh"),
     "huggyllama/llama-7b": ("llama-7b", f"{AX} examples/archived/jeopardy-bot/config.yml"),
 }
 
