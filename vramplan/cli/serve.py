@@ -10,6 +10,7 @@ import click
 from ..errors import SetupError
 from ..setup import MAX_BATCH, MAX_GPUS, MAX_SEQ
 from .render import echo_json, table, warn
+from .serve_sweep import parse_sweep, sweep_rows
 
 
 class _Count(click.ParamType):
@@ -98,6 +99,8 @@ def _plan(engine: str, spec, gpu, tp: int, o: dict[str, Any]):
 
 def plan_data(p) -> dict[str, Any]:
     """The JSON of one engine plan: every number the text view prints, in bytes."""
+    from ..serve.budget import budget_segments
+
     common = {
         "engine": "vllm" if hasattr(p, "num_blocks") else "sglang", "release": p.release, "model": p.model,
         "gpu": p.gpu, "tp": p.tp, "max_model_len": p.max_model_len, "dtype": p.dtype,
@@ -105,6 +108,7 @@ def plan_data(p) -> dict[str, Any]:
         "components": [{"name": c.name, "bytes": c.bytes, "formula": c.formula} for c in p.components],
         "weights_bytes": p.weights_bytes, "available_kv_bytes": p.available_kv_bytes,
         "max_concurrency": p.max_concurrency, "fits": p.fits,
+        "budget_bytes": budget_segments(p),      # the whole card, segment by segment (the --html page's chart)
     }
     if common["engine"] == "vllm":
         common.update({
@@ -124,6 +128,17 @@ def plan_data(p) -> dict[str, Any]:
             "max_total_num_tokens": p.max_total_num_tokens, "k_size_bytes": p.k_size_bytes,
         })
     return common
+
+
+def _write_page(path: str, data: dict[str, Any]) -> None:
+    """``--html``: the page of ``data`` (what --json prints), written atomically."""
+    from ..extras import require
+
+    require("report", "--html")
+    from ..io import atomic_write_text
+    from ..report import serve_page
+
+    atomic_write_text(path, serve_page(data))
 
 
 def _option(o) -> dict[str, Any]:
@@ -226,24 +241,75 @@ def plan_text(d: dict[str, Any], explain: bool) -> str:
 @click.option("--trust-remote-code", is_flag=True, help="Allow a Hub model's own config code.")
 @click.option("--explain", is_flag=True, help="Show each component's formula and source.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--html", "html_path", default=None, type=click.Path(dir_okay=False),
+              help="Also write the result as a self-contained HTML page (the budget chart, components, KV groups; "
+                   "or the setups of --target-concurrency).")
+@click.option("--sweep", "sweeps", multiple=True, metavar="KEY=V1,V2",
+              help="Plan every combination, one row each, e.g. --sweep tp=1,2,4,8 --sweep max-model-len=4096,8192 "
+                   "(keys: engine, gpu, tp, max-model-len, gpu-memory-utilization, mem-fraction-static, "
+                   "max-num-seqs, max-num-batched-tokens, kv-cache-dtype, quant, dtype, block-size, page-size; "
+                   "the other options hold for every row).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "md", "jsonl", "html"]), default="csv",
+              show_default=True, help="With --sweep: the table's format.")
+@click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
+              help="With --sweep: write the table to this file (atomically) instead of stdout.")
 def serve(*, model: str, engine: str, gpu_name: str, tp: int, target_concurrency: int | None,
-          prices_path: str | None, trust_remote_code: bool, explain: bool, as_json: bool, **opts: Any) -> None:
+          prices_path: str | None, trust_remote_code: bool, explain: bool, as_json: bool, html_path: str | None,
+          sweeps: tuple[str, ...], fmt: str, out: str | None, **opts: Any) -> None:
     """The KV-cache budget of serving MODEL with vLLM or SGLang on --gpu: weights per TP rank, the profiled
     activation peak, CUDA graphs, the KV blocks and the maximum concurrency at --max-model-len, as the
     engine computes them (docs/serving.md cites each rule).
 
     Exit code 1 when one request of --max-model-len does not fit (the engine would refuse to start), or
-    when no card serves --target-concurrency.
+    when no card serves --target-concurrency. With --sweep, one row per combination of the swept settings
+    (the numbers of `vramplan serve ... --json` for them) and exit code 0; refused combinations are skipped
+    with a warning.
     """
     from ..profiles import resolve_gpu, resolve_model
 
     for w in ignored_warnings(click.get_current_context(), engine, target_concurrency):
         warn(w)
-    spec = resolve_model(model, trust_remote_code=trust_remote_code).spec
+    from ..io import check_output_path, refuse_overwriting_input
+
+    ctx = click.get_current_context()
+    if sweeps:
+        for flag, given in (("--json", as_json), ("--explain", explain), ("--html", html_path),
+                            ("--target-concurrency", target_concurrency)):
+            if given:
+                raise SetupError(f"{flag} does not go with --sweep: a sweep prints one row per combination "
+                                 "(--format csv|md|jsonl|html, --out FILE)")
+        axes = parse_sweep(ctx, sweeps)
+    elif out is not None or ctx.get_parameter_source("fmt") == click.core.ParameterSource.COMMANDLINE:
+        raise SetupError("--format and --out are the table of --sweep; one plan is --json or --html PATH")
+    for path, flag in ((html_path, "--html"), (out, "--out")):
+        if path:
+            check_output_path(path, flag)
+    resolved = resolve_model(model, trust_remote_code=trust_remote_code)
+    refuse_overwriting_input(html_path, resolved.input_files, "--html")
+    refuse_overwriting_input(out, resolved.input_files, "--out")
+    spec = resolved.spec
     gpu = resolve_gpu(gpu_name)
+    if sweeps:
+        cards = {gpu_name: gpu, **{n: resolve_gpu(n) for n in axes.get("gpu_name", ())}}
+        base = {**opts, "engine": engine, "gpu_name": gpu_name, "tp": tp}
+        rows = sweep_rows(axes, base, lambda s: plan_data(_plan(s["engine"], spec, cards[s["gpu_name"]], s["tp"], s)))
+        from ..serve.sweep import row_columns
+        from .sweep import render
+
+        text = render(rows, [], fmt, f"vramplan serve sweep: {spec.name}", row_columns(rows))
+        if out:
+            from ..io import atomic_write_text
+
+            atomic_write_text(out, text)
+            click.echo(f"vramplan: wrote {len(rows):,} row{'s' if len(rows) != 1 else ''} to {out}", err=True)
+        else:
+            click.echo(text, nl=False)
+        return
     if target_concurrency is None:
         p = _plan(engine, spec, gpu, tp, opts)
         d = plan_data(p)
+        if html_path:
+            _write_page(html_path, d)
         if as_json:
             echo_json(d)
         else:
@@ -267,6 +333,8 @@ def serve(*, model: str, engine: str, gpu_name: str, tp: int, target_concurrency
             "smallest_tp_on_gpu": None if on_card is None else on_card.tp,
             "best": None if best is None else _option(best),
             "options": [_option(o) for o in options]}
+    if html_path:
+        _write_page(html_path, data)
     if as_json:
         echo_json(data)
     else:

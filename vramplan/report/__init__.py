@@ -8,8 +8,8 @@ renders the benchmark table as sortable HTML, Markdown or CSV. torch is never im
 from __future__ import annotations
 
 from .inputs import Source, collect
-from .pages import bench_rows, plan_page, run_views, runs_page, table_page
+from .pages import bench_rows, plan_page, run_views, runs_page, serve_page, table_page
 from .tables import to_csv, to_markdown
 
-__all__ = ["Source", "bench_rows", "collect", "plan_page", "run_views", "runs_page", "table_page", "to_csv",
+__all__ = ["Source", "bench_rows", "collect", "plan_page", "run_views", "runs_page", "serve_page", "table_page", "to_csv",
            "to_markdown"]

@@ -7,6 +7,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from ..units import GiB
+from .serve import ServeView
 from .views import DeviceMapView, Grid, PlanView, RunView
 
 GIB_AXIS = "GiB (2^30 bytes)"
@@ -232,3 +233,21 @@ def grid_chart(grid: Grid, capacity: tuple[str, int | float] | None,
     if capacity is not None:
         title += f"; hatched: over {capacity[0]} capacity {capacity[1] / GiB:.2f} GiB"
     return _layout(fig, title, 160 + 42 * len(ys), legend={"orientation": "h", "y": -0.25})
+
+
+# ----------------------------------------------------------------------------------------------- serve
+SEGMENT_COLORS = {"weights": "#4c78a8", "overhead": "#9e9e9e", "activations": "#f58518", "kv_cache": "#54a24b",
+                  "outside": "#e5e5e5"}
+
+
+def budget_chart(view: ServeView) -> go.Figure:
+    """The card as one stacked bar from 0 to its total, one segment per part of the engine's accounting."""
+    fig = go.Figure()
+    for i, (name, size) in enumerate(view.segments):
+        group = name.split("/", 1)[0]
+        fig.add_trace(go.Bar(y=["per GPU"], x=[size / GiB], orientation="h", name=name,
+                             marker_color=SEGMENT_COLORS.get(group, PALETTE[i % len(PALETTE)]),
+                             hovertemplate=f"{name}: %{{x:.3f}} GiB<extra></extra>"))
+    fig.update_xaxes(title_text=GIB_AXIS)
+    return _layout(fig, "The card, as the engine divides it", 260, barmode="stack",
+                           legend={"orientation": "h", "x": 0, "y": -0.45, "yanchor": "top", "font": {"size": 11}})

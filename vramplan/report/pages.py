@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 from ..units import GiB
 from . import figures, tables
 from .inputs import Source
+from .serve import serve_view
 from .views import PlanView, RunView, plan_view, run_view, unreadable_view
 
 e = html.escape
@@ -212,6 +213,37 @@ def plan_page(plan_json: dict[str, Any], title: str | None = None) -> str:
             f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in view.versions) + "</table>")
     return _shell(title, [b for b in body if b], with_plotly=charts,
                   with_tables=dm is not None and bool(dm.rows))
+
+
+# ----------------------------------------------------------------------------------------------- serve
+def serve_page(d: Any, title: str | None = None) -> str:
+    """The page of one ``vramplan serve --json`` answer: facts, the budget chart, components, KV groups; or, for
+    a ``--target-concurrency`` search, its setups as a sortable table."""
+    view = serve_view(d)
+    title = title or view.title
+    body = [f"<h1>{e(title)}</h1>", _notices(view.notices, "Missing from this plan:"), _facts(view.facts)]
+    if view.fits is False:
+        body.append('<p class="oom">The engine refuses to start: one request of max_model_len does not fit the KV '
+                    "cache left.</p>")
+    if view.over_bytes is not None:
+        body.append(f'<p class="oom">The components exceed the budget by {view.over_bytes / GiB:,.2f} GiB.</p>')
+    charts = tables = False
+    if view.segments:
+        body.append(_chart(figures.budget_chart(view), "serve-budget"))
+        body.append(_table([{"segment": n, "size_bytes": b} for n, b in view.segments], "serve-segments"))
+        charts = tables = True
+    if view.components:
+        body.append("<h2>Components</h2>" + _table(view.components, "serve-components"))
+        tables = True
+    if view.kv_groups:
+        body.append("<h2>KV cache groups</h2>" + _table(view.kv_groups, "serve-kv-groups"))
+        tables = True
+    if view.options:
+        body.append("<h2>Setups that serve it</h2>"
+                    '<p class="sub">Per card the smallest TP size; best first. Click a column header to sort.</p>'
+                    + _table(view.options, "serve-options"))
+        tables = True
+    return _shell(title, [b for b in body if b], with_plotly=charts, with_tables=tables)
 
 
 # ----------------------------------------------------------------------------------------------- table
