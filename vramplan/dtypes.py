@@ -53,6 +53,53 @@ def bnb_4bit_parts(numel: int, blocksize: int = 64, double_quant: bool = True) -
     return parts
 
 
+#: torchao ``to_nf4(tensor, block_size=64, scaler_block_size=256)`` defaults (torchao 0.10.0 dtypes/nf4tensor.py:988),
+#: which torchtune 0.6.1 ``LoRALinear(quantize_base=True)`` and ``FrozenNF4Linear`` use (no quantization kwargs)
+TORCHAO_NF4_BLOCK, TORCHAO_NF4_SCALER_BLOCK = 64, 256
+
+
+def torchao_nf4_parts(numel: int, dtype: str = "bf16", block_size: int = TORCHAO_NF4_BLOCK,
+                      scaler_block_size: int = TORCHAO_NF4_SCALER_BLOCK) -> dict[str, int]:
+    """Allocations of one torchao ``NF4Tensor`` (torchtune QLoRA), ``NF4Tensor.from_tensor`` (torchao 0.10.0
+    dtypes/nf4tensor.py:559-630; unchanged in 0.17.0), with ``dtype`` the dtype of the weight it quantizes:
+
+    * ``quantized_data``: two 4-bit codes per byte, ``uint8``, n/2 B (``convert_to_norm_float_weight``);
+    * ``quantized_scalers``: the per-block absmax minus their mean, quantized to ``int8``, one per block of
+      ``block_size`` (``double_quantize_scalers``: always double quantization);
+    * ``quantization_factor``: one per ``scaler_block_size`` scalers, in ``dtype`` (``256 / (2 * absmax)``);
+    * ``scaler_mean``: a 0-dim tensor in ``dtype``; ``nf4``: the 16-entry lookup table in ``dtype``, one per weight.
+
+    A 4096×4096 bf16 weight: 8,388,608 + 262,144 + 2,048 + 2 + 32 = 8,652,834 B, measured storage by storage
+    (benchmarks/frameworks/torchtune_nf4.py). ``to_nf4`` asserts ``numel`` divisible by ``block_size`` and the
+    block count by ``scaler_block_size``; other sizes are rounded up here.
+    """
+    q = BYTES[dtype]
+    blocks = ceil_div(numel, block_size)
+    return {"quantized_data": ceil_div(numel, 2), "quantized_scalers": blocks,
+            "quantization_factor": ceil_div(blocks, scaler_block_size) * q, "scaler_mean": q, "nf4": 16 * q}
+
+
+def torchao_nf4_dequant_bytes(numel: int, dtype: str = "bf16", out_dtype: str | None = None,
+                              block_size: int = TORCHAO_NF4_BLOCK) -> int:
+    """Allocator bytes alive at the peak of ``NF4Tensor.to(out_dtype)`` — what ``linear_nf4`` runs in forward
+    (``F.linear(input, weight.to(input.dtype))``) and in backward (``grad_output @ weight.to(grad_output.dtype)``),
+    torchao 0.10.0 dtypes/nf4tensor.py:964-975; the same in 0.17.0.
+
+    ``get_original_weight`` (:756-783) keeps its locals to the end: the high and low codes as ``int64`` indices
+    (``.to(torch.long)``: n/2 × 8 B each), both halves looked up in the table (n/2 each, in ``dtype``), the
+    dequantized scalers (n/``block_size``), both scaled halves (n/2 each) and ``torch.stack`` of them (n): at
+    ``stack`` 8n + 3·q·n + q·n/``block_size`` B for q = bytes of ``dtype`` (14.03 B per weight for bf16, measured
+    on CPU: 7,356,416 B for 512 × 1024). When ``out_dtype`` differs, the returned weight's cast copy joins it.
+    """
+    q = BYTES[dtype]
+    half = ceil_div(numel, 2)
+    at_stack = (2 * alloc(half * 8) + 4 * alloc(half * q) + alloc(ceil_div(numel, block_size) * q)
+                + alloc(numel * q))
+    if out_dtype is None or out_dtype == dtype:
+        return at_stack
+    return max(at_stack, alloc(numel * q) + alloc(numel * BYTES[out_dtype]))
+
+
 def bnb_int8_parts(out_features: int, in_features: int) -> dict[str, int]:
     """LLM.int8 (``Linear8bitLt``, ``Int8Params``): int8 weight + one fp32 row scale (``SCB``) per output row."""
     return {"packed": out_features * in_features, "scb": out_features * 4}

@@ -41,14 +41,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..dtypes import BYTES
+from ..dtypes import BYTES, torchao_nf4_dequant_bytes
 from ..lora import LoraPlan
 from ..quantized import CHECKPOINT_QUANTS
 from ..setup import Setup
 from ..shapes.spec import ModelSpec
 from ..versions import modelled_versions, predates
 from .graph import Size, Sym, Tracer, tok
-from .weights import Placement
+from .weights import Placement, nf4_kernel
 
 GATED_ACTS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu", "gelu_new": "gelu_new",
               "gelu_fast": "gelu", "gelu_tanh": "gelu", "relu": "relu", "quick_gelu": "gelu"}
@@ -202,9 +202,12 @@ def _param_lora_dtype(p: Placement, setup: Setup) -> str:
 class Program:
     """Replays one decoder layer on a :class:`Tracer` for a given spec and setup."""
 
-    def __init__(self, spec: ModelSpec, setup: Setup) -> None:
+    def __init__(self, spec: ModelSpec, setup: Setup, kernel: str | None = None) -> None:
+        """``kernel``: the library running the nf4 weights (:func:`vramplan.estimate.weights.nf4_kernel`, the
+        default): ``"bnb"`` (``MatMul4Bit``) or ``"torchao"`` (``linear_nf4``, torchtune)."""
         self.spec = spec
         self.setup = setup
+        self.nf4_kernel = nf4_kernel(setup) if kernel is None else kernel
         self.c = setup.compute_dtype
         mt = spec.model_type
         self.gemma_norm = mt.startswith("gemma")
@@ -302,6 +305,8 @@ class Program:
                 # .to(x.dtype): a second, fp32 copy when kbit preparation made the stream fp32 (gemm_awq.py)
                 per = (2 + (4 if x.dtype == "fp32" else 0)) if lin.wdtype == "awq" else BYTES[x.dtype]
                 tr.constants.append((f"{name} dequantized weight", lin.in_f * lin.out_f * per))
+        elif lin.wdtype == "nf4" and self.nf4_kernel == "torchao":
+            out = self._linear_nf4(tr, x, lin, name, out_size)
         elif lin.quantized:
             xq = tr.cast(x, self.c, f"{name} input.to({self.c})")
             # no_grad: the dequantized weight as a storage, alive while the matmul runs (bitsandbytes MatMul4Bit)
@@ -336,6 +341,25 @@ class Program:
             out = self.lora(tr, x, out, lin, rows)
         return out
 
+    def _linear_nf4(self, tr: Tracer, x: Sym, lin: Lin, name: str, out_size: Size) -> Sym:
+        """torchao ``linear_nf4`` (torchtune's ``LoRALinear(quantize_base=True)`` and ``FrozenNF4Linear``):
+        ``LinearNF4.forward`` saves the NF4 weight only, never the input, and returns ``F.linear(input,
+        weight.to(input.dtype))`` — no input cast, the output in the input's dtype; backward is
+        ``grad_output @ weight.to(grad_output.dtype)`` (torchao 0.10.0 dtypes/nf4tensor.py:964-975, 0.17.0 alike).
+        Each ``.to`` dequantizes through ``get_original_weight``, whose int64 code indices make the transient
+        :func:`vramplan.dtypes.torchao_nf4_dequant_bytes` (about 14 B per weight in bf16), in forward and backward.
+        The weight was quantized in the compute dtype (torchtune builds under ``set_default_dtype``)."""
+        wq = (tr.new(f"{name} dequantized weight", Size(lin.in_f * lin.out_f), x.dtype, False),) \
+            if tr.no_grad else ()
+        out = tr.new(f"{name} output", out_size, x.dtype, True)
+        tr.op("linear_nf4", (x, *wq), (out,))
+        n = lin.in_f * lin.out_f
+        how = f"torchao NF4Tensor.get_original_weight, {self.c}" + (f", then .to({x.dtype})" if x.dtype != self.c else "")
+        tr.constants.append((f"{name} dequantized weight ({how})", torchao_nf4_dequant_bytes(n, self.c, x.dtype)))
+        tr.bwd_constants.append((f"{name} dequantized weight in backward ({how})",
+                                 torchao_nf4_dequant_bytes(n, self.c, x.dtype)))
+        return out
+
     def _dequant_4bit(self, tr: Tracer, xq: Sym, lin: Lin, name: str) -> None:
         """What ``MatMul4Bit`` keeps and dequantizes (bitsandbytes ``autograd/_functions.py``, by release; see
         ``__init__``): the input ``A`` when <= 0.43.1 saves it; in forward, ``dequantize_4bit`` in the quant-state
@@ -364,7 +388,9 @@ class Program:
     def _lora(self, tr: Tracer, x: Sym, result: Sym, lin: Lin, rows: int) -> Sym:
         name = lin.name.rpartition(".")[2]
         r = lin.lora_r
-        four_bit = lin.wdtype in ("nf4", "fp4", "awq")
+        # peft's 4-bit LoRA layers (lora/bnb.py, lora/awq.py); torchtune's LoRALinear adds lora_b(lora_a(x)) to
+        # linear_nf4's output as its plain Linear does (torchtune 0.6.1 modules/peft/lora.py:120-140)
+        four_bit = lin.wdtype in ("nf4", "fp4", "awq") and not (lin.wdtype == "nf4" and self.nf4_kernel == "torchao")
         convert = True
         if four_bit:
             if lin.wdtype != "awq":       # peft lora/awq.py AwqLoraLinear.forward has no clone

@@ -150,7 +150,8 @@ def _layers(spec: ModelSpec, placements: tuple[Placement, ...], plan: LoraPlan |
 def _placements(spec: ModelSpec, setup: Setup) -> tuple[Placement, ...]:
     """``place_weights`` depends on the method, quantization and precision only: shared by every LoRA rank,
     target set and attention kernel of a sweep (read-only)."""
-    return _PLACEMENTS.get((spec,), (setup.method, setup.quant, setup.double_quant, setup.quant_blocksize,
+    # the stack decides which library stores the nf4 weights (weights.nf4_kernel)
+    return _PLACEMENTS.get((spec,), (setup.stack, setup.method, setup.quant, setup.double_quant, setup.quant_blocksize,
                                      setup.precision, setup.kbit_prep, setup.training, setup.quant_bits,
                                      setup.quant_group, setup.quant_skip, setup.quant_head, setup.frozen_dtype),
                            lambda: tuple(place_weights(spec, setup)))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..dtypes import BYTES, alloc, bnb_4bit_parts, bnb_int8_parts
+from ..dtypes import BYTES, alloc, bnb_4bit_parts, bnb_int8_parts, torchao_nf4_parts
 from ..lora import LoraPlan
 from ..quantized import KBIT_UPCAST_SKIPPED, converted, linear_parts, setup_scheme, skipped
 from ..setup import Setup
@@ -63,6 +63,20 @@ class TrainableTensor:
     frozen: bool = False               # takes memory but gets no gradient or optimizer state
 
 
+#: the stacks whose nf4 base weights are torchao ``NF4Tensor`` s, not bitsandbytes ``Linear4bit`` s: torchtune 0.6.1
+#: builds q/k/v/o and the MLP as ``LoRALinear(quantize_base=True)`` or ``FrozenNF4Linear`` (models/llama3/
+#: _component_builders.py:265-276; modules/peft/lora.py:73-79 ``to_nf4(linear.weight)``; modules/low_precision/
+#: nf4_linear.py:50-58), and has no bitsandbytes path
+TORCHAO_NF4_STACKS = ("torchtune",)
+
+
+def nf4_kernel(setup: Setup) -> str:
+    """The library that stores and runs the nf4 base weights: ``"torchao"`` (its ``NF4Tensor`` layout, and
+    ``linear_nf4``, which saves the NF4 weight only) under the :data:`TORCHAO_NF4_STACKS`, else ``"bnb"``
+    (``Linear4bit``). :func:`place_weights` and :class:`vramplan.estimate.layers.Program` take it as an argument."""
+    return "torchao" if setup.quant == "nf4" and setup.stack in TORCHAO_NF4_STACKS else "bnb"
+
+
 def weight_component(t: Tensor) -> str:
     if t.role in OUTSIDE_LANGUAGE_MODEL:          # a multimodal checkpoint's vision tower and projector
         return f"weights/{t.role}"
@@ -97,8 +111,12 @@ def quantizable(t: Tensor, spec: ModelSpec, skip: tuple[str, ...] = (), quant: s
             and not (skip and skipped(t.module, skip)) and (quant != "gptq" or t.layer is not None))
 
 
-def place_weights(spec: ModelSpec, setup: Setup) -> list[Placement]:
-    """Every non-tied weight tensor of the base model with its dtype and allocations."""
+def place_weights(spec: ModelSpec, setup: Setup, kernel: str | None = None) -> list[Placement]:
+    """Every non-tied weight tensor of the base model with its dtype and allocations; ``kernel``: the nf4
+    library (:func:`nf4_kernel`, its default): ``"torchao"`` stores each nf4 weight as an ``NF4Tensor`` of the
+    compute dtype (:func:`vramplan.dtypes.torchao_nf4_parts`; torchtune builds the model under
+    ``set_default_dtype(bf16)``, recipes/lora_finetune_single_device.py:431)."""
+    kernel = nf4_kernel(setup) if kernel is None else kernel
     out: list[Placement] = []
     quant = setup.quant if setup.quantized else "none"
     scheme = setup_scheme(setup, spec.config) if setup.quantized else None
@@ -116,7 +134,11 @@ def place_weights(spec: ModelSpec, setup: Setup) -> list[Placement]:
             if scheme is not None and not setup.bnb:
                 out.append(Placement(t, quant, quant, False, tuple(linear_parts(scheme, t.shape[0], t.shape[1]))))
                 continue
-            if quant in ("nf4", "fp4"):
+            if quant == "nf4" and kernel == "torchao":
+                p = torchao_nf4_parts(t.numel, setup.compute_dtype, setup.quant_blocksize)
+                parts = [("weights/quantized", p.pop("quantized_data"))] + \
+                    [("weights/quant_constants", b) for b in p.values()]
+            elif quant in ("nf4", "fp4"):
                 p = bnb_4bit_parts(t.numel, setup.quant_blocksize, setup.double_quant)
                 parts = [("weights/quantized", p.pop("packed"))] + [("weights/quant_constants", b) for b in p.values()]
             else:
