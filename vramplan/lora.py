@@ -734,8 +734,14 @@ def _rank(cfg: _Peft, key: str, r: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------- planning
-def plan_lora(spec: ModelSpec, config: LoraConfig) -> LoraPlan:
+def plan_lora(spec: ModelSpec, config: LoraConfig, frozen_roles: tuple[str, ...] = ()) -> LoraPlan:
     """Resolve targets on ``spec`` the way ``get_peft_model`` does and count parameters.
+
+    ``frozen_roles``: parts of a multimodal checkpoint that do not train (``--train-vision``: ``vision_tower``,
+    ``vision_projector``); their modules are left out of any target, as LLaMA-Factory 0.9.6
+    ``model/model_utils/visual.py patch_target_modules`` drops the frozen parts' modules and ms-swift 4.6
+    ``utils/transformers_utils.py get_multimodal_target_regex`` builds ``all-linear`` from the trained parts only.
+    PEFT's own ``all-linear`` (``_maybe_include_all_linear_layers``) takes every Linear, the vision tower's too.
 
     Raises:
         TargetError: wherever ``get_peft_model`` raises: no module matches, a matched module is of a type
@@ -784,8 +790,9 @@ def plan_lora(spec: ModelSpec, config: LoraConfig) -> LoraPlan:
 
     # -- modules (named_modules order)
     chosen: list[str] = []
+    frozen = {m.name for m in spec.modules() if m.role in frozen_roles} if frozen_roles else set()
     for name in tree.names:
-        if not _target_matches(cfg, name):
+        if name in frozen or not _target_matches(cfg, name):
             continue
         _check_mamba_target(spec, name, config)
         mtype = tree.mtype(name)

@@ -77,7 +77,7 @@ class LayerActivations:
     ``resid_dtype`` and ``logits_dtype``) under ``setup``'s checkpointing, loss, compute dtype and offloading."""
 
     __slots__ = ("traces", "head", "resid_k", "num_layers", "grad_ckpt", "dequant", "loss_args", "offload",
-                 "head_dequant")
+                 "head_dequant", "vision")
 
     def __init__(self, spec: ModelSpec, setup: Setup, layout: Any) -> None:
         distinct = {id(tr): tr for tr in layout.layer_traces}
@@ -106,6 +106,7 @@ class LayerActivations:
                           setup.autocast, BYTES[layout.resid_dtype], head_bytes,
                           bool(head is not None and head.trainable))
         self.offload = OFFLOADERS.index(offloader(setup))
+        self.vision = getattr(layout, "vision", None)     # a multimodal step's tower and projector (vision.py)
 
     def head_moments(self, tokens: int) -> tuple[int, int]:
         """A quantized output head's matmul at ``tokens``, forward and backward: its output logits (or their
@@ -118,8 +119,14 @@ class LayerActivations:
         logits = alloc(tokens * vocab * logits_b)
         return logits + hf, logits + hb + alloc(tokens * hidden * compute_b)
 
-    def at(self, batch: int, seq: int) -> ActTerms:
-        """The terms at ``batch`` sequences of ``seq`` tokens."""
+    def vision_at(self, batch: int, seq: int, images: int) -> tuple[int, int]:
+        """The vision tower's and the projector's (with the merge's) saves at ``images`` images per sequence."""
+        if self.vision is None or not images:
+            return 0, 0
+        return self.vision.at(batch * images, batch * seq, self.grad_ckpt)
+
+    def at(self, batch: int, seq: int, images: int = 0) -> ActTerms:
+        """The terms at ``batch`` sequences of ``seq`` tokens (``images`` of them per sequence: vision.py)."""
         T, bss = batch * seq, batch * seq * seq
         ckpt = self.grad_ckpt
         resid = alloc(T * self.resid_k)
@@ -164,5 +171,7 @@ class LayerActivations:
                 gpu_acts = bwd_acts = resid                  # the last layer's input is not offloaded
                 buffers = 2 * alloc(store)
                 offloaded = (self.num_layers - 1) * store
+        vision = sum(self.vision_at(batch, seq, images)) if images else 0
         return _new(ActTerms, (gpu_acts, alloc_sum(self.head, T, bss), saved, fwd, bwd, fwd_tmp, self.dequant,
-                               bwd_ws, recompute, resid, first_saved, kept, stash, bwd_acts, buffers, offloaded))
+                               bwd_ws, recompute, resid, first_saved, kept, stash, bwd_acts, buffers, offloaded,
+                               vision))

@@ -45,6 +45,9 @@ from .result import BreakdownError, Component, Estimate
 from .states import ModelStates, model_states
 from .structure import CATEGORY, Structure
 from .timeline import PHASES, ActTerms, peak_of, phase_peaks
+from .vision import images as vision_images
+from .vision import vision_items
+from .vision import warnings as vision_warnings
 
 
 def _fmt(n: int) -> str:
@@ -75,7 +78,7 @@ def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0, *, de
         return _inference(spec, setup, d, gpu, margin, quant_notes)
     if setup.optim_in_bwd:      # the step in backward: one gradient at a time (optimizer.py step_timeline)
         d = replace(d, timeline=step_timeline(d.timeline, d.structure.trainables, setup, d.rank is not None))
-    a = d.activations.at(setup.batch, setup.seq)
+    a = d.activations.at(setup.batch, setup.seq, vision_images(spec, setup))
     peaks = phase_peaks(d.timeline, a)
     peak, phase = peak_of(peaks)
     phases = dict(zip(PHASES, peaks[:4], strict=True))
@@ -120,6 +123,8 @@ def _training_items(spec: ModelSpec, setup: Setup, d: ModelStates, a: ActTerms, 
             phase, ts.casts_backward + (ts.casts_layer if ckpt else 0))
         if live:
             items.append(_autocast_copies(setup, d, live))
+    if a.vision:      # the vision saves: made before the first decoder layer, freed after its backward
+        items += vision_items(spec, setup, d.activations)
     if phase in ("forward", "backward"):
         items += _layer_activations(spec, setup, d, a)
         items += [_head_activations(spec, setup, d, a), ("logits/log_softmax", a.logits_saved, _loss(spec, setup, d))]
@@ -547,6 +552,7 @@ def warnings_for(spec: ModelSpec, setup: Setup) -> list[str]:
     if not setup.training:
         w += inference_warnings(spec, setup)
     w += list(spec.notes)       # what the shapes say a plan of this model does not model (a vision tower, ...)
+    w += vision_warnings(spec, setup)
     if spec.max_position_embeddings and setup.seq > spec.max_position_embeddings:
         w.append(f"--seq {setup.seq} exceeds the model's max_position_embeddings {spec.max_position_embeddings}")
     if not setup.training and (setup.gpus > 1 or setup.strategy != "ddp") and setup.device_map == "none":

@@ -23,6 +23,7 @@ from .inference import inference_bytes
 from .optimizer import step_timeline
 from .states import model_states
 from .timeline import peak_of, phase_peaks
+from .vision import images as vision_images
 
 
 class Counters(NamedTuple):
@@ -73,8 +74,9 @@ def estimate_counters(spec: ModelSpec, setup: Setup, batches_seqs: Sequence[tupl
     outside = sum(c.bytes for c in rank.device) if rank is not None else 0                  # type: ignore
     device_extra = ctx + d.opt_paged + outside
     states, at = step_timeline(d.timeline, d.structure.trainables, setup, rank is not None), d.activations.at
+    n_img = vision_images(spec, setup)
     for b, s in batches_seqs:
-        peak, phase = peak_of(phase_peaks(states, at(b, s)))
+        peak, phase = peak_of(phase_peaks(states, at(b, s, n_img)))
         reserved = peak + frag(peak)
         append(Counters(peak, reserved, reserved + device_extra, phase))
     return out

@@ -21,7 +21,15 @@ from ..setup import Setup
 from ..shapes.spec import ModelSpec
 from .graph import Size, Storage, Tracer, prune, tok
 from .layers import LayerInfo, Program, UnknownLayout, build_layers
-from .weights import Placement, TrainableTensor, adapter_tensors, place_weights, trainable_tensors
+from .vision import VisionTrace, image_features_require_grad, vision_trace
+from .weights import (
+    Placement,
+    TrainableTensor,
+    adapter_tensors,
+    frozen_vision_roles,
+    place_weights,
+    trainable_tensors,
+)
 
 #: the program section that saved a storage -> its component
 CATEGORY = {"attention": "activations/attention", "mlp": "activations/mlp", "norms": "activations/norms",
@@ -112,6 +120,7 @@ class Structure:
     logits_dtype: str
     params_trainable: int = 0                  # PEFT's counts (LoraPlan sums them on every access)
     params_total: int = 0
+    vision: VisionTrace | None = None           # a multimodal checkpoint's tower and projector replay (vision.py)
 
 
 def _resid_dtype(spec: ModelSpec, placements: list[Placement], setup: Setup) -> str:
@@ -133,10 +142,10 @@ def static_structure(spec: ModelSpec, setup: Setup) -> Structure:
     return _STATIC_CACHE.get((spec,), (setup,), lambda: _buildstatic_structure(spec, setup))
 
 
-def _lora_plan(spec: ModelSpec, config: LoraConfig) -> LoraPlan:
-    """``plan_lora`` depends on the spec and the LoRA config only: shared by every precision, attention kernel,
-    optimizer and checkpointing choice of a sweep."""
-    return _LORA_PLANS.get((spec,), (config,), lambda: plan_lora(spec, config))
+def _lora_plan(spec: ModelSpec, config: LoraConfig, frozen: tuple[str, ...] = ()) -> LoraPlan:
+    """``plan_lora`` depends on the spec, the LoRA config and the frozen vision parts only: shared by every
+    precision, attention kernel, optimizer and checkpointing choice of a sweep."""
+    return _LORA_PLANS.get((spec,), (config, frozen), lambda: plan_lora(spec, config, frozen))
 
 
 def _layers(spec: ModelSpec, placements: tuple[Placement, ...], plan: LoraPlan | None,
@@ -153,12 +162,14 @@ def _placements(spec: ModelSpec, setup: Setup) -> tuple[Placement, ...]:
     # the stack decides which library stores the nf4 weights (weights.nf4_kernel)
     return _PLACEMENTS.get((spec,), (setup.stack, setup.method, setup.quant, setup.double_quant, setup.quant_blocksize,
                                      setup.precision, setup.kbit_prep, setup.training, setup.quant_bits,
-                                     setup.quant_group, setup.quant_skip, setup.quant_head, setup.frozen_dtype),
+                                     setup.quant_group, setup.quant_skip, setup.quant_head, setup.frozen_dtype,
+                                     setup.train_vision),
                            lambda: tuple(place_weights(spec, setup)))
 
 
 def _buildstatic_structure(spec: ModelSpec, setup: Setup) -> Structure:
-    plan = _lora_plan(spec, setup.lora) if setup.method in ("lora", "qlora") and setup.lora is not None else None
+    plan = _lora_plan(spec, setup.lora, frozen_vision_roles(setup) if spec.is_multimodal else ()) \
+        if setup.method in ("lora", "qlora") and setup.lora is not None else None
     placements = _placements(spec, setup)
     adapters = adapter_tensors(plan, placements, setup)
     trainables = trainable_tensors(placements, adapters, plan)
@@ -168,6 +179,10 @@ def _buildstatic_structure(spec: ModelSpec, setup: Setup) -> Structure:
     cache: dict[tuple, LayerTrace] = {}
     traces = []
     embed_rg = _embedding_output_requires_grad(spec, setup, plan, placements)
+    text_rg = embed_rg
+    # image features that need a gradient make layer 0's input need one (masked_scatter's source)
+    if setup.image_tokens and image_features_require_grad(spec, setup, placements, plan):
+        embed_rg = True
     for layer in layers:
         input_rg = embed_rg or layer.index > 0
         key = (_layer_key(layer), input_rg)
@@ -181,10 +196,12 @@ def _buildstatic_structure(spec: ModelSpec, setup: Setup) -> Structure:
         traces.append(cache[key])
     head = _trace_head(spec, setup, placements, program, resid)
     logits_dtype = setup.compute_dtype if setup.autocast else _head_dtype(spec, placements, resid)
-    trainable = plan.trainable if plan is not None else (spec.params_total if setup.method == "full" else 0)
+    trainable = plan.trainable if plan is not None else \
+        (sum(p.numel for p in placements if p.trainable) if setup.method == "full" else 0)
     total = plan.total if plan is not None else spec.params_total
+    vision = vision_trace(spec, setup, placements, plan, text_rg) if spec.is_multimodal else None
     return Structure(plan, tuple(placements), tuple(adapters), tuple(trainables), tuple(traces), resid, head,
-                   logits_dtype, trainable, total)
+                   logits_dtype, trainable, total, vision)
 
 
 def _calibrated_trace(spec: ModelSpec, setup: Setup, resid: str, cause: BaseException) -> LayerTrace:
@@ -282,7 +299,9 @@ def structural_setup(setup: Setup) -> Setup:
     if hit is None:
         if len(_STRUCTURAL) > 65536:
             _STRUCTURAL.clear()
-        hit = setup if (setup.batch, setup.seq) == (1, 1) else replace(setup, batch=1, seq=1, new_tokens=0)
+        # --image-tokens: only whether there are any is structural (layer 0's input may then need a gradient)
+        hit = setup if (setup.batch, setup.seq, setup.image_tokens) in ((1, 1, 0), (1, 1, 1)) \
+            else replace(setup, batch=1, seq=1, new_tokens=0, image_tokens=min(setup.image_tokens, 1))
         _STRUCTURAL[setup] = hit
     return hit
 

@@ -68,6 +68,7 @@ class ActTerms(NamedTuple):
     bwd_layer_acts: int = 0  # the layer activations on the GPU at the last layer's backward (= layer_acts unless offloaded)
     buffers: int = 0       # offloading: persistent device staging buffers (alive in every phase)
     offloaded: int = 0     # offloading: bytes of activations moved to CPU memory (not on the GPU)
+    vision: int = 0        # a multimodal step's vision tower and projector saves: made first, freed last (vision.py)
 
 
 def phase_peaks(s: StateTerms, a: ActTerms) -> tuple[int, int, int, int, bool]:
@@ -76,8 +77,9 @@ def phase_peaks(s: StateTerms, a: ActTerms) -> tuple[int, int, int, int, bool]:
     (base, casts, casts_bwd, casts_layer, grad_head, grad_layers, grads_step, opt_tmp, buf, n_layers, ckpt,
      step) = s
     (layer_acts, head_saved, logits_saved, loss_fwd_tmp, loss_bwd_tmp, fwd_tmp, dequant, bwd_ws, recompute,
-     resid, first_layer_acts, kept, stash, bwd_layer_acts, buffers, _) = a
-    acts_total = layer_acts + head_saved + logits_saved
+     resid, first_layer_acts, kept, stash, bwd_layer_acts, buffers, _, vision) = a
+    # the vision saves are made before the first decoder layer runs and freed after the last one's backward
+    acts_total = layer_acts + head_saved + logits_saved + vision
     live = kept + buffers
     tmp = fwd_tmp + dequant + stash
     forward = base + casts + acts_total + live + (loss_fwd_tmp if loss_fwd_tmp > tmp else tmp) + buf[0]
@@ -91,7 +93,7 @@ def phase_peaks(s: StateTerms, a: ActTerms) -> tuple[int, int, int, int, bool]:
         first = casts_bwd + bwd_layer_acts + head_saved + grad_head + bwd_ws + grad_layers // (n_layers or 1) + step
         last = first_layer_acts + recompute + grad_head + grad_layers + bwd_ws + casts_layer + step
     at_start = first >= last
-    layers = base + live + (first if at_start else last) + buf[2]
+    layers = base + live + vision + (first if at_start else last) + buf[2]
     return forward, backward, layers, base + live + grads_step + opt_tmp + buf[3], at_start
 
 

@@ -77,6 +77,16 @@ def nf4_kernel(setup: Setup) -> str:
     return "torchao" if setup.quant == "nf4" and setup.stack in TORCHAO_NF4_STACKS else "bnb"
 
 
+#: ``--train-vision`` value -> the roles of a multimodal checkpoint that do not train (``vision.py``)
+FROZEN_VISION: dict[str, tuple[str, ...]] = {"all": (), "projector": ("vision_tower",),
+                                             "none": ("vision_tower", "vision_projector")}
+
+
+def frozen_vision_roles(setup: Setup) -> tuple[str, ...]:
+    """The roles ``--train-vision`` freezes (none when nothing trains)."""
+    return FROZEN_VISION.get(setup.train_vision, ()) if setup.training else ()
+
+
 def weight_component(t: Tensor) -> str:
     if t.role in OUTSIDE_LANGUAGE_MODEL:          # a multimodal checkpoint's vision tower and projector
         return f"weights/{t.role}"
@@ -124,6 +134,7 @@ def place_weights(spec: ModelSpec, setup: Setup, kernel: str | None = None) -> l
     # peft prepare_model_for_kbit_training leaves a GPTQ model's dtypes alone (KBIT_UPCAST_SKIPPED)
     kbit_prep = setup.quantized and setup.training and setup.kbit_prep and quant not in KBIT_UPCAST_SKIPPED
     quantized_modules = set()
+    frozen_vision = frozen_vision_roles(setup)
     for t in spec.tensors:
         if t.tied_to is not None:
             continue
@@ -146,8 +157,10 @@ def place_weights(spec: ModelSpec, setup: Setup, kernel: str | None = None) -> l
                 parts = [("weights/quantized", p["packed"]), ("weights/quant_constants", p["scb"])]
             out.append(Placement(t, quant, quant, False, tuple(parts)))
             continue
-        if setup.method == "full":
+        if setup.method == "full" and t.role not in frozen_vision:
             dtype, trainable = setup.trainable_dtype, True
+        elif setup.method == "full":     # --train-vision: a frozen part stays in the base dtype, untrained
+            dtype, trainable = setup.base_dtype, False
         else:
             dtype, trainable = setup.base_dtype, False
             if kbit_prep and dtype in ("bf16", "fp16"):

@@ -1,0 +1,192 @@
+"""Multimodal plans (issue 16): ``--image-tokens`` and ``--train-vision`` on Gemma3ForConditionalGeneration.
+
+The vision saves are checked against real torch: a tiny ``Gemma3ForConditionalGeneration`` (transformers 5.24,
+SigLIP tower, random weights) runs a forward pass with ``pixel_values`` on this CPU inside a
+``torch.autograd.graph.saved_tensors_hooks`` that records, between the vision tower's forward pre-hook and the
+projector's forward hook, every tensor autograd saves (distinct storages by ``untyped_storage().data_ptr()``,
+sized by ``untyped_storage().nbytes()``, parameters left out: saving a weight costs no memory). That is what the
+tower and the projector keep for backward; the estimator's number is the un-rounded sum of the vision trace's
+saved storages (``vramplan/estimate/vision.py``).
+
+Precision 32-true only: CPU ``native_layer_norm`` keeps mean/rstd in the input dtype and CPU autocast runs
+``layer_norm`` in the autocast dtype, where CUDA keeps fp32 (see tests/estimate/test_activations_vs_torch.py); in
+fp32 the two agree, so the comparison is exact. On CPU sdpa dispatches
+``_scaled_dot_product_flash_attention_for_cpu`` (q, k, v, output, logsumexp saved), the set CUDA flash saves.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from vramplan.errors import SetupError
+from vramplan.estimate.estimator import estimate
+from vramplan.estimate.structure import static_structure, structural_setup
+from vramplan.lora import LoraConfig, plan_lora
+from vramplan.setup import Setup
+from vramplan.shapes import spec_from_config
+
+V_HIDDEN, V_INTER, V_LAYERS, V_HEADS, IMAGE, PATCH, TPI = 32, 64, 2, 2, 32, 4, 16
+IMAGE_TOKEN = 100
+TINY = {
+    "model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"], "mm_tokens_per_image": TPI,
+    "image_token_id": IMAGE_TOKEN, "boi_token_id": 101, "eoi_token_id": 102, "tie_word_embeddings": True,
+    "text_config": {"model_type": "gemma3_text", "hidden_size": 64, "intermediate_size": 128,
+                    "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+                    "vocab_size": 128, "max_position_embeddings": 256, "sliding_window": 16,
+                    "attention_dropout": 0.0, "use_cache": False},
+    "vision_config": {"model_type": "siglip_vision_model", "hidden_size": V_HIDDEN, "intermediate_size": V_INTER,
+                      "num_hidden_layers": V_LAYERS, "num_attention_heads": V_HEADS, "image_size": IMAGE,
+                      "patch_size": PATCH, "vision_use_head": False, "attention_dropout": 0.0},
+}
+PATCHES = (IMAGE // PATCH) ** 2        # 64 patches per image, pooled 2x2 to 16 tokens
+
+
+def _spec():
+    return spec_from_config(TINY, "tiny-gemma3-mm")
+
+
+def _setup(method: str, train_vision: str, **kw) -> Setup:
+    lora = LoraConfig(targets=("all-linear",), r=4) if method == "lora" else None
+    return Setup(method=method, precision="32-true", batch=2, seq=48, image_tokens=2 * TPI,
+                 train_vision=train_vision, lora=lora, **kw)
+
+
+def _estimated(spec, setup: Setup) -> tuple[int, int]:
+    """The vision trace's saves at the setup's images, un-rounded: (tower, projector)."""
+    vt = static_structure(spec, structural_setup(setup)).vision
+    n_img = setup.batch * setup.image_tokens // TPI
+    P = n_img * vt.tower.patches
+
+    def total(terms, tokens, bss):
+        return sum(c + a * tokens + q * bss for c, a, q in terms)
+
+    tower = ((vt.layers - 1) * total(vt.layer, P, P * vt.tower.patches) + total(vt.first, P, P * vt.tower.patches)
+             + total(vt.tower_other, P, P * vt.tower.patches))
+    it = n_img * TPI
+    return tower, total(vt.projector, it, it * TPI) + P * vt.pool_input
+
+
+def _measured(method: str, train_vision: str) -> tuple[int, int]:
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.Gemma3Config(**{k: v for k, v in TINY.items() if k != "architectures"})
+    cfg._attn_implementation = "sdpa"
+    model = transformers.Gemma3ForConditionalGeneration(cfg).float().train()
+    m = model.model
+    if method == "lora":
+        peft = pytest.importorskip("peft")
+        frozen = {"all": (), "projector": ("vision_tower",), "none": ("vision_tower", "multi_modal_projector")}
+        names = [n for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear) and n != "lm_head"
+                 and not any(f".{p}." in f".{n}." for p in frozen[train_vision])]
+        model = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=names))
+    else:
+        frozen = {"all": (), "projector": (m.vision_tower,), "none": (m.vision_tower, m.multi_modal_projector)}
+        for part in frozen[train_vision]:
+            part.requires_grad_(False)
+    # parameters and buffers (SigLIP's position_ids, saved by the embedding's backward) cost no activation memory
+    params = {p.untyped_storage().data_ptr() for p in (*model.parameters(), *model.buffers())}
+    seen: dict[str, dict[int, int]] = {"tower": {}, "projector": {}}
+    where = [None]
+    m.vision_tower.register_forward_pre_hook(lambda *a: where.__setitem__(0, "tower"))
+    m.multi_modal_projector.register_forward_pre_hook(lambda *a: where.__setitem__(0, "projector"))
+    m.multi_modal_projector.register_forward_hook(lambda *a: where.__setitem__(0, None))
+
+    def pack(t):
+        if where[0] is not None:
+            p = t.untyped_storage().data_ptr()
+            if p not in params:
+                seen[where[0]][p] = t.untyped_storage().nbytes()
+        return t
+
+    batch, seq, n_img = 2, 48, 2
+    ids = torch.randint(0, 99, (batch, seq))
+    ids[:, 4:4 + n_img * TPI] = IMAGE_TOKEN
+    pixel = torch.randn(batch * n_img, 3, IMAGE, IMAGE)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(input_ids=ids, pixel_values=pixel, labels=ids)
+    out.loss.backward()
+    return sum(seen["tower"].values()), sum(seen["projector"].values())
+
+
+CASES = [("full", "all"), ("full", "projector"), ("full", "none"),
+         ("lora", "all"), ("lora", "projector"), ("lora", "none")]
+
+
+@pytest.mark.parametrize(("method", "train_vision"), CASES)
+def test_vision_saves_equal_torch(method: str, train_vision: str) -> None:
+    spec = _spec()
+    assert _estimated(spec, _setup(method, train_vision)) == _measured(method, train_vision)
+
+
+# expected from first principles (fp32, batch 2 × 2 images × 64 patches = 256 patch rows, 64 pooled tokens):
+# a trained tower saves per encoder layer 2 LayerNorm inputs + mean + rstd, q/k/v/attention output + logsumexp,
+# fc1's input, the GELU input, fc2's input; a frozen tower (nothing upstream needs a gradient) saves nothing
+def test_frozen_tower_saves_nothing() -> None:
+    spec = _spec()
+    for method in ("full", "lora"):
+        for tv in ("projector", "none"):
+            assert _estimated(spec, _setup(method, tv))[0] == 0
+    assert _estimated(spec, _setup("full", "none"))[1] == 0
+
+
+def test_trained_tower_layer_from_first_principles() -> None:
+    rows, f32 = 2 * 2 * PATCHES, 4
+    # rows × width: layer_norm1's input and output (the q/k/v input), q, k, v, the attention output (out_proj's
+    # input is a view of it), layer_norm2's input and output (fc1's input); rows × MLP width: fc1's output (the
+    # GELU input) and the GELU output (fc2's input); per row: two mean/rstd pairs and the per-head logsumexp
+    layer = (8 * rows * V_HIDDEN + 2 * rows * V_INTER + 4 * rows + rows * V_HEADS) * f32
+    conv = rows * 3 * PATCH * PATCH * f32                        # patch_embedding's input, per patch
+    post = (rows * V_HIDDEN + 2 * rows) * f32                    # post_layernorm's input, mean, rstd
+    assert _estimated(_spec(), _setup("full", "all"))[0] == V_LAYERS * layer + conv + post
+
+
+def test_train_vision_freezes_weights_and_targets() -> None:
+    spec = _spec()
+    parts = spec.params_by_component()
+    full = {tv: estimate(spec, _setup("full", tv)).params_trainable for tv in ("all", "projector", "none")}
+    assert full["all"] == spec.params_total
+    assert full["projector"] == spec.params_total - parts["vision_tower"]
+    assert full["none"] == parts["language_model"]
+    # PEFT's all-linear takes the tower's Linears too; --train-vision drops them
+    adapted = {tv: {a.module for a in plan_lora(spec, LoraConfig(targets=("all-linear",)), roles).adapters}
+               for tv, roles in (("all", ()), ("none", ("vision_tower", "vision_projector")))}
+    assert any(".vision_tower." in m for m in adapted["all"])
+    assert not any(".vision_tower." in m for m in adapted["none"])
+
+
+def test_image_tokens_must_fill_whole_images() -> None:
+    with pytest.raises(SetupError, match="multiple of 16"):
+        estimate(_spec(), _setup("lora", "all").with_(image_tokens=20))
+
+
+def test_text_model_warns() -> None:
+    from vramplan.profiles import resolve_model
+
+    spec = resolve_model("qwen2.5-0.5b").spec
+    est = estimate(spec, Setup(method="lora", seq=512, image_tokens=256))
+    assert any("no vision tower" in w for w in est.warnings)
+
+
+@pytest.mark.parametrize("train_vision", ["all", "projector", "none"])
+def test_lora_trainable_equals_peft(train_vision: str) -> None:
+    """PEFT 0.21.2 on the real tiny model: ``all-linear`` (``_maybe_include_all_linear_layers``: every Linear but
+    the output embedding, the SigLIP tower's included) for ``all``; for the frozen variants the Linear names
+    outside the frozen parts, as LLaMA-Factory's ``patch_target_modules`` passes them."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    cfg = transformers.Gemma3Config(**{k: v for k, v in TINY.items() if k != "architectures"})
+    with torch.device("meta"):
+        model = transformers.Gemma3ForConditionalGeneration(cfg)
+    frozen = {"all": (), "projector": ("vision_tower",), "none": ("vision_tower", "multi_modal_projector")}
+    if train_vision == "all":
+        targets = "all-linear"
+    else:
+        targets = [n for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear) and n != "lm_head"
+                   and not any(f".{p}." in f".{n}." for p in frozen[train_vision])]
+    pm = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=targets))
+    trainable, _ = pm.get_nb_trainable_parameters()
+    tower_adapted = any(".vision_tower." in n and "lora_A" in n for n, _ in pm.named_parameters())
+    assert tower_adapted == (train_vision == "all")
+    assert estimate(_spec(), _setup("lora", train_vision)).params_trainable == trainable

@@ -1,0 +1,339 @@
+"""The vision side of a multimodal training step: which parts train (``--train-vision``), how many images the
+``--image-tokens`` stand for, and what the vision tower and projector save for backward — replayed on the same
+symbolic tracer as the decoder layers (``layers.py`` on ``graph.py``), not by separate formulas.
+
+Modelled: ``Gemma3ForConditionalGeneration`` (transformers 5.24 ``models/gemma3/modeling_gemma3.py``):
+
+* ``Gemma3Model.forward`` -> ``get_image_features``: ``self.vision_tower(pixel_values=...)`` (SigLIP,
+  ``models/siglip/modeling_siglip.py``), then ``Gemma3MultiModalProjector.forward`` on its ``last_hidden_state``,
+  then ``inputs_embeds.masked_scatter(special_image_mask, image_features)``; ``get_placeholder_mask`` requires
+  ``image tokens == images × mm_tokens_per_image`` (default 256, ``configuration_gemma3.py``), so
+  ``--image-tokens`` must be a multiple of it.
+* ``SiglipVisionEmbeddings.forward``: ``patch_embedding`` (``nn.Conv2d``, stride = patch) on
+  ``pixel_values.to(patch_embedding.weight.dtype)`` -> ``(image_size // patch_size) ** 2`` patches per image,
+  ``+ position_embedding``; ``SiglipEncoderLayer.forward`` (a ``GradientCheckpointingLayer``): pre-LN
+  ``layer_norm1`` -> ``SiglipAttention`` (biased q/k/v/out, ``is_causal=False``, no mask) -> residual ->
+  ``layer_norm2`` -> ``SiglipMLP`` (``fc1`` -> ``gelu_pytorch_tanh`` -> ``fc2``) -> residual;
+  ``SiglipVisionTransformer.forward``: ``post_layernorm`` (Gemma-3's configs set ``vision_use_head: false``).
+  Replayed with ``layers.py Program.layer`` on the tower's dimensions (LayerNorm, no rotary, no cache).
+* ``Gemma3MultiModalProjector.forward``: ``transpose``/``reshape``/``contiguous`` (a copy of the tower output),
+  ``AvgPool2d`` (saves that copy when the tower's output needs a gradient: ``derivatives.yaml`` ``avg_pool2d``
+  keeps ``self``; measured), ``mm_soft_emb_norm`` (``Gemma3RMSNorm``),
+  ``torch.matmul(normed, mm_input_projection_weight)``, ``type_as``. Replayed with ``Program.norm`` /
+  ``Program.linear`` at the image tokens.
+
+What autograd keeps depends on what trains: a tower whose parameters and inputs need no gradient runs without
+recording a graph (only its output, ``last_hidden_state``, enters the projector); a frozen projector on such a
+tower saves nothing either and the image features enter ``masked_scatter`` as a constant. ``masked_scatter``
+saves its bool mask (``derivatives.yaml``: ``masked_scatter``) whenever its input or its source needs a gradient.
+With gradient checkpointing the tower's encoder layers save their inputs only, as the decoder layers do
+(``GradientCheckpointingLayer``; transformers' ``gradient_checkpointing_enable`` sets every such module).
+
+The vision activations are made first in forward and freed last in backward (the tower's backward runs after
+every decoder layer's): they are alive at every activation moment of the timeline (``timeline.py``).
+
+Not modelled (a warning): LLaVA, Qwen2-VL / Qwen2.5-VL, Mllama, Llama 4 and other multimodal classes' vision
+activations; the tower's own forward transients (its peak comes before the decoder's activations exist); the
+``pixel_values`` batch itself (an input, as ``input_ids`` are); Gemma-3's bidirectional image-token attention
+mask in training (``token_type_ids``), which would rule out the flash kernel for the text layers.
+
+``--train-vision`` (what of the vision side ``--method`` trains): ``all`` (tower and projector, as the text
+model), ``projector`` (tower frozen), ``none`` (both frozen; LLaMA-Factory 0.9.6 ``freeze_vision_tower`` /
+``freeze_multi_modal_projector`` default True, ``hparams/finetuning_args.py:546-553``; ms-swift 4.6
+``freeze_vit`` / ``freeze_aligner`` default True, ``swift/arguments/tuner_args.py:123-124``). A frozen part keeps
+its weights in the base dtype with no gradient or optimizer state (full fine-tuning: LLaMA-Factory
+``model/adapter.py:38-54 _setup_full_tuning`` casts only the trainable parameters to fp32) and is no LoRA
+target (LoRA: LLaMA-Factory ``model/model_utils/visual.py patch_target_modules`` drops the frozen parts' modules
+from any target list; ms-swift ``utils/transformers_utils.py get_multimodal_target_regex`` builds ``all-linear``
+from the trainable parts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from ..dtypes import BYTES, alloc, alloc_sum
+from ..errors import SetupError
+from ..setup import Setup
+from ..shapes.spec import ModelSpec
+from .graph import Tracer, tok
+from .layers import LayerInfo, Lin, Norm, Program
+
+if TYPE_CHECKING:
+    from ..lora import LoraPlan
+    from .weights import Placement
+
+#: multimodal model types whose vision forward is replayed (this module)
+MODELLED = ("gemma3",)
+
+#: ``Gemma3Config.mm_tokens_per_image`` default (transformers 5.24 ``models/gemma3/configuration_gemma3.py``)
+GEMMA3_TOKENS_PER_IMAGE = 256
+
+
+@dataclass(frozen=True)
+class Tower:
+    """A vision tower's dimensions, read from the checkpoint's ``vision_config`` (SigLIP defaults)."""
+
+    hidden: int
+    intermediate: int
+    heads: int
+    layers: int
+    patches: int             # encoder sequence per image: (image_size // patch_size) ** 2
+    tokens_per_image: int    # language-model tokens per image (mm_tokens_per_image)
+    act: str
+
+
+def tower_of(spec: ModelSpec) -> Tower | None:
+    """The modelled tower of ``spec`` (``None``: a text model, or a multimodal class not modelled)."""
+    if spec.model_type not in MODELLED or not spec.is_multimodal:
+        return None
+    from ..shapes.from_config import SIGLIP_VISION_DEFAULTS
+
+    vision = spec.config.get("vision_config") or {}
+
+    def get(key: str) -> Any:
+        v = vision.get(key)
+        return SIGLIP_VISION_DEFAULTS[key] if v is None else v
+
+    per_side = int(get("image_size")) // int(get("patch_size"))
+    tpi = int(spec.config.get("mm_tokens_per_image") or GEMMA3_TOKENS_PER_IMAGE)
+    return Tower(int(get("hidden_size")), int(get("intermediate_size")), int(get("num_attention_heads")),
+                 int(get("num_hidden_layers")), per_side * per_side, tpi,
+                 str(vision.get("hidden_act") or "gelu_pytorch_tanh"))
+
+
+def images(spec: ModelSpec, setup: Setup) -> int:
+    """Images per sequence that ``--image-tokens`` stand for (0 when none or not modelled)."""
+    tower = tower_of(spec)
+    if tower is None or not setup.image_tokens:
+        return 0
+    n, rest = divmod(setup.image_tokens, tower.tokens_per_image)
+    if rest:
+        raise SetupError(f"--image-tokens {setup.image_tokens}: {spec.architecture} puts {tower.tokens_per_image} "
+                         "tokens per image (mm_tokens_per_image; get_placeholder_mask requires tokens = images × "
+                         f"{tower.tokens_per_image}), so it must be a multiple of {tower.tokens_per_image}")
+    return n
+
+
+def warnings(spec: ModelSpec, setup: Setup) -> list[str]:
+    """What the plan cannot say about the vision side, one line each."""
+    out = []
+    if setup.image_tokens and not spec.is_multimodal:
+        out.append(f"--image-tokens {setup.image_tokens}: {spec.architecture or spec.model_type} has no vision tower "
+                   "in this plan; the tokens count as text tokens of --seq")
+    elif setup.image_tokens and tower_of(spec) is None:
+        out.append(f"--image-tokens {setup.image_tokens}: the vision activations of {spec.architecture} are not "
+                   f"modelled (modelled: Gemma3ForConditionalGeneration); its tower and projector are weights "
+                   f"(trained per --train-vision {setup.train_vision}), the image tokens text tokens of --seq")
+    if setup.train_vision != "all" and not spec.is_multimodal and setup.training:
+        out.append(f"--train-vision {setup.train_vision}: {spec.architecture or spec.model_type} has no vision "
+                   "tower or projector; nothing changes")
+    return out
+
+
+# ------------------------------------------------------------------------------------------- the trace
+@dataclass(frozen=True)
+class VisionTrace:
+    """The vision forward's saved storages, as ``(const, per token, per tokens·seq²)`` bytes: the tower's at
+    the patches (per encoder layer, times ``layers``), the projector's and the merge's at the image tokens."""
+
+    layer: tuple[tuple[int, int, int], ...]     # one encoder layer's saves (its input included when saved)
+    layers: int
+    first: tuple[tuple[int, int, int], ...]     # layer 0's: its input needs no gradient unless the embeddings train
+    tower_other: tuple[tuple[int, int, int], ...]   # embeddings, post_layernorm
+    projector: tuple[tuple[int, int, int], ...]
+    pool_input: int                               # bytes per patch of the avg-pool input the projector saves
+    mask_saved: bool                              # masked_scatter keeps its bool mask (per text token)
+    tower: Tower
+    ckpt_input: int                               # checkpointing: bytes per patch of one saved layer input
+
+    def at(self, n_images: int, text_tokens: int, ckpt: bool) -> tuple[int, int]:
+        """(tower bytes, projector + merge bytes) at ``n_images`` images in the step."""
+        P = n_images * self.tower.patches
+        bss = P * self.tower.patches
+        if ckpt:
+            tower = self.layers * alloc(P * self.ckpt_input) if self.ckpt_input else 0
+        else:
+            tower = (self.layers - 1) * alloc_sum(self.layer, P, bss) + alloc_sum(self.first, P, bss) \
+                if self.layers else 0
+        tower += alloc_sum(self.tower_other, P, bss)
+        it = n_images * self.tower.tokens_per_image
+        proj = alloc_sum(self.projector, it, it * self.tower.tokens_per_image)
+        if self.pool_input:
+            proj += alloc(P * self.pool_input)
+        if self.mask_saved and n_images:
+            proj += alloc(text_tokens)
+        return (tower, proj) if n_images else (0, 0)
+
+
+def _terms(storages) -> tuple[tuple[int, int, int], ...]:
+    out = []
+    for st in storages:
+        k = BYTES[st.dtype]
+        out.append((st.size.const * k, st.size.per_token * k, st.size.per_bss * k))
+    return tuple(out)
+
+
+def vision_trace(spec: ModelSpec, setup: Setup, placements: tuple[Placement, ...], plan: LoraPlan | None,
+                 text_embed_rg: bool) -> VisionTrace | None:
+    """Replay the modelled tower and projector of ``spec`` under ``setup`` (``None``: nothing modelled).
+
+    ``plan``: the LoRA plan (the vision modules it wraps); ``text_embed_rg``: the text embeddings' output needs a
+    gradient (then ``masked_scatter`` saves its mask whatever the vision side does)."""
+    tower = tower_of(spec)
+    if tower is None or not setup.training:
+        return None
+    adapted = adapted_modules(plan)
+    by_name = {p.tensor.name: p for p in placements}
+    vt = [p for p in placements if p.tensor.role == "vision_tower"]
+    pj = [p for p in placements if p.tensor.role == "vision_projector"]
+    pos = next((p for p in vt if p.tensor.module.endswith("position_embedding")), None)
+    conv = next((p for p in vt if p.tensor.module.endswith("patch_embedding") and p.tensor.param_name == "weight"),
+                None)
+    resid = pos.dtype if pos is not None else setup.compute_dtype
+    embed_trains = any(p.trainable for p in vt if ".embeddings." in p.tensor.name)
+    tower_grad = any(p.trainable for p in vt) or any(m.startswith(_tower_prefix(vt)) for m in adapted)
+    # the tower's replay: a spec of its dimensions (LayerNorm, no rotary, no KV cache, no dropout)
+    vspec = replace(spec, model_type="siglip_vision_model", hidden_size=tower.hidden, num_heads=tower.heads,
+                    num_kv_heads=tower.heads, head_dim=tower.hidden // tower.heads,
+                    intermediate_size=tower.intermediate, hidden_act=tower.act, norm_type="layernorm",
+                    config={"use_cache": False}, tensors=(), notes=())
+    prog = Program(vspec, setup)
+    prog.rotary = prog.kv_cache = False
+    prog.gemma_norm = False
+    ac = setup.compute_dtype if setup.autocast else None
+
+    layer_terms: tuple = ()
+    first_terms: tuple = ()
+    other: list = []
+    if tower_grad:
+        for index in (0, 1):
+            info = _encoder_layer(vt, min(index, max(tower.layers - 1, 0)), setup, adapted, plan)
+            tr = Tracer(ac)
+            # layer 0's input is the embeddings' output: it needs a gradient only when they train (then its first
+            # LayerNorm saves nothing otherwise, as the decoder's layer 0 in structure.py trace_layer)
+            x = tr.external("encoder layer input", tok(tower.hidden), resid, embed_trains or index > 0)
+            prog.layer(tr, x, info)
+            if index == 0:
+                first_terms = _terms(tr.saved_storages())
+            else:
+                layer_terms = _terms(tr.saved_storages())
+        tr0 = Tracer(ac)
+        if conv is not None and conv.trainable:
+            # Conv2d saves its input, pixel_values.to(weight dtype) (autocast: the compute dtype): per patch
+            # channels × patch² values
+            k = conv.tensor.shape[1] * conv.tensor.shape[2] * conv.tensor.shape[3]
+            px = tr0.new("pixel_values (patch_embedding input)", tok(k), ac or conv.dtype, False)
+            tr0.save("conv2d", px)
+        post = _norm_of(vt, "post_layernorm")
+        if post is not None:
+            # post_layernorm's input: the last layer's output, requires grad (the tower trains)
+            h = tr0.external("last layer output", tok(tower.hidden), resid, True)
+            prog.norm(tr0, h, post, "post_layernorm")
+        other = list(_terms(tr0.saved_storages()))
+    ckpt_input = tower.hidden * BYTES[resid] if tower_grad else 0
+
+    # projector: Gemma3RMSNorm(mm_soft_emb_norm) then matmul with mm_input_projection_weight
+    proj_trains = any(p.trainable for p in pj)
+    tr = Tracer(ac)
+    # post_layernorm's output: fp32 under (CUDA) autocast, which runs layer_norm in fp32; the pooling keeps it
+    vdt = "fp32" if setup.autocast else resid
+    pooled = tr.external("pooled tower output", tok(tower.hidden), vdt, tower_grad)
+    gprog = Program(spec, setup)     # the Gemma RMSNorm of the language model's family (1 + weight)
+    n = _norm_of(pj, "mm_soft_emb_norm")
+    h = gprog.norm(tr, pooled, n, "mm_soft_emb_norm") if n is not None else pooled
+    w = by_name.get("model.multi_modal_projector.mm_input_projection_weight")
+    if w is not None:
+        lin = Lin("multi_modal_projector.mm_input_projection", w.tensor.shape[0], w.tensor.shape[1], w.dtype,
+                  w.trainable)
+        out = gprog.linear(tr, h, lin)
+    else:
+        out = h
+    proj_terms = _terms(tr.saved_storages())
+    features_rg = out.rg or proj_trains or tower_grad
+    # AvgPool2d saves its input, the contiguous (b, C, H, W) copy of the tower output, when that needs a gradient
+    pool_input = tower.hidden * BYTES[vdt] if tower_grad else 0
+    return VisionTrace(layer_terms, tower.layers, first_terms, tuple(other), proj_terms, pool_input,
+                       features_rg or text_embed_rg, tower, ckpt_input)
+
+
+def adapted_modules(plan: LoraPlan | None) -> dict[str, Any]:
+    """The modules LoRA wraps (module name -> its adapter), none without a plan."""
+    if plan is None:
+        return {}
+    return {a.module: a for a in plan.adapters if a.parameter is None and not a.frozen}
+
+
+def image_features_require_grad(spec: ModelSpec, setup: Setup, placements: tuple[Placement, ...],
+                                plan: LoraPlan | None) -> bool:
+    """Whether the image features merged into the text embeddings need a gradient (then layer 0's input does):
+    a trainable or adapted tower or projector."""
+    if tower_of(spec) is None or not setup.training:
+        return False
+    vision = {p.tensor.module for p in placements if p.tensor.role in ("vision_tower", "vision_projector")}
+    return any(p.trainable for p in placements if p.tensor.module in vision) \
+        or any(m in vision for m in adapted_modules(plan))
+
+
+def _tower_prefix(vt: list) -> str:
+    return vt[0].tensor.name.split(".embeddings.")[0] + "." if vt else "\0"
+
+
+def _norm_of(ps: list, leaf: str) -> Norm | None:
+    for p in ps:
+        t = p.tensor
+        if t.module.endswith(leaf) and t.param_name == "weight":
+            return Norm(t.module, t.shape[0], p.dtype, p.trainable)
+    return None
+
+
+def _encoder_layer(vt: list, index: int, setup: Setup, adapted: dict[str, Any], plan: LoraPlan | None) -> LayerInfo:
+    """Encoder layer ``index`` of the tower as the replay's :class:`LayerInfo` (SigLIP's module names onto the
+    decoder roles: ``layer_norm1``/``layer_norm2`` -> the two pre-norms, ``fc1``/``fc2`` -> up/down)."""
+    roles = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "out_proj": "attn_o",
+             "fc1": "mlp_up", "fc2": "mlp_down"}
+    norms = {"layer_norm1": "input_layernorm", "layer_norm2": "post_attention_layernorm"}
+    info = LayerInfo(index)
+    seg = f".layers.{index}."
+    for p in vt:
+        t = p.tensor
+        if seg not in t.name:
+            continue
+        leaf = t.module.rpartition(".")[2]
+        if t.param_name != "weight":
+            continue
+        if leaf in norms:
+            info.norms[norms[leaf]] = Norm(t.module, t.shape[0], p.dtype, p.trainable)
+        elif leaf in roles:
+            lin = Lin(t.module, t.shape[1], t.shape[0], p.dtype, p.trainable)
+            a = adapted.get(t.module)
+            if a is not None and plan is not None:
+                lin.lora_r, lin.lora_dtype = a.rank, setup.adapter_weight_dtype
+                lin.dropout, lin.dora = plan.config.dropout, plan.config.dora
+            info.lin[roles[leaf]] = lin
+    return info
+
+
+def vision_items(spec: ModelSpec, setup: Setup, acts: Any) -> list[tuple[str, int, str]]:
+    """The components of the vision saves at ``setup``'s batch (``acts``: the structure's LayerActivations)."""
+    n = images(spec, setup)
+    tower_b, proj_b = acts.vision_at(setup.batch, setup.seq, n)
+    vt = acts.vision
+    if vt is None:
+        return []
+    t = vt.tower
+    imgs = setup.batch * n
+    what = ("each encoder layer's input (checkpointing)" if setup.grad_ckpt else
+            "per encoder layer the LayerNorm inputs, q/k/v, attention output and logsumexp, the MLP's inputs and "
+            "its GELU input (layers.py Program.layer on the tower's dimensions)")
+    tower_f = (f"{imgs} images ({setup.batch} × {n}: --image-tokens {setup.image_tokens} / mm_tokens_per_image "
+               f"{t.tokens_per_image}) × {t.patches} patches through {t.layers} SigLIP encoder layers (width "
+               f"{t.hidden}, MLP {t.intermediate}, {t.heads} heads): {what}; nothing when the tower neither trains "
+               "nor is adapted (it runs without recording a graph) — transformers 5.24 models/siglip/modeling_siglip.py "
+               "SiglipEncoderLayer.forward, models/gemma3/modeling_gemma3.py Gemma3Model.get_image_features")
+    proj_f = (f"Gemma3MultiModalProjector at {imgs * t.tokens_per_image:,} image tokens: mm_soft_emb_norm's and the "
+              "projection matmul's saved inputs where they train or a gradient flows through them, plus "
+              "masked_scatter's bool mask (one byte per text token) when its input or source needs a gradient — "
+              "modeling_gemma3.py Gemma3MultiModalProjector.forward, Gemma3Model.forward")
+    return [("activations/vision_tower", tower_b, tower_f), ("activations/vision_projector", proj_b, proj_f)]
