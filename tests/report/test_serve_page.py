@@ -160,3 +160,13 @@ def test_sweep_errors_are_one_line_exit_2(extra, message):
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("vramplan: error:") and message in last, r.stderr
     assert r.stdout == ""
+
+
+def test_sweep_over_engines_reads_both_engines_options():
+    args = ("serve", MODEL, "--gpu", "H100", "--mem-fraction-static", "0.9", "--format", "jsonl")
+    both = vp(*args, "--sweep", "engine=vllm,sglang")
+    rows = [json.loads(line) for line in both.stdout.splitlines()]
+    assert [r["engine"] for r in rows] == ["vllm", "sglang"] and "ignored" not in both.stderr
+    assert rows[1]["mem_fraction_static"] == 0.9 and rows[0]["mem_fraction_static"] is None
+    # vLLM alone does not read it: named, as serve without --sweep names it
+    assert "--mem-fraction-static ignored" in vp(*args, "--sweep", "tp=1,2").stderr

@@ -265,13 +265,11 @@ def serve(*, model: str, engine: str, gpu_name: str, tp: int, target_concurrency
     (the numbers of `vramplan serve ... --json` for them) and exit code 0; refused combinations are skipped
     with a warning.
     """
+    from ..io import check_output_path, refuse_overwriting_input
     from ..profiles import resolve_gpu, resolve_model
 
-    for w in ignored_warnings(click.get_current_context(), engine, target_concurrency):
-        warn(w)
-    from ..io import check_output_path, refuse_overwriting_input
-
     ctx = click.get_current_context()
+    axes: dict[str, list[Any]] = {}
     if sweeps:
         for flag, given in (("--json", as_json), ("--explain", explain), ("--html", html_path),
                             ("--target-concurrency", target_concurrency)):
@@ -281,6 +279,11 @@ def serve(*, model: str, engine: str, gpu_name: str, tp: int, target_concurrency
         axes = parse_sweep(ctx, sweeps)
     elif out is not None or ctx.get_parameter_source("fmt") == click.core.ParameterSource.COMMANDLINE:
         raise SetupError("--format and --out are the table of --sweep; one plan is --json or --html PATH")
+    # an option is ignored when no engine of the run reads it (--sweep engine=vllm,sglang reads both engines')
+    unread = [ignored_warnings(ctx, e, target_concurrency) for e in axes.get("engine", [engine])]
+    for w in unread[0]:
+        if all(w in other for other in unread[1:]):
+            warn(w)
     for path, flag in ((html_path, "--html"), (out, "--out")):
         if path:
             check_output_path(path, flag)
