@@ -33,10 +33,12 @@ Cache kinds (``--cache``), from ``transformers/cache_utils.py`` (5.24):
 * ``quantized-int4`` / ``quantized-int2`` — ``QuantizedCache(backend="quanto")`` (``generate``'s default
   backend), ``QuantoQuantizedLayer(nbits, q_group_size=64, residual_length=128, axis 0)``: the prefill's states
   are quantized at once (``QuantizedLayer.update``), decoding dequantizes the whole layer and concatenates
-  (``torch.cat([dequant_keys, self.keys, key_states])``) and re-quantizes every ``residual_length`` tokens.
-  The packed bytes follow optimum-quanto's ``WeightQBitsTensor`` (``nbits/8`` B per element, a scale and a
-  shift in the model dtype per group of 64); optimum-quanto is not installed here, so they are computed from its
-  source, not run.
+  (``torch.cat([dequant_keys, self.keys, key_states])``); the new tokens stay in full precision in the residual
+  (``self.keys``) until it would reach ``residual_length``, when everything is re-quantized and the residual
+  emptied: after ``n`` decode updates ``prompt + 128·⌊n/128⌋`` positions are quantized and ``n mod 128`` kept in
+  full precision. The packed bytes follow optimum-quanto 0.2.7's ``WeightQBitsTensor`` (``tensor/grouped.py
+  group``: ``(numel/64, 64)``; ``packed.py pack_weights``: ``⌈rows·nbits/8⌉`` uint8 rows; a scale and a shift per
+  group in the states' dtype), measured on a real ``generate`` (tests/estimate/test_quantized_cache_real.py).
 * ``offloaded`` — ``DynamicCache(offloading=True)``: ``Cache.update`` prefetches layer ``l + 1`` and offloads
   layer ``l`` after its update, so the GPU holds the running layer's K/V (and, decoding, the prefetched next
   layer's), not the whole cache.
@@ -117,20 +119,42 @@ def kv_position_bytes(spec: ModelSpec, batch: int, dtype: str) -> int:
     return batch * spec.num_kv_heads * spec.head_dim * BYTES[dtype]
 
 
-def _quantized_bytes(elems: int, nbits: int, dtype: str) -> int:
-    """optimum-quanto ``WeightQBitsTensor`` of ``elems`` values grouped by 64 (``quantize_weight`` with
-    ``MaxOptimizer``): the packed data (``nbits/8`` B each) + a scale and a shift per group in the model dtype."""
-    groups = -(-elems // QUANT_GROUP)
-    return alloc(elems * nbits // 8) + 2 * alloc(groups * BYTES[dtype])
+def quantized_states_bytes(elems: int, nbits: int, dtype: str, group: int = QUANT_GROUP) -> int:
+    """One layer's K (or V) quantized by ``QuantoQuantizedLayer._quantize`` (axis 0): optimum-quanto 0.2.7
+    ``quantize_weight`` with ``MaxOptimizer`` makes a ``WeightQBitsTensor`` (4-D states never take the AWQ /
+    Marlin / TinyGemm layouts, which want 2-D weights: ``WeightQBitsTensor.create``) of ``elems`` values grouped
+    as ``(elems/group, group)`` (``tensor/grouped.py group``); ``PackedTensor.pack`` puts ``8/nbits`` rows in
+    one uint8 row (``⌈rows·nbits/8⌉ × group`` B, ``packed.py pack_weights``); ``_scale`` and ``_shift`` are
+    ``(rows, 1)`` in the states' dtype. Each is one allocation. (quanto raises when ``group`` does not divide the
+    per-batch numel; the rows are then rounded up here and a warning says so.)"""
+    rows = -(-elems // group)
+    per_byte = 8 // nbits
+    return alloc(-(-rows // per_byte) * group) + 2 * alloc(rows * BYTES[dtype])
+
+
+def quantized_split(prompt: int, decoded: int, residual: int = QUANT_RESIDUAL) -> tuple[int, int]:
+    """``(quantized, full-precision)`` positions of a ``QuantizedLayer`` after the prefill of ``prompt`` tokens
+    and ``decoded`` single-token updates: ``QuantizedLayer.update`` flushes the residual into the quantized states
+    when ``residual_length + 1 >= self.residual_length``, so it holds ``decoded mod residual`` tokens."""
+    return prompt + residual * (decoded // residual), decoded % residual
+
+
+def quantized_layer_bytes(spec: ModelSpec, batch: int, prompt: int, decoded: int, dtype: str, nbits: int) -> int:
+    """One layer's K and V in a ``QuantizedCache``: the packed states and the residual's full-precision tokens
+    (``self.keys``/``self.values``, one ``torch.cat`` result each)."""
+    per = kv_position_bytes(spec, batch, dtype)
+    q, r = quantized_split(prompt, decoded)
+    return 2 * (quantized_states_bytes(per // BYTES[dtype] * q, nbits, dtype) + alloc(per * r))
 
 
 def kv_cache_bytes(spec: ModelSpec, batch: int, seq: int, dtype: str, cache: str = "dynamic",
-                   cache_len: int = 0) -> int:
+                   cache_len: int = 0, prompt: int | None = None) -> int:
     """The cache holding ``seq`` positions (decoding, steady state), K and V of every layer on the GPU.
 
     ``dynamic``: ``seq`` positions per full layer, ``min(seq, window)`` per sliding layer; ``static`` /
     ``sliding``: the preallocated ``cache_len`` (0 = ``seq``), ``min(window, cache_len)`` for sliding layers;
-    ``quantized-*``: the packed states (the residual's full-precision tokens are counted in the decode);
+    ``quantized-*``: the packed states and the residual's full-precision tokens after a prefill of ``prompt``
+    positions (default ``seq``: all quantized) and ``seq - prompt`` decode updates (:func:`quantized_split`);
     ``offloaded``: the layer being updated and the prefetched next one."""
     per = kv_position_bytes(spec, batch, dtype)
     wins = cache_layer_windows(spec)
@@ -138,12 +162,47 @@ def kv_cache_bytes(spec: ModelSpec, batch: int, seq: int, dtype: str, cache: str
         n = cache_len or seq
         return sum(2 * alloc(per * (min(w, n) if w else n)) for w in wins)
     if cache in QUANT_BITS:
-        elems = per // BYTES[dtype] * seq
-        return 2 * len(wins) * _quantized_bytes(elems, QUANT_BITS[cache], dtype)
+        p = seq if prompt is None else min(prompt, seq)
+        return len(wins) * quantized_layer_bytes(spec, batch, p, seq - p, dtype, QUANT_BITS[cache])
     one = [2 * alloc(per * (min(w, seq) if w else seq)) for w in wins]
     if cache == "offloaded":
         return max((a + b for a, b in zip(one, one[1:] + [0], strict=True)), default=0)
     return sum(one)
+
+
+def quantized_decode_step(spec: ModelSpec, batch: int, prompt: int, new_tokens: int, dtype: str,
+                          nbits: int) -> tuple[int, int]:
+    """``(cache, update transients)`` at the worst of the last decode steps of a ``QuantizedCache``.
+
+    Step ``n`` (the cache going from ``n - 1`` to ``n`` decoded positions, ``n = new_tokens`` last) in the layer
+    being updated, ``QuantizedLayer.update``: ``dequant_keys``/``_values`` (the ``q(n-1)`` quantized positions in
+    full precision) and ``keys_to_return`` (all positions) are alive together; then either the residual's
+    ``torch.cat`` (its old storage still held) or, at a flush (``n mod residual_length == 0``), the re-quantized
+    states beside the old ones. The layers before it hold step ``n``'s state, those after step ``n - 1``'s, so
+    the worst layer is the last one (the cache grows) or, at a flush, the first (it shrinks). The residual makes
+    the stored bytes largest just before a flush: the candidates are ``n``, the last ``n' ≤ n`` with
+    ``n' mod 128 = 127`` and the last flush. dequantize's own temporaries (optimum-quanto ``ungroup`` and the
+    unpacked uint8 rows) are not counted."""
+    per = kv_position_bytes(spec, batch, dtype)
+    c = BYTES[dtype]
+    L = max(spec.num_layers, 1)
+    R = QUANT_RESIDUAL
+    best = (0, 0)
+    for n in {new_tokens, new_tokens - (new_tokens + 1) % R, new_tokens - new_tokens % R}:
+        if n < 1 or n > new_tokens:
+            continue
+        before = quantized_layer_bytes(spec, batch, prompt, n - 1, dtype, nbits)
+        after = quantized_layer_bytes(spec, batch, prompt, n, dtype, nbits)
+        q_prev, r_prev = quantized_split(prompt, n - 1)
+        grow = 2 * alloc(per * q_prev) + 2 * alloc(per * (q_prev + r_prev + 1))
+        if n % R == 0:
+            grow += 2 * quantized_states_bytes(per // c * (q_prev + r_prev + 1), nbits, dtype)
+        else:
+            grow += 2 * alloc(per * (r_prev + 1))
+        kv = before + (L - 1) * max(before, after)
+        if kv + grow > sum(best):
+            best = (kv, grow)
+    return best
 
 
 # ------------------------------------------------------------------------------------------ layer replay
@@ -316,7 +375,7 @@ def inference_bytes(spec: ModelSpec, layout: Any, batch: int, seq: int, new_toke
         if static:
             return kv_cache_bytes(spec, batch, seq, kv_dtype, cache, setup.cache_len) if i >= 0 else 0
         if cache in QUANT_BITS:
-            return 2 * (i + 1) * _quantized_bytes(per // c * P, QUANT_BITS[cache], kv_dtype)
+            return (i + 1) * quantized_layer_bytes(spec, batch, P, 0, kv_dtype, QUANT_BITS[cache])
         return 2 * (i + 1) * alloc(per * P)
 
     static_all = cache_upto(len(wins) - 1) if static else 0
@@ -373,7 +432,7 @@ def inference_bytes(spec: ModelSpec, layout: Any, batch: int, seq: int, new_toke
     decode = 0
     decode_parts = ("decode", 0, 0, 0)
     if new_tokens:
-        kv = kv_cache_bytes(spec, batch, seq, kv_dtype, cache, setup.cache_len)
+        kv = kv_cache_bytes(spec, batch, seq, kv_dtype, cache, setup.cache_len, prompt=P)
         steady = alloc(8 * batch * seq) + alloc(8 * batch)        # generate's input_ids (B, seq) and next tokens
         last_w = wins[-1]
         n_prev = (min(last_w, seq) if last_w else seq - 1)
@@ -382,8 +441,7 @@ def inference_bytes(spec: ModelSpec, layout: Any, batch: int, seq: int, new_toke
         elif cache == "offloaded":
             grow = alloc(per * n_prev)      # the prefetched old copy, replaced by the concatenation
         elif cache in QUANT_BITS:
-            # dequantize the layer and concatenate: dequant K, V + the returned K, V (full precision) + residual
-            grow = 4 * alloc(per * seq) + 2 * len(wins) * alloc(per * min(new_tokens, QUANT_RESIDUAL - 1))
+            kv, grow = quantized_decode_step(spec, batch, P, new_tokens, kv_dtype, QUANT_BITS[cache])
         else:
             grow = 0
         step = 0
@@ -432,8 +490,12 @@ def kv_cache_formula(spec: ModelSpec, setup: Setup, positions: int, phase: str) 
         what = ("only the running layer's K/V on the GPU (the rest offloaded to the CPU after each update, the next "
                 "layer prefetched while decoding)")
     elif cache in QUANT_BITS:
-        what = (f"{positions:,} positions packed to {QUANT_BITS[cache]} bits + a scale and a shift per group of "
-                f"{QUANT_GROUP} (optimum-quanto WeightQBitsTensor, computed from its source: not installed)")
+        q, r = quantized_split(setup.seq - setup.new_tokens, max(positions - setup.seq + setup.new_tokens, 0))
+        what = (f"{q:,} positions packed to {QUANT_BITS[cache]} bits + a scale and a shift per group of "
+                f"{QUANT_GROUP} (optimum-quanto 0.2.7 WeightQBitsTensor), {r:,} in the full-precision residual "
+                f"(residual_length {QUANT_RESIDUAL}) after the last update"
+                + ("; the decode peak is the worst of the last steps' (just before a flush the residual holds "
+                   f"{QUANT_RESIDUAL - 1}: quantized_decode_step)" if phase == "decode" else ""))
     else:
         what = f"{positions:,} positions per layer at the {phase} peak (the layers updated so far)"
     win = (f"; {sliding} of {len(wins)} layers slide (window {next(w for w in wins if w):,})" if sliding else "")
@@ -459,9 +521,13 @@ def inference_warnings(spec: ModelSpec, setup: Setup) -> list[str]:
         out.append(f"--cache sliding: {spec.name} has no sliding-window layers in its config; transformers 5.24's "
                    "'sliding_window' implementation is then a plain StaticCache")
     if setup.cache in QUANT_BITS:
-        out.append(f"--cache {setup.cache}: optimum-quanto is not installed here; the packed sizes and the decode's "
-                   "dequantize-and-concatenate working set are computed from its source and cache_utils.py "
-                   "QuantizedLayer.update, not run")
+        out.append(f"--cache {setup.cache}: the decode's dequantize-and-concatenate working set follows cache_utils.py "
+                   "QuantizedLayer.update (dequantized K/V + the returned K/V); optimum-quanto's own dequantize "
+                   "temporaries are not counted")
+        if (spec.num_kv_heads * spec.head_dim) % QUANT_GROUP:
+            out.append(f"--cache {setup.cache}: kv heads {spec.num_kv_heads} × head_dim {spec.head_dim} is not a "
+                       f"multiple of q_group_size {QUANT_GROUP}: optimum-quanto's group() raises unless the positions "
+                       "make the per-batch numel one")
         if any(wins):
             out.append(f"--cache {setup.cache}: transformers refuses QuantizedCache for models with sliding layers "
                        "(QuantizedCache.__init__: only full attention layers)")
@@ -488,5 +554,5 @@ def prefill_cache_bytes(spec: ModelSpec, setup: Setup) -> int:
     if setup.cache == "offloaded":
         return 0
     if setup.cache in QUANT_BITS:
-        return kv_cache_bytes(spec, setup.batch, P, setup.compute_dtype, setup.cache)
+        return kv_cache_bytes(spec, setup.batch, P, setup.compute_dtype, setup.cache, prompt=P)
     return 2 * spec.num_layers * alloc(kv_position_bytes(spec, setup.batch, setup.compute_dtype) * P)
