@@ -56,6 +56,10 @@ def _estimated(spec, setup: Setup) -> tuple[int, int]:
     vt = static_structure(spec, structural_setup(setup)).vision
     n_img = setup.batch * setup.image_tokens // TPI
     P = n_img * vt.tower.patches
+    if setup.grad_ckpt:
+        it = n_img * TPI
+        return vt.layers * P * vt.ckpt_input + sum(c + a * P for c, a, _ in vt.tower_other), \
+            sum(c + a * it + q * it * TPI for c, a, q in vt.projector) + P * vt.pool_input
 
     def total(terms, tokens, bss):
         return sum(c + a * tokens + q * bss for c, a, q in terms)
@@ -66,7 +70,19 @@ def _estimated(spec, setup: Setup) -> tuple[int, int]:
     return tower, total(vt.projector, it, it * TPI) + P * vt.pool_input
 
 
-def _measured(method: str, train_vision: str) -> tuple[int, int]:
+class _Held:
+    """What the pack hook hands autograd: the graph keeps it as long as it keeps the saved tensor."""
+
+    __slots__ = ("t", "__weakref__")
+
+    def __init__(self, t) -> None:
+        self.t = t
+
+
+def _measured(method: str, train_vision: str, ckpt: bool = False) -> tuple[int, int]:
+    """Bytes saved by the tower and the projector that are still held by the graph at the end of forward."""
+    import weakref
+
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
@@ -74,6 +90,8 @@ def _measured(method: str, train_vision: str) -> tuple[int, int]:
     cfg._attn_implementation = "sdpa"
     model = transformers.Gemma3ForConditionalGeneration(cfg).float().train()
     m = model.model
+    if ckpt:
+        model.gradient_checkpointing_enable()
     if method == "lora":
         peft = pytest.importorskip("peft")
         frozen = {"all": (), "projector": ("vision_tower",), "none": ("vision_tower", "multi_modal_projector")}
@@ -86,27 +104,31 @@ def _measured(method: str, train_vision: str) -> tuple[int, int]:
             part.requires_grad_(False)
     # parameters and buffers (SigLIP's position_ids, saved by the embedding's backward) cost no activation memory
     params = {p.untyped_storage().data_ptr() for p in (*model.parameters(), *model.buffers())}
-    seen: dict[str, dict[int, int]] = {"tower": {}, "projector": {}}
+    held: list[tuple[weakref.ref, str, int, int]] = []
     where = [None]
     m.vision_tower.register_forward_pre_hook(lambda *a: where.__setitem__(0, "tower"))
     m.multi_modal_projector.register_forward_pre_hook(lambda *a: where.__setitem__(0, "projector"))
     m.multi_modal_projector.register_forward_hook(lambda *a: where.__setitem__(0, None))
 
     def pack(t):
-        if where[0] is not None:
-            p = t.untyped_storage().data_ptr()
-            if p not in params:
-                seen[where[0]][p] = t.untyped_storage().nbytes()
-        return t
+        h = _Held(t)
+        p = t.untyped_storage().data_ptr()
+        if where[0] is not None and p not in params:
+            held.append((weakref.ref(h), where[0], p, t.untyped_storage().nbytes()))
+        return h
 
     batch, seq, n_img = 2, 48, 2
     ids = torch.randint(0, 99, (batch, seq))
     ids[:, 4:4 + n_img * TPI] = IMAGE_TOKEN
     pixel = torch.randn(batch * n_img, 3, IMAGE, IMAGE)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda h: h.t):
         out = model(input_ids=ids, pixel_values=pixel, labels=ids)
+    alive: dict[str, dict[int, int]] = {"tower": {}, "projector": {}}
+    for ref, part, p, nbytes in held:
+        if ref() is not None:
+            alive[part][p] = nbytes
     out.loss.backward()
-    return sum(seen["tower"].values()), sum(seen["projector"].values())
+    return sum(alive["tower"].values()), sum(alive["projector"].values())
 
 
 CASES = [("full", "all"), ("full", "projector"), ("full", "none"),
@@ -117,6 +139,17 @@ CASES = [("full", "all"), ("full", "projector"), ("full", "none"),
 def test_vision_saves_equal_torch(method: str, train_vision: str) -> None:
     spec = _spec()
     assert _estimated(spec, _setup(method, train_vision)) == _measured(method, train_vision)
+
+
+@pytest.mark.parametrize(("method", "train_vision"), [("full", "all"), ("full", "none"), ("lora", "all"),
+                                                      ("lora", "none")])
+def test_vision_saves_with_checkpointing_equal_torch(method: str, train_vision: str) -> None:
+    """Checkpointed SigLIP layers keep their inputs only (torch.utils.checkpoint's ``_NoopSaveInputs``, outside
+    the checkpoint's own saved-tensor hooks: the outer hook sees them) — a frozen tower too: transformers'
+    ``gradient_checkpointing_enable`` makes the patch embedding's output require grad (enable_input_require_grads)."""
+    spec = _spec()
+    assert _estimated(spec, _setup(method, train_vision, grad_ckpt=True)) == \
+        _measured(method, train_vision, ckpt=True)
 
 
 # expected from first principles (fp32, batch 2 × 2 images × 64 patches = 256 patch rows, 64 pooled tokens):

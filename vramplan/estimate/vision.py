@@ -41,9 +41,10 @@ mask in training (``token_type_ids``), which would rule out the flash kernel for
 model), ``projector`` (tower frozen), ``none`` (both frozen; LLaMA-Factory 0.9.6 ``freeze_vision_tower`` /
 ``freeze_multi_modal_projector`` default True, ``hparams/finetuning_args.py:546-553``; ms-swift 4.6
 ``freeze_vit`` / ``freeze_aligner`` default True, ``swift/arguments/tuner_args.py:123-124``). A frozen part keeps
-its weights in the base dtype with no gradient or optimizer state (full fine-tuning: LLaMA-Factory
-``model/adapter.py:38-54 _setup_full_tuning`` casts only the trainable parameters to fp32) and is no LoRA
-target (LoRA: LLaMA-Factory ``model/model_utils/visual.py patch_target_modules`` drops the frozen parts' modules
+its weights in the base dtype (``Setup.base_dtype``: under full fine-tuning with -mixed the model is loaded in fp32,
+so a frozen tower stays fp32; LLaMA-Factory loads bf16 and casts only the trainable parameters to fp32,
+``model/adapter.py:38-54 _setup_full_tuning``, so there it stays bf16) with no gradient or optimizer state, and
+is no LoRA target (LoRA: LLaMA-Factory ``model/model_utils/visual.py patch_target_modules`` drops the frozen parts' modules
 from any target list; ms-swift ``utils/transformers_utils.py get_multimodal_target_regex`` builds ``all-linear``
 from the trainable parts).
 """
@@ -56,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 from ..dtypes import BYTES, alloc, alloc_sum
 from ..errors import SetupError
 from ..setup import Setup
+from ..shapes.from_config import VISION_PLANNED
 from ..shapes.spec import ModelSpec
 from .graph import Tracer, tok
 from .layers import LayerInfo, Lin, Norm, Program
@@ -65,7 +67,7 @@ if TYPE_CHECKING:
     from .weights import Placement
 
 #: multimodal model types whose vision forward is replayed (this module)
-MODELLED = ("gemma3",)
+MODELLED = VISION_PLANNED
 
 #: ``Gemma3Config.mm_tokens_per_image`` default (transformers 5.24 ``models/gemma3/configuration_gemma3.py``)
 GEMMA3_TOKENS_PER_IMAGE = 256
@@ -192,8 +194,12 @@ def vision_trace(spec: ModelSpec, setup: Setup, placements: tuple[Placement, ...
     conv = next((p for p in vt if p.tensor.module.endswith("patch_embedding") and p.tensor.param_name == "weight"),
                 None)
     resid = pos.dtype if pos is not None else setup.compute_dtype
-    embed_trains = any(p.trainable for p in vt if ".embeddings." in p.tensor.name)
-    tower_grad = any(p.trainable for p in vt) or any(m.startswith(_tower_prefix(vt)) for m in adapted)
+    # with checkpointing, transformers 5.24 gradient_checkpointing_enable calls enable_input_require_grads
+    # (modeling_utils.py:3190-3198), which hooks every sub-model's get_input_embeddings — SiglipVisionModel's is the
+    # patch_embedding (modeling_siglip.py:852-853): its output requires grad, so even a frozen tower records a graph
+    hooked = setup.grad_ckpt
+    embed_trains = any(p.trainable for p in vt if ".embeddings." in p.tensor.name) or hooked
+    tower_grad = any(p.trainable for p in vt) or any(m.startswith(_tower_prefix(vt)) for m in adapted) or hooked
     # the tower's replay: a spec of its dimensions (LayerNorm, no rotary, no KV cache, no dropout)
     vspec = replace(spec, model_type="siglip_vision_model", hidden_size=tower.hidden, num_heads=tower.heads,
                     num_kv_heads=tower.heads, head_dim=tower.hidden // tower.heads,
@@ -272,7 +278,7 @@ def image_features_require_grad(spec: ModelSpec, setup: Setup, placements: tuple
     if tower_of(spec) is None or not setup.training:
         return False
     vision = {p.tensor.module for p in placements if p.tensor.role in ("vision_tower", "vision_projector")}
-    return any(p.trainable for p in placements if p.tensor.module in vision) \
+    return setup.grad_ckpt or any(p.trainable for p in placements if p.tensor.module in vision) \
         or any(m in vision for m in adapted_modules(plan))
 
 

@@ -422,6 +422,9 @@ SIGLIP_VISION_DEFAULTS: dict[str, Any] = {
     "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
     "num_channels": 3, "image_size": 224, "patch_size": 16, "vision_use_head": True}
 
+#: Multimodal model types whose vision forward a training plan replays (``vramplan/estimate/vision.py``).
+VISION_PLANNED = frozenset({"gemma3"})
+
 #: The text config key a multimodal wrapper keeps its language model under, by wrapper ``model_type``, and the
 #: class the pure-Python builder mirrors.
 MULTIMODAL_CLASSES: dict[str, str] = {"gemma3": "Gemma3ForConditionalGeneration"}
@@ -704,7 +707,13 @@ def model_notes(tensors: list[Tensor], architecture: str, model_type: str = "",
     for t in tensors:
         if t.tied_to is None and t.role in OUTSIDE_LANGUAGE_MODEL:
             parts[t.role] = parts.get(t.role, 0) + t.numel
-    if parts:
+    if parts and model_type in VISION_PLANNED:
+        out.append(
+            f"counted as {architecture}: vision tower {parts.get('vision_tower', 0):,} and projector "
+            f"{parts.get('vision_projector', 0):,} parameters are weights in the plan; a training plan encodes the "
+            "images --image-tokens stand for (the tower's and projector's saved activations, trained per "
+            "--train-vision); the tower's forward working set and inference's image encoding are not modelled")
+    elif parts:
         out.append(
             f"counted as {architecture}: vision tower {parts.get('vision_tower', 0):,} and projector "
             f"{parts.get('vision_projector', 0):,} parameters are weights in the plan, but encoding images is not "
@@ -729,7 +738,7 @@ def model_notes(tensors: list[Tensor], architecture: str, model_type: str = "",
 
 __all__ = ["spec_from_config", "assemble", "supported_families", "FAMILIES", "get", "model_type_of", "language_config",
            "has_builder", "MULTIMODAL_FAMILIES",
-           "model_notes", "GEMMA3_TEXT_DEFAULTS", "SIGLIP_VISION_DEFAULTS", "MULTIMODAL_CLASSES"]
+           "model_notes", "GEMMA3_TEXT_DEFAULTS", "SIGLIP_VISION_DEFAULTS", "MULTIMODAL_CLASSES", "VISION_PLANNED"]
 
 
 # Families whose modeling code ships with the checkpoint (auto_map), built from their published modeling files
