@@ -124,3 +124,15 @@ def test_sweep_without_device_map_keeps_its_columns():
     r = vp("sweep", "--model", MODEL, "--method", "inference", "--gpu", "24GB", "--columns", "all")
     assert r.exit_code == 0
     assert "split_layers" not in r.stdout.splitlines()[0]
+
+
+def test_page_renders_in_a_browser(browser, tmp_path):
+    """Headless Chromium opens the page offline: no script error, no request, both charts drawn."""
+    from vramplan.report.browser import distinct_colors
+
+    path = tmp_path / "dm.html"
+    assert vp(*BASE, "--max-memory", "18GiB", "--html", str(path)).exit_code == 0
+    result = browser.open(path)
+    assert result.errors == [] and result.requests == []
+    assert result.dom["plotly_divs"] == result.dom["drawn_divs"] == 2      # breakdown, per-GPU split
+    assert distinct_colors(browser.screenshot("#plan-device-map")) >= 8

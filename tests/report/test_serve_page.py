@@ -170,3 +170,18 @@ def test_sweep_over_engines_reads_both_engines_options():
     assert rows[1]["mem_fraction_static"] == 0.9 and rows[0]["mem_fraction_static"] is None
     # vLLM alone does not read it: named, as serve without --sweep names it
     assert "--mem-fraction-static ignored" in vp(*args, "--sweep", "tp=1,2").stderr
+
+
+def test_pages_render_in_a_browser(browser, tmp_path):
+    """Headless Chromium opens the plan and the search pages offline: no error, no request, charts drawn."""
+    from vramplan.report.browser import distinct_colors
+
+    plan, search = tmp_path / "plan.html", tmp_path / "search.html"
+    assert vp(*VLLM, "--html", str(plan)).exit_code == 0
+    assert vp("serve", MODEL, "--gpu", "H100", "--target-concurrency", "8", "--html", str(search)).exit_code == 0
+    for path, charts in ((plan, 1), (search, 0)):
+        result = browser.open(path)
+        assert result.errors == [] and result.requests == [], path.name
+        assert result.dom["plotly_divs"] == result.dom["drawn_divs"] == charts
+    browser.open(plan)
+    assert distinct_colors(browser.screenshot("#serve-budget")) >= 8

@@ -186,8 +186,10 @@ def device_map_chart(view: DeviceMapView) -> go.Figure:
                       annotation_text=f"capacity {view.gpu or ''}".rstrip(), annotation_position="top")
     fig.update_xaxes(title_text=GIB_AXIS)
     fig.update_yaxes(autorange="reversed", categoryorder="array", categoryarray=gpus)
-    return _layout(fig, "Each GPU of the split at its peak", 180 + 40 * len(gpus), barmode="stack",
-                   legend={"orientation": "h", "x": 0, "y": -0.3, "yanchor": "top"})
+    _layout(fig, "Each GPU of the split at its peak", 260 + 40 * len(gpus), barmode="stack",
+            legend={"orientation": "h", "x": 0, "y": -0.3, "yanchor": "top", "traceorder": "normal"})
+    fig.update_layout(margin={"b": 120})
+    return fig
 
 
 def _hatch(xi: int, yi: int) -> str:
@@ -237,7 +239,7 @@ def grid_chart(grid: Grid, capacity: tuple[str, int | float] | None,
 
 # ----------------------------------------------------------------------------------------------- serve
 SEGMENT_COLORS = {"weights": "#4c78a8", "overhead": "#9e9e9e", "activations": "#f58518", "kv_cache": "#54a24b",
-                  "outside": "#e5e5e5"}
+                  "kv_cache/remainder": "#b7dfb0", "outside": "#e5e5e5"}
 
 
 def budget_chart(view: ServeView) -> go.Figure:
@@ -246,8 +248,12 @@ def budget_chart(view: ServeView) -> go.Figure:
     for i, (name, size) in enumerate(view.segments):
         group = name.split("/", 1)[0]
         fig.add_trace(go.Bar(y=["per GPU"], x=[size / GiB], orientation="h", name=name,
-                             marker_color=SEGMENT_COLORS.get(group, PALETTE[i % len(PALETTE)]),
+                             marker_color=SEGMENT_COLORS.get(name) or SEGMENT_COLORS.get(group)
+                             or PALETTE[i % len(PALETTE)],
                              hovertemplate=f"{name}: %{{x:.3f}} GiB<extra></extra>"))
     fig.update_xaxes(title_text=GIB_AXIS)
-    return _layout(fig, "The card, as the engine divides it", 260, barmode="stack",
-                           legend={"orientation": "h", "x": 0, "y": -0.45, "yanchor": "top", "font": {"size": 11}})
+    _layout(fig, "The card, as the engine divides it", 360, barmode="stack",
+            legend={"orientation": "h", "x": 0, "y": -0.35, "yanchor": "top", "font": {"size": 11},
+                    "traceorder": "normal"})
+    fig.update_layout(margin={"b": 150})
+    return fig
