@@ -15,6 +15,10 @@ The kinds (``--loss``), each with the code it follows:
 * ``litgpt-chunked``: litgpt 0.5.13 ``model(input_ids, lm_head_chunk_size=128)`` + ``utils.py:302-330
   chunked_cross_entropy``; the ``logits`` list stays a live local through backward and ``optimizer.step()``
   (``finetune/lora.py:355-366``), and in the next step's forward until it is rebound;
+* ``litgpt-full``: litgpt 0.5.13 ``finetune/full.py:282-284``: ``model(input_ids)`` makes one batch × seq × vocab
+  logits tensor (no ``lm_head_chunk_size``), ``chunked_cross_entropy(logits[..., :-1, :], targets[..., 1:])``
+  flattens the shifted logits (``reshape(-1, V)``: a copy when batch > 1) and splits them into 128-row chunks; the
+  ``logits`` local lives through backward and ``optimizer.step()``;
 * ``trl-fused``: trl 1.16.0 ``add_fused_lm_head`` (``trainer/utils.py:1548-1698``) through
   ``kernels/chunked_logprob.py:299-465 ChunkedLogProbFunction``, its Triton path (CUDA): tiles of
   ``min(N, 4096)`` tokens × 32,768 vocabulary columns, no ``N × V`` tensor.
@@ -46,6 +50,10 @@ STANDARD, LIGER, TORCHTUNE, LITGPT, TRL = range(5)
 #: batch > 1; 4.48.3 loss/loss_utils.py:36-39); before 4.46.0 the model's own forward upcasts them, so the fp32
 #: logits are the model output and the 16-bit ones are freed at once (4.44.2 models/llama/modeling_llama.py:1208-1215)
 STANDARD_SHIFTED, STANDARD_FP32_OUTPUT = 5, 6
+#: LitGPT full fine-tuning's loss (``--loss litgpt-full``: :func:`litgpt_full_loss_bytes`), a kind with a code after
+#: the transformers-release variants'; :func:`loss_code` takes its name
+LITGPT_FULL = 7
+LATER_KINDS = {"litgpt-full": LITGPT_FULL}
 
 #: torchtune 0.6.1 ``CEWithChunkedOutputLoss.__init__(num_output_chunks=8)`` (``modules/loss/ce_chunked_output_loss.py:30``)
 TORCHTUNE_CHUNKS = 8
@@ -74,10 +82,13 @@ def loss_code(kind: str, versions: Mapping[str, tuple[str, str]] | None = None) 
     Raises:
         ValueError: an unknown kind, with the choices.
     """
+    if kind in LATER_KINDS:
+        return LATER_KINDS[kind]
     try:
         code = LOSS_KINDS.index(kind)
     except ValueError:
-        raise ValueError(f"--loss {kind!r} is not a loss kind; choose one of {', '.join(LOSS_KINDS)}") from None
+        raise ValueError(f"--loss {kind!r} is not a loss kind; choose one of "
+                         f"{', '.join((*LOSS_KINDS, *LATER_KINDS))}") from None
     if code == STANDARD and versions:
         if predates(versions, "transformers", "4.46.0"):
             return STANDARD_FP32_OUTPUT
@@ -200,6 +211,8 @@ def loss_bytes(tokens: int, vocab: int, hidden: int, logits_bytes: int, compute_
         grad_last = alloc(logits_bytes * b * used * vocab)
         bwd = max(2 * o_last, 2 * o_full - o_last + grad_last if n > 1 else 0)
         return _new(LossBytes, (saved, fwd, bwd))
+    if kind == LITGPT_FULL:
+        return litgpt_full_loss_bytes(b, s, vocab, logits_bytes, autocast)
     if kind == TRL:
         N = b * (s - 1) if s > 1 else tokens
         hb = hidden_bytes or compute_bytes
@@ -224,10 +237,48 @@ def loss_bytes(tokens: int, vocab: int, hidden: int, logits_bytes: int, compute_
     raise ValueError(f"loss kind code {kind!r} is not one of 0..{len(LOSS_KINDS) - 1} ({', '.join(LOSS_KINDS)})")
 
 
+def litgpt_full_loss_bytes(batch: int, seq: int, vocab: int, logits_bytes: int, autocast: bool = False) -> LossBytes:
+    """LitGPT full fine-tuning's loss (``--loss litgpt-full``): litgpt 0.5.13 ``finetune/full.py:282-284`` on the
+    whole ``batch × seq × vocab`` logits (kept alive by the loop: :func:`logits_kept`), ``utils.py:302-350
+    chunked_cross_entropy`` on a tensor.
+
+    * rows: the ``R = batch·(seq − 1)`` shifted positions, flattened and split into 128-row chunks across sequence
+      boundaries (``logits.reshape(-1, V).split(128)``), the last one ``R − 128·(n − 1)`` rows;
+    * saved: each chunk's ``log_softmax`` output, in the logits dtype (fp32 under autocast);
+    * forward: the ``reshape`` copy of every shifted logit when batch > 1 (``logits[..., :-1, :]`` is then not
+      contiguous; at batch 1 it is a view), alive until the loss returns, and under autocast one chunk's fp32 copy;
+    * backward: the chunks' nodes run first (highest sequence numbers): one chunk's two gradients, then the one
+      before's with the last chunk's gradient (in the logits dtype) piled up; once every chunk ran, ``SplitBackward``
+      concatenates their gradients (``R·V``, all chunk gradients still alive) and ``SliceBackward`` allocates the
+      zero-filled ``batch·seq·V`` gradient of the unshifted logits while the concatenation is alive — both after
+      the saved log-probs are freed, so the transient is that moment less them when it is the larger.
+
+    Measured on CPU with litgpt 0.5.13 (``benchmarks/frameworks/litgpt_full_logits.py``, five cases within 0.04 %:
+    ``tests/estimate/test_litgpt_full_logits.py``).
+    """
+    rows = batch * (seq - 1) if seq > 1 else batch * seq
+    n, full, last = _seq_chunks(rows, LITGPT_CHUNK_TOKENS)
+    out = 4 if autocast else logits_bytes                       # log_softmax's output dtype
+    o_full, o_last = alloc(out * full * vocab), alloc(out * last * vocab)
+    saved = (n - 1) * o_full + o_last
+    fwd = alloc(logits_bytes * rows * vocab) if batch > 1 else 0
+    if autocast:                                                # each chunk's fp32 copy, freed after log_softmax
+        fwd += max(o_last, o_full - o_last if n > 1 else 0)
+    g_full, g_last = alloc(logits_bytes * full * vocab), alloc(logits_bytes * last * vocab)
+    first = max(2 * o_last, 2 * o_full - o_last + g_last if n > 1 else 0)
+    grads = (n - 1) * g_full + g_last
+    cat = alloc(logits_bytes * rows * vocab)
+    after = max(grads + cat, cat + alloc(logits_bytes * batch * seq * vocab))     # SplitBackward, SliceBackward
+    return _new(LossBytes, (saved, fwd, max(first, after - saved)))
+
+
 def logits_kept(tokens: int, vocab: int, logits_bytes: int, kind: int, *, seq: int = 0) -> int:
     """Logits alive in every phase of the step: LitGPT's ``logits`` list (``finetune/lora.py:355-366``: a local
     through ``fabric.backward`` and ``optimizer.step()``, and through the next forward until it is rebound);
-    0 for the other kinds (the HF Trainer drops the outputs, torchtune deletes them, the fused heads make none)."""
+    LitGPT full fine-tuning's one logits tensor (``finetune/full.py:282-284``, the same loop); 0 for the other kinds
+    (the HF Trainer drops the outputs, torchtune deletes them, the fused heads make none)."""
+    if kind == LITGPT_FULL:
+        return alloc(logits_bytes * tokens * vocab)
     if kind != LITGPT:
         return 0
     s = seq or tokens
@@ -263,6 +314,14 @@ def loss_formula(spec: ModelSpec, tokens: int, logits_dtype: str, compute_dtype:
                 f"{out}; backward starts with one chunk's two gradients; the logits list stays alive through "
                 "backward and optimizer.step() (litgpt 0.5.13 utils.py:302-330, model.py:177-179, "
                 "finetune/lora.py:355-366)")
+    if kind == LITGPT_FULL:
+        rows = (tokens // s) * (s - 1) if s > 1 else tokens
+        out = "fp32 (log_softmax autocasts)" if autocast else logits_dtype
+        return (f"LitGPT full fine-tuning: one tokens {tokens:,} × vocab {V:,} logits tensor in {logits_dtype}, kept "
+                f"alive by the loop through backward; chunked_cross_entropy flattens the {rows:,} shifted positions "
+                "(a copy at batch > 1) into 128-row chunks whose log_softmax saves its output in "
+                f"{out}; backward ends with the chunk gradients' concatenation and the zero-filled gradient of "
+                "every position (litgpt 0.5.13 finetune/full.py:282-284, utils.py:302-350)")
     if kind == TRL:
         N = (tokens // s) * (s - 1) if s > 1 else tokens
         return (f"TRL fused LM head: {N:,} label positions projected in tiles of {min(N, TRL_TILE_TOKENS):,} × "
