@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..dtypes import BYTES, alloc
+from ..memo import IdCache
 from ..setup import Setup
 from ..shapes.spec import ModelSpec
 from ..units import MiB, ceil_div
@@ -288,7 +289,20 @@ class _Units:
     tied: bool
 
 
+#: the walks over every tensor that do not depend on the GPU count, kept per (spec, structure): a search over
+#: --gpus (``smallest_gpus``' bisection, ``fit``, a sweep of --gpus) walks the model once, not once per count
+_UNITS = IdCache(256)
+_MODULE_BYTES = IdCache(256)
+
+
 def _fsdp_units(spec: ModelSpec, setup: Setup, st: Structure) -> _Units:
+    """:func:`_build_fsdp_units`, computed once per spec, structure and gather dtype (it does not read the GPU
+    count)."""
+    gdt = setup.compute_dtype if setup.mixed else None
+    return _UNITS.get((spec, st), (gdt,), lambda: _build_fsdp_units(spec, setup, st))
+
+
+def _build_fsdp_units(spec: ModelSpec, setup: Setup, st: Structure) -> _Units:
     """accelerate ``fsdp2_prepare_model`` (accelerate/utils/fsdp_utils.py): ``fully_shard`` on every module of
     the wrap policy (the decoder layer, ``_no_split_modules``), then on the input embedding (untied), then on
     ``[final_norm, lm_head]`` (+ the embedding when tied) with ``reshard_after_forward=False``, then the root."""
@@ -771,6 +785,11 @@ def _fsdp1(spec: ModelSpec, setup: Setup, st: Structure) -> RankStates:
 
 # ---------------------------------------------------------------------------------------------- DeepSpeed
 def _module_bytes(spec: ModelSpec, st: Structure, b: int) -> tuple[int, int, int, int, str]:
+    """:func:`_build_module_bytes`, computed once per spec, structure and element size (not per GPU count)."""
+    return _MODULE_BYTES.get((spec, st), (b,), lambda: _build_module_bytes(spec, st, b))
+
+
+def _build_module_bytes(spec: ModelSpec, st: Structure, b: int) -> tuple[int, int, int, int, str]:
     """(largest module params, its bytes, largest trainable module params, its bytes, its name) in the
     16-bit layout. A module's parameters are its direct ones (``recurse=False``) as DeepSpeed's
     ``model_to_params`` counts them (stage3.py); a tied head counts the shared weight again."""
