@@ -130,6 +130,40 @@ PUBLISHED = {
 }
 
 
+# ------------------------------------------------------------------------ totals the Hugging Face Hub records
+#: profile -> (Hub repository, its safetensors "total" in the Hub API record, tensors the checkpoint stores that are
+#: not parameters). The records are copied (model.json, with the repository's config.json beside them) in
+#: daniel-p-green/alain-ai-learning-platform @ 1b337752, out/research-*/sources/huggingface/.
+HUB_TOTALS = {
+    "deepseek-r1-distill-llama-8b": ("deepseek-ai/DeepSeek-R1-Distill-Llama-8B", 8_030_261_248, 0),
+    "deepseek-r1-distill-qwen-32b": ("deepseek-ai/DeepSeek-R1-Distill-Qwen-32B", 32_763_876_352, 0),
+    "qwen2.5-32b": ("deepseek-ai/DeepSeek-R1-Distill-Qwen-32B", 32_763_876_352, 0),   # the same shapes
+    "tongyi-deepresearch-30b-a3b": ("Alibaba-NLP/Tongyi-DeepResearch-30B-A3B", 30_532_122_624, 0),
+    "qwen3-30b-a3b": ("Alibaba-NLP/Tongyi-DeepResearch-30B-A3B", 30_532_122_624, 0),   # the same shapes
+    "dolphin-2.9.1-yi-1.5-34b": ("dphn/dolphin-2.9.1-yi-1.5-34b", 34_388_917_248, 0),
+    "tiny-qwen2-trl": ("trl-internal-testing/tiny-Qwen2ForCausalLM-2.5", 2_428_632, 0),
+    "bloom-560m": ("bigscience/bloomz-560m", 559_214_592, 0),
+    "llama-3.2-3b": ("context-labs/meta-llama-Llama-3.2-3B-Instruct-FP16", 3_212_749_824, 0),
+    "qwen2.5-0.5b": ("Gensyn/Qwen2.5-0.5B-Instruct", 494_032_768, 0),
+    "gemma-3-1b": ("google/gemma-3-1b-it", 999_885_952, 0),
+    "llama-3.1-8b": ("meta-llama/Llama-3.1-8B-Instruct", 8_030_261_248, 0),
+    "llama-3.2-1b": ("meta-llama/Llama-3.2-1B", 1_235_814_400, 0),
+    "llama-3-8b": ("meta-llama/Meta-Llama-3-8B", 8_030_261_248, 0),
+    "qwen2.5-1.5b": ("Qwen/Qwen2.5-1.5B-Instruct", 1_543_714_304, 0),
+    "qwen2.5-3b": ("Qwen/Qwen2.5-3B-Instruct", 3_085_938_688, 0),
+    "qwen2.5-7b": ("Qwen/Qwen2.5-7B-Instruct", 7_615_616_512, 0),
+    "qwen3-32b": ("Qwen/Qwen3-32B", 32_762_123_264, 0),
+    "tinyllama-1.1b": ("TinyLlama/TinyLlama-1.1B-Chat-v1.0", 1_100_048_384, 0),
+    # the checkpoint stores each layer's rotary inv_freq buffer: 32 layers x 64
+    "llama-2-7b": ("meta-llama/Llama-2-7b-hf", 6_738_417_664, 32 * 64),
+    # the checkpoint stores each block's causal-mask buffer attn.bias, 1024 x 1024
+    "gpt2": ("openai-community/gpt2", 137_022_720, 12 * 1024 * 1024),
+    "distilgpt2": ("distilbert/distilgpt2", 88_204_032, 6 * 1024 * 1024),
+    # tied in its config, but the checkpoint stores lm_head.weight as well: 151,936 x 1,024
+    "qwen3-0.6b": ("Qwen/Qwen3-0.6B", 751_632_384, 151_936 * 1_024),
+}
+
+
 def _profile(stem: str) -> dict:
     with (MODELS / f"{stem}.yaml").open(encoding="utf-8") as fh:
         return yaml.safe_load(fh)
@@ -207,6 +241,21 @@ def test_params_total_is_the_published_total(stem, total):
     assert _profile(stem)["params_total"] == total
 
 
+@pytest.mark.parametrize("stem", sorted(HUB_TOTALS))
+def test_params_total_is_the_hub_total(stem):
+    repo, total, not_parameters = HUB_TOTALS[stem]
+    assert _profile(stem)["params_total"] == total - not_parameters, repo
+
+
+def test_hub_total_ids_resolve_to_their_profile(monkeypatch):
+    from vramplan.profiles import resolve_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for stem, (repo, _, _) in HUB_TOTALS.items():
+        if stem not in ("qwen2.5-32b", "qwen3-30b-a3b"):     # those two rows borrow another repository's record
+            assert resolve_model(repo).name == stem, repo
+
+
 def test_qwen2_moe_totals_round_to_the_model_cards():
     """The model cards copied in ZHUI/paddlenlp_model_readme print the totals rounded."""
     assert round(_profile("qwen1.5-moe-a2.7b")["params_total"] / 1e8) == 143   # "14.3B parameters in total"
@@ -252,6 +301,8 @@ FRAMEWORK_IDS = {
     "microsoft/Phi-3-mini-128k-instruct": ("phi-3.5-mini", f"{TR} docs/source/dataset_formats.md"),
     "Qwen/Qwen1.5-MoE-A2.7B": ("qwen1.5-moe-a2.7b", f"{AX} examples/archived/qwen/qwen2-moe-lora.yaml"),
     "Qwen/Qwen2-57B-A14B-Instruct": ("qwen2-57b-a14b", f"{SW} examples/megatron/moe/moe.sh"),
+    "Qwen/Qwen2.5-Math-7B": ("qwen2.5-math-7b", f"{SW} examples/train/grpo/multi_node/colocate_multi_node1.sh"),
+    "trl-internal-testing/tiny-Qwen2ForCausalLM-2.5": ("tiny-qwen2-trl", f"{TR} docs/source/grpo_with_replay_buffer.md"),
     "huggyllama/llama-7b": ("llama-7b", f"{AX} examples/archived/jeopardy-bot/config.yml"),
 }
 
