@@ -136,3 +136,12 @@ def test_page_renders_in_a_browser(browser, tmp_path):
     assert result.errors == [] and result.requests == []
     assert result.dom["plotly_divs"] == result.dom["drawn_divs"] == 2      # breakdown, per-GPU split
     assert distinct_colors(browser.screenshot("#plan-device-map")) >= 8
+
+
+def test_simulate_mode_with_device_map_is_refused_not_silently_unsplit():
+    for mode in ("simulate", "both"):
+        r = vp(*BASE, "--mode", mode)
+        assert r.exit_code == 2 and r.stdout == ""
+        assert r.stderr.strip() == (f"vramplan: error: --device-map auto is planned analytically only: --mode {mode} "
+                                    "simulates one GPU holding the whole model, so the split per GPU would be lost; "
+                                    "drop --mode")

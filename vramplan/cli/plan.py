@@ -33,6 +33,7 @@ def plan(model: str, *, as_json: bool, explain: bool, html_path: str | None, gpu
     MODEL is a bundled name (vramplan models), a Hugging Face id, or a path to a config.json or model
     folder. Exit code 0, or 1 when --gpu is given and the setup does not fit; 2 on bad input.
     """
+    from ..errors import SetupError
     from ..estimate import estimate
     from ..io import check_output_path, refuse_overwriting_input
     from ..profiles import resolve_gpu, resolve_model
@@ -47,6 +48,9 @@ def plan(model: str, *, as_json: bool, explain: bool, html_path: str | None, gpu
     ignored = ignored_warnings(opts, setup)
     for w in ignored:
         warn(w)
+    if mode.lower() != "analytic" and setup.device_map != "none":
+        raise SetupError(f"--device-map {setup.device_map} is planned analytically only: --mode {mode.lower()} "
+                         "simulates one GPU holding the whole model, so the split per GPU would be lost; drop --mode")
     if mode.lower() != "analytic":     # issue 4: simulated step (vramplan/cli/simulate_cmd.py)
         from ..extras import require
 
