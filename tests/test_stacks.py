@@ -55,7 +55,9 @@ def test_a_given_flag_wins_over_the_stack():
 
 def test_quantized_only_defaults_leave_lora_alone():
     s = setup_from_options({"method": "lora", "stack": "litgpt"})
-    assert (s.optim, s.precision) == ("adamw", "bf16-mixed")      # PagedAdamW and bf16-true come with --quantize
+    # PagedAdamW and bf16-true come with --quantize; otherwise torch.optim.AdamW with no fused flag (foreach on
+    # CUDA: litgpt 0.5.13 finetune/lora.py:231, utils.py:636-653)
+    assert (s.optim, s.precision) == ("adamw-foreach", "bf16-mixed")
     # LitGPT LoRA's bf16-mixed keeps the frozen base fp32 (Lightning autocasts over an fp32 module)
     assert (s.frozen_dtype, s.base_dtype, s.quant_head) == ("fp32", "fp32", False)
     assert setup_from_options({"method": "qlora", "stack": "litgpt"}).base_dtype == "bf16"
@@ -197,3 +199,17 @@ def test_torchtune_distributed_recipes(method, gpus, strategy, optim_in_bwd):
 def test_adapter_dtype_follows_who_builds_the_adapters(stack, method, precision, dtype):
     opts = {"method": method, "stack": stack} | ({"precision": precision} if precision else {})
     assert setup_from_options(opts).adapter_weight_dtype == dtype
+
+
+@pytest.mark.parametrize(("versions", "stack", "optim"), [
+    # TrainingArguments' default optim: adamw_torch (torch.optim.AdamW, foreach on CUDA) before transformers
+    # 4.54.0, adamw_torch_fused from it (4.54.0 training_args.py:806-811)
+    ("transformers=4.53.3", "hf", "adamw-foreach"), ("transformers=4.54.0", "hf", "adamw"), (None, "hf", "adamw"),
+    ("transformers=4.51.3", "trl", "adamw-foreach"),
+    # not the HF Trainer: the stack's own optimizer whatever the transformers release
+    ("transformers=4.51.3", "torchtune", "adamw"), ("transformers=4.51.3", "unsloth", "adamw-8bit"),
+])
+def test_the_trainer_default_optimizer_follows_the_transformers_release(versions, stack, optim):
+    opts = {"method": "lora", "stack": stack} | ({"versions": versions} if versions else {})
+    assert setup_from_options(opts).optim == optim
+    assert setup_from_options({**opts, "optim": "sgd"}).optim == "sgd"          # a given flag still wins

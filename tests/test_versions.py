@@ -65,14 +65,21 @@ def test_an_assumption_per_modelled_change_the_version_predates(bnb, changes):
     assert not [w for w in version_warnings(versions) if w.startswith("bitsandbytes")]
 
 
-@pytest.mark.parametrize("tf", ["4.44.2", "4.48.3", "4.53.3"])
-def test_a_warning_per_change_not_modelled(tf):
+@pytest.mark.parametrize(("tf", "changes"), [("4.44.2", ["4.45.0", "4.46.0", "4.49.0", "4.54.0"]),
+                                            ("4.48.3", ["4.49.0", "4.54.0"]), ("4.53.3", ["4.54.0"])])
+def test_an_assumption_per_transformers_change_it_predates(tf, changes):
+    # the releases each change landed in (docs/stacks.md "Library versions"), all modelled: none is a warning
     versions = modelled_versions(f"transformers={tf}")
-    expected = [c.release for c in CHANGES if c.package == "transformers" and not c.modelled
-                and release_tuple(tf) < release_tuple(c.release)]
-    got = [re.search(r"predates (\S+):", x).group(1) for x in version_warnings(versions)
+    got = [re.search(r"predates (\S+):", x).group(1) for x in version_assumptions(versions)
            if x.startswith("transformers")]
-    assert got == expected and got
+    assert got == changes
+    assert not [w for w in version_warnings(versions) if w.startswith("transformers")]
+
+
+def test_a_warning_per_change_not_modelled():
+    versions = modelled_versions("peft=0.11.1")
+    got = [re.search(r"predates (\S+):", x).group(1) for x in version_warnings(versions) if x.startswith("peft")]
+    assert got == [c.release for c in CHANGES if c.package == "peft" and not c.modelled] == ["0.12.0"]
 
 
 def test_every_modelled_change_names_code_that_exists():
@@ -94,11 +101,12 @@ def test_versions_reach_the_json_and_the_setup():
     d = json.loads(r.stdout)
     assert d["setup"]["versions"] == "bitsandbytes=0.43.1,transformers=4.44.2"     # canonical: sorted
     assert d["versions"]["bitsandbytes"] == "0.43.1" and d["versions"]["transformers"] == "4.44.2"
-    assert sum("predates" in w for w in d["warnings"]) == 1     # transformers 4.54 (foreach AdamW)
-    # bitsandbytes 0.43.2 and 0.50.0 and transformers 4.45 (generate's logits), 4.46 (fp32 logits output) and 4.49
-    # (the shifted copy) are modelled: an assumption each
+    assert not [w for w in d["warnings"] if "predates" in w]
+    # bitsandbytes 0.43.2 and 0.50.0 and transformers 4.45 (generate's logits), 4.46 (fp32 logits output), 4.49
+    # (the shifted copy) and 4.54 (the Trainer's fused AdamW default) are modelled: an assumption each
     assert sum("bitsandbytes 0.43.1 (--versions) predates" in a for a in d["assumptions"]) == 2
-    assert sum("transformers 4.44.2 (--versions) predates" in a for a in d["assumptions"]) == 3
+    assert sum("transformers 4.44.2 (--versions) predates" in a for a in d["assumptions"]) == 4
+    assert d["setup"]["optim"] == "adamw-foreach"
 
 
 def test_predates():

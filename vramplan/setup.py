@@ -17,7 +17,7 @@ from .lora import LoraConfig
 from .options import Option, option, options_of, value_text
 from .shapes.config import MAX_LAYERS
 from .stacks import STACK_NAMES, STACKS
-from .versions import format_versions, parse_versions
+from .versions import format_versions, modelled_versions, parse_versions, predates
 
 #: The largest layer index ``--layers-to-transform`` takes (the last layer of the deepest model planned).
 MAX_LAYER_INDEX = MAX_LAYERS - 1
@@ -25,7 +25,7 @@ MAX_LAYER_INDEX = MAX_LAYERS - 1
 Method = Literal["full", "lora", "qlora", "inference"]
 Quant = Literal["none", "nf4", "fp4", "int8", "gptq", "awq", "fp8"]
 Precision = Literal["bf16-mixed", "bf16-true", "fp16-mixed", "fp16-true", "32-true"]
-Optim = Literal["adamw", "adamw-8bit", "paged-adamw", "paged-adamw-8bit", "adafactor", "sgd", "lion"]
+Optim = Literal["adamw", "adamw-foreach", "adamw-8bit", "paged-adamw", "paged-adamw-8bit", "adafactor", "sgd", "lion"]
 Attn = Literal["sdpa", "flash", "eager"]
 Loss = Literal["standard", "chunked", "torchtune-chunked", "litgpt-chunked", "trl-fused"]
 Strategy = Literal["ddp", "fsdp", "fsdp1", "fsdp-grad-op", "zero1", "zero2", "zero3"]
@@ -36,7 +36,7 @@ QUANTS: tuple[str, ...] = ("none", "nf4", "fp4", "int8", "gptq", "awq", "fp8")
 #: bitsandbytes quantizations (load-time, ``BitsAndBytesConfig``); the others are pre-quantized checkpoints
 BNB_QUANTS: tuple[str, ...] = ("nf4", "fp4", "int8")
 PRECISIONS: tuple[str, ...] = ("bf16-mixed", "bf16-true", "fp16-mixed", "fp16-true", "32-true")
-OPTIMS: tuple[str, ...] = ("adamw", "adamw-8bit", "paged-adamw", "paged-adamw-8bit", "adafactor", "sgd", "lion")
+OPTIMS: tuple[str, ...] = ("adamw", "adamw-foreach", "adamw-8bit", "paged-adamw", "paged-adamw-8bit", "adafactor", "sgd", "lion")
 ATTNS: tuple[str, ...] = ("sdpa", "flash", "eager")
 LOSSES: tuple[str, ...] = ("standard", "chunked", "torchtune-chunked", "litgpt-chunked", "trl-fused")
 STRATEGIES: tuple[str, ...] = ("ddp", "fsdp", "fsdp1", "fsdp-grad-op", "zero1", "zero2", "zero3")
@@ -141,7 +141,9 @@ class Setup:
                              help="K and V are repeated to every query head before attention (torchtune, LitGPT). "
                                   "Default: off, or the --stack's.")
     optim: str = option("adamw", kind="choice", choices=OPTIMS, unset=True,
-                        help="Optimizer (adamw = torch fused AdamW, the HF Trainer default; or the --stack's).")
+                        help="Optimizer (adamw = torch fused AdamW, the HF Trainer default since transformers "
+                             "4.54; adamw-foreach = torch.optim.AdamW's own CUDA default, the Trainer's adamw_torch "
+                             "and its default before 4.54, LitGPT's; or the --stack's).")
     optim_in_bwd: bool = option(False, kind="bool", unset=True,
                                 help="The optimizer step runs inside backward, one parameter at a time (torchtune "
                                      "optimizer_in_bwd). Default: off, or the --stack's.")
@@ -219,6 +221,11 @@ class Setup:
                 grad_ckpt = d.value if grad_ckpt is None else grad_ckpt
             elif kwargs.get(name) is None:
                 kwargs[name] = d.value
+        if kwargs.get("optim") is None and stack.hf_trainer and predates(
+                modelled_versions(kwargs.get("versions")), "transformers", "4.54.0"):
+            # the Trainer's default optim before 4.54.0 is adamw_torch: torch.optim.AdamW, foreach on CUDA
+            # (transformers 4.53.3 training_args.py default_optim; 4.54.0 training_args.py:806-811 adamw_torch_fused)
+            kwargs["optim"] = "adamw-foreach"
         if method == "qlora" and quant == "none":
             raise SetupError("--method qlora needs a quantized base: use --quant nf4 (default), fp4, int8, gptq, awq "
                              "or fp8, or --method lora for a bf16 base")

@@ -86,6 +86,8 @@ class Stack:
     #: 0.21.2 mapping_func.py:110, tuners_utils.py:628-641) makes bf16/fp16 adapters fp32 whatever the precision;
     #: False where the framework builds its own adapters in the model's dtype (torchtune, LitGPT)
     peft_adapters: bool = True
+    #: it trains through the HF Trainer, whose default ``optim`` follows the transformers release (versions.CHANGES)
+    hf_trainer: bool = True
 
     def defaults_for(self, quantized: bool, full: bool = False, gpus: int = 1) -> dict[str, Default]:
         """The defaults that apply to a setup, by option (the later of two for one option wins)."""
@@ -143,7 +145,7 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
         Unmodelled("the load-time fp32 upcast of the norms before they are cast back",
                    "axolotl 0.21.0 loaders/model.py:1407-1448", "quantized"),
     )),
-    Stack("torchtune", "torchtune (tune run)", "torchtune 0.6.1", peft_adapters=False,
+    Stack("torchtune", "torchtune (tune run)", "torchtune 0.6.1", peft_adapters=False, hf_trainer=False,
           checked_parts=("CEWithChunkedOutputLoss", "OffloadActivations", "register_optim_in_bwd_hooks "
                          "(tests/estimate/test_loss_kinds_frameworks.py, test_act_offload*.py, test_optim_in_bwd*.py)"),
           defaults=(
@@ -179,7 +181,7 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
         Unmodelled("QLoRA quantizes with torchao's NF4Tensor, not bitsandbytes (a different layout and no saved "
                    "input)", "torchtune 0.6.1 modules/peft/lora.py (LoRALinear quantize_base), torchao NF4Tensor", "quantized"),
     )),
-    Stack("litgpt", "LitGPT (litgpt finetune)", "litgpt 0.5.13", peft_adapters=False,
+    Stack("litgpt", "LitGPT (litgpt finetune)", "litgpt 0.5.13", peft_adapters=False, hf_trainer=False,
           checked_parts=("BitsandbytesPrecision's quantized head", "K/V expansion", "the fp32 frozen base under "
                          "autocast", "chunked_cross_entropy (tests/estimate/test_quant_head.py, test_kv_expand.py, "
                          "test_litgpt_frozen_fp32.py, test_loss_kinds_frameworks.py)"),
@@ -197,6 +199,9 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
                 gpus="multi"),
         Default("optim", "paged-adamw", "--quantize always uses bitsandbytes' PagedAdamW, 32-bit (litgpt 0.5.13 "
                                         "finetune/lora.py:218-233)", "quantized"),
+        Default("optim", "adamw-foreach", "optimizer='AdamW' -> torch.optim.AdamW(model.parameters()) with no fused "
+                                          "flag: foreach on CUDA (litgpt 0.5.13 finetune/lora.py:231, full.py:160, "
+                                          "utils.py:636-653 instantiate_torch_optimizer)", "unquantized"),
         Default("precision", "bf16-true", "--quantize accepts only bf16-true (litgpt 0.5.13 finetune/lora.py:131)",
                 "quantized"),
         Default("quant_head", True, "BitsandbytesPrecision replaces every nn.Linear, the head included: litgpt 0.5.13 "

@@ -54,7 +54,8 @@ CHANGES: tuple[Change, ...] = (
            "batch > 1", "transformers 4.48.3 loss/loss_utils.py:36-39; 4.49.0 loss/loss_utils.py:39 pads the "
            "labels instead", "vramplan/estimate/logits.py logits.loss_bytes: STANDARD_SHIFTED"),
     Change("transformers", "4.54.0", "the Trainer's default optimizer is foreach AdamW (an extra temporary the "
-           "size of one moment at the optimizer step)", "transformers 4.54.0 training_args.py:806-811"),
+           "size of one moment at the optimizer step)", "transformers 4.54.0 training_args.py:806-811",
+           "vramplan/setup.py Setup.create: --optim adamw-foreach when not given (optimizer.py)"),
     Change("peft", "0.12.0", "adapters take the base layer's dtype (no autocast_adapter_dtype fp32 upcast)",
            "peft 0.12.0 mapping.py, peft_model.py (absent in 0.11.1)"),
     Change("bitsandbytes", "0.43.2", "MatMul4Bit.forward saves its input for backward (+tokens x in_features x 2 B "

@@ -22,6 +22,13 @@ def optimizer_states(trainables: tuple[TrainableTensor, ...], setup: Setup) -> t
             gpu += 2 * alloc(t.numel * BYTES[t.dtype]) + alloc(4)
         formula = (f"AdamW (fused): 2 states × param dtype per trainable element ({numel:,} elements in "
                    f"{n_tensors} tensors) + one fp32 step tensor each; torch/optim/adamw.py")
+    elif o == "adamw-foreach":
+        # torch.optim.AdamW's CUDA default (foreach=True): the same two states, but 'step' lives on the CPU when
+        # neither fused nor capturable (torch 2.13 optim/adam.py:164-175 "special device hosting for step")
+        for t in trainables:
+            gpu += 2 * alloc(t.numel * BYTES[t.dtype])
+        formula = (f"AdamW (foreach): 2 states × param dtype per trainable element ({numel:,} elements in "
+                   f"{n_tensors} tensors), step counters on the CPU; torch/optim/adam.py _multi_tensor_adam")
     elif o in ("adamw-8bit", "paged-adamw-8bit"):
         for t in trainables:
             parts = adam8bit_state_parts(t.numel)
@@ -77,10 +84,19 @@ def optimizer_states(trainables: tuple[TrainableTensor, ...], setup: Setup) -> t
 
 def optimizer_step_transient(trainables: tuple[TrainableTensor, ...], setup: Setup) -> int:
     """Temporaries of ``optimizer.step()``: fused AdamW and bitsandbytes kernels update in place; Adafactor
-    builds ``grad**2 + eps`` and the update per tensor (one tensor at a time)."""
+    builds ``grad**2 + eps`` and the update per tensor (one tensor at a time); foreach AdamW builds
+    ``exp_avg_sq_sqrt = torch._foreach_sqrt(exp_avg_sqs)`` for a whole (device, dtype) group at once, and the
+    next group's list is made before the previous one is rebound (torch 2.13 optim/adam.py _multi_tensor_adam:
+    no ``del``), so two consecutive groups can coexist."""
     if setup.optim == "adafactor" and trainables:
         biggest = max(trainables, key=lambda t: t.numel)
         return 2 * alloc(biggest.numel * BYTES[biggest.dtype])
+    if setup.optim == "adamw-foreach" and trainables:
+        groups: dict[str, int] = {}          # Optimizer._group_tensors_by_device_and_dtype: first-seen order
+        for t in trainables:
+            groups[t.dtype] = groups.get(t.dtype, 0) + alloc(t.numel * BYTES[t.dtype])
+        sizes = list(groups.values())
+        return max(a + b for a, b in zip([0, *sizes], sizes, strict=False))
     return 0
 
 
@@ -96,4 +112,7 @@ def step_timeline(timeline: StateTerms, trainables: tuple[TrainableTensor, ...],
     GPUs keep the timeline as built (a warning says so)."""
     if not setup.optim_in_bwd or distributed or not setup.training:
         return timeline
-    return optimizer_in_backward(timeline, largest_gradient(trainables), optimizer_step_transient(trainables, setup))
+    # one optimizer per parameter: the step's temporaries are one tensor's, the largest
+    largest = max(trainables, key=lambda t: alloc(t.numel * BYTES[t.dtype]), default=None)
+    return optimizer_in_backward(timeline, largest_gradient(trainables),
+                                 optimizer_step_transient((largest,) if largest is not None else (), setup))

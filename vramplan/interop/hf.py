@@ -14,7 +14,7 @@ from ..lora import LoraConfig
 
 #: HF Trainer ``optim`` names -> vramplan optimizers (transformers/training_args.py OptimizerNames)
 TRAINER_OPTIMS = {
-    "adamw_torch": "adamw", "adamw_torch_fused": "adamw", "adamw_hf": "adamw", "adamw_apex_fused": "adamw",
+    "adamw_torch": "adamw-foreach", "adamw_torch_fused": "adamw", "adamw_hf": "adamw", "adamw_apex_fused": "adamw",
     "adamw_bnb_8bit": "adamw-8bit", "adamw_8bit": "adamw-8bit", "paged_adamw_32bit": "paged-adamw",
     "paged_adamw_8bit": "paged-adamw-8bit", "adafactor": "adafactor", "sgd": "sgd", "lion_32bit": "lion",
     "paged_lion_32bit": "lion",

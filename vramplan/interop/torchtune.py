@@ -138,6 +138,9 @@ def read_torchtune(d: Mapping[str, Any], file: str | os.PathLike[str] | None = N
     o["attn"] = "eager" if ".gemma2." in builder else "sdpa"
     opt = _component(d, "optimizer")
     o["optim"] = _OPTIMS.get(opt)
+    section = d.get("optimizer")
+    if o["optim"] == "adamw" and not (isinstance(section, Mapping) and truthy(section.get("fused", False))):
+        o["optim"] = "adamw-foreach"      # torch.optim.AdamW without fused=True: foreach, its CUDA default
     if o["optim"] is None:
         r.ignored.append(f"optimizer {opt or '(none)'} (not modelled)")
     # training.register_optim_in_bwd_hooks: each parameter stepped in its post-accumulate-grad hook

@@ -38,7 +38,7 @@ from .options import ProfileError
 from .phases import PhaseTracker
 
 #: vramplan optimizer name -> HF Trainer ``optim`` name (``transformers.training_args.OptimizerNames``).
-TRAINER_OPTIM = {"adamw-8bit": "adamw_bnb_8bit", "paged-adamw": "paged_adamw_32bit",
+TRAINER_OPTIM = {"adamw-foreach": "adamw_torch", "adamw-8bit": "adamw_bnb_8bit", "paged-adamw": "paged_adamw_32bit",
                  "paged-adamw-8bit": "paged_adamw_8bit", "adafactor": "adafactor", "sgd": "sgd",
                  "lion": "lion_32bit"}
 

@@ -269,6 +269,8 @@ def _optimizer(setup: Setup, params: list[torch.nn.Parameter]):
     o = setup.optim
     if o == "adamw":      # HF Trainer default adamw_torch_fused
         return torch.optim.AdamW(params, lr=1e-4, fused=True)
+    if o == "adamw-foreach":     # torch.optim.AdamW's CUDA default (the Trainer's adamw_torch, LitGPT)
+        return torch.optim.AdamW(params, lr=1e-4, foreach=True)
     if o == "sgd":
         return torch.optim.SGD(params, lr=1e-4)
     if o == "adafactor":
