@@ -355,9 +355,9 @@ class Program:
         tr.op("linear_nf4", (x, *wq), (out,))
         n = lin.in_f * lin.out_f
         how = f"torchao NF4Tensor.get_original_weight, {self.c}" + (f", then .to({x.dtype})" if x.dtype != self.c else "")
-        tr.constants.append((f"{name} dequantized weight ({how})", torchao_nf4_dequant_bytes(n, self.c, x.dtype)))
-        tr.bwd_constants.append((f"{name} dequantized weight in backward ({how})",
-                                 torchao_nf4_dequant_bytes(n, self.c, x.dtype)))
+        deq = torchao_nf4_dequant_bytes(n, self.c, x.dtype, self.setup.quant_blocksize)
+        tr.constants.append((f"{name} dequantized weight ({how})", deq))
+        tr.bwd_constants.append((f"{name} dequantized weight in backward ({how})", deq))
         return out
 
     def _dequant_4bit(self, tr: Tracer, xq: Sym, lin: Lin, name: str) -> None:
