@@ -334,7 +334,7 @@ def profile_distributed(model: str, setup: Any, options: RunOptions, *, resolved
     merged["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t_wall))
     merged["wall_s"] = time.perf_counter() - t0
     if path is not None:
-        write_record(merged, path)      # atomic; before validating: a merge bug must not lose the ranks' data
+        path = write_record(merged, path, warn)      # atomic; before validating: a merge bug must not lose the ranks' data
     validate_record(merged)
     exc = merged.get("exception")
     if merged["status"] == "error" and exc and exc.get("user_error"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -339,10 +340,13 @@ def record_path(out: str | Path, model: str, setup: dict[str, Any], *, suffix: s
     return out / name
 
 
-def write_record(rec: dict[str, Any], path: str | Path) -> Path:
-    """Write ``rec`` atomically as JSON (a reader never sees half a record).
+def write_record(rec: dict[str, Any], path: str | Path, warn: Any = None) -> Path:
+    """Write ``rec`` atomically as JSON (a reader never sees half a record); returns the path written.
 
-    Indented for reading, except the sample columns, which are written one column per line.
+    Indented for reading, except the sample columns, which are written one column per line. A measurement is
+    never lost to its output location (issue 18): when ``path`` cannot be written although ``profile`` checked
+    it before measuring (the folder was removed or filled meanwhile), the record goes to
+    :func:`fallback_record_path` and ``warn`` (default: stderr) says where.
     """
     marker = "\"__vramplan_samples__\""
     body = dict(rec)
@@ -354,7 +358,24 @@ def write_record(rec: dict[str, Any], path: str | Path) -> Path:
         text = json.dumps(body, indent=1, allow_nan=False).replace(marker, "{\n  " + inner + "\n }", 1)
     else:
         text = json.dumps(body, indent=1, allow_nan=False)
-    return atomic_write_text(path, text + "\n")
+    try:
+        return atomic_write_text(path, text + "\n")
+    except VramplanError as exc:            # OutputPathError: the folder is gone, read-only, full ...
+        written = atomic_write_text(fallback_record_path(path), text + "\n")
+        message = f"the run record could not be written ({exc}); it is in {written} instead"
+        if warn is None:
+            sys.stderr.write(f"vramplan: warning: {message}\n")
+        else:
+            warn(message)
+        return written
+
+
+def fallback_record_path(path: str | Path) -> Path:
+    """Where a record goes when its own path cannot be written: the system's temporary folder, under the
+    record's own file name (``$TMPDIR/vramplan-records/<name>``)."""
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / "vramplan-records" / Path(path).name
 
 
 def load_record(path: str | Path) -> dict[str, Any]:

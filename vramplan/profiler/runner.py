@@ -338,7 +338,7 @@ def profile_run(model: str, setup: Any, options: RunOptions | None = None, *, re
             rec["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t_wall))
             rec["wall_s"] = time.perf_counter() - t0
             if path is not None:
-                write_record(rec, path)     # before validating: a writer bug must not lose the measurement
+                path = write_record(rec, path, warn)     # before validating: a writer bug must not lose the measurement
             validate_record(rec)
     if rank is None and rec["status"] == "error" and rec["exception"] and rec["exception"].get("user_error"):
         # A user-fixable error raised during the run (e.g. --attn flash without flash-attn): one line, exit 2.
