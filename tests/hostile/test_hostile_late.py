@@ -128,3 +128,13 @@ def test_report_warns_for_a_wrong_schema_record(tmp_path):
     rec.write_text(json.dumps({"schema": "someone-else/1", "status": "ok"}))
     r = vp("report", str(rec), "-o", str(tmp_path / "out.html"), codes=(0,))
     assert f"vramplan: warning: {rec}: schema: 'someone-else/1' is not 'vramplan.run/1'" in r.stderr
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_validate_refuses_an_unwritable_out_before_any_run(tmp_path, dry_run):
+    """A folder under a file was a NotADirectoryError traceback at the first run's mkdir (issue 18)."""
+    m = tmp_path / "matrix.yaml"
+    m.write_text("runs: [{model: gpt2}]\n")
+    (tmp_path / "f").write_text("x")
+    r = vp("validate", str(m), "--out", str(tmp_path / "f" / "v"), *(["--dry-run"] if dry_run else []), codes=(2,))
+    assert "--out" in r.stderr and "would run" not in r.stderr and "run   " not in r.stderr

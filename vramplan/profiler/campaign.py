@@ -270,9 +270,14 @@ def write_summary(out: Path, runs: list[Run], matrix_path: str) -> dict[str, Any
 def validate(matrix_path: str, out: str, *, budget_s: float | None = None, min_run_s: float = 90.0,
              dry_run: bool = False, echo=print) -> dict[str, Any]:
     """Run the matrix within the budget, resuming; returns the summary."""
+    from ..io import check_output_path
+
     runs, file_budget = load_matrix(matrix_path)
     budget = file_budget if budget_s is None else budget_s
     out_dir = Path(out)
+    # an --out that cannot be written is refused before any run (issue 18: a folder under a file was a
+    # NotADirectoryError traceback at the first run's mkdir, a dry run failed only at the summary)
+    check_output_path(out_dir / "summary.json", "--out")
     start = time.monotonic()
     longest = 0.0
     for run in runs:
