@@ -55,3 +55,14 @@ def test_a_record_that_can_be_written_stays_where_asked(tmp_path):
     path = tmp_path / "runs" / "run.json"
     assert write_record(_record(), path, said.append) == path and said == []
     assert json.loads(Path(path).read_text())["status"] == "ok"
+
+
+@pytest.mark.parametrize(("flag", "value", "words"), [
+    ("--steps", str(10**400), "--steps must be at most 100,000, got a 401-digit number"),
+    ("--steps", "100001", "--steps must be at most 100,000, got 100001"),
+    ("--warmup", str(10**30), "--warmup must be at most 100,000"),
+])
+def test_profile_step_counts_are_bounded(flag, value, words):
+    """--steps 10**30 was accepted and ran until killed (issue 18 class 2)."""
+    r = vp("profile", "qwen3-0.6b", "--device", "cpu", flag, value, codes=(2,))
+    assert words in r.stderr and "profiling" not in r.stderr

@@ -41,6 +41,11 @@ def stderr_warn(message: str) -> None:
     sys.stderr.write(f"vramplan: warning: {message}\n")
 
 
+#: most measured (or warm-up) steps a run may ask for: a memory profile repeats after a few steps, and the
+#: sampler keeps every sample of the run in memory
+MAX_STEPS = 100_000
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """How to run and measure (everything that is not the :class:`~vramplan.setup.Setup`)."""
@@ -60,6 +65,10 @@ class RunOptions:
             raise ProfileError(f"--steps must be an integer >= 1, got {self.steps!r}")
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
             raise ProfileError(f"--warmup must be an integer >= 0, got {self.warmup!r}")
+        for flag, n in (("--steps", self.steps), ("--warmup", self.warmup)):
+            if n > MAX_STEPS:        # issue 18: --steps 10**30 was accepted and ran until killed
+                text = str(n) if n < 10**24 else f"a {len(str(n)):,}-digit number"
+                raise ProfileError(f"{flag} must be at most {MAX_STEPS:,}, got {text}")
         if not (0 < float(self.sample_hz) <= 10_000) or math.isnan(float(self.sample_hz)):
             raise ProfileError(f"--sample-hz must be in (0, 10000], got {self.sample_hz!r}")
         if self.loop not in LOOPS:
