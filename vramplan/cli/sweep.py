@@ -102,7 +102,11 @@ def sweep(*, models: tuple[str, ...], gpus_: tuple[str, ...], margin: str, trust
     fits and the headroom. With --lengths or --alloc-conf each row also replays the caching allocator over
     the run (as vramplan plan does, seconds a row): run_peak_allocated_bytes, run_peak_reserved_bytes,
     run_fragmentation_share, run_peak_reserved (GiB) and per --gpu <gpu>_run_fits (the run raises no OOM
-    there). CSV, Markdown and HTML show the model, the method, the options that vary across the rows and
+    there). With --device-map (inference over --gpus N) each such row holds the split: split_layers and the
+    fullest GPU's split_max_peak_allocated_bytes / split_max_device_used_bytes for --max-memory's budget, and per
+    --gpu <gpu>_split_layers and <gpu>_split_max_device_used_bytes, <gpu>_fits and <gpu>_headroom being the
+    split's verdict (every GPU fits) and its tightest GPU's headroom, as vramplan plan gives them. CSV, Markdown
+    and HTML show the model, the method, the options that vary across the rows and
     every result unless --columns says otherwise; JSONL records hold every column. Invalid combinations
     (e.g. --method full with --quant nf4) are skipped with a warning; combinations that come out identical
     (LoRA options with --method full) are evaluated once. Rows go to stdout, or atomically to --out;
