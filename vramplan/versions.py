@@ -57,7 +57,10 @@ CHANGES: tuple[Change, ...] = (
            "size of one moment at the optimizer step)", "transformers 4.54.0 training_args.py:806-811",
            "vramplan/setup.py Setup.create: --optim adamw-foreach when not given (optimizer.py)"),
     Change("peft", "0.12.0", "adapters take the base layer's dtype (no autocast_adapter_dtype fp32 upcast)",
-           "peft 0.12.0 mapping.py, peft_model.py (absent in 0.11.1)"),
+           "peft 0.12.0 mapping.py, peft_model.py (absent in 0.11.1); 0.11.1 tuners/lora/layer.py:123-131 "
+           "update_layer casts the layer to a floating-point base weight's dtype",
+           "vramplan/setup.py Setup.adapter_weight_dtype: --adapter-dtype auto is the base dtype (fp32 on a "
+           "quantized base)"),
     Change("bitsandbytes", "0.43.2", "MatMul4Bit.forward saves its input for backward (+tokens x in_features x 2 B "
            "per quantized Linear whose compute-dtype input is not saved otherwise)",
            "bitsandbytes 0.43.1 autograd/_functions.py:515-516 ctx.tensors = (A, B); 0.43.2 :516 (None, B), PR #1270",
@@ -68,7 +71,8 @@ CHANGES: tuple[Change, ...] = (
            ":324-343 gemm_4bit (backends/cuda/ops.py _dequant_linear_fallback: one copy in A.dtype)",
            "vramplan/estimate/layers.py Program.linear: the forward's dequantized copies"),
     Change("accelerate", "1.6.0", "no FSDP2: --strategy fsdp is FSDP1 with flat parameters",
-           "accelerate 1.6.0 utils/dataclasses.py (absent in 1.5.2)"),
+           "accelerate 1.6.0 utils/dataclasses.py (absent in 1.5.2)",
+           "vramplan/setup.py Setup.create: --strategy fsdp runs as fsdp1 (docs/fsdp1.md)"),
 )
 
 _VERSION = re.compile(r"\d+(\.\d+)*([.+-]?[A-Za-z0-9.+-]*)?")
