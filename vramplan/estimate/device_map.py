@@ -16,9 +16,15 @@ meta device when it runs), in two steps that this module replays on the model's 
   budget: by default its free RAM), then to disk.
 
 Sizes are ``numel × element_size`` of the loaded dtype per parameter, tied weights once
-(``compute_module_sizes``). Not modelled: non-persistent buffers (the rotary ``inv_freq``, a few hundred bytes
-per model, counted by transformers), quantized models (``hf_quantizer.param_element_size``) and
-``_no_placement_params``. The tests compare the split with transformers' own functions on meta models.
+(``compute_module_sizes``). A quantized model is sized as transformers sizes it (:func:`split_sizes`): the
+quantizer's ``preprocess_model`` has already replaced the Linears (``modeling_utils.py from_pretrained`` runs it
+before ``_get_device_map``), so GPTQ / AWQ / FP8 checkpoints count their real buffers and parameters (qweight,
+qzeros, scales, g_idx, fp16 bias; fp8 weight + fp32 ``weight_scale_inv``), and bitsandbytes counts each
+``Linear4bit``/``Linear8bitLt`` weight at ``quantized_element_size`` (0.5 / 1 B per element: ``HfQuantizer.
+param_element_size``) and then gives ``infer_auto_device_map`` 90 % of every budget (``adjust_max_memory``).
+Not modelled: non-persistent buffers (the rotary ``inv_freq``, a few hundred bytes per model, counted by
+transformers) and ``_no_placement_params``. The tests compare the split with transformers' own functions on meta
+models.
 
 A GPU's peak during ``generate`` is then its weights, the KV cache of its layers, the working set of one layer
 (every GPU that holds layers runs them, one at a time, on hidden states that accelerate's hooks move between
@@ -58,15 +64,16 @@ def _layer_module(tensor_name: str, layer: int) -> str | None:
     return None
 
 
-def module_tree(spec: ModelSpec, dtype: str) -> tuple[_Node, list[list[str]]]:
-    """The module tree of ``spec`` with parameter bytes in ``dtype`` (tied weights not counted), and the tied
-    groups ``[[tied name, target name], ...]`` (``model.all_tied_weights_keys``)."""
+def module_tree(spec: ModelSpec, dtype: str, sizes: dict[str, float] | None = None) -> tuple[_Node, list[list[str]]]:
+    """The module tree of ``spec`` with parameter bytes in ``dtype`` (or ``sizes[tensor name]``, as
+    :func:`split_sizes` gives them; tied weights not counted), and the tied groups ``[[tied name, target name],
+    ...]`` (``model.all_tied_weights_keys``)."""
     root = _Node("")
     layer_modules = {m for t in spec.tensors if t.layer is not None
                      for m in [_layer_module(t.name, t.layer)] if m is not None}
     tied: list[list[str]] = []
     for t in spec.tensors:
-        size = 0 if t.tied_to is not None else t.numel * BYTES[dtype]
+        size = 0 if t.tied_to is not None else (sizes[t.name] if sizes is not None else t.numel * BYTES[dtype])
         if t.tied_to is not None:
             tied.append(sorted([t.name, t.tied_to]))
         *mods, _ = t.name.split(".")
@@ -292,12 +299,58 @@ class DevicePlan:
         return next((s for s in self.shares if s.device == device), None)
 
 
+#: ``quantized_element_size`` of the bitsandbytes quantizers (transformers 5.24 quantizers/quantizer_bnb_4bit.py,
+#: quantizer_bnb_8bit.py) and the share of each budget their ``adjust_max_memory`` leaves (``val * 0.90``)
+BNB_ELEMENT_SIZE = {"nf4": 0.5, "fp4": 0.5, "int8": 1}
+BNB_MAX_MEMORY_FACTOR = 0.90
+
+
+def split_sizes(spec: ModelSpec, setup: Any) -> tuple[dict[str, float] | None, dict[str, int] | None, float]:
+    """Per tensor: the bytes transformers 5.24 ``compute_module_sizes(model, hf_quantizer)`` counts, the bytes it
+    occupies once loaded (``estimate/weights.py place_weights``: the same for GPTQ, AWQ and FP8; bitsandbytes'
+    packed codes and absmax), both None for an unquantized model, and the factor ``hf_quantizer.adjust_max_memory`` applies to the budgets.
+
+    Raises:
+        SetupError: a quantization whose device-map sizing is not mirrored here (compressed-tensors).
+    """
+    from .weights import place_weights
+
+    if not setup.quantized:                # every parameter in the loaded dtype (module_tree's default)
+        return None, None, 1.0
+    placed = {p.tensor.name: p for p in place_weights(spec, setup)}
+    resident = {n: sum(b for _, b in p.parts) for n, p in placed.items()}
+    if setup.bnb:
+        # HfQuantizer.param_element_size: quantized_element_size where param_needs_quantization (a Linear4bit /
+        # Linear8bitLt weight, not its bias), the param's own element size elsewhere; replace_with_bnb_linear
+        # creates the new module without a dtype, so on the meta model its bias is fp32 (4 B) whatever it loads as
+        size = BNB_ELEMENT_SIZE[setup.quant]
+        quantized = {p.tensor.module for p in placed.values() if p.quant != "none"}
+        sizes = {n: (p.tensor.numel * size if p.quant != "none"
+                     else 4.0 * p.tensor.numel if p.tensor.module in quantized and p.tensor.role == "bias"
+                     else float(resident[n])) for n, p in placed.items()}
+        return sizes, resident, BNB_MAX_MEMORY_FACTOR
+    from ..quantized import setup_scheme
+
+    scheme = setup_scheme(setup, spec.config)
+    if scheme.fmt == "compressed-tensors":
+        raise SetupError("--device-map on a compressed-tensors checkpoint is not modelled (its quantizer's "
+                         "parameter sizes are not mirrored); plan it without --device-map")
+    # GPTQ (optimum convert_model), AWQ (replace_with_awq_linear), FP8 (replace_with_fp8_linear): the converted
+    # modules' buffers and parameters themselves; no adjust_max_memory in quantizer_gptq/awq/finegrained_fp8.py.
+    # FP8Linear is created without a dtype: its bias is fp32 on the meta model (GPTQ/AWQ register an fp16 one)
+    quantized = {p.tensor.module for p in placed.values() if p.quant != "none"}
+    fp32_bias = scheme.quant == "fp8"
+    return {n: (4.0 * p.tensor.numel if fp32_bias and p.tensor.module in quantized and p.tensor.role == "bias"
+                else float(resident[n])) for n, p in placed.items()}, resident, 1.0
+
+
 def plan_device_map(spec: ModelSpec, dtype: str, strategy: str, gpus: int, free_bytes: int | None,
-                    max_memory_text: str | None) -> DevicePlan:
+                    max_memory_text: str | None, setup: Any = None) -> DevicePlan:
     """The split ``from_pretrained(device_map=strategy, max_memory=...)`` makes of ``spec`` loaded in ``dtype``
     over ``gpus`` GPUs with ``free_bytes`` free each (``--gpu``'s memory less the CUDA context) unless
     ``--max-memory`` says otherwise; without ``--max-memory`` the CPU takes what the GPUs cannot (as accelerate
-    gives it the free RAM), with it only the devices it names and then disk.
+    gives it the free RAM), with it only the devices it names and then disk. ``setup``: its quantization sizes
+    the modules (:func:`split_sizes`); without it every parameter is ``dtype``.
 
     Raises:
         SetupError: a bad ``--max-memory``, or neither ``--max-memory`` nor a GPU size to split on.
@@ -313,9 +366,12 @@ def plan_device_map(spec: ModelSpec, dtype: str, strategy: str, gpus: int, free_
     else:
         budget = {**{k: v for k, v in sorted((k, v) for k, v in given.items() if isinstance(k, int))},
                   **{k: given[k] for k in ("cpu", "disk") if k in given}}
-    root, tied = module_tree(spec, dtype)
+    sizes, resident, factor = split_sizes(spec, setup) if setup is not None else (None, None, 1.0)
+    root, tied = module_tree(spec, dtype, sizes)
     if strategy != "sequential":
         budget = balanced_memory(root, budget, low_zero=strategy == "balanced_low_0", user_set=given is not None)
+    if factor != 1.0:                      # hf_quantizer.adjust_max_memory, after balancing (_get_device_map)
+        budget = {k: v * factor for k, v in budget.items()}
     dmap = infer_device_map(root, tied, budget)
     shares: dict[int | str, list] = {}
     head = spec.output_head or "lm_head"
@@ -323,7 +379,7 @@ def plan_device_map(spec: ModelSpec, dtype: str, strategy: str, gpus: int, free_
         d = device_of(dmap, t.name)
         s = shares.setdefault(d, [set(), 0, False])
         if t.tied_to is None:
-            s[1] += t.numel * BYTES[dtype]
+            s[1] += resident[t.name] if resident is not None else t.numel * BYTES[dtype]
         if t.layer is not None:
             s[0].add(t.layer)
         if t.name.startswith(head + ".") or t.name == head:
@@ -361,7 +417,8 @@ def device_map_section(spec: ModelSpec, setup: Any, breakdown: dict[str, int], g
     """
     from .overhead import allocator_overhead_bytes, usable_bytes
 
-    plan = plan_device_map(spec, setup.compute_dtype, setup.device_map, setup.gpus, free_bytes, setup.max_memory)
+    plan = plan_device_map(spec, setup.compute_dtype, setup.device_map, setup.gpus, free_bytes, setup.max_memory,
+                           setup)
     n_layers = max(spec.num_layers, 1)
     kv = sum(v for k, v in breakdown.items() if k.startswith("kv_cache"))
     working = sum(v for k, v in breakdown.items() if k.startswith("activations/"))
@@ -370,6 +427,12 @@ def device_map_section(spec: ModelSpec, setup: Any, breakdown: dict[str, int], g
     rows, warnings = [], []
     fits = True
     cap = usable_bytes(gpu.memory_bytes, margin) if gpu is not None else None
+    if setup.bnb and any(not isinstance(s.device, int) for s in plan.shares):
+        # Bnb4BitHfQuantizer / Bnb8BitHfQuantizer.validate_environment(device_map=...) after the split
+        raise SetupError(f"--device-map {setup.device_map} with --quant {setup.quant}: the split offloads modules to "
+                         "the CPU or disk, which transformers refuses for bitsandbytes (\"Some modules are dispatched "
+                         "on the CPU or the disk\", quantizer_bnb_4bit.py validate_environment); give more GPUs or "
+                         "--max-memory")
     for s in plan.shares:
         if not isinstance(s.device, int):
             warnings.append(f"--device-map {setup.device_map}: {s.weights_bytes / 2**30:.2f} GiB of weights "
@@ -390,7 +453,7 @@ def device_map_section(spec: ModelSpec, setup: Any, breakdown: dict[str, int], g
     if any(len(s.layers) not in (0, n_layers) for s in plan.shares) and spec.sliding_window:
         warnings.append("--device-map: the KV cache is shared out by layer count; sliding-window layers cache less")
     return {"strategy": setup.device_map, "gpus": setup.gpus,
-            "max_memory_bytes": {str(k): int(v) for k, v in plan.max_memory.items() if v < 1 << 62},
+            "max_memory_bytes": {str(k): int(v) for k, v in plan.max_memory.items() if v < 0.9 * (1 << 62)},
             "device_map": {k or "": v for k, v in plan.device_map.items()},
             "devices": rows, "fits": fits if cap is not None else None, "warnings": warnings,
             "source": "transformers 5.24.0 integrations/accelerate.py _get_device_map (get_balanced_memory, "

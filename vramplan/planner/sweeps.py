@@ -97,15 +97,12 @@ def device_map_data(spec: ModelSpec, setup: Setup, breakdown: dict[str, int], gp
     components. The one place ``plan`` and ``sweep`` get it from.
 
     Raises:
-        SetupError: a quantized model (not modelled), a bad ``--max-memory``, or neither it nor a GPU.
+        SetupError: a quantization whose split is not mirrored (device_map.split_sizes), a bad ``--max-memory``,
+            or neither it nor a GPU.
     """
-    from ..errors import SetupError
     from ..estimate.device_map import device_map_section
     from ..estimate.overhead import cuda_context_bytes, uses_bitsandbytes
 
-    if setup.quantized:
-        raise SetupError(f"--device-map with --quant {setup.quant} is not modelled yet (transformers sizes quantized "
-                         "parameters through the quantizer); plan it with --quant none, or without --device-map")
     context = cuda_context_bytes(gpu.architecture if gpu is not None else None, uses_bitsandbytes(setup))
     free = gpu.memory_bytes - context if gpu is not None else None
     section = device_map_section(spec, setup, breakdown, gpu, margin, free, context)
