@@ -315,3 +315,103 @@ def test_framework_model_id_resolves_offline(model_id, monkeypatch):
     r = resolve_model(model_id)
     assert (r.origin, r.name) == ("profile", FRAMEWORK_IDS[model_id][0]), FRAMEWORK_IDS[model_id][1]
     assert r.spec.params_total == r.profile.params_total
+
+
+# ------------------------------------------------ mirror ids from the frameworks' download registries
+#: ModelScope/OpenMind id -> the Hugging Face id it mirrors, as ms-swift @ 3602360a swift/model/models/*.py
+#: (Model(ms_model_id, hf_model_id), "sw") or LLaMA-Factory @ ff6d4d12 src/llamafactory/extras/constants.py
+#: (DownloadSource.MODELSCOPE/OPENMIND beside DEFAULT, "lf") records it; pairs the two registries disagree on are
+#: not bundled (AI-ModelScope/gemma-2b-it and gemma-7b, AI-ModelScope/Mixtral-8x22B-v0.1)
+MIRRORS = {
+    "AI-ModelScope/bloom-560m": ("bigscience/bloom-560m", "lf"),
+    "AI-ModelScope/bloomz-560m": ("bigscience/bloomz-560m", "lf"),
+    "AI-ModelScope/codegemma-7b-it": ("google/codegemma-7b-it", "lf"),
+    "AI-ModelScope/falcon-40b": ("tiiuae/falcon-40b", "lf"),
+    "AI-ModelScope/falcon-40b-instruct": ("tiiuae/falcon-40b-instruct", "lf"),
+    "AI-ModelScope/falcon-7b": ("tiiuae/falcon-7b", "lf"),
+    "AI-ModelScope/falcon-7b-instruct": ("tiiuae/falcon-7b-instruct", "lf"),
+    "AI-ModelScope/gemma-2b": ("google/gemma-2b", "sw"),
+    "AI-ModelScope/gemma-7b-it": ("google/gemma-7b-it", "sw"),
+    "AI-ModelScope/gpt2": ("openai-community/gpt2", "lf"),
+    "AI-ModelScope/Llama-3.1-Nemotron-70B-Instruct-HF": ("nvidia/Llama-3.1-Nemotron-70B-Instruct-HF", "sw"),
+    "AI-ModelScope/Mistral-7B-Instruct-v0.1": ("mistralai/Mistral-7B-Instruct-v0.1", "sw"),
+    "AI-ModelScope/Mistral-7B-Instruct-v0.2": ("mistralai/Mistral-7B-Instruct-v0.2", "sw"),
+    "AI-ModelScope/Mistral-7B-v0.1": ("mistralai/Mistral-7B-v0.1", "sw"),
+    "AI-ModelScope/Mixtral-8x22B-Instruct-v0.1": ("mistralai/Mixtral-8x22B-Instruct-v0.1", "lf"),
+    "AI-ModelScope/Mixtral-8x7B-Instruct-v0.1": ("mistralai/Mixtral-8x7B-Instruct-v0.1", "sw"),
+    "AI-ModelScope/Mixtral-8x7B-v0.1": ("mistralai/Mixtral-8x7B-v0.1", "sw"),
+    "AI-ModelScope/phi-2": ("microsoft/phi-2", "sw"),
+    "iic/Tongyi-DeepResearch-30B-A3B": ("Alibaba-NLP/Tongyi-DeepResearch-30B-A3B", "sw"),
+    "LlamaFactory/gemma-2-2b-it": ("google/gemma-2-2b-it", "lf"),
+    "LlamaFactory/gemma-2-9b-it": ("google/gemma-2-9b-it", "lf"),
+    "LlamaFactory/Qwen2-0.5B-Instruct": ("Qwen/Qwen2-0.5B-Instruct", "lf"),
+    "LlamaFactory/Qwen2-1.5B-Instruct": ("Qwen/Qwen2-1.5B-Instruct", "lf"),
+    "LlamaFactory/Qwen2-7B-Instruct": ("Qwen/Qwen2-7B-Instruct", "lf"),
+    "LLM-Research/gemma-2-27b": ("google/gemma-2-27b", "sw"),
+    "LLM-Research/gemma-2-27b-it": ("google/gemma-2-27b-it", "sw"),
+    "LLM-Research/gemma-2-2b": ("google/gemma-2-2b", "sw"),
+    "LLM-Research/gemma-2-2b-it": ("google/gemma-2-2b-it", "sw"),
+    "LLM-Research/gemma-2-9b": ("google/gemma-2-9b", "sw"),
+    "LLM-Research/gemma-2-9b-it": ("google/gemma-2-9b-it", "sw"),
+    "LLM-Research/gemma-3-12b-it": ("google/gemma-3-12b-it", "sw"),
+    "LLM-Research/gemma-3-12b-pt": ("google/gemma-3-12b-pt", "sw"),
+    "LLM-Research/gemma-3-1b-it": ("google/gemma-3-1b-it", "sw"),
+    "LLM-Research/gemma-3-1b-pt": ("google/gemma-3-1b-pt", "sw"),
+    "LLM-Research/gemma-3-27b-it": ("google/gemma-3-27b-it", "sw"),
+    "LLM-Research/gemma-3-27b-pt": ("google/gemma-3-27b-pt", "sw"),
+    "LLM-Research/gemma-3-4b-it": ("google/gemma-3-4b-it", "sw"),
+    "LLM-Research/gemma-3-4b-pt": ("google/gemma-3-4b-pt", "sw"),
+    "LLM-Research/Llama-3.2-1B": ("meta-llama/Llama-3.2-1B", "sw"),
+    "LLM-Research/Llama-3.2-1B-Instruct": ("meta-llama/Llama-3.2-1B-Instruct", "sw"),
+    "LLM-Research/Llama-3.2-3B": ("meta-llama/Llama-3.2-3B", "sw"),
+    "LLM-Research/Llama-3.2-3B-Instruct": ("meta-llama/Llama-3.2-3B-Instruct", "sw"),
+    "LLM-Research/Llama-3.3-70B-Instruct": ("meta-llama/Llama-3.3-70B-Instruct", "sw"),
+    "LLM-Research/Meta-Llama-3-70B": ("meta-llama/Meta-Llama-3-70B", "sw"),
+    "LLM-Research/Meta-Llama-3-70B-Instruct": ("meta-llama/Meta-Llama-3-70B-Instruct", "sw"),
+    "LLM-Research/Meta-Llama-3-8B": ("meta-llama/Meta-Llama-3-8B", "sw"),
+    "LLM-Research/Meta-Llama-3-8B-Instruct": ("meta-llama/Meta-Llama-3-8B-Instruct", "sw"),
+    "LLM-Research/Meta-Llama-3.1-405B": ("meta-llama/Meta-Llama-3.1-405B", "sw"),
+    "LLM-Research/Meta-Llama-3.1-405B-Instruct": ("meta-llama/Meta-Llama-3.1-405B-Instruct", "sw"),
+    "LLM-Research/Meta-Llama-3.1-70B": ("meta-llama/Meta-Llama-3.1-70B", "sw"),
+    "LLM-Research/Meta-Llama-3.1-70B-Instruct": ("meta-llama/Meta-Llama-3.1-70B-Instruct", "sw"),
+    "LLM-Research/Meta-Llama-3.1-8B": ("meta-llama/Meta-Llama-3.1-8B", "sw"),
+    "LLM-Research/Mistral-7B-Instruct-v0.3": ("mistralai/Mistral-7B-Instruct-v0.3", "sw"),
+    "LLM-Research/mistral-7b-v0.3": ("mistralai/Mistral-7B-v0.3", "lf"),
+    "LLM-Research/Mistral-Large-Instruct-2407": ("mistralai/Mistral-Large-Instruct-2407", "sw"),
+    "LLM-Research/Phi-3-mini-128k-instruct": ("microsoft/Phi-3-mini-128k-instruct", "sw"),
+    "LLM-Research/Phi-3-mini-4k-instruct": ("microsoft/Phi-3-mini-4k-instruct", "sw"),
+    "LLM-Research/Phi-3.5-mini-instruct": ("microsoft/Phi-3.5-mini-instruct", "sw"),
+    "LLM-Research/phi-4": ("microsoft/phi-4", "sw"),
+    "modelscope/falcon-180B": ("tiiuae/falcon-180b", "lf"),
+    "modelscope/falcon-180B-chat": ("tiiuae/falcon-180b-chat", "lf"),
+    "modelscope/Llama-2-13b-chat-ms": ("meta-llama/Llama-2-13b-chat-hf", "sw"),
+    "modelscope/Llama-2-13b-ms": ("meta-llama/Llama-2-13b-hf", "sw"),
+    "modelscope/Llama-2-70b-chat-ms": ("meta-llama/Llama-2-70b-chat-hf", "sw"),
+    "modelscope/Llama-2-70b-ms": ("meta-llama/Llama-2-70b-hf", "sw"),
+    "modelscope/Llama-2-7b-chat-ms": ("meta-llama/Llama-2-7b-chat-hf", "sw"),
+    "modelscope/Llama-2-7b-ms": ("meta-llama/Llama-2-7b-hf", "sw"),
+    "Shanghai_AI_Laboratory/internlm2-chat-7b": ("internlm/internlm2-chat-7b", "sw"),
+    "skyline2006/llama-13b": ("huggyllama/llama-13b", "lf"),
+    "skyline2006/llama-7b": ("huggyllama/llama-7b", "lf"),
+    "ZhipuAI/chatglm3-6b": ("zai-org/chatglm3-6b", "sw"),
+}
+
+
+@pytest.mark.parametrize("mirror", sorted(MIRRORS))
+def test_mirror_resolves_to_the_profile_of_what_it_mirrors(mirror, monkeypatch):
+    from vramplan.profiles import resolve_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hf, _ = MIRRORS[mirror]
+    a, b = resolve_model(mirror), resolve_model(hf)
+    assert a.origin == b.origin == "profile" and a.name == b.name, (mirror, hf)
+
+
+def test_mirrors_the_registries_disagree_on_are_not_bundled(monkeypatch):
+    from vramplan.errors import UnknownModelError
+    from vramplan.profiles import resolve_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for mirror in ("AI-ModelScope/gemma-2b-it", "AI-ModelScope/gemma-7b", "AI-ModelScope/Mixtral-8x22B-v0.1"):
+        with pytest.raises(UnknownModelError):
+            resolve_model(mirror)
