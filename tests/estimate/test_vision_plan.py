@@ -39,35 +39,54 @@ TINY = {
                       "patch_size": PATCH, "vision_use_head": False, "attention_dropout": 0.0},
 }
 PATCHES = (IMAGE // PATCH) ** 2        # 64 patches per image, pooled 2x2 to 16 tokens
+#: a tiny LlavaForConditionalGeneration (CLIP tower: class token, pre_layrnorm, QuickGELU; 3 layers, feature layer
+#: -2, "default" strategy: 64 image tokens per image; GELU projector)
+TINY_LLAVA = {
+    "model_type": "llava", "architectures": ["LlavaForConditionalGeneration"], "image_token_id": 500,
+    "text_config": {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                    "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512, "use_cache": False},
+    "vision_config": {"model_type": "clip_vision_model", "hidden_size": V_HIDDEN, "intermediate_size": V_INTER,
+                      "num_hidden_layers": 3, "num_attention_heads": V_HEADS, "image_size": IMAGE,
+                      "patch_size": PATCH, "projection_dim": 32},
+}
 
 
 def _spec():
     return spec_from_config(TINY, "tiny-gemma3-mm")
 
 
-def _setup(method: str, train_vision: str, **kw) -> Setup:
+def _llava_spec():
+    pytest.importorskip("torch")
+    from vramplan.shapes.from_meta import spec_from_meta
+
+    return spec_from_meta(TINY_LLAVA, "tiny-llava")
+
+
+def _setup(method: str, train_vision: str, llava: bool = False, **kw) -> Setup:
     lora = LoraConfig(targets=("all-linear",), r=4) if method == "lora" else None
-    return Setup(method=method, precision="32-true", batch=2, seq=48, image_tokens=2 * TPI,
+    tpi = PATCHES if llava else TPI
+    return Setup(method=method, precision="32-true", batch=2, seq=2 * tpi + 32, image_tokens=2 * tpi,
                  train_vision=train_vision, lora=lora, **kw)
 
 
 def _estimated(spec, setup: Setup) -> tuple[int, int]:
     """The vision trace's saves at the setup's images, un-rounded: (tower, projector)."""
     vt = static_structure(spec, structural_setup(setup)).vision
-    n_img = setup.batch * setup.image_tokens // TPI
+    tpi = vt.tower.tokens_per_image
+    n_img = setup.batch * setup.image_tokens // tpi
     P = n_img * vt.tower.patches
     if setup.grad_ckpt:
-        it = n_img * TPI
-        return vt.layers * P * vt.ckpt_input + sum(c + a * P for c, a, _ in vt.tower_other), \
-            sum(c + a * it + q * it * TPI for c, a, q in vt.projector) + P * vt.pool_input
+        it = n_img * tpi
+        return vt.layers * P * vt.ckpt_input + sum(c + a * P for c, a, _ in vt.tower_other) + n_img * vt.pixel_bytes, \
+            sum(c + a * it + q * it * tpi for c, a, q in vt.projector) + P * vt.pool_input
 
     def total(terms, tokens, bss):
         return sum(c + a * tokens + q * bss for c, a, q in terms)
 
     tower = ((vt.layers - 1) * total(vt.layer, P, P * vt.tower.patches) + total(vt.first, P, P * vt.tower.patches)
-             + total(vt.tower_other, P, P * vt.tower.patches))
-    it = n_img * TPI
-    return tower, total(vt.projector, it, it * TPI) + P * vt.pool_input
+             + total(vt.tower_other, P, P * vt.tower.patches) + n_img * vt.pixel_bytes)
+    it = n_img * tpi
+    return tower, total(vt.projector, it, it * tpi) + P * vt.pool_input
 
 
 class _Held:
@@ -79,16 +98,19 @@ class _Held:
         self.t = t
 
 
-def _measured(method: str, train_vision: str, ckpt: bool = False) -> tuple[int, int]:
+def _measured(method: str, train_vision: str, ckpt: bool = False, llava: bool = False) -> tuple[int, int]:
     """Bytes saved by the tower and the projector that are still held by the graph at the end of forward."""
     import weakref
 
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    cfg = transformers.Gemma3Config(**{k: v for k, v in TINY.items() if k != "architectures"})
+    conf, cls = (TINY_LLAVA, transformers.LlavaForConditionalGeneration) if llava else \
+        (TINY, transformers.Gemma3ForConditionalGeneration)
+    cfg = (transformers.LlavaConfig if llava else transformers.Gemma3Config)(
+        **{k: v for k, v in conf.items() if k != "architectures"})
     cfg._attn_implementation = "sdpa"
-    model = transformers.Gemma3ForConditionalGeneration(cfg).float().train()
+    model = cls(cfg).float().train()
     m = model.model
     if ckpt:
         model.gradient_checkpointing_enable()
@@ -117,9 +139,11 @@ def _measured(method: str, train_vision: str, ckpt: bool = False) -> tuple[int, 
             held.append((weakref.ref(h), where[0], p, t.untyped_storage().nbytes()))
         return h
 
-    batch, seq, n_img = 2, 48, 2
+    tpi, token = (PATCHES, TINY_LLAVA["image_token_id"]) if llava else (TPI, IMAGE_TOKEN)
+    batch, n_img = 2, 2
+    seq = n_img * tpi + 32
     ids = torch.randint(0, 99, (batch, seq))
-    ids[:, 4:4 + n_img * TPI] = IMAGE_TOKEN
+    ids[:, 4:4 + n_img * tpi] = token
     pixel = torch.randn(batch * n_img, 3, IMAGE, IMAGE)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda h: h.t):
         out = model(input_ids=ids, pixel_values=pixel, labels=ids)
@@ -139,6 +163,22 @@ CASES = [("full", "all"), ("full", "projector"), ("full", "none"),
 def test_vision_saves_equal_torch(method: str, train_vision: str) -> None:
     spec = _spec()
     assert _estimated(spec, _setup(method, train_vision)) == _measured(method, train_vision)
+
+
+@pytest.mark.parametrize(("method", "train_vision"), CASES)
+def test_llava_vision_saves_equal_torch(method: str, train_vision: str) -> None:
+    """LLaVA's CLIP tower: every encoder layer's saves stay alive at the end of forward (the feature layer is -2,
+    yet the last layer's graph is still referenced), the pooled class token's post_layernorm graph is dropped."""
+    spec = _llava_spec()
+    assert _estimated(spec, _setup(method, train_vision, llava=True)) == \
+        _measured(method, train_vision, llava=True)
+
+
+@pytest.mark.parametrize(("method", "train_vision"), [("full", "all"), ("lora", "none")])
+def test_llava_vision_saves_with_checkpointing_equal_torch(method: str, train_vision: str) -> None:
+    spec = _llava_spec()
+    assert _estimated(spec, _setup(method, train_vision, llava=True, grad_ckpt=True)) == \
+        _measured(method, train_vision, ckpt=True, llava=True)
 
 
 @pytest.mark.parametrize(("method", "train_vision"), [("full", "all"), ("full", "none"), ("lora", "all"),

@@ -22,6 +22,16 @@ Modelled: ``Gemma3ForConditionalGeneration`` (transformers 5.24 ``models/gemma3/
   ``torch.matmul(normed, mm_input_projection_weight)``, ``type_as``. Replayed with ``Program.norm`` /
   ``Program.linear`` at the image tokens.
 
+And ``LlavaForConditionalGeneration`` with a CLIP tower (transformers 5.24 ``models/llava/modeling_llava.py``
+``LlavaModel.get_image_features``; ``models/clip/modeling_clip.py``): ``CLIPVisionEmbeddings`` (patch ``Conv2d``
+without bias, the class token ``torch.cat``-ed in front, ``+ position_embedding``: ``patches + 1`` rows per
+image), ``pre_layrnorm``, the same pre-LN encoder layers with ``QuickGELUActivation`` (``x * sigmoid(1.702 x)``:
+the sigmoid's output and ``x`` saved), ``hidden_states[vision_feature_layer]`` (one int layer; a list is not
+modelled), ``[:, 1:]`` under the ``default`` strategy (``patches`` image tokens per image, ``full``: ``+ 1``), then
+``LlavaMultiModalProjector`` (``linear_1`` -> GELU -> ``linear_2``). Measured: every encoder layer's saves stay
+alive at the end of forward (the last layer's too, though the feature layer is -2), the pooled class token's
+``post_layernorm`` graph is dropped.
+
 What autograd keeps depends on what trains: a tower whose parameters and inputs need no gradient runs without
 recording a graph (only its output, ``last_hidden_state``, enters the projector); a frozen projector on such a
 tower saves nothing either and the image features enter ``masked_scatter`` as a constant. ``masked_scatter``
@@ -32,8 +42,9 @@ With gradient checkpointing the tower's encoder layers save their inputs only, a
 The vision activations are made first in forward and freed last in backward (the tower's backward runs after
 every decoder layer's): they are alive at every activation moment of the timeline (``timeline.py``).
 
-Not modelled (a warning): LLaVA, Qwen2-VL / Qwen2.5-VL, Mllama, Llama 4 and other multimodal classes' vision
-activations; the tower's own forward transients (its peak comes before the decoder's activations exist); the
+Not modelled (a warning): Qwen2-VL / Qwen2.5-VL (``Qwen2VisionTransformerPretrainedModel``: Conv3d patches,
+vision rotary in fp32, fused qkv, ``PatchMerger``; 2.5-VL's windowed attention, RMSNorm and gated MLP), Mllama,
+Llama 4 and other multimodal classes' vision activations; LLaVA with several feature layers; the tower's own forward transients (its peak comes before the decoder's activations exist); the
 ``pixel_values`` batch itself (an input, as ``input_ids`` are); Gemma-3's bidirectional image-token attention
 mask in training (``token_type_ids``), which would rule out the flash kernel for the text layers.
 
@@ -73,36 +84,62 @@ MODELLED = VISION_PLANNED
 GEMMA3_TOKENS_PER_IMAGE = 256
 
 
+#: ``CLIPVisionConfig`` defaults (transformers 5.24 ``models/clip/configuration_clip.py``) and LLaVA's
+#: (``models/llava/configuration_llava.py``: ``vision_feature_layer=-2``, ``vision_feature_select_strategy="default"``,
+#: ``projector_hidden_act="gelu"``)
+CLIP_VISION_DEFAULTS: dict[str, Any] = {
+    "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+    "image_size": 224, "patch_size": 32, "hidden_act": "quick_gelu", "num_channels": 3}
+LLAVA_DEFAULTS: dict[str, Any] = {"vision_feature_layer": -2, "vision_feature_select_strategy": "default",
+                                  "projector_hidden_act": "gelu"}
+
+
 @dataclass(frozen=True)
 class Tower:
-    """A vision tower's dimensions, read from the checkpoint's ``vision_config`` (SigLIP defaults)."""
+    """A vision tower's dimensions, read from the checkpoint's ``vision_config`` (SigLIP / CLIP defaults)."""
 
     hidden: int
     intermediate: int
     heads: int
     layers: int
-    patches: int             # encoder sequence per image: (image_size // patch_size) ** 2
-    tokens_per_image: int    # language-model tokens per image (mm_tokens_per_image)
+    patches: int             # encoder sequence per image: (image_size // patch_size) ** 2, + 1 CLS for CLIP
+    tokens_per_image: int    # language-model tokens per image (mm_tokens_per_image; LLaVA: the patches)
     act: str
+    kind: str = "siglip"     # "siglip" (Gemma 3) or "clip" (LLaVA)
+    pixel_values: int = 0    # values of one image's pixel_values: channels × image_size²
+    projector_act: str = ""
 
 
 def tower_of(spec: ModelSpec) -> Tower | None:
-    """The modelled tower of ``spec`` (``None``: a text model, or a multimodal class not modelled)."""
+    """The modelled tower of ``spec`` (``None``: a text model, a multimodal class not modelled, or a LLaVA with
+    several feature layers)."""
     if spec.model_type not in MODELLED or not spec.is_multimodal:
         return None
     from ..shapes.from_config import SIGLIP_VISION_DEFAULTS
 
     vision = spec.config.get("vision_config") or {}
+    clip = spec.model_type == "llava"
+    defaults = CLIP_VISION_DEFAULTS if clip else SIGLIP_VISION_DEFAULTS
 
     def get(key: str) -> Any:
         v = vision.get(key)
-        return SIGLIP_VISION_DEFAULTS[key] if v is None else v
+        return defaults.get(key, 3) if v is None else v
 
     per_side = int(get("image_size")) // int(get("patch_size"))
-    tpi = int(spec.config.get("mm_tokens_per_image") or GEMMA3_TOKENS_PER_IMAGE)
-    return Tower(int(get("hidden_size")), int(get("intermediate_size")), int(get("num_attention_heads")),
-                 int(get("num_hidden_layers")), per_side * per_side, tpi,
-                 str(vision.get("hidden_act") or "gelu_pytorch_tanh"))
+    pixels = int(get("num_channels")) * int(get("image_size")) ** 2
+    dims = (int(get("hidden_size")), int(get("intermediate_size")), int(get("num_attention_heads")),
+            int(get("num_hidden_layers")))
+    if not clip:
+        tpi = int(spec.config.get("mm_tokens_per_image") or GEMMA3_TOKENS_PER_IMAGE)
+        return Tower(*dims, per_side * per_side, tpi, str(vision.get("hidden_act") or "gelu_pytorch_tanh"),
+                     "siglip", pixels)
+    cfg = {k: spec.config.get(k, d) if spec.config.get(k) is not None else d for k, d in LLAVA_DEFAULTS.items()}
+    if not isinstance(cfg["vision_feature_layer"], int) or vision.get("model_type") not in (None, "clip_vision_model"):
+        return None
+    # LlavaModel.get_image_features: hidden_states[vision_feature_layer], [:, 1:] under "default" (drops CLS)
+    patches = per_side * per_side
+    tpi = patches if cfg["vision_feature_select_strategy"] == "default" else patches + 1
+    return Tower(*dims, patches + 1, tpi, str(get("hidden_act")), "clip", pixels, str(cfg["projector_hidden_act"]))
 
 
 def images(spec: ModelSpec, setup: Setup) -> int:
@@ -112,8 +149,9 @@ def images(spec: ModelSpec, setup: Setup) -> int:
         return 0
     n, rest = divmod(setup.image_tokens, tower.tokens_per_image)
     if rest:
+        what = "mm_tokens_per_image" if tower.kind == "siglip" else "its patches per image"
         raise SetupError(f"--image-tokens {setup.image_tokens}: {spec.architecture} puts {tower.tokens_per_image} "
-                         "tokens per image (mm_tokens_per_image; get_placeholder_mask requires tokens = images × "
+                         f"tokens per image ({what}; get_placeholder_mask requires tokens = images × "
                          f"{tower.tokens_per_image}), so it must be a multiple of {tower.tokens_per_image}")
     return n
 
@@ -126,7 +164,7 @@ def warnings(spec: ModelSpec, setup: Setup) -> list[str]:
                    "in this plan; the tokens count as text tokens of --seq")
     elif setup.image_tokens and tower_of(spec) is None:
         out.append(f"--image-tokens {setup.image_tokens}: the vision activations of {spec.architecture} are not "
-                   f"modelled (modelled: Gemma3ForConditionalGeneration); its tower and projector are weights "
+                   f"modelled (modelled: Gemma3ForConditionalGeneration, LlavaForConditionalGeneration with one feature layer); its tower and projector are weights "
                    f"(trained per --train-vision {setup.train_vision}), the image tokens text tokens of --seq")
     if setup.train_vision != "all" and not spec.is_multimodal and setup.training:
         out.append(f"--train-vision {setup.train_vision}: {spec.architecture or spec.model_type} has no vision "
@@ -149,6 +187,7 @@ class VisionTrace:
     mask_saved: bool                              # masked_scatter keeps its bool mask (per text token)
     tower: Tower
     ckpt_input: int                               # checkpointing: bytes per patch of one saved layer input
+    pixel_bytes: int = 0                          # per image: the patch embedding's saved input (it trains)
 
     def at(self, n_images: int, text_tokens: int, ckpt: bool) -> tuple[int, int]:
         """(tower bytes, projector + merge bytes) at ``n_images`` images in the step."""
@@ -160,6 +199,8 @@ class VisionTrace:
             tower = (self.layers - 1) * alloc_sum(self.layer, P, bss) + alloc_sum(self.first, P, bss) \
                 if self.layers else 0
         tower += alloc_sum(self.tower_other, P, bss)
+        if self.pixel_bytes:
+            tower += alloc(n_images * self.pixel_bytes)
         it = n_images * self.tower.tokens_per_image
         proj = alloc_sum(self.projector, it, it * self.tower.tokens_per_image)
         if self.pool_input:
@@ -205,10 +246,13 @@ def vision_trace(spec: ModelSpec, setup: Setup, placements: tuple[Placement, ...
                     num_kv_heads=tower.heads, head_dim=tower.hidden // tower.heads,
                     intermediate_size=tower.intermediate, hidden_act=tower.act, norm_type="layernorm",
                     config={"use_cache": False}, tensors=(), notes=())
-    prog = Program(vspec, setup)
-    prog.rotary = prog.kv_cache = False
-    prog.gemma_norm = False
+    prog = _TowerProgram(vspec, setup, tower.act)
     ac = setup.compute_dtype if setup.autocast else None
+    clip = tower.kind == "clip"
+    pre = _norm_of(vt, "pre_layrnorm") if clip else None
+    # CLIP's pre_layrnorm runs before the layers: under (CUDA) autocast its output, the layers' stream, is fp32
+    stream = "fp32" if (pre is not None and setup.autocast) else resid
+    pixel_bytes = 0
 
     layer_terms: tuple = ()
     first_terms: tuple = ()
@@ -219,7 +263,8 @@ def vision_trace(spec: ModelSpec, setup: Setup, placements: tuple[Placement, ...
             tr = Tracer(ac)
             # layer 0's input is the embeddings' output: it needs a gradient only when they train (then its first
             # LayerNorm saves nothing otherwise, as the decoder's layer 0 in structure.py trace_layer)
-            x = tr.external("encoder layer input", tok(tower.hidden), resid, embed_trains or index > 0)
+            rg0 = embed_trains or (pre is not None and pre.trainable)
+            x = tr.external("encoder layer input", tok(tower.hidden), stream, rg0 or index > 0)
             prog.layer(tr, x, info)
             if index == 0:
                 first_terms = _terms(tr.saved_storages())
@@ -227,21 +272,26 @@ def vision_trace(spec: ModelSpec, setup: Setup, placements: tuple[Placement, ...
                 layer_terms = _terms(tr.saved_storages())
         tr0 = Tracer(ac)
         if conv is not None and conv.trainable:
-            # Conv2d saves its input, pixel_values.to(weight dtype) (autocast: the compute dtype): per patch
-            # channels × patch² values
-            k = conv.tensor.shape[1] * conv.tensor.shape[2] * conv.tensor.shape[3]
-            px = tr0.new("pixel_values (patch_embedding input)", tok(k), ac or conv.dtype, False)
-            tr0.save("conv2d", px)
-        post = _norm_of(vt, "post_layernorm")
+            # Conv2d saves its input, pixel_values.to(weight dtype) (autocast: the compute dtype), per image
+            pixel_bytes = tower.pixel_values * BYTES[ac or conv.dtype]
+        if pre is not None:
+            # CLIPVisionTransformer.forward: pre_layrnorm on the embeddings (class token + patches + positions)
+            h = tr0.external("embeddings", tok(tower.hidden), resid, embed_trains)
+            prog.norm(tr0, h, pre, "pre_layrnorm")
+        # SigLIP's post_layernorm is on the output; CLIP's on the pooled class token, whose graph LLaVA drops
+        post = _norm_of(vt, "post_layernorm") if not clip else None
         if post is not None:
             # post_layernorm's input: the last layer's output, requires grad (the tower trains)
             h = tr0.external("last layer output", tok(tower.hidden), resid, True)
             prog.norm(tr0, h, post, "post_layernorm")
         other = list(_terms(tr0.saved_storages()))
-    ckpt_input = tower.hidden * BYTES[resid] if tower_grad else 0
+    ckpt_input = tower.hidden * BYTES[stream] if tower_grad else 0
+    proj_trains = any(p.trainable for p in pj)
+    if clip:
+        return _llava_projector(spec, setup, pj, adapted, plan, tower, prog, stream, tower_grad, text_embed_rg,
+                                (layer_terms, first_terms, tuple(other), ckpt_input, pixel_bytes))
 
     # projector: Gemma3RMSNorm(mm_soft_emb_norm) then matmul with mm_input_projection_weight
-    proj_trains = any(p.trainable for p in pj)
     tr = Tracer(ac)
     # post_layernorm's output: fp32 under (CUDA) autocast, which runs layer_norm in fp32; the pooling keeps it
     vdt = "fp32" if setup.autocast else resid
@@ -261,7 +311,61 @@ def vision_trace(spec: ModelSpec, setup: Setup, placements: tuple[Placement, ...
     # AvgPool2d saves its input, the contiguous (b, C, H, W) copy of the tower output, when that needs a gradient
     pool_input = tower.hidden * BYTES[vdt] if tower_grad else 0
     return VisionTrace(layer_terms, tower.layers, first_terms, tuple(other), proj_terms, pool_input,
-                       features_rg or text_embed_rg, tower, ckpt_input)
+                       features_rg or text_embed_rg, tower, ckpt_input, pixel_bytes)
+
+
+def _llava_projector(spec: ModelSpec, setup: Setup, pj: list, adapted: dict[str, Any], plan: LoraPlan | None,
+                     tower: Tower, prog: Program, stream: str, tower_grad: bool, text_embed_rg: bool,
+                     tower_parts: tuple) -> VisionTrace:
+    """``LlavaMultiModalProjector.forward`` (transformers 5.24 ``models/llava/modeling_llava.py``): ``linear_1`` on
+    the selected hidden states (``[:, 1:]`` of a layer output: ``F.linear`` reshapes the strided slice to 2-D, a
+    contiguous copy, and saves that), the projector activation (GELU), ``linear_2``."""
+    layer_terms, first_terms, other, ckpt_input, pixel_bytes = tower_parts
+    lins = {}
+    for p in pj:
+        t = p.tensor
+        if t.module_type == "linear" and t.param_name == "weight":
+            lin = Lin(t.module, t.shape[1], t.shape[0], p.dtype, p.trainable)
+            a = adapted.get(t.module)
+            if a is not None and plan is not None:
+                lin.lora_r, lin.lora_dtype = a.rank, setup.adapter_weight_dtype
+                lin.dropout, lin.dora = plan.config.dropout, plan.config.dora
+            lins[t.module.rpartition(".")[2]] = lin
+    tr = Tracer(setup.compute_dtype if setup.autocast else None)
+    x = tr.external("selected image features ([:, 1:] copy)", tok(tower.hidden), stream, tower_grad)
+    h = prog.linear(tr, x, lins["linear_1"]) if "linear_1" in lins else x
+    l1 = lins.get("linear_1")
+    if l1 is not None and not (x.rg or l1.trainable or l1.lora_r):
+        h.rg = False        # nothing before it needs a gradient: autograd records no graph, the GELU saves nothing
+    saved_act = prog.act
+    prog.act, prog.quick = ("gelu" if "gelu" in tower.projector_act else "silu"), tower.projector_act == "quick_gelu"
+    h = prog.act_fn(tr, h, "projector act")
+    prog.act, prog.quick = saved_act, tower.act == "quick_gelu"
+    out = prog.linear(tr, h, lins["linear_2"]) if "linear_2" in lins else h
+    terms = _terms(tr.saved_storages())
+    return VisionTrace(layer_terms, tower.layers, first_terms, other, terms, 0, out.rg or text_embed_rg, tower,
+                       ckpt_input, pixel_bytes)
+
+
+class _TowerProgram(Program):
+    """The decoder program on a vision tower's dimensions: LayerNorm, no rotary, no KV cache, CLIP's QuickGELU."""
+
+    def __init__(self, spec: ModelSpec, setup: Setup, act: str) -> None:
+        super().__init__(spec, setup)
+        self.rotary = self.kv_cache = self.gemma_norm = False
+        self.quick = act == "quick_gelu"
+
+    def act_fn(self, tr: Tracer, x: Any, label: str) -> Any:
+        if not self.quick:
+            return super().act_fn(tr, x, label)
+        # QuickGELUActivation (transformers 5.24 activations.py:117-123): input * torch.sigmoid(1.702 * input);
+        # sigmoid saves its output, the mul saves both operands
+        scaled = tr.fresh("mul", x, f"{label} 1.702 * x")
+        sig = tr.new(f"{label} sigmoid", x.size, x.dtype, x.rg)
+        tr.op("sigmoid", (scaled,), (sig,))
+        if x.rg:
+            tr.save("sigmoid", sig)
+        return tr.mul(x, sig, label)
 
 
 def adapted_modules(plan: LoraPlan | None) -> dict[str, Any]:
