@@ -303,11 +303,11 @@ def vision_trace(spec: ModelSpec, setup: Setup, placements: tuple[Placement, ...
     if w is not None:
         lin = Lin("multi_modal_projector.mm_input_projection", w.tensor.shape[0], w.tensor.shape[1], w.dtype,
                   w.trainable)
-        out = gprog.linear(tr, h, lin)
-    else:
-        out = h
+        gprog.linear(tr, h, lin)
     proj_terms = _terms(tr.saved_storages())
-    features_rg = out.rg or proj_trains or tower_grad
+    # the image features need a gradient when anything of the vision side records a graph (the projector's
+    # matmul output is a new tensor either way: its rg flag in the replay says nothing here)
+    features_rg = proj_trains or tower_grad
     # AvgPool2d saves its input, the contiguous (b, C, H, W) copy of the tower output, when that needs a gradient
     pool_input = tower.hidden * BYTES[vdt] if tower_grad else 0
     return VisionTrace(layer_terms, tower.layers, first_terms, tuple(other), proj_terms, pool_input,
@@ -341,9 +341,11 @@ def _llava_projector(spec: ModelSpec, setup: Setup, pj: list, adapted: dict[str,
     prog.act, prog.quick = ("gelu" if "gelu" in tower.projector_act else "silu"), tower.projector_act == "quick_gelu"
     h = prog.act_fn(tr, h, "projector act")
     prog.act, prog.quick = saved_act, tower.act == "quick_gelu"
-    out = prog.linear(tr, h, lins["linear_2"]) if "linear_2" in lins else h
+    if "linear_2" in lins:
+        prog.linear(tr, h, lins["linear_2"])
     terms = _terms(tr.saved_storages())
-    return VisionTrace(layer_terms, tower.layers, first_terms, other, terms, 0, out.rg or text_embed_rg, tower,
+    features_rg = tower_grad or any(lin.trainable or lin.lora_r for lin in lins.values())
+    return VisionTrace(layer_terms, tower.layers, first_terms, other, terms, 0, features_rg or text_embed_rg, tower,
                        ckpt_input, pixel_bytes)
 
 
