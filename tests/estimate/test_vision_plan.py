@@ -249,17 +249,20 @@ def test_text_model_warns() -> None:
     assert any("no vision tower" in w for w in est.warnings)
 
 
+@pytest.mark.parametrize("llava", [False, True])
 @pytest.mark.parametrize("train_vision", ["all", "projector", "none"])
-def test_lora_trainable_equals_peft(train_vision: str) -> None:
+def test_lora_trainable_equals_peft(train_vision: str, llava: bool) -> None:
     """PEFT 0.21.2 on the real tiny model: ``all-linear`` (``_maybe_include_all_linear_layers``: every Linear but
     the output embedding, the SigLIP tower's included) for ``all``; for the frozen variants the Linear names
     outside the frozen parts, as LLaMA-Factory's ``patch_target_modules`` passes them."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     peft = pytest.importorskip("peft")
-    cfg = transformers.Gemma3Config(**{k: v for k, v in TINY.items() if k != "architectures"})
+    conf, cls, cfg_cls = (TINY_LLAVA, transformers.LlavaForConditionalGeneration, transformers.LlavaConfig) \
+        if llava else (TINY, transformers.Gemma3ForConditionalGeneration, transformers.Gemma3Config)
+    cfg = cfg_cls(**{k: v for k, v in conf.items() if k != "architectures"})
     with torch.device("meta"):
-        model = transformers.Gemma3ForConditionalGeneration(cfg)
+        model = cls(cfg)
     frozen = {"all": (), "projector": ("vision_tower",), "none": ("vision_tower", "multi_modal_projector")}
     if train_vision == "all":
         targets = "all-linear"
@@ -270,4 +273,43 @@ def test_lora_trainable_equals_peft(train_vision: str) -> None:
     trainable, _ = pm.get_nb_trainable_parameters()
     tower_adapted = any(".vision_tower." in n and "lora_A" in n for n, _ in pm.named_parameters())
     assert tower_adapted == (train_vision == "all")
-    assert estimate(_spec(), _setup("lora", train_vision)).params_trainable == trainable
+    spec = _llava_spec() if llava else _spec()
+    assert estimate(spec, _setup("lora", train_vision, llava=llava)).params_trainable == trainable
+
+
+def test_sweep_counters_equal_estimate() -> None:
+    """The sweep's evaluator (grid.py) prices the same vision saves as estimate()."""
+    from vramplan.estimate.grid import estimate_counters
+
+    spec = _spec()
+    for tv in ("all", "none"):
+        setup = _setup("lora", tv)
+        est = estimate(spec, setup, detail=False)
+        row = estimate_counters(spec, setup, [(setup.batch, setup.seq)])[0]
+        assert (row.peak_allocated_bytes, row.peak_phase) == (est.peak_allocated_bytes, est.peak_phase)
+    # the vision saves are in the peak: a trained tower's plan is larger than the text-only one by at least them
+    with_images = estimate(spec, _setup("full", "all"))
+    text_only = estimate(spec, _setup("full", "all").with_(image_tokens=0))
+    vision = sum(c.bytes for c in with_images.components if c.name.startswith("activations/vision_"))
+    assert vision > 0 and with_images.peak_allocated_bytes >= text_only.peak_allocated_bytes + vision
+
+
+def test_unmodelled_vision_class_warns() -> None:
+    """Qwen2-VL's vision forward is not replayed: one warning line, never silence."""
+    pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    import json
+
+    from vramplan.shapes.from_meta import spec_from_meta
+
+    cfg = transformers.Qwen2VLConfig(
+        text_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                     "num_key_value_heads": 2, "vocab_size": 512,
+                     "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3]}},
+        vision_config={"depth": 2, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2,
+                       "patch_size": 14, "spatial_merge_size": 2})
+    d = json.loads(cfg.to_json_string())
+    d["architectures"] = ["Qwen2VLForConditionalGeneration"]
+    spec = spec_from_meta(d, "tiny-qwen2-vl")
+    est = estimate(spec, Setup(method="lora", seq=64, image_tokens=16, lora=LoraConfig(targets=("all-linear",))))
+    assert any("vision activations of Qwen2VLForConditionalGeneration are not modelled" in w for w in est.warnings)
