@@ -38,8 +38,10 @@ def test_estimates_over_gpu_counts_are_the_same_warm_or_cold(opts):
             assert a == b, (strategy, n)
 
 
-def test_the_layer_cap_is_one_line_naming_it(tmp_path):
-    write_config(tmp_path / "c", num_hidden_layers=MAX_LAYERS + 1)
+@pytest.mark.parametrize("layers", [MAX_LAYERS + 1, 10**9, 10**400])
+def test_the_layer_cap_is_one_line_naming_it(tmp_path, layers):
+    """10**9 layers named the width cap (16,777,216), not the layer cap the README states."""
+    write_config(tmp_path / "c", num_hidden_layers=layers)
     for command in ("plan", "params"):
         r = vp(command, str(tmp_path / "c"), codes=(2,))
         assert f"more than the {MAX_LAYERS:,} layers" in r.stderr

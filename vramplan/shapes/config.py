@@ -165,7 +165,7 @@ def _positive_int(config: Mapping[str, Any], meaning: str, source: str, *, requi
         key = next(k for k in _keys(config, meaning) if config.get(k) is not None)
         raise ConfigError(f"{source}: field '{key}' must be a positive integer, got {brief(value)}")
     limit = MAX_POSITIONS if meaning == "max_position_embeddings" else MAX_DIM
-    if value > limit:
+    if value > limit and meaning != "num_layers":     # read_dims names the layer cap (MAX_LAYERS) itself
         key = next(k for k in _keys(config, meaning) if config.get(k) is not None)
         raise ConfigError(f"{source}: field '{key}' is {brief(value)}, more than the {limit:,} vramplan accepts; "
                           "fix the config")
@@ -206,7 +206,7 @@ def read_dims(config: Mapping[str, Any], source: str = "config.json") -> Dims:
     layers = _positive_int(config, "num_layers", source)
     if layers > MAX_LAYERS:
         key = next(k for k in _keys(config, "num_layers") if config.get(k) is not None)
-        raise ConfigError(f"{source}: field '{key}' is {layers:,}, more than the {MAX_LAYERS:,} layers vramplan "
+        raise ConfigError(f"{source}: field '{key}' is {brief(layers)}, more than the {MAX_LAYERS:,} layers vramplan "
                           "plans (the deepest released decoders have a few hundred); fix the config")
     heads = _positive_int(config, "num_heads", source)
     if family == "falcon":
