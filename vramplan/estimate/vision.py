@@ -166,6 +166,9 @@ def warnings(spec: ModelSpec, setup: Setup) -> list[str]:
         out.append(f"--image-tokens {setup.image_tokens}: the vision activations of {spec.architecture} are not "
                    f"modelled (modelled: Gemma3ForConditionalGeneration, LlavaForConditionalGeneration with one feature layer); its tower and projector are weights "
                    f"(trained per --train-vision {setup.train_vision}), the image tokens text tokens of --seq")
+    if setup.image_tokens and setup.act_offload and setup.training and tower_of(spec) is not None:
+        out.append("--act-offload with --image-tokens: the vision tower's and projector's saves are kept on the GPU "
+                   "in this plan (an offloader's saved-tensor hooks would move them too): an upper bound")
     if setup.train_vision != "all" and not spec.is_multimodal and setup.training:
         out.append(f"--train-vision {setup.train_vision}: {spec.architecture or spec.model_type} has no vision "
                    "tower or projector; nothing changes")
