@@ -491,9 +491,14 @@ def _write_tmpfile(target: Path, data: bytes, mode: int | None) -> bool:
         _write_all(fd, data)
         dfd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         name = f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}{_TEMP_SUFFIX}"
-        # linkat(AT_SYMLINK_FOLLOW) of /proc/self/fd/N: the documented way to give an O_TMPFILE file a name
-        os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dfd, follow_symlinks=True)
+        # linkat(AT_SYMLINK_FOLLOW) of /proc/self/fd/N: the documented way to give an O_TMPFILE file a name;
+        # the name is known before the link, so a Ctrl-C arriving just after it still removes the file
         tmp = folder / name
+        try:
+            os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dfd, follow_symlinks=True)
+        except OSError:
+            tmp = None            # not linked: nothing to remove
+            raise
         os.replace(tmp, target)
         tmp = None
     except OSError as exc:

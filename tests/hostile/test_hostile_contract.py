@@ -71,3 +71,25 @@ def test_ctrl_c_during_a_sweep_is_exit_130_with_one_line(tmp_path):
     assert "Traceback" not in stderr
     assert [line for line in stderr.splitlines() if line.startswith("vramplan:")] == ["vramplan: aborted"], stderr
     assert out.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["s.csv"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="O_TMPFILE")
+@pytest.mark.parametrize("at", ["link", "replace"])
+def test_ctrl_c_as_the_temp_file_gets_its_name_leaves_nothing(tmp_path, monkeypatch, at):
+    """A SIGINT landing just after the temporary file is linked into the folder (issue 18 class 6: the name was
+    known only after os.link returned) or during the rename: the old file stays, no temporary file is left."""
+    target = tmp_path / "out.csv"
+    target.write_text("old")
+    real = getattr(os, at)
+
+    def interrupted(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, at, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        io.atomic_write_text(target, "new")
+    monkeypatch.undo()
+    leftover = sorted(p.name for p in tmp_path.iterdir())
+    assert leftover == ["out.csv"], leftover
+    assert target.read_text() in ("old", "new")
