@@ -55,6 +55,28 @@ def _spec():
     return spec_from_config(TINY, "tiny-gemma3-mm")
 
 
+#: a tiny Qwen2VLForConditionalGeneration: 2 vision blocks of width 32 (fused qkv, vision rotary, QuickGELU), 2×2
+#: patches per image token (PatchMerger), 8×8-patch images (16 tokens each), patches of 3 × 2 × 2² pixel values
+TINY_QWEN2_VL = {
+    "model_type": "qwen2_vl", "architectures": ["Qwen2VLForConditionalGeneration"], "image_token_id": 500,
+    "vision_start_token_id": 501, "vision_end_token_id": 502,
+    "text_config": {"model_type": "qwen2_vl_text", "hidden_size": 64, "intermediate_size": 128,
+                    "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512,
+                    "use_cache": False, "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3],
+                                                            "rope_theta": 1000000.0}},
+    "vision_config": {"model_type": "qwen2_vl", "depth": 2, "embed_dim": 32, "hidden_size": 64, "num_heads": 2,
+                      "mlp_ratio": 2, "patch_size": 2, "spatial_merge_size": 2, "temporal_patch_size": 2},
+}
+QWEN_TOKENS_PER_IMAGE = 16
+
+
+def _qwen_spec():
+    pytest.importorskip("torch")
+    from vramplan.shapes.from_meta import spec_from_meta
+
+    return spec_from_meta(TINY_QWEN2_VL, "tiny-qwen2-vl")
+
+
 def _llava_spec():
     pytest.importorskip("torch")
     from vramplan.shapes.from_meta import spec_from_meta
@@ -62,9 +84,9 @@ def _llava_spec():
     return spec_from_meta(TINY_LLAVA, "tiny-llava")
 
 
-def _setup(method: str, train_vision: str, llava: bool = False, **kw) -> Setup:
+def _setup(method: str, train_vision: str, llava: bool = False, qwen: bool = False, **kw) -> Setup:
     lora = LoraConfig(targets=("all-linear",), r=4) if method == "lora" else None
-    tpi = PATCHES if llava else TPI
+    tpi = QWEN_TOKENS_PER_IMAGE if qwen else PATCHES if llava else TPI
     return Setup(method=method, precision="32-true", batch=2, seq=2 * tpi + 32, image_tokens=2 * tpi,
                  train_vision=train_vision, lora=lora, **kw)
 
@@ -100,39 +122,55 @@ class _Held:
         self.t = t
 
 
-def _measured(method: str, train_vision: str, ckpt: bool = False, llava: bool = False) -> tuple[int, int]:
+def _measured(method: str, train_vision: str, ckpt: bool = False, llava: bool = False,
+              qwen: bool = False) -> tuple[int, int]:
     """Bytes saved by the tower and the projector that are still held by the graph at the end of forward."""
     import weakref
 
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    conf, cls = (TINY_LLAVA, transformers.LlavaForConditionalGeneration) if llava else \
-        (TINY, transformers.Gemma3ForConditionalGeneration)
-    cfg = (transformers.LlavaConfig if llava else transformers.Gemma3Config)(
-        **{k: v for k, v in conf.items() if k != "architectures"})
+    conf, cls, cfg_cls = (
+        (TINY_QWEN2_VL, transformers.Qwen2VLForConditionalGeneration, transformers.Qwen2VLConfig) if qwen else
+        (TINY_LLAVA, transformers.LlavaForConditionalGeneration, transformers.LlavaConfig) if llava else
+        (TINY, transformers.Gemma3ForConditionalGeneration, transformers.Gemma3Config))
+    cfg = cfg_cls(**{k: v for k, v in conf.items() if k != "architectures"})
     cfg._attn_implementation = "sdpa"
     model = cls(cfg).float().train()
     m = model.model
+    tower, projector = (m.visual, m.visual.merger) if qwen else (m.vision_tower, m.multi_modal_projector)
     if ckpt:
         model.gradient_checkpointing_enable()
     if method == "lora":
         peft = pytest.importorskip("peft")
-        frozen = {"all": (), "projector": ("vision_tower",), "none": ("vision_tower", "multi_modal_projector")}
+        parts = {"all": (), "projector": (tower,), "none": (tower, projector)}[train_vision]
+        skip = {id(mod) for part in parts for mod in part.modules()}
+        if train_vision == "projector":      # the projector trains: keep its modules (Qwen2-VL's is in the tower)
+            skip -= {id(mod) for mod in projector.modules()}
         names = [n for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear) and n != "lm_head"
-                 and not any(f".{p}." in f".{n}." for p in frozen[train_vision])]
+                 and id(mod) not in skip]
         model = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=names))
     else:
-        frozen = {"all": (), "projector": (m.vision_tower,), "none": (m.vision_tower, m.multi_modal_projector)}
-        for part in frozen[train_vision]:
+        for part in {"all": (), "projector": (tower,), "none": (tower, projector)}[train_vision]:
             part.requires_grad_(False)
+        if train_vision == "projector":
+            projector.requires_grad_(True)
     # parameters and buffers (SigLIP's position_ids, saved by the embedding's backward) cost no activation memory
     params = {p.untyped_storage().data_ptr() for p in (*model.parameters(), *model.buffers())}
     held: list[tuple[weakref.ref, str, int, int]] = []
     where = [None]
-    m.vision_tower.register_forward_pre_hook(lambda *a: where.__setitem__(0, "tower"))
-    m.multi_modal_projector.register_forward_pre_hook(lambda *a: where.__setitem__(0, "projector"))
-    m.multi_modal_projector.register_forward_hook(lambda *a: where.__setitem__(0, "merge"))
+    tower.register_forward_pre_hook(lambda *a: where.__setitem__(0, "tower"))
+    kept: dict[int, int] = {}
+    if qwen and ckpt:
+        # a checkpointed block gets the fp32 rotary cos/sin as a keyword argument: the checkpoint's closure holds
+        # them to the block's recompute (not a saved tensor, still memory), measured from the call itself
+        def rotary(module, args, kwargs):
+            for t in kwargs.get("position_embeddings") or ():
+                kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+
+        tower.blocks[0].register_forward_pre_hook(rotary, with_kwargs=True)
+    projector.register_forward_pre_hook(lambda *a: where.__setitem__(0, "projector"))
+    projector.register_forward_hook(lambda *a: where.__setitem__(0, "merge"))
     m.language_model.layers[0].register_forward_pre_hook(lambda *a: where.__setitem__(0, None))
 
     def pack(t):
@@ -142,21 +180,29 @@ def _measured(method: str, train_vision: str, ckpt: bool = False, llava: bool = 
             held.append((weakref.ref(h), where[0], p, t.untyped_storage().nbytes()))
         return h
 
-    tpi, token = (PATCHES, TINY_LLAVA["image_token_id"]) if llava else (TPI, IMAGE_TOKEN)
+    tpi, token = (QWEN_TOKENS_PER_IMAGE, 500) if qwen else (PATCHES, 500) if llava else (TPI, IMAGE_TOKEN)
     batch, n_img = 2, 2
     seq = n_img * tpi + 32
     ids = torch.randint(0, 99, (batch, seq))
-    ids[:, 4:4 + n_img * tpi] = token
-    pixel = torch.randn(batch * n_img, 3, IMAGE, IMAGE)
+    for i in range(n_img):      # the images apart (Qwen2-VL's M-RoPE groups consecutive image tokens)
+        ids[:, 4 + i * (tpi + 1):4 + i * (tpi + 1) + tpi] = token
+    kwargs = {}
+    if qwen:       # flattened patches (3 × 2 × 2² values each), an 8×8 grid per image; M-RoPE needs the token types
+        pixel = torch.randn(batch * n_img * 64, 24)
+        kwargs = {"image_grid_thw": torch.tensor([[1, 8, 8]] * (batch * n_img)),
+                  "mm_token_type_ids": (ids == token).long()}
+    else:
+        pixel = torch.randn(batch * n_img, 3, IMAGE, IMAGE)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda h: h.t):
-        out = model(input_ids=ids, pixel_values=pixel, labels=ids)
+        out = model(input_ids=ids, pixel_values=pixel, labels=ids, **kwargs)
     alive: dict[str, dict[int, int]] = {"tower": {}, "projector": {}, "merge": {}}
     for ref, part, p, nbytes in held:
         if ref() is not None:
             alive[part][p] = nbytes
     out.loss.backward()
     # masked_scatter's bool mask (batch × seq × 1) belongs to the projector component
-    return sum(alive["tower"].values()), sum(alive["projector"].values()) + sum(alive["merge"].values())
+    return sum(alive["tower"].values()) + sum(kept.values()), \
+        sum(alive["projector"].values()) + sum(alive["merge"].values())
 
 
 CASES = [("full", "all"), ("full", "projector"), ("full", "none"),
@@ -176,6 +222,22 @@ def test_llava_vision_saves_equal_torch(method: str, train_vision: str) -> None:
     spec = _llava_spec()
     assert _estimated(spec, _setup(method, train_vision, llava=True)) == \
         _measured(method, train_vision, llava=True)
+
+
+@pytest.mark.parametrize(("method", "train_vision"), CASES)
+def test_qwen2_vl_vision_saves_equal_torch(method: str, train_vision: str) -> None:
+    """Qwen2-VL's tower (Conv3d patches, fused qkv, fp32 vision rotary shared by the blocks, per-image attention
+    joined by torch.cat, QuickGELU) and PatchMerger (its projector, inside the tower module)."""
+    spec = _qwen_spec()
+    assert _estimated(spec, _setup(method, train_vision, qwen=True)) == \
+        _measured(method, train_vision, qwen=True)
+
+
+@pytest.mark.parametrize(("method", "train_vision"), [("full", "all"), ("lora", "none")])
+def test_qwen2_vl_vision_saves_with_checkpointing_equal_torch(method: str, train_vision: str) -> None:
+    spec = _qwen_spec()
+    assert _estimated(spec, _setup(method, train_vision, qwen=True, grad_ckpt=True)) == \
+        _measured(method, train_vision, ckpt=True, qwen=True)
 
 
 @pytest.mark.parametrize(("method", "train_vision"), [("full", "all"), ("lora", "none")])
@@ -295,21 +357,22 @@ def test_sweep_counters_equal_estimate() -> None:
 
 
 def test_unmodelled_vision_class_warns() -> None:
-    """Qwen2-VL's vision forward is not replayed: one warning line, never silence."""
+    """Qwen2.5-VL's vision forward (windowed attention, RMSNorm, gated MLP) is not replayed: one warning line."""
     pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     import json
 
     from vramplan.shapes.from_meta import spec_from_meta
 
-    cfg = transformers.Qwen2VLConfig(
+    cfg = transformers.Qwen2_5_VLConfig(
         text_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
                      "num_key_value_heads": 2, "vocab_size": 512,
                      "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3]}},
-        vision_config={"depth": 2, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2,
-                       "patch_size": 14, "spatial_merge_size": 2})
+        vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
+                       "patch_size": 14, "spatial_merge_size": 2, "fullatt_block_indexes": [1]})
     d = json.loads(cfg.to_json_string())
-    d["architectures"] = ["Qwen2VLForConditionalGeneration"]
-    spec = spec_from_meta(d, "tiny-qwen2-vl")
+    d["architectures"] = ["Qwen2_5_VLForConditionalGeneration"]
+    spec = spec_from_meta(d, "tiny-qwen2.5-vl")
     est = estimate(spec, Setup(method="lora", seq=64, image_tokens=16, lora=LoraConfig(targets=("all-linear",))))
-    assert any("vision activations of Qwen2VLForConditionalGeneration are not modelled" in w for w in est.warnings)
+    assert any("vision activations of Qwen2_5_VLForConditionalGeneration are not modelled" in w
+               for w in est.warnings)

@@ -32,6 +32,15 @@ modelled), ``[:, 1:]`` under the ``default`` strategy (``patches`` image tokens 
 alive at the end of forward (the last layer's too, though the feature layer is -2), the pooled class token's
 ``post_layernorm`` graph is dropped.
 
+And ``Qwen2VLForConditionalGeneration`` (``models/qwen2_vl/modeling_qwen2_vl.py``
+``Qwen2VisionTransformerPretrainedModel.forward``): ``PatchEmbed`` (``Conv3d`` without bias on
+``in_channels × temporal_patch_size × patch_size²`` values per patch), fp32 vision rotary cos/sin computed once
+and saved by every block's ``q * cos`` / ``rotate_half(q) * sin`` (under checkpointing held by the checkpoint's
+closure as keyword arguments), ``Qwen2VLVisionBlock`` (LayerNorm, fused biased ``qkv`` whose output ``v`` is a view
+of, rotary on q and k, attention per image joined by ``torch.cat`` — a copy ``proj`` saves —, LayerNorm, fc1 ->
+QuickGELU -> fc2), then ``PatchMerger`` (its projector: ``ln_q``, ``view(-1, dim·merge²)``, Linear -> GELU ->
+Linear). An image token is one merger output of ``spatial_merge_size²`` patches, whatever the image sizes.
+
 What autograd keeps depends on what trains: a tower whose parameters and inputs need no gradient runs without
 recording a graph (only its output, ``last_hidden_state``, enters the projector); a frozen projector on such a
 tower saves nothing either and the image features enter ``masked_scatter`` as a constant. ``masked_scatter``
@@ -42,8 +51,8 @@ With gradient checkpointing the tower's encoder layers save their inputs only, a
 The vision activations are made first in forward and freed last in backward (the tower's backward runs after
 every decoder layer's): they are alive at every activation moment of the timeline (``timeline.py``).
 
-Not modelled (a warning): Qwen2-VL / Qwen2.5-VL (``Qwen2VisionTransformerPretrainedModel``: Conv3d patches,
-vision rotary in fp32, fused qkv, ``PatchMerger``; 2.5-VL's windowed attention, RMSNorm and gated MLP), Mllama,
+Not modelled (a warning): Qwen2.5-VL (windowed attention with its token reordering, RMSNorm and a gated MLP in the
+tower), Mllama,
 Llama 4 and other multimodal classes' vision activations; LLaVA with several feature layers; the tower's own forward transients (its peak comes before the decoder's activations exist); the
 ``pixel_values`` batch itself (an input, as ``input_ids`` are); Gemma-3's bidirectional image-token attention
 mask in training (``token_type_ids``), which would rule out the flash kernel for the text layers.
@@ -110,11 +119,37 @@ class Tower:
     projector_act: str = ""
 
 
+#: ``Qwen2VLVisionConfig`` defaults (transformers 5.24 ``models/qwen2_vl/configuration_qwen2_vl.py``)
+QWEN2_VL_VISION_DEFAULTS: dict[str, Any] = {
+    "depth": 32, "embed_dim": 1280, "hidden_act": "quick_gelu", "mlp_ratio": 4, "num_heads": 16, "in_channels": 3,
+    "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
+
+
+def _qwen2_vl_tower(spec: ModelSpec) -> Tower:
+    """Qwen2-VL: an image token is one ``PatchMerger`` output of ``spatial_merge_size ** 2`` patches, each patch
+    ``in_channels × temporal_patch_size × patch_size²`` pixel values (``PatchEmbed``). The tower attends within each
+    image (``cu_seqlens``); images of any size make the tokens, so the replay counts per image token (an "image"
+    here is one token: ``patches`` = merge², ``tokens_per_image`` = 1) — exact for the flash / memory-efficient
+    kernels, whose saves are linear in the patches."""
+    vision = spec.config.get("vision_config") or {}
+
+    def get(key: str) -> Any:
+        v = vision.get(key)
+        return QWEN2_VL_VISION_DEFAULTS[key] if v is None else v
+
+    dim, merge = int(get("embed_dim")), int(get("spatial_merge_size"))
+    pixels = int(get("in_channels")) * int(get("temporal_patch_size")) * int(get("patch_size")) ** 2 * merge * merge
+    return Tower(dim, int(dim * float(get("mlp_ratio"))), int(get("num_heads")), int(get("depth")), merge * merge, 1,
+                 str(get("hidden_act")), "qwen2_vl", pixels, "gelu")
+
+
 def tower_of(spec: ModelSpec) -> Tower | None:
     """The modelled tower of ``spec`` (``None``: a text model, a multimodal class not modelled, or a LLaVA with
     several feature layers)."""
     if spec.model_type not in MODELLED or not spec.is_multimodal:
         return None
+    if spec.model_type == "qwen2_vl":
+        return _qwen2_vl_tower(spec)
     from ..shapes.from_config import SIGLIP_VISION_DEFAULTS
 
     vision = spec.config.get("vision_config") or {}
@@ -164,7 +199,8 @@ def warnings(spec: ModelSpec, setup: Setup) -> list[str]:
                    "in this plan; the tokens count as text tokens of --seq")
     elif setup.image_tokens and tower_of(spec) is None:
         out.append(f"--image-tokens {setup.image_tokens}: the vision activations of {spec.architecture} are not "
-                   f"modelled (modelled: Gemma3ForConditionalGeneration, LlavaForConditionalGeneration with one feature layer); its tower and projector are weights "
+                   f"modelled (modelled: Gemma3ForConditionalGeneration, LlavaForConditionalGeneration with one feature layer, "
+                   f"Qwen2VLForConditionalGeneration); its tower and projector are weights "
                    f"(trained per --train-vision {setup.train_vision}), the image tokens text tokens of --seq")
     if setup.image_tokens and setup.act_offload and setup.training and tower_of(spec) is not None:
         out.append("--act-offload with --image-tokens: the vision tower's and projector's saves are kept on the GPU "
@@ -235,21 +271,28 @@ def vision_trace(spec: ModelSpec, setup: Setup, placements: tuple[Placement, ...
     vt = [p for p in placements if p.tensor.role == "vision_tower"]
     pj = [p for p in placements if p.tensor.role == "vision_projector"]
     pos = next((p for p in vt if p.tensor.module.endswith("position_embedding")), None)
-    conv = next((p for p in vt if p.tensor.module.endswith("patch_embedding") and p.tensor.param_name == "weight"),
-                None)
-    resid = pos.dtype if pos is not None else setup.compute_dtype
+    conv = next((p for p in vt if p.tensor.module.endswith(("patch_embedding", "patch_embed.proj"))
+                 and p.tensor.param_name == "weight"), None)
+    # the stream's dtype: the position embedding's (added to the patches), else the patch convolution's output
+    # (autocast: the compute dtype)
+    if pos is not None:
+        resid = pos.dtype
+    else:
+        resid = setup.compute_dtype if (setup.autocast or conv is None) else conv.dtype
     # with checkpointing, transformers 5.24 gradient_checkpointing_enable calls enable_input_require_grads
     # (modeling_utils.py:3190-3198), which hooks every sub-model's get_input_embeddings — SiglipVisionModel's is the
     # patch_embedding (modeling_siglip.py:852-853): its output requires grad, so even a frozen tower records a graph
     hooked = setup.grad_ckpt
-    embed_trains = any(p.trainable for p in vt if ".embeddings." in p.tensor.name) or hooked
-    tower_grad = any(p.trainable for p in vt) or any(m.startswith(_tower_prefix(vt)) for m in adapted) or hooked
+    embed_trains = any(p.trainable for p in vt if ".embeddings." in p.tensor.name) or hooked \
+        or (conv is not None and conv.trainable)
+    tower_modules = {p.tensor.module for p in vt}
+    tower_grad = any(p.trainable for p in vt) or any(m in tower_modules for m in adapted) or hooked
     # the tower's replay: a spec of its dimensions (LayerNorm, no rotary, no KV cache, no dropout)
     vspec = replace(spec, model_type="siglip_vision_model", hidden_size=tower.hidden, num_heads=tower.heads,
                     num_kv_heads=tower.heads, head_dim=tower.hidden // tower.heads,
                     intermediate_size=tower.intermediate, hidden_act=tower.act, norm_type="layernorm",
                     config={"use_cache": False}, tensors=(), notes=())
-    prog = _TowerProgram(vspec, setup, tower.act)
+    prog = _TowerProgram(vspec, setup, tower.act, rotary=tower.kind == "qwen2_vl")
     ac = setup.compute_dtype if setup.autocast else None
     clip = tower.kind == "clip"
     pre = _norm_of(vt, "pre_layrnorm") if clip else None
@@ -277,6 +320,12 @@ def vision_trace(spec: ModelSpec, setup: Setup, placements: tuple[Placement, ...
         if conv is not None and conv.trainable:
             # Conv2d saves its input, pixel_values.to(weight dtype) (autocast: the compute dtype), per image
             pixel_bytes = tower.pixel_values * BYTES[ac or conv.dtype]
+        if tower.kind == "qwen2_vl":
+            # Qwen2VLVisionRotaryEmbedding.forward returns fp32 cos/sin, computed once per forward; every block's
+            # q * cos and rotate_half(q) * sin save them (cos.unsqueeze(-2).float() is a view): once per tower
+            for name in ("cos", "sin"):
+                trig = tr0.new(f"vision rotary {name} (fp32)", tok(tower.hidden // tower.heads), "fp32", False)
+                tr0.save("mul", trig)
         if pre is not None:
             # CLIPVisionTransformer.forward: pre_layrnorm on the embeddings (class token + patches + positions)
             h = tr0.external("embeddings", tok(tower.hidden), resid, embed_trains)
@@ -290,6 +339,9 @@ def vision_trace(spec: ModelSpec, setup: Setup, placements: tuple[Placement, ...
         other = list(_terms(tr0.saved_storages()))
     ckpt_input = tower.hidden * BYTES[stream] if tower_grad else 0
     proj_trains = any(p.trainable for p in pj)
+    if tower.kind == "qwen2_vl":
+        return _qwen2_vl_merger(spec, setup, pj, adapted, plan, tower, prog, stream, tower_grad, text_embed_rg,
+                                (layer_terms, first_terms, tuple(other), ckpt_input, pixel_bytes))
     if clip:
         return _llava_projector(spec, setup, pj, adapted, plan, tower, prog, stream, tower_grad, text_embed_rg,
                                 (layer_terms, first_terms, tuple(other), ckpt_input, pixel_bytes))
@@ -317,13 +369,8 @@ def vision_trace(spec: ModelSpec, setup: Setup, placements: tuple[Placement, ...
                        features_rg or text_embed_rg, tower, ckpt_input, pixel_bytes)
 
 
-def _llava_projector(spec: ModelSpec, setup: Setup, pj: list, adapted: dict[str, Any], plan: LoraPlan | None,
-                     tower: Tower, prog: Program, stream: str, tower_grad: bool, text_embed_rg: bool,
-                     tower_parts: tuple) -> VisionTrace:
-    """``LlavaMultiModalProjector.forward`` (transformers 5.24 ``models/llava/modeling_llava.py``): ``linear_1`` on
-    the selected hidden states (``[:, 1:]`` of a layer output: ``F.linear`` reshapes the strided slice to 2-D, a
-    contiguous copy, and saves that), the projector activation (GELU), ``linear_2``."""
-    layer_terms, first_terms, other, ckpt_input, pixel_bytes = tower_parts
+def _lins(pj: list, adapted: dict[str, Any], plan: LoraPlan | None, setup: Setup) -> dict[str, Lin]:
+    """The projector's Linears by leaf name, with their LoRA adapters."""
     lins = {}
     for p in pj:
         t = p.tensor
@@ -334,6 +381,47 @@ def _llava_projector(spec: ModelSpec, setup: Setup, pj: list, adapted: dict[str,
                 lin.lora_r, lin.lora_dtype = a.rank, setup.adapter_weight_dtype
                 lin.dropout, lin.dora = plan.config.dropout, plan.config.dora
             lins[t.module.rpartition(".")[2]] = lin
+    return lins
+
+
+def _qwen2_vl_merger(spec: ModelSpec, setup: Setup, pj: list, adapted: dict[str, Any], plan: LoraPlan | None,
+                     tower: Tower, prog: Program, stream: str, tower_grad: bool, text_embed_rg: bool,
+                     tower_parts: tuple) -> VisionTrace:
+    """``PatchMerger.forward`` (transformers 5.24 ``models/qwen2_vl/modeling_qwen2_vl.py``): ``ln_q`` (LayerNorm
+    over each patch), ``.view(-1, dim * merge²)``, ``mlp`` = Linear -> GELU -> Linear; per image token."""
+    layer_terms, first_terms, other, ckpt_input, pixel_bytes = tower_parts
+    lins = _lins(pj, adapted, plan, setup)
+    tr = Tracer(setup.compute_dtype if setup.autocast else None)
+    x = tr.external("last block output (merge² patches per token)", tok(tower.hidden * tower.patches), stream,
+                    tower_grad)
+    h = prog.norm(tr, x, _norm_of(pj, "ln_q"), "merger.ln_q")
+    first = lins.get("0")
+    if first is not None:
+        h2 = prog.linear(tr, h, first)
+        if not (h.rg or first.trainable or first.lora_r):
+            h2.rg = False
+        h = h2
+    saved_act, saved_quick = prog.act, prog.quick
+    prog.act, prog.quick = "gelu", False       # nn.GELU(): exact erf GELU, saves its input
+    h = prog.act_fn(tr, h, "merger GELU")
+    prog.act, prog.quick = saved_act, saved_quick
+    if "2" in lins:
+        prog.linear(tr, h, lins["2"])
+    terms = _terms(tr.saved_storages())
+    features_rg = tower_grad or any(lin.trainable or lin.lora_r for lin in lins.values()) \
+        or any(p.trainable for p in pj)
+    return VisionTrace(layer_terms, tower.layers, first_terms, other, terms, 0, features_rg or text_embed_rg, tower,
+                       ckpt_input, pixel_bytes)
+
+
+def _llava_projector(spec: ModelSpec, setup: Setup, pj: list, adapted: dict[str, Any], plan: LoraPlan | None,
+                     tower: Tower, prog: Program, stream: str, tower_grad: bool, text_embed_rg: bool,
+                     tower_parts: tuple) -> VisionTrace:
+    """``LlavaMultiModalProjector.forward`` (transformers 5.24 ``models/llava/modeling_llava.py``): ``linear_1`` on
+    the selected hidden states (``[:, 1:]`` of a layer output: ``F.linear`` reshapes the strided slice to 2-D, a
+    contiguous copy, and saves that), the projector activation (GELU), ``linear_2``."""
+    layer_terms, first_terms, other, ckpt_input, pixel_bytes = tower_parts
+    lins = _lins(pj, adapted, plan, setup)
     tr = Tracer(setup.compute_dtype if setup.autocast else None)
     x = tr.external("selected image features ([:, 1:] copy)", tok(tower.hidden), stream, tower_grad)
     h = prog.linear(tr, x, lins["linear_1"]) if "linear_1" in lins else x
@@ -355,9 +443,13 @@ def _llava_projector(spec: ModelSpec, setup: Setup, pj: list, adapted: dict[str,
 class _TowerProgram(Program):
     """The decoder program on a vision tower's dimensions: LayerNorm, no rotary, no KV cache, CLIP's QuickGELU."""
 
-    def __init__(self, spec: ModelSpec, setup: Setup, act: str) -> None:
+    def __init__(self, spec: ModelSpec, setup: Setup, act: str, rotary: bool = False) -> None:
         super().__init__(spec, setup)
-        self.rotary = self.kv_cache = self.gemma_norm = False
+        self.kv_cache = self.gemma_norm = False
+        # Qwen2-VL's vision rotary (apply_rotary_pos_emb_vision: elementwise on q and k, cos/sin shared by every
+        # block) and its per-image attention outputs joined by torch.cat (a copy, which proj saves): the cat_rope
+        # path of the decoder's program
+        self.rotary = self.cat_rope = rotary
         self.quick = act == "quick_gelu"
 
     def act_fn(self, tr: Tracer, x: Any, label: str) -> Any:
@@ -391,10 +483,6 @@ def image_features_require_grad(spec: ModelSpec, setup: Setup, placements: tuple
         or any(m in vision for m in adapted_modules(plan))
 
 
-def _tower_prefix(vt: list) -> str:
-    return vt[0].tensor.name.split(".embeddings.")[0] + "." if vt else "\0"
-
-
 def _norm_of(ps: list, leaf: str) -> Norm | None:
     for p in ps:
         t = p.tensor
@@ -407,13 +495,14 @@ def _encoder_layer(vt: list, index: int, setup: Setup, adapted: dict[str, Any], 
     """Encoder layer ``index`` of the tower as the replay's :class:`LayerInfo` (SigLIP's module names onto the
     decoder roles: ``layer_norm1``/``layer_norm2`` -> the two pre-norms, ``fc1``/``fc2`` -> up/down)."""
     roles = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "out_proj": "attn_o",
-             "fc1": "mlp_up", "fc2": "mlp_down"}
-    norms = {"layer_norm1": "input_layernorm", "layer_norm2": "post_attention_layernorm"}
+             "qkv": "attn_qkv", "proj": "attn_o", "fc1": "mlp_up", "fc2": "mlp_down"}
+    norms = {"layer_norm1": "input_layernorm", "layer_norm2": "post_attention_layernorm",
+             "norm1": "input_layernorm", "norm2": "post_attention_layernorm"}
     info = LayerInfo(index)
-    seg = f".layers.{index}."
+    segs = (f".layers.{index}.", f".blocks.{index}.")
     for p in vt:
         t = p.tensor
-        if seg not in t.name:
+        if not any(seg in t.name for seg in segs):
             continue
         leaf = t.module.rpartition(".")[2]
         if t.param_name != "weight":
