@@ -68,13 +68,22 @@ TINY_QWEN2_VL = {
                       "mlp_ratio": 2, "patch_size": 2, "spatial_merge_size": 2, "temporal_patch_size": 2},
 }
 QWEN_TOKENS_PER_IMAGE = 16
+#: a tiny Qwen2_5_VLForConditionalGeneration: RMSNorm blocks with a gated SiLU MLP, windowed attention (window 8
+#: pixels = 2×2 tokens) in block 0, full attention in block 1
+TINY_QWEN2_5_VL = {
+    **TINY_QWEN2_VL, "model_type": "qwen2_5_vl", "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+    "text_config": {**TINY_QWEN2_VL["text_config"], "model_type": "qwen2_5_vl_text"},
+    "vision_config": {"model_type": "qwen2_5_vl", "depth": 2, "hidden_size": 32, "intermediate_size": 48,
+                      "num_heads": 2, "out_hidden_size": 64, "patch_size": 2, "spatial_merge_size": 2,
+                      "temporal_patch_size": 2, "window_size": 8, "fullatt_block_indexes": [1]},
+}
 
 
-def _qwen_spec():
+def _qwen_spec(v25: bool = False):
     pytest.importorskip("torch")
     from vramplan.shapes.from_meta import spec_from_meta
 
-    return spec_from_meta(TINY_QWEN2_VL, "tiny-qwen2-vl")
+    return spec_from_meta(TINY_QWEN2_5_VL, "tiny-qwen2.5-vl") if v25 else spec_from_meta(TINY_QWEN2_VL, "tiny-qwen2-vl")
 
 
 def _llava_spec():
@@ -123,14 +132,16 @@ class _Held:
 
 
 def _measured(method: str, train_vision: str, ckpt: bool = False, llava: bool = False,
-              qwen: bool = False) -> tuple[int, int]:
+              qwen: bool = False, v25: bool = False) -> tuple[int, int]:
     """Bytes saved by the tower and the projector that are still held by the graph at the end of forward."""
+    qwen = qwen or v25
     import weakref
 
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     conf, cls, cfg_cls = (
+        (TINY_QWEN2_5_VL, transformers.Qwen2_5_VLForConditionalGeneration, transformers.Qwen2_5_VLConfig) if v25 else
         (TINY_QWEN2_VL, transformers.Qwen2VLForConditionalGeneration, transformers.Qwen2VLConfig) if qwen else
         (TINY_LLAVA, transformers.LlavaForConditionalGeneration, transformers.LlavaConfig) if llava else
         (TINY, transformers.Gemma3ForConditionalGeneration, transformers.Gemma3Config))
@@ -176,7 +187,8 @@ def _measured(method: str, train_vision: str, ckpt: bool = False, llava: bool = 
     def pack(t):
         h = _Held(t)
         p = t.untyped_storage().data_ptr()
-        if where[0] is not None and p not in params and (where[0] != "merge" or t.dtype == torch.bool):
+        # after the projector: masked_scatter's bool mask (and Qwen2.5-VL's int64 reverse_indices gather)
+        if where[0] is not None and p not in params and (where[0] != "merge" or t.dtype in (torch.bool, torch.int64)):
             held.append((weakref.ref(h), where[0], p, t.untyped_storage().nbytes()))
         return h
 
@@ -231,6 +243,14 @@ def test_qwen2_vl_vision_saves_equal_torch(method: str, train_vision: str) -> No
     spec = _qwen_spec()
     assert _estimated(spec, _setup(method, train_vision, qwen=True)) == \
         _measured(method, train_vision, qwen=True)
+
+
+@pytest.mark.parametrize(("method", "train_vision"), CASES)
+def test_qwen2_5_vl_vision_saves_equal_torch(method: str, train_vision: str) -> None:
+    """Qwen2.5-VL: RMSNorm blocks, gated SiLU MLP, the window reordering's int64 index, merger's reverse gather."""
+    spec = _qwen_spec(v25=True)
+    assert _estimated(spec, _setup(method, train_vision, qwen=True)) == \
+        _measured(method, train_vision, qwen=True, v25=True)
 
 
 @pytest.mark.parametrize(("method", "train_vision"), [("full", "all"), ("lora", "none")])
@@ -357,22 +377,22 @@ def test_sweep_counters_equal_estimate() -> None:
 
 
 def test_unmodelled_vision_class_warns() -> None:
-    """Qwen2.5-VL's vision forward (windowed attention, RMSNorm, gated MLP) is not replayed: one warning line."""
+    """Llama 4's vision forward is not replayed: one warning line, never silence."""
     pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     import json
 
     from vramplan.shapes.from_meta import spec_from_meta
 
-    cfg = transformers.Qwen2_5_VLConfig(
+    cfg = transformers.Llama4Config(
         text_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-                     "num_key_value_heads": 2, "vocab_size": 512,
-                     "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3]}},
-        vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
-                       "patch_size": 14, "spatial_merge_size": 2, "fullatt_block_indexes": [1]})
+                     "num_key_value_heads": 2, "vocab_size": 512, "intermediate_size_mlp": 128,
+                     "num_local_experts": 2, "head_dim": 16, "interleave_moe_layer_step": 1},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "image_size": 28, "patch_size": 14, "vision_output_dim": 32, "projector_input_dim": 32,
+                       "projector_output_dim": 64})
     d = json.loads(cfg.to_json_string())
-    d["architectures"] = ["Qwen2_5_VLForConditionalGeneration"]
-    spec = spec_from_meta(d, "tiny-qwen2.5-vl")
+    d["architectures"] = ["Llama4ForConditionalGeneration"]
+    spec = spec_from_meta(d, "tiny-llama4")
     est = estimate(spec, Setup(method="lora", seq=64, image_tokens=16, lora=LoraConfig(targets=("all-linear",))))
-    assert any("vision activations of Qwen2_5_VLForConditionalGeneration are not modelled" in w
-               for w in est.warnings)
+    assert any("vision activations of Llama4ForConditionalGeneration are not modelled" in w for w in est.warnings)

@@ -40,6 +40,11 @@ closure as keyword arguments), ``Qwen2VLVisionBlock`` (LayerNorm, fused biased `
 of, rotary on q and k, attention per image joined by ``torch.cat`` — a copy ``proj`` saves —, LayerNorm, fc1 ->
 QuickGELU -> fc2), then ``PatchMerger`` (its projector: ``ln_q``, ``view(-1, dim·merge²)``, Linear -> GELU ->
 Linear). An image token is one merger output of ``spatial_merge_size²`` patches, whatever the image sizes.
+``Qwen2_5_VLForConditionalGeneration`` (``models/qwen2_5_vl/modeling_qwen2_5_vl.py``): the same with RMSNorm
+blocks, a gated SiLU MLP (biased ``gate_proj``/``up_proj``/``down_proj``), an RMSNorm ``ln_q``, and the windowed
+attention's reordering: ``hidden_states[window_index]`` before the blocks and ``merged[reverse_indices]`` after the
+merger, each saving its int64 index (one per image token) when a gradient flows (``permute_input_for_window_attn``,
+``:422-426``; ``forward`` ``:456-484``); which patches attend together does not change the flash kernels' saves.
 
 What autograd keeps depends on what trains: a tower whose parameters and inputs need no gradient runs without
 recording a graph (only its output, ``last_hidden_state``, enters the projector); a frozen projector on such a
@@ -51,8 +56,7 @@ With gradient checkpointing the tower's encoder layers save their inputs only, a
 The vision activations are made first in forward and freed last in backward (the tower's backward runs after
 every decoder layer's): they are alive at every activation moment of the timeline (``timeline.py``).
 
-Not modelled (a warning): Qwen2.5-VL (windowed attention with its token reordering, RMSNorm and a gated MLP in the
-tower), Mllama,
+Not modelled (a warning): Mllama,
 Llama 4 and other multimodal classes' vision activations; LLaVA with several feature layers; the tower's own forward transients (its peak comes before the decoder's activations exist); the
 ``pixel_values`` batch itself (an input, as ``input_ids`` are); Gemma-3's bidirectional image-token attention
 mask in training (``token_type_ids``), which would rule out the flash kernel for the text layers.
@@ -143,6 +147,27 @@ def _qwen2_vl_tower(spec: ModelSpec) -> Tower:
                  str(get("hidden_act")), "qwen2_vl", pixels, "gelu")
 
 
+#: ``Qwen2_5_VLVisionConfig`` defaults (transformers 5.24 ``models/qwen2_5_vl/configuration_qwen2_5_vl.py``)
+QWEN2_5_VL_VISION_DEFAULTS: dict[str, Any] = {
+    "depth": 32, "hidden_size": 3584, "hidden_act": "silu", "intermediate_size": 3420, "num_heads": 16,
+    "in_channels": 3, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
+
+
+def _qwen2_5_vl_tower(spec: ModelSpec) -> Tower:
+    """Qwen2.5-VL: as Qwen2-VL (an image token = merge² patches), with RMSNorm blocks and a gated SiLU MLP; the
+    windowed attention reorders the patches (a gather) and changes only which patches attend together."""
+    vision = spec.config.get("vision_config") or {}
+
+    def get(key: str) -> Any:
+        v = vision.get(key)
+        return QWEN2_5_VL_VISION_DEFAULTS[key] if v is None else v
+
+    merge = int(get("spatial_merge_size"))
+    pixels = int(get("in_channels")) * int(get("temporal_patch_size")) * int(get("patch_size")) ** 2 * merge * merge
+    return Tower(int(get("hidden_size")), int(get("intermediate_size")), int(get("num_heads")), int(get("depth")),
+                 merge * merge, 1, str(get("hidden_act")), "qwen2_5_vl", pixels, "gelu")
+
+
 def tower_of(spec: ModelSpec) -> Tower | None:
     """The modelled tower of ``spec`` (``None``: a text model, a multimodal class not modelled, or a LLaVA with
     several feature layers)."""
@@ -150,6 +175,8 @@ def tower_of(spec: ModelSpec) -> Tower | None:
         return None
     if spec.model_type == "qwen2_vl":
         return _qwen2_vl_tower(spec)
+    if spec.model_type == "qwen2_5_vl":
+        return _qwen2_5_vl_tower(spec)
     from ..shapes.from_config import SIGLIP_VISION_DEFAULTS
 
     vision = spec.config.get("vision_config") or {}
@@ -200,7 +227,7 @@ def warnings(spec: ModelSpec, setup: Setup) -> list[str]:
     elif setup.image_tokens and tower_of(spec) is None:
         out.append(f"--image-tokens {setup.image_tokens}: the vision activations of {spec.architecture} are not "
                    f"modelled (modelled: Gemma3ForConditionalGeneration, LlavaForConditionalGeneration with one feature layer, "
-                   f"Qwen2VLForConditionalGeneration); its tower and projector are weights "
+                   f"Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration); its tower and projector are weights "
                    f"(trained per --train-vision {setup.train_vision}), the image tokens text tokens of --seq")
     if setup.image_tokens and setup.act_offload and setup.training and tower_of(spec) is not None:
         out.append("--act-offload with --image-tokens: the vision tower's and projector's saves are kept on the GPU "
@@ -290,9 +317,11 @@ def vision_trace(spec: ModelSpec, setup: Setup, placements: tuple[Placement, ...
     # the tower's replay: a spec of its dimensions (LayerNorm, no rotary, no KV cache, no dropout)
     vspec = replace(spec, model_type="siglip_vision_model", hidden_size=tower.hidden, num_heads=tower.heads,
                     num_kv_heads=tower.heads, head_dim=tower.hidden // tower.heads,
-                    intermediate_size=tower.intermediate, hidden_act=tower.act, norm_type="layernorm",
+                    intermediate_size=tower.intermediate, hidden_act=tower.act,
+                    norm_type="rmsnorm" if tower.kind == "qwen2_5_vl" else "layernorm",
                     config={"use_cache": False}, tensors=(), notes=())
-    prog = _TowerProgram(vspec, setup, tower.act, rotary=tower.kind == "qwen2_vl")
+    qwen = tower.kind in ("qwen2_vl", "qwen2_5_vl")
+    prog = _TowerProgram(vspec, setup, tower.act, rotary=qwen)
     ac = setup.compute_dtype if setup.autocast else None
     clip = tower.kind == "clip"
     pre = _norm_of(vt, "pre_layrnorm") if clip else None
@@ -320,7 +349,7 @@ def vision_trace(spec: ModelSpec, setup: Setup, placements: tuple[Placement, ...
         if conv is not None and conv.trainable:
             # Conv2d saves its input, pixel_values.to(weight dtype) (autocast: the compute dtype), per image
             pixel_bytes = tower.pixel_values * BYTES[ac or conv.dtype]
-        if tower.kind == "qwen2_vl":
+        if qwen:
             # Qwen2VLVisionRotaryEmbedding.forward returns fp32 cos/sin, computed once per forward; every block's
             # q * cos and rotate_half(q) * sin save them (cos.unsqueeze(-2).float() is a view): once per tower
             for name in ("cos", "sin"):
@@ -337,9 +366,13 @@ def vision_trace(spec: ModelSpec, setup: Setup, placements: tuple[Placement, ...
             h = tr0.external("last layer output", tok(tower.hidden), resid, True)
             prog.norm(tr0, h, post, "post_layernorm")
         other = list(_terms(tr0.saved_storages()))
+        if tower.kind == "qwen2_5_vl" and embed_trains:
+            # permute_input_for_window_attn: hidden_states[window_index] saves the int64 window index, one entry
+            # per merge² patches (= per image token) — modeling_qwen2_5_vl.py:422-426
+            pixel_bytes += 8
     ckpt_input = tower.hidden * BYTES[stream] if tower_grad else 0
     proj_trains = any(p.trainable for p in pj)
-    if tower.kind == "qwen2_vl":
+    if qwen:
         return _qwen2_vl_merger(spec, setup, pj, adapted, plan, tower, prog, stream, tower_grad, text_embed_rg,
                                 (layer_terms, first_terms, tuple(other), ckpt_input, pixel_bytes))
     if clip:
@@ -407,9 +440,13 @@ def _qwen2_vl_merger(spec: ModelSpec, setup: Setup, pj: list, adapted: dict[str,
     prog.act, prog.quick = saved_act, saved_quick
     if "2" in lins:
         prog.linear(tr, h, lins["2"])
-    terms = _terms(tr.saved_storages())
     features_rg = tower_grad or any(lin.trainable or lin.lora_r for lin in lins.values()) \
         or any(p.trainable for p in pj)
+    if tower.kind == "qwen2_5_vl" and features_rg:
+        # merged_hidden_states[reverse_indices] (argsort of the window index) saves the int64 indices, one per token
+        idx = tr.new("merger reverse_indices (int64)", tok(1), "int64", False)
+        tr.save("index", idx)
+    terms = _terms(tr.saved_storages())
     return VisionTrace(layer_terms, tower.layers, first_terms, other, terms, 0, features_rg or text_embed_rg, tower,
                        ckpt_input, pixel_bytes)
 
@@ -495,7 +532,8 @@ def _encoder_layer(vt: list, index: int, setup: Setup, adapted: dict[str, Any], 
     """Encoder layer ``index`` of the tower as the replay's :class:`LayerInfo` (SigLIP's module names onto the
     decoder roles: ``layer_norm1``/``layer_norm2`` -> the two pre-norms, ``fc1``/``fc2`` -> up/down)."""
     roles = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "out_proj": "attn_o",
-             "qkv": "attn_qkv", "proj": "attn_o", "fc1": "mlp_up", "fc2": "mlp_down"}
+             "qkv": "attn_qkv", "proj": "attn_o", "fc1": "mlp_up", "fc2": "mlp_down",
+             "gate_proj": "mlp_gate", "up_proj": "mlp_up", "down_proj": "mlp_down"}
     norms = {"layer_norm1": "input_layernorm", "layer_norm2": "post_attention_layernorm",
              "norm1": "input_layernorm", "norm2": "post_attention_layernorm"}
     info = LayerInfo(index)

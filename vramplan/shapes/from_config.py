@@ -423,7 +423,7 @@ SIGLIP_VISION_DEFAULTS: dict[str, Any] = {
     "num_channels": 3, "image_size": 224, "patch_size": 16, "vision_use_head": True}
 
 #: Multimodal model types whose vision forward a training plan replays (``vramplan/estimate/vision.py``).
-VISION_PLANNED = frozenset({"gemma3", "llava", "qwen2_vl"})
+VISION_PLANNED = frozenset({"gemma3", "llava", "qwen2_vl", "qwen2_5_vl"})
 
 #: The text config key a multimodal wrapper keeps its language model under, by wrapper ``model_type``, and the
 #: class the pure-Python builder mirrors.
