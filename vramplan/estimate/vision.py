@@ -557,6 +557,26 @@ def _encoder_layer(vt: list, index: int, setup: Setup, adapted: dict[str, Any], 
     return info
 
 
+#: per tower kind: (encoder name, where the tower is, the projector and where it is) — transformers 5.24
+_KINDS = {
+    "siglip": ("SigLIP encoder layers", "models/siglip/modeling_siglip.py SiglipEncoderLayer.forward, "
+               "models/gemma3/modeling_gemma3.py Gemma3Model.get_image_features",
+               "Gemma3MultiModalProjector (AvgPool2d input, mm_soft_emb_norm, projection matmul)",
+               "modeling_gemma3.py Gemma3MultiModalProjector.forward, Gemma3Model.forward"),
+    "clip": ("CLIP encoder layers", "models/clip/modeling_clip.py CLIPEncoderLayer.forward, "
+             "models/llava/modeling_llava.py LlavaModel.get_image_features",
+             "LlavaMultiModalProjector (linear_1, GELU, linear_2)",
+             "modeling_llava.py LlavaMultiModalProjector.forward, LlavaModel.forward"),
+    "qwen2_vl": ("Qwen2-VL vision blocks", "models/qwen2_vl/modeling_qwen2_vl.py Qwen2VLVisionBlock.forward, "
+                 "Qwen2VisionTransformerPretrainedModel.forward", "PatchMerger (ln_q, Linear, GELU, Linear)",
+                 "modeling_qwen2_vl.py PatchMerger.forward, Qwen2VLModel.forward"),
+    "qwen2_5_vl": ("Qwen2.5-VL vision blocks", "models/qwen2_5_vl/modeling_qwen2_5_vl.py "
+                   "Qwen2_5_VLVisionBlock.forward, Qwen2_5_VisionTransformerPretrainedModel.forward",
+                   "Qwen2_5_VLPatchMerger (ln_q, Linear, GELU, Linear; the reverse window gather)",
+                   "modeling_qwen2_5_vl.py Qwen2_5_VLPatchMerger.forward, Qwen2_5_VLModel.forward"),
+}
+
+
 def vision_items(spec: ModelSpec, setup: Setup, acts: Any) -> list[tuple[str, int, str]]:
     """The components of the vision saves at ``setup``'s batch (``acts``: the structure's LayerActivations)."""
     n = images(spec, setup)
@@ -565,17 +585,19 @@ def vision_items(spec: ModelSpec, setup: Setup, acts: Any) -> list[tuple[str, in
     if vt is None:
         return []
     t = vt.tower
-    imgs = setup.batch * n
+    layers, tower_src, proj, proj_src = _KINDS[t.kind]
     what = ("each encoder layer's input (checkpointing)" if setup.grad_ckpt else
-            "per encoder layer the LayerNorm inputs, q/k/v, attention output and logsumexp, the MLP's inputs and "
-            "its GELU input (layers.py Program.layer on the tower's dimensions)")
-    tower_f = (f"{imgs} images ({setup.batch} × {n}: --image-tokens {setup.image_tokens} / mm_tokens_per_image "
-               f"{t.tokens_per_image}) × {t.patches} patches through {t.layers} SigLIP encoder layers (width "
-               f"{t.hidden}, MLP {t.intermediate}, {t.heads} heads): {what}; nothing when the tower neither trains "
-               "nor is adapted (it runs without recording a graph) — transformers 5.24 models/siglip/modeling_siglip.py "
-               "SiglipEncoderLayer.forward, models/gemma3/modeling_gemma3.py Gemma3Model.get_image_features")
-    proj_f = (f"Gemma3MultiModalProjector at {imgs * t.tokens_per_image:,} image tokens: mm_soft_emb_norm's and the "
-              "projection matmul's saved inputs where they train or a gradient flows through them, plus "
-              "masked_scatter's bool mask (one byte per text token) when its input or source needs a gradient — "
-              "modeling_gemma3.py Gemma3MultiModalProjector.forward, Gemma3Model.forward")
+            "per encoder layer its norms' inputs and statistics, q/k/v, attention output and logsumexp, the MLP's "
+            "inputs and its activation's (layers.py Program.layer on the tower's dimensions)")
+    if t.tokens_per_image == 1:      # Qwen: per image token, merge² patches
+        rows = f"{setup.batch} × {setup.image_tokens} image tokens × {t.patches} patches"
+    else:
+        rows = (f"{setup.batch * n} images ({setup.batch} × {n}: --image-tokens {setup.image_tokens} / "
+                f"{t.tokens_per_image} per image) × {t.patches} rows")
+    tower_f = (f"{rows} through {t.layers} {layers} (width {t.hidden}, MLP {t.intermediate}, {t.heads} heads): "
+               f"{what}; nothing when the tower neither trains nor is adapted and no checkpointing hook makes its "
+               f"embeddings require grad (it runs without recording a graph) — transformers 5.24 {tower_src}")
+    proj_f = (f"{proj} at {setup.batch * setup.image_tokens:,} image tokens: the saved inputs of what trains or "
+              "passes a gradient, plus masked_scatter's bool mask (one byte per text token) when its input or source "
+              f"needs a gradient — {proj_src}")
     return [("activations/vision_tower", tower_b, tower_f), ("activations/vision_projector", proj_b, proj_f)]
