@@ -86,14 +86,15 @@ def test_lora_counts_match_peft(family, targets, monkeypatch):
 
 
 @pytest.mark.parametrize("family", sorted(CONFIGS))
-def test_plans_are_refused_saying_what_is_missing(family, monkeypatch):
+def test_training_is_planned_inference_refused(family, monkeypatch):
+    """t5/mt5/bart training steps are planned (vramplan/estimate/seq2seq.py); inference stays one refusal line."""
     cls, _, spec = _spec(family, monkeypatch)
     assert spec.plan_refusal is not None
+    spec.require_plannable(training=True)
     with pytest.raises(ConfigError) as exc:
-        spec.require_plannable()
+        spec.require_plannable(training=False)
     msg = str(exc.value)
-    assert "\n" not in msg and cls in msg and "encoder-decoder" in msg
-    assert "source and target lengths" in msg and "vramplan params" in msg
+    assert "\n" not in msg and cls in msg and "encoder-decoder" in msg and "not inference" in msg
 
 
 def test_decoder_only_specs_are_plannable():
@@ -142,8 +143,8 @@ def test_the_refusal_survives_the_spec_cache(tmp_path, monkeypatch):
     assert second == first and second.plan_refusal == first.plan_refusal is not None
 
 
-@pytest.mark.parametrize("command", [["plan"], ["fit", "--gpu", "a100-80gb"], ["plan", "--method", "inference"]])
-def test_plan_and_fit_on_t5_are_one_refusal_line(tmp_path, capsys, monkeypatch, command):
+@pytest.mark.parametrize("command", [["plan", "--method", "inference"]])
+def test_inference_plan_on_t5_is_one_refusal_line(tmp_path, capsys, monkeypatch, command):
     """Every memory estimate starts with require_plannable (estimate/estimator.py, states.py): exit 2, one line."""
     from vramplan.cli.main import main
 
@@ -155,4 +156,18 @@ def test_plan_and_fit_on_t5_are_one_refusal_line(tmp_path, capsys, monkeypatch, 
         main([command[0], str(path), *command[1:]])
     out, err = capsys.readouterr()
     assert exc.value.code == 2 and out == ""
-    assert err.count("\n") == 1 and "does not model its memory" in err
+    assert err.count("\n") == 1 and "not inference" in err
+
+
+def test_plan_on_t5_runs(tmp_path, capsys, monkeypatch):
+    from vramplan.cli.main import main
+
+    monkeypatch.setenv("VRAMPLAN_NO_CACHE", "1")
+    cls, cfg = CONFIGS["t5"]
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(_as_dict(cfg, cls)))
+    with pytest.raises(SystemExit) as exc:
+        main(["plan", str(path), "--seq", "64", "--target-seq", "16", "--json"])
+    out, err = capsys.readouterr()
+    assert exc.value.code in (0, None), err
+    assert "activations/cross_attention" in json.loads(out)["breakdown_bytes"]

@@ -77,7 +77,7 @@ class LayerActivations:
     ``resid_dtype`` and ``logits_dtype``) under ``setup``'s checkpointing, loss, compute dtype and offloading."""
 
     __slots__ = ("traces", "head", "resid_k", "num_layers", "grad_ckpt", "dequant", "loss_args", "offload",
-                 "head_dequant", "vision")
+                 "head_dequant", "vision", "seq2seq", "target")
 
     def __init__(self, spec: ModelSpec, setup: Setup, layout: Any) -> None:
         distinct = {id(tr): tr for tr in layout.layer_traces}
@@ -107,6 +107,8 @@ class LayerActivations:
                           bool(head is not None and head.trainable))
         self.offload = OFFLOADERS.index(offloader(setup))
         self.vision = getattr(layout, "vision", None)     # a multimodal step's tower and projector (vision.py)
+        # an encoder-decoder step (seq2seq.py): the encoder at ``seq``, the decoder at --target-seq (0: seq)
+        self.seq2seq, self.target = getattr(layout, "seq2seq", None), setup.target_seq
 
     def head_moments(self, tokens: int) -> tuple[int, int]:
         """A quantized output head's matmul at ``tokens``, forward and backward: its output logits (or their
@@ -127,6 +129,8 @@ class LayerActivations:
 
     def at(self, batch: int, seq: int, images: int = 0) -> ActTerms:
         """The terms at ``batch`` sequences of ``seq`` tokens (``images`` of them per sequence: vision.py)."""
+        if self.seq2seq is not None:
+            return self.seq2seq.at(batch, seq, self.target or seq)
         T, bss = batch * seq, batch * seq * seq
         ckpt = self.grad_ckpt
         resid = alloc(T * self.resid_k)

@@ -42,6 +42,8 @@ from .inference import inference_assumptions, inference_bytes, inference_warning
 from .logits import loss_code, loss_formula
 from .optimizer import step_timeline
 from .result import BreakdownError, Component, Estimate
+from .seq2seq import layer_items as seq2seq_layer_items
+from .seq2seq import seq2seq_warnings
 from .states import ModelStates, model_states
 from .structure import CATEGORY, Structure
 from .timeline import PHASES, ActTerms, peak_of, phase_peaks
@@ -69,7 +71,7 @@ def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0, *, de
         margin: a fraction of the card's memory kept free for the verdict.
         detail: ``False`` (sweeps): the counters and the peak phase only, the same numbers, no components.
     """
-    spec.require_plannable()     # an encoder-decoder model: counted exactly, not planned (one line)
+    spec.require_plannable(setup.training)   # encoder-decoder: T5/BART training planned, the rest refused (one line)
     # a pre-quantized checkpoint (its config.json's quantization_config) is planned as stored
     setup, *quant_notes = checkpoint_setup(spec.config, setup, spec.name)
     check_lora_targets(setup)
@@ -171,6 +173,8 @@ def _layer_activations(spec: ModelSpec, setup: Setup, d: ModelStates, a: ActTerm
     """What the decoder layers save: their inputs with checkpointing, else every saved tensor by part."""
     sa, n_layers = d.compute, spec.num_layers
     T, bss = setup.batch * setup.seq, setup.batch * setup.seq * setup.seq
+    if sa.seq2seq is not None and not a.offloaded:     # encoder-decoder: encoder, decoder, cross-attention parts
+        return seq2seq_layer_items(sa.seq2seq, setup)
     if a.offloaded:
         return [_offloaded_layers(setup, a, a.layer_acts, "at the end of forward and the loss's backward")]
     if setup.grad_ckpt:
@@ -553,6 +557,7 @@ def warnings_for(spec: ModelSpec, setup: Setup) -> list[str]:
         w += inference_warnings(spec, setup)
     w += list(spec.notes)       # what the shapes say a plan of this model does not model (a vision tower, ...)
     w += vision_warnings(spec, setup)
+    w += seq2seq_warnings(spec, setup)      # encoder-decoder limits; --target-seq ignored on a decoder-only model
     if spec.max_position_embeddings and setup.seq > spec.max_position_embeddings:
         w.append(f"--seq {setup.seq} exceeds the model's max_position_embeddings {spec.max_position_embeddings}")
     if not setup.training and (setup.gpus > 1 or setup.strategy != "ddp") and setup.device_map == "none":

@@ -61,7 +61,7 @@ def model_states(spec: ModelSpec, setup: Setup) -> ModelStates:
     """The model states :func:`estimate` prices for ``setup`` (any batch and sequence length): weights,
     gradients, optimizer states and autocast weight copies, in bytes, with the layout whose layer traces give
     the activations (``.compute``). What the simulation's comparison reads (``simulate/compare.py``)."""
-    spec.require_plannable()
+    spec.require_plannable(setup.training)
     ss = structural_setup(setup)
     return _states_of(spec, static_structure(spec, layout_setup(ss)), ss)
 

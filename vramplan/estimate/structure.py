@@ -21,6 +21,7 @@ from ..setup import Setup
 from ..shapes.spec import ModelSpec
 from .graph import Size, Storage, Tracer, prune, tok
 from .layers import LayerInfo, Program, UnknownLayout, build_layers
+from .seq2seq import Seq2SeqTrace, is_seq2seq, seq2seq_trace
 from .vision import VisionTrace, image_features_require_grad, vision_trace
 from .weights import (
     Placement,
@@ -121,6 +122,7 @@ class Structure:
     params_trainable: int = 0                  # PEFT's counts (LoraPlan sums them on every access)
     params_total: int = 0
     vision: VisionTrace | None = None           # a multimodal checkpoint's tower and projector replay (vision.py)
+    seq2seq: Seq2SeqTrace | None = None         # an encoder-decoder model's encoder/decoder parts (seq2seq.py)
 
 
 def _resid_dtype(spec: ModelSpec, placements: list[Placement], setup: Setup) -> str:
@@ -174,6 +176,8 @@ def _buildstatic_structure(spec: ModelSpec, setup: Setup) -> Structure:
     adapters = adapter_tensors(plan, placements, setup)
     trainables = trainable_tensors(placements, adapters, plan)
     resid = _resid_dtype(spec, placements, setup)
+    if is_seq2seq(spec):      # T5 / BART: encoder and decoder parts at source and target lengths (seq2seq.py)
+        return _seq2seq_structure(spec, setup, plan, placements, adapters, trainables, resid)
     program = Program(spec, setup)
     layers = _layers(spec, placements, plan, setup)
     cache: dict[tuple, LayerTrace] = {}
@@ -202,6 +206,19 @@ def _buildstatic_structure(spec: ModelSpec, setup: Setup) -> Structure:
     vision = vision_trace(spec, setup, placements, plan, text_rg) if spec.is_multimodal else None
     return Structure(plan, tuple(placements), tuple(adapters), tuple(trainables), tuple(traces), resid, head,
                    logits_dtype, trainable, total, vision)
+
+
+def _seq2seq_structure(spec: ModelSpec, setup: Setup, plan: LoraPlan | None, placements: tuple[Placement, ...],
+                       adapters: list, trainables: list, resid: str) -> Structure:
+    logits_dtype = setup.compute_dtype if setup.autocast else _head_dtype(spec, list(placements), resid)
+    s2s, tr, x = seq2seq_trace(spec, setup, placements, plan, resid, logits_dtype)
+    saved = tuple(tr.saved_storages())
+    head = LayerTrace(saved, any(s is x.storage for s in saved), tuple(prune(tr.transient_candidates())), (),
+                      tuple(tr.constants), resid, tuple(tr.bwd_constants))
+    trainable = plan.trainable if plan is not None else \
+        (sum(p.numel for p in placements if p.trainable) if setup.method == "full" else 0)
+    return Structure(plan, tuple(placements), tuple(adapters), tuple(trainables), (), resid, head, logits_dtype,
+                     trainable, plan.total if plan is not None else spec.params_total, None, s2s)
 
 
 def _calibrated_trace(spec: ModelSpec, setup: Setup, resid: str, cause: BaseException) -> LayerTrace:

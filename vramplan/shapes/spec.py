@@ -40,6 +40,10 @@ Role = Literal[
 #: Roles outside the language model of a multimodal checkpoint (no decoder layer, no LoRA default target).
 OUTSIDE_LANGUAGE_MODEL = ("vision_tower", "vision_projector")
 
+#: encoder-decoder families whose training steps are planned (``vramplan/estimate/seq2seq.py``); other
+#: encoder-decoder models keep their :attr:`ModelSpec.plan_refusal`
+PLANNED_SEQ2SEQ = ("t5", "mt5", "bart")
+
 #: The kind of module that owns the tensor; decides what PEFT can wrap and what bitsandbytes quantizes.
 ModuleType = Literal["linear", "conv1d", "embedding", "norm", "experts", "other"]
 
@@ -165,13 +169,22 @@ class ModelSpec:
                 out[part] = out.get(part, 0) + t.numel
         return out
 
-    def require_plannable(self) -> None:
+    def require_plannable(self, training: bool = True) -> None:
         """Raise the one-line :class:`~vramplan.errors.ConfigError` of :attr:`plan_refusal`, if any: what a
-        memory estimate calls before it models anything."""
-        if self.plan_refusal is not None:
-            from ..errors import ConfigError
+        memory estimate calls before it models anything. The encoder-decoder families of
+        :data:`PLANNED_SEQ2SEQ` are planned for training (``vramplan/estimate/seq2seq.py``), not for inference."""
+        if self.plan_refusal is None:
+            return
+        from ..errors import ConfigError
 
-            raise ConfigError(f"{self.name or self.model_type}: {self.plan_refusal}")
+        if self.model_type in PLANNED_SEQ2SEQ:
+            if training:
+                return
+            raise ConfigError(f"{self.name or self.model_type}: {self.architecture} is an encoder-decoder model: "
+                              "vramplan plans its training steps (--seq source, --target-seq target tokens) but not "
+                              "inference (the encoder pass, the cross-attention cache and the decoder's generate "
+                              "loop are not modelled)")
+        raise ConfigError(f"{self.name or self.model_type}: {self.plan_refusal}")
 
     @property
     def is_multimodal(self) -> bool:
