@@ -213,3 +213,22 @@ def test_the_trainer_default_optimizer_follows_the_transformers_release(versions
     opts = {"method": "lora", "stack": stack} | ({"versions": versions} if versions else {})
     assert setup_from_options(opts).optim == optim
     assert setup_from_options({**opts, "optim": "sgd"}).optim == "sgd"          # a given flag still wins
+
+
+@pytest.mark.parametrize(("stack", "value"), [
+    # llamafactory 0.9.5 hparams/finetuning_args.py:527-534 freeze_vision_tower / freeze_multi_modal_projector=True;
+    # ms-swift 4.6.0 swift/arguments/tuner_args.py:123-124 freeze_vit / freeze_aligner=True; PEFT alone freezes nothing
+    ("llama-factory", "none"), ("ms-swift", "none"), ("hf", "all"), ("trl", "all")])
+def test_multimodal_frameworks_freeze_the_vision_side(stack, value):
+    assert setup_from_options({"method": "lora", "stack": stack}).train_vision == value
+    assert setup_from_options({"method": "lora", "stack": stack, "train_vision": "all"}).train_vision == "all"
+
+
+@pytest.mark.parametrize(("stack", "uses_bnb"), [("torchtune", False), ("hf", True)])
+def test_torchtune_qlora_is_torchao_nf4(stack, uses_bnb):
+    from vramplan.estimate import overhead
+    from vramplan.estimate.weights import nf4_kernel
+
+    s = setup_from_options({"method": "qlora", "stack": stack})
+    assert nf4_kernel(s) == ("torchao" if stack == "torchtune" else "bnb")
+    assert overhead.uses_bitsandbytes(s) is uses_bnb

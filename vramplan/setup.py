@@ -28,7 +28,7 @@ Quant = Literal["none", "nf4", "fp4", "int8", "gptq", "awq", "fp8"]
 Precision = Literal["bf16-mixed", "bf16-true", "fp16-mixed", "fp16-true", "32-true"]
 Optim = Literal["adamw", "adamw-foreach", "adamw-8bit", "paged-adamw", "paged-adamw-8bit", "adafactor", "sgd", "lion"]
 Attn = Literal["sdpa", "flash", "eager"]
-Loss = Literal["standard", "chunked", "torchtune-chunked", "litgpt-chunked", "trl-fused"]
+Loss = Literal["standard", "chunked", "torchtune-chunked", "litgpt-chunked", "trl-fused", "litgpt-full"]
 Strategy = Literal["ddp", "fsdp", "fsdp1", "fsdp-grad-op", "zero1", "zero2", "zero3"]
 Offload = Literal["none", "optimizer", "params"]
 
@@ -39,7 +39,7 @@ BNB_QUANTS: tuple[str, ...] = ("nf4", "fp4", "int8")
 PRECISIONS: tuple[str, ...] = ("bf16-mixed", "bf16-true", "fp16-mixed", "fp16-true", "32-true")
 OPTIMS: tuple[str, ...] = ("adamw", "adamw-foreach", "adamw-8bit", "paged-adamw", "paged-adamw-8bit", "adafactor", "sgd", "lion")
 ATTNS: tuple[str, ...] = ("sdpa", "flash", "eager")
-LOSSES: tuple[str, ...] = ("standard", "chunked", "torchtune-chunked", "litgpt-chunked", "trl-fused")
+LOSSES: tuple[str, ...] = ("standard", "chunked", "torchtune-chunked", "litgpt-chunked", "trl-fused", "litgpt-full")
 STRATEGIES: tuple[str, ...] = ("ddp", "fsdp", "fsdp1", "fsdp-grad-op", "zero1", "zero2", "zero3")
 OFFLOADS: tuple[str, ...] = ("none", "optimizer", "params")
 ADAPTER_DTYPES: tuple[str, ...] = ("auto", "fp32", "compute")
@@ -157,8 +157,8 @@ class Setup:
     loss: str = option("standard", kind="choice", choices=LOSSES, unset=True,
                        help="standard = full fp32 logits; chunked = Liger fused linear cross-entropy; "
                             "torchtune-chunked = CEWithChunkedOutputLoss (8 chunks); litgpt-chunked = 128-token "
-                            "chunked cross-entropy; trl-fused = TRL's fused LM head (default: standard, or the "
-                            "--stack's).")
+                            "chunked cross-entropy; trl-fused = TRL's fused LM head; litgpt-full = LitGPT full "
+                            "fine-tuning's unchunked logits (default: standard, or the --stack's).")
     kbit_prep: bool = option(
         True, kind="bool", unset=True,
         help="QLoRA: peft's prepare_model_for_kbit_training (fp32 copies of the non-quantized weights, fp32 residual "

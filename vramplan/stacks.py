@@ -88,6 +88,9 @@ class Stack:
     peft_adapters: bool = True
     #: it trains through the HF Trainer, whose default ``optim`` follows the transformers release (versions.CHANGES)
     hf_trainer: bool = True
+    #: the library that stores and runs nf4 base weights: "bnb" (bitsandbytes Linear4bit) or "torchao" (its
+    #: NF4Tensor and linear_nf4: torchtune's LoRALinear(quantize_base=True))
+    nf4_kernel: str = "bnb"
 
     def defaults_for(self, quantized: bool, full: bool = False, gpus: int = 1) -> dict[str, Default]:
         """The defaults that apply to a setup, by option (the later of two for one option wins)."""
@@ -127,12 +130,21 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
                                     "403-407 only upcasts trainable fp16 parameters)"),
         Default("grad_ckpt", True, "gradient_checkpointing defaults to true (ms-swift 4.6.0 "
                                    "trainers/arguments.py:135)"),
+        Default("train_vision", "none", "freeze_vit=True, freeze_aligner=True (ms-swift 4.6.0 swift/arguments/"
+                                        "tuner_args.py:123-124); all-linear becomes get_multimodal_target_regex over "
+                                        "the trained parts only (swift/pipelines/train/tuner.py:92-104, swift/utils/"
+                                        "transformers_utils.py:208-260); full: _init_multimodal_full freezes them "
+                                        "(tuner_args.py:204-220)"),
     )),
     Stack("llama-factory", "LLaMA-Factory (llamafactory-cli train)", "llamafactory 0.9.5", defaults=(
         Default("kbit_prep", False, f"{_KBIT}; its own prepare_model_for_training upcasts nothing by default "
                                     "(llamafactory 0.9.5 model/model_utils/checkpointing.py:143-185)"),
         Default("grad_ckpt", True, "disable_gradient_checkpointing defaults to false (llamafactory 0.9.5 "
                                    "hparams/model_args.py:145)"),
+        Default("train_vision", "none", "freeze_vision_tower=True, freeze_multi_modal_projector=True (llamafactory "
+                                        "0.9.5 hparams/finetuning_args.py:527-534); lora_target=all drops the frozen "
+                                        "parts (model/model_utils/misc.py:28-48, visual.py:173-211; adapter.py:"
+                                        "206-213); full: _setup_full_tuning freezes them (adapter.py:38-54)"),
     )),
     Stack("axolotl", "axolotl (axolotl train)", "axolotl 0.21.0", defaults=(
         Default("kbit_prep", False, "prepare_model_for_kbit_training is called, then norms, embeddings and head "
@@ -146,8 +158,11 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
                    "axolotl 0.21.0 loaders/model.py:1407-1448", "quantized"),
     )),
     Stack("torchtune", "torchtune (tune run)", "torchtune 0.6.1", peft_adapters=False, hf_trainer=False,
+          nf4_kernel="torchao",
           checked_parts=("CEWithChunkedOutputLoss", "OffloadActivations", "register_optim_in_bwd_hooks "
-                         "(tests/estimate/test_loss_kinds_frameworks.py, test_act_offload*.py, test_optim_in_bwd*.py)"),
+                         "(tests/estimate/test_loss_kinds_frameworks.py, test_act_offload*.py, test_optim_in_bwd*.py)",
+                         "QLoRA's torchao NF4Tensor storage, linear_nf4's saved tensors and dequantization peak "
+                         "(tests/estimate/test_torchao_nf4.py)"),
           defaults=(
         Default("kbit_prep", False, "no PEFT: nothing upcast (torchtune 0.6.1 recipes/lora_finetune_single_device.py"
                                     ":431 set_default_dtype(bf16))"),
@@ -178,13 +193,12 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
                    "the estimate uses accelerate's units (the embedding and [norm, head] apart)",
                    "torchtune 0.6.1 training/_distributed.py:470-568 get_shard_conditions, shard_model", "training",
                    gpus="multi"),
-        Unmodelled("QLoRA quantizes with torchao's NF4Tensor, not bitsandbytes (a different layout and no saved "
-                   "input)", "torchtune 0.6.1 modules/peft/lora.py (LoRALinear quantize_base), torchao NF4Tensor", "quantized"),
     )),
     Stack("litgpt", "LitGPT (litgpt finetune)", "litgpt 0.5.13", peft_adapters=False, hf_trainer=False,
           checked_parts=("BitsandbytesPrecision's quantized head", "K/V expansion", "the fp32 frozen base under "
                          "autocast", "chunked_cross_entropy (tests/estimate/test_quant_head.py, test_kv_expand.py, "
-                         "test_litgpt_frozen_fp32.py, test_loss_kinds_frameworks.py)"),
+                         "test_litgpt_frozen_fp32.py, test_loss_kinds_frameworks.py)",
+                         "finetune/full.py's unchunked logits and loss (tests/estimate/test_litgpt_full_logits.py)"),
           defaults=(
         Default("kbit_prep", False, "no PEFT: nothing upcast (litgpt 0.5.13 finetune/lora.py)"),
         Default("grad_ckpt", False, "no activation checkpointing on one GPU (litgpt 0.5.13 finetune/lora.py:164, "
@@ -221,6 +235,11 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
                                           "logits list lives through backward and optimizer.step() (litgpt 0.5.13 "
                                           "finetune/lora.py:355-366, adapter.py:304-307, utils.py:302-330, "
                                           "model.py:177-179)"),
+        Default("loss", "litgpt-full", "full fine-tuning: model(input_ids) makes one batch x seq x vocab logits "
+                                       "tensor, kept through backward; chunked_cross_entropy copies the shifted "
+                                       "logits at batch > 1 and splits them into 128-row chunks (litgpt 0.5.13 "
+                                       "finetune/full.py:282-284, utils.py:302-350); measured "
+                                       "(tests/estimate/test_litgpt_full_logits.py)", "full"),
     ), refusals=(
         Refusal("cannot train a quantized base on more than one GPU (NotImplementedError: 'Quantization is currently "
                 "not supported for multi-GPU training')", "litgpt 0.5.13 finetune/lora.py:152-156", "quantized",
@@ -230,9 +249,6 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
                    "head in one unit, gathered from forward to the end of backward); the estimate uses accelerate's "
                    "units (the embedding and [norm, head] apart)", "litgpt 0.5.13 finetune/lora.py:522-541",
                    "lora", gpus="multi"),
-        Unmodelled("finetune/full.py makes one batch x seq x vocab logits tensor and, at batch > 1, copies all the "
-                   "shifted logits, not just the last chunk (the estimate uses the LoRA scripts' 128-token chunks)",
-                   "litgpt 0.5.13 finetune/full.py:282-284", "training"),
     )),
     Stack("unsloth", "Unsloth (FastLanguageModel + TRL)", "unsloth 2026.10.9", defaults=(
         Default("kbit_prep", False, "its own prepare_model_for_training upcasts nothing frozen (unsloth_zoo "

@@ -45,6 +45,9 @@ def test_fit_verdict_headroom():
     ({"method": "lora"}, False), ({"method": "qlora"}, True), ({"method": "lora", "optim": "adamw-8bit"}, True),
     ({"method": "lora", "optim": "lion"}, True), ({"method": "lora", "optim": "adafactor"}, False),
     ({"method": "full", "optim": "paged-adamw"}, True), ({"method": "lora", "optim": "sgd"}, False),
+    # a GPTQ checkpoint runs gptqmodel/optimum kernels; torchtune's nf4 is torchao's NF4Tensor (no bitsandbytes)
+    ({"method": "qlora", "quant": "gptq"}, False), ({"method": "qlora", "stack": "torchtune"}, False),
+    ({"method": "qlora", "stack": "torchtune", "quant": "int8"}, True),
 ])
 def test_uses_bitsandbytes(kw, expected):
     assert overhead.uses_bitsandbytes(Setup.create(**kw)) is expected

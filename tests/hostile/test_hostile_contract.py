@@ -43,6 +43,9 @@ def test_readme_contract_states_the_enforced_limits():
     assert f"`--gpus` ≤ {_power(setup.MAX_GPUS)}" in c and f"`--rank` ≤ {_power(MAX_RANK)}" in c
     assert f"indices ≤ {setup.MAX_LAYER_INDEX:,}" in c and profiles.MAX_GPU_BYTES == 2**50 and "≤ 1 PiB" in c
     assert f"at most {config.MAX_LAYERS:,} layers" in c and f"up to {_power(config.MAX_DIM)}" in c
+    from vramplan.profiler.options import MAX_STEPS
+
+    assert f"`--warmup` ≤ {MAX_STEPS:,}" in c
     for code in ("0 fits / ok", "1 does not fit", "2 bad input", "130 interrupted"):
         assert code in c
 

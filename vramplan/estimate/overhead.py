@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..setup import Setup
+from ..stacks import STACKS
 from ..units import MiB
 from .result import Fit
 
@@ -58,8 +59,10 @@ BNB_OPTIMIZERS = ("adamw-8bit", "paged-adamw", "paged-adamw-8bit", "lion")
 
 
 def uses_bitsandbytes(setup: Setup) -> bool:
-    """Whether the step loads bitsandbytes' CUDA library: 4/8-bit weights or a bitsandbytes optimizer."""
-    return setup.quantized or setup.optim in BNB_OPTIMIZERS
+    """Whether the step loads bitsandbytes' CUDA library: bitsandbytes 4/8-bit weights (not a GPTQ/AWQ/FP8
+    checkpoint, nor torchao's nf4 under torchtune) or a bitsandbytes optimizer."""
+    torchao = setup.quant == "nf4" and STACKS[setup.stack].nf4_kernel == "torchao"
+    return (setup.bnb and not torchao) or setup.optim in BNB_OPTIMIZERS
 
 
 def usable_bytes(memory_bytes: int, margin: float) -> int:

@@ -25,6 +25,7 @@ from ..lora import LoraPlan
 from ..quantized import KBIT_UPCAST_SKIPPED, converted, linear_parts, setup_scheme, skipped
 from ..setup import Setup
 from ..shapes.spec import OUTSIDE_LANGUAGE_MODEL, ModelSpec, Tensor
+from ..stacks import STACKS
 from ..units import ceil_div
 
 
@@ -63,18 +64,14 @@ class TrainableTensor:
     frozen: bool = False               # takes memory but gets no gradient or optimizer state
 
 
-#: the stacks whose nf4 base weights are torchao ``NF4Tensor`` s, not bitsandbytes ``Linear4bit`` s: torchtune 0.6.1
-#: builds q/k/v/o and the MLP as ``LoRALinear(quantize_base=True)`` or ``FrozenNF4Linear`` (models/llama3/
-#: _component_builders.py:265-276; modules/peft/lora.py:73-79 ``to_nf4(linear.weight)``; modules/low_precision/
-#: nf4_linear.py:50-58), and has no bitsandbytes path
-TORCHAO_NF4_STACKS = ("torchtune",)
-
-
 def nf4_kernel(setup: Setup) -> str:
     """The library that stores and runs the nf4 base weights: ``"torchao"`` (its ``NF4Tensor`` layout, and
-    ``linear_nf4``, which saves the NF4 weight only) under the :data:`TORCHAO_NF4_STACKS`, else ``"bnb"``
-    (``Linear4bit``). :func:`place_weights` and :class:`vramplan.estimate.layers.Program` take it as an argument."""
-    return "torchao" if setup.quant == "nf4" and setup.stack in TORCHAO_NF4_STACKS else "bnb"
+    ``linear_nf4``, which saves the NF4 weight only) where the stack says so (``Stack.nf4_kernel``: torchtune 0.6.1
+    builds q/k/v/o and the MLP as ``LoRALinear(quantize_base=True)`` or ``FrozenNF4Linear``, models/llama3/
+    _component_builders.py:265-276; modules/peft/lora.py:73-79 ``to_nf4(linear.weight)``; modules/low_precision/
+    nf4_linear.py:50-58, and has no bitsandbytes path), else ``"bnb"`` (``Linear4bit``). :func:`place_weights` and
+    :class:`vramplan.estimate.layers.Program` take it as an argument."""
+    return STACKS[setup.stack].nf4_kernel if setup.quant == "nf4" else "bnb"
 
 
 #: ``--train-vision`` value -> the roles of a multimodal checkpoint that do not train (``vision.py``)
