@@ -10,7 +10,6 @@ the HF Trainer's ``bf16=True`` autocast with fp32 trainable weights (``bf16-mixe
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
-from functools import lru_cache
 from typing import Any, Literal
 
 from .errors import SetupError
@@ -18,7 +17,7 @@ from .lora import LoraConfig
 from .options import Option, option, options_of, value_text
 from .shapes.config import MAX_LAYERS
 from .stacks import STACK_NAMES, STACKS
-from .versions import format_versions, modelled_versions, parse_versions, predates
+from .versions import format_versions, parse_versions, runs_before
 
 #: The largest layer index ``--layers-to-transform`` takes (the last layer of the deepest model planned).
 MAX_LAYER_INDEX = MAX_LAYERS - 1
@@ -50,12 +49,6 @@ CACHES: tuple[str, ...] = ("dynamic", "static", "sliding", "quantized-int4", "qu
 
 #: bytes per element of the dtypes vramplan reasons about
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1, "uint8": 1, "int64": 8, "bool": 1}
-
-
-@lru_cache(maxsize=64)
-def _predates(versions: str | None, package: str, release: str) -> bool:
-    """Whether ``--versions`` (else the installed, else the pinned versions) put ``package`` before ``release``."""
-    return predates(modelled_versions(versions), package, release)
 
 
 def _choice(value: Any, choices: tuple[str, ...], option: str) -> str:
@@ -228,13 +221,13 @@ class Setup:
                 grad_ckpt = d.value if grad_ckpt is None else grad_ckpt
             elif kwargs.get(name) is None:
                 kwargs[name] = d.value
-        if kwargs.get("optim") is None and stack.hf_trainer and predates(
-                modelled_versions(kwargs.get("versions")), "transformers", "4.54.0"):
+        if kwargs.get("optim") is None and stack.hf_trainer and runs_before(
+                kwargs.get("versions"), "transformers", "4.54.0"):
             # the Trainer's default optim before 4.54.0 is adamw_torch: torch.optim.AdamW, foreach on CUDA
             # (transformers 4.53.3 training_args.py default_optim; 4.54.0 training_args.py:806-811 adamw_torch_fused)
             kwargs["optim"] = "adamw-foreach"
-        if kwargs.get("strategy") == "fsdp" and stack.hf_trainer and predates(
-                modelled_versions(kwargs.get("versions")), "accelerate", "1.6.0"):
+        if kwargs.get("strategy") == "fsdp" and stack.hf_trainer and runs_before(
+                kwargs.get("versions"), "accelerate", "1.6.0"):
             kwargs["strategy"] = "fsdp1"      # accelerate < 1.6.0 has no fsdp_version 2: FullyShardedDataParallel
         if method == "qlora" and quant == "none":
             raise SetupError("--method qlora needs a quantized base: use --quant nf4 (default), fp4, int8, gptq, awq "
@@ -351,7 +344,7 @@ class Setup:
         LitGPT)."""
         if self.adapter_dtype == "auto":
             peft = STACKS[self.stack].peft_adapters
-            if peft and _predates(self.versions, "peft", "0.12.0"):
+            if peft and runs_before(self.versions, "peft", "0.12.0"):
                 # peft 0.11.1 tuners/lora/layer.py:123-131 LoraLayer.update_layer: self.to(dtype=weight.dtype) for
                 # a floating-point base weight; a 4/8-bit or GPTQ base (uint8/int8/int32) leaves them fp32
                 return "fp32" if self.quantized else self.base_dtype

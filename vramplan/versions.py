@@ -160,6 +160,14 @@ def predates(versions: dict[str, tuple[str, str]], package: str, release: str) -
     return v is not None and release_tuple(v[0]) < release_tuple(release)
 
 
+@lru_cache(maxsize=256)
+def runs_before(given: str | None, package: str, release: str) -> bool:
+    """Whether the versions an estimate is for (``--versions`` text ``given``, else the installed, else the pinned
+    ones: :func:`modelled_versions`) put ``package`` before ``release``; cached, as setups and sweep points ask
+    it many times for the same text."""
+    return predates(modelled_versions(given), package, release)
+
+
 def _predated(versions: dict[str, tuple[str, str]], modelled: bool) -> list[tuple[Change, tuple[str, str]]]:
     return [(c, versions[c.package]) for c in CHANGES
             if bool(c.modelled) == modelled and predates(versions, c.package, c.release)]

@@ -58,7 +58,7 @@ from ..dtypes import BYTES, alloc
 from ..memo import IdCache
 from ..setup import Setup
 from ..shapes.spec import ModelSpec
-from ..versions import modelled_versions, predates
+from ..versions import runs_before
 from .activations import max_affine
 from .graph import Storage, Sym, Tracer, prune, tok
 from .layers import Program, UnknownLayout, build_layers
@@ -351,9 +351,8 @@ def inference_bytes(spec: ModelSpec, layout: Any, batch: int, seq: int, new_toke
     # older transformers (versions.CHANGES): before 4.45.0 generate computes every prompt position's logits (no
     # num_logits_to_keep; 4.45.0 generation/utils.py:1903-1904 sets it to 1), and before 4.46.0 the forward
     # upcasts them to fp32, freeing the 16-bit ones (4.45.0 models/llama/modeling_llama.py:1214)
-    versions = modelled_versions(setup.versions)
-    full_logits = full_logits or predates(versions, "transformers", "4.45.0")
-    upcast = c != 4 and predates(versions, "transformers", "4.46.0")
+    full_logits = full_logits or runs_before(setup.versions, "transformers", "4.45.0")
+    upcast = c != 4 and runs_before(setup.versions, "transformers", "4.46.0")
     P = seq - new_tokens
     T = batch * P
     wins = cache_layer_windows(spec)

@@ -46,7 +46,7 @@ from ..lora import LoraPlan
 from ..quantized import CHECKPOINT_QUANTS
 from ..setup import Setup
 from ..shapes.spec import ModelSpec
-from ..versions import modelled_versions, predates
+from ..versions import runs_before
 from .graph import Size, Sym, Tracer, tok
 from .weights import Placement, nf4_kernel
 
@@ -243,9 +243,8 @@ class Program:
         # the forward dequantizes in the quant-state dtype, then casts to A.dtype (0.49.2 :315
         # dequantize_4bit(B, quant_state).to(A.dtype)); 0.50.0 goes through gemm_4bit, one copy in A.dtype
         # (0.50.0 :324-343; 0.50.2 backends/cuda/ops.py:904-916 _dequant_linear_fallback)
-        versions = modelled_versions(setup.versions)
-        self.bnb_saves_input = predates(versions, "bitsandbytes", "0.43.2")
-        self.bnb_fwd_cast = predates(versions, "bitsandbytes", "0.50.0")
+        self.bnb_saves_input = runs_before(setup.versions, "bitsandbytes", "0.43.2")
+        self.bnb_fwd_cast = runs_before(setup.versions, "bitsandbytes", "0.50.0")
         self.qs = quant_state_dtype(setup)
 
     # ---------------------------------------------------------------------------------------- pieces
