@@ -2,23 +2,20 @@
 
 Tiny transformers models (randomly initialised from config objects, transformers 5.24) run ``model(input_ids,
 use_cache=True, logits_to_keep=1)`` under ``torch.no_grad`` as ``generate``'s prefill does, then take the fp32 copy
-and the sampler's probabilities. A ``TorchDispatchMode`` written here (independent of vramplan's simulator) records
-every new storage, rounded to the CUDA caching allocator's 512-B blocks, and frees it when the storage dies; the
+and the sampler's probabilities. A ``TorchDispatchMode`` (``benchmarks/versions/transformers_logits.py``'s,
+independent of vramplan's simulator) records every new storage, rounded to the CUDA caching allocator's 512-B
+blocks, and frees it when the storage dies; the
 parameters' storages are known beforehand and not counted. Its peak is what the estimate's prefill adds to the
 weights (``inference_bytes(...).prefill``): they must agree within 1 %.
 """
 
 from __future__ import annotations
 
-import weakref
-
 import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-from torch.utils._pytree import tree_leaves  # noqa: E402
 
 from vramplan.estimate.inference import inference_bytes  # noqa: E402
 from vramplan.estimate.states import model_states  # noqa: E402
@@ -26,30 +23,21 @@ from vramplan.profiles import build_spec  # noqa: E402
 from vramplan.setup import Setup  # noqa: E402
 
 
-class Allocations(TorchDispatchMode):
-    """Live bytes of the storages ops create (512-B blocks), and their peak."""
+def _tracker():
+    """The allocation tracker of ``benchmarks/versions/transformers_logits.py`` (one copy: that script runs alone
+    under old transformers releases, without vramplan): live bytes of the storages ops create (512-B blocks), and
+    their peak."""
+    import importlib.util
+    from pathlib import Path
 
-    def __init__(self, known: set[int]) -> None:
-        super().__init__()
-        self.known, self.live, self.total, self.peak = known, {}, 0, 0
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "versions" / "transformers_logits.py"
+    spec = importlib.util.spec_from_file_location("vramplan_bench_transformers_logits", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Allocations
 
-    def _free(self, key: int) -> None:
-        n, _ = self.live.pop(key)
-        self.total -= n
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                st = t.untyped_storage()
-                k = id(st)
-                if k in self.live or k in self.known or st.nbytes() == 0:
-                    continue
-                n = -(-st.nbytes() // 512) * 512
-                self.live[k] = (n, weakref.ref(st, lambda _r, k=k: self._free(k)))
-                self.total += n
-                self.peak = max(self.peak, self.total)
-        return out
+Allocations = _tracker()
 
 
 FAMILIES = {
