@@ -11,7 +11,7 @@ from typing import Any
 from ..errors import VramplanError
 from ..estimate import estimate, overhead
 from ..estimate.grid import Counters, estimate_counters
-from ..quantized import checkpoint_setup
+from ..quantized import checkpoint_scheme, checkpoint_setup
 from ..setup import SETUP_OPTIONS, Setup, option_columns
 from ..shapes.spec import ModelSpec
 from ..units import GiB
@@ -239,6 +239,7 @@ def sweep(models: Sequence[tuple[str, ModelSpec]], setups: Sequence[Setup], gpus
         groups.setdefault((structure_key(s), s.new_tokens), []).append(i)
     for name, spec in models:
         rows: dict[int, dict[str, Any]] = {}
+        stored: bool | None = None          # whether the model is a pre-quantized checkpoint (asked once)
         for idx in groups.values():
             first = setups[idx[0]]
             try:
@@ -249,9 +250,11 @@ def sweep(models: Sequence[tuple[str, ModelSpec]], setups: Sequence[Setup], gpus
                 if progress is not None:
                     progress(len(idx))
                 continue
+            if stored is None:              # estimate() has read its quantization_config without error
+                stored = checkpoint_scheme(spec.config, name) is not None
             for i, c in zip(idx, counters, strict=True):
                 # a pre-quantized checkpoint runs as stored: its row shows the quantization it was estimated with
-                ran = checkpoint_setup(spec.config, setups[i], name)[0]
+                ran = checkpoint_setup(spec.config, setups[i], name)[0] if stored else setups[i]
                 rows[i] = sweep_row(name, spec, ran, gpus, margin, cols[i] if ran is setups[i] else None, c,
                                     trainable)
             if first.device_map != "none":     # issue 17: the split over --gpus GPUs, per card, as plan gives it
