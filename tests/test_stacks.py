@@ -29,8 +29,10 @@ QLORA_DEFAULTS = {
     "torchtune": dict(kbit_prep=False, precision="bf16-true", grad_ckpt=True, loss="torchtune-chunked",
                       kv_expand=True, optim_in_bwd=False),
     # BitsandbytesPrecision quantizes the head, from fp16; 128-token chunked CE; repeat_interleave of K/V
+    # ... and --quantize bnb.nf4 (the README's QLoRA config) is lightning's _NF4Linear, compress_statistics=False
     "litgpt": dict(kbit_prep=False, grad_ckpt=False, optim="paged-adamw", precision="bf16-true", quant_head=True,
-                   quant_state_dtype="fp16", loss="litgpt-chunked", kv_expand=True, frozen_dtype="compute"),
+                   quant_state_dtype="fp16", loss="litgpt-chunked", kv_expand=True, frozen_dtype="compute",
+                   double_quant=False),
     # use_gradient_checkpointing="unsloth" offloads the checkpointed inputs
     "unsloth": dict(kbit_prep=False, grad_ckpt=True, optim="adamw-8bit", loss="chunked", act_offload=True),
 }
@@ -49,8 +51,8 @@ def test_stack_defaults_apply_when_not_given(stack):
 
 def test_a_given_flag_wins_over_the_stack():
     s = setup_from_options({"method": "qlora", "stack": "litgpt", "optim": "adamw", "kbit_prep": True,
-                            "grad_ckpt": True, "precision": "bf16-mixed"})
-    assert (s.optim, s.kbit_prep, s.grad_ckpt, s.precision) == ("adamw", True, True, "bf16-mixed")
+                            "grad_ckpt": True, "precision": "fp16-true"})
+    assert (s.optim, s.kbit_prep, s.grad_ckpt, s.precision) == ("adamw", True, True, "fp16-true")
 
 
 def test_quantized_only_defaults_leave_lora_alone():
@@ -232,3 +234,62 @@ def test_torchtune_qlora_is_torchao_nf4(stack, uses_bnb):
     s = setup_from_options({"method": "qlora", "stack": stack})
     assert nf4_kernel(s) == ("torchao" if stack == "torchtune" else "bnb")
     assert overhead.uses_bitsandbytes(s) is uses_bnb
+
+
+#: what the stacks' code cannot run, each refused in one line (from their source):
+#: torchtune 0.6.1 builds QLoRA Linears as LoRALinear(quantize_base=True) / FrozenNF4Linear, which call torchao's
+#: to_nf4(weight) with its defaults block_size=64, scaler_block_size=256 (torchao 0.10.0 nf4tensor.py:988; measured
+#: in a torchtune 0.6.1 + torchao 0.10.0 venv: FrozenNF4Linear(256, 128).weight is an NF4Tensor with block_size 64 and
+#: scaler_block_size 256); its builders pass no quantization_kwargs.
+#: litgpt 0.5.13 finetune/lora.py:53 --quantize Literal['bnb.nf4', 'bnb.nf4-dq', 'bnb.fp4', 'bnb.fp4-dq',
+#: 'bnb.int8-training'] (read with inspect.signature in that venv); :141-143 raises on mixed precision; lightning
+#: 2.6.6 fabric/plugins/precision/bitsandbytes.py:86-88 raises for int8 outside float16.
+REFUSED = [
+    ("torchtune", ["--quant", "fp4"], "--quant fp4"),
+    ("torchtune", ["--quant", "int8"], "--quant int8"),
+    ("torchtune", ["--no-double-quant"], "--double-quant false"),
+    ("torchtune", ["--quant-blocksize", "128"], "--quant-blocksize 128"),
+    ("litgpt", ["--quant", "gptq"], "--quant gptq"),
+    ("litgpt", ["--quant", "awq"], "--quant awq"),
+    ("litgpt", ["--precision", "bf16-mixed"], "--precision bf16-mixed"),
+    ("litgpt", ["--quant", "int8"], "--precision bf16-true"),
+    ("litgpt", ["--quant-blocksize", "256"], "--quant-blocksize 256"),
+]
+
+
+@pytest.mark.parametrize(("stack", "args", "quoted"), REFUSED)
+def test_what_a_stack_cannot_run_is_a_one_line_refusal(stack, args, quoted):
+    r = vp("plan", "llama-3-8b", "--stack", stack, "--method", "qlora", *args)
+    assert r.exit_code == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert f"--stack {stack} " in r.stderr and f"got {quoted};" in r.stderr and "or another --stack" in r.stderr
+    assert len(r.stderr.strip()) <= 480
+
+
+@pytest.mark.parametrize(("stack", "options"), [
+    ("torchtune", {}),                                      # NF4, double-quantized, 64-value blocks
+    ("torchtune", {"method": "lora"}),                      # no quantized base: nothing to check
+    ("litgpt", {}), ("litgpt", {"double_quant": True}),     # bnb.nf4 and bnb.nf4-dq
+    ("litgpt", {"quant": "fp4"}),                           # bnb.fp4
+    ("litgpt", {"quant": "int8", "precision": "fp16-true"}),  # bnb.int8-training, as it must run
+    ("hf", {"quant": "gptq"}), ("hf", {"quant": "fp4", "quant_blocksize": 128, "double_quant": False}),
+])
+def test_what_a_stack_can_run_is_accepted(stack, options):
+    s = setup_from_options({"method": "qlora", "stack": stack, **options})
+    assert s.stack == stack
+
+
+def test_litgpt_nf4_is_single_quantized_unless_dq_is_asked_for():
+    # bnb.nf4: one fp32 absmax per 64 values; bnb.nf4-dq: a uint8 absmax per 64 values plus an fp32 one per 256
+    # blocks (bitsandbytes 0.50.2 functional.quantize_4bit, compress_statistics). Every Linear is quantized, the
+    # head included (quant_head): Llama-3-8B's 8,030,261,248 parameters less the embedding and the 65 norms.
+    spec = resolve_model("llama-3-8b").spec
+    q = 8_030_261_248 - 128_256 * 4096 - 65 * 4096
+    consts = {}
+    for dq in (False, True):
+        e = estimate(spec, setup_from_options({"method": "qlora", "stack": "litgpt", **({"double_quant": True} if dq
+                                                                                         else {})}))
+        assert e.setup.double_quant is dq
+        consts[dq] = e.component("weights/quant_constants")
+    per_linear = 2**20 // 8         # what QuantState keeps per Linear besides absmax (code, offsets): < 128 KiB
+    assert 0 <= consts[False] - q // 64 * 4 < 225 * per_linear
+    assert 0 <= consts[True] - (q // 64 + q // 64 // 256 * 4) < 225 * per_linear

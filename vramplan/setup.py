@@ -69,6 +69,15 @@ def _quote(value: Any) -> str:
     return text if len(text) <= 40 else f"{text[:18]}...{text[-18:]} ({len(text):,} characters)"
 
 
+def _flag(name: str) -> str:
+    return next(o.flag for o in options_of(Setup) if o.field == name)
+
+
+def _written(value: Any) -> str:
+    """A value as the command line writes it (``true``/``false`` for a bool)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def _positive(value: Any, option: str, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise SetupError(f"{option} must be an integer >= 1, got {_quote(value)}")
@@ -92,7 +101,9 @@ class Setup:
                         help="Base-weight quantization: bitsandbytes nf4/fp4/int8 at load time, or a pre-quantized "
                              "gptq/awq/fp8 layout; a config.json with a quantization_config is planned as stored "
                              "(docs/quantized.md). qlora defaults to nf4.")
-    double_quant: bool = option(True, kind="bool", help="bnb_4bit_use_double_quant.")
+    double_quant: bool = option(True, kind="bool", unset=True,
+                                help="bnb_4bit_use_double_quant (LitGPT's bnb.nf4-dq). Default: on, or the --stack's "
+                                     "(LitGPT: bnb.nf4, off).")
     quant_blocksize: int = option(64, kind="int", help="4-bit quantization block size.")
     quant_bits: int = option(4, kind="int", help="Bits per weight of a GPTQ/AWQ checkpoint (2, 3, 4 or 8).")
     quant_group: int = option(128, kind="int", help="GPTQ/AWQ group size (-1 = one group per output column).")
@@ -294,6 +305,14 @@ class Setup:
                              "training across GPUs is --gpus N --strategy ...")
         if self.max_memory is not None and self.device_map == "none":
             raise SetupError("--max-memory is the budget of --device-map: add --device-map auto")
+        stack = STACKS[self.stack]
+        bad = stack.rejected(vars(self), quantized=self.quant != "none", full=self.method == "full",
+                             gpus=self.gpus if self.training else 1)
+        if bad is not None:
+            flag = _flag(bad.option)
+            shown = ", ".join(_written(v) for v in bad.values)
+            raise SetupError(f"--stack {stack.name} {bad.what} ({bad.source}): got {flag} "
+                             f"{_written(getattr(self, bad.option))}; use {flag} {shown}, or another --stack")
         if self.offload != "none" and self.method == "inference":
             raise SetupError(f"--offload {self.offload} is a training option (ZeRO/FSDP offload); "
                              "use --offload none with --method inference")

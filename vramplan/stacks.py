@@ -50,6 +50,29 @@ class Refusal:
         return _matches(self.when, self.gpus, quantized=quantized, full=full, gpus=gpus)
 
 
+@dataclass(frozen=True)
+class Accepts:
+    """The values of one option that the stack's code can run: any other is refused with a one-line error.
+
+    ``when`` and ``gpus`` as in :class:`Default`; ``only_if`` narrows it to setups where another option has one
+    value, e.g. ``("quant", "int8")`` for what only its int8 path demands.
+    """
+
+    option: str
+    values: tuple[Any, ...]
+    what: str                   # what its code does, e.g. "quantizes its base with torchao's to_nf4 only"
+    source: str
+    when: str = "quantized"
+    gpus: str = "any"
+    only_if: tuple[str, Any] | None = None
+
+    def rejects(self, value_of: Mapping[str, Any], *, quantized: bool, full: bool, gpus: int) -> bool:
+        """Whether a setup (its option values by field name) has a value outside :attr:`values` here."""
+        return (_matches(self.when, self.gpus, quantized=quantized, full=full, gpus=gpus)
+                and (self.only_if is None or value_of[self.only_if[0]] == self.only_if[1])
+                and value_of[self.option] not in self.values)
+
+
 def _matches(when: str, on: str, *, quantized: bool, full: bool, gpus: int) -> bool:
     if on not in ("any", "single", "multi") or when not in ("always", "quantized", "unquantized", "full"):
         raise ValueError(f"unknown condition when={when!r} gpus={on!r}")
@@ -78,6 +101,8 @@ class Stack:
     defaults: tuple[Default, ...] = ()
     unmodelled: tuple[Unmodelled, ...] = ()
     refusals: tuple[Refusal, ...] = ()
+    #: option values its code can run (e.g. torchtune's QLoRA is NF4 only): another value is refused
+    accepts: tuple[Accepts, ...] = ()
     cross_checked: bool = False         # whether its real code was run against the estimate (issue 14, item 4)
     #: the parts of its code that were run against the estimate's rules on CPU, when not the whole step
     checked_parts: tuple[str, ...] = ()
@@ -99,6 +124,12 @@ class Stack:
     def refusal_for(self, quantized: bool, full: bool = False, gpus: int = 1) -> Refusal | None:
         """What the stack's code raises for such a setup, or ``None`` when it launches."""
         return next((r for r in self.refusals if r.applies(quantized=quantized, full=full, gpus=gpus)), None)
+
+    def rejected(self, value_of: Mapping[str, Any], *, quantized: bool, full: bool = False,
+                 gpus: int = 1) -> Accepts | None:
+        """The first :class:`Accepts` that a setup (its option values by field name) breaks, or ``None``."""
+        return next((a for a in self.accepts if a.rejects(value_of, quantized=quantized, full=full, gpus=gpus)),
+                    None)
 
 
 _KBIT = "prepare_model_for_kbit_training is not called"
@@ -187,6 +218,16 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
                                     "then the root (torchtune 0.6.1 recipes/lora_finetune_distributed.py:472-484, "
                                     "full_finetune_distributed.py:583-596; training/_distributed.py:519-568 "
                                     "shard_model)", gpus="multi"),
+    ), accepts=(
+        Accepts("quant", ("nf4",), "quantizes its QLoRA base with torchao's to_nf4 only (LoRALinear(quantize_base="
+                "True), FrozenNF4Linear)", "torchtune 0.6.1 modules/peft/lora.py:74-78, modules/low_precision/"
+                "nf4_linear.py; models/*/_component_builders.py"),
+        Accepts("double_quant", (True,), "stores NF4 scales quantized again: to_nf4(weight) with torchao's "
+                "scaler_block_size=256, which no builder lets a config change",
+                "torchao 0.10.0 dtypes/nf4tensor.py:988-990 to_nf4; torchtune 0.6.1 modules/peft/lora.py:74-78"),
+        Accepts("quant_blocksize", (64,), "quantizes in 64-value blocks: to_nf4's block_size=64, which no builder "
+                "lets a config change", "torchao 0.10.0 dtypes/nf4tensor.py:988-990 to_nf4; torchtune 0.6.1 "
+                "models/llama3_1/_component_builders.py"),
     ), unmodelled=(
         Unmodelled("on more than one GPU the FSDP2 units are each layer, the custom_sharded_layers of the config "
                    "(['tok_embeddings', 'output'] in 7 of its 71 distributed configs) and the root holding the rest; "
@@ -216,8 +257,13 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
         Default("optim", "adamw-foreach", "optimizer='AdamW' -> torch.optim.AdamW(model.parameters()) with no fused "
                                           "flag: foreach on CUDA (litgpt 0.5.13 finetune/lora.py:231, full.py:160, "
                                           "utils.py:636-653 instantiate_torch_optimizer)", "unquantized"),
-        Default("precision", "bf16-true", "--quantize accepts only bf16-true (litgpt 0.5.13 finetune/lora.py:131)",
+        Default("precision", "bf16-true", "--quantize refuses the default bf16-mixed: the README's QLoRA config "
+                                          "sets precision: bf16-true (litgpt 0.5.13 finetune/lora.py:131-143)",
                 "quantized"),
+        Default("double_quant", False, "--quantize bnb.nf4, as the README's QLoRA config writes it: _NF4Linear, "
+                                       "compress_statistics=False; bnb.nf4-dq is --double-quant (litgpt 0.5.13 "
+                                       "README quantize: bnb.nf4; lightning 2.6.6 fabric/plugins/precision/"
+                                       "bitsandbytes.py:401-407)", "quantized"),
         Default("quant_head", True, "BitsandbytesPrecision replaces every nn.Linear, the head included: litgpt 0.5.13 "
                                     "finetune/lora.py:149 passes no ignore_modules (lightning 2.6.6 fabric/plugins/"
                                     "precision/bitsandbytes.py:425-448 _convert_layers); measured on CPU "
@@ -240,6 +286,18 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
                                        "logits at batch > 1 and splits them into 128-row chunks (litgpt 0.5.13 "
                                        "finetune/full.py:282-284, utils.py:302-350); measured "
                                        "(tests/estimate/test_litgpt_full_logits.py)", "full"),
+    ), accepts=(
+        Accepts("quant", ("nf4", "fp4", "int8"), "--quantize takes bnb.nf4, bnb.nf4-dq, bnb.fp4, bnb.fp4-dq or "
+                "bnb.int8-training only", "litgpt 0.5.13 finetune/lora.py:53"),
+        Accepts("precision", ("bf16-true", "fp16-true", "32-true"), "refuses a quantized base under mixed precision "
+                "(ValueError: 'Quantization and mixed precision is not supported')",
+                "litgpt 0.5.13 finetune/lora.py:141-143"),
+        Accepts("precision", ("fp16-true",), "runs bnb.int8-training in float16 only (ValueError: 'int8-training' "
+                "only works with dtype=torch.float16)", "lightning 2.6.6 fabric/plugins/precision/bitsandbytes.py:"
+                "86-88", only_if=("quant", "int8")),
+        Accepts("quant_blocksize", (64,), "quantizes in bitsandbytes' default 64-value blocks: BitsandbytesPrecision "
+                "passes no blocksize", "lightning 2.6.6 fabric/plugins/precision/bitsandbytes.py:393-407; "
+                "bitsandbytes 0.50.2 nn/modules.py:230-231"),
     ), refusals=(
         Refusal("cannot train a quantized base on more than one GPU (NotImplementedError: 'Quantization is currently "
                 "not supported for multi-GPU training')", "litgpt 0.5.13 finetune/lora.py:152-156", "quantized",

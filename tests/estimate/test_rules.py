@@ -47,7 +47,8 @@ def test_fit_verdict_headroom():
     ({"method": "full", "optim": "paged-adamw"}, True), ({"method": "lora", "optim": "sgd"}, False),
     # a GPTQ checkpoint runs gptqmodel/optimum kernels; torchtune's nf4 is torchao's NF4Tensor (no bitsandbytes)
     ({"method": "qlora", "quant": "gptq"}, False), ({"method": "qlora", "stack": "torchtune"}, False),
-    ({"method": "qlora", "stack": "torchtune", "quant": "int8"}, True),
+    # ... but its configs' bitsandbytes.optim.PagedAdamW8bit is (torchtune 0.6.1 recipes/configs/llama3_1/8B_full_single_device.yaml:60)
+    ({"method": "qlora", "stack": "torchtune", "optim": "paged-adamw-8bit"}, True),
 ])
 def test_uses_bitsandbytes(kw, expected):
     assert overhead.uses_bitsandbytes(Setup.create(**kw)) is expected

@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 
 from vramplan.dtypes import alloc, bnb_4bit_parts, torchao_nf4_dequant_bytes, torchao_nf4_parts
+from vramplan.errors import SetupError
 from vramplan.estimate.estimator import estimate
 from vramplan.estimate.graph import Tracer, tok
 from vramplan.estimate.layers import Program, build_layers
@@ -86,7 +87,8 @@ def test_nf4_kernel_is_the_torchtune_stacks():
     assert nf4_kernel(_setup("torchtune")) == "torchao"
     assert nf4_kernel(_setup("hf")) == "bnb"
     assert nf4_kernel(_setup("litgpt")) == "bnb"
-    assert nf4_kernel(_setup("torchtune", quant="fp4")) == "bnb"
+    with pytest.raises(SetupError, match="to_nf4 only"):      # torchtune has no FP4 path (tests/test_stacks.py)
+        _setup("torchtune", quant="fp4")
 
 
 def test_place_weights_stores_the_torchao_layout():
