@@ -156,3 +156,15 @@ def test_bad_input_exits_2_with_one_line(args, needle):
 def test_nothing_fits_reports_none_not_a_sentinel():
     d = vp_json("fit", "llama-3.1-70b", "--method", "full", "--gpu", "t4")
     assert d["fits"] is False and d["max_batch"] is None and d["max_seq"] is None and d["max_rank"] is None
+
+
+@pytest.mark.parametrize("stack", ["hf", "trl", "litgpt", "torchtune", "unsloth"])
+def test_the_qlora_suggestion_is_what_its_command_line_gives_under_the_stack(stack):
+    # The suggestion must save exactly what `plan ... --stack S <option>` saves: under LitGPT a quantized base is
+    # bf16-true, paged AdamW, bnb.nf4 and a quantized head where its bf16-mixed LoRA keeps an fp32 frozen base
+    # (litgpt 0.5.13 finetune/lora.py:131-149, :218-233); TRL casts QLoRA adapters to bf16 (sft_trainer.py:902-911).
+    args = ("llama-3-70b", "--stack", stack, "--method", "lora", "--gpu", "rtx-4090")
+    d = json.loads(vp("fit", *args, "--json").stdout)
+    q = next(x for x in d["suggestions"] if x["option"].startswith("--method qlora"))
+    after = vp_json("plan", *args, *shlex.split(q["option"]))
+    assert d["plan"]["device_used_bytes"] - after["device_used_bytes"] == q["saves_bytes"] > 0

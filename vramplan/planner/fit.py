@@ -11,6 +11,7 @@ from ..estimate import Estimate, Fit, estimate, smallest_gpus
 from ..lora import DEFAULT_TARGETS, LoraConfig
 from ..setup import Setup, setup_kwargs
 from ..shapes.spec import ModelSpec
+from ..stacks import STACKS
 from .search import BATCH_LIMIT, MIN_GPUS_LIMIT, RANK_LIMIT, SEQ_LIMIT, SEQ_STEP, search_max
 
 
@@ -221,6 +222,23 @@ def fit_report(spec: ModelSpec, setup: Setup, gpu: Any, margin: float = 0.0) -> 
     return FitReport(est, mb, ms, mr, suggestions, tuple(limits), fewest, allocator, single_step)
 
 
+def _quantized_kwargs(s: Setup, **changes: Any) -> dict[str, Any]:
+    """The keywords that rebuild ``s`` with a quantized base, as its command line with ``--method qlora`` resolves
+    under its stack: a value ``s`` took from a 16-bit-only stack default, and every option the stack decides only
+    for a quantized base, are left to the stack again (LitGPT's ``--quantize`` means bf16-true, paged AdamW, bnb.nf4
+    and a quantized head; its fp32 frozen base is a bf16-mixed LoRA's). Other values of ``s`` are kept."""
+    stack = STACKS[s.stack]
+    kw = setup_kwargs(s, **changes)
+    lora16 = stack.defaults_for(False, s.method == "full", s.gpus)
+    quantized = stack.defaults_for(True, False, s.gpus)
+    for name in set(lora16) | set(quantized):
+        if name in changes or lora16.get(name) == quantized.get(name):
+            continue
+        if name in quantized or getattr(s, name) == lora16[name].value:
+            kw.pop(name)
+    return kw
+
+
 def _candidates(spec: ModelSpec, s: Setup, mb: int | None, ms: int | None) -> Iterator[tuple[str, str, Any]]:
     """(change, option, setup-or-factory) for every single change worth trying on ``s``."""
     # QLoRA comes with prepare_model_for_kbit_training, which turns checkpointing on (and upcasts the residual
@@ -233,11 +251,11 @@ def _candidates(spec: ModelSpec, s: Setup, mb: int | None, ms: int | None) -> It
                lambda: Setup.create(**setup_kwargs(s, method="lora", lora=LoraConfig())))
         yield (f"QLoRA (nf4 base, PEFT default targets){q_note} instead of full fine-tuning",
                "--method qlora --grad-ckpt",
-               lambda: Setup.create(**setup_kwargs(s, method="qlora", quant="nf4", lora=LoraConfig(),
-                                                     grad_ckpt=True)))
+               lambda: Setup.create(**_quantized_kwargs(s, method="qlora", quant="nf4", lora=LoraConfig(),
+                                                          grad_ckpt=True)))
     if s.method == "lora" and s.quant == "none":
         yield (f"QLoRA (nf4 base){q_note} instead of LoRA", "--method qlora --grad-ckpt",
-               lambda: Setup.create(**setup_kwargs(s, method="qlora", quant="nf4", grad_ckpt=True)))
+               lambda: Setup.create(**_quantized_kwargs(s, method="qlora", quant="nf4", grad_ckpt=True)))
     if s.method == "inference" and s.quant == "none":
         yield "nf4 (4-bit) weights", "--quant nf4", lambda: s.with_(quant="nf4")
         yield "int8 weights", "--quant int8", lambda: s.with_(quant="int8")
