@@ -293,3 +293,13 @@ def test_litgpt_nf4_is_single_quantized_unless_dq_is_asked_for():
     per_linear = 2**20 // 8         # what QuantState keeps per Linear besides absmax (code, offsets): < 128 KiB
     assert 0 <= consts[False] - q // 64 * 4 < 225 * per_linear
     assert 0 <= consts[True] - (q // 64 + q // 64 // 256 * 4) < 225 * per_linear
+
+
+@pytest.mark.parametrize("stack", ["ms-swift", "llama-factory"])
+def test_a_stacks_vision_default_on_a_text_model_is_not_a_warning(stack):
+    spec = resolve_model("llama-3-8b").spec
+    assert not any("--train-vision" in w for w in estimate(spec, setup_from_options(
+        {"method": "lora", "stack": stack})).warnings)
+    # the same value given on the command line of a text model is the user's mistake, and said
+    assert any("--train-vision none" in w for w in estimate(spec, setup_from_options(
+        {"method": "lora", "train_vision": "none"})).warnings)

@@ -83,6 +83,7 @@ from ..errors import SetupError
 from ..setup import Setup
 from ..shapes.from_config import VISION_PLANNED
 from ..shapes.spec import ModelSpec
+from ..stacks import STACKS
 from .graph import Tracer, tok
 from .layers import LayerInfo, Lin, Norm, Program
 
@@ -232,7 +233,10 @@ def warnings(spec: ModelSpec, setup: Setup) -> list[str]:
     if setup.image_tokens and setup.act_offload and setup.training and tower_of(spec) is not None:
         out.append("--act-offload with --image-tokens: the vision tower's and projector's saves are kept on the GPU "
                    "in this plan (an offloader's saved-tensor hooks would move them too): an upper bound")
-    if setup.train_vision != "all" and not spec.is_multimodal and setup.training:
+    stack_value = STACKS[setup.stack].defaults_for(setup.quant != "none", setup.method == "full", setup.gpus).get(
+        "train_vision")
+    if setup.train_vision != "all" and not spec.is_multimodal and setup.training and (
+            stack_value is None or stack_value.value != setup.train_vision):     # a stack's default is no mistake
         out.append(f"--train-vision {setup.train_vision}: {spec.architecture or spec.model_type} has no vision "
                    "tower or projector; nothing changes")
     return out
