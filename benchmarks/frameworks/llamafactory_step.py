@@ -1,0 +1,98 @@
+"""LLaMA-Factory 0.9.5: a tiny Llama through its real model build, LoRA/QLoRA injection and one training step on
+CPU, measured (issue 14 § 4). Writes JSON to its argument; ``benchmarks/frameworks/results/llamafactory.json`` is its output and
+``tests/estimate/test_stack_frameworks_cpu.py`` compares it with ``--stack llama-factory``.
+
+Not a CI test: it needs llamafactory and the transformers/peft/trl releases it pins. Run it in a private venv::
+
+    python3.11 -m venv /tmp/lf && . /tmp/lf/bin/activate
+    pip install torch==2.13.0
+    pip install transformers==5.6.0 peft==0.18.1 accelerate==1.11.0 trl==0.24.0 bitsandbytes==0.50.2
+    pip install --no-deps llamafactory==0.9.5 && pip install omegaconf fire   # what its imports need
+    python benchmarks/frameworks/llamafactory_step.py benchmarks/frameworks/results/llamafactory.json
+
+What runs, all LLaMA-Factory's own code (llamafactory 0.9.5):
+
+* ``hparams.ModelArguments`` / ``FinetuningArguments`` with the CLI's defaults (``lora_target: all``, rank and
+  alpha set here to the tiny test's r = 4, ``compute_dtype`` bf16 as ``hparams/parser.py:512-513`` sets it for
+  ``bf16: true``; ``quantization_bit: 4`` for QLoRA, whose ``BitsAndBytesConfig`` is built by
+  ``model/model_utils/quantization.py:170-180``);
+* ``model.load_model(tokenizer, model_args, finetuning_args, is_trainable=True)`` (``model/loader.py:131-241``):
+  ``patch_config``, ``from_pretrained(torch_dtype="auto")``, ``patch_model`` → ``prepare_model_for_training``
+  (``model/model_utils/checkpointing.py:143-185``: its own reentrant gradient checkpointing), ``init_adapter``
+  (``model/adapter.py:313-325``: PEFT ``get_peft_model``, then every trainable parameter cast to fp32);
+* the step: ``train.sft.trainer.CustomSeq2SeqTrainer`` built with ``hparams.TrainingArguments(bf16=True,
+  use_cpu=True)``, the model prepared by its accelerator (CPU bf16 autocast and ``convert_outputs_to_fp32``, as
+  ``Trainer._inner_training_loop`` prepares it), then ``trainer.compute_loss(model, batch)`` (→ transformers'
+  ``Trainer.compute_loss``, the model's own ``ForCausalLMLoss``) and ``trainer.accelerator.backward(loss)``: the
+  two halves of ``Trainer.training_step``.
+
+Each case once with LLaMA-Factory's default checkpointing and once with ``disable_gradient_checkpointing: true``
+(the per-layer saved tensors then show the layer's whole trace).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+from _step import BATCH, RANK, SEQ, TINY_LLAMA, batch, compact, dump, params, step, tiny_checkpoint  # noqa: E402
+
+
+def run(path: str, *, quantized: bool, grad_ckpt: bool) -> dict:
+    import transformers
+    from llamafactory.hparams import FinetuningArguments, ModelArguments, TrainingArguments
+    from llamafactory.model import load_model
+    from llamafactory.train.sft.trainer import CustomSeq2SeqTrainer
+
+    margs = ModelArguments(model_name_or_path=path, disable_gradient_checkpointing=not grad_ckpt,
+                           quantization_bit=4 if quantized else None)
+    margs.compute_dtype = torch.bfloat16                     # hparams/parser.py:512-513 (bf16: true)
+    margs.device_map = {"": torch.device("cpu")}             # hparams/parser.py:517 get_current_device() on CPU
+    fargs = FinetuningArguments(stage="sft", finetuning_type="lora", lora_rank=RANK, lora_alpha=RANK)
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    torch.manual_seed(0)
+    model = load_model(tok, margs, fargs, is_trainable=True)
+    built = params(model)
+    out_dir = tempfile.mkdtemp(prefix="lf-out-")
+    targs = TrainingArguments(output_dir=out_dir, bf16=True, use_cpu=True, report_to=[],
+                              per_device_train_batch_size=BATCH)
+    trainer = CustomSeq2SeqTrainer(model=model, args=targs, finetuning_args=fargs, processor=None,
+                                   tokenizer=tok)
+    prepared = trainer.accelerator.prepare(trainer.model)
+    inputs = batch(TINY_LLAMA["vocab_size"])
+    res = step(prepared, lambda: trainer.compute_loss(prepared, inputs), autocast=False,
+               n_layers=TINY_LLAMA["num_hidden_layers"])
+    res = compact(res)
+    res["params"] = built
+    res["gradient_checkpointing"] = bool(getattr(model.base_model.model, "is_gradient_checkpointing", False)) \
+        if hasattr(model, "base_model") else None
+    res["use_reentrant_gc"] = bool(margs.use_reentrant_gc)
+    res["native_amp"] = bool(trainer.accelerator.native_amp)
+    return res
+
+
+def main() -> None:
+    import accelerate
+    import bitsandbytes
+    import llamafactory
+    import peft
+    import transformers
+    path = tiny_checkpoint(tempfile.mkdtemp(prefix="lf-tiny-"))
+    out = {"versions": {"llamafactory": llamafactory.__version__, "transformers": transformers.__version__,
+                        "peft": peft.__version__, "accelerate": accelerate.__version__, "torch": torch.__version__,
+                        "bitsandbytes": bitsandbytes.__version__},
+           "config": TINY_LLAMA, "batch": BATCH, "seq": SEQ, "rank": RANK, "cases": {}}
+    torch.set_num_threads(1)
+    for quantized in (False, True):
+        for gc in (True, False):
+            out["cases"][f"{'qlora' if quantized else 'lora'}-{'gc' if gc else 'nogc'}"] = run(
+                path, quantized=quantized, grad_ckpt=gc)
+    dump(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""ms-swift 4.6.0: a tiny Llama through its real model build (``swift sft``'s pipeline), LoRA/QLoRA injection and
+one training step on CPU, measured (issue 14 § 4). Writes JSON to its argument; ``benchmarks/frameworks/results/msswift.json`` is
+its output and ``tests/estimate/test_stack_frameworks_cpu.py`` compares it with ``--stack ms-swift``.
+
+Not a CI test: it needs ms-swift and the transformers/peft/trl releases it allows. Run it in a private venv::
+
+    python3.11 -m venv /tmp/swift && . /tmp/swift/bin/activate
+    pip install torch==2.13.0
+    pip install "transformers==5.19.*" "peft==0.20.*" "trl==0.29.*" accelerate bitsandbytes==0.50.2 "datasets<4.8.5"
+    pip install --no-deps ms-swift==4.6.0 modelscope && pip install <what its imports ask for, see the report>
+    python benchmarks/frameworks/msswift_step.py benchmarks/frameworks/results/msswift.json
+
+What runs, all ms-swift's own code (ms-swift 4.6.0):
+
+* ``pipelines.train.sft.SwiftSft(SftArguments(...))`` with ``swift sft``'s defaults except the rank and alpha
+  (r = alpha = 4, the tiny test's), ``torch_dtype bfloat16`` and, for QLoRA, ``quant_method bnb, quant_bits 4``:
+  ``args.get_model_processor()`` loads the model (``model/register.py``), ``TunerMixin.prepare_model``
+  (``pipelines/train/tuner.py:374-407``: ``prepare_adapter`` → ``Swift.prepare_model`` → PEFT, then fp16
+  trainable parameters upcast);
+* the trainer ``TrainerFactory.get_trainer_cls(args)`` (``trainers/seq2seq_trainer.py Seq2SeqTrainer``) built as
+  ``SwiftSft.run`` builds it: its ``__init__`` applies ``_fix_gradient_checkpointing`` (reentrant on one
+  process) and ``_prepare_gradient_checkpointing`` (``trainers/mixin.py:940-981``); the model prepared by its
+  accelerator (CPU bf16 autocast and ``convert_outputs_to_fp32``); then ``trainer.compute_loss(model, batch)``
+  (its own: ``trainers/seq2seq_trainer.py:126-252``) and ``trainer.accelerator.backward(loss)``, the two halves
+  of ``Trainer.training_step`` (with its ``_prepare_inputs`` and ``template.forward_context``).
+
+Cases: LoRA and QLoRA, with ms-swift's default ``lora_dropout 0.05`` and with 0 (the exact comparison: on CPU the
+unfused dropout saves an input-dtype noise tensor where CUDA's ``native_dropout`` saves a bool mask), each with
+its default checkpointing and with ``gradient_checkpointing false``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+from _step import BATCH, RANK, SEQ, TINY_LLAMA, batch, compact, dump, params, step, tiny_checkpoint  # noqa: E402
+
+
+def tiny_dataset() -> str:
+    """``SftArguments`` refuses an empty ``dataset`` (swift/arguments/sft_args.py:221): one local messages row. The
+    step below feeds its own batch; the dataset is only read, never trained on."""
+    import json
+    path = os.path.join(tempfile.mkdtemp(prefix="swift-data-"), "train.jsonl")
+    with open(path, "w") as f:
+        f.write(json.dumps({"messages": [{"role": "user", "content": "t3 t4"},
+                                         {"role": "assistant", "content": "t5"}]}) + "\n")
+    return path
+
+
+def run(path: str, *, quantized: bool, grad_ckpt: bool, dropout: float | None) -> dict:
+    from swift.arguments import SftArguments
+    from swift.pipelines.train.sft import SwiftSft
+    from swift.trainers import TrainerFactory
+
+    kw = dict(model=path, model_type="llama", template="llama", tuner_type="lora", lora_rank=RANK, lora_alpha=RANK, torch_dtype="bfloat16",
+              output_dir=tempfile.mkdtemp(prefix="swift-out-"), gradient_checkpointing=grad_ckpt,
+              report_to=["none"], dataset=[tiny_dataset()], bf16=True, use_cpu=True, per_device_train_batch_size=BATCH)
+    if dropout is not None:
+        kw["lora_dropout"] = dropout
+    if quantized:
+        kw.update(quant_method="bnb", quant_bits=4)
+    args = SftArguments(**kw)
+    torch.manual_seed(0)
+    sft = SwiftSft(args)
+    model = sft.prepare_model(args, sft.model, template=sft.template)
+    built = params(model)
+    trainer = TrainerFactory.get_trainer_cls(args)(model=model, args=args.training_args, template=sft.template,
+                                                   train_dataset=None, eval_dataset=None)
+    prepared = trainer.accelerator.prepare(trainer.model)
+    # Seq2SeqTrainer._prepare_inputs (trainers/seq2seq_trainer.py:100-124): logits_to_keep from the first
+    # supervised label (mixin.py:1271-1293; every label is supervised here: all positions) and compute_loss_func
+    inputs = trainer._prepare_inputs(batch(TINY_LLAMA["vocab_size"]))
+
+    def forward():
+        with trainer.template.forward_context(trainer.model, inputs):   # Seq2SeqTrainer.training_step
+            return trainer.compute_loss(prepared, dict(inputs))
+
+    res = step(prepared, forward, autocast=False, n_layers=TINY_LLAMA["num_hidden_layers"])
+    res["logits_to_keep"] = inputs.get("logits_to_keep")
+    res = compact(res)
+    res["params"] = built
+    res["lora_dropout"] = args.lora_dropout
+    res["use_reentrant"] = getattr(torch.utils.checkpoint, "_old_checkpoint", None) is not None
+    res["native_amp"] = bool(trainer.accelerator.native_amp)
+    return res
+
+
+def main() -> None:
+    import accelerate
+    import bitsandbytes
+    import peft
+    import swift
+    import transformers
+    path = tiny_checkpoint(tempfile.mkdtemp(prefix="swift-tiny-"))
+    out = {"versions": {"ms-swift": swift.__version__, "transformers": transformers.__version__,
+                        "peft": peft.__version__, "accelerate": accelerate.__version__, "torch": torch.__version__,
+                        "bitsandbytes": bitsandbytes.__version__},
+           "config": TINY_LLAMA, "batch": BATCH, "seq": SEQ, "rank": RANK, "cases": {}}
+    torch.set_num_threads(1)
+    for quantized in (False, True):
+        for dropout in (None, 0.0):
+            for gc in (True, False):
+                name = f"{'qlora' if quantized else 'lora'}-{'default' if dropout is None else 'dropout0'}-" \
+                       f"{'gc' if gc else 'nogc'}"
+                out["cases"][name] = run(path, quantized=quantized, grad_ckpt=gc, dropout=dropout)
+    dump(out)
+
+
+if __name__ == "__main__":
+    main()
