@@ -218,8 +218,12 @@ class _Builder:
                 lse = tr.new("attention logsumexp (fp32)", tok(nh), "fp32", True)
                 tr.op("sdpa", (qc, kc, vc), (o, lse))
                 tr.save("scaled_dot_product_attention", qc, kc, vc, o, lse)
-                # (B, H, S, D) output: transpose(1, 2).reshape(...).contiguous() copies it
-                return tr.fresh("contiguous", o, "attention output transpose(1,2).contiguous()")
+                # q is ``proj(x).view(B, S, H, D).transpose(1, 2)`` (T5Attention / BartAttention.forward) and the
+                # fused kernels lay their output out like q, (B, S, H, D) in memory: the model's
+                # ``transpose(1, 2).reshape(...).contiguous()`` is a view, and o / out_proj saves the storage SDPA
+                # saved (CPU flash measured; CUDA flash / memory-efficient allocate the output the same way —
+                # the rule of layers.py's decoder-only attention)
+                return o
             # torch.matmul on 4-D views of the (B, S, H*D) projections: bmm on reshaped copies, which it saves
             qc = tr.fresh("reshape", tr.autocast_in(q), "q reshaped for bmm (copy)")
             kc = tr.fresh("reshape", tr.autocast_in(k), "k^T reshaped for bmm (copy)")
@@ -429,7 +433,7 @@ class Seq2SeqTrace:
     bias_bytes: int                  # T5's position-bias element (its relative_attention_bias weight's dtype)
     t5: bool
     sdpa: bool
-    bias_trainable: bool
+    bias_trainable: bool             # T5's relative_attention_bias / BART's learned positions train
     n_enc: int
     n_dec: int
     grad_ckpt: bool
@@ -444,7 +448,9 @@ class Seq2SeqTrace:
         """Batch-free tensors the T5 layers save: with sdpa the float masks ``create_position_bias_mask`` makes
         (``(1, H, q, k)``: a ``.contiguous()`` copy of the permuted bias per encoder layer, a ``torch.where`` with
         the causal mask per decoder layer, the cross-attention's zeros shared by every decoder layer); with a
-        trainable ``relative_attention_bias`` (full) the embedding's int64 bucket indices (``q × k``) per stack."""
+        trainable ``relative_attention_bias`` (full) the embedding's int64 bucket indices (``q × k``) per stack, and
+        with sdpa each decoder layer's ``torch.where(causal_mask, position_bias, min)`` saves its bool
+        ``(1, 1, q, k)`` condition (``where`` backward, the bias requiring grad; measured)."""
         if not self.t5:
             return []
         H, k = self.heads, self.bias_bytes
@@ -453,6 +459,8 @@ class Seq2SeqTrace:
             out += [("encoder position-bias masks", self.n_enc * rnd(H * src * src * k)),
                     ("decoder causal position-bias masks", self.n_dec * rnd(H * tgt * tgt * k)),
                     ("cross-attention zero bias (shared)", rnd(H * tgt * src * k) if self.n_dec else 0)]
+            if self.bias_trainable:
+                out += [("decoder causal masks (bool) torch.where saves", self.n_dec * rnd(tgt * tgt))]
         if self.bias_trainable:
             out += [("relative_attention_bias bucket indices (int64)", rnd(src * src * 8) + rnd(tgt * tgt * 8))]
         return out
@@ -483,6 +491,9 @@ class Seq2SeqTrace:
                 alloc(batch * src * self.hidden * self.resid_bytes)
         for _, n in self.bias_terms(batch, src, tgt):
             out["activations/position_bias"] = out.get("activations/position_bias", 0) + n
+        if self.position_ids(batch, src, tgt):
+            out["activations/embeddings_and_norms"] = out.get("activations/embeddings_and_norms", 0) + \
+                self.position_ids(batch, src, tgt)
         return out
 
     def saved_exact(self, batch: int, src: int, tgt: int) -> int:
@@ -492,7 +503,16 @@ class Seq2SeqTrace:
         n = sum(self.parts[k].exact(*dom[self.parts[k].domain]) for _, keys in self.layers for k in keys)
         n += sum(p.exact(*dom[p.domain]) for p in (*self.extra, self.head))
         n += batch * src * self.hidden * self.resid_bytes if self.enc_saved else 0
-        return n + sum(b for _, b in self.bias_terms(batch, src, tgt, rnd=int))
+        return n + sum(b for _, b in self.bias_terms(batch, src, tgt, rnd=int)) + self.position_ids(batch, src, tgt, int)
+
+    def position_ids(self, batch: int, src: int, tgt: int, rnd=alloc) -> int:
+        """BART's learned positions, when they train: ``embedding`` saves its int64 indices
+        (``BartLearnedPositionalEmbedding.forward``: ``position_ids + self.offset``, a new tensor) — the encoder's
+        ``arange(S).expand(B, -1)`` is (B, S), the decoder passes ``arange(T)`` and gets (1, T), batch-free
+        (``BartDecoder.forward``: ``position_ids=position_ids``). Outside the checkpointed layers."""
+        if self.t5 or not self.bias_trainable:
+            return 0
+        return rnd(batch * src * 8) + rnd(tgt * 8)
 
     def checkpoint_inputs(self, batch: int, src: int, tgt: int) -> int:
         """Gradient checkpointing: each layer keeps its hidden-state input; the encoder output once."""
@@ -500,7 +520,7 @@ class Seq2SeqTrace:
         dom = self.domains(batch, src, tgt)
         return (self.n_enc * alloc(batch * src * H * k) + self.n_dec * alloc(batch * tgt * H * k)
                 + (alloc(batch * src * H * k) if self.n_dec else 0)
-                + sum(p.saved(*dom[p.domain]) for p in self.extra))
+                + sum(p.saved(*dom[p.domain]) for p in self.extra) + self.position_ids(batch, src, tgt))
 
     def at(self, batch: int, src: int, tgt: int) -> ActTerms:
         from .activations import max_affine
