@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from ..errors import SimulationError
+from ..estimate.weights import nf4_kernel
 from ..setup import Setup
 from ..shapes.spec import ModelSpec
 
@@ -148,6 +149,21 @@ def _quantize(model, setup: Setup, compute: torch.dtype) -> None:
     model.config.quantization_config = qcfg
 
 
+def _quantize_torchao(model, setup: Setup, notes: list[str]) -> None:
+    """The stack stores its nf4 base as torchao ``NF4Tensor`` s (torchtune: ``Stack.nf4_kernel == "torchao"``):
+    the same Linears as bitsandbytes' replacement, each an :class:`~vramplan.simulate.torchao_nf4.NF4Linear` in
+    the model's dtype; no ``BitsAndBytesConfig``, no quantization flags on the model (PEFT then wraps them as
+    plain Linears, as torchtune's ``LoRALinear`` adds its adapters to ``linear_nf4``'s output)."""
+    from transformers.quantizers.base import get_keys_to_not_convert
+
+    from .torchao_nf4 import replace_linears
+
+    replace_linears(model, get_keys_to_not_convert(model), setup.quant_blocksize)
+    notes.append("torchao NF4Tensor and linear_nf4 emulated on meta from torchao 0.10.0 dtypes/nf4tensor.py "
+                 "(from_tensor's stored layout, get_original_weight's transient, LinearNF4's saved weight; "
+                 "torchao is not imported)")
+
+
 def build(spec: ModelSpec, setup: Setup, num_layers: int | None = None) -> Built:
     """Build ``spec`` with ``num_layers`` decoder layers (all by default) as ``setup`` prescribes.
 
@@ -166,7 +182,9 @@ def build(spec: ModelSpec, setup: Setup, num_layers: int | None = None) -> Built
             raise SimulationError(f"transformers cannot build {spec.name or spec.model_type!r} on the meta device "
                                   f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                                   "use --mode analytic") from exc
-        if setup.quantized:
+        if setup.quantized and nf4_kernel(setup) == "torchao":
+            _quantize_torchao(model, setup, notes)
+        elif setup.quantized:
             _quantize(model, setup, compute)
         if setup.training:
             if setup.quantized and setup.kbit_prep:
@@ -284,8 +302,20 @@ def _persistent_state(built: Built, spec: ModelSpec) -> None:
         scb = getattr(p, "SCB", None)
         if isinstance(scb, torch.Tensor):
             _add(built, scb, "parameter", "weights/quant_constants", seen)
+    for t, comp in nf4_inner_tensors(built.model):
+        _add(built, t, "parameter", comp, seen)
     for _name, b in built.model.named_buffers():
         _add(built, b, "buffer", "buffers/model", seen)
+
+
+def nf4_inner_tensors(model):
+    """(tensor, component) of every torchao NF4 weight's inner tensors (:mod:`vramplan.simulate.torchao_nf4`)."""
+    from .torchao_nf4 import COMPONENT, NF4Linear
+
+    for m in model.modules():
+        if isinstance(m, NF4Linear):
+            for name in COMPONENT:
+                yield getattr(m, name), COMPONENT[name]
 
 
 def _add(built: Built, t: torch.Tensor, tag: str, comp: str, seen: set[int]) -> None:

@@ -580,7 +580,7 @@ def _unpack(t: torch.Tensor) -> torch.Tensor:
 def _retag_parameters(built: Built, tracker: Tracker) -> None:
     """Tag the current storages of parameters, quantization state and buffers (a parameter's storage can
     change during the step: bitsandbytes casts a fp32 bias to the compute dtype at the first forward)."""
-    from .build import param_component, quant_state_tensors
+    from .build import nf4_inner_tensors, param_component, quant_state_tensors
 
     roles = built.roles
     for name, p in built.model.named_parameters():
@@ -593,6 +593,10 @@ def _retag_parameters(built: Built, tracker: Tracker) -> None:
                 rec = tracker.record_of(q)
                 if rec is not None:
                     rec.tag, rec.component = "parameter", "weights/quant_constants"
+    for t, comp in nf4_inner_tensors(built.model):
+        rec = tracker.record_of(t)
+        if rec is not None:
+            rec.tag, rec.component = "parameter", comp
     for _name, b in built.model.named_buffers():
         rec = tracker.record_of(b)
         if rec is not None and rec.tag != "parameter":
