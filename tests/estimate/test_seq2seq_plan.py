@@ -1,11 +1,12 @@
 """Training plans of encoder-decoder models (T5, flan-t5, mT5, BART; issue 16): the encoder at ``--seq`` source
 tokens, the decoder at ``--target-seq`` target tokens (``vramplan/estimate/seq2seq.py``).
 
-The independent source is a real training step of tiny T5 / flan-t5 (gated-gelu, untied head) / BART models built
-from transformers' config classes on this CPU (torch 2.13.0, transformers 5.24.0, peft 0.21.2; fp32, dropout off —
-CPU's unfused dropout saves a float noise tensor where CUDA saves a bool mask): every distinct non-parameter storage
-that autograd saves (``torch.autograd.graph.saved_tensors_hooks``, sized by ``untyped_storage().nbytes()``), split
-into what the model saves and what the loss saves (storages packed after ``lm_head``'s forward hook has run).
+The independent source is a real training step of tiny T5 / flan-t5 (gated-gelu, untied head: loaded from a
+checkpoint that stores ``lm_head.weight``) / BART models built from transformers' config classes on this CPU
+(torch 2.13.0, transformers 5.24.0, peft 0.21.2; fp32, dropout off — CPU's unfused dropout saves a float noise
+tensor where CUDA saves a bool mask): every distinct non-parameter storage that autograd saves
+(``torch.autograd.graph.saved_tensors_hooks``, sized by ``untyped_storage().nbytes()``), split into what the model
+saves and what the loss saves (storages packed after ``lm_head``'s forward hook has run).
 The model's part must equal ``Seq2SeqTrace.saved_exact`` byte for byte.
 """
 
@@ -55,12 +56,31 @@ def _spec(family: str, monkeypatch):
     return spec_from_meta(d, family)
 
 
+def _with_stored_head(model, attn: str):
+    """A flan-t5 checkpoint stores its own ``lm_head.weight`` (trained untied); ``from_pretrained`` keeps it untied
+    although transformers 5.24's T5Config forces ``tie_word_embeddings`` (from_config ties it)."""
+    import tempfile
+
+    from safetensors.torch import load_file, save_file
+
+    with tempfile.TemporaryDirectory() as d:
+        model.save_pretrained(d)
+        weights = load_file(f"{d}/model.safetensors")
+        weights["lm_head.weight"] = torch.randn_like(weights["shared.weight"])
+        save_file(weights, f"{d}/model.safetensors", metadata={"format": "pt"})
+        loaded = type(model).from_pretrained(d, attn_implementation=attn)
+    assert loaded.lm_head.weight is not loaded.shared.weight
+    return loaded
+
+
 def _measure(family: str, attn: str, method: str) -> tuple[int, int]:
     """(the model's saved bytes, the loss's saved bytes) of one real CPU training step."""
     torch.manual_seed(0)
     cls, cfg = _config(family)
     cfg._attn_implementation = attn
     model = getattr(transformers, cls)(cfg)
+    if family == "flan-t5":
+        model = _with_stored_head(model, attn)
     model.train()
     if method == "lora":
         model = peft.get_peft_model(model, peft.LoraConfig(r=RANK, lora_dropout=0.0))

@@ -64,12 +64,75 @@ def _spec(family: str, monkeypatch) -> tuple[str, dict[str, Any], ModelSpec]:
     return cls, config, spec_from_meta(config, family)
 
 
+#: checkpoints that store their own ``lm_head.weight``: T5 v1.1 / flan-t5 were trained with an untied head (their
+#: config.json says ``tie_word_embeddings: false``; the tiny config's JSON, as transformers 5.24 writes it, says
+#: ``scale_decoder_outputs: false``)
+STORED_HEAD = {"flan-t5"}
+
+
+def _loaded(family: str, tmp_path):
+    """The model as ``from_pretrained`` loads a tiny checkpoint of the family (saved on CPU, with a separate
+    ``lm_head.weight`` where the family's checkpoints store one): transformers decides what is tied."""
+    from safetensors.torch import load_file, save_file
+
+    cls, cfg = CONFIGS[family]
+    torch.manual_seed(0)
+    getattr(transformers, cls)(cfg).save_pretrained(tmp_path)
+    if family in STORED_HEAD:
+        weights = load_file(tmp_path / "model.safetensors")
+        weights["lm_head.weight"] = torch.randn_like(weights["shared.weight"])
+        save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    return getattr(transformers, cls).from_pretrained(tmp_path)
+
+
 @pytest.mark.parametrize("family", sorted(CONFIGS))
-def test_counted_as_the_seq2seq_class(family, monkeypatch):
+def test_counted_as_the_seq2seq_class(family, monkeypatch, tmp_path):
     cls, config, spec = _spec(family, monkeypatch)
-    model = _real(cls, config)
+    model = _loaded(family, tmp_path)
     assert spec.architecture == cls
     assert spec.params_total == sum(p.numel() for p in model.parameters())
+    head = next(t for t in spec.tensors if t.role == "lm_head")
+    assert (model.get_output_embeddings().weight is model.get_input_embeddings().weight) == \
+        (family not in STORED_HEAD) == (head.tied_to is not None)
+
+
+def _t5_count(vocab: int, d: int, d_ff: int, layers: int, heads: int, d_kv: int, gated: bool, tied: bool) -> int:
+    """First principles (transformers 5.24.0 models/t5/modeling_t5.py): shared embedding (+ an untied lm_head);
+    per encoder layer q, k, v, o (d × heads·d_kv each), the FFN (wi or wi_0 + wi_1, wo) and 2 T5LayerNorms; per
+    decoder layer a second attention and a third norm; one relative_attention_bias (32 buckets × heads) and a
+    final norm per stack."""
+    attn, ffn = 4 * d * heads * d_kv, (3 if gated else 2) * d * d_ff
+    stacks = layers * (attn + ffn + 2 * d) + layers * (2 * attn + ffn + 3 * d) + 2 * (32 * heads + d)
+    return vocab * d * (1 if tied else 2) + stacks
+
+
+#: config.json of google/flan-t5-base, google/mt5-small and t5-base (the fields that shape the model)
+REAL = {
+    "flan-t5-base": dict(d_model=768, d_ff=2048, d_kv=64, num_layers=12, num_decoder_layers=12, num_heads=12,
+                         vocab_size=32128, feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+    "mt5-small": dict(d_model=512, d_ff=1024, d_kv=64, num_layers=8, num_decoder_layers=8, num_heads=6,
+                      vocab_size=250112, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+                      model_type="mt5"),
+    "t5-base": dict(d_model=768, d_ff=3072, d_kv=64, num_layers=12, num_heads=12, vocab_size=32128),
+}
+
+
+@pytest.mark.parametrize(("name", "expected", "shape"), [
+    # 247,577,856: the flan-t5-base count PEFT prints with r=8 q,v LoRA ("all params: 248,462,592" less 884,736)
+    ("flan-t5-base", 247_577_856, (32128, 768, 2048, 12, 12, 64, True, False)),
+    ("mt5-small", 300_176_768, (250112, 512, 1024, 8, 6, 64, True, False)),
+    ("t5-base", 222_903_552, (32128, 768, 3072, 12, 12, 64, False, True)),
+])
+def test_published_checkpoints_count_their_own_head(name, expected, shape, monkeypatch):
+    """T5Config / MT5Config force tie_word_embeddings = True in transformers 5.24, but a checkpoint whose config.json
+    says false stores its own lm_head.weight and from_pretrained keeps it (the test above): counted untied."""
+    from vramplan.shapes.from_meta import spec_from_meta
+
+    monkeypatch.setenv("VRAMPLAN_NO_CACHE", "1")
+    config = {"model_type": "t5", "architectures": ["MT5ForConditionalGeneration" if "mt5" in name
+                                                    else "T5ForConditionalGeneration"], **REAL[name]}
+    spec = spec_from_meta(config, name)
+    assert spec.params_total == _t5_count(*shape) == expected
 
 
 @pytest.mark.parametrize("family", sorted(CONFIGS))

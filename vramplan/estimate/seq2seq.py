@@ -379,7 +379,7 @@ class _Builder:
         if self.t5:
             x = self.norm(tr, x, "decoder.final_layer_norm", "decoder final norm")
             x = self.dropout(tr, x, self.p_hidden, "decoder output dropout")
-            if self.spec.tie_word_embeddings:
+            if self.scales_decoder_output():
                 x = tr.fresh("mul", x, "sequence_output * d_model**-0.5")
         head = next((m for m in self.lins.values() if m.name.endswith("lm_head")), None)
         if head is None:
@@ -388,6 +388,14 @@ class _Builder:
         with tr.in_section("other"):
             self.linear(tr, x, head)
         return tr, x0
+
+    def scales_decoder_output(self) -> bool:
+        """T5 multiplies the decoder output by ``d_model**-0.5`` before the head when ``config.scale_decoder_outputs``
+        (transformers 5.24.0 ``T5Config.__post_init__``: the config.json's ``tie_word_embeddings`` is not False —
+        original T5, not v1.1 / flan-t5); ``MT5ForConditionalGeneration.forward`` never scales."""
+        c = self.spec.config
+        return self.spec.model_type == "t5" and c.get("tie_word_embeddings") is not False and \
+            c.get("scale_decoder_outputs") is not False
 
     def encoder_final(self) -> Part | None:
         """T5's ``encoder.final_layer_norm`` (and dropout) on the last encoder layer's output; BART has none."""

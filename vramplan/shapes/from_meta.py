@@ -110,14 +110,38 @@ def meta_model(config: Mapping[str, Any] | str, *, trust_remote_code: bool = Fal
     logging.getLogger("transformers").setLevel(logging.ERROR)
     with torch.device("meta"), contextlib.redirect_stderr(io.StringIO()):
         try:
-            if own is not None:
-                return own._from_config(cfg)
-            return auto.from_config(cfg, trust_remote_code=trust_remote_code)
+            model = own._from_config(cfg) if own is not None else \
+                auto.from_config(cfg, trust_remote_code=trust_remote_code)
+            if kind == "seq2seq":
+                untie_stored_head(model, config)
+            return model
         except (ValueError, OSError, ImportError, AttributeError, TypeError, AssertionError) as exc:
             what = {"causal": "a causal LM", "multimodal": "an image-text-to-text model",
                     "seq2seq": "a seq2seq LM"}[kind]
             raise ConfigError(f"{source}: transformers cannot build {what} ({KIND_CLASSES[kind]}) for model_type "
                               f"{getattr(cfg, 'model_type', '?')!r}: {str(exc).splitlines()[0]}") from exc
+
+
+def untie_stored_head(model: Any, config: Mapping[str, Any]) -> bool:
+    """Give ``lm_head`` its own (meta) weight where the checkpoint stores one that the built class ties anyway.
+
+    transformers 5.24.0 ``T5Config.__post_init__`` (also ``MT5Config``, ``UMT5Config``) forces
+    ``tie_word_embeddings = True`` ("we tie weights always"), so ``from_config`` ties ``lm_head`` to ``shared``.
+    T5 v1.1, flan-t5, mT5 and umT5 checkpoints were trained untied: their config.json says
+    ``tie_word_embeddings: false`` (re-saved by transformers 5: ``scale_decoder_outputs: false``) and their weights
+    hold a separate ``lm_head.weight``, which ``from_pretrained`` leaves untied (``modeling_utils.py
+    PreTrainedModel.tie_weights``: "both are present in the checkpoints with different values, so we will NOT tie
+    them"; measured on a tiny saved T5). google/flan-t5-base: 247,577,856 parameters, not the tied build's
+    222,903,552. Returns whether the head was untied."""
+    import torch
+
+    if not (config.get("tie_word_embeddings") is False or config.get("scale_decoder_outputs") is False):
+        return False
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is None or emb is None or head.weight is not emb.weight:
+        return False
+    head.weight = torch.nn.Parameter(torch.empty_like(emb.weight, device="meta"))
+    return True
 
 
 def module_type_of(module: Any) -> str:
