@@ -227,7 +227,9 @@ class StepModel:
     saves, the loss (saved log-probs, forward temporaries); backward: the loss's fp32 gradients, the head's
     gradient, then each layer from the last (recompute under checkpointing, the backward working set, the
     layer's gradient; its saves freed); ``optimizer.step()`` temporaries; gradients freed
-    (``zero_grad(set_to_none=True)``). Sizes are the estimator's, one block per saved storage.
+    (``zero_grad(set_to_none=True)``). Logits a loop keeps (LitGPT, ``StepAllocations.kept_blocks``) are made
+    with the head's and freed at the next step's head, once its own are made. Sizes are the estimator's, one
+    block per saved storage.
 
     Simplified: the optimizer states are shared evenly over two blocks per trainable tensor; a layer's
     gradients are one block; the loss's saved tensors are one block; multi-GPU buffers are left
@@ -243,6 +245,7 @@ class StepModel:
         self.L = max(self.sa.num_layers, 1)
         self.ckpt = self.sa.grad_ckpt
         self._next = 0
+        self._kept: list[int | None] = []               # the kept logits of the last step traced
 
     def _id(self) -> int:
         self._next += 1
@@ -254,6 +257,7 @@ class StepModel:
         tensor (the estimator's optimizer total, shared evenly), and the rest of the estimator's fixed base
         (the cuBLAS workspace) as one block."""
         sa = self.sa
+        self._kept = []                                 # a new trace: no step before it
         sizes = list(sa.model_state_bytes)
         rest = sa.fixed_bytes - sum(alloc(x) for x in sizes)
         if not sizes or rest < 0:                       # the states as num_layers + 1 equal blocks
@@ -298,7 +302,13 @@ class StepModel:
             saved.append(kept)
             casts.append(c)
         head = [new(x) for x in sa.head_saved_bytes(T, bss)]
-        loss_saved, loss_fwd, loss_bwd = sa.loss(T)
+        # logits the loop keeps (LitGPT): this step's list is made by the head while the previous step's is
+        # still bound to `logits`, which the assignment then frees (litgpt 0.5.13 finetune/lora.py:355); it lives
+        # through backward and optimizer.step() into the next step's forward
+        kept = [new(x) for x in sa.kept_blocks(T, seq)]
+        free(*self._kept)
+        self._kept = kept
+        loss_saved, loss_fwd, loss_bwd = sa.loss(T, seq)
         f32 = sa.logits_fp32_bytes(T)                  # one fp32 tokens x vocab tensor
         tail: list[int | None] = []
         if not sa.standard_loss or f32 == 0:

@@ -19,7 +19,7 @@ from ..errors import SetupError
 from ..setup import Setup
 from ..shapes.spec import ModelSpec
 from .activations import max_affine
-from .logits import loss_bytes
+from .logits import logits_kept_blocks, loss_bytes
 from .states import model_states
 
 #: ``(const, per_token, per_bss)``: bytes ``const + per_token·tokens + per_bss·batch·seq²`` of one tensor
@@ -114,10 +114,17 @@ class StepAllocations:
     def head_saved_bytes(self, tokens: int, bss: int) -> list[int]:
         return [_at(t, tokens, bss) for t in self.head_saved]
 
-    def loss(self, tokens: int) -> tuple[int, int, int]:
-        """``(saved, forward temporaries, backward temporaries)`` of the loss at ``tokens`` (``loss_bytes``)."""
-        saved, fwd, bwd = tuple(loss_bytes(tokens, *self.loss_args))[:3]
+    def loss(self, tokens: int, seq: int = 0) -> tuple[int, int, int]:
+        """``(saved, forward temporaries, backward temporaries)`` of the loss at ``tokens`` = batch × ``seq``
+        (``loss_bytes``; ``seq`` 0: one sequence)."""
+        saved, fwd, bwd = tuple(loss_bytes(tokens, *self.loss_args, seq=seq))[:3]
         return saved, fwd, bwd
+
+    def kept_blocks(self, tokens: int, seq: int = 0) -> tuple[int, ...]:
+        """The logits the training loop keeps alive from the head of one step to the head of the next (LitGPT's
+        ``logits`` list: ``logits_kept_blocks``), one allocation each; empty for the other losses."""
+        vocab, _, logits_b, _, kind = self.loss_args[:5]
+        return logits_kept_blocks(tokens, vocab, logits_b, kind, seq=seq)
 
     def logits_fp32_bytes(self, tokens: int) -> int:
         """One fp32 ``tokens × vocab`` tensor."""

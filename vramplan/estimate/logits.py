@@ -277,14 +277,21 @@ def logits_kept(tokens: int, vocab: int, logits_bytes: int, kind: int, *, seq: i
     through ``fabric.backward`` and ``optimizer.step()``, and through the next forward until it is rebound);
     LitGPT full fine-tuning's one logits tensor (``finetune/full.py:282-284``, the same loop); 0 for the other kinds
     (the HF Trainer drops the outputs, torchtune deletes them, the fused heads make none)."""
+    return sum(logits_kept_blocks(tokens, vocab, logits_bytes, kind, seq=seq))
+
+
+def logits_kept_blocks(tokens: int, vocab: int, logits_bytes: int, kind: int, *, seq: int = 0) -> tuple[int, ...]:
+    """The allocations of :func:`logits_kept`, one per tensor: LitGPT's list holds one ``lm_head`` output per
+    128-position chunk of every sequence (litgpt 0.5.13 ``model.py:177-179`` ``x.split(lm_head_chunk_size, dim=1)``;
+    ``finetune/lora.py:357`` rebinds the last one to a view of itself), full fine-tuning one tensor."""
     if kind == LITGPT_FULL:
-        return alloc(logits_bytes * tokens * vocab)
+        return (alloc(logits_bytes * tokens * vocab),)
     if kind != LITGPT:
-        return 0
+        return ()
     s = seq or tokens
     b = tokens // s
     n, full, last = _seq_chunks(s, LITGPT_CHUNK_TOKENS)
-    return (n - 1) * alloc(logits_bytes * b * full * vocab) + alloc(logits_bytes * b * last * vocab)
+    return (alloc(logits_bytes * b * full * vocab),) * (n - 1) + (alloc(logits_bytes * b * last * vocab),)
 
 
 def loss_formula(spec: ModelSpec, tokens: int, logits_dtype: str, compute_dtype: str, kind: int | bool,
