@@ -213,6 +213,10 @@ def _head_activations(spec: ModelSpec, setup: Setup, d: ModelStates, a: ActTerms
 
 
 def _loss(spec: ModelSpec, setup: Setup, d: ModelStates) -> str:
+    s2s = d.structure.seq2seq.loss_formula(setup.batch, setup.target_seq or setup.seq) \
+        if d.structure.seq2seq is not None else None
+    if s2s is not None:         # T5 / BART call CrossEntropyLoss themselves (estimate/seq2seq.py)
+        return s2s
     text = loss_formula(spec, setup.batch * setup.seq, d.compute.logits_dtype, setup.compute_dtype,
                         loss_code(setup.loss, modelled_versions(setup.versions)), setup.seq, setup.autocast)
     hf, hb = d.activations.head_moments(setup.batch * setup.seq) if d.activations is not None else (0, 0)

@@ -41,7 +41,7 @@ from ..shapes.spec import PLANNED_SEQ2SEQ, ModelSpec
 from ..versions import modelled_versions
 from .graph import Size, Sym, Tracer, prune, tok
 from .layers import Lin, Norm, Program
-from .logits import loss_bytes, loss_code
+from .logits import LossBytes, loss_bytes, loss_code
 from .timeline import ActTerms
 from .weights import Placement
 
@@ -445,7 +445,8 @@ class Seq2SeqTrace:
     n_enc: int
     n_dec: int
     grad_ckpt: bool
-    loss_args: tuple
+    loss_args: tuple                 # loss_bytes's arguments (a --loss kind other than standard)
+    s2s_loss: tuple | None = None    # seq2seq_loss_bytes's arguments (the models' own CrossEntropyLoss)
 
     @staticmethod
     def domains(batch: int, src: int, tgt: int) -> dict[str, tuple[int, int]]:
@@ -472,6 +473,28 @@ class Seq2SeqTrace:
         if self.bias_trainable:
             out += [("relative_attention_bias bucket indices (int64)", rnd(src * src * 8) + rnd(tgt * tgt * 8))]
         return out
+
+    def loss_formula(self, batch: int, tgt: int) -> str | None:
+        """The explanation of the models' own loss (:func:`seq2seq_loss_bytes`) at ``batch`` × ``tgt``; None for a
+        ``--loss`` kind other than standard (the causal rules, with a warning)."""
+        if self.s2s_loss is None:
+            return None
+        vocab, lb, autocast, bias, half = self.s2s_loss
+        name = {4: "fp32", 2: "16-bit", 1: "8-bit"}
+        logits = name.get(max(lb, bias), f"{max(lb, bias)}-B")
+        lp = "fp32" if autocast else logits
+        text = (f"target tokens {batch * tgt:,} (batch {batch} × --target-seq {tgt:,}) × vocab {vocab:,}: the model "
+                f"calls CrossEntropyLoss on lm_logits.view(-1, V) itself (no label shift, no .float()): logits in "
+                f"{name.get(lb, lb)}")
+        if bias:
+            text += f", + final_logits_bias (a second tokens × vocab tensor, {logits})"
+        text += f"; log_softmax saves its {lp} output"
+        if autocast and lp != logits:
+            text += " (autocast)" + ("; CUDA fp16 reads the half logits (half_to_float)" if half else
+                                     ", from an fp32 copy of the logits while it runs")
+        return (text + "; backward: the log-probs' gradient and the logits' gradient — transformers 5.24.0 "
+                "T5ForConditionalGeneration.forward / BartForConditionalGeneration.forward; "
+                "vramplan/estimate/seq2seq.py seq2seq_loss_bytes")
 
     def layer_sums(self, batch: int, src: int, tgt: int) -> list[tuple[str, int]]:
         """Each layer's saved bytes (encoder layers first), not counting the shared encoder output."""
@@ -550,7 +573,8 @@ class Seq2SeqTrace:
         else:
             layer_acts, recompute = sum(self.by_part(batch, src, tgt).values()), 0
         T = batch * tgt
-        saved, fwd, bwd = loss_bytes(T, *self.loss_args, seq=tgt)
+        saved, fwd, bwd = seq2seq_loss_bytes(T, *self.s2s_loss) if self.s2s_loss is not None \
+            else loss_bytes(T, *self.loss_args, seq=tgt)
         first = sums[0][1] if sums else 0
         return ActTerms(layer_acts, self.head.saved(*dom["tgt"]), saved, fwd, bwd, fwd_tmp, dequant, bwd_ws,
                         recompute, max(resid_src, resid_tgt), first, 0, 0, layer_acts, 0, 0, 0)
@@ -571,11 +595,48 @@ def seq2seq_trace(spec: ModelSpec, setup: Setup, placements: tuple[Placement, ..
                  loss_code(setup.loss, modelled_versions(setup.versions)), False, setup.autocast,
                  BYTES[resid_dtype], BYTES.get(hp.compute_dtype, 0) if hp is not None else 0,
                  bool(hp is not None and hp.trainable))
+    s2s_loss = None
+    if setup.loss == "standard":         # the models' own loss, the same in every transformers release
+        # BART's final_logits_bias buffer is in the dtype the model was loaded in (its embeddings')
+        s2s_loss = (spec.vocab_size, BYTES[logits_dtype], setup.autocast,
+                    0 if b.t5 else BYTES.get(b.emb_dtype, BYTES[setup.compute_dtype]),
+                    setup.autocast and setup.compute_dtype == "fp16")
     bias_p = next((p for p in placements if p.tensor.role == "position_embedding"), None)
     trace = Seq2SeqTrace(parts, tuple(layers), enc_saved, extra, head, spec.hidden_size, b.nh, BYTES[resid_dtype],
                          BYTES[b.bias_dtype(placements)], b.t5, not b.eager,
-                         bool(bias_p is not None and bias_p.trainable), b.n_enc, b.n_dec, setup.grad_ckpt, loss_args)
+                         bool(bias_p is not None and bias_p.trainable), b.n_enc, b.n_dec, setup.grad_ckpt, loss_args,
+                         s2s_loss)
     return trace, head_tr, head_in
+
+
+def seq2seq_loss_bytes(tokens: int, vocab: int, logits_bytes: int, autocast: bool, bias_bytes: int = 0,
+                       half_to_float: bool = False) -> LossBytes:
+    """The loss of ``T5ForConditionalGeneration.forward`` / ``BartForConditionalGeneration.forward`` (transformers
+    5.24.0): ``CrossEntropyLoss()(lm_logits.view(-1, V), labels.view(-1))`` over the target tokens — no label shift
+    (the decoder input is the shifted labels), no ``.float()`` (unlike ``ForCausalLMLoss``). ``tokens`` = batch ×
+    target.
+
+    * The logits (``logits_bytes`` each: fp32, the 16-bit load dtype, or the autocast dtype) are the model output,
+      alive through the loss and dropped before backward (the HF Trainer's ``compute_loss``).
+    * BART adds ``final_logits_bias`` (a ``(1, V)`` buffer of ``bias_bytes``, the load dtype): ``lm_logits +
+      bias`` is a second tokens × V tensor, of the promoted dtype (fp32 under autocast on an fp32 model), made
+      while the head's output still exists; the head's output is freed at once.
+    * ``log_softmax`` saves its output (``nll_loss`` reads the same storage) in the logits' dtype — 16-bit when
+      the model runs in 16 bits without autocast, half of the causal loss's fp32 log-probs; under autocast in
+      fp32 (CUDA: ``log_softmax`` is an fp32_set_opt_dtype op; CPU: ``cross_entropy_loss`` is an fp32 op), with
+      an fp32 copy of 16-bit logits while it runs — except CUDA fp16, whose ``_log_softmax(half_to_float=True)``
+      reads the half logits (ATen native/SoftMax.cpp ``log_softmax``). The int64 target is a view of the labels.
+    * Backward starts in ``log_softmax``'s backward: the log-probs, their gradient and the logits' gradient.
+    Measured on CPU in ``tests/estimate/test_seq2seq_loss.py``."""
+    head = alloc(tokens * vocab * logits_bytes)
+    lb = max(logits_bytes, bias_bytes)                     # type promotion of lm_logits + final_logits_bias
+    logits = alloc(tokens * vocab * lb)
+    lp_b = 4 if autocast else lb
+    lp = alloc(tokens * vocab * lp_b)
+    copy = alloc(tokens * vocab * 4) if lp_b != lb and not half_to_float else 0
+    peak = max(head + logits if bias_bytes else 0, logits + copy + lp)
+    grad_in = alloc(tokens * vocab * (lb if half_to_float else lp_b))
+    return LossBytes(lp, peak - lp, alloc(tokens * vocab * lp_b) + grad_in)
 
 
 def layer_items(trace: Seq2SeqTrace, setup: Setup) -> list[tuple[str, int, str]]:
