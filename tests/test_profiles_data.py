@@ -25,7 +25,7 @@ GPUS_FILE = PROFILES_DIR / "gpus.yaml"
 
 MODEL_KEYS = ["name", "hf_id", "aliases", "source", "params_total", "config"]
 GPU_KEYS = {"name", "aliases", "vendor", "memory_mib", "marketing_gb", "architecture", "compute_capability",
-            "bf16", "source"}
+            "sm_count", "sm_source", "bf16", "source"}
 ARCHITECTURES = {"volta", "turing", "ampere", "ada", "hopper", "blackwell", "cdna3"}
 REQUIRED_GPUS = {"rtx-3060-12gb", "rtx-3080-10gb", "rtx-3090", "rtx-4060-ti-16gb", "rtx-4070", "rtx-4080",
                  "rtx-4090", "rtx-5090", "t4", "v100-16gb", "v100-32gb", "a10g", "l4", "l40s", "a100-40gb",
@@ -222,6 +222,7 @@ def test_gpu_schema():
         assert isinstance(gpu["compute_capability"], str) and gpu["compute_capability"].count(".") == 1
         assert type(gpu["bf16"]) is bool and isinstance(gpu["source"], str) and gpu["source"]
         assert type(gpu["marketing_gb"]) is int
+        assert type(gpu["sm_count"]) is int and gpu["sm_count"] > 0 and gpu["sm_source"], f"{gpu['name']}: sm_count"
 
 
 def test_gpu_memory_plausible():

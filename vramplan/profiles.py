@@ -335,6 +335,7 @@ class Gpu:
     compute_capability: str = ""
     bf16: bool = True
     marketing_gb: float | None = None
+    sm_count: int = 0                  # multi_processor_count (0 = unknown: a card given as a size)
     aliases: tuple[str, ...] = ()
     source: str = ""
     from_size: bool = False
@@ -352,7 +353,7 @@ def gpu_catalogue() -> tuple[Gpu, ...]:
         gpus.append(Gpu(
             name=g["name"], memory_bytes=int(g["memory_mib"]) * MiB, vendor=g.get("vendor", ""),
             architecture=g.get("architecture", ""), compute_capability=str(g.get("compute_capability", "")),
-            bf16=bool(g.get("bf16", True)), marketing_gb=g.get("marketing_gb"),
+            bf16=bool(g.get("bf16", True)), marketing_gb=g.get("marketing_gb"), sm_count=int(g.get("sm_count", 0)),
             aliases=tuple(str(a) for a in g.get("aliases") or ()), source=g.get("source", "")))
     return tuple(sorted(gpus, key=lambda g: (g.memory_bytes, g.name)))
 

@@ -443,34 +443,35 @@ def checkpoint_setup(config: Mapping[str, Any] | None, setup: Any, source: str =
 
 def kernel_notes(scheme: Scheme, *, training: bool) -> tuple[list[str], list[str]]:
     """What the estimate assumes about the GPTQ/AWQ/FP8 kernels that run (assumptions) and what it does not
-    model (warnings). Kernel choice follows gptqmodel 7.7.0's auto selection (``utils/importer.py``,
-    ``SUPPORTS_FORMATS`` priorities) and transformers 5.23's ``fp8_linear`` dispatch."""
+    model (warnings). Which GPTQ/AWQ kernel runs on the card and the buffers it allocates are
+    :mod:`vramplan.estimate.quant_kernels`' (gptqmodel 7.7.0's auto selection, ``utils/importer.py``); this says
+    what holds whatever the card: the training backend and transformers 5.24's ``fp8_linear`` dispatch."""
     a: list[str] = []
     w: list[str] = []
     if scheme.quant == "gptq":
         if training:
-            a.append("GPTQ training kernel: gptqmodel backend auto_trainable picks TritonV2QuantLinear "
-                     "(Marlin, ExllamaV2 and Machete have SUPPORTS_TRAINING = False and raise in train mode): "
-                     "forward and backward dequantize the whole weight, in x out x 2 B, as a transient "
-                     "(triton_utils/dequant.py quant_matmul); only qweight/scales/qzeros/g_idx are saved")
+            a.append("GPTQ training: TritonV2Linear in train mode runs TorchLinear.forward (gptqmodel 7.7.0 "
+                     "tritonv2.py:179-180): each call dequantizes the whole weight (in x out, the input's dtype) "
+                     "and torch.matmul saves it for the input's gradient (torch.py:369-376): a saved activation "
+                     "of its layer (kept for backward, or made again when a checkpointed layer is recomputed)")
             w.append("GPTQ training needs GPTQConfig(backend='auto_trainable') (or 'torch'/'triton'): the default "
-                     "'auto' selects Marlin or ExllamaV2, which raise NotImplementedError in train mode")
+                     "'auto' selects Machete, Marlin or ExllamaV2, which raise NotImplementedError in train mode "
+                     "(SUPPORTS_TRAINING = False)")
         else:
-            a.append("GPTQ inference kernel: gptqmodel backend auto (Machete on Hopper, else Marlin, else "
-                     "ExllamaV2): dequantization fused into the matmul, no dequantized weight")
-            w.append("GPTQ kernel workspaces not counted: Marlin's max(SMs, 128) int32 per layer and its repacked "
-                     "g_idx/sort indices (desc_act), ExllamaV2's shared scratch of in x out x 2 + 128 B for the "
-                     "largest layer plus out x 2048 x 8 x 4 B (exllamav2.py scratch_space_fixed)")
+            a.append("GPTQ inference: the fused kernels (Machete, Marlin, ExllamaV2) make no dequantized weight in "
+                     "HBM except ExllamaV2 above 50 rows, which reconstructs it into its preallocated scratch")
+            w.append("GPTQ post_init transients at load (repacked copies of one layer, ExllamaV2's cudaMalloc of "
+                     "one qweight in make_sequential, Machete's int32-unpacked weight) are not in the load phase")
     elif scheme.quant == "awq":
         a.append("AWQ: transformers casts a bf16 model to fp16 on CUDA (quantizer_awq.update_dtype); same bytes")
         if training:
             a.append("AWQ training kernel: gptqmodel AwqGEMMLinear (AwqGemmFn): forward dequantizes the weight "
                      "(in x out x 2 B) above 1,024 rows, backward always (gemm_awq.py)")
+            w.append("AWQ training needs AwqConfig(backend='auto_trainable') (or 'gemm'): the default 'auto' selects "
+                     "Machete-AWQ, Marlin-AWQ or ExllamaV2-AWQ, which raise NotImplementedError in train mode")
         else:
-            a.append("AWQ inference kernel: gptqmodel backend auto (Marlin-AWQ, else ExllamaV2-AWQ, else GEMM): "
-                     "dequantization fused into the matmul, no dequantized weight")
-            w.append("AWQ kernel workspaces not counted (Marlin-AWQ's max(SMs, 128) int32 per layer; the GEMM "
-                     "kernel dequantizes in x out x 2 B when a prefill has more than 1,024 rows)")
+            a.append("AWQ inference: the fused kernels (Machete-AWQ, Marlin-AWQ, ExllamaV2-AWQ) make no dequantized "
+                     "weight; the GEMM kernel does above 1,024 rows (counted as its per-call scratch)")
     elif scheme.quant == "fp8":
         if training:
             a.append("FP8 training: FP8LinearFunction saves the fp8 weight and its scales only; backward "

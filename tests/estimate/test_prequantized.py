@@ -199,8 +199,8 @@ def test_training_counts_a_dequantized_weight_and_inference_does_not():
     spec = resolve_model("llama-3-8b").spec
     train = estimate(spec, Setup.create(method="qlora", quant="gptq"))
     infer = estimate(spec, Setup.create(method="inference", quant="gptq"))
-    assert any("TritonV2QuantLinear" in a for a in train.assumptions)
-    assert any("Marlin" in w for w in infer.warnings)
+    assert any("TritonV2Linear" in a for a in train.assumptions)
+    assert any("Marlin" in a for a in infer.assumptions)      # no --gpu: taken as compute 8.x, Marlin
 
 
 # ------------------------------------------------------------------------------------ the real libraries
@@ -290,10 +290,11 @@ def test_all_linear_lora_on_gptq_or_awq_is_refused_as_peft_does():
 
 @pytest.mark.parametrize(("method", "quant", "largest"), [
     # Llama-3-8B's largest Linear is down_proj, 14336 x 4096 = 58,720,256 weights (first principles on the kernels'
-    # code): GPTQ TritonV2 quant_matmul dequantizes in the input's dtype (bf16: GPTQ is not upcast by kbit prep);
-    # FP8 backward dequantizes in the gradient's dtype (fp32 after kbit prep's upcast); AWQ dequantizes to fp16,
-    # then .to(fp32): both alive; inference kernels fuse the dequantization
-    ("qlora", "gptq", 58_720_256 * 2),
+    # code): GPTQ's dequantized weight is torch.matmul's saved operand in train mode (a saved tensor, not a
+    # transient: tests/estimate/test_quant_kernel_workspaces.py); FP8 backward dequantizes in the gradient's dtype
+    # (fp32 after kbit prep's upcast); AWQ dequantizes to fp16, then .to(fp32): both alive; inference kernels fuse
+    # the dequantization
+    ("qlora", "gptq", 0),
     ("qlora", "fp8", 58_720_256 * 4),
     ("qlora", "awq", 58_720_256 * 6),
     ("inference", "gptq", 0),

@@ -41,6 +41,8 @@ from .activations import offloader
 from .inference import inference_assumptions, inference_bytes, inference_warnings, kv_cache_formula
 from .logits import loss_code, loss_formula
 from .optimizer import step_timeline
+from .quant_kernels import KernelMemory, inference_terms, plan_kernel
+from .quant_kernels import kernel_notes as quant_kernel_notes
 from .result import BreakdownError, Component, Estimate
 from .seq2seq import layer_items as seq2seq_layer_items
 from .seq2seq import seq2seq_warnings
@@ -300,11 +302,22 @@ def _inference(spec: ModelSpec, setup: Setup, d: ModelStates, gpu, margin: float
          "generate's last-position logits (logits_to_keep=1), their fp32 copy and the sampler's fp32 "
          "probabilities (generation/utils.py _sample); 0 when the peak is inside a layer"),
         ("buffers/cublas_workspace", cublas, "cuBLAS workspace (CublasHandlePool.cpp)")])
+    km = plan_kernel(spec, setup, d.structure, gpu)      # GPTQ/AWQ: the kernel's own buffers (quant_kernels.py)
+    kept, sc_prefill, sc_decode = inference_terms(km, b, prompt)
+    if km is not None:
+        for name, delta in km.replaced.items():          # what post_init frees (or grows) of the stored tensors
+            comps[name][0] += delta
+            comps[name][1] += f"; after {km.kernel}'s post_init {delta:+,} B: {km.replaced_formula}"
+        sc, sc_formula = km.scratch(b * (prompt if r.phase == "prefill" else 1))
+        comps.update((name, [n, formula, "allocated"]) for name, n, formula in [
+            ("buffers/quant_kernel_workspace", km.persistent, km.persistent_formula),
+            ("buffers/quant_kernel_scratch", sc, sc_formula + " — counted at the peak (an upper bound when the "
+             "peak op is not a quantized matmul)")] if n)
     peak = sum(v[0] for v in comps.values())
     base = d.static_weights + cublas
-    phases = {"load": base, "prefill": base + r.prefill}
+    phases = {"load": base, "prefill": base + kept + r.prefill + sc_prefill}
     if setup.new_tokens:
-        phases["decode"] = base + r.decode
+        phases["decode"] = base + kept + r.decode + sc_decode
     return _finish(spec, setup, d, comps, peak, r.phase, phases, 0, gpu, margin, quant_notes=quant_notes)
 
 
@@ -345,7 +358,7 @@ def _finish(spec: ModelSpec, setup: Setup, d: ModelStates, comps: dict | tuple, 
                                     "resident on the GPU while there is room (evicted to host RAM under pressure)",
                                     "device"))
     components += outside
-    qa, qw = quant_assumptions(setup, spec, quant_notes)
+    qa, qw = quant_assumptions(setup, spec, quant_notes, plan_kernel(spec, setup, st, gpu))
     return Estimate(
         model=spec.name, setup=setup, params_total=st.params_total, params_trainable=st.params_trainable,
         components=tuple(sorted(components, key=lambda c: (c.group, -c.bytes))), peak_phase=phase,
@@ -433,14 +446,16 @@ def assumptions(spec: ModelSpec, setup: Setup, st: Structure) -> list[str]:
     return a + stack_assumptions(setup)
 
 
-def quant_assumptions(setup: Setup, spec: ModelSpec, notes: list[list[str]] | None) -> tuple[list[str], list[str]]:
+def quant_assumptions(setup: Setup, spec: ModelSpec, notes: list[list[str]] | None,
+                      km: KernelMemory | None = None) -> tuple[list[str], list[str]]:
     """What a pre-quantized checkpoint (``notes``: :func:`vramplan.quantized.checkpoint_setup`'s) and the GPTQ/AWQ/FP8
-    kernels add to the assumptions and warnings."""
+    kernels (``km``: :func:`~.quant_kernels.plan_kernel`'s) add to the assumptions and warnings."""
     a, w = (list(notes[0]), list(notes[1])) if notes else ([], [])
     if setup.quantized and not setup.bnb:
         ka, kw = kernel_notes(setup_scheme(setup, spec.config), training=setup.training)
-        a += ka
-        w += kw
+        ka2, kw2 = quant_kernel_notes(km)
+        a += ka + ka2
+        w += kw + kw2
         if spec.is_moe:
             w.append(f"MoE with --quant {setup.quant}: the fused expert weights are counted unquantized (16-bit); "
                      "a quantized checkpoint stores them quantized per expert (transformers' FP8Experts, gptqmodel's "

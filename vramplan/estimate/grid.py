@@ -21,6 +21,7 @@ from ..shapes.spec import ModelSpec
 from . import overhead
 from .inference import inference_bytes
 from .optimizer import step_timeline
+from .quant_kernels import inference_terms, plan_kernel
 from .states import model_states
 from .timeline import peak_of, phase_peaks
 from .vision import images as vision_images
@@ -63,10 +64,12 @@ def estimate_counters(spec: ModelSpec, setup: Setup, batches_seqs: Sequence[tupl
     append = out.append
     if not setup.training:
         cublas = overhead.CUBLAS_WORKSPACE_BYTES
+        km = plan_kernel(spec, setup, d.structure, gpu)          # GPTQ/AWQ kernel buffers, as estimate()
         for b, s in batches_seqs:
             r = inference_bytes(spec, d.structure, b, s, setup.new_tokens, setup.compute_dtype, setup,
                                 full_logits=setup.logits == "all")
-            peak = d.static_weights + r.peak + cublas
+            kept, sc_prefill, sc_decode = inference_terms(km, b, s - setup.new_tokens)
+            peak = d.static_weights + r.peak + cublas + kept + (sc_prefill if r.phase == "prefill" else sc_decode)
             reserved = peak + frag(peak)
             append(Counters(peak, reserved, reserved + ctx, r.phase))
         return out

@@ -293,10 +293,21 @@ class Program:
         rows = x.size.per_token // max(lin.in_f, 1)
         out_size = Size(0, rows * lin.out_f, 0)
         name = lin.name.rpartition(".")[2]
-        if lin.wdtype in CHECKPOINT_QUANTS:
-            # gptqmodel TritonV2QuantLinear / AwqGemmFn, transformers FP8LinearFunction: output in the input's dtype,
-            # only the quantized buffers saved; in training the weight is dequantized (in x out, input dtype) as a
-            # transient in forward and backward; the inference kernels fuse it (vramplan/quantized.py kernel_notes)
+        if lin.wdtype == "gptq" and self.setup.training:
+            # gptqmodel 7.7.0 TritonV2Linear in train mode runs TorchLinear.forward (tritonv2.py:179-180):
+            # weights = dequantize_weight() then torch.matmul(x, weights) (torch.py:369-376), and mm saves its
+            # second operand for the input's gradient: the dequantized weight (in x out, input dtype) is a saved
+            # tensor of the layer, not a transient (measured on CPU: tests/estimate/test_quant_kernel_workspaces.py)
+            w = tr.new(f"{name} dequantized weight (saved by mm)", Size(lin.in_f * lin.out_f), x.dtype, False)
+            tr.op("dequantize_gptq", (), (w,))
+            out = tr.new(f"{name} output", out_size, x.dtype, True)
+            tr.op("matmul_gptq", (x, w), (out,))
+            if x.rg:
+                tr.save("mm", w)
+        elif lin.wdtype in CHECKPOINT_QUANTS:
+            # gptqmodel AwqGemmFn, transformers FP8LinearFunction: output in the input's dtype, only the quantized
+            # buffers saved; in training the weight is dequantized (in x out) as a transient in forward and
+            # backward; the inference kernels fuse it (vramplan/estimate/quant_kernels.py: their own buffers)
             out = tr.new(f"{name} output", out_size, x.dtype, True)
             tr.op(f"matmul_{lin.wdtype}", (x,), (out,))
             if self.setup.training:

@@ -92,6 +92,12 @@ def _build_states(spec: ModelSpec, st: Structure, setup: Setup) -> ModelStates:
     for comp, nb in sorted(asum.items()):
         if nb:
             comps.append((comp, nb, adapter_formula(comp, st.adapters, st.plan)))
+    if setup.training and setup.quant in ("gptq", "awq"):   # a trainable kernel's own buffers (card-independent)
+        from .quant_kernels import plan_kernel
+
+        km = plan_kernel(spec, setup, st, None)
+        if km is not None and km.persistent:
+            comps.append(("buffers/quant_kernel_workspace", km.persistent, km.persistent_formula))
     grads = gradient_bytes(st.trainables)
     # the head's gradient is the first one backward produces (full fine-tuning: the head is trainable)
     grad_head = gradient_bytes(st.trainables, component=head_component(st.trainables)) \
