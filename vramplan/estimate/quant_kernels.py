@@ -224,7 +224,7 @@ def kernel_memory(scheme: Scheme, linears: tuple[Linear, ...], gpu: Any, *, trai
         ws = alloc(marlin_workspace_bytes(sms))
         persistent = n * ws
         pf = (f"{kernel}: a workspace per layer, torch.zeros(max(SMs, 128)) int32 = {marlin_workspace_bytes(sms):,} B "
-              f"({alloc(marlin_workspace_bytes(sms)):,} B allocated; {sm_text}) × {n} layers = {persistent:,} B "
+              f"({alloc(marlin_workspace_bytes(sms)):,} B allocated; {sm_text}) × {n} quantized Linears = {persistent:,} B "
               f"({SOURCE} {'marlin.py:353' if kernel == 'marlin' else 'marlin_awq.py:271'}, "
               "utils/marlin.py:392-403)")
         replaced: dict[str, int] = {}
@@ -261,8 +261,8 @@ def kernel_memory(scheme: Scheme, linears: tuple[Linear, ...], gpu: Any, *, trai
                 freed += qz + (0 if lin_desc else gi)
                 if lin_desc:
                     persistent += alloc(lin.in_f * 4)
-            notes.append(f"post_init empties qzeros{'' if desc else ' and g_idx'} (marlin.py:416-419): "
-                         f"{-freed:+,} B" + (" ; desc_act: g_idx_sort_indices int32 [in] per layer, added to the "
+            notes.append(f"post_init empties qzeros{'' if desc else ' and g_idx'} (marlin.py:416-419), "
+                         f"{freed:,} B" + (" ; desc_act: g_idx_sort_indices int32 [in] per layer, added to the "
                                              "workspace (marlin.py:411-414)" if desc else ""))
             if desc:
                 pf += "; + desc_act g_idx_sort_indices int32 [in] per layer (marlin.py:411-414)"
@@ -311,7 +311,7 @@ def kernel_memory(scheme: Scheme, linears: tuple[Linear, ...], gpu: Any, *, trai
         wf = ceil_div(32, bits) * 4 if bits in (2, 4, 8) else 36 * 4
         persistent = n * 2 * alloc(wf)
         pf = (f"{kernel}: two int32 shift tables per layer (wf_unsqueeze_zero [1, 1, {32 // bits if bits != 3 else 12}] "
-              f"and wf_unsqueeze_neg_one, {wf} B each, {alloc(wf)} B allocated) × {n} layers = {persistent:,} B "
+              f"and wf_unsqueeze_neg_one, {wf} B each, {alloc(wf)} B allocated) × {n} quantized Linears = {persistent:,} B "
               f"({SOURCE} nn_modules/qlinear/__init__.py:985-1020 PackableQuantLinear.post_init)")
         return KernelMemory(persistent=persistent, persistent_formula=pf, **common)
     return KernelMemory(**common)
