@@ -82,8 +82,9 @@ def _measure(family: str, attn: str, method: str) -> tuple[int, int]:
     if family == "flan-t5":
         model = _with_stored_head(model, attn)
     model.train()
-    if method == "lora":
-        model = peft.get_peft_model(model, peft.LoraConfig(r=RANK, lora_dropout=0.0))
+    if method.startswith("lora"):
+        model = peft.get_peft_model(model, peft.LoraConfig(r=RANK, lora_dropout=0.0, target_modules=(
+            "all-linear" if method == "lora-all" else None)))
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     phase = ["model"]
     head = model.get_output_embeddings()
@@ -105,11 +106,13 @@ def _measure(family: str, attn: str, method: str) -> tuple[int, int]:
 
 
 def _setup(method: str, attn: str, **kw) -> Setup:
-    return Setup(method=method, precision="32-true", batch=BATCH, seq=SRC, target_seq=TGT, attn=attn,
-                 lora=LoraConfig(r=RANK), **kw)
+    """``lora-all``: LoRA on every Linear but the head (PEFT's all-linear), so o / out_proj save their input."""
+    return Setup(method="lora" if method == "lora-all" else method, precision="32-true", batch=BATCH, seq=SRC,
+                 target_seq=TGT, attn=attn,
+                 lora=LoraConfig(r=RANK, targets=("all-linear",) if method == "lora-all" else None), **kw)
 
 
-CASES = [(f, a, m) for f in ("t5", "flan-t5", "bart") for a in ("eager", "sdpa") for m in ("lora", "full")]
+CASES = [(f, a, m) for f in ("t5", "flan-t5", "bart") for a in ("eager", "sdpa") for m in ("lora", "lora-all", "full")]
 
 def _math_kernel_delta(layers: int, length: int, heads: int = 4) -> int:
     """Estimate - measured of one T5 self-attention layer (query length = key length) that CPU's SDPA runs on its
