@@ -14,7 +14,10 @@ What each strategy keeps on a rank (N = ``--gpus``, ψ = parameters, ψ_T = trai
   every parameter, gradient and optimizer state sharded on dim 0 (1/N, padded); the unsharded parameters of
   the units being computed (decoder layers; the input embedding; ``[final norm, lm_head]`` kept unsharded
   after forward; everything for SHARD_GRAD_OP), gathered in the compute dtype under mixed precision; the
-  unsharded gradients and the reduce-scatter input of one unit in backward.
+  unsharded gradients and the reduce-scatter input of one unit in backward. The units are a stack's
+  (:data:`FSDP_UNIT_LAYOUTS`): accelerate's, or LitGPT's and torchtune's ``root`` layout (every decoder layer,
+  then the root module holding the embedding, final norm and head together, gathered from forward to the end
+  of backward).
 * **fsdp1** (``FullyShardedDataParallel``, FULL_SHARD, ``use_orig_params=True`` as the HF Trainer and Lightning
   set it): one FlatParameter per decoder layer, one for the root (embedding, final norm, lm_head), one per
   adapter; each rank holds ceil(padded numel / N) elements of each; the root stays unsharded from the first
@@ -91,6 +94,38 @@ PREFERENCE = ("ddp", "zero1", "zero2", "fsdp-grad-op", "fsdp", "zero3")
 
 PHASES = ("load", "forward", "backward", "backward (layers)", "optimizer")
 TRAIN_PHASES = ("forward", "backward", "backward (layers)")
+
+#: How a stack groups the model into FSDP2 units (``fully_shard`` calls), the values of ``Setup.fsdp_units``:
+#:
+#: * ``accelerate``: accelerate 1.16 ``fsdp2_prepare_model`` (utils/fsdp_utils.py): every module of the wrap policy
+#:   (the decoder layer), then the input embedding (untied), then ``[final_norm, lm_head]`` (+ the tied
+#:   embedding) with ``reshard_after_forward=False``, then the root with what is left.
+#: * ``root``: every decoder layer, then ``fully_shard(model)``: one root unit holding the embedding, the final
+#:   norm and the head (and anything else outside the layers). litgpt 0.5.13 ``finetune/lora.py:522-541``
+#:   ``parallelize_fn`` leaves ``reshard_after_forward`` unset, and torch 2.13 then keeps the root unsharded after
+#:   forward (``_fully_shard/_fully_shard.py:246-260``: None means True except for the root;
+#:   ``_fsdp_state.py:203-207`` ``_lazy_init``: ``post_forward_mesh_info = None`` for the root); its inputs (token
+#:   ids) need no gradient, so its post-backward runs in ``_root_post_backward_final_callback``
+#:   (``_fsdp_state.py:395-420``) at the end of backward: gathered from forward to the end of backward. torchtune
+#:   0.6.1 ``training/_distributed.py:519-568 shard_model`` passes ``reshard_after_forward=True`` to the root too
+#:   (recipes/lora_finetune_distributed.py:472-484): the root is resharded when the model's forward returns and
+#:   re-gathered by its pre-backward hook when backward starts — gathered in every phase the timeline prices but
+#:   the loss's own forward, where the estimate keeps it (an upper bound there). Both measured on 2 CPU ranks
+#:   (gloo) with torch 2.13's ``fully_shard``: tests/estimate/test_fsdp_units.py.
+FSDP_UNIT_LAYOUTS = ("accelerate", "root")
+
+
+def fsdp_unit_layout(setup: Setup, layout: str | None = None) -> str:
+    """The FSDP2 unit layout (:data:`FSDP_UNIT_LAYOUTS`): ``layout`` when given, else the setup's ``fsdp_units``
+    option, accelerate's when the setup has none.
+
+    Raises:
+        ValueError: a layout that is not one of :data:`FSDP_UNIT_LAYOUTS`.
+    """
+    layout = layout or getattr(setup, "fsdp_units", None) or "accelerate"
+    if layout not in FSDP_UNIT_LAYOUTS:
+        raise ValueError(f"unknown FSDP unit layout {layout!r}: one of {', '.join(FSDP_UNIT_LAYOUTS)}")
+    return layout
 
 
 def applies(setup: Setup) -> bool:
@@ -356,8 +391,9 @@ def _sharded_trainables(st: Structure, n: int) -> tuple[TrainableTensor, ...]:
     return tuple(out)
 
 
-def _fsdp(spec: ModelSpec, setup: Setup, st: Structure) -> RankStates:
+def _fsdp(spec: ModelSpec, setup: Setup, st: Structure, layout: str | None = None) -> RankStates:
     n = setup.gpus
+    layout = fsdp_unit_layout(setup, layout)
     full_shard = setup.strategy == "fsdp"
     offload = setup.offload == "params"
     label = "FSDP FULL_SHARD" if full_shard else "FSDP SHARD_GRAD_OP"
@@ -408,7 +444,14 @@ def _fsdp(spec: ModelSpec, setup: Setup, st: Structure) -> RankStates:
     u = _fsdp_units(spec, setup, st)
     big = max(u.layers, default=0)
     gdt = setup.compute_dtype if setup.mixed else "the stored dtype"
-    if full_shard:
+    root_all = u.root + u.tail + u.embed
+    if full_shard and layout == "root":
+        fwd = bwd_layers = root_all + 2 * big
+        how = (f"unsharded in {gdt}: 2 decoder layers (the one computing and the one prefetched, {big:,} B each) + "
+               f"the root unit (embedding, final norm, lm_head and the rest: {root_all:,} B), gathered from forward "
+               "to the end of backward (fully_shard(model) after every layer: the stack's units)")
+        ag = {"forward": fwd, "backward": fwd, "backward (layers)": bwd_layers}
+    elif full_shard:
         fwd = u.root + u.tail + 2 * big
         bwd_layers = u.root + (u.tail if u.tied else 0) + max(2 * big, big + u.embed)
         how = (f"unsharded in {gdt}: 2 decoder layers (the one computing and the one prefetched, "
@@ -427,21 +470,35 @@ def _fsdp(spec: ModelSpec, setup: Setup, st: Structure) -> RankStates:
                      "foreach_all_gather; units from accelerate/utils/fsdp_utils.py fsdp2_prepare_model): " + how)
     # backward: a unit's unsharded gradients + the reduce-scatter input they are copied into (FSDP2
     # post_backward: reduce_scatter_max_input_buffers = 1, so the previous input is freed first)
-    layer_rs = 2 * max(max(u.layer_grads, default=0), u.embed_grads)
-    tail_rs = 2 * u.tail_grads
     rs_formula = ("unsharded gradients of one unit + the reduce-scatter input they are copied into, in the "
                   "reduce dtype (_fsdp_param_group.py post_backward, _fsdp_collectives.py foreach_reduce)")
-    r.add_buffer(("backward",), "buffers/reduce_buckets", max(tail_rs, layer_rs), rs_formula)
-    r.add_buffer(("backward (layers)",), "buffers/reduce_buckets",
-                 layer_rs + (u.tail_grads if u.tied else 0),
-                 rs_formula + ("; the tied embedding/head gradient stays unsharded until the end of backward"
-                               if u.tied and u.tail_grads else ""))
+    if layout == "root":
+        # one root group: its post-backward (at the end of backward) reduces the head's gradient, made first,
+        # with the embedding's, made last; the head's waits unsharded through the layers' backward
+        layer_rs = 2 * max(u.layer_grads, default=0)
+        root_g = u.root_grads + u.tail_grads + u.embed_grads
+        held = "; the root's head/norm gradients wait unsharded for its post-backward at the end of backward"
+        r.add_buffer(("backward",), "buffers/reduce_buckets", u.tail_grads,
+                     rs_formula + held if u.tail_grads else rs_formula)
+        r.add_buffer(("backward (layers)",), "buffers/reduce_buckets", max(u.tail_grads + layer_rs, 2 * root_g),
+                     rs_formula + (held + ", then the root's all at once" if root_g else ""))
+    else:
+        layer_rs = 2 * max(max(u.layer_grads, default=0), u.embed_grads)
+        tail_rs = 2 * u.tail_grads
+        r.add_buffer(("backward",), "buffers/reduce_buckets", max(tail_rs, layer_rs), rs_formula)
+        r.add_buffer(("backward (layers)",), "buffers/reduce_buckets",
+                     layer_rs + (u.tail_grads if u.tied else 0),
+                     rs_formula + ("; the tied embedding/head gradient stays unsharded until the end of backward"
+                                   if u.tied and u.tail_grads else ""))
     r.device = _nccl(setup)
     r.model_states = {"weights": sum(b for _, b, _ in weights), "gradients": grads,
                       "optimizer_states": opt_gpu}
+    units = ("fully_shard on every decoder layer, then the root unit holding the embedding, final norm and "
+             "lm_head, not resharded until the end of backward (the stack's units)" if layout == "root" else
+             "as accelerate applies FSDP2 (fsdp_version 2): decoder layers, input embedding and [final norm, "
+             "lm_head] are units")
     r.assumptions.append(
-        f"{label} on {setup.gpus} GPU{'s' if n > 1 else ''} as accelerate applies FSDP2 (fsdp_version 2): decoder layers, "
-        "input embedding and [final norm, lm_head] are units"
+        f"{label} on {setup.gpus} GPU{'s' if n > 1 else ''} {units}"
         + (f"; parameters gathered in {setup.compute_dtype} (MixedPrecisionPolicy), no autocast weight copies"
            if setup.mixed else "")
         + ("; CPUOffloadPolicy: sharded parameters, gradients and optimizer states in pinned CPU memory, the "
@@ -979,12 +1036,13 @@ def _zero(spec: ModelSpec, setup: Setup, st: Structure) -> RankStates:
 
 
 # ------------------------------------------------------------------------------------------------- entry
-def rank_states(spec: ModelSpec, setup: Setup, st: Structure) -> RankStates:
-    """One rank's model states and buffers for ``setup.strategy`` on ``setup.gpus`` GPUs."""
+def rank_states(spec: ModelSpec, setup: Setup, st: Structure, *, fsdp_units: str | None = None) -> RankStates:
+    """One rank's model states and buffers for ``setup.strategy`` on ``setup.gpus`` GPUs (``fsdp_units``: the
+    FSDP2 unit layout, :func:`fsdp_unit_layout` of the setup when ``None``)."""
     if setup.strategy == "ddp":
         r = _ddp(spec, setup, st)
     elif setup.strategy in ("fsdp", "fsdp-grad-op"):
-        r = _fsdp(spec, setup, st)
+        r = _fsdp(spec, setup, st, fsdp_units)
     elif setup.strategy == "fsdp1":
         r = _fsdp1(spec, setup, st)
     else:
