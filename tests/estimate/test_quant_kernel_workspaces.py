@@ -272,3 +272,24 @@ def test_torchlinear_train_mode_saves_the_dequantized_weight_when_installed():
         m(x).sum().backward()
     assert [(tuple(t.shape), t.dtype) for t in saved] == [((i, o), torch.bfloat16)]
     assert m.wf_unsqueeze_zero.numel() * 4 == 32 and m.wf_unsqueeze_neg_one.numel() * 4 == 32
+
+
+def test_marlin_desc_act_keeps_sorted_indices_and_stages_the_input():
+    scheme = scheme_from_config({"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": True})
+    lins = _lins()
+    km = kernel_memory(scheme, lins, resolve_gpu("rtx-4090"), training=False)
+    assert km.kernel == "marlin"
+    # g_idx sorted in its own place, g_idx_sort_indices int32 [in] new (marlin.py:411-414), qzeros emptied
+    assert km.persistent == len(lins) * 512 + sum(alloc(lin.in_f * 4) for lin in lins)
+    assert km.replaced == {"weights/quant_constants": -28 * sum(alloc((i // 128) * (o // 8) * 4)
+                                                               for _, i, o in QWEN_LINEARS)}
+    # a_tmp: the permuted activations, rows x in in the input's dtype, the largest in being down_proj's 18,944
+    assert km.scratch(100)[0] == alloc(128 * 64 * 256 * 4) + alloc(100 * FF * 2)
+
+
+def test_awq_training_runs_gemm_without_buffers():
+    spec, setup = _qwen(QWEN_AWQ, method="qlora", batch=1, seq=512, quant="awq")
+    e = estimate(spec, setup.with_(lora=dataclasses.replace(setup.lora, targets=("q_proj", "v_proj"))))
+    assert e.component("buffers/quant_kernel_workspace") == 0
+    assert any("AwqGEMMLinear" in a for a in e.assumptions)
+    assert any("auto_trainable" in w for w in e.warnings)
