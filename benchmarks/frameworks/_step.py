@@ -13,7 +13,8 @@ Pure torch (no vramplan import): the scripts run in a framework's own venv. What
   whole forward (``all``: every saved storage, with dtype and shape, wherever it was made — under checkpointing
   the layer inputs are saved by the checkpoint function outside any layer).
 * ``peaks``: live CPU bytes above the start (``torch.profiler`` allocator events, ``profile_memory=True``, summed in
-  time order) of the forward and of the backward, each phase's peak and end.
+  time order) of the forward and of the backward, each phase's peak and end; ``peaks_512`` the same with every
+  allocation rounded up to 512 B, as the CUDA caching allocator rounds it.
 * ``grads``: bytes of every ``.grad`` after backward, by dtype.
 
 :func:`compact` shrinks a result to what the committed JSON and its test use.
@@ -133,15 +134,26 @@ def cpu_autocast_query():
 
 
 def _live(fn):
+    peak, cur, _, _, out = _live_both(fn)
+    return peak, cur, out
+
+
+def _live_both(fn):
+    """Peak and end of live bytes while ``fn`` runs, as the CPU allocator reports them and with every allocation
+    rounded up to 512 B (the CUDA caching allocator's block size, vramplan.dtypes.alloc)."""
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = fn()
     evs = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
                  key=lambda e: e.start_ns())
-    cur = peak = 0
+    cur = peak = cur512 = peak512 = 0
     for e in evs:
-        cur += e.nbytes()
+        n = e.nbytes()
+        cur += n
         peak = max(peak, cur)
-    return peak, cur, out
+        r = -(-abs(n) // 512) * 512
+        cur512 += r if n > 0 else -r
+        peak512 = max(peak512, cur512)
+    return peak, cur, peak512, cur512, out
 
 
 def decoder_layers(model: torch.nn.Module, n: int):
@@ -163,9 +175,9 @@ def step(model: torch.nn.Module, forward, *, autocast: bool, n_layers: int) -> d
 
     try:
         with cpu_autocast_query():
-            fp, fend, _ = _live(fwd)
+            fp, fend, fp512, fend512, _ = _live_both(fwd)
             loss = holder.pop("loss")
-            bp, bend, _ = _live(lambda: loss.backward())
+            bp, bend, bp512, bend512, _ = _live_both(lambda: loss.backward())
     finally:
         for h in rec.handles:
             h.remove()
@@ -178,6 +190,8 @@ def step(model: torch.nn.Module, forward, *, autocast: bool, n_layers: int) -> d
         "saved_per_layer": {str(i): sorted(v.values(), reverse=True) for i, v in sorted(rec.per_layer.items())},
         "saved_all": sorted(rec.all.values(), reverse=True),
         "peaks": {"forward_peak": fp, "forward_end": fend, "backward_peak": bp, "backward_end": bend},
+        "peaks_512": {"forward_peak": fp512, "forward_end": fend512, "backward_peak": bp512,
+                      "backward_end": bend512},
         "grads": grads,
         "sdpa_cpu_flash": "aten._scaled_dot_product_flash_attention_for_cpu.default" in rec.ops,
     }

@@ -63,6 +63,7 @@ def run(path: str, *, quantized: bool, grad_ckpt: bool) -> dict:
     trainer = CustomSeq2SeqTrainer(model=model, args=targs, finetuning_args=fargs, processor=None,
                                    tokenizer=tok)
     prepared = trainer.accelerator.prepare(trainer.model)
+    prepared.train()                                          # Trainer.training_step: model.train()
     inputs = batch(TINY_LLAMA["vocab_size"])
     res = step(prepared, lambda: trainer.compute_loss(prepared, inputs), autocast=False,
                n_layers=TINY_LLAMA["num_hidden_layers"])
@@ -71,6 +72,8 @@ def run(path: str, *, quantized: bool, grad_ckpt: bool) -> dict:
     res["gradient_checkpointing"] = bool(getattr(model.base_model.model, "is_gradient_checkpointing", False)) \
         if hasattr(model, "base_model") else None
     res["use_reentrant_gc"] = bool(margs.use_reentrant_gc)
+    res["setup"] = {"method": "qlora" if quantized else "lora", "grad_ckpt": not margs.disable_gradient_checkpointing,
+                    "lora_dropout": fargs.lora_dropout, "lora_target": fargs.lora_target}
     res["native_amp"] = bool(trainer.accelerator.native_amp)
     return res
 

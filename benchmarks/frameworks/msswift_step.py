@@ -19,7 +19,8 @@ What runs, all ms-swift's own code (ms-swift 4.6.0):
   trainable parameters upcast);
 * the trainer ``TrainerFactory.get_trainer_cls(args)`` (``trainers/seq2seq_trainer.py Seq2SeqTrainer``) built as
   ``SwiftSft.run`` builds it: its ``__init__`` applies ``_fix_gradient_checkpointing`` (reentrant on one
-  process) and ``_prepare_gradient_checkpointing`` (``trainers/mixin.py:940-981``); the model prepared by its
+  process, ``trainers/mixin.py:940-968``); ``_prepare_gradient_checkpointing`` runs as ``train()`` runs it
+  (``mixin.py:970-1001``, ``:1022-1026``: checkpointing, then ``enable_input_require_grads``); the model prepared by its
   accelerator (CPU bf16 autocast and ``convert_outputs_to_fp32``); then ``trainer.compute_loss(model, batch)``
   (its own: ``trainers/seq2seq_trainer.py:126-252``) and ``trainer.accelerator.backward(loss)``, the two halves
   of ``Trainer.training_step`` (with its ``_prepare_inputs`` and ``template.forward_context``).
@@ -71,7 +72,13 @@ def run(path: str, *, quantized: bool, grad_ckpt: bool, dropout: float | None) -
     built = params(model)
     trainer = TrainerFactory.get_trainer_cls(args)(model=model, args=args.training_args, template=sft.template,
                                                    train_dataset=None, eval_dataset=None)
+    # SwiftMixin.train (trainers/mixin.py:1022-1026) enables checkpointing before Trainer.train:
+    # _prepare_gradient_checkpointing (mixin.py:970-1001): dynamic_gradient_checkpointing, then
+    # gradient_checkpointing_enable (reentrant, _fix_gradient_checkpointing) and enable_input_require_grads
+    trainer._prepare_gradient_checkpointing(trainer.template.get_base_model(trainer.model))
+    res_gc = bool(getattr(trainer.template.get_base_model(trainer.model), "is_gradient_checkpointing", False))
     prepared = trainer.accelerator.prepare(trainer.model)
+    prepared.train()                                          # Trainer.training_step: model.train()
     # Seq2SeqTrainer._prepare_inputs (trainers/seq2seq_trainer.py:100-124): logits_to_keep from the first
     # supervised label (mixin.py:1271-1293; every label is supervised here: all positions) and compute_loss_func
     inputs = trainer._prepare_inputs(batch(TINY_LLAMA["vocab_size"]))
@@ -84,7 +91,9 @@ def run(path: str, *, quantized: bool, grad_ckpt: bool, dropout: float | None) -
     res["logits_to_keep"] = inputs.get("logits_to_keep")
     res = compact(res)
     res["params"] = built
-    res["lora_dropout"] = args.lora_dropout
+    res["setup"] = {"method": "qlora" if quantized else "lora", "grad_ckpt": bool(args.gradient_checkpointing),
+                    "lora_dropout": args.lora_dropout, "target_modules": sorted(args.target_modules)}
+    res["gradient_checkpointing"] = res_gc
     res["use_reentrant"] = getattr(torch.utils.checkpoint, "_old_checkpoint", None) is not None
     res["native_amp"] = bool(trainer.accelerator.native_amp)
     return res
