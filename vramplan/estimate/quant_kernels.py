@@ -407,7 +407,9 @@ def kernel_notes(km: KernelMemory | None) -> tuple[list[str], list[str]]:
     if km is None:
         return [], []
     label = "GPTQ" if km.scheme is not None and km.scheme.quant == "gptq" else "AWQ"
-    a = [f"{label} kernel ({SOURCE} selection): {km.why}"]
+    a = [f"{label} kernel ({SOURCE} selection): {km.why}; the model loaded with a GPU device_map "
+         "(from_pretrained(device_map='cuda' or 'auto'): the kernel is chosen for the device_map's devices, and "
+         "without one transformers loads a GPTQ model on the CPU, quantizer_gptq.py update_device_map)"]
     w = list(km.unmodelled)
     w.append("importing gptqmodel sets PYTORCH_ALLOC_CONF='expandable_segments:True,max_split_size_mb:256,"
              "garbage_collection_threshold:0.7' when it is unset (gptqmodel 7.7.0 models/auto.py:26-28): "
@@ -420,6 +422,13 @@ def kernel_notes(km: KernelMemory | None) -> tuple[list[str], list[str]]:
         w.append("AWQ GEMV kernel temporaries are not counted (gemv_awq.py)")
     if km.kernel == "torch":
         w.append("the Torch GPTQ/AWQ kernels on ROCm dequantize per call: their temporaries are not counted")
+    if km.kernel == "machete" and km.linears and km.scheme is not None:
+        big = max(km.linears, key=lambda lin: lin.in_f * lin.out_f)
+        q = ceil_div(big.in_f * km.scheme.bits, 32) * big.out_f * 4
+        t = alloc(big.in_f * big.out_f * 4) + 2 * alloc(q)
+        w.append(f"machete: post_init unpacks each qweight to int32 codes before prepacking (machete.py:231-244): "
+                 f"while loading, the largest Linear ({big.in_f:,} x {big.out_f:,}) holds about {t:,} B beyond the "
+                 "stored tensors (in x out x 4 B codes + two qweight-sized copies); not in the load phase")
     if km.kernel in ("machete", "awq_machete"):
         w.append(f"{km.kernel}: if its extension does not build (no CUTLASS checkout or nvcc), gptqmodel falls back "
                  "to Marlin, whose per-layer workspace and reduction scratch are not the figures counted here")
