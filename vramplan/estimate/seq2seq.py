@@ -17,8 +17,9 @@ LayerNorm through ``Program.norm``):
   (``torch.where`` with the causal mask in the decoder, ``.contiguous()`` copies of the permuted bias in the
   encoder), which SDPA saves beside q, k, v, the output and the logsumexp; ``T5DenseActDense`` (relu) /
   ``T5DenseGatedActDense`` (``act(wi_0(x)) * wi_1(x)``, gelu_new for flan-t5 and mT5), ``T5LayerFF``;
-  ``T5ForConditionalGeneration.forward``: ``sequence_output * d_model**-0.5`` before a tied ``lm_head``,
-  ``CrossEntropyLoss`` over ``lm_logits.view(-1, V)``.
+  ``T5ForConditionalGeneration.forward``: ``sequence_output * d_model**-0.5`` when ``config.scale_decoder_outputs``
+  (original T5; not v1.1 / flan-t5 / mT5), ``lm_head``, ``CrossEntropyLoss`` over ``lm_logits.view(-1, V)``
+  (:func:`seq2seq_loss_bytes`).
 * BART — ``models/bart/modeling_bart.py``: post-LayerNorm layers (``BartEncoderLayer`` / ``BartDecoderLayer``:
   ``x + dropout(attn(x))`` then ``self_attn_layer_norm``; the decoder's ``encoder_attn`` and
   ``encoder_attn_layer_norm``; ``fc1``, activation (gelu), ``activation_dropout``, ``fc2``, ``final_layer_norm``),
