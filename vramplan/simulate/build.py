@@ -190,9 +190,10 @@ def build(spec: ModelSpec, setup: Setup, num_layers: int | None = None) -> Built
             if setup.quantized and setup.kbit_prep:
                 from peft import prepare_model_for_kbit_training
 
-                model = prepare_model_for_kbit_training(
-                    model, use_gradient_checkpointing=setup.grad_ckpt,
-                    gradient_checkpointing_kwargs={"use_reentrant": False})
+                with _nf4_weights_aside(model):
+                    model = prepare_model_for_kbit_training(
+                        model, use_gradient_checkpointing=setup.grad_ckpt,
+                        gradient_checkpointing_kwargs={"use_reentrant": False})
                 _biases_as_after_first_forward(model, compute)
             elif setup.grad_ckpt:
                 _enable_ckpt(model)
@@ -228,6 +229,27 @@ def build(spec: ModelSpec, setup: Setup, num_layers: int | None = None) -> Built
                   attn_implementation=str(getattr(inner.config, "_attn_implementation", "")), notes=notes)
     _persistent_state(built, spec)
     return built
+
+
+@contextlib.contextmanager
+def _nf4_weights_aside(model):
+    """``--kbit-prep`` asked of a torchao stack, priced as the analytic path prices it: what
+    ``prepare_model_for_kbit_training`` does to a 4-bit model (peft 0.21.2 utils/other.py: every 16-bit parameter
+    but bitsandbytes' ``Params4bit`` cast to fp32; checkpointing and input gradients when the model says
+    ``is_loaded_in_4bit``), the NF4 weights staying quantized: they are out of the model while it runs."""
+    from .torchao_nf4 import NF4Linear
+
+    held = [(m, m._parameters.pop("weight")) for m in model.modules() if isinstance(m, NF4Linear)]
+    flag = held and not getattr(model, "is_loaded_in_4bit", False)
+    if flag:
+        model.is_loaded_in_4bit = True
+    try:
+        yield
+    finally:
+        for m, w in held:
+            m._parameters["weight"] = w
+        if flag:
+            del model.is_loaded_in_4bit
 
 
 def _biases_as_after_first_forward(model, compute: torch.dtype) -> None:
