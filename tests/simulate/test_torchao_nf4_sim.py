@@ -187,6 +187,23 @@ def test_kbit_preparation_asked_of_torchtune_keeps_the_nf4_weights():
     assert result.saved.get("activations/checkpoint_inputs", 0) > 0
 
 
+@pytest.mark.parametrize("cfg, match", [
+    (dict(model_type="llama", hidden_size=96, intermediate_size=192, num_attention_heads=4, num_key_value_heads=4),
+     "to_nf4 needs numel divisible by 64 and the block count by 256"),      # 96 x 96: 144 blocks
+    (dict(model_type="gpt2", n_embd=128, n_head=4, n_layer=2, vocab_size=512, n_positions=256), "Conv1D"),
+])
+def test_what_torchao_cannot_quantize_is_a_one_line_simulation_error(cfg, match):
+    from sim_helpers import tiny_config
+
+    from vramplan.errors import SimulationError
+    from vramplan.profiles import build_spec
+
+    spec = build_spec(tiny_config(**cfg) if cfg["model_type"] == "llama" else cfg, "odd", "test")
+    with pytest.raises(SimulationError, match=match) as exc:
+        build(spec, _tt(spec.name))
+    assert "\n" not in str(exc.value) and "use --mode analytic" in str(exc.value)
+
+
 def _linears(spec):
     from types import SimpleNamespace
 

@@ -129,10 +129,16 @@ def replace_linears(model: torch.nn.Module, skip: list[str], block_size: int) ->
     """Swap every ``nn.Linear`` that transformers' ``replace_with_bnb_linear`` would quantize (the same selection:
     ``should_convert_module`` over ``get_keys_to_not_convert``, which leaves the output head alone, as torchtune
     does) for an :class:`NF4Linear`; returns how many were swapped."""
+    from transformers.pytorch_utils import Conv1D
     from transformers.quantizers.quantizers_utils import should_convert_module
 
     count = 0
     for name, mod in list(model.named_modules()):
+        if isinstance(mod, Conv1D) and should_convert_module(name, skip):
+            # bitsandbytes' replacement takes Conv1D too; torchtune builds no such model and its NF4 Linear
+            # has no transposed-weight form
+            raise ValueError(f"torchao NF4 (the stack's nf4 library) quantizes nn.Linear weights only: {name} is "
+                             "a transformers Conv1D")
         if type(mod) is not torch.nn.Linear or not should_convert_module(name, skip):
             continue
         parent_name, _, child = name.rpartition(".")
