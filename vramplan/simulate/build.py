@@ -161,8 +161,7 @@ def _quantize_torchao(model, setup: Setup, notes: list[str]) -> None:
     try:
         replace_linears(model, get_keys_to_not_convert(model), setup.quant_blocksize)
     except ValueError as exc:
-        raise SimulationError(f"{exc}, so the stack's code cannot quantize this model; use --mode analytic, "
-                              "which rounds the blocks up") from exc
+        raise SimulationError(f"{exc}: the stack's code cannot quantize this model; use --mode analytic") from exc
     notes.append("torchao NF4Tensor and linear_nf4 emulated on meta from torchao 0.10.0 dtypes/nf4tensor.py "
                  "(from_tensor's stored layout, get_original_weight's transient, LinearNF4's saved weight; "
                  "torchao is not imported)")

@@ -55,7 +55,8 @@ class NF4Linear(torch.nn.Linear):
         if n % block_size or (n // block_size) % scaler_block_size:
             # to_nf4 asserts both (dtypes/nf4tensor.py:567-569, :651-654, :662-664)
             raise ValueError(f"torchao to_nf4 needs numel divisible by {block_size} and the block count by "
-                             f"{scaler_block_size}: weight {tuple(w.shape)} has {n:,} values")
+                             f"{scaler_block_size}: weight {tuple(w.shape)} has {n:,} values (the analytic path rounds the "
+                             "blocks up)")
         self.block_size, self.scaler_block_size = block_size, scaler_block_size
         dev, dt = w.device, w.dtype
         blocks = n // block_size
