@@ -56,11 +56,14 @@ def _measure(model, layers, layout: str) -> list[dict]:
 
     def record(what: str) -> None:
         by: dict[str, int] = {}
+        grads: dict[str, int] = {}
         for n, p in model.named_parameters():
             if not isinstance(p, DTensor):
                 u = _unit_of(n, kind)
                 by[u] = by.get(u, 0) + p.numel() * p.element_size()
-        moments.append({"moment": what, "gathered": by})
+                if p.grad is not None:              # an unsharded gradient not reduce-scattered yet
+                    grads[u] = grads.get(u, 0) + p.grad.numel() * p.grad.element_size()
+        moments.append({"moment": what, "gathered": by, "grads": grads})
 
     def pre(m, args):
         record(f"forward {names[id(m)]}")
@@ -91,11 +94,11 @@ def _rank(rank: int, world: int, port: int, cases_path: str, out_path: str) -> N
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     mesh = init_device_mesh("cpu", (world,))
-    params = json.loads(Path(cases_path).read_text())
-    out = {}
-    for layout in ("litgpt", "torchtune", "accelerate"):
+    cases = json.loads(Path(cases_path).read_text())
+    out: dict[str, dict] = {case: {} for case in cases}
+    for case, layout in [(c, lay) for c in cases for lay in ("litgpt", "torchtune", "accelerate")]:
         torch.manual_seed(0)
-        model = build(params)
+        model = build(cases[case])
         layers = [m for m in model.modules() if isinstance(m, Layer)]
         kw = {"reshard_after_forward": True} if layout == "torchtune" else {}
         for m in layers:
@@ -106,7 +109,7 @@ def _rank(rank: int, world: int, port: int, cases_path: str, out_path: str) -> N
             fully_shard([inner.get_submodule("norm"), model.get_submodule("lm_head")], mesh=mesh,
                         reshard_after_forward=False)
         fully_shard(model, mesh=mesh, **kw)
-        out[layout] = _measure(model, layers, layout)
+        out[case][layout] = _measure(model, layers, layout)
     if rank == 0:
         Path(out_path).write_text(json.dumps(out))
     dist.barrier()
@@ -222,7 +225,8 @@ def measured(tmp_path_factory):
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
     d = tmp_path_factory.mktemp("fsdp_units")
-    (d / "params.json").write_text(json.dumps(_params(_setup())))
+    (d / "params.json").write_text(json.dumps({"lora": _params(_setup()),
+                                               "full": _params(_setup(method="full", lora=None))}))
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -232,14 +236,14 @@ def measured(tmp_path_factory):
     return json.loads((d / "out.json").read_text())
 
 
-def _at(moments: list[dict], prefix: str) -> list[dict[str, int]]:
-    return [m["gathered"] for m in moments if m["moment"].startswith(prefix)]
+def _at(moments: list[dict], prefix: str, what: str = "gathered") -> list[dict[str, int]]:
+    return [m[what] for m in moments if m["moment"].startswith(prefix)]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["litgpt", "torchtune"])
 def test_torch_gathers_what_the_root_layout_says(measured, layout):
-    m = measured[layout]
+    m = measured["lora"][layout]
     fwd, bwd = _at(m, "forward"), _at(m, "backward")
     assert len(fwd) == len(bwd) == L
     # the root unit, whole, at every layer's forward and backward; one layer beside it (no prefetch on CPU)
@@ -259,7 +263,7 @@ def test_torch_gathers_what_the_root_layout_says(measured, layout):
 
 @pytest.mark.slow
 def test_torch_gathers_what_the_accelerate_layout_says(measured):
-    m = measured["accelerate"]
+    m = measured["lora"]["accelerate"]
     tail = 4 * (V * H + H)
     fwd, bwd = _at(m, "forward"), _at(m, "backward")
     # during the layers, only the layer computing: the embedding was resharded after its forward, [norm, head]
@@ -270,3 +274,27 @@ def test_torch_gathers_what_the_accelerate_layout_says(measured):
     est = _buffers(_setup(), "accelerate")
     assert est["forward"] == tail + 2 * LAYER_BYTES             # an upper bound: the tail with two layers
     assert est["backward (layers)"] == 2 * LAYER_BYTES          # the embedding (65,536 B) re-gathered after them
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["litgpt", "torchtune", "accelerate"])
+def test_torch_holds_the_head_gradient_as_the_layout_says(measured, layout):
+    """Full fine-tuning: in the root layout the head's and final norm's unsharded gradients wait through every
+    layer's backward (the root's post-backward runs at the end); accelerate's [norm, head] unit reduce-scatters
+    them right after its own backward. Nothing unsharded is left at the end."""
+    m = measured["full"][layout]
+    head_g = 4 * (V * H + H)
+    held = _at(m, "backward", "grads")
+    assert len(held) == L
+    if layout == "accelerate":
+        assert all(g == {} for g in held)
+    else:
+        assert held == [{"root": head_g}] * L
+    assert _at(m, "end", "grads")[0] == {}
+    setup = _setup(method="full", lora=None)
+    st = static_structure(SPEC, structural_setup(setup.with_(gpus=1, strategy="ddp")))
+    r = D.rank_states(SPEC, setup, st, fsdp_units="root" if layout != "accelerate" else "accelerate")
+    rs = sum(b for n, b, _ in r.buffers["backward (layers)"] if n == "buffers/reduce_buckets")
+    layer_g = 4 * (2 * H * H + 2 * 32 * H + 3 * I_DIM * H + 2 * H)
+    # the estimate's layers-phase reduce-scatter buffers: a layer's gradients and their copy, plus what is held
+    assert rs >= 2 * layer_g + (head_g if layout != "accelerate" else 0)
