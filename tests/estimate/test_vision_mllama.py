@@ -166,3 +166,32 @@ def test_default_targets_follow_peft() -> None:
         plan_lora(_spec(TINY_MLLAMA, "tiny-mllama"), LoraConfig(r=4))
     conf = _llama4_config()
     assert plan_lora(_spec(conf, "tiny-llama4"), LoraConfig(r=4)).trainable == _peft_trainable(conf, None)
+
+
+def test_mllama_image_tokens_warn_what_is_missing() -> None:
+    """The warning names what the plan leaves out, from the checkpoint's config: Llama-3.2-11B-Vision runs each
+    image as 4 tiles of (560 // 14)² + 1 = 1601 patches (padded to 1608, the next multiple of 8: MllamaVisionModel.
+    forward) through 32 + 8 layers, and 8 cross-attention layers attend to its 4 × 1601 = 6404 vision tokens."""
+    spec = _spec(LLAMA_3_2_11B_VISION, "llama-3.2-11b-vision")
+    est = estimate(spec, Setup(method="lora", seq=512, image_tokens=1, lora=LoraConfig(targets=("all-linear",))))
+    line = next(w for w in est.warnings if w.startswith("--image-tokens 1: MllamaForConditionalGeneration"))
+    for part in ("4 tiles × 1601 patches (1608 padded)", "32 local + 8 global vision layers of width 1280",
+                 "8 cross-attention layers", "6404 vision tokens"):
+        assert part in line
+    assert "\n" not in line
+
+
+def test_llama_factory_frozen_tower_warns() -> None:
+    """LLaMA-Factory 0.9.5 full fine-tuning keeps the frozen tower and projector in the checkpoint's dtype
+    (loader.py:155 torch_dtype="auto"; adapter.py:38-54 upcasts only trainable parameters): the plan's fp32 placement
+    says by how much it overstates them (2 B per frozen parameter of a bf16 checkpoint)."""
+    model = _meta_model(TINY_MLLAMA)
+    frozen = sum(p.numel() for n, p in model.named_parameters()
+                 if ".vision_model." in f".{n}" or ".multi_modal_projector." in f".{n}")
+    spec = _spec(TINY_MLLAMA, "tiny-mllama")
+    setup = Setup(method="full", precision="bf16-mixed", seq=64, stack="llama-factory", train_vision="none")
+    lines = [w for w in estimate(spec, setup).warnings if w.startswith("--stack llama-factory, full fine-tuning")]
+    assert len(lines) == 1 and f"({frozen:,} parameters)" in lines[0] and f"by {2 * frozen:,} B" in lines[0]
+    # trained vision parts, LoRA, or the HF Trainer's stack: nothing to say
+    for other in (setup.with_(train_vision="all"), setup.with_(stack="hf")):
+        assert not any(w.startswith("--stack llama-factory") for w in estimate(spec, other).warnings)

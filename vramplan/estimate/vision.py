@@ -56,8 +56,9 @@ With gradient checkpointing the tower's encoder layers save their inputs only, a
 The vision activations are made first in forward and freed last in backward (the tower's backward runs after
 every decoder layer's): they are alive at every activation moment of the timeline (``timeline.py``).
 
-Not modelled (a warning): Mllama,
-Llama 4 and other multimodal classes' vision activations; LLaVA with several feature layers; the tower's own forward transients (its peak comes before the decoder's activations exist); the
+Not modelled (a warning that says what is missing): Mllama's vision model (tiles, local and gated global
+layers, the aspect-ratio mask) and its cross-attention layers' saves over the vision tokens, Llama 4's vision model,
+other multimodal classes' vision activations; LLaVA with several feature layers; the tower's own forward transients (its peak comes before the decoder's activations exist); the
 ``pixel_values`` batch itself (an input, as ``input_ids`` are); Gemma-3's bidirectional image-token attention
 mask in training (``token_type_ids``), which would rule out the flash kernel for the text layers.
 
@@ -66,8 +67,10 @@ model), ``projector`` (tower frozen), ``none`` (both frozen; LLaMA-Factory 0.9.6
 ``freeze_multi_modal_projector`` default True, ``hparams/finetuning_args.py:546-553``; ms-swift 4.6
 ``freeze_vit`` / ``freeze_aligner`` default True, ``swift/arguments/tuner_args.py:123-124``). A frozen part keeps
 its weights in the base dtype (``Setup.base_dtype``: under full fine-tuning with -mixed the model is loaded in fp32,
-so a frozen tower stays fp32; LLaMA-Factory loads bf16 and casts only the trainable parameters to fp32,
-``model/adapter.py:38-54 _setup_full_tuning``, so there it stays bf16) with no gradient or optimizer state, and
+so a frozen tower stays fp32; LLaMA-Factory 0.9.5 loads the checkpoint's dtype, ``torch_dtype="auto"``
+``model/loader.py:155``, and casts only the trainable parameters to fp32, ``model/adapter.py:38-54
+_setup_full_tuning``, so there it stays bf16: not placed so yet, a warning says by how much the plan overstates it)
+with no gradient or optimizer state, and
 is no LoRA target (LoRA: LLaMA-Factory ``model/model_utils/visual.py patch_target_modules`` drops the frozen parts' modules
 from any target list; ms-swift ``utils/transformers_utils.py get_multimodal_target_regex`` builds ``all-linear``
 from the trainable parts).
@@ -225,11 +228,16 @@ def warnings(spec: ModelSpec, setup: Setup) -> list[str]:
     if setup.image_tokens and not spec.is_multimodal:
         out.append(f"--image-tokens {setup.image_tokens}: {spec.architecture or spec.model_type} has no vision tower "
                    "in this plan; the tokens count as text tokens of --seq")
+    elif setup.image_tokens and tower_of(spec) is None and spec.model_type in UNMODELLED_DETAIL:
+        out.append(UNMODELLED_DETAIL[spec.model_type](spec, setup))
     elif setup.image_tokens and tower_of(spec) is None:
         out.append(f"--image-tokens {setup.image_tokens}: the vision activations of {spec.architecture} are not "
                    f"modelled (modelled: Gemma3ForConditionalGeneration, LlavaForConditionalGeneration with one feature layer, "
                    f"Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration); its tower and projector are weights "
                    f"(trained per --train-vision {setup.train_vision}), the image tokens text tokens of --seq")
+    frozen = _frozen_parts_overstated(spec, setup)
+    if frozen:
+        out.append(frozen)
     if setup.image_tokens and setup.act_offload and setup.training and tower_of(spec) is not None:
         out.append("--act-offload with --image-tokens: the vision tower's and projector's saves are kept on the GPU "
                    "in this plan (an offloader's saved-tensor hooks would move them too): an upper bound")
@@ -240,6 +248,76 @@ def warnings(spec: ModelSpec, setup: Setup) -> list[str]:
         out.append(f"--train-vision {setup.train_vision}: {spec.architecture or spec.model_type} has no vision "
                    "tower or projector; nothing changes")
     return out
+
+
+def _vision_cfg(spec: ModelSpec, key: str, default: Any) -> Any:
+    v = (spec.config.get("vision_config") or {}).get(key)
+    return default if v is None else v
+
+
+def _mllama_unmodelled(spec: ModelSpec, setup: Setup) -> str:
+    """What a plan of ``MllamaForConditionalGeneration`` leaves out (transformers 5.24 ``models/mllama/
+    modeling_mllama.py``): ``MllamaVisionModel.forward`` runs every image as ``max_num_tiles`` tiles (the processor
+    pads to them) of ``(image_size // patch_size)² + 1`` patches, padded to a multiple of 8, through the local
+    ``transformer`` and the gated ``global_transformer`` under a 4-D aspect-ratio mask
+    (``_prepare_aspect_ratio_attention_mask``, tiles·rows squared per image); the projector's output,
+    ``tiles × patches`` vision tokens per image, is what every ``MllamaCrossAttentionDecoderLayer`` reads through
+    ``k_proj``/``v_proj``/``k_norm`` and attends to under the cross-attention mask — none of it is in the text
+    sequence (one ``<|image|>`` token per image is)."""
+    defaults = {"max_num_tiles": 4, "image_size": 448, "patch_size": 14, "num_hidden_layers": 32,
+                "num_global_layers": 8, "hidden_size": 1280}     # MllamaVisionConfig (configuration_mllama.py)
+    g = {k: int(_vision_cfg(spec, k, d)) for k, d in defaults.items()}
+    patches = (g["image_size"] // g["patch_size"]) ** 2 + 1
+    padded = patches + (8 - patches % 8) % 8
+    text = spec.config.get("text_config") or {}
+    cross = text.get("cross_attention_layers") or spec.config.get("cross_attention_layers") or ()
+    return (f"--image-tokens {setup.image_tokens}: MllamaForConditionalGeneration's vision side is not replayed "
+            f"(each <|image|> token counts as one text token of --seq): per image {g['max_num_tiles']} tiles × "
+            f"{patches} patches ({padded} padded) through {g['num_hidden_layers']} local + {g['num_global_layers']} "
+            f"global vision layers of width {g['hidden_size']} and their aspect-ratio mask, and the "
+            f"{len(cross)} cross-attention layers' saves over its {g['max_num_tiles'] * patches} vision tokens "
+            "(k_proj/v_proj input, K/V, k_norm, the cross-attention mask): missing from the plan (transformers 5.24 "
+            "modeling_mllama.py)")
+
+
+def _llama4_unmodelled(spec: ModelSpec, setup: Setup) -> str:
+    """``Llama4ForConditionalGeneration`` (transformers 5.24 ``models/llama4/modeling_llama4.py``): the image
+    tokens are in the text sequence (``masked_scatter`` of the projected features), as for LLaVA, but
+    ``Llama4VisionModel`` (``Llama4UnfoldConvolution``: ``nn.Unfold`` + Linear, a class token, 2-D vision rotary
+    encoder layers, the pixel-shuffle ``Llama4VisionPixelShuffleMLP`` adapter) has no replay here."""
+    size, patch = int(_vision_cfg(spec, "image_size", 448)), int(_vision_cfg(spec, "patch_size", 14))
+    ratio = float(_vision_cfg(spec, "pixel_shuffle_ratio", 0.5))
+    per_tile = int((size // patch) ** 2 * ratio * ratio)
+    return (f"--image-tokens {setup.image_tokens}: the vision activations of Llama4ForConditionalGeneration are not "
+            f"modelled (Llama4VisionModel: unfolded-patch Linear, class token, 2-D rotary encoder layers, "
+            f"pixel-shuffle adapter; {per_tile} image tokens per {size}-px tile; then multi_modal_projector — "
+            "modeling_llama4.py Llama4VisionModel.forward): their saves are missing, the image tokens count as text "
+            "tokens of --seq")
+
+
+#: multimodal model types whose vision side is not replayed, with what exactly the plan leaves out
+UNMODELLED_DETAIL = {"mllama": _mllama_unmodelled, "llama4": _llama4_unmodelled}
+
+
+def _frozen_parts_overstated(spec: ModelSpec, setup: Setup) -> str:
+    """LLaMA-Factory 0.9.5 loads the checkpoint in its own dtype (``torch_dtype="auto"``, ``model/loader.py:155``;
+    bf16 for the Gemma-3, Qwen-VL, LLaVA and Llama-3.2-Vision checkpoints) and, under full fine-tuning, upcasts only
+    the trainable parameters to fp32 (``model/adapter.py:38-54 _setup_full_tuning``, ``:313-328``): the frozen
+    tower and projector stay 16-bit, where the plan places them in ``Setup.base_dtype`` (fp32 under -mixed)."""
+    if not (setup.stack == "llama-factory" and setup.method == "full" and setup.training and setup.mixed
+            and setup.base_dtype == "fp32" and spec.is_multimodal):
+        return ""
+    from .weights import FROZEN_VISION
+
+    frozen = FROZEN_VISION.get(setup.train_vision, ())
+    n = sum(t.numel for t in spec.tensors if t.tied_to is None and t.role in frozen)
+    if not n:
+        return ""
+    return (f"--stack llama-factory, full fine-tuning with --train-vision {setup.train_vision}: the frozen "
+            f"{' and '.join(r.replace('vision_', '') for r in frozen)} ({n:,} parameters) are placed fp32 here, "
+            "but LLaMA-Factory keeps them in the checkpoint's dtype (torch_dtype='auto', llamafactory 0.9.5 "
+            "model/loader.py:155) and upcasts only trainable parameters (model/adapter.py:38-54): weights overstated "
+            f"by {n * 2:,} B for a bf16 checkpoint")
 
 
 # ------------------------------------------------------------------------------------------- the trace
