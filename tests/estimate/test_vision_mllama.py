@@ -195,3 +195,84 @@ def test_llama_factory_frozen_tower_warns() -> None:
     # trained vision parts, LoRA, or the HF Trainer's stack: nothing to say
     for other in (setup.with_(train_vision="all"), setup.with_(stack="hf")):
         assert not any(w.startswith("--stack llama-factory") for w in estimate(spec, other).warnings)
+
+
+def _mllama_step_saves(method: str, train_vision: str) -> dict[str, int]:
+    """Bytes autograd still holds at the end of a tiny Mllama forward (fp32, sdpa, CPU; batch 2 × 40 tokens, one
+    image of 2 tiles per sequence), by where they were saved: the vision model, the projector, each text layer.
+    The tracker of tests/estimate/test_vision_plan.py: saved_tensors_hooks, distinct storages, parameters left out."""
+    import weakref
+
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    conf = {k: v for k, v in TINY_MLLAMA.items() if k not in ("architectures", "model_type")}
+    cfg = transformers.MllamaConfig(**conf)
+    cfg._attn_implementation = "sdpa"
+    model = transformers.MllamaForConditionalGeneration(cfg).float().train()
+    m = model.model
+    frozen = {"all": (), "projector": ("vision_model",), "none": ("vision_model", "multi_modal_projector")}
+    if method == "lora":
+        peft = pytest.importorskip("peft")
+        names = [n for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear) and n != "lm_head"
+                 and not any(f".{p}." in f".{n}." for p in frozen[train_vision])]
+        model = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=names))
+    else:
+        for part in frozen[train_vision]:
+            getattr(m, part).requires_grad_(False)
+    params = {p.untyped_storage().data_ptr() for p in (*model.parameters(), *model.buffers())}
+    where: list = [None]
+    held: list = []
+
+    def mark(name):
+        return lambda *a: where.__setitem__(0, name)
+
+    m.vision_model.register_forward_pre_hook(mark("tower"))
+    m.multi_modal_projector.register_forward_pre_hook(mark("projector"))
+    m.multi_modal_projector.register_forward_hook(mark("masks"))
+    for i, layer in enumerate(m.language_model.layers):
+        layer.register_forward_pre_hook(mark(f"layer {i}"))
+    m.language_model.norm.register_forward_pre_hook(mark(None))
+
+    class Held:
+        __slots__ = ("t", "__weakref__")
+
+        def __init__(self, t) -> None:
+            self.t = t
+
+    def pack(t):
+        h = Held(t)
+        p = t.untyped_storage().data_ptr()
+        if where[0] is not None and p not in params:
+            held.append((weakref.ref(h), where[0], p, t.untyped_storage().nbytes()))
+        return h
+
+    batch, seq, tiles, image = 2, 40, 2, TINY_MLLAMA["vision_config"]["image_size"]
+    ids = torch.randint(3, 499, (batch, seq))
+    ids[:, 2] = 500
+    xmask = torch.ones(batch, seq, 1, tiles, dtype=torch.long)
+    xmask[:, :2] = 0
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda h: h.t):
+        out = model(input_ids=ids, pixel_values=torch.randn(batch, 1, tiles, 3, image, image),
+                    aspect_ratio_ids=torch.full((batch, 1), 2), aspect_ratio_mask=torch.ones(batch, 1, tiles),
+                    cross_attention_mask=xmask, labels=ids.masked_fill(ids == 500, -100))
+    alive: dict[str, dict[int, int]] = {}
+    for ref, part, p, nbytes in held:
+        if ref() is not None:
+            alive.setdefault(part, {})[p] = nbytes
+    out.loss.backward()
+    return {part: sum(d.values()) for part, d in alive.items()}
+
+
+@pytest.mark.xfail(strict=True, reason="Mllama's vision model and cross-attention saves are not replayed "
+                                       "(vision.py UNMODELLED_DETAIL): the target a replay must meet")
+def test_mllama_vision_saves_equal_torch() -> None:
+    """Measured (torch 2.13 CPU, transformers 5.24, LoRA all-linear r=4): the vision model keeps 1,092,624 B, the
+    projector 41,600 B; the cross-attention layer 431,112 B against 302,400 B for self-attention layer 0."""
+    measured = _mllama_step_saves("lora", "all")
+    spec = _spec(TINY_MLLAMA, "tiny-mllama")
+    setup = Setup(method="lora", precision="32-true", batch=2, seq=40, image_tokens=1, train_vision="all",
+                  lora=LoraConfig(targets=("all-linear",), r=4))
+    est = estimate(spec, setup)
+    vision = sum(c.bytes for c in est.components if c.name.startswith("activations/vision_"))
+    assert vision == measured["tower"] + measured["projector"]
