@@ -63,8 +63,8 @@ other multimodal classes' vision activations; LLaVA with several feature layers;
 mask in training (``token_type_ids``), which would rule out the flash kernel for the text layers.
 
 ``--train-vision`` (what of the vision side ``--method`` trains): ``all`` (tower and projector, as the text
-model), ``projector`` (tower frozen), ``none`` (both frozen; LLaMA-Factory 0.9.6 ``freeze_vision_tower`` /
-``freeze_multi_modal_projector`` default True, ``hparams/finetuning_args.py:546-553``; ms-swift 4.6
+model), ``projector`` (tower frozen), ``none`` (both frozen; LLaMA-Factory 0.9.5 ``freeze_vision_tower`` /
+``freeze_multi_modal_projector`` default True, ``hparams/finetuning_args.py:527-534``; ms-swift 4.6
 ``freeze_vit`` / ``freeze_aligner`` default True, ``swift/arguments/tuner_args.py:123-124``). A frozen part keeps
 its weights in the base dtype (``Setup.base_dtype``: under full fine-tuning with -mixed the model is loaded in fp32,
 so a frozen tower stays fp32; LLaMA-Factory 0.9.5 loads the checkpoint's dtype, ``torch_dtype="auto"``
