@@ -21,7 +21,8 @@ from vramplan.stacks import STACKS
 QLORA_DEFAULTS = {
     "hf": dict(kbit_prep=True, grad_ckpt=True, optim="adamw", loss="standard", precision="bf16-mixed"),
     # trl >= 0.26 no longer calls prepare_model_for_kbit_training; SFTConfig GC on since 0.22; fused LM head 1.15
-    "trl": dict(kbit_prep=False, grad_ckpt=True, loss="trl-fused", adapter_dtype="compute"),  # + bf16 QLoRA adapters
+    # ... and SFTTrainer(model=<name>) loads in float32 (trl 1.16.0 trainer/utils.py:1332 dtype default "float32")
+    "trl": dict(kbit_prep=False, grad_ckpt=True, loss="trl-fused", adapter_dtype="compute", frozen_dtype="fp32"),
     "ms-swift": dict(kbit_prep=False, grad_ckpt=True),          # no call in ms-swift 4.6.0; GC on by default
     "llama-factory": dict(kbit_prep=False, grad_ckpt=True),     # own prepare_model_for_training; GC unless disabled
     "axolotl": dict(kbit_prep=False, grad_ckpt=False),          # cast back to bf16 after the upcast; GC off
@@ -83,11 +84,15 @@ def test_kbit_prep_off_removes_exactly_the_fp32_copies():
     the head and the 2*32+1 RMSNorm weights stay bf16, 2 B less per element than fp32."""
     spec = resolve_model("llama-3.1-8b").spec
     weights = {}
-    for stack in ("hf", "trl"):
-        est = estimate(spec, setup_from_options({"method": "qlora", "stack": stack}))
-        weights[stack] = sum(c.bytes for c in est.components if c.name.startswith("weights/"))
+    for name, options in (("hf", {}), ("trl", {"frozen_dtype": "compute"}), ("trl-fp32-load", {})):
+        est = estimate(spec, setup_from_options({"method": "qlora", "stack": name[:3], **options}))
+        weights[name] = sum(c.bytes for c in est.components if c.name.startswith("weights/"))
     v, h, layers = 128_256, 4_096, 32
+    # TRL with model_init_kwargs dtype=bfloat16: nothing upcast
     assert weights["hf"] - weights["trl"] == 2 * (2 * v * h + (2 * layers + 1) * h) == 2_101_878_784
+    # TRL's own default, SFTTrainer(model=<name>) loading in float32 (trl 1.16.0 trainer/utils.py:1332): the parts
+    # left unquantized are fp32, as kbit preparation makes them
+    assert weights["trl-fp32-load"] == weights["hf"]
 
 
 @pytest.mark.parametrize("stack", sorted(s for s in STACKS if s != "hf"))
@@ -303,3 +308,30 @@ def test_a_stacks_vision_default_on_a_text_model_is_not_a_warning(stack):
     # the same value given on the command line of a text model is the user's mistake, and said
     assert any("--train-vision none" in w for w in estimate(spec, setup_from_options(
         {"method": "lora", "train_vision": "none"})).warnings)
+
+
+#: the LoRA options a stack decides (from its source): ms-swift 4.6.0 swift/arguments/tuner_args.py:126
+#: target_modules=['all-linear'], :135 lora_dropout=0.05; llamafactory 0.9.5 hparams/finetuning_args.py:73-83
+#: lora_dropout=0.0, lora_target="all" (every Linear's leaf name but lm_head, model/model_utils/misc.py:28-52)
+@pytest.mark.parametrize(("stack", "targets", "dropout"), [
+    ("ms-swift", ("all-linear",), 0.05), ("llama-factory", ("all-linear",), 0.0), ("hf", None, 0.0),
+    ("axolotl", None, 0.0)])
+def test_stack_lora_defaults(stack, targets, dropout):
+    for method in ("lora", "qlora"):
+        s = setup_from_options({"method": method, "stack": stack})
+        assert (s.lora.targets, s.lora.dropout) == (targets, dropout)
+    from vramplan.setup import Setup
+    api = Setup.create(method="lora", stack=stack)          # the Python API without LoRA options: the same
+    assert (api.lora.targets, api.lora.dropout) == (targets, dropout)
+    # what is given wins; a target regex is a choice of targets; --rank alone keeps the stack's targets
+    given = setup_from_options({"method": "lora", "stack": stack, "targets": "q_proj", "lora_dropout": 0.1})
+    assert (given.lora.targets, given.lora.dropout) == (("q_proj",), 0.1)
+    assert setup_from_options({"method": "lora", "stack": stack, "target_regex": ".*q_proj"}).lora.targets is None
+    assert setup_from_options({"method": "lora", "stack": stack, "rank": 16}).lora.targets == targets
+
+
+def test_ms_swift_all_linear_trains_peft_exact_adapters():
+    # all-linear on Llama-3-8B at r=8: 32 layers x 8 x (4096+4096 + 4096+1024 + 4096+1024 + 4096+4096 +
+    # 3 x (4096+14336)) = 20,971,520, what PEFT's get_nb_trainable_parameters() gives (first principles)
+    e = estimate(resolve_model("llama-3-8b").spec, setup_from_options({"method": "lora", "stack": "ms-swift"}))
+    assert e.params_trainable == 32 * 8 * (8192 + 5120 + 5120 + 8192 + 3 * 18432) == 20_971_520

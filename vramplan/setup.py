@@ -227,8 +227,11 @@ class Setup:
         if refusal is not None:
             raise SetupError(f"--stack {stack.name} {refusal.what} ({refusal.source}): use --gpus 1, or another "
                              "--stack")
+        lora_defaults: dict[str, Any] = {}
         for name, d in stack.defaults_for(quant != "none", method == "full", gpus).items():   # unless given
-            if name == "grad_ckpt":
+            if name in _LORA_OPTION_NAMES:
+                lora_defaults[name] = d.value       # a LoraConfig option: see setup_from_options
+            elif name == "grad_ckpt":
                 grad_ckpt = d.value if grad_ckpt is None else grad_ckpt
             elif kwargs.get(name) is None:
                 kwargs[name] = d.value
@@ -250,7 +253,7 @@ class Setup:
             # prepare_model_for_kbit_training(use_gradient_checkpointing=True) is the QLoRA default.
             grad_ckpt = method == "qlora"
         if method in ("lora", "qlora"):
-            lora = lora if lora is not None else LoraConfig()
+            lora = lora if lora is not None else lora_from_options(lora_defaults) or LoraConfig()
         else:
             lora = None
         if kwargs.get("versions") is not None:
@@ -418,6 +421,7 @@ class Setup:
 SETUP_OPTIONS: tuple[Option, ...] = (*options_of(Setup), *options_of(LoraConfig))
 #: the options of LoraConfig (``rank`` sets ``LoraConfig.r``, ``lora_dropout`` sets ``dropout``)
 LORA_OPTIONS: tuple[Option, ...] = options_of(LoraConfig)
+_LORA_OPTION_NAMES = frozenset(o.name for o in LORA_OPTIONS)
 #: the options of a plan that are not part of its setup: where it runs and what may run
 RUN_OPTIONS: tuple[Option, ...] = (
     Option("gpu", "size-or-name",
@@ -512,7 +516,20 @@ def setup_from_options(values: dict[str, Any]) -> Setup:
     """
     kwargs = {o.field: _option_value(o, values[o.name]) for o in options_of(Setup)
               if values.get(o.name) is not None}
-    return Setup.create(lora=lora_from_options(values), **kwargs)
+    return Setup.create(lora=lora_from_options({**stack_lora_defaults(values), **values}), **kwargs)
+
+
+def stack_lora_defaults(values: dict[str, Any]) -> dict[str, Any]:
+    """The LoRA options the run's ``--stack`` decides and ``values`` (option values by name) leave unset, e.g.
+    ms-swift's ``target_modules=['all-linear']`` and ``lora_dropout=0.05``; a ``--target-regex`` is a choice of
+    targets. Invalid stacks are left to :meth:`Setup.create`'s error."""
+    stack = STACKS.get(str(values.get("stack") or "hf").lower())
+    if stack is None:
+        return {}
+    quantized = str(values.get("quant") or "none").lower() != "none" or str(values.get("method")).lower() == "qlora"
+    return {n: d.value for n, d in stack.defaults_for(quantized).items()
+            if n in _LORA_OPTION_NAMES and values.get(n) is None
+            and not (n == "targets" and values.get("target_regex") is not None)}
 
 
 def setup_kwargs(s: Setup, **changes: Any) -> dict[str, Any]:

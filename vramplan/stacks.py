@@ -140,11 +140,19 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
           notes=("the estimator's reference stack: tests/estimate/test_activations_vs_torch.py and the simulation "
                  "run its real code on CPU",)),
     Stack("trl", "TRL SFTTrainer", "trl 1.16.0",
-          checked_parts=("the fused LM head's saved tensors and peak (tests/estimate/test_loss_kinds_frameworks.py)",),
+          checked_parts=("the fused LM head's saved tensors and peak (tests/estimate/test_loss_kinds_frameworks.py)",
+                         "SFTTrainer's LoRA and QLoRA step on CPU, bf16 and float32 loads, with and without its "
+                         "checkpointing: parameter dtypes, trainable counts, per-layer saved bytes and gradients "
+                         "exact; whole-forward saves with pinned differences (tests/estimate/test_stack_trl_cpu.py)"),
           defaults=(
         Default("kbit_prep", False, f"{_KBIT} since trl 0.26.0 (trl 1.16.0 trainer/sft_trainer.py: no call)"),
         Default("grad_ckpt", True, "SFTConfig.gradient_checkpointing=True since trl 0.22.0 "
                                    "(trl 1.16.0 trainer/base_config.py:62-67)"),
+        Default("frozen_dtype", "fp32", "SFTTrainer(model=<name or path>) loads in float32 unless "
+                                        "model_init_kwargs sets dtype; trl sft's ModelConfig.dtype defaults to "
+                                        "float32 (trl 1.16.0 trainer/utils.py:1332, sft_trainer.py:541-547, "
+                                        "model_config.py:89-95); measured (tests/estimate/test_stack_trl_cpu.py); "
+                                        "--frozen-dtype compute states dtype=bfloat16"),
         Default("loss", "trl-fused", "add_fused_lm_head(outputs=(log_probs, entropy, is_top1)): tiles of min(N, "
                                      "4,096) tokens x 32,768 columns, no batch x seq x vocab logits, since trl 1.15.0 "
                                      "(trl 1.16.0 trainer/sft_trainer.py:1142-1147, :1611; trainer/utils.py:1548-1698; "
@@ -155,8 +163,18 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
     ), unmodelled=(
         Unmodelled("the CPU/torch path of the fused LM head makes about seven more fp32 tiles; the estimate follows "
                    "the CUDA Triton path", "trl 1.16.0 trainer/utils.py:1548-1698", "training"),
+        Unmodelled("under its float32 load the 4-bit base is quantized from fp32 (QuantState.dtype fp32): each "
+                   "dequantization makes an fp32 weight that autocast casts to bf16 (--quant-state-dtype cannot "
+                   "state fp32)", "trl 1.16.0 trainer/utils.py:1332", "quantized"),
     )),
-    Stack("ms-swift", "ms-swift (swift sft)", "ms-swift 4.6.0", defaults=(
+    Stack("ms-swift", "ms-swift (swift sft)", "ms-swift 4.6.0",
+          checked_parts=("its model build, LoRA/QLoRA injection, Seq2SeqTrainer loss and backward on a tiny Llama on "
+                         "CPU: parameters, per-layer and whole-forward saved tensors, checkpoint inputs, gradients "
+                         "(tests/estimate/test_stack_frameworks_cpu.py)",),
+          defaults=(
+        Default("targets", "all-linear", "target_modules=['all-linear'] (ms-swift 4.6.0 swift/arguments/"
+                                         "tuner_args.py:126)"),
+        Default("lora_dropout", 0.05, "lora_dropout=0.05 (ms-swift 4.6.0 swift/arguments/tuner_args.py:135)"),
         Default("kbit_prep", False, f"{_KBIT} (ms-swift 4.6.0: no call in the package; pipelines/train/tuner.py:"
                                     "403-407 only upcasts trainable fp16 parameters)"),
         Default("grad_ckpt", True, "gradient_checkpointing defaults to true (ms-swift 4.6.0 "
@@ -166,8 +184,19 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
                                         "the trained parts only (swift/pipelines/train/tuner.py:92-104, swift/utils/"
                                         "transformers_utils.py:208-260); full: _init_multimodal_full freezes them "
                                         "(tuner_args.py:204-220)"),
+    ), unmodelled=(
+        Unmodelled("use_logits_to_keep (on for text models) computes logits only from the first supervised label "
+                   "on; the estimate keeps every position (an upper bound for prompt-masked SFT)",
+                   "ms-swift 4.6.0 trainers/mixin.py:213-225, :1271-1293"),
     )),
-    Stack("llama-factory", "LLaMA-Factory (llamafactory-cli train)", "llamafactory 0.9.5", defaults=(
+    Stack("llama-factory", "LLaMA-Factory (llamafactory-cli train)", "llamafactory 0.9.5",
+          checked_parts=("its model build, LoRA/QLoRA injection, CustomSeq2SeqTrainer loss and backward on a tiny "
+                         "Llama on CPU: parameters, per-layer and whole-forward saved tensors, checkpoint inputs, "
+                         "gradients (tests/estimate/test_stack_frameworks_cpu.py)",),
+          defaults=(
+        Default("targets", "all-linear", "lora_target='all': the leaf name of every Linear but lm_head "
+                                         "(llamafactory 0.9.5 hparams/finetuning_args.py:81-83, model/model_utils/"
+                                         "misc.py:28-52 find_all_linear_modules)"),
         Default("kbit_prep", False, f"{_KBIT}; its own prepare_model_for_training upcasts nothing by default "
                                     "(llamafactory 0.9.5 model/model_utils/checkpointing.py:143-185)"),
         Default("grad_ckpt", True, "disable_gradient_checkpointing defaults to false (llamafactory 0.9.5 "

@@ -91,6 +91,13 @@ class LayerActivations:
                              tuple(c for c, _ in tr.bwd_candidates), tr.max_bwd_constant, k == first)
                             for k, tr in distinct.items())
         self.head = layout.head.saved_terms
+        if setup.loss == "trl-fused":
+            # TRL's fused head runs the lm_head matmul inside ChunkedLogProbFunction, casting weight tiles there and
+            # saving the weight by reference (trl 1.16.0 kernels/chunked_logprob.py:352-356, :386): of the head
+            # trace only the final norm's saves remain (its hidden copy is loss_bytes'); measured,
+            # tests/estimate/test_stack_trl_cpu.py
+            self.head = tuple(t for t, st in zip(layout.head.saved_terms, layout.head.saved, strict=True)
+                              if st.category == "norms")
         self.resid_k = BYTES[layout.resid_dtype] * spec.hidden_size
         self.num_layers = spec.num_layers
         self.grad_ckpt = setup.grad_ckpt

@@ -151,9 +151,8 @@ def loss_bytes(tokens: int, vocab: int, hidden: int, logits_bytes: int, compute_
       the shifted last chunk when batch > 1; backward starts with one chunk's two gradients. The chunks
       themselves are :func:`logits_kept`;
     * trl-fused: N = batch × (seq − 1) label positions (all valid: an upper bound); saved ``targets`` (int64),
-      ``log_z`` and the entropy (fp32 N each), the label mask (bool) — the compacted hidden states ``hidden[mask]`` (N × hidden) stand in
-      for the head's saved matmul input; forward: the compacted copy (while the final norm's output is still
-      referenced), the projection buffer ``min(N, 4096) × 32,768`` in the matmul dtype (``:347``), casts of the hidden
+      ``log_z`` and the entropy (fp32 N each), the label mask (bool) and the compacted hidden states ``hidden[mask]`` (N × hidden), which stand in
+      for the head's saved matmul input (the head trace keeps only the final norm's saves); forward: the projection buffer ``min(N, 4096) × 32,768`` in the matmul dtype (``:347``), casts of the hidden
       chunk and weight tile when their dtype differs, :data:`TRL_FWD_VECTORS` fp32 vectors; backward: the fp32
       ``grad_hidden`` accumulator, its cast back, the tile, the weight tile's cast and, when the head trains, its
       fp32 gradient accumulator and cast.
@@ -227,8 +226,10 @@ def loss_bytes(tokens: int, vocab: int, hidden: int, logits_bytes: int, compute_
         w_cast = alloc(min(vocab, TRL_TILE_VOCAB) * hidden * mm) if wb != mm else 0
         w_cast2 = (alloc(min(vocab - TRL_TILE_VOCAB, TRL_TILE_VOCAB) * hidden * mm)
                    if wb != mm and vocab > TRL_TILE_VOCAB else 0)
-        saved = alloc(8 * N) + 2 * alloc(4 * N) + alloc(N)      # + the bool label mask hidden[mask] saves
-        fwd = alloc(N * hidden * hb) + tile + TRL_FWD_VECTORS * alloc(4 * N) + w_cast + h_cast
+        # + the bool label mask hidden[mask] saves, and the compacted hidden states ChunkedLogProbFunction saves
+        # (kernels/chunked_logprob.py:386), alive through backward (measured, tests/estimate/test_stack_trl_cpu.py)
+        saved = alloc(8 * N) + 2 * alloc(4 * N) + alloc(N) + alloc(N * hidden * hb)
+        fwd = tile + TRL_FWD_VECTORS * alloc(4 * N) + w_cast + h_cast
         bwd = (alloc(N * hidden * 4) + (alloc(N * hidden * hb) if hb != 4 else 0) + tile + h_cast + w_cast
                + w_cast2 + alloc(4 * N))
         if head_trainable:
