@@ -40,6 +40,8 @@ OPTIMS: tuple[str, ...] = ("adamw", "adamw-foreach", "adamw-8bit", "paged-adamw"
 ATTNS: tuple[str, ...] = ("sdpa", "flash", "eager")
 LOSSES: tuple[str, ...] = ("standard", "chunked", "torchtune-chunked", "litgpt-chunked", "trl-fused", "litgpt-full")
 STRATEGIES: tuple[str, ...] = ("ddp", "fsdp", "fsdp1", "fsdp-grad-op", "zero1", "zero2", "zero3")
+#: FSDP2 unit layouts (vramplan.estimate.distributed.FSDP_UNIT_LAYOUTS, checked equal in tests)
+FSDP_UNITS: tuple[str, ...] = ("accelerate", "root")
 OFFLOADS: tuple[str, ...] = ("none", "optimizer", "params")
 ADAPTER_DTYPES: tuple[str, ...] = ("auto", "fp32", "compute")
 FROZEN_DTYPES: tuple[str, ...] = ("compute", "fp32")
@@ -172,6 +174,12 @@ class Setup:
     strategy: str = option("ddp", kind="choice", choices=STRATEGIES, unset=True,
                            help="Multi-GPU strategy (default: ddp, or the --stack's).")
     offload: str = option("none", kind="choice", choices=OFFLOADS, help="CPU offload (ZeRO / FSDP).")
+    fsdp_units: str = option("accelerate", kind="choice", choices=FSDP_UNITS, unset=True,
+                             help="FSDP2 units (--strategy fsdp / fsdp-grad-op): accelerate (every decoder layer, the "
+                                  "input embedding, and [final norm, lm_head] kept gathered after forward, as "
+                                  "accelerate's fsdp2_prepare_model) or root (every decoder layer, then one root unit "
+                                  "holding the embedding, final norm and head, gathered from forward to the end of "
+                                  "backward, as LitGPT and torchtune shard). Default: accelerate, or the --stack's.")
     # inference: how many of `seq` tokens are generated (the rest is the prompt); 0 = prefill only
     new_tokens: int = option(0, kind="int", help="Inference: tokens generated after the prompt (part of --seq).")
     logits: str = option("last", kind="choice", choices=("last", "all"),
@@ -396,7 +404,8 @@ class Setup:
         for k in ("lengths", "alloc_conf", "max_memory"):     # only when given: plans without them keep their JSON
             if d[k] is None:
                 del d[k]
-        for k, default in (("device_map", "none"), ("target_seq", 0), ("image_tokens", 0), ("train_vision", "all")):
+        for k, default in (("device_map", "none"), ("target_seq", 0), ("image_tokens", 0), ("train_vision", "all"),
+                           ("fsdp_units", "accelerate")):
             if d[k] == default:     # only when given: plans of text-only decoder models keep their JSON
                 del d[k]
         d["quant_skip"] = list(self.quant_skip)

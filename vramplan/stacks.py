@@ -247,6 +247,12 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
                                     "then the root (torchtune 0.6.1 recipes/lora_finetune_distributed.py:472-484, "
                                     "full_finetune_distributed.py:583-596; training/_distributed.py:519-568 "
                                     "shard_model)", gpus="multi"),
+        Default("fsdp_units", "root", "shard_model: fully_shard on every layers.i, then on the root holding "
+                                      "tok_embeddings, norm and output, all reshard_after_forward=True: the root is "
+                                      "resharded when forward returns and gathered again for backward (the estimate "
+                                      "keeps it gathered: an upper bound) (torchtune 0.6.1 training/_distributed.py:"
+                                      "519-568; torch 2.13 _fully_shard/_fsdp_state.py:395-420); measured on 2 gloo "
+                                      "ranks (tests/estimate/test_fsdp_units.py)", gpus="multi"),
     ), accepts=(
         Accepts("quant", ("nf4",), "quantizes its QLoRA base with torchao's to_nf4 only (LoRALinear(quantize_base="
                 "True), FrozenNF4Linear)", "torchtune 0.6.1 modules/peft/lora.py:74-78, modules/low_precision/"
@@ -258,9 +264,9 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
                 "lets a config change", "torchao 0.10.0 dtypes/nf4tensor.py:988-990 to_nf4; torchtune 0.6.1 "
                 "models/llama3_1/_component_builders.py"),
     ), unmodelled=(
-        Unmodelled("on more than one GPU the FSDP2 units are each layer, the custom_sharded_layers of the config "
-                   "(['tok_embeddings', 'output'] in 7 of its 71 distributed configs) and the root holding the rest; "
-                   "the estimate uses accelerate's units (the embedding and [norm, head] apart)",
+        Unmodelled("a config's custom_sharded_layers (['tok_embeddings', 'output'] in 7 of its 71 distributed "
+                   "configs) make the embedding and the head units of their own, resharded after forward; the "
+                   "estimate keeps them in the root unit (an upper bound)",
                    "torchtune 0.6.1 training/_distributed.py:470-568 get_shard_conditions, shard_model", "training",
                    gpus="multi"),
     )),
@@ -278,6 +284,11 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
                                    "activation_checkpointing_policy={Block})", gpus="multi"),
         Default("strategy", "fsdp", "ModelParallelStrategy(parallelize_fn): fully_shard on every Block and the root, "
                                     "FSDP2 (litgpt 0.5.13 finetune/lora.py:152-162, :522-541)", gpus="multi"),
+        Default("fsdp_units", "root", "parallelize_fn: fully_shard on every Block, then fully_shard(model) with "
+                                      "reshard_after_forward unset: the root (wte, ln_f, lm_head) is not resharded "
+                                      "after forward and is freed at the end of backward (litgpt 0.5.13 finetune/"
+                                      "lora.py:522-541; torch 2.13 _fully_shard/_fsdp_state.py:203-207, :395-420); "
+                                      "measured on 2 gloo ranks (tests/estimate/test_fsdp_units.py)", gpus="multi"),
         Default("strategy", "fsdp1", "FSDPStrategy(auto_wrap_policy={Block}), FULL_SHARD (litgpt 0.5.13 finetune/"
                                      "full.py:107-114; lightning 2.6.6 fabric/strategies/fsdp.py:151)", "full",
                 gpus="multi"),
@@ -331,11 +342,6 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
         Refusal("cannot train a quantized base on more than one GPU (NotImplementedError: 'Quantization is currently "
                 "not supported for multi-GPU training')", "litgpt 0.5.13 finetune/lora.py:152-156", "quantized",
                 gpus="multi"),
-    ), unmodelled=(
-        Unmodelled("on more than one GPU, LoRA's FSDP2 units are each Block and the root (embedding, final norm and "
-                   "head in one unit, gathered from forward to the end of backward); the estimate uses accelerate's "
-                   "units (the embedding and [norm, head] apart)", "litgpt 0.5.13 finetune/lora.py:522-541",
-                   "lora", gpus="multi"),
     )),
     Stack("unsloth", "Unsloth (FastLanguageModel + TRL)", "unsloth 2026.10.9", defaults=(
         Default("kbit_prep", False, "its own prepare_model_for_training upcasts nothing frozen (unsloth_zoo "
