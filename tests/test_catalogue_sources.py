@@ -47,6 +47,7 @@ LITGPT = {
     "phi-1.5": ("phi-1_5", 24, 2048, 32, 64, 32, 8192, 0, 0, 0, 51200, 2048, 10000, True, False),
     # block_size 4096 in litgpt; the profile is the Hub file (context 131072 with longrope)
     "phi-3.5-mini": ("Phi-3.5-mini-instruct", 32, 3072, 32, 96, 32, 8192, 0, 0, 0, 32064, 4096, 10000, False, False),
+    "qwen2.5-math-1.5b": ("Qwen2.5-Math-1.5B", 28, 1536, 12, 128, 2, 8960, 0, 0, 0, 151936, 4096, 10000, True, False),
     "qwen2.5-math-7b": ("Qwen2.5-Math-7B", 28, 3584, 28, 128, 4, 18944, 0, 0, 0, 152064, 4096, 10000, True, False),
     "qwen2.5-math-72b": ("Qwen2.5-Math-72B", 80, 8192, 64, 128, 8, 29568, 0, 0, 0, 152064, 4096, 10000, True, False),
     "qwen2.5-7b-instruct-1m": ("Qwen2.5-7B-Instruct-1M", 28, 3584, 28, 128, 4, 18944, 0, 0, 0, 152064, 1010000,
@@ -108,7 +109,9 @@ TIED = {
     "llama-7b": False, "llama-13b": False,   # the printed trees: lm_head Linear beside embed_tokens
     "qwen1.5-moe-a2.7b": False, "qwen2-57b-a14b": False,   # the config copies
     # as Qwen2.5-7B/72B (the Math cards' base_model), and the 1M models are Qwen2.5-7B/14B with a longer context
-    "qwen2.5-math-7b": False, "qwen2.5-math-72b": False, "qwen2.5-7b-instruct-1m": False,
+    "qwen2.5-math-7b": False, "qwen2.5-math-72b": False,
+    "qwen2.5-7b-instruct-1m": False,
+    "qwen2.5-math-1.5b": True,   # as Qwen2.5-1.5B, its card's base_model (bundled qwen2.5-1.5b: tied, Hub total below)
     "qwen2.5-14b-instruct-1m": False,
     "falcon-40b": True, "falcon-180b": True,   # FalconForCausalLM ties lm_head to word_embeddings (its default)
     "qwen3-235b-a22b": False, "qwen3-235b-a22b-instruct-2507": False, "qwen3-30b-a3b-instruct-2507": False,
@@ -301,6 +304,8 @@ FRAMEWORK_IDS = {
     "microsoft/Phi-3-mini-128k-instruct": ("phi-3.5-mini", f"{TR} docs/source/dataset_formats.md"),
     "Qwen/Qwen1.5-MoE-A2.7B": ("qwen1.5-moe-a2.7b", f"{AX} examples/archived/qwen/qwen2-moe-lora.yaml"),
     "Qwen/Qwen2-57B-A14B-Instruct": ("qwen2-57b-a14b", f"{SW} examples/megatron/moe/moe.sh"),
+    "Qwen/Qwen2.5-Math-1.5B": ("qwen2.5-math-1.5b", f"{SW} examples/train/full/dft.sh"),
+    "Qwen/Qwen2.5-Math-1.5B-Instruct": ("qwen2.5-math-1.5b", f"{TR} docs/source/sdpo_trainer.md"),
     "Qwen/Qwen2.5-Math-7B": ("qwen2.5-math-7b", f"{SW} examples/train/grpo/multi_node/colocate_multi_node1.sh"),
     "trl-internal-testing/tiny-Qwen2ForCausalLM-2.5": ("tiny-qwen2-trl", f"{TR} docs/source/grpo_with_replay_buffer.md"),
     "huggyllama/llama-7b": ("llama-7b", f"{AX} examples/archived/jeopardy-bot/config.yml"),
