@@ -6,7 +6,7 @@ Hub id, the number of example files that name it per framework, and the first fi
 (``output/...``, ``saves/...``, ``megatron_output/...``, ``models/...``, checkpoints) are not Hub ids and are left out.
 
     python profiles/tools/framework_ids.py --mirror DIR --torchtune-wheel torchtune-0.6.1-py3-none-any.whl
-    python profiles/tools/framework_ids.py --coverage      # how many of the listed ids resolve offline
+    python profiles/tools/framework_ids.py --coverage      # how many resolve offline; rewrites framework_unresolved.tsv
 
 ``DIR`` holds ``<owner>+<name>/repo`` bare mirrors (``git clone --bare``) of the four repositories below.
 """
@@ -25,6 +25,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 TSV = HERE / "framework_ids.tsv"
+UNRESOLVED = HERE / "framework_unresolved.tsv"   # rewritten by --coverage: the ids that do not resolve, and why
 
 #: framework -> (repository, commit, folders whose files are examples, file suffixes read)
 SOURCES = {
@@ -97,6 +98,31 @@ def read() -> list[dict]:
         return list(csv.DictReader(fh, delimiter="\t"))
 
 
+#: why an id is not bundled, first matching rule wins (checked 2026-12-04 against litgpt 0.5.13 config.py, torchtune
+#: 0.6.1 builders and transformers 5.24.0's configuration defaults; a class's defaults were taken only where they equal
+#: the checkpoint: gpt_oss's are 36 layers x 128 experts (gpt-oss-120b, not the 20b its docstring names), deepseek_v2's
+#: 4096 wide x 32 layers (not DeepSeek-V2-Lite), mpt's 2048 wide (not mpt-7b), mamba's 768 wide (not mamba-2.8b))
+REASONS = [
+    (re.compile(r"AWQ|GPTQ|FP8|NVFP4|bnb-|BNB-|AQLM|prequantized|2of4|-Int[48]\b", re.I),
+     "pre-quantized checkpoint: planned from its own quantization_config, not a bundled 16-bit profile"),
+    (re.compile(r"LoRA$", re.I), "a PEFT adapter, not a base model"),
+    (re.compile(r"reward|-rm$|RM-|PRM|Reranker|reranker|Embedding|embed|bge-|gte-|bert|jina", re.I),
+     "reward / classifier / embedding / reranker head: not a causal LM profile (or no offline config naming its head)"),
+    (re.compile(r"VL|Vision|Omni|llava|pixtral|SmolVLM|OCR|Audio|Voxtral|gemma-3n|gemma-4|Emu3|MiniCPM-V|Ovis|Keye"
+                r"|multimodal|Llama-4|GLM-4\.6V|GLM-5|Qwen3\.5|TTS|snac|orpheus|diffusion", re.I),
+     "multimodal / audio checkpoint: no offline config.json copy with its vision or audio tower"),
+    (re.compile(r"mamba|Jamba|Falcon-H1|LFM2|Qwen3-Next|Nemotron-3|granite-4\.0|Kimi-Linear|Falcon-E", re.I),
+     "hybrid or state-space model: no offline config copy equal to the checkpoint"),
+    (re.compile(r"btlm|replit|MiMo|Moonlight|MiniMax|dbrx|internlm2-1_8b|Hunyuan", re.I),
+     "remote-code or converted architecture without an offline config copy"),
+]
+NO_SOURCE = "no offline source of its shapes: no litgpt 0.5.13 row, torchtune 0.6.1 builder or config.json copy found"
+
+
+def reason(model_id: str) -> str:
+    return next((why for rx, why in REASONS if rx.search(model_id)), NO_SOURCE)
+
+
 def coverage(verbose: bool = False) -> tuple[int, int]:
     os.environ["HF_HUB_OFFLINE"] = "1"
     sys.path.insert(0, str(HERE.parents[1]))
@@ -105,14 +131,21 @@ def coverage(verbose: bool = False) -> tuple[int, int]:
 
     ok = 0
     rows = read()
+    missed = []
     for r in rows:
         try:
             hit = resolve_model(r["model_id"]).origin in ("profile", "quantized")
         except VramplanError:
             hit = False
         ok += hit
+        if not hit:
+            missed.append((r["model_id"], r["files"], reason(r["model_id"])))
         if verbose and not hit:
-            print(f"unresolved\t{r['files']}\t{r['model_id']}")
+            print(f"unresolved\t{r['files']}\t{r['model_id']}\t{reason(r['model_id'])}")
+    with UNRESOLVED.open("w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        w.writerow(["model_id", "files", "why_not_bundled"])
+        w.writerows(missed)
     return ok, len(rows)
 
 
