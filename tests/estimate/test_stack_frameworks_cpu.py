@@ -161,11 +161,6 @@ def _cpu_layer(stack: str, name: str, i: int) -> Counter:
             out[(n * BYTES[noise], noise)] += 1          # CPU: a noise tensor in the input's dtype, not a mask
         else:
             out[(n, x.dtype)] += 1
-    if i == 0 and s.lora.dropout and not st.layer_traces[0].input_saved:
-        H, r = _spec(stack).hidden_size, s.lora.r
-        over = Counter({(T * H * BYTES[noise], noise): 3, (r * H * 2, "bf16"): 3})
-        assert over <= out
-        out -= over
     return out
 
 

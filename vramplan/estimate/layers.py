@@ -410,11 +410,14 @@ class Program:
         else:
             xa = tr.cast(x, lin.lora_dtype, f"{name} input.to({lin.lora_dtype}) (peft _cast_input_dtype)")
         if lin.dropout > 0:
-            # native_dropout (CUDA) saves a bool mask
+            # native_dropout (CUDA) saves a bool mask, only when its input requires grad (layer 0's q/k/v input,
+            # a frozen embedding's output, does not: then nothing is saved and lora_A's input needs no grad either;
+            # measured on LLaMA-Factory's and ms-swift's real steps, tests/estimate/test_stack_frameworks_cpu.py)
             mask = tr.new(f"{name} lora_dropout mask", xa.size, "bool", False)
-            d = tr.new(f"{name} lora_dropout output", xa.size, xa.dtype, True)
+            d = tr.new(f"{name} lora_dropout output", xa.size, xa.dtype, xa.rg)
             tr.op("dropout", (xa,), (d, mask))
-            tr.save("dropout", mask)
+            if xa.rg:
+                tr.save("dropout", mask)
             xa = d
         xi = tr.autocast_in(xa)
         self._adapter_weight(tr, f"{name}.lora_A.weight", r * lin.in_f, lin.lora_dtype, xi.rg)
