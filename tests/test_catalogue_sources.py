@@ -420,3 +420,37 @@ def test_mirrors_the_registries_disagree_on_are_not_bundled(monkeypatch):
     for mirror in ("AI-ModelScope/gemma-2b-it", "AI-ModelScope/gemma-7b", "AI-ModelScope/Mixtral-8x22B-v0.1"):
         with pytest.raises(UnknownModelError):
             resolve_model(mirror)
+
+
+# ------------------------------------------------ the list of framework example ids (profiles/tools/framework_ids.py)
+IDS_TSV = MODELS.parent / "tools" / "framework_ids.tsv"
+
+
+def _listed_ids() -> dict[str, int]:
+    import csv
+
+    with IDS_TSV.open(encoding="utf-8") as fh:
+        return {r["model_id"]: int(r["files"]) for r in csv.DictReader(fh, delimiter="\t")}
+
+
+def test_framework_ids_pinned_here_are_in_the_list():
+    listed = _listed_ids()
+    assert len(listed) == 279
+    missing = [i for i in FRAMEWORK_IDS if i not in listed]
+    assert not missing, missing
+
+
+def test_framework_id_coverage(monkeypatch):
+    """93 of the 279 listed ids resolve offline to a profile or a bundled quantized checkpoint (91 before issue 16's
+    Qwen2.5-Math-1.5B profile); dropping a profile or alias lowers it."""
+    from vramplan.errors import VramplanError
+    from vramplan.profiles import resolve_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ok = 0
+    for model_id in _listed_ids():
+        try:
+            ok += resolve_model(model_id).origin in ("profile", "quantized")
+        except VramplanError:
+            pass
+    assert ok == 93
