@@ -116,6 +116,9 @@ class Stack:
     #: the library that stores and runs nf4 base weights: "bnb" (bitsandbytes Linear4bit) or "torchao" (its
     #: NF4Tensor and linear_nf4: torchtune's LoRALinear(quantize_base=True))
     nf4_kernel: str = "bnb"
+    #: full fine-tuning loads the checkpoint in its own dtype and upcasts only the trainable parameters to fp32, so
+    #: frozen parts (a vision tower under --train-vision) stay 16-bit where the HF Trainer's fp32 load makes them fp32
+    frozen_in_checkpoint_dtype: bool = False
 
     def defaults_for(self, quantized: bool, full: bool = False, gpus: int = 1) -> dict[str, Default]:
         """The defaults that apply to a setup, by option (the later of two for one option wins)."""
@@ -189,7 +192,10 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
                    "on; the estimate keeps every position (an upper bound for prompt-masked SFT)",
                    "ms-swift 4.6.0 trainers/mixin.py:213-225, :1271-1293"),
     )),
+    # frozen_in_checkpoint_dtype: torch_dtype="auto" (llamafactory 0.9.5 model/loader.py:155), then only trainable
+    # parameters upcast to fp32 (model/adapter.py:38-54 _setup_full_tuning, :313-328)
     Stack("llama-factory", "LLaMA-Factory (llamafactory-cli train)", "llamafactory 0.9.5",
+          frozen_in_checkpoint_dtype=True,
           checked_parts=("its model build, LoRA/QLoRA injection, CustomSeq2SeqTrainer loss and backward on a tiny "
                          "Llama on CPU: parameters, per-layer and whole-forward saved tensors, checkpoint inputs, "
                          "gradients (tests/estimate/test_stack_frameworks_cpu.py)",),

@@ -235,9 +235,6 @@ def warnings(spec: ModelSpec, setup: Setup) -> list[str]:
                    f"modelled (modelled: Gemma3ForConditionalGeneration, LlavaForConditionalGeneration with one feature layer, "
                    f"Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration); its tower and projector are weights "
                    f"(trained per --train-vision {setup.train_vision}), the image tokens text tokens of --seq")
-    frozen = _frozen_parts_overstated(spec, setup)
-    if frozen:
-        out.append(frozen)
     if setup.image_tokens and setup.act_offload and setup.training and tower_of(spec) is not None:
         out.append("--act-offload with --image-tokens: the vision tower's and projector's saves are kept on the GPU "
                    "in this plan (an offloader's saved-tensor hooks would move them too): an upper bound")
@@ -297,27 +294,6 @@ def _llama4_unmodelled(spec: ModelSpec, setup: Setup) -> str:
 
 #: multimodal model types whose vision side is not replayed, with what exactly the plan leaves out
 UNMODELLED_DETAIL = {"mllama": _mllama_unmodelled, "llama4": _llama4_unmodelled}
-
-
-def _frozen_parts_overstated(spec: ModelSpec, setup: Setup) -> str:
-    """LLaMA-Factory 0.9.5 loads the checkpoint in its own dtype (``torch_dtype="auto"``, ``model/loader.py:155``;
-    bf16 for the Gemma-3, Qwen-VL, LLaVA and Llama-3.2-Vision checkpoints) and, under full fine-tuning, upcasts only
-    the trainable parameters to fp32 (``model/adapter.py:38-54 _setup_full_tuning``, ``:313-328``): the frozen
-    tower and projector stay 16-bit, where the plan places them in ``Setup.base_dtype`` (fp32 under -mixed)."""
-    if not (setup.stack == "llama-factory" and setup.method == "full" and setup.training and setup.mixed
-            and setup.base_dtype == "fp32" and spec.is_multimodal):
-        return ""
-    from .weights import FROZEN_VISION
-
-    frozen = FROZEN_VISION.get(setup.train_vision, ())
-    n = sum(t.numel for t in spec.tensors if t.tied_to is None and t.role in frozen)
-    if not n:
-        return ""
-    return (f"--stack llama-factory, full fine-tuning with --train-vision {setup.train_vision}: the frozen "
-            f"{' and '.join(r.replace('vision_', '') for r in frozen)} ({n:,} parameters) are placed fp32 here, "
-            "but LLaMA-Factory keeps them in the checkpoint's dtype (torch_dtype='auto', llamafactory 0.9.5 "
-            "model/loader.py:155) and upcasts only trainable parameters (model/adapter.py:38-54): weights overstated "
-            f"by {n * 2:,} B for a bf16 checkpoint")
 
 
 # ------------------------------------------------------------------------------------------- the trace

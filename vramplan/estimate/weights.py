@@ -157,7 +157,9 @@ def place_weights(spec: ModelSpec, setup: Setup, kernel: str | None = None) -> l
         if setup.method == "full" and t.role not in frozen_vision:
             dtype, trainable = setup.trainable_dtype, True
         elif setup.method == "full":     # --train-vision: a frozen part stays in the base dtype, untrained
-            dtype, trainable = setup.base_dtype, False
+            # ... or in the checkpoint's 16-bit dtype where the stack upcasts only what trains (LLaMA-Factory)
+            dtype, trainable = (setup.compute_dtype if STACKS[setup.stack].frozen_in_checkpoint_dtype
+                                else setup.base_dtype), False
         else:
             dtype, trainable = setup.base_dtype, False
             if kbit_prep and dtype in ("bf16", "fp16"):
