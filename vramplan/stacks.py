@@ -119,6 +119,9 @@ class Stack:
     #: full fine-tuning loads the checkpoint in its own dtype and upcasts only the trainable parameters to fp32, so
     #: frozen parts (a vision tower under --train-vision) stay 16-bit where the HF Trainer's fp32 load makes them fp32
     frozen_in_checkpoint_dtype: bool = False
+    #: its adapter loader calls model.enable_input_require_grads() whatever the setup, so the residual stream
+    #: entering layer 0 requires grad and layer 0 saves what a frozen embedding's output would not need
+    input_requires_grad: bool = False
 
     def defaults_for(self, quantized: bool, full: bool = False, gpus: int = 1) -> dict[str, Default]:
         """The defaults that apply to a setup, by option (the later of two for one option wins)."""
@@ -212,10 +215,16 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
                                         "parts (model/model_utils/misc.py:28-48, visual.py:173-211; adapter.py:"
                                         "206-213); full: _setup_full_tuning freezes them (adapter.py:38-54)"),
     )),
-    Stack("axolotl", "axolotl (axolotl train)", "axolotl 0.21.0", defaults=(
+    # input_requires_grad: load_adapter always calls model.enable_input_require_grads() (axolotl 0.21.0
+    # loaders/adapter.py:526-527); measured (tests/estimate/test_stack_axolotl_cpu.py)
+    Stack("axolotl", "axolotl (axolotl train)", "axolotl 0.21.0", input_requires_grad=True,
+          checked_parts=("its config validation, ModelLoader, load_adapter, AxolotlTrainer loss and backward on a tiny "
+                         "Llama on CPU, LoRA/QLoRA with and without gradient checkpointing: parameters, per-layer and "
+                         "whole-forward saves, gradients (tests/estimate/test_stack_axolotl_cpu.py)",),
+          defaults=(
         Default("kbit_prep", False, "prepare_model_for_kbit_training is called, then norms, embeddings and head "
                                     "are cast back to bf16: at steady state no fp32 copies and a bf16 residual "
-                                    "stream (axolotl 0.21.0 loaders/model.py:606-646, :1407-1468)"),
+                                    "stream (axolotl 0.21.0 loaders/model.py:1436-1444 the call, :606-646, :1407-1468)"),
         Default("grad_ckpt", False, "gradient_checkpointing defaults to off and is what it passes to "
                                     "prepare_model_for_kbit_training(use_gradient_checkpointing=...) (axolotl "
                                     "0.21.0 utils/schemas/config.py:641-676)"),

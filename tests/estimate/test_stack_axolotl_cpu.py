@@ -14,9 +14,9 @@ Two things the script answers as a GPU would (its docstring): ``bf16: auto`` ask
 (axolotl 0.21.0 utils/config/__init__.py:163-200), which a CPU answers False (fp16 then); and the trainer's
 ``TrainingArguments`` get ``use_cpu=True``.
 
-Exact, storage for storage, except one difference vramplan's stack gets wrong (pinned, ``_layer0_input_grad_extra``:
-axolotl always calls ``enable_input_require_grads``, so without checkpointing layer 0 saves 18,176 B more here than
-the trace: its input norm's fp32 upcast and rsqrt and three lora_A autocast copies). Not modelled and pinned: ``nll_loss``'s int64 targets (8 B per token) and 0-dim total
+Exact, storage for storage (axolotl always calls ``enable_input_require_grads``, loaders/adapter.py:526-527, so
+without checkpointing layer 0 saves its input norm's fp32 upcast and rsqrt and three lora_A autocast copies:
+18,176 B here, ``Stack.input_requires_grad``). Not modelled and pinned: ``nll_loss``'s int64 targets (8 B per token) and 0-dim total
 weight (4 B); without checkpointing the rotary cos/sin (``(1, seq, head_dim)`` bf16, made once, saved by every
 layer). ``lora_dropout`` is 0.0 by axolotl's default (utils/schemas/peft.py:96), so no CPU/CUDA dropout difference.
 The live-byte peaks are recorded, not compared (CPU-only buffers, as test_stack_frameworks_cpu.py says).
@@ -106,20 +106,6 @@ def test_parameters_as_built(name):
         assert {e["quant_state_dtype"] for e in measured.values() if e["dtype"] == "nf4"} == {s.compute_dtype}
 
 
-def _layer0_input_grad_extra(s: Setup) -> Counter:
-    """What layer 0 saves because axolotl's ``load_adapter`` calls ``model.enable_input_require_grads()`` for every
-    adapter (axolotl 0.21.0 loaders/adapter.py:526-527), so the frozen embedding's output requires grad, which
-    vramplan assumes only under kbit preparation with checkpointing (estimate/structure.py
-    ``_embedding_output_requires_grad``): the input RMSNorm's fp32 upcast of its input (T x H x 4 B) and its fp32
-    rsqrt (T x 4 B), and the bf16 autocast copies of the q/k/v ``lora_A`` weights (r x H x 2 B each), whose input
-    gradient is now needed. Not modelled by ``--stack axolotl``: pinned here so that a fix shows up (the trace then
-    equals the measurement and this test must drop the term)."""
-    if s.grad_ckpt:
-        return Counter()
-    H, r = SPEC.hidden_size, DATA["rank"]
-    return Counter({(T * H * 4, "fp32"): 1, (T * 4, "fp32"): 1, (r * H * 2, "bf16"): 3})
-
-
 def _head(st) -> Counter:
     """After the last layer: the head trace, the fp32 log_softmax output, nll_loss's int64 targets and 0-dim
     total weight (the last two not modelled)."""
@@ -143,8 +129,6 @@ def test_saved_per_layer_exact(name):
         for i, tr in enumerate(st.layer_traces):
             got = Counter(tuple(x) for x in case["saved_per_layer"][str(i)])
             want = Counter((x.nbytes(T, BSS), x.dtype) for x in tr.saved)
-            if i == 0:
-                want += _layer0_input_grad_extra(s)
             assert got == want, (i, sorted((got - want).items()), sorted((want - got).items()))
     assert Counter(tuple(x) for x in case["saved_per_layer"]["-1"]) == _head(st)
 
@@ -166,7 +150,6 @@ def test_whole_forward_saved_bytes(name):
         head_dim = SPEC.hidden_size // SPEC.config["num_attention_heads"]
         assert outside == Counter({(DATA["seq"] * head_dim * 2, "bf16"): 2}), "rotary cos and sin, not modelled"
         layers = Counter((x.nbytes(T, BSS), x.dtype) for tr in st.layer_traces for x in tr.saved)
-        layers += _layer0_input_grad_extra(s)
     want = layers + _head(st) + outside
     assert case["saved_all"]["bytes"] == sum(n * k for (n, _), k in want.items())
     assert case["saved_all"]["count"] == sum(want.values())

@@ -19,6 +19,7 @@ from ..lora import LoraConfig, LoraPlan, plan_lora
 from ..memo import IdCache
 from ..setup import Setup
 from ..shapes.spec import ModelSpec
+from ..stacks import STACKS
 from .graph import Size, Storage, Tracer, prune, tok
 from .layers import LayerInfo, Program, UnknownLayout, build_layers
 from .seq2seq import Seq2SeqTrace, is_seq2seq, seq2seq_trace
@@ -250,6 +251,8 @@ def _embedding_output_requires_grad(spec: ModelSpec, setup: Setup, plan: LoraPla
         # prepare_model_for_kbit_training(use_gradient_checkpointing=True) calls enable_input_require_grads()
         # (peft/utils/other.py, for reentrant checkpointing)
         return True
+    if setup.method in ("lora", "qlora") and STACKS[setup.stack].input_requires_grad:
+        return True         # its loader calls enable_input_require_grads() (axolotl)
     if plan is None:
         return False
     emb = {p.tensor.module for p in placements if p.tensor.role in ("embedding", "position_embedding")}
