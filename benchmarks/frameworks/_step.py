@@ -224,6 +224,24 @@ def batch(vocab: int, seed: int = 0) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
 
 
+def record(framework: str, module: str, *more: str) -> dict:
+    """A result file's head: the versions measured with (the framework's, torch's and the libraries every framework
+    here runs, plus ``more``), the tiny model, batch, sequence and rank; ``cases`` to fill."""
+    import importlib
+    modules = {framework: module, **{m: m for m in ("transformers", "peft", "accelerate", "bitsandbytes", *more)}}
+    versions = {name: importlib.import_module(m).__version__ for name, m in modules.items()}
+    return {"versions": {**versions, "torch": torch.__version__}, "config": TINY_LLAMA, "batch": BATCH, "seq": SEQ,
+            "rank": RANK, "cases": {}}
+
+
+def lora_qlora_cases(out: dict, run, path: str) -> None:
+    """``run(path, quantized=, grad_ckpt=)`` for LoRA and QLoRA, with and without checkpointing, into ``out``."""
+    for quantized in (False, True):
+        for gc in (True, False):
+            out["cases"][f"{'qlora' if quantized else 'lora'}-{'gc' if gc else 'nogc'}"] = run(
+                path, quantized=quantized, grad_ckpt=gc)
+
+
 def dump(res: dict) -> None:
     """Write the results to the path given as the first argument (the frameworks log to stdout), else print."""
     import sys

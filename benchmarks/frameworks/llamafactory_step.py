@@ -39,7 +39,19 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from _step import BATCH, RANK, SEQ, TINY_LLAMA, batch, compact, dump, params, step, tiny_checkpoint  # noqa: E402
+from _step import (  # noqa: E402
+    BATCH,
+    RANK,
+    TINY_LLAMA,
+    batch,
+    compact,
+    dump,
+    lora_qlora_cases,
+    params,
+    record,
+    step,
+    tiny_checkpoint,
+)
 
 
 def run(path: str, *, quantized: bool, grad_ckpt: bool) -> dict:
@@ -79,21 +91,10 @@ def run(path: str, *, quantized: bool, grad_ckpt: bool) -> dict:
 
 
 def main() -> None:
-    import accelerate
-    import bitsandbytes
-    import llamafactory
-    import peft
-    import transformers
     path = tiny_checkpoint(tempfile.mkdtemp(prefix="lf-tiny-"))
-    out = {"versions": {"llamafactory": llamafactory.__version__, "transformers": transformers.__version__,
-                        "peft": peft.__version__, "accelerate": accelerate.__version__, "torch": torch.__version__,
-                        "bitsandbytes": bitsandbytes.__version__},
-           "config": TINY_LLAMA, "batch": BATCH, "seq": SEQ, "rank": RANK, "cases": {}}
+    out = record("llamafactory", "llamafactory")
     torch.set_num_threads(1)
-    for quantized in (False, True):
-        for gc in (True, False):
-            out["cases"][f"{'qlora' if quantized else 'lora'}-{'gc' if gc else 'nogc'}"] = run(
-                path, quantized=quantized, grad_ckpt=gc)
+    lora_qlora_cases(out, run, path)
     dump(out)
 
 

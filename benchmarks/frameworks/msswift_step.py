@@ -39,7 +39,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from _step import BATCH, RANK, SEQ, TINY_LLAMA, batch, compact, dump, params, step, tiny_checkpoint  # noqa: E402
+from _step import BATCH, RANK, TINY_LLAMA, batch, compact, dump, params, record, step, tiny_checkpoint  # noqa: E402
 
 
 def tiny_dataset() -> str:
@@ -100,16 +100,8 @@ def run(path: str, *, quantized: bool, grad_ckpt: bool, dropout: float | None) -
 
 
 def main() -> None:
-    import accelerate
-    import bitsandbytes
-    import peft
-    import swift
-    import transformers
     path = tiny_checkpoint(tempfile.mkdtemp(prefix="swift-tiny-"))
-    out = {"versions": {"ms-swift": swift.__version__, "transformers": transformers.__version__,
-                        "peft": peft.__version__, "accelerate": accelerate.__version__, "torch": torch.__version__,
-                        "bitsandbytes": bitsandbytes.__version__},
-           "config": TINY_LLAMA, "batch": BATCH, "seq": SEQ, "rank": RANK, "cases": {}}
+    out = record("ms-swift", "swift")
     torch.set_num_threads(1)
     for quantized in (False, True):
         for dropout in (None, 0.0):

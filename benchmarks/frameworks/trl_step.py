@@ -42,7 +42,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from _step import BATCH, RANK, SEQ, TINY_LLAMA, batch, compact, dump, params, step, tiny_checkpoint  # noqa: E402
+from _step import BATCH, RANK, SEQ, TINY_LLAMA, batch, compact, dump, params, record, step, tiny_checkpoint  # noqa: E402
 
 
 def run(path: str, *, quantized: bool, grad_ckpt: bool, dtype: str | None) -> dict:
@@ -103,17 +103,8 @@ def run(path: str, *, quantized: bool, grad_ckpt: bool, dtype: str | None) -> di
 
 
 def main() -> None:
-    import accelerate
-    import bitsandbytes
-    import datasets
-    import peft
-    import transformers
-    import trl
     path = tiny_checkpoint(tempfile.mkdtemp(prefix="trl-tiny-"))
-    out = {"versions": {"trl": trl.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
-                        "accelerate": accelerate.__version__, "torch": torch.__version__,
-                        "bitsandbytes": bitsandbytes.__version__, "datasets": datasets.__version__},
-           "config": TINY_LLAMA, "batch": BATCH, "seq": SEQ, "rank": RANK, "cases": {}}
+    out = record("trl", "trl", "datasets")
     torch.set_num_threads(1)
     for quantized in (False, True):
         for dtype in ("bfloat16", None):
