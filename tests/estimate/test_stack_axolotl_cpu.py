@@ -29,6 +29,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from framework_checks import assert_params_as_built
 
 from vramplan.dtypes import BYTES, alloc
 from vramplan.estimate.estimator import estimate
@@ -90,17 +91,7 @@ def test_parameters_as_built(name):
     """Every parameter axolotl built: dtype (nf4 for a Params4bit), trainable, storage bytes, by name. Exact."""
     measured = DATA["cases"][name]["params"]
     s, st = _structure(name)
-    expected = {}
-    for p in st.placements:
-        quantized = dict(p.parts).get("weights/quantized") if p.quant != "none" else None
-        expected[p.tensor.name] = {"dtype": p.dtype, "trainable": p.trainable,
-                                   "bytes": quantized if quantized is not None else p.numel * BYTES[p.dtype]}
-    for a in st.adapters:
-        expected[a.name] = {"dtype": a.dtype, "trainable": not a.frozen, "bytes": a.numel * BYTES[a.dtype]}
-    got = {n: {k: v for k, v in e.items() if k in ("dtype", "trainable", "bytes")} for n, e in measured.items()}
-    assert got == expected, [(n, got.get(n), expected.get(n)) for n in sorted(got.keys() | expected.keys())
-                             if got.get(n) != expected.get(n)]
-    trainable = sum(e["numel"] for e in measured.values() if e["trainable"])
+    trainable = assert_params_as_built(measured, st)
     assert trainable == st.params_trainable == 8960    # PEFT's log under axolotl: "trainable params: 8,960"
     if s.quantized:
         assert {e["quant_state_dtype"] for e in measured.values() if e["dtype"] == "nf4"} == {s.compute_dtype}
