@@ -157,8 +157,9 @@ def _live_both(fn):
 
 
 def decoder_layers(model: torch.nn.Module, n: int):
+    """The ``n`` decoder layers: the ModuleList named ``layers`` (transformers, torchtune) or ``h`` (LitGPT)."""
     for name, m in model.named_modules():
-        if isinstance(m, torch.nn.ModuleList) and len(m) == n and name.rpartition(".")[2] == "layers":
+        if isinstance(m, torch.nn.ModuleList) and len(m) == n and name.rpartition(".")[2] in ("layers", "h"):
             return m
     raise AssertionError("no decoder layer list")
 
@@ -224,11 +225,16 @@ def batch(vocab: int, seed: int = 0) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
 
 
-def record(framework: str, module: str, *more: str) -> dict:
-    """A result file's head: the versions measured with (the framework's, torch's and the libraries every framework
-    here runs, plus ``more``), the tiny model, batch, sequence and rank; ``cases`` to fill."""
+#: the libraries the HF-based frameworks all run on
+HF_LIBS = ("transformers", "peft", "accelerate", "bitsandbytes")
+
+
+def record(framework: str, module: str, *more: str, libs: tuple[str, ...] = HF_LIBS) -> dict:
+    """A result file's head: the versions measured with (the framework's, torch's and ``libs``, by default the
+    libraries every HF-based framework here runs, plus ``more``), the tiny model, batch, sequence and rank; ``cases``
+    to fill."""
     import importlib
-    modules = {framework: module, **{m: m for m in ("transformers", "peft", "accelerate", "bitsandbytes", *more)}}
+    modules = {framework: module, **{m: m for m in (*libs, *more)}}
     versions = {name: importlib.import_module(m).__version__ for name, m in modules.items()}
     return {"versions": {**versions, "torch": torch.__version__}, "config": TINY_LLAMA, "batch": BATCH, "seq": SEQ,
             "rank": RANK, "cases": {}}
