@@ -139,6 +139,11 @@ class Setup:
     image_tokens: int = option(0, kind="int",
                                help="Multimodal: image tokens per sequence (part of --seq); the vision tower encodes "
                                     "the images they stand for (0 = text only).")
+    prompt_tokens: int = option(0, kind="int",
+                                help="Training: tokens at the start of every sequence whose labels are masked (-100: "
+                                     "the prompt of prompt-masked SFT). The loss still scores every position unless "
+                                     "--logits-to-keep computes the logits from the first supervised label on "
+                                     "(0 = every label supervised).")
     train_vision: str = option("all", kind="choice", choices=TRAIN_VISION, unset=True,
                                help="Multimodal: what of the vision side --method trains: all (tower and projector, "
                                     "like the text model), projector (the tower frozen) or none (both frozen, as "
@@ -165,6 +170,10 @@ class Setup:
                             "torchtune-chunked = CEWithChunkedOutputLoss (8 chunks); litgpt-chunked = 128-token "
                             "chunked cross-entropy; trl-fused = TRL's fused LM head; litgpt-full = LitGPT full "
                             "fine-tuning's unchunked logits (default: standard, or the --stack's).")
+    logits_to_keep: bool = option(False, kind="bool", unset=True,
+                                  help="Training: the forward computes the logits only from the first supervised "
+                                       "label on (--prompt-tokens), as ms-swift's use_logits_to_keep. Default: off, "
+                                       "or the --stack's.")
     kbit_prep: bool = option(
         True, kind="bool", unset=True,
         help="QLoRA: peft's prepare_model_for_kbit_training (fp32 copies of the non-quantized weights, fp32 residual "
@@ -298,6 +307,10 @@ class Setup:
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= upper:
                 raise SetupError(f"{flag} must be an integer from 0 to {upper:,}"
                                  f"{' (--seq)' if name == 'image_tokens' else ''}, got {_quote(value)}")
+        if isinstance(self.prompt_tokens, bool) or not isinstance(self.prompt_tokens, int) \
+                or not 0 <= self.prompt_tokens < self.seq:
+            raise SetupError(f"--prompt-tokens must be an integer from 0 to {self.seq - 1:,} (less than --seq "
+                             f"{self.seq:,}: a sequence needs a supervised label), got {_quote(self.prompt_tokens)}")
         if self.quant_blocksize not in (32, 64, 128, 256, 512, 1024, 2048, 4096):
             raise SetupError(f"--quant-blocksize must be a power of two from 32 to 4096 (bitsandbytes), "
                              f"got {self.quant_blocksize!r}")
@@ -607,8 +620,8 @@ def ignored_options(given: dict[str, Any], s: Setup) -> list[str]:
             out.append(f"{flags(serve_only)} ignored: {'they are inference options' if len(serve_only) > 1 else 'an inference option'} "
                        f"(--method inference); --method {s.method} trains")
     else:
-        train_only = [n for n in ("act_offload", "optim_in_bwd", "adapter_dtype", "frozen_dtype") if n in names
-                      and given[n] not in (False, "auto", "compute")]
+        train_only = [n for n in ("act_offload", "optim_in_bwd", "adapter_dtype", "frozen_dtype", "prompt_tokens",
+                                  "logits_to_keep") if n in names and given[n] not in (False, "auto", "compute", 0)]
         if train_only:
             out.append(f"{flags(train_only)} ignored: --method inference does not train")
     if s.quant not in ("nf4", "fp4"):

@@ -190,10 +190,18 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
                                         "the trained parts only (swift/pipelines/train/tuner.py:92-104, swift/utils/"
                                         "transformers_utils.py:208-260); full: _init_multimodal_full freezes them "
                                         "(tuner_args.py:204-220)"),
-    ), unmodelled=(
-        Unmodelled("use_logits_to_keep (on for text models) computes logits only from the first supervised label "
-                   "on; the estimate keeps every position (an upper bound for prompt-masked SFT)",
-                   "ms-swift 4.6.0 trainers/mixin.py:213-225, :1271-1293"),
+        Default("precision", "bf16-true", "full fine-tuning trains the checkpoint's bf16 weights: torch_dtype unset "
+                                          "is the config's (ms-swift 4.6.0 model/model_meta.py:295-298), nothing "
+                                          "upcasts them (pipelines/train/tuner.py:401-410: only fp16 trainables), and "
+                                          "bf16=True's autocast (arguments/base_args/model_args.py:129-140) adds no "
+                                          "copy to bf16 weights: no fp32 masters, bf16 gradients and AdamW states; "
+                                          "measured (tests/estimate/test_stack_frameworks_cpu.py)", "full"),
+        Default("logits_to_keep", True, "use_logits_to_keep=None turns on when the model's forward takes "
+                                        "logits_to_keep (a multimodal model only under transformers >= 5): the "
+                                        "logits start at the first supervised label, so --prompt-tokens shrinks them "
+                                        "(ms-swift 4.6.0 trainers/arguments.py:165, trainers/mixin.py:213-225, "
+                                        ":1271-1293, trainers/seq2seq_trainer.py:110-112); measured "
+                                        "(tests/estimate/test_logits_to_keep.py)"),
     )),
     # frozen_in_checkpoint_dtype: torch_dtype="auto" (llamafactory 0.9.5 model/loader.py:155), then only trainable
     # parameters upcast to fp32 (model/adapter.py:38-54 _setup_full_tuning, :313-328)

@@ -25,9 +25,12 @@ What runs, all ms-swift's own code (ms-swift 4.6.0):
   (its own: ``trainers/seq2seq_trainer.py:126-252``) and ``trainer.accelerator.backward(loss)``, the two halves
   of ``Trainer.training_step`` (with its ``_prepare_inputs`` and ``template.forward_context``).
 
-Cases: LoRA and QLoRA, with ms-swift's default ``lora_dropout 0.05`` and with 0 (the exact comparison: on CPU the
-unfused dropout saves an input-dtype noise tensor where CUDA's ``native_dropout`` saves a bool mask), each with
-its default checkpointing and with ``gradient_checkpointing false``.
+Cases (``cases``): LoRA and QLoRA, with ms-swift's default ``lora_dropout 0.05`` and with 0 (the exact comparison: on
+CPU the unfused dropout saves an input-dtype noise tensor where CUDA's ``native_dropout`` saves a bool mask), each
+with its default checkpointing and with ``gradient_checkpointing false``. ``full_cases``: full fine-tuning with
+ms-swift's own dtype (``torch_dtype`` not given), with and without checkpointing. ``prompt_cases``: LoRA, QLoRA and
+full fine-tuning on rows whose first ``PROMPT`` labels are masked, 2 rows and 1, with and without checkpointing:
+``use_logits_to_keep`` (on by default for a text model) computes the logits from the first supervised label on.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 from _step import BATCH, RANK, TINY_LLAMA, batch, compact, dump, params, record, step, tiny_checkpoint  # noqa: E402
 
+PROMPT = 12       # masked prompt labels per sequence in the use_logits_to_keep cases (of _step.SEQ = 32)
+
 
 def tiny_dataset() -> str:
     """``SftArguments`` refuses an empty ``dataset`` (swift/arguments/sft_args.py:221): one local messages row. The
@@ -53,14 +58,25 @@ def tiny_dataset() -> str:
     return path
 
 
-def run(path: str, *, quantized: bool, grad_ckpt: bool, dropout: float | None) -> dict:
+def prompt_batch(rows: int, prompt: int) -> dict[str, torch.Tensor]:
+    """``rows`` sequences of ``_step.batch`` whose first ``prompt`` labels are masked (-100), as ms-swift's
+    templates mask the prompt of an SFT row (``template/base.py``: labels -100 outside the assistant turns)."""
+    b = {k: v[:rows].clone() for k, v in batch(TINY_LLAMA["vocab_size"]).items()}
+    b["labels"][:, :prompt] = -100
+    return b
+
+
+def run(path: str, *, quantized: bool, grad_ckpt: bool, dropout: float | None, rows: int = BATCH,
+        prompt: int = 0, full: bool = False) -> dict:
     from swift.arguments import SftArguments
     from swift.pipelines.train.sft import SwiftSft
     from swift.trainers import TrainerFactory
 
-    kw = dict(model=path, model_type="llama", template="llama", tuner_type="lora", lora_rank=RANK, lora_alpha=RANK, torch_dtype="bfloat16",
-              output_dir=tempfile.mkdtemp(prefix="swift-out-"), gradient_checkpointing=grad_ckpt,
-              report_to=["none"], dataset=[tiny_dataset()], bf16=True, use_cpu=True, per_device_train_batch_size=BATCH)
+    kw = dict(model=path, model_type="llama", template="llama", tuner_type="full" if full else "lora", lora_rank=RANK,
+              lora_alpha=RANK, output_dir=tempfile.mkdtemp(prefix="swift-out-"), gradient_checkpointing=grad_ckpt,
+              report_to=["none"], dataset=[tiny_dataset()], bf16=True, use_cpu=True, per_device_train_batch_size=rows)
+    if not full:
+        kw["torch_dtype"] = "bfloat16"    # full fine-tuning takes ms-swift's default: the checkpoint's dtype
     if dropout is not None:
         kw["lora_dropout"] = dropout
     if quantized:
@@ -80,19 +96,26 @@ def run(path: str, *, quantized: bool, grad_ckpt: bool, dropout: float | None) -
     prepared = trainer.accelerator.prepare(trainer.model)
     prepared.train()                                          # Trainer.training_step: model.train()
     # Seq2SeqTrainer._prepare_inputs (trainers/seq2seq_trainer.py:100-124): logits_to_keep from the first
-    # supervised label (mixin.py:1271-1293; every label is supervised here: all positions) and compute_loss_func
-    inputs = trainer._prepare_inputs(batch(TINY_LLAMA["vocab_size"]))
+    # supervised label (mixin.py:1271-1293; with no masked prompt every label is supervised: all positions) and
+    # compute_loss_func
+    inputs = trainer._prepare_inputs(prompt_batch(rows, prompt))
 
     def forward():
         with trainer.template.forward_context(trainer.model, inputs):   # Seq2SeqTrainer.training_step
             return trainer.compute_loss(prepared, dict(inputs))
 
     res = step(prepared, forward, autocast=False, n_layers=TINY_LLAMA["num_hidden_layers"])
-    res["logits_to_keep"] = inputs.get("logits_to_keep")
+    keep = inputs.get("logits_to_keep")
+    # an int (a suffix of every row) or, for one row, a bool mask over the positions (mixin.py:1280-1289)
+    res["logits_to_keep"] = keep.tolist() if isinstance(keep, torch.Tensor) else keep
+    res["logits_to_keep_kept"] = int(keep.sum()) if isinstance(keep, torch.Tensor) else keep
+    res["use_logits_to_keep"] = trainer.args.use_logits_to_keep
+    res["rows"], res["prompt"] = rows, prompt
     res = compact(res)
     res["params"] = built
-    res["setup"] = {"method": "qlora" if quantized else "lora", "grad_ckpt": bool(args.gradient_checkpointing),
+    res["setup"] = {"method": "full" if full else "qlora" if quantized else "lora", "grad_ckpt": bool(args.gradient_checkpointing),
                     "lora_dropout": args.lora_dropout, "target_modules": sorted(args.target_modules)}
+    res["torch_dtype"] = str(args.torch_dtype).replace("torch.", "")
     res["gradient_checkpointing"] = res_gc
     res["use_reentrant"] = getattr(torch.utils.checkpoint, "_old_checkpoint", None) is not None
     res["native_amp"] = bool(trainer.accelerator.native_amp)
@@ -109,6 +132,21 @@ def main() -> None:
                 name = f"{'qlora' if quantized else 'lora'}-{'default' if dropout is None else 'dropout0'}-" \
                        f"{'gc' if gc else 'nogc'}"
                 out["cases"][name] = run(path, quantized=quantized, grad_ckpt=gc, dropout=dropout)
+    # full fine-tuning with ms-swift's own dtype (torch_dtype not given: the checkpoint's, bf16): the weights are
+    # trained in bf16 under bf16 autocast, no fp32 masters (model/model_meta.py:295-298, pipelines/train/tuner.py:
+    # 408-410)
+    out["full_cases"] = {f"full-{'gc' if gc else 'nogc'}": run(path, quantized=False, grad_ckpt=gc, dropout=None,
+                                                               full=True) for gc in (True, False)}
+    # a masked prompt of PROMPT tokens: use_logits_to_keep (its default for a text model) computes the logits from
+    # the first supervised label on, a suffix for several rows, a bool mask for one (mixin.py:1271-1293)
+    out["prompt"] = PROMPT
+    out["prompt_cases"] = {}
+    for method in ("lora", "qlora", "full"):
+        for rows in (BATCH, 1):
+            for gc in (True, False):
+                out["prompt_cases"][f"{method}-b{rows}-{'gc' if gc else 'nogc'}"] = run(
+                    path, quantized=method == "qlora", grad_ckpt=gc, dropout=0.0, rows=rows, prompt=PROMPT,
+                    full=method == "full")
     dump(out)
 
 

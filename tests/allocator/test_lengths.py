@@ -99,7 +99,8 @@ def test_longest_batching_matches_a_direct_draw():
     assert [s for _, s in step_shapes(d, 2, 1024, 5, seed=3)] == want
 
 
-@pytest.mark.parametrize("kw", [{}, {"grad_ckpt": True}, {"method": "qlora", "quant": "nf4"}, {"loss": "chunked"}])
+@pytest.mark.parametrize("kw", [{}, {"grad_ckpt": True}, {"method": "qlora", "quant": "nf4"}, {"loss": "chunked"},
+                                {"method": "full", "logits_to_keep": True, "prompt_tokens": 1000}])
 @pytest.mark.parametrize("shape", [(2, 2048), (3, 517)])
 def test_step_trace_peak_is_the_estimators(qwen, kw, shape):
     setup = Setup(batch=2, seq=2048, **kw)

@@ -301,15 +301,16 @@ class StepModel:
                 c = None
             saved.append(kept)
             casts.append(c)
-        head = [new(x) for x in sa.head_saved_bytes(T, bss)]
+        TL, rows = sa.logits_shape(batch, seq)          # the positions whose logits are computed
+        head = [new(x) for x in sa.head_saved_bytes(T, bss) + sa.head_kept_bytes(TL, rows)]
         # logits the loop keeps (LitGPT): this step's list is made by the head while the previous step's is
         # still bound to `logits`, which the assignment then frees (litgpt 0.5.13 finetune/lora.py:355); it lives
         # through backward and optimizer.step() into the next step's forward
-        kept = [new(x) for x in sa.kept_blocks(T, seq)]
+        kept = [new(x) for x in sa.kept_blocks(TL, rows)]
         free(*self._kept)
         self._kept = kept
-        loss_saved, loss_fwd, loss_bwd = sa.loss(T, seq)
-        f32 = sa.logits_fp32_bytes(T)                  # one fp32 tokens x vocab tensor
+        loss_saved, loss_fwd, loss_bwd = sa.loss(TL, rows)
+        f32 = sa.logits_fp32_bytes(TL)                 # one fp32 tokens x vocab tensor
         tail: list[int | None] = []
         if not sa.standard_loss or f32 == 0:
             ls = [new(loss_saved)]

@@ -36,7 +36,7 @@ from ..dtypes import BYTES, alloc, alloc_sum
 from ..setup import Setup
 from ..shapes.spec import ModelSpec
 from ..versions import modelled_versions
-from .logits import final_logit_softcapping, logits_kept, loss_bytes, loss_code
+from .logits import final_logit_softcapping, logits_kept, logits_positions, loss_bytes, loss_code
 from .timeline import ActTerms
 
 _new = tuple.__new__     # builds the NamedTuple without its Python-level __new__ (called once per sweep row)
@@ -76,8 +76,8 @@ class LayerActivations:
     """The activation terms of one layout (``layout``: a structure with ``layer_traces``, ``head``,
     ``resid_dtype`` and ``logits_dtype``) under ``setup``'s checkpointing, loss, compute dtype and offloading."""
 
-    __slots__ = ("traces", "head", "resid_k", "num_layers", "grad_ckpt", "dequant", "loss_args", "offload",
-                 "head_dequant", "vision", "seq2seq", "target")
+    __slots__ = ("traces", "head", "head_kept", "resid_k", "num_layers", "grad_ckpt", "dequant", "loss_args",
+                 "offload", "head_dequant", "vision", "seq2seq", "target", "keep")
 
     def __init__(self, spec: ModelSpec, setup: Setup, layout: Any) -> None:
         distinct = {id(tr): tr for tr in layout.layer_traces}
@@ -90,14 +90,20 @@ class LayerActivations:
         self.traces = tuple((tr.saved_terms, counts[k], tr.input_saved, tuple(c for c, _ in tr.fwd_transients),
                              tuple(c for c, _ in tr.bwd_candidates), tr.max_bwd_constant, k == first)
                             for k, tr in distinct.items())
-        self.head = layout.head.saved_terms
+        # the head trace: the final norm's saves at every position (``head``), what the lm_head matmul saves (its
+        # input, or the input's autocast copy) at the positions whose logits are computed (``head_kept``:
+        # --logits-to-keep slices the norm's output first, a copy of those rows; measured with ms-swift's real step,
+        # tests/estimate/test_logits_to_keep.py)
+        pairs = tuple(zip(layout.head.saved_terms, layout.head.saved, strict=True))
+        self.head = tuple(t for t, st in pairs if st.category == "norms")
+        self.head_kept = tuple(t for t, st in pairs if st.category != "norms")
         if setup.loss == "trl-fused":
             # TRL's fused head runs the lm_head matmul inside ChunkedLogProbFunction, casting weight tiles there and
             # saving the weight by reference (trl 1.16.0 kernels/chunked_logprob.py:352-356, :386): of the head
             # trace only the final norm's saves remain (its hidden copy is loss_bytes'); measured,
             # tests/estimate/test_stack_trl_cpu.py
-            self.head = tuple(t for t, st in zip(layout.head.saved_terms, layout.head.saved, strict=True)
-                              if st.category == "norms")
+            self.head_kept = ()
+        self.keep = setup.logits_to_keep
         self.resid_k = BYTES[layout.resid_dtype] * spec.hidden_size
         self.num_layers = spec.num_layers
         self.grad_ckpt = setup.grad_ckpt
@@ -134,11 +140,19 @@ class LayerActivations:
             return 0, 0
         return self.vision.at(batch * images, batch * seq, self.grad_ckpt)
 
-    def at(self, batch: int, seq: int, images: int = 0) -> ActTerms:
-        """The terms at ``batch`` sequences of ``seq`` tokens (``images`` of them per sequence: vision.py)."""
+    def logits_rows(self, seq: int, prompt: int = 0) -> int:
+        """Positions per sequence whose logits are computed (:func:`~.logits.logits_positions`); an
+        encoder-decoder model's decoder scores every target position (no ``logits_to_keep`` in its forward)."""
+        return seq if self.seq2seq is not None else logits_positions(seq, prompt, self.keep)
+
+    def at(self, batch: int, seq: int, images: int = 0, prompt: int = 0) -> ActTerms:
+        """The terms at ``batch`` sequences of ``seq`` tokens (``images`` of them per sequence: vision.py), the first
+        ``prompt`` labels of each masked."""
         if self.seq2seq is not None:
             return self.seq2seq.at(batch, seq, self.target or seq)
         T, bss = batch * seq, batch * seq * seq
+        rows = self.logits_rows(seq, prompt)
+        TL = batch * rows                                # positions whose logits are computed
         ckpt = self.grad_ckpt
         resid = alloc(T * self.resid_k)
         fwd_tmp = bwd_ws = recompute = layer_sum = first_saved = one_layer = 0
@@ -161,13 +175,13 @@ class LayerActivations:
                 if v > recompute:
                     recompute = v
         args = self.loss_args
-        saved, fwd, bwd = loss_bytes(T, *args, seq=seq)
+        saved, fwd, bwd = loss_bytes(TL, *args, seq=rows)
         if self.head_dequant[0]:
-            hf, hb = self.head_moments(T)
+            hf, hb = self.head_moments(TL)
             # phase_peaks adds the loss's saved tensors to both moments; at the head's matmul they do not exist yet
             # (forward) or are freed (its backward, after log_softmax's): the head's moment, less them
             fwd, bwd = max(fwd, hf - saved), max(bwd, hb - saved)
-        kept = logits_kept(T, args[0], args[2], args[4], seq=seq)
+        kept = logits_kept(TL, args[0], args[2], args[4], seq=rows)
         layer_acts = self.num_layers * resid if ckpt else layer_sum
         gpu_acts, bwd_acts, stash, buffers, offloaded = layer_acts, layer_acts, 0, 0, 0
         if self.offload == 1:                            # torchtune / TRL OffloadActivations
@@ -183,6 +197,7 @@ class LayerActivations:
                 buffers = 2 * alloc(store)
                 offloaded = (self.num_layers - 1) * store
         vision = sum(self.vision_at(batch, seq, images)) if images else 0
-        return _new(ActTerms, (gpu_acts, alloc_sum(self.head, T, bss), saved, fwd, bwd, fwd_tmp, self.dequant,
+        head = alloc_sum(self.head, T, bss) + alloc_sum(self.head_kept, TL, batch * rows * rows)
+        return _new(ActTerms, (gpu_acts, head, saved, fwd, bwd, fwd_tmp, self.dequant,
                                bwd_ws, recompute, resid, first_saved, kept, stash, bwd_acts, buffers, offloaded,
                                vision))

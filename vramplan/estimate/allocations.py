@@ -19,7 +19,7 @@ from ..errors import SetupError
 from ..setup import Setup
 from ..shapes.spec import ModelSpec
 from .activations import max_affine
-from .logits import logits_kept_blocks, loss_bytes
+from .logits import logits_kept_blocks, logits_positions, loss_bytes
 from .states import model_states
 
 #: ``(const, per_token, per_bss)``: bytes ``const + per_token·tokens + per_bss·batch·seq²`` of one tensor
@@ -65,7 +65,10 @@ class StepAllocations:
         fixed_bytes: the timeline's base: weights + optimizer states in the allocator + cuBLAS workspace.
         optimizer_bytes: optimizer states on the GPU (part of ``fixed_bytes``).
         layers: one entry per decoder layer, in order (layers with the same trace share one object).
-        head_saved: what the final norm and the output head save.
+        head_saved: what the final norm saves, at every position.
+        head_kept: what the output head's matmul saves, at the positions whose logits are computed
+            (:meth:`logits_shape`).
+        logits_to_keep, prompt_tokens: ``--logits-to-keep`` and ``--prompt-tokens`` (:meth:`logits_shape`).
         resid_bytes_per_token: one layer input (the residual stream) per token.
         dequant_bytes: the largest dequantized weight of a forward (4/8-bit layers).
         casts_bytes, casts_layer_bytes: autocast's 16-bit weight copies, all and one layer's.
@@ -84,6 +87,9 @@ class StepAllocations:
     optimizer_bytes: int
     layers: tuple[LayerAllocations, ...]
     head_saved: tuple[Terms, ...]
+    head_kept: tuple[Terms, ...]
+    logits_to_keep: bool
+    prompt_tokens: int
     resid_bytes_per_token: int
     dequant_bytes: int
     casts_bytes: int
@@ -113,6 +119,17 @@ class StepAllocations:
 
     def head_saved_bytes(self, tokens: int, bss: int) -> list[int]:
         return [_at(t, tokens, bss) for t in self.head_saved]
+
+    def logits_shape(self, batch: int, seq: int) -> tuple[int, int]:
+        """``(tokens, positions per sequence)`` whose logits a step at ``batch`` × ``seq`` computes
+        (:func:`~.logits.logits_positions`): the shape :meth:`head_kept_bytes`, :meth:`loss`, :meth:`kept_blocks`
+        and :meth:`logits_fp32_bytes` take."""
+        rows = logits_positions(seq, self.prompt_tokens, self.logits_to_keep)
+        return batch * rows, rows
+
+    def head_kept_bytes(self, tokens: int, seq: int) -> list[int]:
+        """What the head's matmul saves at ``tokens`` (:meth:`logits_shape`) = batch × ``seq`` positions."""
+        return [_at(t, tokens, tokens * seq) for t in self.head_kept]
 
     def loss(self, tokens: int, seq: int = 0) -> tuple[int, int, int]:
         """``(saved, forward temporaries, backward temporaries)`` of the loss at ``tokens`` = batch × ``seq``
@@ -157,7 +174,8 @@ def step_allocations(spec: ModelSpec, setup: Setup) -> StepAllocations:
         states = (per,) * (2 * n_train) if per > 0 else (opt,)
     return StepAllocations(
         weight_allocations=weights, adapter_allocations=adapters, optimizer_allocations=states, fixed_bytes=s.base, optimizer_bytes=d.opt_gpu, layers=tuple(layers),
-        head_saved=tuple(a.head), resid_bytes_per_token=a.resid_k, dequant_bytes=a.dequant, casts_bytes=s.casts,
+        head_saved=tuple(a.head), head_kept=tuple(a.head_kept), logits_to_keep=bool(a.keep),
+        prompt_tokens=setup.prompt_tokens, resid_bytes_per_token=a.resid_k, dequant_bytes=a.dequant, casts_bytes=s.casts,
         casts_layer_bytes=s.casts_layer, grad_head_bytes=s.grad_head, grad_layers_bytes=s.grad_layers,
         optimizer_step_bytes=s.opt_tmp, grad_ckpt=bool(s.grad_ckpt), standard_loss=setup.loss == "standard",
         vocab_size=spec.vocab_size, loss_args=tuple(a.loss_args))

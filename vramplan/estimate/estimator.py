@@ -32,7 +32,7 @@ from ..quantized import (
     setup_scheme,
 )
 from ..setup import Setup, option_named
-from ..shapes.spec import ModelSpec
+from ..shapes.spec import PLANNED_SEQ2SEQ, ModelSpec
 from ..stacks import STACKS, applies
 from ..units import GiB
 from ..versions import modelled_versions, version_assumptions, version_warnings
@@ -82,7 +82,7 @@ def estimate(spec: ModelSpec, setup: Setup, gpu=None, margin: float = 0.0, *, de
         return _inference(spec, setup, d, gpu, margin, quant_notes)
     if setup.optim_in_bwd:      # the step in backward: one gradient at a time (optimizer.py step_timeline)
         d = replace(d, timeline=step_timeline(d.timeline, d.structure.trainables, setup, d.rank is not None))
-    a = d.activations.at(setup.batch, setup.seq, vision_images(spec, setup))
+    a = d.activations.at(setup.batch, setup.seq, vision_images(spec, setup), setup.prompt_tokens)
     peaks = phase_peaks(d.timeline, a)
     peak, phase = peak_of(peaks)
     phases = dict(zip(PHASES, peaks[:4], strict=True))
@@ -150,8 +150,9 @@ def _every_phase(spec: ModelSpec, setup: Setup, d: ModelStates, a: ActTerms) -> 
     """Terms alive in every phase: logits the loop keeps (LitGPT) and an offloader's staging buffers (Unsloth)."""
     return [("logits/kept_by_loop", a.kept, "the training loop keeps the model output alive through backward and "
              "optimizer.step(), and through the next forward until it is rebound: "
-             + loss_formula(spec, setup.batch * setup.seq, d.compute.logits_dtype, setup.compute_dtype,
-                            loss_code(setup.loss, modelled_versions(setup.versions)), setup.seq, setup.autocast)),
+             + loss_formula(spec, _logits_shape(setup, d)[0], d.compute.logits_dtype, setup.compute_dtype,
+                            loss_code(setup.loss, modelled_versions(setup.versions)), _logits_shape(setup, d)[1],
+                            setup.autocast)),
             ("buffers/offload_staging", a.buffers,
              "Unsloth's offloaded checkpoints: two persistent device staging buffers of one layer input each "
              "(GPU_BUFFERS, GPU_BUFFERS_B double buffer; unsloth_zoo 2026.10.9 gradient_checkpointing.py:1305-1313, "
@@ -211,7 +212,13 @@ def _offloaded_layers(setup: Setup, a: ActTerms, n: int, when: str) -> Item:
 
 def _head_activations(spec: ModelSpec, setup: Setup, d: ModelStates, a: ActTerms) -> Item:
     T, bss = setup.batch * setup.seq, setup.batch * setup.seq * setup.seq
-    return ("activations/head", a.head_saved, _head_formula(d.compute, T, bss, spec))
+    return ("activations/head", a.head_saved, _head_formula(d.compute, T, bss, spec, _logits_shape(setup, d)))
+
+
+def _logits_shape(setup: Setup, d: ModelStates) -> tuple[int, int]:
+    """``(tokens, positions per sequence)`` whose logits the step computes (``LayerActivations.logits_rows``)."""
+    rows = d.activations.logits_rows(setup.seq, setup.prompt_tokens) if d.activations is not None else setup.seq
+    return setup.batch * rows, rows
 
 
 def _loss(spec: ModelSpec, setup: Setup, d: ModelStates) -> str:
@@ -219,9 +226,13 @@ def _loss(spec: ModelSpec, setup: Setup, d: ModelStates) -> str:
         if d.structure.seq2seq is not None else None
     if s2s is not None:         # T5 / BART call CrossEntropyLoss themselves (estimate/seq2seq.py)
         return s2s
-    text = loss_formula(spec, setup.batch * setup.seq, d.compute.logits_dtype, setup.compute_dtype,
-                        loss_code(setup.loss, modelled_versions(setup.versions)), setup.seq, setup.autocast)
-    hf, hb = d.activations.head_moments(setup.batch * setup.seq) if d.activations is not None else (0, 0)
+    tokens, rows = _logits_shape(setup, d)
+    text = loss_formula(spec, tokens, d.compute.logits_dtype, setup.compute_dtype,
+                        loss_code(setup.loss, modelled_versions(setup.versions)), rows, setup.autocast)
+    if rows != setup.seq:
+        text = (f"--logits-to-keep: logits of the last {rows:,} of {setup.seq:,} positions per sequence (from the "
+                f"first supervised label, after --prompt-tokens {setup.prompt_tokens:,}); " + text)
+    hf, hb = d.activations.head_moments(tokens) if d.activations is not None else (0, 0)
     if hf:
         text += (f"; a quantized output head's matmul, when larger: logits + its dequantized copies, {_fmt(hf)} in "
                  f"forward, + the input gradient {_fmt(hb)} in backward, less the loss's saved log-probs (not yet "
@@ -392,8 +403,13 @@ def _act_formula(comp: str, st: Structure, T: int, bss: int, n_layers: int) -> s
             + "; ".join(items))
 
 
-def _head_formula(st: Structure, T: int, bss: int, spec: ModelSpec) -> str:
-    items = [f"{s.saved_by[0]} [{s.dtype}, {alloc(s.nbytes(T, bss)):,} B]" for s in st.head.saved]
+def _head_formula(st: Structure, T: int, bss: int, spec: ModelSpec, rows: tuple[int, int] | None = None) -> str:
+    """The head trace's saves at ``T`` tokens; the lm_head matmul's at ``rows`` = (tokens, positions per sequence)
+    whose logits are computed (--logits-to-keep), when given."""
+    TL, r = rows or (T, 0)
+    items = [f"{s.saved_by[0]} [{s.dtype}, "
+             f"{alloc(s.nbytes(T, bss) if s.category == 'norms' or not r else s.nbytes(TL, TL * r)):,} B]"
+             for s in st.head.saved]
     return "final norm and lm_head: " + ("; ".join(items) if items else "nothing saved")
 
 
@@ -533,6 +549,13 @@ def behaviour_warnings(spec: ModelSpec, setup: Setup) -> list[str]:
     if setup.training and setup.quant_head and setup.bnb and setup.loss in ("chunked", "trl-fused"):
         w.append(f"--quant-head with --loss {setup.loss}: a fused loss reads lm_head.weight directly, which a "
                  "quantized head does not have; the head's matmul is estimated as for the standard loss")
+    if setup.training and setup.logits_to_keep and spec.model_type in PLANNED_SEQ2SEQ:
+        w.append(f"--logits-to-keep: {spec.architecture}.forward takes no logits_to_keep (ms-swift turns it off: "
+                 "trainers/mixin.py:219-220): the decoder scores every target position")
+    elif setup.training and setup.logits_to_keep and not setup.prompt_tokens:
+        w.append("--logits-to-keep: the logits start at the first supervised label, which --prompt-tokens (the "
+                 "masked prompt of each row; 0 given) states: the estimate scores every position, an upper bound "
+                 "for prompt-masked SFT")
     if setup.training and setup.frozen_dtype == "fp32" and setup.method != "full" and not setup.autocast:
         w.append(f"--frozen-dtype fp32 with --precision {setup.precision} (no autocast): F.linear refuses a "
                  f"{setup.compute_dtype} input with an fp32 weight; LitGPT keeps an fp32 base only under bf16-mixed")

@@ -79,7 +79,7 @@ def estimate_counters(spec: ModelSpec, setup: Setup, batches_seqs: Sequence[tupl
     states, at = step_timeline(d.timeline, d.structure.trainables, setup, rank is not None), d.activations.at
     n_img = vision_images(spec, setup)
     for b, s in batches_seqs:
-        peak, phase = peak_of(phase_peaks(states, at(b, s, n_img)))
+        peak, phase = peak_of(phase_peaks(states, at(b, s, n_img, setup.prompt_tokens)))
         reserved = peak + frag(peak)
         append(Counters(peak, reserved, reserved + device_extra, phase))
     return out

@@ -67,6 +67,18 @@ TRL_TILE_TOKENS, TRL_TILE_VOCAB = 4096, 32768
 TRL_FWD_VECTORS = 11
 
 
+def logits_positions(seq: int, prompt: int, keep: bool) -> int:
+    """Positions per sequence whose logits the forward computes, of ``seq``, when the first ``prompt`` labels are
+    masked (-100) and ``keep`` (``--logits-to-keep``) computes them from the first supervised label on, as ms-swift
+    4.6.0 ``SwiftMixin.prepare_logits_to_keep`` (``trainers/mixin.py:1271-1293``) asks the model: several rows keep
+    the last ``seq - first_label + 1`` positions (``logits_to_keep`` an int: ``hidden_states[:, -k:, :]``), one row
+    those whose next label is supervised plus the last (a bool mask, the same count here). No masked label, or no
+    supervised one (``argmax`` finds none): every position."""
+    if not keep or prompt <= 1 or prompt >= seq:
+        return seq
+    return seq - prompt + 1
+
+
 class LossBytes(NamedTuple):
     """Bytes of the loss at one point, allocator-rounded."""
 

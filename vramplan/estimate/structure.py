@@ -320,8 +320,9 @@ def structural_setup(setup: Setup) -> Setup:
         if len(_STRUCTURAL) > 65536:
             _STRUCTURAL.clear()
         # --image-tokens: only whether there are any is structural (layer 0's input may then need a gradient)
-        hit = setup if (setup.batch, setup.seq, setup.image_tokens) in ((1, 1, 0), (1, 1, 1)) \
-            else replace(setup, batch=1, seq=1, new_tokens=0, image_tokens=min(setup.image_tokens, 1))
+        # --prompt-tokens is evaluated with batch and seq (LayerActivations.at), never structural
+        hit = setup if (setup.batch, setup.seq, setup.image_tokens, setup.prompt_tokens) in ((1, 1, 0, 0), (1, 1, 1, 0)) \
+            else replace(setup, batch=1, seq=1, new_tokens=0, image_tokens=min(setup.image_tokens, 1), prompt_tokens=0)
         _STRUCTURAL[setup] = hit
     return hit
 

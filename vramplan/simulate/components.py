@@ -96,7 +96,8 @@ def check_supported(setup: Setup) -> None:
         (f"--loss {setup.loss}", setup.loss not in ("standard", "chunked")),
         ("--act-offload", setup.act_offload), ("--optim-in-bwd", setup.optim_in_bwd),
         ("--kv-expand", setup.kv_expand), ("--quant-head", setup.quant_head),
-        ("--quant-state-dtype fp16", setup.quant_state_dtype == "fp16")) if on]
+        ("--quant-state-dtype fp16", setup.quant_state_dtype == "fp16"),
+        ("--logits-to-keep", setup.logits_to_keep and setup.prompt_tokens > 1)) if on]
     if other:
         raise SimulationError(f"{', '.join(other)}: the simulation runs transformers + peft's own step, not that "
                               "stack's code; use --mode analytic")
