@@ -1,0 +1,241 @@
+"""``--stack torchtune`` against torchtune 0.6.1's real LoRA/QLoRA single-device recipe step on CPU (issue 14, item 4).
+
+``benchmarks/frameworks/torchtune_step.py`` (torch 2.13.0 CPU, torchtune 0.6.1, torchao 0.10.0) runs the recipe file
+the wheel ships, ``recipes/lora_finetune_single_device.py``: ``LoRAFinetuneRecipeSingleDevice(cfg).setup(cfg)`` on
+the shipped ``llama3_1/8B_lora_single_device.yaml`` / ``8B_qlora_single_device.yaml`` (``lora_attn_modules
+[q_proj, v_proj, output_proj]``, ``apply_lora_to_mlp``, r 8, alpha 16, dropout 0, ``dtype: bf16``, fused AdamW,
+``CEWithChunkedOutputLoss``, ``batch_size 2``) with ``device: cpu``, ``enable_activation_checkpointing`` on and
+off, and the model component the configs' 8B builders call (``lora_llama3_1``, ``quantize_base`` for QLoRA) at a tiny
+shape: 2 layers, embed 256, 4 heads (2 KV, head_dim 64), intermediate 512, vocab 256, so that every quantized Linear
+is a whole number of torchao NF4 blocks (the head is never quantized). Its checkpoint is a random bf16 ``llama3_1``
+written with torchtune's ``tune_to_hf`` and loaded by the configs' ``FullModelHFCheckpointer``; the tokenizer and
+dataset are stand-ins (the Llama-3 tiktoken file is not here): 32-token random rows, every position supervised,
+collated by ``padded_collate_sft``. The measured step is the body of ``recipe.train()``'s loop on the recipe's
+first batch: ``recipe._loss_step(batch) * current_num_tokens`` and ``.backward()``, measured as
+``tests/estimate/test_activations_vs_torch.py`` measures (``benchmarks/frameworks/_step.py``); then ``recipe.train()``
+itself ran one step (optimizer, scheduler, checkpoint save). Its JSON output,
+``benchmarks/frameworks/results/torchtune.json``, is committed; this test needs no framework.
+
+The setup compared is read from the config the recipe ran, by vramplan's own torchtune reader
+(``vramplan.interop.torchtune.read_torchtune`` -> ``normalize_plan_keys`` -> ``setup_from_options``: the path
+``vramplan check`` takes), and ``--stack torchtune`` alone gives the same defaults.
+
+Exact, storage for storage: parameters as built (dtype, ``nf4`` for a torchao ``NF4Tensor`` with every inner
+storage, trainable, bytes), each layer's saved tensors without checkpointing, each checkpointed layer's kept input,
+the head's saves, the chunked loss's fp32 log-probs, the gradients. Not modelled and pinned, each with its source:
+``CEWithChunkedOutputLoss``'s int64 label copies (``labels.chunk(8, dim=1)`` then ``reshape(-1)``: a copy per chunk
+at batch > 1), ``nll_loss``'s 0-dim total weight per chunk and the 0-dim ``total_elements`` its division saves; the
+recipe's 0-dim ``current_num_tokens`` (``loss * current_num_tokens``); without checkpointing ``Llama3ScaledRoPE``'s
+cos/sin ``cache`` (a buffer built at init, resident before the step, saved by every layer's rotation). The
+live-byte peaks are recorded, not compared (CPU-only buffers, as test_stack_frameworks_cpu.py says).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from framework_checks import assert_params_as_built
+
+from vramplan.dtypes import BYTES, alloc
+from vramplan.estimate.estimator import estimate
+from vramplan.estimate.logits import loss_bytes, loss_code
+from vramplan.estimate.structure import static_structure, structural_setup
+from vramplan.interop.torchtune import read_torchtune
+from vramplan.lora import LoraConfig
+from vramplan.planner.planfile import normalize_plan_keys
+from vramplan.setup import Setup, setup_from_options
+from vramplan.shapes import spec_from_config
+from vramplan.units import ceil_div
+
+DATA = json.loads((Path(__file__).resolve().parents[2] / "benchmarks" / "frameworks" / "results"
+                   / "torchtune.json").read_text())
+CASES = sorted(DATA["cases"])
+SPEC = spec_from_config(DATA["config"], name="tiny-llama3.1")
+B, S = DATA["batch"], DATA["seq"]
+T = B * S
+BSS = B * S * S
+V = SPEC.vocab_size
+#: CEWithChunkedOutputLoss() in the shipped configs: num_output_chunks=8 (modules/loss/ce_chunked_output_loss.py:30)
+CHUNKS = 8
+#: the shipped configs' LoRA targets as Hugging Face names: output_proj is o_proj, apply_lora_to_mlp w1/w2/w3
+TARGETS = ("q_proj", "v_proj", "o_proj", "gate_proj", "down_proj", "up_proj")
+#: torchao 0.10.0 NF4Tensor's inner tensors, in the order vramplan's placement lists them (test_torchao_nf4.py)
+NF4_PARTS = ("quantized_data", "quantized_scalers", "quantization_factor", "scaler_mean", "nf4")
+
+
+def _setup(name: str) -> Setup:
+    """The setup vramplan reads from the config the recipe ran (``vramplan check``'s path)."""
+    r = read_torchtune(DATA["cases"][name]["recipe_config"], recipe="lora_finetune_single_device",
+                       text="#   tune download meta-llama/Meta-Llama-3.1-8B-Instruct\n")  # the shipped usage line
+    assert not r.ignored and not r.undecided
+    return setup_from_options(normalize_plan_keys(r.setup_options(), "torchtune.json", 1, 1))
+
+
+def _structure(name: str):
+    s = _setup(name)
+    return s, static_structure(SPEC, structural_setup(s))
+
+
+def test_results_are_for_the_release_the_stack_cites():
+    from vramplan.stacks import STACKS
+    v = DATA["versions"]
+    assert v["torchtune"].startswith("0.6.1") and STACKS["torchtune"].release == "torchtune 0.6.1"
+    assert v["torch"].startswith("2.13.0") and v["torchao"] == "0.10.0"
+    assert set(CASES) == {"lora-gc", "lora-nogc", "qlora-gc", "qlora-nogc"}
+    for name in CASES:
+        case = DATA["cases"][name]
+        assert case["train_steps_run"] == 1, "recipe.train() ran its loop once"
+        assert case["loss_fn"] == "CEWithChunkedOutputLoss" and case["logits_chunks"] == CHUNKS
+        assert case["layers"] == (["CheckpointWrapper"] if case["setup"]["grad_ckpt"]
+                                  else ["TransformerSelfAttentionLayer"])
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_reader_gives_what_the_recipe_ran(name):
+    case = DATA["cases"][name]
+    c = case["setup"]
+    s = _setup(name)
+    assert s.stack == "torchtune" and s.method == c["method"]
+    assert (s.lora.r, s.lora.alpha, s.lora.dropout) == (c["lora_rank"], c["lora_alpha"], c["lora_dropout"])
+    assert set(s.lora.targets) == set(TARGETS)
+    assert c["lora_attn_modules"] == ["q_proj", "v_proj", "output_proj"] and c["apply_lora_to_mlp"] is True
+    assert s.grad_ckpt is c["grad_ckpt"] and (s.batch, s.seq) == (B, S)
+    assert s.loss == "torchtune-chunked"
+    assert s.optim == "adamw" and case["optimizer"] == "AdamW" and case["optimizer_fused"]
+    assert s.precision == "bf16-true" and c["dtype"] == "bf16"
+    assert s.quant == ("nf4" if c["method"] == "qlora" else "none")
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_stack_defaults_are_what_torchtune_ran(name):
+    """``--stack torchtune`` alone (targets, rank and alpha as the config): bf16 base and adapters, no autocast,
+    nothing upcast (no PEFT), the chunked loss; checkpointing on, as the shipped 8B configs set it."""
+    case = DATA["cases"][name]
+    c = case["setup"]
+    s = Setup.create(method=c["method"], stack="torchtune", batch=B, seq=S,
+                     lora=LoraConfig(r=c["lora_rank"], alpha=c["lora_alpha"], targets=TARGETS))
+    assert s.grad_ckpt is True is c["shipped_enable_activation_checkpointing"]
+    assert s.precision == "bf16-true" and not s.autocast and s.kbit_prep is False
+    assert s.loss == "torchtune-chunked" and s.lora.dropout == 0.0 == c["lora_dropout"]
+    p = case["params"]
+    assert {e["dtype"] for n, e in p.items() if ".lora_" in n} == {s.adapter_weight_dtype} == {"bf16"}
+    assert {e["dtype"] for n, e in p.items() if ".lora_" not in n} == ({"nf4", "bf16"} if s.quantized else {"bf16"})
+    assert case["loss_dtype"] == "fp32" and case["sdpa_cpu_flash"]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_parameters_as_built(name):
+    """Every parameter the recipe built, by Hugging Face name: dtype (nf4 for an NF4Tensor), trainable, storage
+    bytes; an NF4Tensor's five inner storages equal the placement's parts, in order. Exact."""
+    measured = DATA["cases"][name]["params"]
+    s, st = _structure(name)
+    trainable = assert_params_as_built(measured, st)
+    assert trainable == st.params_trainable == 59_392
+    nf4 = {n: e for n, e in measured.items() if e["dtype"] == "nf4"}
+    by_name = {p.tensor.name: p for p in st.placements}
+    if s.quantized:
+        # QLoRA: every decoder Linear, k_proj (FrozenNF4Linear) included; the head stays bf16 (lora_llama3_1)
+        assert len(nf4) == 7 * SPEC.num_layers and measured["lm_head.weight"]["dtype"] == "bf16"
+        for n, e in nf4.items():
+            assert e["quant_state_dtype"] == s.compute_dtype
+            assert [e["nf4_parts"][k] for k in NF4_PARTS] == [b for _, b in by_name[n].parts], n
+    else:
+        assert not nf4
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_weight_and_adapter_components(name):
+    """The estimate's weights/* and adapters/lora: the measured storages, each rounded as the CUDA caching allocator
+    rounds it (512 B)."""
+    measured = DATA["cases"][name]["params"]
+    s, _ = _structure(name)
+    comps = {c.name: c.bytes for c in estimate(SPEC, s).components}
+    frozen = sum(sum(alloc(b) for b in e["nf4_parts"].values()) if e["dtype"] == "nf4" else alloc(e["bytes"])
+                 for e in measured.values() if not e["trainable"])
+    assert sum(b for k, b in comps.items() if k.startswith("weights/")) == frozen
+    assert comps["adapters/lora"] == sum(alloc(e["bytes"]) for e in measured.values() if e["trainable"])
+
+
+def _loss_saves() -> tuple[Counter, Counter]:
+    """What CEWithChunkedOutputLoss saves: (modelled) each chunk's fp32 log-probs (``logits.float()`` ->
+    ``log_softmax``), (pinned) each chunk's int64 labels and nll_loss's 0-dim fp32 total weight, and the 0-dim
+    int64 ``total_elements`` its final division saves (torchtune 0.6.1 modules/loss/ce_chunked_output_loss.py:
+    59-80). ``labels.chunk(8, dim=1)[i].reshape(-1)`` copies at batch > 1 (a non-contiguous view)."""
+    rows = ceil_div(S, CHUNKS)
+    assert S % rows == 0, "the tiny case has equal chunks"
+    logprobs = Counter({(B * rows * V * 4, "fp32"): S // rows})
+    pinned = Counter({(4, "fp32"): S // rows, (8, "int64"): 1})
+    pinned[(B * rows * 8, "int64")] += S // rows if B > 1 else 0
+    return logprobs, pinned
+
+
+def test_chunked_log_probs_are_the_loss_model():
+    logprobs, _ = _loss_saves()
+    lb = loss_bytes(T, V, SPEC.hidden_size, 2, 2, loss_code("torchtune-chunked"), False, seq=S)
+    assert sum(alloc(n) * k for (n, _), k in logprobs.items()) == lb.saved == 65_536
+
+
+def _head(st) -> Counter:
+    logprobs, pinned = _loss_saves()
+    return Counter((x.nbytes(T, BSS), x.dtype) for x in st.head.saved) + logprobs + pinned
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_saved_per_layer_exact(name):
+    """Without checkpointing each layer's saved storages as a multiset equal its trace; with it each layer keeps its
+    input only (the CheckpointWrapper's, torchtune 0.6.1 training/_activation_checkpointing.py
+    set_activation_checkpointing, non-reentrant); the head region is the head trace + the loss's saves."""
+    case = DATA["cases"][name]
+    s, st = _structure(name)
+    assert set(case["saved_per_layer"]) == {"-1", *map(str, range(SPEC.num_layers))}
+    resid = T * SPEC.hidden_size * BYTES[st.resid_dtype]
+    for i, tr in enumerate(st.layer_traces):
+        got = Counter(tuple(x) for x in case["saved_per_layer"][str(i)])
+        if s.grad_ckpt:
+            want = Counter({(resid, st.resid_dtype): 1})
+        else:
+            want = Counter((x.nbytes(T, BSS), x.dtype) for x in tr.saved)
+        assert got == want, (i, sorted((got - want).items()), sorted((want - got).items()))
+    got = Counter(tuple(x) for x in case["saved_per_layer"]["-1"])
+    assert got == _head(st), (sorted((got - _head(st)).items()), sorted((_head(st) - got).items()))
+    if s.grad_ckpt:
+        assert estimate(SPEC, s).component("activations/checkpoint_inputs") == SPEC.num_layers * alloc(resid)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_whole_forward_saved_bytes(name):
+    """Every storage saved in the forward: the per-layer saves (or the checkpointed inputs), the head and loss, and
+    outside every layer the recipe's ``current_num_tokens`` (lora_finetune_single_device.py: ``current_loss =
+    self._loss_step(batch) * current_num_tokens``) and, without checkpointing, the RoPE cache buffer."""
+    case = DATA["cases"][name]
+    s, st = _structure(name)
+    outside = Counter((n, d) for n, d, _ in case["saved_all"]["outside_layers"])
+    want_outside = Counter({(8, "int64"): 1})
+    if not s.grad_ckpt:
+        n, d, shape = case["rope_cache"]
+        head_dim = SPEC.hidden_size // SPEC.config["num_attention_heads"]
+        assert (n, d, shape) == (S * head_dim * 4, "fp32", [S, head_dim // 2, 2])
+        want_outside[(n, d)] += 1
+    assert outside == want_outside
+    if s.grad_ckpt:
+        layers = Counter({(T * SPEC.hidden_size * BYTES[st.resid_dtype], st.resid_dtype): SPEC.num_layers})
+    else:
+        layers = Counter((x.nbytes(T, BSS), x.dtype) for tr in st.layer_traces for x in tr.saved)
+    want = layers + _head(st) + outside
+    assert case["saved_all"]["bytes"] == sum(n * k for (n, _), k in want.items())
+    assert case["saved_all"]["count"] == sum(want.values())
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_gradients(name):
+    """One bf16 gradient per trainable adapter tensor (torchtune builds its adapters in the model's dtype):
+    59,392 x 2 = 118,784 B, exact."""
+    _, st = _structure(name)
+    want: Counter = Counter()
+    for t in st.trainables:
+        if not t.frozen:
+            want[t.dtype] += t.numel * BYTES[t.dtype]
+    assert DATA["cases"][name]["grads"] == dict(want) == {"bf16": 118_784}
