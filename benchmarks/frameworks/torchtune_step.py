@@ -25,6 +25,9 @@ lr scheduler, profiler). The measured step is the body of ``recipe.train()``'s l
 ``loss.backward()``; measured with ``_step.step`` (no autocast: the recipe runs none). Then ``recipe.train()``
 itself runs one step (``max_steps_per_epoch: 1``: optimizer step, lr scheduler, adapter checkpoint save) to show
 the whole loop runs on CPU with this config.
+
+``rope_caches``: the fp32 rotary cos/sin buffer that five real-size torchtune builders (Llama-3.1-8B, Llama-3-8B,
+Llama-3.2-1B, Qwen2.5-7B, Mistral-7B) register at init, built by their own ``rope_init()`` (:func:`rope_caches`).
 """
 
 from __future__ import annotations
@@ -251,6 +254,39 @@ def run(ckpt: str, *, method: str, grad_ckpt: bool) -> dict:
     return copy.deepcopy(res)
 
 
+#: torchtune 0.6.1 model builders -> the bundled vramplan profile of the same checkpoint
+ROPE_BUILDERS = {"llama3_1.llama3_1_8b": "llama-3.1-8b", "llama3.llama3_8b": "llama-3-8b",
+                 "llama3_2.llama3_2_1b": "llama-3.2-1b", "qwen2_5.qwen2_5_7b_base": "qwen2.5-7b",
+                 "mistral.mistral_7b": "mistral-7b-v0.1"}
+
+
+def rope_caches() -> dict[str, dict]:
+    """The rotary cos/sin ``cache`` buffer each real-size builder registers at init, on the device the model is
+    built on, whatever the dtype: the builder run on ``meta`` under ``set_default_dtype(bf16)``, then the one rope
+    module every layer shares built for real on CPU by its ``rope_init()``, as the distributed recipe does after
+    ``to_empty`` (recipes/lora_finetune_distributed.py:508-509)."""
+    import importlib
+
+    from torchtune import training
+
+    out = {}
+    for path, profile in ROPE_BUILDERS.items():
+        pkg, fn = path.rsplit(".", 1)
+        builder = getattr(importlib.import_module(f"torchtune.models.{pkg}"), fn)
+        with training.set_default_dtype(torch.bfloat16):
+            with torch.device("meta"):
+                model = builder()
+            ropes = {id(layer.attn.pos_embeddings): layer.attn.pos_embeddings for layer in model.layers}
+            rope = next(iter(ropes.values()))
+            rope.rope_init()
+        c = rope.cache
+        out[path] = {"profile": profile, "class": type(rope).__name__, "ropes": len(ropes), "dim": rope.dim,
+                     "max_seq_len": rope.max_seq_len, "dtype": dt(c.dtype), "shape": list(c.shape),
+                     "bytes": c.untyped_storage().nbytes()}
+        del model, rope, ropes, c
+    return out
+
+
 def main() -> None:
     torch.set_num_threads(1)
     ckpt = tiny_checkpoint(tempfile.mkdtemp(prefix="tt-tiny-"))
@@ -262,6 +298,7 @@ def main() -> None:
             r = run(ckpt, method=method, grad_ckpt=gc)
             out["rank"] = r["setup"]["lora_rank"]
             out["cases"][f"{method}-{'gc' if gc else 'nogc'}"] = r
+    out["rope_caches"] = rope_caches()
     dump(out)
 
 
