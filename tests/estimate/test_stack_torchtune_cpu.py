@@ -168,7 +168,7 @@ def _loss_saves() -> tuple[Counter, Counter]:
     """What CEWithChunkedOutputLoss saves: (modelled) each chunk's fp32 log-probs (``logits.float()`` ->
     ``log_softmax``), (pinned) each chunk's int64 labels and nll_loss's 0-dim fp32 total weight, and the 0-dim
     int64 ``total_elements`` its final division saves (torchtune 0.6.1 modules/loss/ce_chunked_output_loss.py:
-    59-80). ``labels.chunk(8, dim=1)[i].reshape(-1)`` copies at batch > 1 (a non-contiguous view)."""
+    37-43, :66-83). ``labels.chunk(8, dim=1)[i].reshape(-1)`` copies at batch > 1 (a non-contiguous view)."""
     rows = ceil_div(S, CHUNKS)
     assert S % rows == 0, "the tiny case has equal chunks"
     logprobs = Counter({(B * rows * V * 4, "fp32"): S // rows})
@@ -191,8 +191,9 @@ def _head(st) -> Counter:
 @pytest.mark.parametrize("name", CASES)
 def test_saved_per_layer_exact(name):
     """Without checkpointing each layer's saved storages as a multiset equal its trace; with it each layer keeps its
-    input only (the CheckpointWrapper's, torchtune 0.6.1 training/_activation_checkpointing.py
-    set_activation_checkpointing, non-reentrant); the head region is the head trace + the loss's saves."""
+    input only (torchtune 0.6.1 training/memory.py:26-45 set_activation_checkpointing: torch's
+    apply_activation_checkpointing, a CheckpointWrapper per TransformerSelfAttentionLayer, non-reentrant by
+    default); the head region is the head trace + the loss's saves."""
     case = DATA["cases"][name]
     s, st = _structure(name)
     assert set(case["saved_per_layer"]) == {"-1", *map(str, range(SPEC.num_layers))}
@@ -213,7 +214,7 @@ def test_saved_per_layer_exact(name):
 @pytest.mark.parametrize("name", CASES)
 def test_whole_forward_saved_bytes(name):
     """Every storage saved in the forward: the per-layer saves (or the checkpointed inputs), the head and loss, and
-    outside every layer the recipe's ``current_num_tokens`` (lora_finetune_single_device.py: ``current_loss =
+    outside every layer the recipe's ``current_num_tokens`` (recipes/lora_finetune_single_device.py:704 ``current_loss =
     self._loss_step(batch) * current_num_tokens``) and, without checkpointing, the RoPE cache buffer."""
     case = DATA["cases"][name]
     s, st = _structure(name)
