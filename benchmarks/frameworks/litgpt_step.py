@@ -49,7 +49,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from _step import RANK, SEQ, TINY_LLAMA, batch, compact, dump, params, record, step  # noqa: E402
+from _step import RANK, SEQ, TINY_LLAMA, batch, compact, dt, dump, params, record, step  # noqa: E402
 
 #: the tiny Llama of ``_step.TINY_LLAMA`` as LitGPT's config (litgpt 0.5.13 config.py ``Config``; its Llama rows
 #: write the same fields: no bias, RMSNorm, LLaMAMLP, full rotary, sequential residual)
@@ -196,6 +196,10 @@ def run(checkpoint: str, precision: str, quantize: str | None, targets: dict, gr
     built = {name.replace("._checkpoint_wrapped_module", ""): e for name, e in params(module).items()}
     for n, p in module.named_parameters():
         built[n.replace("._checkpoint_wrapped_module", "")]["in_optimizer"] = id(p) in in_optimizer
+    in_model = {id(p) for p in module.parameters()}
+    # what the optimizer holds that the model no longer does: QLoRA's replaced embedding (finetune/lora.py:217-224
+    # builds the optimizer over model.parameters() before the swap), kept alive by its param_groups
+    held = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in in_model]
     model.train()
     inputs = batch(TINY_LLAMA["vocab_size"])
     input_ids, targets_ = inputs["input_ids"], inputs["labels"]
@@ -217,6 +221,8 @@ def run(checkpoint: str, precision: str, quantize: str | None, targets: dict, gr
                     "lora_dropout": config.lora_dropout, "targets": {k: v for k, v in targets.items() if v},
                     "optimizer": type(optimizer.optimizer).__name__, "wte": type(model.transformer.wte).__name__,
                     "wte_swapped": swapped,
+                    "optimizer_params_not_in_model": [[p.untyped_storage().nbytes(), dt(p.dtype), list(p.shape),
+                                                       bool(p.requires_grad)] for p in held],
                     "blocks": sorted({type(b).__name__ for b in model.transformer.h}),
                     "rope_cache_dtype": str(model.cos.dtype).removeprefix("torch.")}
     return res

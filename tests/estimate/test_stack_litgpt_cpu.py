@@ -375,3 +375,19 @@ def test_logits_are_fp32_fabric_convert_output(name):
     # with fp32 logits (the fix reported to the lead) the loss saves what LitGPT saves
     assert loss_bytes(T, V, H, 4, BYTES[s.compute_dtype], LITGPT, False, s.autocast, seq=S).saved == \
         alloc(rows * V * 4)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_qlora_keeps_the_replaced_embedding_alive(name):
+    """QLoRA: ``instantiate_bnb_optimizer(optimizer, model.parameters())`` runs before ``wte`` is replaced by a
+    ``StableEmbedding`` (finetune/lora.py:217-228), so the optimizer's ``param_groups`` keep the old, frozen
+    ``vocab x hidden`` embedding alive next to the new one (not modelled: vramplan counts one embedding). LoRA:
+    every optimizer parameter is the model's."""
+    held = _case(name)["setup"]["optimizer_params_not_in_model"]
+    if _case(name)["setup"]["wte_swapped"]:
+        assert held == [[V * H * 2, "bf16", [V, H], False]]
+        s, st = _structure(name)
+        emb = [p for p in st.placements if p.tensor.role == "embedding"]
+        assert len(emb) == 1 and emb[0].numel * BYTES[emb[0].dtype] == V * H * 2
+    else:
+        assert held == []
