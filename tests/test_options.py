@@ -138,7 +138,7 @@ def test_profile_takes_every_setup_option_it_can_run() -> None:
     # the profiler runs transformers + peft itself: another stack's code and the inference split are not run
     assert set(SETUP_OPTION_NAMES) - set(opts) == set(NOT_PROFILED) == {
         "loss", "stack", "quant_head", "quant_state_dtype", "kv_expand", "act_offload", "optim_in_bwd",
-        "frozen_dtype", "device_map", "max_memory", "prompt_tokens", "logits_to_keep"}
+        "frozen_dtype", "fp32_norms_embeddings", "device_map", "max_memory", "prompt_tokens", "logits_to_keep"}
     assert opts["new_tokens"].default == 0     # inference profiles decode --new-tokens tokens
 
 

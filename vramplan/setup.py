@@ -130,6 +130,11 @@ class Setup:
     frozen_dtype: str = option("compute", kind="choice", choices=FROZEN_DTYPES, unset=True,
                                help="dtype of the frozen, unquantized base weights: compute, or fp32 (LitGPT's "
                                     "bf16-mixed). Default: compute, or the --stack's.")
+    fp32_norms_embeddings: bool = option(
+        False, kind="bool", unset=True,
+        help="Training: the embeddings, output head, norms and .gate routers in fp32, the rest in the compute dtype, "
+             "under autocast, as axolotl leaves a full fine-tune without flash attention. Default: off, or the "
+             "--stack's.")
     lora: LoraConfig | None = field(default_factory=LoraConfig)
     batch: int = option(1, kind="int", help="Sequences per step (per GPU).")
     seq: int = option(2048, kind="int", help="Tokens per sequence (inference: prompt + generated).")
@@ -363,7 +368,9 @@ class Setup:
 
     @property
     def autocast(self) -> bool:
-        return self.mixed and self.compute_dtype != "fp32"
+        """The step runs under ``torch.autocast(compute dtype)``: -mixed precision, or fp32 norms and embeddings
+        around compute-dtype Linears (axolotl's Trainer bf16 autocast over its mixed-dtype model)."""
+        return (self.mixed or (self.fp32_norms_embeddings and self.training)) and self.compute_dtype != "fp32"
 
     @property
     def base_dtype(self) -> str:
@@ -610,6 +617,10 @@ def ignored_options(given: dict[str, Any], s: Setup) -> list[str]:
     if "frozen_dtype" in names and given["frozen_dtype"] == "fp32" and s.training and not s.mixed:
         out.append(f"--frozen-dtype fp32 ignored: --precision {s.precision} converts the whole model to "
                    f"{s.compute_dtype} (fp32 frozen weights go with -mixed precision, as LitGPT's bf16-mixed)")
+    if "fp32_norms_embeddings" in names and given["fp32_norms_embeddings"] and s.training and s.method == "full" \
+            and s.mixed:
+        out.append(f"--fp32-norms-embeddings ignored: --precision {s.precision} full fine-tuning keeps every weight "
+                   "in fp32 already")
     if not s.quantized:
         base_q = [n for n in ("quant_skip", "quant_head") if n in names and given[n]]
         if base_q:
@@ -621,7 +632,7 @@ def ignored_options(given: dict[str, Any], s: Setup) -> list[str]:
                        f"(--method inference); --method {s.method} trains")
     else:
         train_only = [n for n in ("act_offload", "optim_in_bwd", "adapter_dtype", "frozen_dtype", "prompt_tokens",
-                                  "logits_to_keep") if n in names and given[n] not in (False, "auto", "compute", 0)]
+                                  "logits_to_keep", "fp32_norms_embeddings") if n in names and given[n] not in (False, "auto", "compute", 0)]
         if train_only:
             out.append(f"{flags(train_only)} ignored: --method inference does not train")
     if s.quant not in ("nf4", "fp4"):

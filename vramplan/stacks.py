@@ -227,8 +227,9 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
     # loaders/adapter.py:526-527); measured (tests/estimate/test_stack_axolotl_cpu.py)
     Stack("axolotl", "axolotl (axolotl train)", "axolotl 0.21.0", input_requires_grad=True,
           checked_parts=("its config validation, ModelLoader, load_adapter, AxolotlTrainer loss and backward on a tiny "
-                         "Llama on CPU, LoRA/QLoRA with and without gradient checkpointing: parameters, per-layer and "
-                         "whole-forward saves, gradients (tests/estimate/test_stack_axolotl_cpu.py)",),
+                         "Llama on CPU, LoRA/QLoRA and full fine-tuning with and without gradient checkpointing: "
+                         "parameters, per-layer and whole-forward saves, gradients "
+                         "(tests/estimate/test_stack_axolotl_cpu.py)",),
           defaults=(
         Default("kbit_prep", False, "prepare_model_for_kbit_training is called, then norms, embeddings and head "
                                     "are cast back to bf16: at steady state no fp32 copies and a bf16 residual "
@@ -236,6 +237,17 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
         Default("grad_ckpt", False, "gradient_checkpointing defaults to off and is what it passes to "
                                     "prepare_model_for_kbit_training(use_gradient_checkpointing=...) (axolotl "
                                     "0.21.0 utils/schemas/config.py:641-676)"),
+        Default("precision", "bf16-true", "full fine-tuning trains the weights in torch_dtype (bf16: auto on a bf16 "
+                                          "GPU, utils/config/__init__.py:163-200), loaded so "
+                                          "(loaders/model.py:959-960), no fp32 masters: bf16 gradients and AdamW "
+                                          "states; the Trainer's bf16 autocast runs over it (axolotl 0.21.0)",
+                "full"),
+        Default("fp32_norms_embeddings", True, "full fine-tuning keeps the load-time fp32 upcast of the embeddings, "
+                                               "head, norms and .gate routers: should_convert_embedding_dtypes is "
+                                               "false without an adapter, FSDP, a flash/flex attention kernel or "
+                                               "Cut Cross-Entropy (axolotl 0.21.0 loaders/model.py:174-188, "
+                                               ":607-650, :1446-1468); measured "
+                                               "(tests/estimate/test_stack_axolotl_cpu.py)", "full"),
     ), unmodelled=(
         Unmodelled("the load-time fp32 upcast of the norms before they are cast back",
                    "axolotl 0.21.0 loaders/model.py:1407-1448", "quantized"),

@@ -18,7 +18,8 @@ tok).load()`` (from_pretrained, ``_configure_embedding_dtypes``: gradient checkp
 ``prepare_model_for_kbit_training`` for 4-bit, the cast back to ``torch_dtype``; then ``load_adapter``), the trainer
 from ``core.builders.HFCausalTrainerBuilder``, the model prepared by its accelerator, then
 ``trainer.compute_loss(model, batch)`` and ``trainer.accelerator.backward(loss)``: the two halves of
-``Trainer.training_step``.
+``Trainer.training_step``. Cases: LoRA and QLoRA with and without checkpointing (``cases``), and full fine-tuning
+(no ``adapter``) with and without (``full_cases``).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from _step import (  # noqa: E402
 )
 
 
-def user_config(path: str, out_dir: str, *, quantized: bool, grad_ckpt: bool) -> dict:
+def user_config(path: str, out_dir: str, *, quantized: bool, grad_ckpt: bool, full: bool = False) -> dict:
     cfg = {"base_model": path, "tokenizer_type": "AutoTokenizer", "adapter": "qlora" if quantized else "lora",
            "lora_r": RANK, "lora_alpha": RANK, "lora_target_linear": True, "bf16": "auto", "tf32": False,
            "gradient_checkpointing": grad_ckpt, "micro_batch_size": BATCH, "gradient_accumulation_steps": 1,
@@ -54,10 +55,13 @@ def user_config(path: str, out_dir: str, *, quantized: bool, grad_ckpt: bool) ->
            "datasets": [{"path": "unused", "type": "alpaca"}], "optimizer": "adamw_torch", "save_safetensors": True}
     if quantized:
         cfg["load_in_4bit"] = True
+    if full:                         # no adapter: a full fine-tune (examples/llama-2/fft_optimized.yml)
+        for k in ("adapter", "lora_r", "lora_alpha", "lora_target_linear"):
+            del cfg[k]
     return cfg
 
 
-def run(path: str, *, quantized: bool, grad_ckpt: bool) -> dict:
+def run(path: str, *, quantized: bool, grad_ckpt: bool, full: bool = False) -> dict:
     import axolotl.utils.config as axo_config
     from axolotl.loaders import ModelLoader, load_tokenizer
     from axolotl.utils.config import normalize_config, validate_config
@@ -67,13 +71,14 @@ def run(path: str, *, quantized: bool, grad_ckpt: bool) -> dict:
     # (Ampere or later) does; on this CPU it answers False and axolotl would pick fp16.
     axo_config.is_torch_bf16_gpu_available = lambda: True
     out_dir = tempfile.mkdtemp(prefix="axo-out-")
-    cfg = validate_config(DictDefault(user_config(path, out_dir, quantized=quantized, grad_ckpt=grad_ckpt)))
+    cfg = validate_config(DictDefault(user_config(path, out_dir, quantized=quantized, grad_ckpt=grad_ckpt,
+                                                  full=full)))
     normalize_config(cfg)
     tok = load_tokenizer(cfg)
     torch.manual_seed(0)
     model, _ = ModelLoader(cfg, tok).load()
     built = params(model)
-    res_cfg = {"method": cfg.adapter, "grad_ckpt": bool(cfg.gradient_checkpointing),
+    res_cfg = {"method": cfg.adapter or "full", "grad_ckpt": bool(cfg.gradient_checkpointing),
                "lora_dropout": cfg.lora_dropout, "torch_dtype": str(cfg.torch_dtype), "bf16": cfg.bf16,
                "load_in_4bit": bool(cfg.load_in_4bit)}
     trainer = None
@@ -91,6 +96,13 @@ def run(path: str, *, quantized: bool, grad_ckpt: bool) -> dict:
     model.train()
     inputs = batch(TINY_LLAMA["vocab_size"])
     if trainer is not None:
+        if trainer.args.gradient_checkpointing and not getattr(model, "is_gradient_checkpointing", True):
+            # what Trainer.train() does before the first step (transformers 5.20.1 trainer.py:1500-1511): a full
+            # fine-tune's checkpointing starts here (the loader enables it for adapters only, loaders/model.py:634)
+            gc_kwargs = dict(trainer.args.gradient_checkpointing_kwargs or {})
+            gc_kwargs.pop("every_n_layers", None)
+            gc_kwargs.pop("offload", None)
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs or None)
         prepared = trainer.accelerator.prepare(trainer.model)
         prepared.train()
         res = step(prepared, lambda: trainer.compute_loss(prepared, inputs), autocast=False,
@@ -101,7 +113,8 @@ def run(path: str, *, quantized: bool, grad_ckpt: bool) -> dict:
         res = step(model, lambda: model(**inputs).loss, autocast=True, n_layers=TINY_LLAMA["num_hidden_layers"])
     res = compact(res)
     res["params"] = built
-    res["gradient_checkpointing"] = bool(getattr(model.base_model.model, "is_gradient_checkpointing", False))
+    base = model.base_model.model if hasattr(model, "peft_config") else model
+    res["gradient_checkpointing"] = bool(getattr(base, "is_gradient_checkpointing", False))
     res["setup"] = res_cfg
     return res
 
@@ -111,6 +124,10 @@ def main() -> None:
     out = record("axolotl", "axolotl")
     torch.set_num_threads(1)
     lora_qlora_cases(out, run, path)
+    # full fine-tuning with bf16: auto -> torch_dtype bfloat16 (utils/config/__init__.py:194-199): the model is
+    # loaded and trained in bf16 (loaders/model.py:959-960), the Trainer's bf16 autocast over it
+    out["full_cases"] = {f"full-{'gc' if gc else 'nogc'}": run(path, quantized=False, grad_ckpt=gc, full=True)
+                         for gc in (True, False)}
     dump(out)
 
 

@@ -33,6 +33,7 @@ from framework_checks import assert_params_as_built
 
 from vramplan.dtypes import BYTES, alloc
 from vramplan.estimate.estimator import estimate
+from vramplan.estimate.states import model_states
 from vramplan.estimate.structure import static_structure, structural_setup
 from vramplan.lora import LoraConfig
 from vramplan.setup import Setup
@@ -155,3 +156,93 @@ def test_gradients(name):
         if not t.frozen:
             want[t.dtype] += t.numel * BYTES[t.dtype]
     assert DATA["cases"][name]["grads"] == dict(want) == {"fp32": 35840}
+
+
+# ---------------------------------------------------------------------------------- full fine-tuning
+FULL = sorted(DATA["full_cases"])
+
+
+def _full(name: str, *, as_run: bool = True) -> Setup:
+    kw = {"grad_ckpt": DATA["full_cases"][name]["setup"]["grad_ckpt"]} if as_run else {}
+    return Setup.create(method="full", stack="axolotl", batch=DATA["batch"], seq=DATA["seq"], **kw)
+
+
+def test_full_cases_ran_as_axolotl_runs_them():
+    """No adapter, ``bf16: auto`` (torch_dtype bfloat16), sdpa (no attention key), checkpointing on and off —
+    turned on by ``Trainer.train()``'s ``gradient_checkpointing_enable`` for a full fine-tune."""
+    assert set(FULL) == {"full-gc", "full-nogc"}
+    for name in FULL:
+        case = DATA["full_cases"][name]
+        assert case["setup"]["method"] == "full" and case["setup"]["torch_dtype"] == "torch.bfloat16"
+        assert case["setup"]["native_amp"] is True and case["setup"]["trainer"] == "AxolotlTrainer"
+        assert case["gradient_checkpointing"] is case["setup"]["grad_ckpt"] is (name == "full-gc")
+
+
+@pytest.mark.parametrize("name", FULL)
+def test_full_fine_tuning_keeps_norms_embeddings_and_head_fp32(name):
+    """axolotl's load-time ``_convert_embedding_modules_dtype(torch.float32)`` is not undone without an adapter,
+    FSDP, a flash kernel or Cut Cross-Entropy: embed_tokens, lm_head and every norm train in fp32, the other
+    Linears in bf16 — ``--stack axolotl --method full`` alone (bf16-true + --fp32-norms-embeddings, under autocast).
+    Every parameter as built and every gradient (one per parameter, in its dtype), exact."""
+    case = DATA["full_cases"][name]
+    s = _full(name, as_run=False)
+    assert s.precision == "bf16-true" and s.fp32_norms_embeddings and s.autocast
+    fp32 = {n for n, p in case["params"].items() if p["dtype"] == "fp32"}
+    assert fp32 == {"model.embed_tokens.weight", "lm_head.weight", "model.norm.weight",
+                    *(f"model.layers.{i}.{n}.weight" for i in range(SPEC.num_layers)
+                      for n in ("input_layernorm", "post_attention_layernorm"))}
+    st = static_structure(SPEC, structural_setup(_full(name)))
+    trainable = assert_params_as_built(case["params"], st)
+    assert trainable == st.params_trainable == SPEC.params_total
+    want: Counter = Counter()
+    for p in case["params"].values():
+        want[p["dtype"]] += p["bytes"]
+    assert case["grads"] == dict(want) == {"fp32": 66816, "bf16": 172032}
+
+
+def _head_region(st, s) -> Counter:
+    """The measured region after the last layer: the head trace less its input (the last layer's output, which the
+    recorder gives the layer that made it, not the final norm that saves it), plus the lm_head weight's bf16
+    autocast copy (an fp32 trainable weight: vramplan's buffers/autocast_weight_casts) and the loss's storages."""
+    out = _head(st)
+    resid = (T * SPEC.hidden_size * BYTES[st.resid_dtype], st.resid_dtype)
+    if st.head.input_saved:
+        out[resid] -= 1
+    out[(model_states(SPEC, structural_setup(s)).casts_head, "bf16")] += 1
+    return +out
+
+
+@pytest.mark.parametrize("name", FULL)
+def test_full_fine_tuning_saves(name):
+    """What autograd saves under axolotl's mixed-dtype model: an fp32 residual stream (the fp32 embedding's output),
+    bf16 autocast copies at every Linear. Without checkpointing each layer equals its trace; the head region and
+    the whole forward in both cases (the rotary cos/sin and the trainable embedding's int64 ids pinned, not
+    modelled)."""
+    case = DATA["full_cases"][name]
+    s = _full(name)
+    st = static_structure(SPEC, structural_setup(s))
+    assert st.resid_dtype == "fp32"
+    ms = model_states(SPEC, structural_setup(s))
+    # only the fp32 head is cast (its bf16 Linears are used as they are): V x H x 2 B, held from forward to backward
+    assert ms.casts == ms.casts_head == ms.casts_backward == SPEC.vocab_size * SPEC.hidden_size * 2
+    assert Counter(tuple(x) for x in case["saved_per_layer"]["-1"]) == _head_region(st, s)
+    resid = T * SPEC.hidden_size * 4
+    outside = Counter((n, d) for n, d, _ in case["saved_all"]["outside_layers"])
+    ids = Counter({(8 * T, "int64"): 1})
+    if s.grad_ckpt:
+        assert set(case["saved_per_layer"]) == {"-1"}
+        # each layer's fp32 input kept by the checkpoint + the last layer's output, saved by the final norm
+        assert outside == Counter({(resid, "fp32"): SPEC.num_layers + 1}) + ids
+        layers = Counter()      # the checkpoint inputs: one residual-stream tensor per layer, st.resid_dtype
+    else:
+        for i, tr in enumerate(st.layer_traces):
+            got = Counter(tuple(x) for x in case["saved_per_layer"][str(i)])
+            assert got == Counter((x.nbytes(T, BSS), x.dtype) for x in tr.saved), f"layer {i}"
+        head_dim = SPEC.hidden_size // SPEC.config["num_attention_heads"]
+        rotary = Counter({(DATA["seq"] * head_dim * 4, "fp32"): 2})      # cos/sin in the fp32 stream's dtype
+        assert outside == Counter({(resid, "fp32"): 1}) + rotary + ids
+        layers = Counter((x.nbytes(T, BSS), x.dtype) for tr in st.layer_traces for x in tr.saved) + rotary
+    want = layers + _head_region(st, s) + ids + (Counter({(resid, "fp32"): 1 + SPEC.num_layers}) if s.grad_ckpt
+                                                 else Counter({(resid, "fp32"): 1}))
+    assert case["saved_all"]["bytes"] == sum(n * k for (n, _), k in want.items())
+    assert case["saved_all"]["count"] == sum(want.values())

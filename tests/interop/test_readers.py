@@ -73,13 +73,36 @@ def test_axolotl_defaults_and_kbit_prep():
     r = read_axolotl({"base_model": "m", "adapter": "qlora", "load_in_4bit": True})
     # schemas/config.py:665 sequence_len 512, training.py:77 micro_batch_size 1, peft.py:80 dropout 0
     assert (r.options["seq"], r.options["batch"], r.options["lora_dropout"]) == (512, 1, 0.0)
-    assert r.options["kbit_prep"] is True            # sdpa: prepare_model_for_kbit_training's fp32 copies stay
+    # an adapter makes should_convert_embedding_dtypes true whatever the attention kernel (axolotl 0.21.0
+    # loaders/model.py:174-188): prepare_model_for_kbit_training's fp32 copies are cast back to bf16, as axolotl's
+    # real sdpa step measured (benchmarks/frameworks/results/axolotl.json: every frozen non-nf4 weight bf16)
+    assert r.options["kbit_prep"] is False and r.options["attn"] == "sdpa"
+    assert r.options.get("fp32_norms_embeddings") is None
     flash = read_axolotl({"base_model": "m", "adapter": "qlora", "load_in_4bit": True,
                           "attn_implementation": "flash_attention_2"})
-    assert flash.options["kbit_prep"] is False        # cast back to bf16 for flash attention
+    assert flash.options["kbit_prep"] is False
     fsdp = read_axolotl({"base_model": "m", "adapter": "qlora", "load_in_4bit": True, "fsdp": ["full_shard"],
                          "fsdp_config": {"fsdp_offload_params": True}})
     assert (fsdp.options["strategy"], fsdp.options["offload"], fsdp.options["kbit_prep"]) == ("fsdp", "params", False)
+    # qlora + FSDP: nothing casts the load-time fp32 upcast back (qlora_and_fsdp_enabled, model.py:176-183)
+    assert fsdp.options["fp32_norms_embeddings"] is True
+
+
+@pytest.mark.parametrize("extra,fp32", [
+    ({}, True),                                              # sdpa by default: the upcast stays
+    ({"attn_implementation": "sdpa"}, True), ({"attn_implementation": "eager"}, True),
+    ({"flash_attention": True}, False),                      # legacy flag -> flash_attention_2 (enums.py:128-135)
+    ({"attn_implementation": "flex_attention"}, False), ({"xformers_attention": True}, False),
+    ({"fsdp": ["full_shard"], "fsdp_config": {}}, False),    # fsdp_enabled (model.py:176)
+    ({"plugins": ["axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"]}, False),
+])
+def test_axolotl_full_fine_tuning_fp32_norms_and_embeddings(extra, fp32):
+    """Without an adapter axolotl keeps embed_tokens, lm_head and the norms fp32 unless FSDP, an attention kernel
+    other than eager/sdpa or Cut Cross-Entropy casts them back (axolotl 0.21.0 loaders/model.py:174-188,
+    :607-650; utils/schemas/enums.py:171 ATTN_IMPLS_WITHOUT_DTYPE_CAST)."""
+    r = read_axolotl({"base_model": "m", "bf16": True, **extra})
+    assert r.options["method"] == "full" and r.options["precision"] == "bf16-true"
+    assert r.options["fp32_norms_embeddings"] is fp32
 
 
 @pytest.mark.parametrize("d,words", [({"rl": "dpo"}, "rl: dpo"), ({"reward_model": True}, "reward_model"),

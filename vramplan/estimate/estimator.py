@@ -169,7 +169,7 @@ def _autocast_copies(setup: Setup, d: ModelStates, live: int) -> Item:
     return ("buffers/autocast_weight_casts", live,
             f"autocast caches a {setup.compute_dtype} copy of each fp32 trainable matmul weight for the whole "
             "forward and autograd saves it for backward (aten/src/ATen/autocast_mode.cpp cached_cast): "
-            f"2 B × {sum(p.numel for p in d.structure.placements if p.trainable):,} params")
+            f"2 B × {sum(p.numel for p in d.structure.placements if p.trainable and p.dtype == 'fp32'):,} fp32 params")
 
 
 def _layer_activations(spec: ModelSpec, setup: Setup, d: ModelStates, a: ActTerms) -> list[Item]:
@@ -504,6 +504,11 @@ def behaviour_assumptions(spec: ModelSpec, setup: Setup) -> list[str]:
                    "fabric/plugins/precision/amp.py); each frozen Linear's weight is cast to "
                    f"{setup.compute_dtype} at every call and the copy saved for backward (not in autocast's cache: "
                    "aten/src/ATen/autocast_mode.cpp cached_cast caches leaves that require grad only)")
+    if setup.training and setup.fp32_norms_embeddings:
+        out.append("--fp32-norms-embeddings: the embeddings, output head, norms and .gate routers in fp32, the other "
+                   f"weights in {setup.compute_dtype}, under {setup.compute_dtype} autocast (axolotl 0.21.0's "
+                   "load-time upcast, loaders/model.py:607-624, :1446-1468): an fp32 residual stream, and an fp32 "
+                   "trainable head's autocast copy held from forward to backward")
     if setup.kv_expand and spec.num_kv_heads != spec.num_heads and setup.attn != "eager":
         out.append(f"--kv-expand: K and V repeated from {spec.num_kv_heads} to {spec.num_heads} heads before SDPA, "
                    "which saves the expanded copies (torchtune 0.6.1 modules/attention.py:285-300; litgpt 0.5.13 "

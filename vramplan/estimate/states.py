@@ -111,15 +111,18 @@ def _build_states(spec: ModelSpec, st: Structure, setup: Setup) -> ModelStates:
     if setup.autocast and setup.method == "full":
         # F.linear / Conv1D addmm / the MoE router's F.linear are autocast ops; the fused experts' _grouped_mm
         # is not (transformers integrations/moe.py), so expert stacks get no copy
+        # (a weight already in the compute dtype — --fp32-norms-embeddings' Linears — is used as it is)
         casts = sum(alloc(p.numel * 2) for p in st.placements
-                    if p.trainable and p.tensor.param_name != "bias"
+                    if p.trainable and p.tensor.param_name != "bias" and p.dtype == "fp32"
                     and (p.tensor.module_type in ("linear", "conv1d") or p.tensor.role == "moe_router"))
-        for t in spec.tensors:   # a tied head is cast as the head weight
-            if t.tied_to is not None and t.role == "lm_head":
+        fp32 = {p.tensor.name for p in st.placements if p.dtype == "fp32"}
+        head = [t for t in spec.tensors if t.role == "lm_head" and t.param_name == "weight"
+                and (t.tied_to or t.name) in fp32]
+        for t in head:           # a tied head is cast as the head weight
+            if t.tied_to is not None:
                 casts += alloc(t.numel * 2)
     casts_head = 0
     if casts:
-        head = [t for t in spec.tensors if t.role == "lm_head" and t.param_name == "weight"]
         casts_head = sum(alloc(t.numel * 2) for t in head)
     # autocast's cast cache is cleared when the forward (under autocast) ends; checkpointed layers saved no copy,
     # so in backward only the head's copy lives on, plus the copies a recomputed layer makes

@@ -166,7 +166,7 @@ def _placements(spec: ModelSpec, setup: Setup) -> tuple[Placement, ...]:
     return _PLACEMENTS.get((spec,), (setup.stack, setup.method, setup.quant, setup.double_quant, setup.quant_blocksize,
                                      setup.precision, setup.kbit_prep, setup.training, setup.quant_bits,
                                      setup.quant_group, setup.quant_skip, setup.quant_head, setup.frozen_dtype,
-                                     setup.train_vision),
+                                     setup.train_vision, setup.fp32_norms_embeddings),
                            lambda: tuple(place_weights(spec, setup)))
 
 

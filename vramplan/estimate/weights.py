@@ -118,6 +118,16 @@ def quantizable(t: Tensor, spec: ModelSpec, skip: tuple[str, ...] = (), quant: s
             and not (skip and skipped(t.module, skip)) and (quant != "gptq" or t.layer is not None))
 
 
+def fp32_upcast_target(t: Tensor) -> bool:
+    """What axolotl's ``_convert_embedding_modules_dtype(torch.float32, before_kbit_train_or_finetune=True)``
+    moves to fp32: every module whose name contains ``norm``, every module named ``*.gate`` (a MoE router), and the
+    input embedding and output head (``get_linear_embedding_layers``: ``embed_tokens``/``lm_head``, per family)
+    (axolotl 0.21.0 loaders/model.py:1446-1468, loaders/utils.py:325-335). A full fine-tune keeps them there unless
+    ``should_convert_embedding_dtypes`` (an adapter, FSDP, an attention kernel other than eager/sdpa, or Cut
+    Cross-Entropy: loaders/model.py:174-188, utils/schemas/enums.py:171) casts them back."""
+    return t.role in ("embedding", "lm_head", "norm") or "norm" in t.module or t.module.endswith(".gate")
+
+
 def place_weights(spec: ModelSpec, setup: Setup, kernel: str | None = None) -> list[Placement]:
     """Every non-tied weight tensor of the base model with its dtype and allocations; ``kernel``: the nf4
     library (:func:`nf4_kernel`, its default): ``"torchao"`` stores each nf4 weight as an ``NF4Tensor`` of the
@@ -154,7 +164,9 @@ def place_weights(spec: ModelSpec, setup: Setup, kernel: str | None = None) -> l
                 parts = [("weights/quantized", p["packed"]), ("weights/quant_constants", p["scb"])]
             out.append(Placement(t, quant, quant, False, tuple(parts)))
             continue
-        if setup.method == "full" and t.role not in frozen_vision:
+        if setup.training and setup.fp32_norms_embeddings and fp32_upcast_target(t):
+            dtype, trainable = "fp32", setup.method == "full" and t.role not in frozen_vision
+        elif setup.method == "full" and t.role not in frozen_vision:
             dtype, trainable = setup.trainable_dtype, True
         elif setup.method == "full":     # --train-vision: a frozen part stays in the base dtype, untrained
             # ... or in the checkpoint's 16-bit dtype where the stack upcasts only what trains (LLaMA-Factory)

@@ -191,7 +191,6 @@ def read_axolotl(d: Mapping[str, Any], file: str | os.PathLike[str] | None = Non
         and d.get("ray_num_workers") is not None else None
     o["strategy"] = None
     o["offload"] = None
-    cpu_ram_efficient = False
     if d.get("deepspeed"):
         ds = deepspeed_options(d["deepspeed"], file, "deepspeed")
         o["strategy"], o["offload"] = ds["strategy"], ds["offload"]
@@ -213,15 +212,28 @@ def read_axolotl(d: Mapping[str, Any], file: str | os.PathLike[str] | None = Non
             o["strategy"] = "fsdp-grad-op" if ("shard_grad_op" in words or ss == "shard_grad_op") else "fsdp"
         offload = fc.get("fsdp_offload_params", fc.get("offload_params", False)) or "offload" in words
         o["offload"] = "params" if truthy(offload) else "none"
-        cpu_ram_efficient = truthy(fc.get("fsdp_cpu_ram_efficient_loading", fc.get("cpu_ram_efficient_loading",
-                                                                                    False)))
     if o["method"] == "qlora":
         # prepare_model_for_kbit_training runs for 4/8-bit adapters except under qlora+FSDP, FSDP
-        # cpu_ram_efficient_loading or ZeRO-3 (loaders/model.py:997-1023); where it runs, flash attention casts the
-        # norms and embeddings back to bf16 (should_convert, loaders/model.py:456-476): frozen weights end bf16.
-        skipped = (o["strategy"] in ("fsdp", "fsdp-grad-op") and adapter == "qlora") or cpu_ram_efficient \
-            or o["strategy"] == "zero3"
-        o["kbit_prep"] = not (skipped or o["attn"] == "flash")
+        # cpu_ram_efficient_loading or ZeRO-3 (loaders/model.py:997-1023); where it runs, any adapter makes
+        # should_convert_embedding_dtypes true (needs_fa2_dtype = bool(cfg.adapter or fsdp), axolotl 0.21.0
+        # loaders/model.py:174-188, at 067b021c the same), so norms, embeddings and head are cast back to bf16
+        # (:643-650) whatever the attention kernel: frozen weights end bf16, as axolotl's real step measured
+        # (tests/estimate/test_stack_axolotl_cpu.py, sdpa)
+        o["kbit_prep"] = False
+        if adapter == "qlora" and (fsdp is not None or fc is not None):
+            # ... except under qlora + FSDP, where nothing casts them back and the load-time fp32 upcast of norms,
+            # embeddings and head stays (upcast_embeddings, loaders/model.py:612-624; at 067b021c FSDP skipped it)
+            o["fp32_norms_embeddings"] = True
+    if o["method"] == "full":
+        # without an adapter the load-time fp32 upcast of norms, embeddings, head and .gate routers
+        # (_convert_embedding_modules_dtype, loaders/model.py:607-624, :1446-1468) is cast back only for FSDP, an
+        # attention kernel other than eager/sdpa (attn_needs_dtype_cast: utils/schemas/config.py:1606-1611,
+        # enums.py:171; the legacy flags map to kernels, enums.py:128-135) or Cut Cross-Entropy (model.py:174-188)
+        attn_cast = impl not in ("", "eager", "sdpa") or any(
+            truthy(d.get(k, False)) for k in ("flash_attention", "flex_attention", "xformers_attention",
+                                               "sage_attention"))
+        cce = "CutCrossEntropyPlugin" in plugins or truthy(d.get("cut_cross_entropy", False))
+        o["fp32_norms_embeddings"] = not (fsdp is not None or fc is not None or attn_cast or cce)
     return finish(r)
 
 

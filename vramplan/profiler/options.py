@@ -23,10 +23,10 @@ AXES = ("batch", "seq")
 #: cross-entropy), so ``--loss chunked`` could not be run as asked; and it runs the HF Trainer + PEFT stack (or a
 #: plain loop), never another framework's code, so ``--stack`` could not either, nor the switches that stand for
 #: another stack's code (a quantized head, fp16 quant states, K/V expansion, offloaded activations, the optimizer
-#: in backward, fp32 frozen weights under autocast, ms-swift's logits from the first supervised label on over a
-#: masked prompt) or a multi-GPU split for inference (issue 14, 17)
+#: in backward, fp32 frozen weights under autocast, axolotl's fp32 norms and embeddings, ms-swift's logits from the
+#: first supervised label on over a masked prompt) or a multi-GPU split for inference (issue 14, 17)
 NOT_PROFILED = ("loss", "stack", "quant_head", "quant_state_dtype", "kv_expand", "act_offload", "optim_in_bwd",
-                "frozen_dtype", "device_map", "max_memory", "prompt_tokens", "logits_to_keep")
+                "frozen_dtype", "fp32_norms_embeddings", "device_map", "max_memory", "prompt_tokens", "logits_to_keep")
 #: ``--until-oom`` stops doubling here even without an OOM (a host with unbounded swap would never stop).
 UNTIL_OOM_MAX_DOUBLINGS = 20
 

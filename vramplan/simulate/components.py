@@ -97,6 +97,7 @@ def check_supported(setup: Setup) -> None:
         ("--act-offload", setup.act_offload), ("--optim-in-bwd", setup.optim_in_bwd),
         ("--kv-expand", setup.kv_expand), ("--quant-head", setup.quant_head),
         ("--quant-state-dtype fp16", setup.quant_state_dtype == "fp16"),
+        ("--fp32-norms-embeddings", setup.fp32_norms_embeddings and setup.training),
         ("--logits-to-keep", setup.logits_to_keep and setup.prompt_tokens > 1)) if on]
     if other:
         raise SimulationError(f"{', '.join(other)}: the simulation runs transformers + peft's own step, not that "
