@@ -122,6 +122,12 @@ class Stack:
     #: its adapter loader calls model.enable_input_require_grads() whatever the setup, so the residual stream
     #: entering layer 0 requires grad and layer 0 saves what a frozen embedding's output would not need
     input_requires_grad: bool = False
+    #: its model builders register the rotary cos/sin table as a buffer on the device at init: one fp32 table per
+    #: model at the builder's max_seq_len (the checkpoint's max_position_embeddings), resident through training
+    #: (torchtune 0.6.1 modules/position_embeddings.py:46-67, models/llama3_1/_position_embeddings.py:62-101,
+    #: models/qwen2/_positional_embeddings.py:51-66; one rope shared by every layer,
+    #: models/llama3_1/_component_builders.py:85, :208); measured (tests/estimate/test_stack_torchtune_cpu.py)
+    rope_cache: bool = False
 
     def defaults_for(self, quantized: bool, full: bool = False, gpus: int = 1) -> dict[str, Default]:
         """The defaults that apply to a setup, by option (the later of two for one option wins)."""
@@ -253,8 +259,12 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
                    "axolotl 0.21.0 loaders/model.py:1407-1448", "quantized"),
     )),
     Stack("torchtune", "torchtune (tune run)", "torchtune 0.6.1", peft_adapters=False, hf_trainer=False,
-          nf4_kernel="torchao",
-          checked_parts=("CEWithChunkedOutputLoss", "OffloadActivations", "register_optim_in_bwd_hooks "
+          nf4_kernel="torchao", rope_cache=True,
+          checked_parts=("its LoRA/QLoRA single-device recipe step on CPU (LoRAFinetuneRecipeSingleDevice.setup from the "
+                         "shipped llama3_1 8B configs, _loss_step and backward, with and without activation "
+                         "checkpointing): parameters as built, per-layer and whole-forward saves, checkpoint inputs, "
+                         "gradients, the RoPE cache buffer (tests/estimate/test_stack_torchtune_cpu.py)",
+                         "CEWithChunkedOutputLoss", "OffloadActivations", "register_optim_in_bwd_hooks "
                          "(tests/estimate/test_loss_kinds_frameworks.py, test_act_offload*.py, test_optim_in_bwd*.py)",
                          "QLoRA's torchao NF4Tensor storage, linear_nf4's saved tensors and dequantization peak "
                          "(tests/estimate/test_torchao_nf4.py)"),

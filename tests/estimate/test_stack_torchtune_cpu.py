@@ -29,7 +29,7 @@ recipe's 0-dim ``current_num_tokens`` (``loss * current_num_tokens``); without c
 cos/sin ``cache`` (a buffer built at init, resident before the step, saved by every layer's rotation). The
 live-byte peaks are recorded, not compared (CPU-only buffers, as test_stack_frameworks_cpu.py says).
 
-Not modelled and marked ``xfail(strict=True)``: that cache is resident device memory the estimate does not count,
+That cache is resident device memory, ``buffers/rope_cache`` in the estimate (``Stack.rope_cache``):
 one fp32 ``(max_seq_len, head_dim // 2, 2)`` table per model (``(max_seq_len, 2 x head_dim)`` for Qwen2/Phi-3),
 built at the builder's ``max_seq_len``, not the training length: 64 MiB for Llama-3.1-8B, 128 MiB for Qwen2.5-7B
 (``rope_caches``: five real-size builders' ``rope_init()`` run on CPU by the same script).
@@ -272,11 +272,18 @@ def test_rope_cache_is_one_fp32_table_per_model(builder):
     assert r["bytes"] == _rope_cache_bytes(r["profile"], r["class"])
 
 
-@pytest.mark.xfail(strict=True, reason="vramplan does not count torchtune's resident fp32 RoPE cache buffer "
-                   "(8,192 B on the tiny model, 64 MiB on Llama-3.1-8B): the fix needs a Stack field in the "
-                   "lead-owned vramplan/stacks.py and a component in vramplan/estimate/states.py (issue 14 report)")
 @pytest.mark.parametrize("name", CASES)
 def test_estimate_counts_the_rope_cache(name):
     n, _, _ = DATA["cases"][name]["rope_cache"]
     comps = {c.name: c.bytes for c in estimate(SPEC, _setup(name)).components}
     assert [b for k, b in comps.items() if "rope" in k] == [alloc(n)]
+
+
+@pytest.mark.parametrize("builder", sorted(DATA["rope_caches"]))
+def test_estimate_counts_the_real_size_rope_cache(builder):
+    """The real-size builders' measured tables are the estimate's ``buffers/rope_cache`` for their profiles."""
+    from vramplan.profiles import resolve_model
+    r = DATA["rope_caches"][builder]
+    spec = resolve_model(r["profile"]).spec
+    e = estimate(spec, Setup.create(method="lora", stack="torchtune", batch=1, seq=512))
+    assert e.component("buffers/rope_cache") == alloc(r["bytes"])

@@ -13,6 +13,7 @@ from ..dtypes import BYTES, alloc
 from ..memo import IdCache
 from ..setup import Setup
 from ..shapes.spec import ModelSpec
+from ..stacks import STACKS
 from . import overhead
 from .activations import LayerActivations
 from .optimizer import optimizer_states, optimizer_step_transient
@@ -84,6 +85,24 @@ def _build_weight_comps(st: Structure, setup: Setup) -> tuple[tuple[str, int, st
                  for comp, nb in sorted(wsum.items()) if nb)
 
 
+#: torchtune 0.6.1 rope classes whose cache is cat([cos, sin]) of cat([theta, theta]), (max_seq_len, 2 x head_dim)
+#: (models/qwen2/_positional_embeddings.py:51-66, models/phi3/_position_embeddings.py); the others stack cos and
+#: sin of (max_seq_len, head_dim // 2): (max_seq_len, head_dim // 2, 2)
+_ROPE_DOUBLED = ("qwen2", "phi3")
+
+
+def rope_cache_item(spec: ModelSpec, setup: Setup) -> tuple[str, int, str] | None:
+    """The resident rotary cos/sin buffer of a stack whose builders make one (``Stack.rope_cache``), or ``None``."""
+    if not STACKS[setup.stack].rope_cache or any(t.role == "position_embedding" for t in spec.tensors):
+        return None
+    width = spec.head_dim * (2 if spec.model_type in _ROPE_DOUBLED else 1)
+    n = spec.max_position_embeddings * width * 4
+    return ("buffers/rope_cache", alloc(n),
+            f"the rotary cos/sin table its builder registers at init: max_seq_len {spec.max_position_embeddings:,} x "
+            f"{width} x 4 B (fp32 whatever the dtype), one per model (torchtune 0.6.1 modules/position_embeddings.py"
+            ":46-67, models/llama3_1/_position_embeddings.py:62-101)")
+
+
 def _build_states(spec: ModelSpec, st: Structure, setup: Setup) -> ModelStates:
     comps: list[tuple[str, int, str]] = list(_base_weight_comps(st, setup))
     asum: dict[str, int] = defaultdict(int)
@@ -92,6 +111,9 @@ def _build_states(spec: ModelSpec, st: Structure, setup: Setup) -> ModelStates:
     for comp, nb in sorted(asum.items()):
         if nb:
             comps.append((comp, nb, adapter_formula(comp, st.adapters, st.plan)))
+    rope = rope_cache_item(spec, setup)
+    if rope is not None:
+        comps.append(rope)
     if setup.training and setup.quant in ("gptq", "awq"):   # a trainable kernel's own buffers (card-independent)
         from .quant_kernels import plan_kernel
 
