@@ -11,8 +11,8 @@ Not a CI test: it needs litgpt, Lightning and (for QLoRA) bitsandbytes. Run it i
 What runs, all LitGPT's and Lightning's own code, in the order ``litgpt/finetune/lora.py`` runs it (``setup`` ->
 ``main`` -> ``fit``), with no checkpoint, tokenizer or dataset (none is on this machine, and none changes what the
 step allocates): a ``litgpt.lora.Config`` of the tiny Llama of ``_step.TINY_LLAMA`` (:data:`LIT_CONFIG`; LoRA on
-every Linear: query, key, value, projection, MLP and head, r = alpha = 4, dropout 0; one case with LitGPT's default
-query + value only); ``L.Fabric(devices=1, accelerator="cpu", precision=...)`` with ``setup``'s precision (its
+every Linear: query, key, value, projection, MLP and head, r = alpha = 4, dropout 0; two cases with LitGPT's
+default query + value only); ``L.Fabric(devices=1, accelerator="cpu", precision=...)`` with ``setup``'s precision (its
 default ``get_default_supported_precision(training=True)`` = ``bf16-mixed``, or ``bf16-true``) or, for
 ``--quantize bnb.nf4``, ``plugins=BitsandbytesPrecision("nf4", torch.bfloat16)`` (``finetune/lora.py:131-149``);
 ``fabric.seed_everything``; ``GPT(config)`` under ``fabric.init_module(empty_init=False)``;
@@ -70,6 +70,7 @@ DEFAULT_TARGETS = dict(lora_query=True, lora_key=False, lora_value=True, lora_pr
 CASES = {
     "lora-mixed": ("bf16-mixed", None, ALL_TARGETS, False),
     "lora-true": ("bf16-true", None, ALL_TARGETS, False),
+    "lora-mixed-qv": ("bf16-mixed", None, DEFAULT_TARGETS, False),      # `litgpt finetune lora` as it ships
     "lora-true-qv": ("bf16-true", None, DEFAULT_TARGETS, False),
     "lora-mixed-gc": ("bf16-mixed", None, ALL_TARGETS, True),
     "lora-true-gc": ("bf16-true", None, ALL_TARGETS, True),

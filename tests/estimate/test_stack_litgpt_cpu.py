@@ -2,7 +2,7 @@
 
 ``benchmarks/frameworks/litgpt_step.py`` builds the tiny Llama of ``benchmarks/frameworks/_step.py`` (2 layers, hidden
 64, 4 heads / 2 KV heads, vocab 128) as a ``litgpt.lora.Config`` (LoRA r = alpha = 4, dropout 0, on query, key,
-value, projection, MLP and head; one case on LitGPT's default query + value only) and runs what
+value, projection, MLP and head; two cases on LitGPT's default query + value only) and runs what
 ``litgpt/finetune/lora.py`` runs: ``L.Fabric(devices=1, accelerator="cpu", precision=...)`` (``bf16-mixed``, the
 default of ``get_default_supported_precision(training=True)``, or ``bf16-true``; QLoRA: ``BitsandbytesPrecision
 ("nf4", bf16)``), ``GPT(config)`` under ``fabric.init_module``, ``mark_only_lora_as_trainable``,
@@ -120,7 +120,7 @@ def test_results_are_for_the_release_the_stack_cites():
     v = DATA["versions"]
     assert v["litgpt"] == "0.5.13" and STACKS["litgpt"].release == "litgpt 0.5.13"
     assert v["lightning"] == "2.6.6" and v["bitsandbytes"] == "0.50.2" and v["torch"].startswith("2.13.0")
-    assert set(CASES) == {"lora-mixed", "lora-mixed-gc", "lora-true", "lora-true-gc", "lora-true-qv", "qlora-true",
+    assert set(CASES) == {"lora-mixed", "lora-mixed-gc", "lora-mixed-qv", "lora-true", "lora-true-gc", "lora-true-qv", "qlora-true",
                           "qlora-true-gc"}
 
 
