@@ -530,8 +530,8 @@ def stack_assumptions(setup: Setup) -> list[str]:
     out += [f"--stack {stack.name} default {option_named(n).flag} {d.value} (unless given): {d.source}"
             for n, d in decided.items()]
     if not stack.cross_checked and stack.checked_parts:
-        out.append(f"--stack {stack.name}: not cross-checked as a whole step; parts of its code run against these "
-                   f"rules on CPU: {', '.join(stack.checked_parts)}")
+        out.append(f"--stack {stack.name}: cross-checked for the setups its real code was run in on CPU, not for "
+                   f"every setup: {', '.join(stack.checked_parts)}")
     elif not stack.cross_checked:
         out.append(f"--stack {stack.name}: not cross-checked (its real code has not been run against this estimate)")
     return out
