@@ -8,7 +8,10 @@ Not a CI test: it needs llamafactory and the transformers/peft/trl releases it p
     pip install torch==2.13.0
     pip install transformers==5.6.0 peft==0.18.1 accelerate==1.11.0 trl==0.24.0 bitsandbytes==0.50.2
     pip install --no-deps llamafactory==0.9.5 && pip install omegaconf fire   # what its imports need
-    python benchmarks/frameworks/llamafactory_step.py benchmarks/frameworks/results/llamafactory.json
+    # data/mm_plugin.py imports torchaudio (audio inputs only), which has no build for torch 2.13: an empty
+    # module named torchaudio on PYTHONPATH stands in for it
+    mkdir -p /tmp/stubs/torchaudio && touch /tmp/stubs/torchaudio/__init__.py
+    PYTHONPATH=/tmp/stubs python benchmarks/frameworks/llamafactory_step.py benchmarks/frameworks/results/llamafactory.json
 
 What runs, all LLaMA-Factory's own code (llamafactory 0.9.5):
 
@@ -27,7 +30,12 @@ What runs, all LLaMA-Factory's own code (llamafactory 0.9.5):
   two halves of ``Trainer.training_step``.
 
 Each case once with LLaMA-Factory's default checkpointing and once with ``disable_gradient_checkpointing: true``
-(the per-layer saved tensors then show the layer's whole trace).
+(the per-layer saved tensors then show the layer's whole trace). ``cases``: LoRA and QLoRA; ``full_cases``:
+``finetuning_type: full`` with ``bf16: true`` and no ``pure_bf16`` (LLaMA-Factory's defaults), whose
+``init_adapter`` upcasts every trainable parameter to fp32 (``model/adapter.py:313-328`` ->
+``_setup_full_tuning``, ``:38-54``: ``param.data = param.data.to(torch.float32)``), trained under the accelerator's
+bf16 autocast; and ``pure_bf16: true`` without ``bf16`` (the web UI's compute type ``pure_bf16``,
+``webui/runner.py:173``): nothing upcast (``adapter.py:319-320``), no autocast (``full-purebf16-*``).
 """
 
 from __future__ import annotations
@@ -54,7 +62,7 @@ from _step import (  # noqa: E402
 )
 
 
-def run(path: str, *, quantized: bool, grad_ckpt: bool) -> dict:
+def run(path: str, *, quantized: bool, grad_ckpt: bool, full: bool = False, pure_bf16: bool = False) -> dict:
     import transformers
     from llamafactory.hparams import FinetuningArguments, ModelArguments, TrainingArguments
     from llamafactory.model import load_model
@@ -64,13 +72,14 @@ def run(path: str, *, quantized: bool, grad_ckpt: bool) -> dict:
                            quantization_bit=4 if quantized else None)
     margs.compute_dtype = torch.bfloat16                     # hparams/parser.py:512-513 (bf16: true)
     margs.device_map = {"": torch.device("cpu")}             # hparams/parser.py:517 get_current_device() on CPU
-    fargs = FinetuningArguments(stage="sft", finetuning_type="lora", lora_rank=RANK, lora_alpha=RANK)
+    fargs = FinetuningArguments(stage="sft", finetuning_type="full" if full else "lora", lora_rank=RANK,
+                                lora_alpha=RANK, pure_bf16=pure_bf16)
     tok = transformers.AutoTokenizer.from_pretrained(path)
     torch.manual_seed(0)
     model = load_model(tok, margs, fargs, is_trainable=True)
     built = params(model)
     out_dir = tempfile.mkdtemp(prefix="lf-out-")
-    targs = TrainingArguments(output_dir=out_dir, bf16=True, use_cpu=True, report_to=[],
+    targs = TrainingArguments(output_dir=out_dir, bf16=not pure_bf16, use_cpu=True, report_to=[],
                               per_device_train_batch_size=BATCH)
     trainer = CustomSeq2SeqTrainer(model=model, args=targs, finetuning_args=fargs, processor=None,
                                    tokenizer=tok)
@@ -81,11 +90,20 @@ def run(path: str, *, quantized: bool, grad_ckpt: bool) -> dict:
                n_layers=TINY_LLAMA["num_hidden_layers"])
     res = compact(res)
     res["params"] = built
-    res["gradient_checkpointing"] = bool(getattr(model.base_model.model, "is_gradient_checkpointing", False)) \
-        if hasattr(model, "base_model") else None
+    if full:
+        res["gradient_checkpointing"] = bool(model.is_gradient_checkpointing)
+    else:
+        res["gradient_checkpointing"] = bool(getattr(model.base_model.model, "is_gradient_checkpointing", False)) \
+            if hasattr(model, "base_model") else None
     res["use_reentrant_gc"] = bool(margs.use_reentrant_gc)
-    res["setup"] = {"method": "qlora" if quantized else "lora", "grad_ckpt": not margs.disable_gradient_checkpointing,
-                    "lora_dropout": fargs.lora_dropout, "lora_target": fargs.lora_target}
+    if full:
+        res["setup"] = {"method": "full", "grad_ckpt": not margs.disable_gradient_checkpointing,
+                        "finetuning_type": fargs.finetuning_type, "pure_bf16": bool(fargs.pure_bf16),
+                        "bf16": bool(targs.bf16), "compute_dtype": str(margs.compute_dtype).replace("torch.", "")}
+    else:
+        res["setup"] = {"method": "qlora" if quantized else "lora",
+                        "grad_ckpt": not margs.disable_gradient_checkpointing,
+                        "lora_dropout": fargs.lora_dropout, "lora_target": fargs.lora_target}
     res["native_amp"] = bool(trainer.accelerator.native_amp)
     return res
 
@@ -95,6 +113,13 @@ def main() -> None:
     out = record("llamafactory", "llamafactory")
     torch.set_num_threads(1)
     lora_qlora_cases(out, run, path)
+    # full fine-tuning with LLaMA-Factory's defaults for bf16: true (no pure_bf16): fp32 trainable parameters;
+    # and the web UI's compute type pure_bf16 (webui/runner.py:173: pure_bf16 on, bf16 off): bf16 ones, no autocast
+    out["full_cases"] = {}
+    for pure in (False, True):
+        for gc in (True, False):
+            out["full_cases"][f"full-{'purebf16-' if pure else ''}{'gc' if gc else 'nogc'}"] = run(
+                path, quantized=False, grad_ckpt=gc, full=True, pure_bf16=pure)
     dump(out)
 
 
