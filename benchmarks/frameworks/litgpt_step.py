@@ -18,9 +18,9 @@ default ``get_default_supported_precision(training=True)`` = ``bf16-mixed``, or 
 ``fabric.seed_everything``; ``GPT(config)`` under ``fabric.init_module(empty_init=False)``;
 ``mark_only_lora_as_trainable``; ``fabric.setup_module``; the optimizer exactly as ``main`` builds it
 (``instantiate_torch_optimizer("AdamW", ...)`` or, quantized, ``instantiate_bnb_optimizer`` followed by the swap of
-``transformer.wte`` for a bitsandbytes ``StableEmbedding``, ``finetune/lora.py:216-230``) and
+``transformer.wte`` for a bitsandbytes ``StableEmbedding``, ``finetune/lora.py:217-231``) and
 ``fabric.setup_optimizers``; ``model.max_seq_length = SEQ`` as ``fit`` sets it from the longest sample
-(``finetune/lora.py:301``; block size 128, so the rotary cache is rebuilt: fp32); then the step of ``fit``'s loop
+(``finetune/lora.py:304``; block size 128, so the rotary cache is rebuilt: fp32); then the step of ``fit``'s loop
 (``finetune/lora.py:355-359``)::
 
     logits = model(input_ids, lm_head_chunk_size=128)
@@ -190,7 +190,7 @@ def run(checkpoint: str, precision: str, quantize: str | None, targets: dict, gr
         optimizer = instantiate_torch_optimizer("AdamW", model.parameters())
     optimizer = fabric.setup_optimizers(optimizer)
     with bnb_on_cpu() if plugins else contextlib.nullcontext():
-        load_checkpoint(fabric, model, checkpoint, strict=False)     # finetune/lora.py:235
+        load_checkpoint(fabric, model, checkpoint, strict=False)     # finetune/lora.py:236
     in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
     model.max_seq_length = SEQ                       # fit: min(longest_seq_length, train.max_seq_length)
     module = model.module                            # the GPT the _FabricModule wraps: LitGPT's own names

@@ -11,7 +11,7 @@ bitsandbytes ``StableEmbedding``), ``load_checkpoint``, ``model.max_seq_length =
 ``fit``'s step: ``model(input_ids, lm_head_chunk_size=128)``, ``logits[-1] = logits[-1][..., :-1, :]``,
 ``chunked_cross_entropy(logits, targets[..., 1:])``, ``fabric.backward(loss)``. Torch 2.13.0 (CPU), lightning 2.6.6,
 bitsandbytes 0.50.2; measured as ``tests/estimate/test_activations_vs_torch.py`` measures (``_step.step``). The
-``-gc`` cases run LitGPT's own ``parallelize_fn(activation_checkpointing=True)`` (``finetune/lora.py:519-541``, the
+``-gc`` cases run LitGPT's own ``parallelize_fn(activation_checkpointing=True)`` (``finetune/lora.py:522-541``, the
 only checkpointing its LoRA script has: on more than one device) with ``fully_shard`` made the identity. QLoRA on
 this CPU needs two answers a GPU gives (the script's ``bnb_on_cpu``): Lightning's connector accepts the plugin, and
 the plugin's ``quantize`` runs its fp16-then-``quantize_4bit`` steps on the CPU. Its JSON output,
@@ -35,7 +35,7 @@ does not are spelled out below from LitGPT's source, each with the shapes it has
     norm weight (4 x hidden B) at each norm whose input needs a gradient.
   - LitGPT's default targets (no ``lora_key``): ``zero_pad``'s ``index_copy_`` saves its index (int64) and its
     source ``T x (q + v)`` (``lora.py:288-326``).
-  - QLoRA: ``finetune/lora.py:222-230`` replaces ``wte`` with ``StableEmbedding`` after
+  - QLoRA: ``finetune/lora.py:217-230`` replaces ``wte`` with ``StableEmbedding`` after
     ``mark_only_lora_as_trainable`` and after the optimizer is built: its weight and LayerNorm train (a
     ``vocab x hidden`` gradient every step, never stepped nor zeroed), layer 0's input needs a gradient, and the
     embedding saves the token ids and its LayerNorm's input and statistics.
