@@ -30,7 +30,9 @@ What runs, all TRL's and transformers' own code:
 Cases: LoRA and QLoRA, with TRL's default checkpointing (``gradient_checkpointing`` not passed) and with
 ``gradient_checkpointing=False``, each with
 ``model_init_kwargs={"dtype": "bfloat16"}`` (TRL's documented QLoRA/LoRA recipe) and with TRL's default float32
-load (no ``dtype`` given).
+load (no ``dtype`` given). ``full_cases``: full fine-tuning (``peft_config=None``: no ``get_peft_model``, no
+``enable_input_require_grads``, every parameter trains in the dtype it was loaded in), the same two loads, with and
+without checkpointing.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ import torch  # noqa: E402
 from _step import BATCH, RANK, SEQ, TINY_LLAMA, batch, compact, dump, params, record, step, tiny_checkpoint  # noqa: E402
 
 
-def run(path: str, *, quantized: bool, grad_ckpt: bool, dtype: str | None) -> dict:
+def run(path: str, *, quantized: bool, grad_ckpt: bool, dtype: str | None, full: bool = False) -> dict:
     import datasets
     import peft
     import transformers
@@ -64,7 +66,8 @@ def run(path: str, *, quantized: bool, grad_ckpt: bool, dtype: str | None) -> di
         qc = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                              bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
     lc = peft.LoraConfig(r=RANK, lora_alpha=RANK, target_modules="all-linear", task_type="CAUSAL_LM")
-    trainer = trl.SFTTrainer(model=path, args=cfg, train_dataset=ds, peft_config=lc, quantization_config=qc)
+    trainer = trl.SFTTrainer(model=path, args=cfg, train_dataset=ds, peft_config=None if full else lc,
+                             quantization_config=qc)
     built = params(trainer.model)
     out: dict = {}
 
@@ -111,6 +114,12 @@ def main() -> None:
             for gc in (True, False):
                 name = f"{'qlora' if quantized else 'lora'}-{'bf16' if dtype else 'fp32load'}-{'gc' if gc else 'nogc'}"
                 out["cases"][name] = run(path, quantized=quantized, grad_ckpt=gc, dtype=dtype)
+    # full fine-tuning (no peft_config): the float32 load TRL defaults to and the bfloat16 one model_init_kwargs asks
+    out["full_cases"] = {}
+    for dtype in ("bfloat16", None):
+        for gc in (True, False):
+            name = f"full-{'bf16' if dtype else 'fp32load'}-{'gc' if gc else 'nogc'}"
+            out["full_cases"][name] = run(path, quantized=False, grad_ckpt=gc, dtype=dtype, full=True)
     dump(out)
 
 
