@@ -1,11 +1,13 @@
-"""torchtune 0.6.1: a tiny Llama-3.1 through its real LoRA/QLoRA single-device recipe, one training step on CPU,
-measured (issue 14 § 4). Writes JSON to its argument; ``benchmarks/frameworks/results/torchtune.json`` is its output
-and ``tests/estimate/test_stack_torchtune_cpu.py`` compares it with ``--stack torchtune``.
+"""torchtune 0.6.1: a tiny Llama-3.1 through its real LoRA/QLoRA and full fine-tuning single-device recipes, one
+training step on CPU, measured (issue 14 § 4). Writes JSON to its argument; ``benchmarks/frameworks/results/
+torchtune.json`` is its output and ``tests/estimate/test_stack_torchtune_cpu.py`` compares it with ``--stack
+torchtune``.
 
-Not a CI test: it needs torchtune and torchao. Run it in a private venv::
+Not a CI test: it needs torchtune, torchao and (the full configs' optimizers) bitsandbytes. Run it in a private
+venv::
 
     python3 -m venv /tmp/nf4-venv && . /tmp/nf4-venv/bin/activate
-    pip install torch==2.13.0 torchtune==0.6.1 torchao==0.10.0   # + omegaconf, safetensors (torchtune's deps)
+    pip install torch==2.13.0 torchtune==0.6.1 torchao==0.10.0 bitsandbytes==0.50.2  # + omegaconf, safetensors
     python benchmarks/frameworks/torchtune_step.py benchmarks/frameworks/results/torchtune.json
 
 What runs, all torchtune's own code, from the recipe file the wheel ships (``recipes/lora_finetune_single_device.py``,
@@ -25,6 +27,19 @@ lr scheduler, profiler). The measured step is the body of ``recipe.train()``'s l
 ``loss.backward()``; measured with ``_step.step`` (no autocast: the recipe runs none). Then ``recipe.train()``
 itself runs one step (``max_steps_per_epoch: 1``: optimizer step, lr scheduler, adapter checkpoint save) to show
 the whole loop runs on CPU with this config.
+
+``full_cases`` (:data:`FULL_CASES`): ``recipes/full_finetune_single_device.py``, class
+``FullFinetuneRecipeSingleDevice``, on the shipped ``llama3_1/8B_full_single_device.yaml`` (``dtype: bf16``,
+``optimizer_in_bwd: True``, ``enable_activation_checkpointing: True``, ``bitsandbytes.optim.PagedAdamW8bit``,
+``CEWithChunkedOutputLoss``, batch 2) with the same overrides, the model component its ``llama3_1_8b`` calls
+(``llama3_1``) at :data:`SHAPE`; checkpointing on and off, ``optimizer_in_bwd`` on and off, and two cases with the
+optimizer section of another shipped full config (PagedAdamW, fused torch AdamW: :data:`FULL_OPTIMIZERS`).
+bitsandbytes 0.50.2 runs its paged optimizers on CPU unpaged (``get_state_buffer``: "Paged optimizers are not
+supported on CPU. Falling back to non-paged optimizer behavior."): the same states, all in ordinary memory. The
+measured step is the loop body as above; with ``optimizer_in_bwd`` each parameter's optimizer steps inside
+backward (``training.register_optim_in_bwd_hooks``), so no gradient is left after it and the gradient bytes alive
+at each in-backward ``step()`` are recorded; without it the loop's ``scale_grads``, ``optimizer.step()``. Then the
+optimizer states (every state tensor, the distinct storages) and ``recipe.train()`` whole.
 
 ``rope_caches``: the fp32 rotary cos/sin buffer that five real-size torchtune builders (Llama-3.1-8B, Llama-3-8B,
 Llama-3.2-1B, Qwen2.5-7B, Mistral-7B) register at init, built by their own ``rope_init()`` (:func:`rope_caches`).
@@ -99,11 +114,10 @@ def recipes_dir() -> str:
     return os.path.join(os.path.dirname(os.path.dirname(torchtune.__file__)), "recipes")
 
 
-def recipe_module():
-    """``recipes/lora_finetune_single_device.py``, loaded from its file as ``tune run`` does."""
+def recipe_module(name: str = "lora_finetune_single_device"):
+    """``recipes/<name>.py``, loaded from its file as ``tune run`` does."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location("lora_finetune_single_device",
-                                                  os.path.join(recipes_dir(), "lora_finetune_single_device.py"))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(recipes_dir(), f"{name}.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -120,6 +134,13 @@ def user_config(method: str, ckpt: str, out_dir: str, *, grad_ckpt: bool):
                  "apply_lora_to_output": shipped.get("apply_lora_to_output", False),
                  "lora_rank": shipped.lora_rank, "lora_alpha": shipped.lora_alpha,
                  "lora_dropout": shipped.get("lora_dropout", 0.0), "quantize_base": method == "qlora", **SHAPE}
+    _overrides(cfg, ckpt, out_dir, grad_ckpt=grad_ckpt)
+    return cfg, shipped
+
+
+def _overrides(cfg, ckpt: str, out_dir: str, *, grad_ckpt: bool) -> None:
+    """What every run here changes in a shipped config: the stand-in tokenizer and data, the tiny checkpoint, CPU,
+    the batch, one step, checkpointing as asked; nothing that touches memory else."""
     cfg.tokenizer = {"_component_": "__main__.TinyTokenizer", "max_seq_len": SEQ}
     cfg.dataset = {"_component_": "__main__.tiny_dataset"}
     cfg.checkpointer.checkpoint_dir = ckpt
@@ -141,7 +162,6 @@ def user_config(method: str, ckpt: str, out_dir: str, *, grad_ckpt: bool):
     cfg.log_peak_memory_stats = False
     if "profiler" in cfg:
         cfg.profiler.enabled = False
-    return cfg, shipped
 
 
 def hf_name(name: str) -> str:
@@ -254,6 +274,148 @@ def run(ckpt: str, *, method: str, grad_ckpt: bool) -> dict:
     return copy.deepcopy(res)
 
 
+# ---------------------------------------------------------------------------------- full fine-tuning
+#: the shipped full single-device config every full case starts from (PagedAdamW8bit, optimizer_in_bwd: True,
+#: enable_activation_checkpointing: True, dtype bf16, CEWithChunkedOutputLoss, batch 2)
+FULL_CONFIG = "llama3_1/8B_full_single_device.yaml"
+#: the optimizer section a case takes from another shipped full single-device config (the model stays the tiny
+#: llama3_1): PagedAdamW (32-bit) is what 11 of the 15 ``optimizer_in_bwd: True`` configs ship; fused torch AdamW
+#: what qwen2_5/0.5B ships, without optimizer_in_bwd or checkpointing
+FULL_OPTIMIZERS = {"paged-adamw": "qwen2_5/7B_full_single_device.yaml",
+                   "adamw": "qwen2_5/0.5B_full_single_device.yaml"}
+#: the full cases: name -> (grad_ckpt, optimizer_in_bwd, the config whose optimizer section runs)
+FULL_CASES = {"full-gc-bwd": (True, True, FULL_CONFIG), "full-nogc-bwd": (False, True, FULL_CONFIG),
+              "full-gc-nobwd": (True, False, FULL_CONFIG), "full-nogc-nobwd": (False, False, FULL_CONFIG),
+              "full-gc-bwd-paged-adamw": (True, True, FULL_OPTIMIZERS["paged-adamw"]),
+              "full-nogc-nobwd-adamw": (False, False, FULL_OPTIMIZERS["adamw"])}
+
+
+def full_config(ckpt: str, out_dir: str, *, grad_ckpt: bool, in_bwd: bool, optimizer_from: str):
+    """:data:`FULL_CONFIG` with the overrides of the module docstring, ``optimizer_in_bwd`` as asked and the optimizer
+    section of ``optimizer_from``; the model is the component its ``llama3_1_8b`` calls (``llama3_1``) at
+    :data:`SHAPE`."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(os.path.join(recipes_dir(), "configs", FULL_CONFIG))
+    shipped = {k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k]
+               for k in ("model", "optimizer", "optimizer_in_bwd", "enable_activation_checkpointing", "dtype",
+                         "batch_size", "loss", "clip_grad_norm")}
+    cfg.model = {"_component_": "torchtune.models.llama3_1._component_builders.llama3_1", **SHAPE}
+    cfg.optimizer = OmegaConf.load(os.path.join(recipes_dir(), "configs", optimizer_from)).optimizer
+    cfg.optimizer_in_bwd = in_bwd
+    _overrides(cfg, ckpt, out_dir, grad_ckpt=grad_ckpt)
+    return cfg, shipped
+
+
+def optimizer_states(model: torch.nn.Module, optimizers) -> dict:
+    """After one step: every parameter's state tensors by Hugging Face name (key -> bytes, dtype, shape) and the
+    distinct storages they hold (bitsandbytes' quantization maps are one pair per optimizer instance, shared by its
+    8-bit states: ``Optimizer8bit.name2qmap``), each as (bytes, dtype, state key, count)."""
+    from collections import Counter
+
+    names = {p: hf_name(n) for n, p in model.named_parameters()}
+    per, seen = {}, {}
+    for o in optimizers:
+        for p, state in o.state.items():
+            e = {}
+            for k, v in state.items():
+                if torch.is_tensor(v):
+                    st = v.untyped_storage()
+                    e[k] = [st.nbytes(), dt(v.dtype), list(v.shape)]
+                    seen[st.data_ptr()] = (st.nbytes(), dt(v.dtype), k)
+            per[names[p]] = e
+    counts = Counter(seen.values())
+    return {"per_param": per, "storages": sorted([*k, n] for k, n in counts.items()),
+            "bytes": sum(b for b, _, _ in seen.values())}
+
+
+def run_full(ckpt: str, *, grad_ckpt: bool, in_bwd: bool, optimizer_from: str) -> dict:
+    """``FullFinetuneRecipeSingleDevice(cfg).setup(cfg)``, the train loop's body measured, the step, then
+    ``recipe.train()`` whole (as :func:`run`)."""
+    from omegaconf import OmegaConf
+    from torchtune import training, utils
+
+    out_dir = tempfile.mkdtemp(prefix="tt-out-")
+    cfg, shipped = full_config(ckpt, out_dir, grad_ckpt=grad_ckpt, in_bwd=in_bwd, optimizer_from=optimizer_from)
+    mod = recipe_module("full_finetune_single_device")
+    recipe = mod.FullFinetuneRecipeSingleDevice(cfg)
+    recipe.setup(cfg)
+    model = recipe._model
+    built = params(model)
+    batch = next(iter(recipe._dataloader))
+    utils.batch_to_device(batch, recipe._device)
+    if in_bwd:   # one optimizer per parameter, stepped in its post-accumulate-grad hook (recipe _setup_optimizer)
+        optimizers = list(recipe._optim_ckpt_wrapper.optim_map.values())
+    else:
+        optimizers = [recipe._optimizer]
+
+    # the gradient bytes alive at each in-backward step() (training/memory.py:236-238 optim_step calls
+    # optim_dict[param].step() then .zero_grad()): wrapped on the instance, removed before recipe.train()
+    at_step: list[tuple[int, int]] = []
+    wrapped = []
+    if in_bwd:
+        for o in optimizers:
+            (p,) = o.param_groups[0]["params"]
+            had = o.__dict__.get("step")
+            orig = o.step
+
+            def stepped(*a, _orig=orig, _p=p, **k):
+                alive = sum(q.grad.untyped_storage().nbytes() for q in model.parameters() if q.grad is not None)
+                at_step.append((alive, _p.grad.untyped_storage().nbytes()))
+                return _orig(*a, **k)
+
+            o.step = stepped
+            wrapped.append((o, had))
+    tokens = {}
+
+    def forward():                   # the body of recipe.train()'s loop (recipes/full_finetune_single_device.py:692-701)
+        b = dict(batch)
+        current_num_tokens = (b["labels"] != recipe._loss_fn.ignore_index).sum()
+        tokens["n"] = current_num_tokens
+        return recipe._loss_step(b) * current_num_tokens
+
+    model.train()
+    res = compact(step(model, forward, autocast=False, n_layers=SHAPE["num_layers"]))
+    for o, had in wrapped:
+        if had is None:
+            del o.step
+        else:
+            o.step = had
+    if not in_bwd:                   # the loop's step (recipes/full_finetune_single_device.py:704-713)
+        training.scale_grads(model, 1 / tokens["n"])
+        recipe._optimizer.step()
+    res["optimizer_states"] = optimizer_states(model, optimizers)
+    if not in_bwd:
+        recipe._optimizer.zero_grad(set_to_none=True)
+    res["params"] = built
+    res["in_bwd_steps"] = len(at_step)
+    res["in_bwd_grad_alive_max"] = max((a for a, _ in at_step), default=0)
+    res["in_bwd_only_own_grad"] = all(a == own for a, own in at_step)
+    cache = model.layers[0].attn.pos_embeddings.cache
+    res["rope_cache"] = [cache.untyped_storage().nbytes(), dt(cache.dtype), list(cache.shape)]
+    res["logits_chunks"] = model.num_output_chunks
+    res["layers"] = sorted({type(m).__name__ for m in model.layers})
+    res["optimizer"] = sorted({type(o).__name__ for o in optimizers})
+    res["optimizers"] = len(optimizers)
+    res["optimizer_fused"] = sorted({bool(o.defaults.get("fused")) for o in optimizers})
+    res["loss_fn"] = type(recipe._loss_fn).__name__
+    for p in model.parameters():
+        p.grad = None
+    recipe.train()                   # one whole step of the recipe's own loop (max_steps_per_epoch: 1)
+    res["train_steps_run"] = recipe.global_step
+    res["setup"] = {"method": "full", "grad_ckpt": grad_ckpt, "optimizer_in_bwd": in_bwd, "config": FULL_CONFIG,
+                    "optimizer_from": optimizer_from, "optimizer": OmegaConf.to_container(cfg.optimizer),
+                    "dtype": cfg.dtype, "shipped": shipped}
+    ran = OmegaConf.to_container(cfg)
+    for key in ("output_dir", "checkpoint_dir"):
+        for section in (ran, ran["checkpointer"]):
+            if key in section:
+                section[key] = "<tmp>"
+    res["recipe_config"] = ran
+    recipe.cleanup()
+    return copy.deepcopy(res)
+
+
 #: torchtune 0.6.1 model builders -> the bundled vramplan profile of the same checkpoint
 ROPE_BUILDERS = {"llama3_1.llama3_1_8b": "llama-3.1-8b", "llama3.llama3_8b": "llama-3-8b",
                  "llama3_2.llama3_2_1b": "llama-3.2-1b", "qwen2_5.qwen2_5_7b_base": "qwen2.5-7b",
@@ -290,7 +452,7 @@ def rope_caches() -> dict[str, dict]:
 def main() -> None:
     torch.set_num_threads(1)
     ckpt = tiny_checkpoint(tempfile.mkdtemp(prefix="tt-tiny-"))
-    out = record("torchtune", "torchtune", "torchao", libs=())
+    out = record("torchtune", "torchtune", "torchao", "bitsandbytes", libs=())
     out["config"] = HF_CONFIG
     out["shape"] = SHAPE
     for method in ("lora", "qlora"):
@@ -298,6 +460,8 @@ def main() -> None:
             r = run(ckpt, method=method, grad_ckpt=gc)
             out["rank"] = r["setup"]["lora_rank"]
             out["cases"][f"{method}-{'gc' if gc else 'nogc'}"] = r
+    out["full_cases"] = {name: run_full(ckpt, grad_ckpt=gc, in_bwd=bwd, optimizer_from=src)
+                         for name, (gc, bwd, src) in FULL_CASES.items()}
     out["rope_caches"] = rope_caches()
     dump(out)
 
