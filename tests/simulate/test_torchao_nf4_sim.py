@@ -236,9 +236,25 @@ def test_torchtune_qlora_peaks_differ_from_the_analytic_by_the_explained_amount(
     head_and_loss = comps["activations/head"] + comps["logits/log_softmax"]
     # the final RMSNorm's input and fp32 rstd, lm_head's input; the fp32 log-probabilities (vocabulary 128,256)
     assert head_and_loss == 2 * alloc(T * 4096 * BYTES["bf16"]) + alloc(T * 4) + alloc(T * 128_256 * 4)
-    gap = a.phases["forward"] - CUBLAS_WORKSPACE_BYTES - result.phases["forward"]
+    # torchtune's resident fp32 rope table (max_position_embeddings 8,192 x head_dim 128 x 4 B), which the raw
+    # simulation of the transformers model does not hold: outside the comparison, as the cuBLAS workspace
+    rope = comps["buffers/rope_cache"]
+    assert rope == alloc(8192 * 128 * 4)
+    fixed = CUBLAS_WORKSPACE_BYTES + rope
+    gap = a.phases["forward"] - fixed - result.phases["forward"]
     assert head_and_loss <= gap <= head_and_loss + 0.011 * deq
-    bwd = a.phases["backward (layers)"] - CUBLAS_WORKSPACE_BYTES
+    bwd = a.phases["backward (layers)"] - fixed
     assert abs(result.phases["backward"] - bwd) <= 0.01 * bwd
-    peak = a.peak_allocated_bytes - CUBLAS_WORKSPACE_BYTES
+    peak = a.peak_allocated_bytes - fixed
     assert 0 <= peak - result.peak_bytes <= 0.03 * peak
+
+
+def test_simulated_torchtune_plan_holds_the_rope_cache_it_does_not_simulate():
+    """The simulation builds transformers' model, which has no torchtune rope table; the simulated plan adds the
+    stack's resident buffer (Llama-3-8B: 8,192 positions x head_dim 128 x 4 B) to every phase, as it adds cuBLAS's."""
+    from vramplan.simulate import simulate
+    spec, setup = spec_of("llama-3-8b"), _tt(ckpt=True)
+    sim = simulate(spec, setup)
+    assert sim.component("buffers/rope_cache") == alloc(8192 * 128 * 4)
+    assert sim.peak_allocated_bytes == max(sim.phases.values())
+    assert estimate(spec, setup).component("buffers/rope_cache") == sim.component("buffers/rope_cache")

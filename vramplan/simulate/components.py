@@ -37,6 +37,7 @@ from importlib import metadata
 from ..errors import SimulationError
 from ..estimate import overhead
 from ..estimate.result import Component, Estimate
+from ..estimate.states import rope_cache_item
 from ..setup import Setup
 from ..shapes.spec import ModelSpec
 from ..units import GiB
@@ -119,7 +120,14 @@ def to_estimate(spec: ModelSpec, setup: Setup, c: Combined, gpu=None, margin: fl
     comps.append(Component("buffers/cublas_workspace", cublas,
                            "not simulated: cuBLAS workspace through the caching allocator, ':4096:8' = 32 MiB + "
                            "1 MiB cuBLASLt (overhead model, aten/src/ATen/cuda/CublasHandlePool.cpp)"))
-    peak = c.peak_bytes + cublas
+    # the stack's resident buffers that the transformers model the simulation builds has not (torchtune's rope)
+    rope = rope_cache_item(spec, setup)
+    resident = 0
+    if rope is not None:
+        resident = rope[1]
+        comps.append(Component(rope[0], rope[1], f"not simulated (the simulation builds the transformers model): "
+                                                 f"{rope[2]}"))
+    peak = c.peak_bytes + cublas + resident
     frag = overhead.allocator_overhead_bytes(peak)
     arch = getattr(gpu, "architecture", "") if gpu is not None else ""
     uses_bnb = overhead.uses_bitsandbytes(setup)
@@ -174,7 +182,7 @@ def to_estimate(spec: ModelSpec, setup: Setup, c: Combined, gpu=None, margin: fl
     if spec.max_position_embeddings and setup.seq > spec.max_position_embeddings:
         warnings.append(f"--seq {setup.seq} exceeds the model's max_position_embeddings "
                         f"{spec.max_position_embeddings}")
-    phases = {k: v + cublas for k, v in c.phases.items()}
+    phases = {k: v + cublas + resident for k, v in c.phases.items()}
     return Estimate(
         model=spec.name, setup=setup, params_total=total, params_trainable=trainable,
         components=tuple(sorted(comps, key=lambda x: (x.group, -x.bytes))), peak_phase=c.peak_phase,
