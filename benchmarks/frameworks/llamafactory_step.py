@@ -11,7 +11,8 @@ Not a CI test: it needs llamafactory and the transformers/peft/trl releases it p
     # data/mm_plugin.py imports torchaudio (audio inputs only), which has no build for torch 2.13: an empty
     # module named torchaudio on PYTHONPATH stands in for it
     mkdir -p /tmp/stubs/torchaudio && touch /tmp/stubs/torchaudio/__init__.py
-    PYTHONPATH=/tmp/stubs python benchmarks/frameworks/llamafactory_step.py benchmarks/frameworks/results/llamafactory.json
+    PYTHONPATH=/tmp/stubs python benchmarks/frameworks/llamafactory_step.py \
+        benchmarks/frameworks/results/llamafactory.json
 
 What runs, all LLaMA-Factory's own code (llamafactory 0.9.5):
 
@@ -35,7 +36,7 @@ Each case once with LLaMA-Factory's default checkpointing and once with ``disabl
 ``init_adapter`` upcasts every trainable parameter to fp32 (``model/adapter.py:313-328`` ->
 ``_setup_full_tuning``, ``:38-54``: ``param.data = param.data.to(torch.float32)``), trained under the accelerator's
 bf16 autocast; and ``pure_bf16: true`` without ``bf16`` (the web UI's compute type ``pure_bf16``,
-``webui/runner.py:173``): nothing upcast (``adapter.py:319-320``), no autocast (``full-purebf16-*``).
+``webui/runner.py:171-173``): nothing upcast (``adapter.py:319-320``), no autocast (``full-purebf16-*``).
 """
 
 from __future__ import annotations
@@ -114,7 +115,8 @@ def main() -> None:
     torch.set_num_threads(1)
     lora_qlora_cases(out, run, path)
     # full fine-tuning with LLaMA-Factory's defaults for bf16: true (no pure_bf16): fp32 trainable parameters;
-    # and the web UI's compute type pure_bf16 (webui/runner.py:173: pure_bf16 on, bf16 off): bf16 ones, no autocast
+    # and the web UI's compute type pure_bf16 (webui/runner.py:171-173: pure_bf16 on, bf16 off): bf16 ones, no
+    # autocast
     out["full_cases"] = {}
     for pure in (False, True):
         for gc in (True, False):

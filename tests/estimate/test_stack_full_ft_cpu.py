@@ -16,10 +16,10 @@ What the frameworks do, from their code and the measurement:
   ``param.data = param.data.to(torch.float32)``), and the Trainer's accelerator runs it under bf16 autocast: fp32
   masters, an fp32 residual stream, a bf16 autocast copy of every Linear weight saved for backward — vramplan's
   ``bf16-mixed`` full fine-tuning, what ``--stack llama-factory --method full`` gives by itself. Its checkpointing
-  is on by default and reentrant (model/model_utils/checkpointing.py:106-140, :161-173: the layer inputs are saved
-  by ``CheckpointFunction`` outside the layers). ``pure_bf16: true`` without ``bf16`` (the web UI's compute type,
-  webui/runner.py:173): nothing upcast (adapter.py:319-320), no autocast — ``bf16-true``, as vramplan's
-  LLaMA-Factory reader reads it.
+  is on by default and reentrant (hparams/model_args.py:149-152 ``use_reentrant_gc=True``,
+  model/model_utils/checkpointing.py:106-140, :164-178: the layer inputs are saved by ``CheckpointFunction`` outside
+  the layers). ``pure_bf16: true`` without ``bf16`` (the web UI's compute type, webui/runner.py:171-173):
+  nothing upcast (adapter.py:319-320), no autocast — ``bf16-true``, as vramplan's LLaMA-Factory reader reads it.
 * TRL ``SFTTrainer(model=<path>)`` without ``peft_config``: ``create_model_from_path`` loads in float32 unless
   ``model_init_kwargs`` sets ``dtype`` (trl 1.16.0 trainer/utils.py:1332), every parameter trains in that dtype,
   under ``bf16=True``'s autocast (trainer/base_config.py:69-76, :112). The float32 load is vramplan's ``bf16-mixed``
