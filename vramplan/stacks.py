@@ -128,6 +128,15 @@ class Stack:
     #: models/qwen2/_positional_embeddings.py:51-66; one rope shared by every layer,
     #: models/llama3_1/_component_builders.py:85, :208); measured (tests/estimate/test_stack_torchtune_cpu.py)
     rope_cache: bool = False
+    #: the model runs from Lightning Fabric's ``_FabricModule``, whose forward casts every floating output to
+    #: ``torch.get_default_dtype()`` (``precision.convert_output``): the logits the loss sees and the loop keeps are
+    #: fp32 in every precision (lightning 2.6.6 fabric/wrappers.py:130-141; plugins/precision/half.py:62-63,
+    #: amp.py:71-72, bitsandbytes.py:156-157); measured (tests/estimate/test_stack_litgpt_cpu.py)
+    fp32_model_output: bool = False
+    #: the model is LitGPT's own GPT: RMSNorm multiplies by ``weight.float()`` in fp32 (litgpt 0.5.13
+    #: model.py:1315-1322), LoRALinear feeds lora_A its input uncast (lora.py:165-172), and LoRA on some of q/k/v
+    #: goes through zero_pad's index_copy_ (lora.py:288-326); measured (tests/estimate/test_stack_litgpt_cpu.py)
+    litgpt_model: bool = False
 
     def defaults_for(self, quantized: bool, full: bool = False, gpus: int = 1) -> dict[str, Default]:
         """The defaults that apply to a setup, by option (the later of two for one option wins)."""
@@ -316,10 +325,15 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
                    gpus="multi"),
     )),
     Stack("litgpt", "LitGPT (litgpt finetune)", "litgpt 0.5.13", peft_adapters=False, hf_trainer=False,
+          fp32_model_output=True, litgpt_model=True,
           checked_parts=("BitsandbytesPrecision's quantized head", "K/V expansion", "the fp32 frozen base under "
                          "autocast", "chunked_cross_entropy (tests/estimate/test_quant_head.py, test_kv_expand.py, "
                          "test_litgpt_frozen_fp32.py, test_loss_kinds_frameworks.py)",
-                         "finetune/full.py's unchunked logits and loss (tests/estimate/test_litgpt_full_logits.py)"),
+                         "finetune/full.py's unchunked logits and loss (tests/estimate/test_litgpt_full_logits.py)",
+                         "finetune/lora.py's whole step on a tiny Llama on CPU: Fabric bf16-mixed and bf16-true LoRA, "
+                         "BitsandbytesPrecision nf4 QLoRA, with and without parallelize_fn's checkpointing, all "
+                         "targets and the default query + value: parameters, per-layer and whole-forward saves, "
+                         "gradients, kept logits (tests/estimate/test_stack_litgpt_cpu.py)"),
           defaults=(
         Default("kbit_prep", False, "no PEFT: nothing upcast (litgpt 0.5.13 finetune/lora.py)"),
         Default("grad_ckpt", False, "no activation checkpointing on one GPU (litgpt 0.5.13 finetune/lora.py:164, "
@@ -387,6 +401,19 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
         Refusal("cannot train a quantized base on more than one GPU (NotImplementedError: 'Quantization is currently "
                 "not supported for multi-GPU training')", "litgpt 0.5.13 finetune/lora.py:152-156", "quantized",
                 gpus="multi"),
+    ), unmodelled=(
+        Unmodelled("--quantize replaces transformer.wte by a bitsandbytes StableEmbedding after "
+                   "mark_only_lora_as_trainable and after the optimizer is built: its vocab x hidden weight and "
+                   "LayerNorm train (a 16-bit vocab x hidden gradient every step that the optimizer neither steps "
+                   "nor zeroes), the optimizer's param_groups keep the replaced embedding alive (a second vocab x "
+                   "hidden copy), and layer 0's input needs a gradient; measured "
+                   "(tests/estimate/test_stack_litgpt_cpu.py)",
+                   "litgpt 0.5.13 finetune/lora.py:217-230; bitsandbytes 0.50.2 nn/modules.py StableEmbedding",
+                   "quantized"),
+        Unmodelled("LoRA on query/key/value is one fused LoRAQKVLinear: under autocast one bf16 copy of its input "
+                   "where the estimate counts one per adapted projection (bf16-mixed with the default query + "
+                   "value: one tokens x hidden copy per layer fewer); measured "
+                   "(tests/estimate/test_stack_litgpt_cpu.py)", "litgpt 0.5.13 lora.py:381-415", "lora"),
     )),
     Stack("unsloth", "Unsloth (FastLanguageModel + TRL)", "unsloth 2026.10.9", defaults=(
         Default("kbit_prep", False, "its own prepare_model_for_training upcasts nothing frozen (unsloth_zoo "

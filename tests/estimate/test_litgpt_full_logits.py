@@ -100,12 +100,13 @@ def test_llama3_8b_full_fine_tuning_with_the_litgpt_full_loss():
     spec = resolve_model("llama-3-8b").spec
     s = Setup.create(method="full", stack="litgpt", seq=2048, batch=2)
     chunked, full = (estimate(spec, replace(s, loss=k)) for k in ("litgpt-chunked", "litgpt-full"))
-    lb_c = loss_bytes(4096, spec.vocab_size, spec.hidden_size, 2, 2, LITGPT, False, s.autocast, seq=2048)
-    lb_f = litgpt_full_loss_bytes(2, 2048, spec.vocab_size, 2, s.autocast)
+    # fp32 logits: Fabric's _FabricModule casts the model's output to fp32 (lightning 2.6.6 fabric/wrappers.py:138)
+    lb_c = loss_bytes(4096, spec.vocab_size, spec.hidden_size, 4, 2, LITGPT, False, s.autocast, seq=2048)
+    lb_f = litgpt_full_loss_bytes(2, 2048, spec.vocab_size, 4, s.autocast)
     assert full.phases["forward"] - chunked.phases["forward"] == \
         (lb_f.saved + lb_f.forward_tmp) - (lb_c.saved + lb_c.forward_tmp)
     assert {c.name: c.bytes for c in full.components}.get("logits/kept_by_loop") == \
-        alloc(4096 * spec.vocab_size * 2)
+        alloc(4096 * spec.vocab_size * 4)
 
 
 # ------------------------------------------------------------------ reproduction (litgpt installed)

@@ -46,6 +46,7 @@ from ..lora import LoraPlan
 from ..quantized import CHECKPOINT_QUANTS
 from ..setup import Setup
 from ..shapes.spec import ModelSpec
+from ..stacks import STACKS
 from ..versions import runs_before
 from .graph import Size, Sym, Tracer, tok
 from .weights import Placement, nf4_kernel
@@ -211,6 +212,7 @@ class Program:
         self.c = setup.compute_dtype
         mt = spec.model_type
         self.gemma_norm = mt.startswith("gemma")
+        self.litgpt_model = STACKS[setup.stack].litgpt_model
         self.rotary = mt not in ("gpt2", "opt", "bloom") and not (mt == "falcon" and spec.config.get("alibi"))
         self.cat_rope = mt in CAT_ROPE_FAMILIES
         self.parallel = (mt == "phi" or (mt == "gpt_neox" and spec.config.get("use_parallel_residual", True))
@@ -283,6 +285,13 @@ class Program:
         if self.gemma_norm:
             # output * (1.0 + self.weight.float()): a new fp32 vector, saved for the input's gradient
             w = tr.new(f"{name} 1 + weight.float()", Size(n.dim), "fp32", n.trainable)
+            out = tr.mul(h, w, f"{name} scaled")
+            return tr.cast(out, x.dtype, f"{name} output")
+        if self.litgpt_model:
+            # litgpt 0.5.13 model.py:1322 (x_normed * weight.float()).to(dtype): the product in fp32; a 16-bit
+            # weight's .float() is a new fp32 vector, saved for the input's gradient (an fp32 weight is itself)
+            w = tr.new(f"{name} weight.float()", Size(n.dim), "fp32", n.trainable) if n.wdtype != "fp32" else \
+                tr.param(f"{name}.weight", Size(n.dim), n.wdtype, n.trainable)
             out = tr.mul(h, w, f"{name} scaled")
             return tr.cast(out, x.dtype, f"{name} output")
         h2 = tr.cast(h, x.dtype, f"{name} normalized.to({x.dtype})")
@@ -407,6 +416,8 @@ class Program:
                 result = tr.fresh("clone", result, f"{name} result.clone()")       # peft lora/bnb.py
             convert = not tr.autocast         # `requires_conversion = not torch.is_autocast_enabled()`
             xa = tr.cast(x, lin.lora_dtype, f"{name} input.to({lin.lora_dtype})") if convert else x
+        elif self.litgpt_model:
+            xa = x      # LitGPT's LoRALinear feeds lora_A its input as it comes (litgpt 0.5.13 lora.py:165-172, :405)
         else:
             xa = tr.cast(x, lin.lora_dtype, f"{name} input.to({lin.lora_dtype}) (peft _cast_input_dtype)")
         if lin.dropout > 0:
@@ -498,6 +509,18 @@ class Program:
             q = self.linear(tr, h, layer.role("attn_q", "a q projection (or a fused qkv)"))
             k = self.linear(tr, h, layer.lin["attn_k"]) if "attn_k" in layer.lin else q
             v = self.linear(tr, h, layer.lin["attn_v"]) if "attn_v" in layer.lin else q
+            adapted = [lin for lin in (layer.lin.get(role) for role in ("attn_q", "attn_k", "attn_v"))
+                       if lin is not None and lin.lora_r]
+            if self.litgpt_model and 0 < len(adapted) < 3:
+                # LitGPT's fused qkv with LoRA on some of q/k/v (its default: query and value): zero_pad's
+                # result.index_copy_(-1, lora_ind, after_B) saves its index (int64, one per adapted output row)
+                # and its source, tokens x the adapted rows (litgpt 0.5.13 lora.py:288-326, :411)
+                out_rows = sum(lin.out_f for lin in adapted)
+                src = tr.new("qkv lora after_B (zero_pad source)", Size(0, rows * out_rows, 0),
+                             tr.autocast or adapted[0].lora_dtype, True)
+                idx = tr.new("qkv lora_ind (zero_pad index, int64)", Size(out_rows), "int64", False)
+                tr.op("index_copy", (), (src, idx))
+                tr.save("index_copy", src, idx)
         for key, sym_name in (("q_norm", "q"), ("k_norm", "k")):
             n = layer.norms.get(key) or layer.norms.get(key.replace("_norm", "_layernorm"))
             if n is not None:

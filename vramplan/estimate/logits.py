@@ -217,7 +217,7 @@ def loss_bytes(tokens: int, vocab: int, hidden: int, logits_bytes: int, compute_
         # reshape(-1, V) of the shifted last chunk copies it when batch > 1 (a non-contiguous view); the list
         # holding it lives until chunked_cross_entropy returns
         fwd = alloc(logits_bytes * b * used * vocab) if b > 1 else 0
-        if autocast:                                          # each chunk's fp32 copy, freed after log_softmax
+        if autocast and logits_bytes != 4:                    # each chunk's fp32 copy, freed after log_softmax
             fwd += max(o_last, o_full - o_last if n > 1 else 0)
         grad_last = alloc(logits_bytes * b * used * vocab)
         bwd = max(2 * o_last, 2 * o_full - o_last + grad_last if n > 1 else 0)

@@ -199,8 +199,9 @@ def _buildstatic_structure(spec: ModelSpec, setup: Setup) -> Structure:
                 # simulating 1 and 2 layers of the real model on meta tensors (vramplan/simulate/calibrate.py)
                 cache[key] = _calibrated_trace(spec, setup, resid, exc)
         traces.append(cache[key])
-    head = _trace_head(spec, setup, placements, program, resid)
-    logits_dtype = setup.compute_dtype if setup.autocast else _head_dtype(spec, placements, resid)
+    head = _trace_head(spec, setup, placements, program, resid, plan)
+    logits_dtype = "fp32" if STACKS[setup.stack].fp32_model_output else \
+        setup.compute_dtype if setup.autocast else _head_dtype(spec, placements, resid)
     trainable = plan.trainable if plan is not None else \
         (sum(p.numel for p in placements if p.trainable) if setup.method == "full" else 0)
     total = plan.total if plan is not None else spec.params_total
@@ -270,7 +271,7 @@ def _head_dtype(spec: ModelSpec, placements: list[Placement], resid: str) -> str
 
 
 def _trace_head(spec: ModelSpec, setup: Setup, placements: list[Placement], program: Program,
-                resid: str) -> LayerTrace:
+                resid: str, plan: LoraPlan | None = None) -> LayerTrace:
     """Final norm and the lm_head matmul input/weight saves (logits and loss are handled separately)."""
     from .layers import Lin, Norm
 
@@ -286,6 +287,11 @@ def _trace_head(spec: ModelSpec, setup: Setup, placements: list[Placement], prog
     if head is None:      # tied: the embedding matrix is the head
         head = next(p for p in placements if p.tensor.role == "embedding")
     lin = Lin("lm_head", spec.hidden_size, spec.vocab_size, head.dtype, head.trainable)
+    a = next((a for a in plan.adapters if a.module == head.tensor.module and a.parameter is None and not a.frozen),
+             None) if plan is not None else None
+    if a is not None:       # LoRA on the head (PEFT target "lm_head", LitGPT lora_head): its branch saves too
+        lin.lora_r, lin.lora_dtype = a.rank, setup.adapter_weight_dtype
+        lin.dropout, lin.dora = plan.config.dropout, plan.config.dora
     with tr.in_section("other"):
         program.linear(tr, h, lin)
     saved = tuple(tr.saved_storages())
