@@ -39,7 +39,8 @@ supported on CPU. Falling back to non-paged optimizer behavior."): the same stat
 measured step is the loop body as above; with ``optimizer_in_bwd`` each parameter's optimizer steps inside
 backward (``training.register_optim_in_bwd_hooks``), so no gradient is left after it and the gradient bytes alive
 at each in-backward ``step()`` are recorded; without it the loop's ``scale_grads``, ``optimizer.step()``. Then the
-optimizer states (every state tensor, the distinct storages) and ``recipe.train()`` whole.
+optimizer states (every state tensor, the distinct storages) and ``recipe.train()`` whole. ``full_configs``
+(:func:`full_configs`): the memory keys of every shipped config that runs ``full_finetune_single_device``.
 
 ``rope_caches``: the fp32 rotary cos/sin buffer that five real-size torchtune builders (Llama-3.1-8B, Llama-3-8B,
 Llama-3.2-1B, Qwen2.5-7B, Mistral-7B) register at init, built by their own ``rope_init()`` (:func:`rope_caches`).
@@ -307,6 +308,30 @@ def full_config(ckpt: str, out_dir: str, *, grad_ckpt: bool, in_bwd: bool, optim
     return cfg, shipped
 
 
+def full_configs() -> dict[str, dict]:
+    """Every shipped config whose usage comment runs ``tune run full_finetune_single_device``: the keys that set
+    the memory of a full fine-tune (what ``--stack torchtune --method full`` should default to)."""
+    import glob
+    import re
+
+    from omegaconf import OmegaConf
+
+    root = os.path.join(recipes_dir(), "configs")
+    out = {}
+    for path in sorted(glob.glob(os.path.join(root, "**", "*.yaml"), recursive=True)):
+        with open(path) as f:
+            text = f.read()
+        if not re.search(r"^#\s*tune run full_finetune_single_device\b", text, re.M):
+            continue
+        cfg = OmegaConf.load(path)
+        out[os.path.relpath(path, root)] = {
+            "optimizer": cfg.optimizer.get("_component_"), "fused": bool(cfg.optimizer.get("fused", False)),
+            "optimizer_in_bwd": cfg.get("optimizer_in_bwd"),
+            "enable_activation_checkpointing": cfg.get("enable_activation_checkpointing"),
+            "dtype": cfg.get("dtype"), "loss": (cfg.get("loss") or {}).get("_component_")}
+    return out
+
+
 def optimizer_states(model: torch.nn.Module, optimizers) -> dict:
     """After one step: every parameter's state tensors by Hugging Face name (key -> bytes, dtype, shape) and the
     distinct storages they hold (bitsandbytes' quantization maps are one pair per optimizer instance, shared by its
@@ -462,6 +487,7 @@ def main() -> None:
             out["cases"][f"{method}-{'gc' if gc else 'nogc'}"] = r
     out["full_cases"] = {name: run_full(ckpt, grad_ckpt=gc, in_bwd=bwd, optimizer_from=src)
                          for name, (gc, bwd, src) in FULL_CASES.items()}
+    out["full_configs"] = full_configs()
     out["rope_caches"] = rope_caches()
     dump(out)
 

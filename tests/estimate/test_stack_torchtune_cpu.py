@@ -370,13 +370,26 @@ def test_full_reader_gives_what_the_recipe_ran(name):
 
 def test_full_stack_defaults_are_the_shipped_config():
     """``--stack torchtune --method full`` alone: bf16 without autocast, checkpointing and optimizer_in_bwd on, the
-    chunked loss — what the shipped 8B full single-device config sets. The optimizer is not a stack default: the
-    shipped full configs name three (see the report of issue 14), the estimate takes ``--optim``."""
+    chunked loss — what the shipped 8B full single-device config sets, and what most of the 17 configs that run
+    ``full_finetune_single_device`` set (``full_configs``: every one bf16 with CEWithChunkedOutputLoss; 15
+    checkpoint; 14 step in backward, each with a paged bitsandbytes AdamW). The optimizer is not a stack default
+    yet (``--optim``): those configs name PagedAdamW (10), PagedAdamW8bit (5) and fused torch AdamW (2)."""
     s = Setup.create(method="full", stack="torchtune", batch=B, seq=S)
     sh = DATA["full_cases"]["full-gc-bwd"]["setup"]["shipped"]
     assert s.grad_ckpt is sh["enable_activation_checkpointing"] is True
     assert s.optim_in_bwd is sh["optimizer_in_bwd"] is True
     assert s.precision == "bf16-true" and not s.autocast and s.loss == "torchtune-chunked"
+    configs = DATA["full_configs"].values()
+    assert len(configs) == 17 and "llama3_1/8B_full_single_device.yaml" in DATA["full_configs"]
+    assert {c["dtype"] for c in configs} == {"bf16"}
+    assert {c["loss"] for c in configs} == {"torchtune.modules.loss.CEWithChunkedOutputLoss"}
+    assert sum(c["enable_activation_checkpointing"] is True for c in configs) == 15
+    assert sum(c["optimizer_in_bwd"] is True for c in configs) == 14
+    assert {c["optimizer"] for c in configs if c["optimizer_in_bwd"]} == {"bitsandbytes.optim.PagedAdamW",
+                                                                           "bitsandbytes.optim.PagedAdamW8bit"}
+    assert Counter((c["optimizer"], c["fused"]) for c in configs) == {
+        ("bitsandbytes.optim.PagedAdamW", False): 10, ("bitsandbytes.optim.PagedAdamW8bit", False): 5,
+        ("torch.optim.AdamW", True): 2}
 
 
 @pytest.mark.parametrize("name", FULL)
@@ -443,7 +456,8 @@ def test_full_saved_per_layer_exact(name):
         want = Counter({(resid, "bf16"): 1}) if s.grad_ckpt else _rms_norm_fp32_scale(tr.saved)
         assert got == want, (i, sorted((got - want).items()), sorted((want - got).items()))
         if not s.grad_ckpt:   # the pinned difference: +T x H x 2 B per norm
-            assert sum(n * k for (n, _), k in got.items()) - sum(x.nbytes(T, BSS) for x in tr.saved) == 2 * resid
+            assert sum(n * k for (n, _), k in got.items()) - sum(x.nbytes(T, BSS) for x in tr.saved) == 2 * resid, \
+                "the trace models torchtune's RMSNorm now: drop _rms_norm_fp32_scale's pin"
     got = Counter(tuple(x) for x in case["saved_per_layer"]["-1"])
     assert got == _full_head(st), (sorted((got - _full_head(st)).items()), sorted((_full_head(st) - got).items()))
     if s.grad_ckpt and s.optim_in_bwd:   # its peak is in backward (layers), the checkpointed inputs all alive
