@@ -37,6 +37,10 @@ rather than in the layer trace), the head region and the whole forward. Pinned, 
 ``nll_loss``'s int64 targets and 0-dim total weight, TRL's second bool mask and loss scalars, the rotary cos/sin
 without checkpointing, and — a trainable embedding's — the int64 input ids ``embedding_backward`` keeps (8 B per
 token). The live-byte peaks are recorded, not compared (CPU-only buffers, as test_stack_frameworks_cpu.py says).
+
+Marked ``xfail(strict=True)`` until fixed outside this file, each a measured difference: the fused head's
+``casts_head`` (estimate/states.py), one layer's copies without checkpointing (``casts_layer``, states.py:154: the
+head's copy spread over the layers), and the TRL reader's loss under ``--stack trl`` (interop/trl.py:133).
 """
 
 from __future__ import annotations
