@@ -128,6 +128,11 @@ class Stack:
     #: models/qwen2/_positional_embeddings.py:51-66; one rope shared by every layer,
     #: models/llama3_1/_component_builders.py:85, :208); measured (tests/estimate/test_stack_torchtune_cpu.py)
     rope_cache: bool = False
+    #: its RMSNorm is ``F.rms_norm(x.float(), weight=scale).to(x.dtype)``: the 16-bit scale multiplies the fp32
+    #: normalized rows and the cast comes after, so a trainable scale's multiply saves the fp32 rows (T x H x 4 B)
+    #: where LlamaRMSNorm's ``weight * hidden.to(dtype)`` saves the 16-bit cast (torchtune 0.6.1
+    #: modules/rms_norm.py:38-43); measured (tests/estimate/test_stack_torchtune_cpu.py, full_cases)
+    rms_norm_fp32_scale: bool = False
     #: the model runs from Lightning Fabric's ``_FabricModule``, whose forward casts every floating output to
     #: ``torch.get_default_dtype()`` (``precision.convert_output``): the logits the loss sees and the loop keeps are
     #: fp32 in every precision (lightning 2.6.6 fabric/wrappers.py:130-141; plugins/precision/half.py:62-63,
@@ -268,7 +273,7 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
                    "axolotl 0.21.0 loaders/model.py:1407-1448", "quantized"),
     )),
     Stack("torchtune", "torchtune (tune run)", "torchtune 0.6.1", peft_adapters=False, hf_trainer=False,
-          nf4_kernel="torchao", rope_cache=True,
+          nf4_kernel="torchao", rope_cache=True, rms_norm_fp32_scale=True,
           checked_parts=("its LoRA/QLoRA single-device recipe step on CPU (LoRAFinetuneRecipeSingleDevice.setup from the "
                          "shipped llama3_1 8B configs, _loss_step and backward, with and without activation "
                          "checkpointing): parameters as built, per-layer and whole-forward saves, checkpoint inputs, "

@@ -213,6 +213,7 @@ class Program:
         mt = spec.model_type
         self.gemma_norm = mt.startswith("gemma")
         self.litgpt_model = STACKS[setup.stack].litgpt_model
+        self.fp32_scale_norm = STACKS[setup.stack].rms_norm_fp32_scale
         self.rotary = mt not in ("gpt2", "opt", "bloom") and not (mt == "falcon" and spec.config.get("alibi"))
         self.cat_rope = mt in CAT_ROPE_FAMILIES
         self.parallel = (mt == "phi" or (mt == "gpt_neox" and spec.config.get("use_parallel_residual", True))
@@ -294,6 +295,11 @@ class Program:
                 tr.param(f"{name}.weight", Size(n.dim), n.wdtype, n.trainable)
             out = tr.mul(h, w, f"{name} scaled")
             return tr.cast(out, x.dtype, f"{name} output")
+        if self.fp32_scale_norm:
+            # F.rms_norm(x.float(), weight=scale).to(x.dtype) (torchtune 0.6.1 modules/rms_norm.py:38-43): torch runs
+            # the composite (fp32 input, 16-bit weight), the scale multiplies the fp32 rows, the cast comes after
+            w = tr.param(f"{name}.weight", Size(n.dim), n.wdtype, n.trainable)
+            return tr.cast(tr.mul(h, w, f"{name} scaled (fp32)"), x.dtype, f"{name} output")
         h2 = tr.cast(h, x.dtype, f"{name} normalized.to({x.dtype})")
         w = tr.param(f"{name}.weight", Size(n.dim), n.wdtype, n.trainable)
         return tr.mul(w, h2, f"{name} output")

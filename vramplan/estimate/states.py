@@ -134,12 +134,17 @@ def _build_states(spec: ModelSpec, st: Structure, setup: Setup) -> ModelStates:
         # F.linear / Conv1D addmm / the MoE router's F.linear are autocast ops; the fused experts' _grouped_mm
         # is not (transformers integrations/moe.py), so expert stacks get no copy
         # (a weight already in the compute dtype — --fp32-norms-embeddings' Linears — is used as it is)
+        # TRL's fused head casts the head weight one vocabulary tile at a time inside ChunkedLogProbFunction and
+        # saves the fp32 weight itself (trl 1.16.0 kernels/chunked_logprob.py:354-356, :386): no cached copy (its
+        # tile casts are the loss's transients, logits.py); measured (tests/estimate/test_stack_full_ft_cpu.py)
+        fused_head = setup.loss == "trl-fused"
         casts = sum(alloc(p.numel * 2) for p in st.placements
                     if p.trainable and p.tensor.param_name != "bias" and p.dtype == "fp32"
-                    and (p.tensor.module_type in ("linear", "conv1d") or p.tensor.role == "moe_router"))
+                    and (p.tensor.module_type in ("linear", "conv1d") or p.tensor.role == "moe_router")
+                    and not (fused_head and p.tensor.role == "lm_head"))
         fp32 = {p.tensor.name for p in st.placements if p.dtype == "fp32"}
-        head = [t for t in spec.tensors if t.role == "lm_head" and t.param_name == "weight"
-                and (t.tied_to or t.name) in fp32]
+        head = [] if fused_head else [t for t in spec.tensors if t.role == "lm_head" and t.param_name == "weight"
+                                      and (t.tied_to or t.name) in fp32]
         for t in head:           # a tied head is cast as the head weight
             if t.tied_to is not None:
                 casts += alloc(t.numel * 2)
@@ -151,7 +156,7 @@ def _build_states(spec: ModelSpec, st: Structure, setup: Setup) -> ModelStates:
     if setup.grad_ckpt and casts:
         casts_bwd, casts_layer = casts_head, (casts - casts_head) // max(spec.num_layers, 1)
     else:
-        casts_bwd, casts_layer = casts, casts // max(spec.num_layers, 1)
+        casts_bwd, casts_layer = casts, (casts - casts_head) // max(spec.num_layers, 1)
 
     # ---- multi-GPU: one rank's weights, gradients, optimizer states and buffers (distributed.py)
     rank = None
