@@ -142,6 +142,13 @@ class Stack:
     #: model.py:1315-1322), LoRALinear feeds lora_A its input uncast (lora.py:165-172), and LoRA on some of q/k/v
     #: goes through zero_pad's index_copy_ (lora.py:288-326); measured (tests/estimate/test_stack_litgpt_cpu.py)
     litgpt_model: bool = False
+    #: a quantized base's input embedding is swapped for a bitsandbytes ``StableEmbedding`` (an nn.Embedding + a
+    #: LayerNorm(hidden)) after the trainable flags are set and after the optimizer is built over
+    #: model.parameters(): the new weight and LayerNorm require grad but the optimizer neither steps nor zeroes
+    #: them (their .grad persists from the first backward), its param_groups keep the replaced embedding alive, and
+    #: layer 0's input requires grad (litgpt 0.5.13 finetune/lora.py:217-230; bitsandbytes 0.50.2 nn/modules.py
+    #: StableEmbedding); measured (tests/estimate/test_stack_litgpt_cpu.py)
+    stable_embedding: bool = False
 
     def defaults_for(self, quantized: bool, full: bool = False, gpus: int = 1) -> dict[str, Default]:
         """The defaults that apply to a setup, by option (the later of two for one option wins)."""
@@ -330,7 +337,7 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
                    gpus="multi"),
     )),
     Stack("litgpt", "LitGPT (litgpt finetune)", "litgpt 0.5.13", peft_adapters=False, hf_trainer=False,
-          fp32_model_output=True, litgpt_model=True,
+          fp32_model_output=True, litgpt_model=True, stable_embedding=True,
           checked_parts=("BitsandbytesPrecision's quantized head", "K/V expansion", "the fp32 frozen base under "
                          "autocast", "chunked_cross_entropy (tests/estimate/test_quant_head.py, test_kv_expand.py, "
                          "test_litgpt_frozen_fp32.py, test_loss_kinds_frameworks.py)",
@@ -407,12 +414,11 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
                 "not supported for multi-GPU training')", "litgpt 0.5.13 finetune/lora.py:152-156", "quantized",
                 gpus="multi"),
     ), unmodelled=(
-        Unmodelled("--quantize replaces transformer.wte by a bitsandbytes StableEmbedding after "
-                   "mark_only_lora_as_trainable and after the optimizer is built: its vocab x hidden weight and "
-                   "LayerNorm train (a 16-bit vocab x hidden gradient every step that the optimizer neither steps "
-                   "nor zeroes), the optimizer's param_groups keep the replaced embedding alive (a second vocab x "
-                   "hidden copy), and layer 0's input needs a gradient; measured "
-                   "(tests/estimate/test_stack_litgpt_cpu.py)",
+        Unmodelled("--quantize's StableEmbedding (modelled: its trainable weight and LayerNorm, their never-zeroed "
+                   "gradients, the replaced embedding the optimizer keeps, layer 0's input gradient) also saves "
+                   "the token ids (int64) and its LayerNorm's input and mean/rstd (tokens x (hidden + 2) 16-bit), "
+                   "and its backward makes a transient vocab x hidden gradient before accumulating it into .grad: "
+                   "not counted; measured (tests/estimate/test_stack_litgpt_cpu.py)",
                    "litgpt 0.5.13 finetune/lora.py:217-230; bitsandbytes 0.50.2 nn/modules.py StableEmbedding",
                    "quantized"),
         Unmodelled("LoRA on query/key/value is one fused LoRAQKVLinear: under autocast one bf16 copy of its input "

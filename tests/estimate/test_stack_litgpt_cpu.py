@@ -32,10 +32,9 @@ q/k/v are not adapted (``lora.py:288-326``).
   input, of the fused weight and of the fused ``lora_A`` instead of one per projection (the input copies: fewer
   bytes, a ``Stack.unmodelled`` warning).
 * not modelled (warned):
-  - QLoRA: ``finetune/lora.py:217-230`` replaces ``wte`` with ``StableEmbedding`` after
-    ``mark_only_lora_as_trainable`` and after the optimizer is built: its weight and LayerNorm train (a
-    ``vocab x hidden`` gradient every step, never stepped nor zeroed), layer 0's input needs a gradient, and the
-    embedding saves the token ids and its LayerNorm's input and statistics.
+  - QLoRA's ``StableEmbedding`` (``finetune/lora.py:217-230``; modelled by ``Stack.stable_embedding``: its weight
+    and LayerNorm train outside the optimizer, the replaced embedding stays alive, layer 0's input needs a
+    gradient) also saves the token ids and its LayerNorm's input and statistics (outside every region).
   - not modelled, and small, as in the other frameworks' checks: ``nll_loss``'s int64 targets, the int64 count of
     ``chunked_cross_entropy``'s division and a 0-dim fp32; the fp32 rotary ``cos``/``sin`` (``fit`` rebuilds the
     cache at the data's length, ``model.py:43-62``: fp32) that every layer's rotary multiply saves.
@@ -184,16 +183,26 @@ def _as_hf(name: str) -> dict[str, dict]:
 @pytest.mark.parametrize("name", CASES)
 def test_parameters_as_built(name):
     """Every parameter LitGPT built, by name (LitGPT's fused qkv split by its rows): dtype (nf4 for a Params4bit),
-    trainable, storage bytes. Exact; QLoRA's ``StableEmbedding`` (trainable, with a LayerNorm) is the one pinned
-    difference: vramplan keeps the embedding frozen and has no LayerNorm there."""
+    trainable, storage bytes. Exact; QLoRA's ``StableEmbedding`` (its weight and LayerNorm require grad, the
+    optimizer does not hold them: ``Stack.stable_embedding``) are trainable tensors outside the optimizer, and the
+    replaced embedding the optimizer keeps is a placement of its own."""
     measured = _as_hf(name)
     s, st = _structure(name)
     if s.quantized:
-        norm = {k: measured.pop(k) for k in ("model.embed_tokens.norm.weight", "model.embed_tokens.norm.bias")}
-        assert all(e["trainable"] and e["dtype"] == "bf16" and e["bytes"] == 2 * H for e in norm.values())
-        emb = measured["model.embed_tokens.weight"]
-        assert emb["trainable"] and emb["bytes"] == V * H * 2, "StableEmbedding's weight requires grad"
-        measured["model.embed_tokens.weight"] = {**emb, "trainable": False}
+        # StableEmbedding (finetune/lora.py:217-230, after mark_only_lora_as_trainable and the optimizer): its
+        # vocab x hidden weight and LayerNorm(hidden) weight and bias require grad, the optimizer does not hold them
+        unstepped = {t.name: t for t in st.trainables if not t.in_optimizer}
+        assert sorted(unstepped) == ["model.embed_tokens.norm.bias", "model.embed_tokens.norm.weight",
+                                     "model.embed_tokens.weight"]
+        for n, want in (("model.embed_tokens.weight", V * H * 2), ("model.embed_tokens.norm.weight", 2 * H),
+                        ("model.embed_tokens.norm.bias", 2 * H)):
+            e = measured[n]
+            assert e["trainable"] and not e["in_optimizer"] and e["dtype"] == "bf16" and e["bytes"] == want
+            assert unstepped[n].dtype == "bf16" and unstepped[n].numel * 2 == want
+            measured[n] = {**e, "trainable": False}     # a Placement's ``trainable``: what the optimizer steps
+        # the replaced embedding the optimizer's param_groups hold: vramplan places it next to the model's
+        (nb, dtype, shape, trains), = _case(name)["setup"]["optimizer_params_not_in_model"]
+        measured["model.embed_tokens.replaced.weight"] = {"bytes": nb, "dtype": dtype, "trainable": trains}
     trainable = assert_params_as_built(measured, st)
     # LitGPT's own count ("Number of trainable parameters", finetune/lora.py:214), from its shapes: per layer
     # qkv (n r x H + rows x r), proj, fc_1, fc_2 and mlp.proj (r x (in + out) each), and the head r x (H + V)
@@ -235,11 +244,8 @@ def _layer_terms(name: str, i: int, trace) -> tuple[Counter, Counter]:
     return add, sub
 
 
-def _vramplan_layer(trace, i: int, name: str, st) -> Counter:
-    """The trace of layer ``i``; QLoRA's layer 0 is the trace of a layer whose input needs a gradient (the
-    StableEmbedding trains): the next layer's."""
-    if i == 0 and _case(name)["setup"]["wte_swapped"]:
-        trace = st.layer_traces[1]
+def _vramplan_layer(trace) -> Counter:
+    """The trace of a layer (QLoRA's layer 0: its input needs a gradient, the StableEmbedding trains)."""
     return Counter((x.nbytes(T, BSS), x.dtype) for x in trace.saved)
 
 
@@ -250,8 +256,8 @@ def test_saved_per_layer(name):
     _, st = _structure(name)
     for i, tr in enumerate(st.layer_traces):
         got = Counter(tuple(x) for x in case["saved_per_layer"][str(i)])
-        add, sub = _layer_terms(name, i, st.layer_traces[1] if i == 0 and case["setup"]["wte_swapped"] else tr)
-        want = _vramplan_layer(tr, i, name, st) - sub + add
+        add, sub = _layer_terms(name, i, tr)
+        want = _vramplan_layer(tr) - sub + add
         assert got == want, (i, sorted((got - want).items()), sorted((want - got).items()))
 
 
@@ -315,14 +321,14 @@ def test_whole_forward_saved_bytes(name):
 @pytest.mark.parametrize("name", CASES)
 def test_gradients(name):
     """One gradient per trainable adapter tensor in the adapter dtype, exact; QLoRA adds the StableEmbedding's
-    weight and LayerNorm gradients (pinned: not modelled)."""
+    weight and LayerNorm gradients (bf16, vocab x hidden + 2 x hidden), which the optimizer does not hold."""
     s, st = _structure(name)
     want: Counter = Counter()
     for t in st.trainables:
         if not t.frozen:
             want[t.dtype] += t.numel * BYTES[t.dtype]
-    if _case(name)["setup"]["wte_swapped"]:
-        want["bf16"] += V * H * 2 + 2 * H * 2
+    unstepped = sum(t.numel * BYTES[t.dtype] for t in st.trainables if not t.in_optimizer)
+    assert unstepped == (V * H * 2 + 2 * H * 2 if _case(name)["setup"]["wte_swapped"] else 0)
     assert _case(name)["grads"] == dict(want)
 
 
@@ -351,7 +357,7 @@ def test_logits_are_fp32_fabric_convert_output(name):
 def test_qlora_keeps_the_replaced_embedding_alive(name):
     """QLoRA: ``instantiate_bnb_optimizer(optimizer, model.parameters())`` runs before ``wte`` is replaced by a
     ``StableEmbedding`` (finetune/lora.py:217-228), so the optimizer's ``param_groups`` keep the old, frozen
-    ``vocab x hidden`` embedding alive next to the new one (not modelled: vramplan counts one embedding). LoRA:
+    ``vocab x hidden`` embedding alive next to the new one: vramplan's ``weights/replaced_embedding``. LoRA:
     every optimizer parameter is the model's."""
     held = _case(name)["setup"]["optimizer_params_not_in_model"]
     if _case(name)["setup"]["wte_swapped"]:
@@ -359,5 +365,11 @@ def test_qlora_keeps_the_replaced_embedding_alive(name):
         s, st = _structure(name)
         emb = [p for p in st.placements if p.tensor.role == "embedding"]
         assert len(emb) == 1 and emb[0].numel * BYTES[emb[0].dtype] == V * H * 2
+        kept = [p for p in st.placements if p.tensor.role == "replaced_embedding"]
+        assert [[p.numel * BYTES[p.dtype], p.dtype, list(p.tensor.shape), p.trainable] for p in kept] == held
+        e = estimate(SPEC, s)
+        assert e.component("weights/replaced_embedding") == alloc(V * H * 2)
+        # the never-zeroed gradients: one allocation per tensor, vocab x hidden + 2 x hidden, bf16
+        assert e.component("gradients/not_in_optimizer") == alloc(V * H * 2) + 2 * alloc(H * 2)
     else:
         assert held == []

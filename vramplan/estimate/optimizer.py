@@ -6,11 +6,13 @@ from __future__ import annotations
 from ..dtypes import BYTES, PAGED_MIN_NUMEL, adam8bit_state_parts, alloc
 from ..setup import Setup
 from .timeline import StateTerms, optimizer_in_backward
-from .weights import TrainableTensor
+from .weights import TrainableTensor, stepped
 
 
 def optimizer_states(trainables: tuple[TrainableTensor, ...], setup: Setup) -> tuple[int, int, str]:
-    """(bytes in the torch allocator, bytes in paged/unified memory, formula) of the optimizer states."""
+    """(bytes in the torch allocator, bytes in paged/unified memory, formula) of the optimizer states of the tensors
+    it holds (``TrainableTensor.in_optimizer``)."""
+    trainables = stepped(trainables)
     o = setup.optim
     gpu, paged = 0, 0
     n_tensors = len(trainables)
@@ -88,6 +90,7 @@ def optimizer_step_transient(trainables: tuple[TrainableTensor, ...], setup: Set
     ``exp_avg_sq_sqrt = torch._foreach_sqrt(exp_avg_sqs)`` for a whole (device, dtype) group at once, and the
     next group's list is made before the previous one is rebound (torch 2.13 optim/adam.py _multi_tensor_adam:
     no ``del``), so two consecutive groups can coexist."""
+    trainables = stepped(trainables)
     if setup.optim == "adafactor" and trainables:
         biggest = max(trainables, key=lambda t: t.numel)
         return 2 * alloc(biggest.numel * BYTES[biggest.dtype])
@@ -102,6 +105,7 @@ def optimizer_step_transient(trainables: tuple[TrainableTensor, ...], setup: Set
 
 def largest_gradient(trainables: tuple[TrainableTensor, ...]) -> int:
     """Allocator bytes of the largest single gradient (in its parameter's dtype)."""
+    trainables = stepped(trainables)
     return max((alloc(t.numel * BYTES[t.dtype]) for t in trainables), default=0)
 
 
@@ -110,6 +114,7 @@ def step_timeline(timeline: StateTerms, trainables: tuple[TrainableTensor, ...],
     """The timeline's fixed terms for ``setup``'s optimizer: as built, or with the step in backward
     (:func:`~.timeline.optimizer_in_backward`: the largest gradient and one tensor's step temporaries). Several
     GPUs keep the timeline as built (a warning says so)."""
+    trainables = stepped(trainables)
     if not setup.optim_in_bwd or distributed or not setup.training:
         return timeline
     # one optimizer per parameter: the step's temporaries are one tensor's, the largest

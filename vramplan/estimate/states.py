@@ -23,7 +23,15 @@ from .timeline import PHASES, StateTerms
 
 if TYPE_CHECKING:
     from .distributed import RankStates
-from .weights import Placement, adapter_formula, gradient_bytes, head_component, weight_formula
+from .weights import (
+    Placement,
+    adapter_formula,
+    gradient_bytes,
+    head_component,
+    stepped,
+    unstepped_gradient_bytes,
+    weight_formula,
+)
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,14 @@ def rope_cache_item(spec: ModelSpec, setup: Setup) -> tuple[str, int, str] | Non
             ":46-67, models/llama3_1/_position_embeddings.py:62-101)")
 
 
+def _unstepped_formula(st: Structure) -> str:
+    ts = [t for t in st.trainables if not t.in_optimizer]
+    return (f"{sum(t.numel for t in ts):,} elements in {', '.join(sorted({t.dtype for t in ts}))} ({len(ts)} tensors): "
+            "the gradients of parameters that require grad but are not in the optimizer (LitGPT QLoRA's "
+            "StableEmbedding weight and LayerNorm, swapped in after the optimizer is built: never stepped, never "
+            "zeroed, so alive from the first backward on; litgpt 0.5.13 finetune/lora.py:217-230)")
+
+
 def _build_states(spec: ModelSpec, st: Structure, setup: Setup) -> ModelStates:
     comps: list[tuple[str, int, str]] = list(_base_weight_comps(st, setup))
     asum: dict[str, int] = defaultdict(int)
@@ -120,13 +136,16 @@ def _build_states(spec: ModelSpec, st: Structure, setup: Setup) -> ModelStates:
         km = plan_kernel(spec, setup, st, None)
         if km is not None and km.persistent:
             comps.append(("buffers/quant_kernel_workspace", km.persistent, km.persistent_formula))
+    unstepped = unstepped_gradient_bytes(st.trainables)
+    if unstepped:          # alive in every phase from the first backward on: with the weights
+        comps.append(("gradients/not_in_optimizer", unstepped, _unstepped_formula(st)))
     grads = gradient_bytes(st.trainables)
     # the head's gradient is the first one backward produces (full fine-tuning: the head is trainable)
     grad_head = gradient_bytes(st.trainables, component=head_component(st.trainables)) \
         if setup.method == "full" else 0
     opt_gpu, opt_paged, opt_formula = optimizer_states(st.trainables, setup)
     opt_tmp = optimizer_step_transient(st.trainables, setup)
-    trainable_numel = sum(t.numel for t in st.trainables)
+    trainable_numel = sum(t.numel for t in stepped(st.trainables))
 
     # ---- autocast weight copies (fp32 trainable weights under autocast: cached bf16 copies, saved)
     casts = 0

@@ -30,6 +30,8 @@ from .weights import (
     adapter_tensors,
     frozen_vision_roles,
     place_weights,
+    stable_embedding,
+    stable_embedding_tensors,
     trainable_tensors,
 )
 
@@ -175,7 +177,7 @@ def _buildstatic_structure(spec: ModelSpec, setup: Setup) -> Structure:
         if setup.method in ("lora", "qlora") and setup.lora is not None else None
     placements = _placements(spec, setup)
     adapters = adapter_tensors(plan, placements, setup)
-    trainables = trainable_tensors(placements, adapters, plan)
+    trainables = trainable_tensors(placements, adapters, plan) + stable_embedding_tensors(placements, setup)
     resid = _resid_dtype(spec, placements, setup)
     if is_seq2seq(spec):      # T5 / BART: encoder and decoder parts at source and target lengths (seq2seq.py)
         return _seq2seq_structure(spec, setup, plan, placements, adapters, trainables, resid)
@@ -254,6 +256,8 @@ def _embedding_output_requires_grad(spec: ModelSpec, setup: Setup, plan: LoraPla
         return True
     if setup.method in ("lora", "qlora") and STACKS[setup.stack].input_requires_grad:
         return True         # its loader calls enable_input_require_grads() (axolotl)
+    if stable_embedding(setup):
+        return True         # LitGPT QLoRA's StableEmbedding trains (litgpt 0.5.13 finetune/lora.py:217-230)
     if plan is None:
         return False
     emb = {p.tensor.module for p in placements if p.tensor.role in ("embedding", "position_embedding")}

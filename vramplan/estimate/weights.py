@@ -62,6 +62,9 @@ class TrainableTensor:
     component: str                     # "adapters/lora", "adapters/modules_to_save", "weights/..."
     shape: tuple[int, ...]
     frozen: bool = False               # takes memory but gets no gradient or optimizer state
+    #: False: it requires grad but the optimizer does not hold it (LitGPT's StableEmbedding): a gradient that is
+    #: never stepped nor zeroed, alive from the first backward on, and no optimizer state
+    in_optimizer: bool = True
 
 
 def nf4_kernel(setup: Setup) -> str:
@@ -89,6 +92,10 @@ def weight_component(t: Tensor) -> str:
         return f"weights/{t.role}"
     if t.role in ("embedding", "position_embedding"):
         return "weights/embeddings"
+    if t.role == "replaced_embedding":
+        return "weights/replaced_embedding"
+    if t.role == "embedding_norm":
+        return "weights/norms"
     if t.role == "lm_head":
         return "weights/lm_head"
     if t.role == "norm":
@@ -181,7 +188,52 @@ def place_weights(spec: ModelSpec, setup: Setup, kernel: str | None = None) -> l
             if quant in ("gptq", "awq") and t.role == "bias" and t.module in quantized_modules:
                 dtype = "fp16"       # an fp16 buffer of the quant linear (register_buffer("bias", fp16)): no upcast
         out.append(Placement(t, dtype, "none", trainable, ((comp, t.numel * BYTES[dtype]),)))
+    if stable_embedding(setup):
+        out += _stable_embedding_placements(spec, out)
     return out
+
+
+def stable_embedding(setup: Setup) -> bool:
+    """Whether the stack swaps a quantized base's input embedding for a bitsandbytes ``StableEmbedding`` after
+    the optimizer is built (``Stack.stable_embedding``: litgpt 0.5.13 finetune/lora.py:217-230)."""
+    return STACKS[setup.stack].stable_embedding and setup.training and setup.quantized and setup.method != "full"
+
+
+def _stable_embedding_placements(spec: ModelSpec, placed: list[Placement]) -> list[Placement]:
+    """What the swap adds next to the (new) embedding weight, which keeps the old one's placement (``weight.
+    copy_(old)`` then ``.to(old dtype, device)``, litgpt 0.5.13 finetune/lora.py:224-228): the replaced weight,
+    which ``instantiate_bnb_optimizer(optimizer, model.parameters())``'s ``param_groups`` still reference
+    (finetune/lora.py:217-220: built before the swap), and ``StableEmbedding``'s ``LayerNorm(embedding_dim)``
+    weight and bias (bitsandbytes 0.50.2 nn/modules.py ``StableEmbedding.__init__``: ``torch.nn.LayerNorm(
+    embedding_dim, device=device)``), moved to the embedding's dtype by the same ``.to``. A tied embedding is the
+    head's weight too: the head keeps it, no extra copy is counted for it."""
+    out: list[Placement] = []
+    for p in placed:
+        t = p.tensor
+        if t.role != "embedding":
+            continue
+        comp_bytes = t.numel * BYTES[p.dtype]
+        if not spec.tie_word_embeddings:
+            kept = Tensor(f"{t.module}.replaced.weight", t.shape, "replaced_embedding", t.module_type)
+            out.append(Placement(kept, p.dtype, "none", False, (("weights/replaced_embedding", comp_bytes),)))
+        hidden = t.shape[-1]
+        for name in ("weight", "bias"):
+            n = Tensor(f"{t.module}.norm.{name}", (hidden,), "embedding_norm", "norm")
+            out.append(Placement(n, p.dtype, "none", False, (("weights/norms", hidden * BYTES[p.dtype]),)))
+    return out
+
+
+def stable_embedding_tensors(placements: list[Placement] | tuple[Placement, ...],
+                             setup: Setup) -> list[TrainableTensor]:
+    """The swapped-in ``StableEmbedding``'s parameters: its weight and its LayerNorm's weight and bias require grad
+    (``nn.Embedding`` and ``nn.LayerNorm`` parameters do by default; the swap runs after
+    ``mark_only_lora_as_trainable``, litgpt 0.5.13 finetune/lora.py:210-230) but are not in the optimizer
+    (``in_optimizer=False``): each gets a gradient in its dtype that ``optimizer.zero_grad()`` never frees."""
+    if not stable_embedding(setup):
+        return []
+    return [TrainableTensor(p.tensor.name, p.numel, p.dtype, weight_component(p.tensor), p.tensor.shape,
+                            in_optimizer=False)
+            for p in placements if p.tensor.role in ("embedding", "embedding_norm")]
 
 
 def adapter_tensors(plan: LoraPlan | None, placements: list[Placement], setup: Setup) -> list[TrainableTensor]:
@@ -255,10 +307,21 @@ def head_component(trainables: tuple[TrainableTensor, ...] | list[TrainableTenso
 
 def gradient_bytes(tensors: tuple[TrainableTensor, ...] | list[TrainableTensor], *, component: str | None = None,
                    width: int | None = None) -> int:
-    """Allocator bytes of one gradient per tensor, in its dtype (or ``width`` B per element), of ``component``
-    only when given."""
+    """Allocator bytes of one gradient per tensor the optimizer holds, in its dtype (or ``width`` B per element), of
+    ``component`` only when given (:func:`unstepped_gradient_bytes`: those it does not hold)."""
     return sum(alloc(t.numel * (width or BYTES[t.dtype])) for t in tensors
-               if component is None or t.component == component)
+               if t.in_optimizer and (component is None or t.component == component))
+
+
+def stepped(tensors: tuple[TrainableTensor, ...] | list[TrainableTensor]) -> tuple[TrainableTensor, ...]:
+    """The tensors the optimizer holds: those it keeps states for and steps."""
+    return tuple(t for t in tensors if t.in_optimizer)
+
+
+def unstepped_gradient_bytes(tensors: tuple[TrainableTensor, ...] | list[TrainableTensor]) -> int:
+    """Allocator bytes of the gradients of tensors that require grad but are not in the optimizer: made by the first
+    backward, accumulated into by every later one and never zeroed, so alive in every phase of every later step."""
+    return sum(alloc(t.numel * BYTES[t.dtype]) for t in tensors if not t.in_optimizer)
 
 
 # ----------------------------------------------------------------------------------------- explanations
