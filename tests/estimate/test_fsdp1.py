@@ -10,13 +10,12 @@ streams, the caching allocator) cite torch's source in the estimator.
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from gloo_ranks import run_on_free_port
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
@@ -209,11 +208,8 @@ def measured(tmp_path_factory):
     ]
     d = tmp_path_factory.mktemp("fsdp1")
     (d / "cases.json").write_text(json.dumps([_case(s, st, use_orig_params=u, trace=t) for s, st, u, t in cases]))
-    with socket.socket() as sock:           # a free port for the gloo rendezvous
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.run([sys.executable, str(WORKER), str(d / "cases.json"), str(d / "out.json"), str(WORLD),
-                           str(port)], capture_output=True, text=True, timeout=600)
+    proc = run_on_free_port(lambda port: [sys.executable, str(WORKER), str(d / "cases.json"), str(d / "out.json"),
+                                          str(WORLD), str(port)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = json.loads((d / "out.json").read_text())
     return cases, ranks

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -227,11 +225,10 @@ def measured(tmp_path_factory):
     d = tmp_path_factory.mktemp("fsdp_units")
     (d / "params.json").write_text(json.dumps({"lora": _params(_setup()),
                                                "full": _params(_setup(method="full", lora=None))}))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.run([sys.executable, __file__, str(d / "params.json"), str(d / "out.json"), str(port)],
-                          capture_output=True, text=True, timeout=600)
+    from gloo_ranks import run_on_free_port
+
+    proc = run_on_free_port(lambda port: [sys.executable, __file__, str(d / "params.json"), str(d / "out.json"),
+                                          str(port)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((d / "out.json").read_text())
 
