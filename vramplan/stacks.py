@@ -309,6 +309,13 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
                                       "torchtune 0.6.1, e.g. recipes/configs/llama3_1/8B_full_single_device.yaml:66; "
                                       "no LoRA recipe has it; every config that sets it is single-device or "
                                       "low-memory", "full", gpus="single"),
+        Default("optim", "paged-adamw", "full_finetune_single_device: bitsandbytes.optim.PagedAdamW in 10 of the 17 "
+                                        "configs that run it (e.g. recipes/configs/qwen2_5/7B_full_single_device.yaml, "
+                                        "llama2/7B_full_low_memory.yaml); the Llama 3 ones (llama3/8B, llama3_1/8B, "
+                                        "llama3_2/1B, 3B, 11B vision) use PagedAdamW8bit (--optim paged-adamw-8bit), "
+                                        "qwen2/0.5B and qwen2_5/0.5B fused torch AdamW (torchtune 0.6.1 recipes/"
+                                        "configs; tests/estimate/test_stack_torchtune_cpu.py full_configs)", "full",
+                gpus="single"),
         Default("strategy", "fsdp", "the *_distributed recipes shard with FSDP2: fully_shard on every layers.i, "
                                     "then the root (torchtune 0.6.1 recipes/lora_finetune_distributed.py:472-484, "
                                     "full_finetune_distributed.py:583-596; training/_distributed.py:519-568 "

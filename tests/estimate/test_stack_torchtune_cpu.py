@@ -372,8 +372,8 @@ def test_full_stack_defaults_are_the_shipped_config():
     """``--stack torchtune --method full`` alone: bf16 without autocast, checkpointing and optimizer_in_bwd on, the
     chunked loss — what the shipped 8B full single-device config sets, and what most of the 17 configs that run
     ``full_finetune_single_device`` set (``full_configs``: every one bf16 with CEWithChunkedOutputLoss; 15
-    checkpoint; 14 step in backward, each with a paged bitsandbytes AdamW). The optimizer is not a stack default
-    yet (``--optim``): those configs name PagedAdamW (10), PagedAdamW8bit (5) and fused torch AdamW (2)."""
+    checkpoint; 14 step in backward, each with a paged bitsandbytes AdamW). Its optimizer is the one most of them
+    name: PagedAdamW (10; PagedAdamW8bit 5, fused torch AdamW 2)."""
     s = Setup.create(method="full", stack="torchtune", batch=B, seq=S)
     sh = DATA["full_cases"]["full-gc-bwd"]["setup"]["shipped"]
     assert s.grad_ckpt is sh["enable_activation_checkpointing"] is True
@@ -390,6 +390,10 @@ def test_full_stack_defaults_are_the_shipped_config():
     assert Counter((c["optimizer"], c["fused"]) for c in configs) == {
         ("bitsandbytes.optim.PagedAdamW", False): 10, ("bitsandbytes.optim.PagedAdamW8bit", False): 5,
         ("torch.optim.AdamW", True): 2}
+    (most, _), = Counter(c["optimizer"] for c in configs).most_common(1)
+    assert most == "bitsandbytes.optim.PagedAdamW" and s.optim == "paged-adamw"
+    # bitsandbytes' PagedAdamW is 32-bit (optim_bits=32): vramplan's paged-adamw; a LoRA run keeps fused AdamW
+    assert Setup.create(method="lora", stack="torchtune").optim == "adamw"
 
 
 @pytest.mark.parametrize("name", FULL)
