@@ -176,7 +176,10 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
           checked_parts=("the fused LM head's saved tensors and peak (tests/estimate/test_loss_kinds_frameworks.py)",
                          "SFTTrainer's LoRA and QLoRA step on CPU, bf16 and float32 loads, with and without its "
                          "checkpointing: parameter dtypes, trainable counts, per-layer saved bytes and gradients "
-                         "exact; whole-forward saves with pinned differences (tests/estimate/test_stack_trl_cpu.py)"),
+                         "exact; whole-forward saves with pinned differences (tests/estimate/test_stack_trl_cpu.py)",
+                         "SFTTrainer's full fine-tuning step on CPU, float32 and bfloat16 loads, with and without its "
+                         "checkpointing: parameters, gradients, per-layer, head and whole-forward saves "
+                         "(tests/estimate/test_stack_full_ft_cpu.py)"),
           defaults=(
         Default("kbit_prep", False, f"{_KBIT} since trl 0.26.0 (trl 1.16.0 trainer/sft_trainer.py: no call)"),
         Default("grad_ckpt", True, "SFTConfig.gradient_checkpointing=True since trl 0.22.0 "
@@ -202,8 +205,10 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
     )),
     Stack("ms-swift", "ms-swift (swift sft)", "ms-swift 4.6.0",
           checked_parts=("its model build, LoRA/QLoRA injection, Seq2SeqTrainer loss and backward on a tiny Llama on "
-                         "CPU: parameters, per-layer and whole-forward saved tensors, checkpoint inputs, gradients "
-                         "(tests/estimate/test_stack_frameworks_cpu.py)",),
+                         "CPU: parameters, per-layer and whole-forward saved tensors, checkpoint inputs, gradients; "
+                         "--tuner_type full in the checkpoint's bf16 (tests/estimate/test_stack_frameworks_cpu.py)",
+                         "use_logits_to_keep with masked prompts, LoRA, QLoRA and full (tests/estimate/"
+                         "test_logits_to_keep.py)"),
           defaults=(
         Default("targets", "all-linear", "target_modules=['all-linear'] (ms-swift 4.6.0 swift/arguments/"
                                          "tuner_args.py:126)"),
@@ -236,7 +241,9 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
           frozen_in_checkpoint_dtype=True,
           checked_parts=("its model build, LoRA/QLoRA injection, CustomSeq2SeqTrainer loss and backward on a tiny "
                          "Llama on CPU: parameters, per-layer and whole-forward saved tensors, checkpoint inputs, "
-                         "gradients (tests/estimate/test_stack_frameworks_cpu.py)",),
+                         "gradients (tests/estimate/test_stack_frameworks_cpu.py)",
+                         "finetuning_type full (bf16: true, and pure_bf16) with and without checkpointing: parameters, "
+                         "gradients, per-layer, head and whole-forward saves (tests/estimate/test_stack_full_ft_cpu.py)"),
           defaults=(
         Default("targets", "all-linear", "lora_target='all': the leaf name of every Linear but lm_head "
                                          "(llamafactory 0.9.5 hparams/finetuning_args.py:81-83, model/model_utils/"
@@ -285,6 +292,9 @@ STACKS: Mapping[str, Stack] = {s.name: s for s in (
                          "shipped llama3_1 8B configs, _loss_step and backward, with and without activation "
                          "checkpointing): parameters as built, per-layer and whole-forward saves, checkpoint inputs, "
                          "gradients, the RoPE cache buffer (tests/estimate/test_stack_torchtune_cpu.py)",
+                         "its full single-device recipe (llama3_1/8B_full_single_device.yaml; PagedAdamW8bit, "
+                         "PagedAdamW and fused AdamW, optimizer_in_bwd on and off, with and without checkpointing): "
+                         "parameters, gradients, every optimizer state, saves (tests/estimate/test_stack_torchtune_cpu.py)",
                          "CEWithChunkedOutputLoss", "OffloadActivations", "register_optim_in_bwd_hooks "
                          "(tests/estimate/test_loss_kinds_frameworks.py, test_act_offload*.py, test_optim_in_bwd*.py)",
                          "QLoRA's torchao NF4Tensor storage, linear_nf4's saved tensors and dequantization peak "
